@@ -1,0 +1,102 @@
+"""The numbers of the .dcz format, in one place.
+
+spec/FORMAT.md and this module say the same thing; tests/test_spec.py checks that
+every constant quoted in the spec matches the value here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ---------------------------------------------------------------- container
+MAGIC = b"\x89DCZ\r\n\x1a\n"  # 8 bytes, PNG-style: catches text-mode and 7-bit mangling
+VERSION_MAJOR = 1  # bumped when a v1 reader could misread a new file
+VERSION_MINOR = 0  # bumped when only optional things are added
+PREAMBLE_SIZE = 24  # magic(8) major(u16) minor(u16) header_len(u32) header_crc(u32) preamble_crc(u32)
+ALIGNMENT = 64  # every section starts at a multiple of this
+PART_ALIGNMENT = 8  # every part inside a tensor section starts at a multiple of this
+
+SECTION_METADATA = "metadata"
+SECTION_GRAPH = "graph"
+SECTION_TENSOR = "tensor"
+SECTION_KINDS = (SECTION_METADATA, SECTION_GRAPH, SECTION_TENSOR)
+
+# ---------------------------------------------------------------- encodings
+ENC_RAW = "raw"
+ENC_CB_DENSE = "codebook-dense"
+ENC_CB_SPARSE = "codebook-sparse"
+ENCODINGS = (ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE)
+
+# Parts of a tensor section, in the order they are laid out.
+PARTS = {
+    ENC_RAW: ("data",),
+    ENC_CB_DENSE: ("codebook", "indices"),
+    ENC_CB_SPARSE: ("codebook", "lane_bases", "gaps", "indices"),
+}
+
+MAX_CODEBOOK = 256  # entries in a codebook
+MIN_GAP_BITS = 1
+MAX_GAP_BITS = 8
+
+# ---------------------------------------------------------------- Huffman streams
+MAX_CODE_LENGTH = 15  # bits; one table lookup decodes a symbol
+LANE_OFFSET_BYTES = 8  # u64 per lane in a stream's lane table
+LANE_BASE_BYTES = 8  # u64 per lane in a sparse tensor's lane_bases part
+MIN_LANE_SIZE = 1 << 8  # symbols per lane: a power of two in [MIN, MAX]
+MAX_LANE_SIZE = 1 << 24
+DEFAULT_LANE_SIZE = 1 << 14
+
+# ---------------------------------------------------------------- limits
+MAX_HEADER_BYTES = 64 << 20
+MAX_SECTIONS = 1 << 20
+MAX_RANK = 32
+MAX_NAME_BYTES = 4096
+MAX_ELEMENTS = 1 << 40  # per tensor
+# The declared decoded bytes of all tensors together may not exceed
+# MAX_EXPANSION * file size + EXPANSION_SLACK: a reader never allocates more.
+MAX_EXPANSION = 1024
+EXPANSION_SLACK = 16 << 20
+
+# ---------------------------------------------------------------- dtypes
+# name -> (numpy dtype, itemsize); all little-endian.
+try:  # ml_dtypes comes with onnx; bfloat16 needs it
+    import ml_dtypes
+
+    _BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover
+    _BF16 = None
+
+DTYPES: dict[str, np.dtype] = {
+    "float64": np.dtype("<f8"),
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "int64": np.dtype("<i8"),
+    "int32": np.dtype("<i4"),
+    "int16": np.dtype("<i2"),
+    "int8": np.dtype("i1"),
+    "uint64": np.dtype("<u8"),
+    "uint32": np.dtype("<u4"),
+    "uint16": np.dtype("<u2"),
+    "uint8": np.dtype("u1"),
+    "bool": np.dtype("?"),
+}
+if _BF16 is not None:
+    DTYPES["bfloat16"] = _BF16
+
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")  # may use codebook encodings
+CODEBOOK_DTYPES = ("float32", "float16")
+ITEMSIZE = {"bfloat16": 2, **{k: v.itemsize for k, v in DTYPES.items()}}
+
+# bit-pattern (unsigned) dtype of each float dtype, used by the decode kernels
+UINT_OF_SIZE = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+
+def dtype_name(dt) -> str:
+    """The format's name of a numpy dtype (KeyError-free: raises ValueError)."""
+    dt = np.dtype(dt)
+    if _BF16 is not None and dt == _BF16:
+        return "bfloat16"
+    for name, d in DTYPES.items():
+        if d == dt.newbyteorder("<") or d == dt:
+            return name
+    raise ValueError(f"dtype {dt} is not supported by .dcz")

@@ -1,0 +1,81 @@
+"""Decoders: a tensor's section bytes + its record -> the numpy array."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_RAW, PART_ALIGNMENT, UINT_OF_SIZE
+from .errors import TensorError
+from .records import TensorInfo
+from .streams import Stream, align, parse_stream, raise_lane_error
+
+
+def split_parts(info: TensorInfo, section: np.ndarray, where: str) -> dict[str, np.ndarray]:
+    """The parts of a section, checking that the padding between them is zero."""
+    out, pos = {}, 0
+    for name, length in info.parts.items():
+        start = align(pos, PART_ALIGNMENT)
+        if section[pos:start].any():
+            raise TensorError(f"{where}: non-zero padding before part {name!r} at byte {info.offset + pos}")
+        out[name] = section[start : start + length]
+        pos = start + length
+    return out
+
+
+def _values(info: TensorInfo, codebook: np.ndarray, zero_first: bool) -> np.ndarray:
+    """Bit patterns of the decoded values of each index symbol, in the tensor's dtype."""
+    tdt = DTYPES[info.dtype]
+    vals = codebook.view(DTYPES[info.codebook_dtype]).astype(tdt)
+    if zero_first:
+        vals = np.concatenate([np.zeros(1, tdt), vals])
+    if vals.size == 0:  # no symbols can occur; keep the kernel's array non-empty
+        vals = np.zeros(1, tdt)
+    return vals.view(UINT_OF_SIZE[tdt.itemsize])
+
+
+def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
+    """Decode one tensor from its (checksum-verified) section bytes."""
+    where = f"tensor {info.name!r}"
+    parts = split_parts(info, section, where)
+    offs = {k: info.offset + v for k, v in info.part_offsets().items()}
+    tdt = DTYPES[info.dtype]
+    if info.encoding == ENC_RAW:
+        out = parts["data"].view(tdt).copy()
+        if info.dtype == "bool" and out.view(np.uint8).max(initial=0) > 1:
+            raise TensorError(f"{where}: bool data holds a byte other than 0 or 1 (byte {offs['data']})")
+        return out.reshape(info.shape)
+    n = info.numel
+    udt = UINT_OF_SIZE[tdt.itemsize]
+    if info.encoding == ENC_CB_DENSE:
+        s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
+        out = np.empty(n, udt)
+        if n:
+            status = kernels.decode_dense(
+                s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size, _values(info, parts["codebook"], False), out
+            )
+            raise_lane_error(status, where, (("index", s),))
+        return out.view(tdt).reshape(info.shape)
+    if info.encoding == ENC_CB_SPARSE:
+        m = info.entries
+        g = parse_stream(parts["gaps"], m, 1 << info.gap_bits, info.lane_size, where, offs["gaps"])
+        s = parse_stream(parts["indices"], m, info.index_alphabet, info.lane_size, where, offs["indices"])
+        bases = parts["lane_bases"].view("<u8")
+        if bases.size:
+            if bases[0] != 0:
+                raise TensorError(f"{where}: the first lane base must be 0 (byte {offs['lane_bases']})")
+            if int(bases.max()) > n:
+                raise TensorError(f"{where}: a lane base is past the tensor's {n} elements (byte {offs['lane_bases']})")
+        out = np.zeros(n, udt)
+        if m:
+            status = kernels.decode_sparse(
+                g.payload, g.lane_offsets, g.table, g.table_bits,
+                s.payload, s.lane_offsets, s.table, s.table_bits,
+                m, info.lane_size, bases.astype(np.int64), n, _values(info, parts["codebook"], True), out,
+            )
+            raise_lane_error(status, where, (("gap", g), ("index", s)))
+        return out.view(tdt).reshape(info.shape)
+    raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
+
+
+__all__ = ["decode_tensor", "split_parts", "Stream"]

@@ -1,0 +1,276 @@
+"""Encoders: turn arrays into encoded tensors for the writer.
+
+* :func:`encode_raw` stores an array as it is.
+* :func:`encode_codebook` stores a quantized tensor given as a codebook and one index per
+  element, as ``codebook-dense`` or ``codebook-sparse`` (Deep Compression's relative-index
+  layout), picking the smaller -- and the gap width b -- unless told.
+* :func:`encode` takes any array, finds out whether its values come from a small set, and
+  picks the smallest of the three encodings. It is exact: decoding gives the same bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import streams
+from .constants import (
+    CODEBOOK_DTYPES,
+    DEFAULT_LANE_SIZE,
+    DTYPES,
+    ENC_CB_DENSE,
+    ENC_CB_SPARSE,
+    ENC_RAW,
+    FLOAT_DTYPES,
+    ITEMSIZE,
+    MAX_CODEBOOK,
+    MAX_GAP_BITS,
+    MIN_GAP_BITS,
+    PARTS,
+    UINT_OF_SIZE,
+    dtype_name,
+)
+from .errors import DczError, EncodeError
+from .records import TensorInfo, new_info
+
+
+@dataclass
+class EncodedTensor:
+    """A tensor ready to be written: its record and the bytes of each part."""
+
+    info: TensorInfo
+    parts: dict[str, np.ndarray]  # part name -> uint8 array, in layout order
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def encoding(self) -> str:
+        return self.info.encoding
+
+    @property
+    def nbytes(self) -> int:
+        return self.info.nbytes
+
+
+def _make(name, dtype, shape, encoding, parts: dict[str, np.ndarray], **kw) -> EncodedTensor:
+    lengths = {k: int(parts[k].size) for k in PARTS[encoding]}
+    try:
+        info = new_info(name, dtype, shape, encoding, lengths, **kw)
+    except DczError as e:
+        raise EncodeError(str(e)) from None
+    return EncodedTensor(info, {k: parts[k] for k in PARTS[encoding]})
+
+
+def _as_bytes(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return a.reshape(-1).view(np.uint8)
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str):
+        raise EncodeError(f"tensor name must be a str, got {type(name).__name__}")
+    return name
+
+
+def encode_raw(name: str, array) -> EncodedTensor:
+    """Store ``array`` as little-endian bytes of its own dtype."""
+    array = np.asarray(array)
+    try:
+        dt = dtype_name(array.dtype)
+    except ValueError as e:
+        raise EncodeError(f"tensor {name!r}: {e}") from None
+    return _make(_check_name(name), dt, array.shape, ENC_RAW, {"data": _as_bytes(array)})
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    """Bit patterns of a float array, as unsigned integers."""
+    return values.view(UINT_OF_SIZE[values.dtype.itemsize])
+
+
+def _gap_layout(positions: np.ndarray, b: int):
+    """Remainders and filler counts of the gaps between ``positions`` for gap width b."""
+    gaps = np.diff(positions, prepend=-1) - 1
+    return gaps & ((1 << b) - 1), gaps >> b
+
+
+def _sparse_estimate(positions, sym, k, b, lane_size, cb_bytes) -> int:
+    rem, fill = _gap_layout(positions, b)
+    nfill = int(fill.sum())
+    m = positions.size + nfill
+    ghist = np.bincount(rem, minlength=1 << b)
+    ghist[(1 << b) - 1] += nfill
+    ihist = np.bincount(sym, minlength=k + 1)
+    ihist[0] += nfill
+    return (
+        cb_bytes
+        + 8 * streams.num_lanes(m, lane_size)
+        + streams.estimate_stream_bytes(ghist, lane_size)
+        + streams.estimate_stream_bytes(ihist, lane_size)
+        + 24  # part alignment, at most
+    )
+
+
+def encode_codebook(
+    name: str,
+    codebook,
+    indices,
+    shape=None,
+    dtype: str = "float32",
+    *,
+    encoding: str | None = None,
+    gap_bits: int | None = None,
+    codebook_dtype: str | None = None,
+    lane_size: int = DEFAULT_LANE_SIZE,
+) -> EncodedTensor:
+    """Encode a quantized tensor: element i is ``codebook[indices[i]]`` cast to ``dtype``.
+
+    ``encoding`` is ``"codebook-dense"``, ``"codebook-sparse"``, ``"raw"`` or None for the
+    smallest. In ``codebook-sparse`` the elements whose value is +0.0 are not stored
+    (the gaps between the others are); ``gap_bits`` (1..8) is chosen when None.
+    ``codebook_dtype`` defaults to float16 for float16 tensors, float32 otherwise.
+    """
+    name = _check_name(name)
+    if dtype not in FLOAT_DTYPES:
+        raise EncodeError(f"tensor {name!r}: codebook encodings need a float dtype, not {dtype!r}")
+    cbd = codebook_dtype or ("float16" if dtype == "float16" else "float32")
+    if cbd not in CODEBOOK_DTYPES:
+        raise EncodeError(f"tensor {name!r}: codebook_dtype must be one of {CODEBOOK_DTYPES}")
+    tdt = DTYPES[dtype]
+    cb = np.asarray(codebook, dtype=np.float64).reshape(-1).astype(DTYPES[cbd])
+    if cb.size > MAX_CODEBOOK + 1:
+        raise EncodeError(f"tensor {name!r}: codebook has {cb.size} entries, at most {MAX_CODEBOOK} allowed")
+    idx = np.asarray(indices)
+    if shape is None:
+        shape = idx.shape
+    shape = tuple(int(s) for s in shape)
+    idx = idx.reshape(-1)
+    if idx.size != int(np.prod(shape, dtype=np.int64)):
+        raise EncodeError(f"tensor {name!r}: {idx.size} indices for shape {shape}")
+    if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= cb.size):
+        raise EncodeError(f"tensor {name!r}: indices must be integers in [0, {cb.size})")
+    idx = idx.astype(np.uint16 if cb.size > 255 else np.uint8, copy=False)
+    if gap_bits is not None and not MIN_GAP_BITS <= gap_bits <= MAX_GAP_BITS:
+        raise EncodeError(f"tensor {name!r}: gap_bits must be in [{MIN_GAP_BITS}, {MAX_GAP_BITS}]")
+    if encoding not in (None, ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE):
+        raise EncodeError(f"tensor {name!r}: unknown encoding {encoding!r}")
+
+    # sparse view: codebook entries whose decoded value is +0.0 become the zero symbol
+    cbt = cb.astype(tdt)
+    is_zero = _bits(cbt) == 0
+    keep = np.flatnonzero(~is_zero)
+    remap = np.zeros(cb.size, np.uint16)
+    remap[keep] = np.arange(1, keep.size + 1)
+    nz_cb = cb[keep]
+
+    def raw():
+        return encode_raw(name, cbt[idx].reshape(shape))
+
+    def dense():
+        if cb.size > MAX_CODEBOOK:
+            raise EncodeError(f"tensor {name!r}: codebook-dense allows {MAX_CODEBOOK} codebook entries, got {cb.size}")
+        return _make(
+            name, dtype, shape, ENC_CB_DENSE,
+            {"codebook": _as_bytes(cb), "indices": streams.encode_stream(idx, cb.size, lane_size)},
+            codebook_dtype=cbd, codebook_size=int(cb.size), lane_size=lane_size,
+        )
+
+    if encoding == ENC_RAW:
+        return raw()
+    if encoding == ENC_CB_DENSE:
+        return dense()
+
+    sym = remap[idx]
+    positions = np.flatnonzero(sym)
+    sym = sym[positions]
+    cb_bytes = nz_cb.size * ITEMSIZE[cbd]
+    if gap_bits is None:
+        sizes = {b: _sparse_estimate(positions, sym, nz_cb.size, b, lane_size, cb_bytes)
+                 for b in range(MIN_GAP_BITS, MAX_GAP_BITS + 1)}
+        gap_bits = min(sizes, key=lambda b: (sizes[b], b))
+
+    def sparse():
+        if nz_cb.size > MAX_CODEBOOK:
+            raise EncodeError(f"tensor {name!r}: {nz_cb.size} non-zero codebook entries, at most {MAX_CODEBOOK} allowed")
+        b = gap_bits
+        rem, fill = _gap_layout(positions, b)
+        m = positions.size + int(fill.sum())
+        at = np.arange(positions.size) + np.cumsum(fill)  # entry number of each real element
+        gsym = np.full(m, (1 << b) - 1, np.uint8)
+        gsym[at] = rem
+        isym = np.zeros(m, np.uint16 if nz_cb.size > 255 else np.uint8)
+        isym[at] = sym
+        nl = streams.num_lanes(m, lane_size)
+        bases = np.zeros(nl, "<u8")
+        if nl > 1:
+            epos = np.cumsum(gsym.astype(np.int64) + 1)  # positions consumed after each entry
+            bases[1:] = epos[np.arange(1, nl) * lane_size - 1]
+        return _make(
+            name, dtype, shape, ENC_CB_SPARSE,
+            {
+                "codebook": _as_bytes(nz_cb),
+                "lane_bases": bases.view(np.uint8),
+                "gaps": streams.encode_stream(gsym, 1 << b, lane_size),
+                "indices": streams.encode_stream(isym, nz_cb.size + 1, lane_size),
+            },
+            codebook_dtype=cbd, codebook_size=int(nz_cb.size), lane_size=lane_size, gap_bits=b, entries=m,
+        )
+
+    if encoding == ENC_CB_SPARSE:
+        return sparse()
+    # auto: estimate all three, encode the smallest
+    hist = np.bincount(idx, minlength=cb.size)
+    est = {
+        ENC_RAW: idx.size * ITEMSIZE[dtype],
+        ENC_CB_DENSE: cb.size * ITEMSIZE[cbd] + streams.estimate_stream_bytes(hist, lane_size) + 8,
+        ENC_CB_SPARSE: _sparse_estimate(positions, sym, nz_cb.size, gap_bits, lane_size, cb_bytes),
+    }
+    if cb.size > MAX_CODEBOOK:
+        del est[ENC_CB_DENSE]
+    if nz_cb.size > MAX_CODEBOOK:
+        del est[ENC_CB_SPARSE]
+    best = min(est, key=lambda e: (est[e], e))
+    return {ENC_RAW: raw, ENC_CB_DENSE: dense, ENC_CB_SPARSE: sparse}[best]()
+
+
+def encode(name: str, array, *, encoding: str | None = None, lane_size: int = DEFAULT_LANE_SIZE,
+           gap_bits: int | None = None) -> EncodedTensor:
+    """Encode any array exactly, choosing the smallest encoding unless ``encoding`` is given.
+
+    Float arrays whose values (by bit pattern) come from at most 256 distinct values, not
+    counting +0.0, may use a codebook encoding; everything else is stored raw.
+    """
+    name = _check_name(name)
+    array = np.asarray(array)
+    try:
+        dt = dtype_name(array.dtype)
+    except ValueError as e:
+        raise EncodeError(f"tensor {name!r}: {e}") from None
+    if encoding == ENC_RAW or dt not in FLOAT_DTYPES or array.size == 0:
+        if encoding not in (None, ENC_RAW):
+            raise EncodeError(f"tensor {name!r}: {encoding} needs a non-empty float tensor")
+        return encode_raw(name, array)
+    flat = np.ascontiguousarray(array).reshape(-1)
+    values, inverse = np.unique(_bits(flat), return_inverse=True)
+    nonzero = values.size - int(values[0] == 0)  # +0.0 has the all-zero bit pattern
+    cbd = "float16" if dt == "float16" else "float32"
+    usable = nonzero <= MAX_CODEBOOK and (dt != "float64" or _exact(values, dt, cbd))
+    if not usable or (encoding == ENC_CB_DENSE and values.size > MAX_CODEBOOK):
+        if encoding not in (None, ENC_RAW):
+            raise EncodeError(
+                f"tensor {name!r}: {values.size} distinct values do not fit a {cbd} codebook for {encoding}"
+            )
+        return encode_raw(name, array)
+    codebook = values.view(flat.dtype).astype(np.float64)
+    return encode_codebook(name, codebook, inverse.reshape(-1), array.shape, dt, encoding=encoding,
+                           gap_bits=gap_bits, codebook_dtype=cbd, lane_size=lane_size)
+
+
+def _exact(bits: np.ndarray, dt: str, cbd: str) -> bool:
+    vals = bits.view(DTYPES[dt])
+    back = vals.astype(DTYPES[cbd]).astype(DTYPES[dt])
+    return bool(np.array_equal(_bits(back), bits))

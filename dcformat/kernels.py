@@ -1,0 +1,161 @@
+"""Compiled hot loops (numba): Huffman lane encoding and parallel lane decoding.
+
+Decoders never index outside their arrays whatever the input: reads past the end of a
+payload see zero bits, and every write position is checked. They return one status
+code per lane (see STATUS_*); the caller turns a non-zero status into a DczError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+STATUS_OK = 0
+STATUS_OVERRUN = 1  # the lane's codes run past the lane's last byte
+STATUS_UNDERRUN = 2  # the lane ends with whole unused bytes
+STATUS_PADDING = 3  # the bits after the lane's last code are not zero
+STATUS_OUT_OF_TENSOR = 4  # a gap points past the tensor's last element
+STATUS_BASE_MISMATCH = 5  # a sparse lane does not end where the next lane's base says
+
+INDEX_STREAM = 16  # added to a lane-end status found in a sparse tensor's index stream
+
+STATUS_TEXT = {
+    STATUS_OVERRUN: "codes run past the end of the lane",
+    STATUS_UNDERRUN: "the lane has unused trailing bytes",
+    STATUS_PADDING: "padding bits after the last code are not zero",
+    STATUS_OUT_OF_TENSOR: "a gap points past the end of the tensor",
+    STATUS_BASE_MISMATCH: "the lane does not end where the next lane's base says",
+}
+
+
+@njit(parallel=True, cache=True)
+def lane_bits(symbols, lengths, lane_size):
+    """Bits each lane of ``symbols`` takes with code ``lengths``."""
+    n = symbols.size
+    nl = (n + lane_size - 1) // lane_size
+    out = np.zeros(nl, dtype=np.int64)
+    for l in prange(nl):
+        s0 = l * lane_size
+        s1 = min(n, s0 + lane_size)
+        acc = 0
+        for i in range(s0, s1):
+            acc += lengths[symbols[i]]
+        out[l] = acc
+    return out
+
+
+@njit(parallel=True, cache=True)
+def encode_lanes(symbols, codes, lengths, lane_size, lane_starts, out):
+    """Write each lane's codes MSB-first from byte ``lane_starts[l]`` of ``out`` (zeroed)."""
+    n = symbols.size
+    nl = lane_starts.size
+    for l in prange(nl):
+        s0 = l * lane_size
+        s1 = min(n, s0 + lane_size)
+        pos = lane_starts[l]
+        acc = 0
+        nacc = 0
+        for i in range(s0, s1):
+            s = symbols[i]
+            ln = lengths[s]
+            acc = ((acc << ln) | codes[s]) & 0xFFFFFFFF
+            nacc += ln
+            while nacc >= 8:
+                nacc -= 8
+                out[pos] = (acc >> nacc) & 0xFF
+                pos += 1
+        if nacc > 0:
+            out[pos] = (acc << (8 - nacc)) & 0xFF
+
+
+@njit(inline="always")
+def _window(payload, bit, size):
+    """24 bits of ``payload`` starting at byte bit >> 3 (zeros past the end)."""
+    byte = bit >> 3
+    if byte + 2 < size:
+        return (np.int64(payload[byte]) << 16) | (np.int64(payload[byte + 1]) << 8) | np.int64(payload[byte + 2])
+    w = np.int64(0)
+    for k in range(3):
+        w <<= 8
+        if byte + k < size:
+            w |= np.int64(payload[byte + k])
+    return w
+
+
+@njit(inline="always")
+def _lane_end_status(payload, bit, start, end):
+    """Check a lane consumed exactly its bytes and left only zero padding bits."""
+    endbit = end * 8
+    if bit > endbit:
+        return 1
+    if endbit - bit >= 8:
+        return 2
+    if bit < endbit:
+        rem = 8 - (bit & 7)
+        if (np.int64(payload[bit >> 3]) & ((1 << rem) - 1)) != 0:
+            return 3
+    return 0
+
+
+@njit(parallel=True, cache=True)
+def decode_dense(payload, lane_offsets, table, tbits, n, lane_size, values, out):
+    """out[i] = values[symbol i] for the n symbols of one stream."""
+    nl = lane_offsets.size
+    size = payload.size
+    status = np.zeros(nl, dtype=np.int64)
+    mask = (1 << tbits) - 1
+    for l in prange(nl):
+        start = lane_offsets[l]
+        end = lane_offsets[l + 1] if l + 1 < nl else size
+        bit = start * 8
+        s0 = l * lane_size
+        s1 = min(n, s0 + lane_size)
+        for i in range(s0, s1):
+            e = np.int64(table[(_window(payload, bit, size) >> (24 - tbits - (bit & 7))) & mask])
+            bit += e >> 9
+            out[i] = values[e & 511]
+        status[l] = _lane_end_status(payload, bit, start, end)
+    return status
+
+
+@njit(parallel=True, cache=True)
+def decode_sparse(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lane_size, bases, numel, values, out):
+    """Scatter the m (gap, index) entries of a codebook-sparse tensor into ``out`` (zeroed)."""
+    nl = goffs.size
+    gsize = gpay.size
+    isize = ipay.size
+    status = np.zeros(nl, dtype=np.int64)
+    gmask = (1 << gbits) - 1
+    imask = (1 << ibits) - 1
+    for l in prange(nl):
+        gstart = goffs[l]
+        gend = goffs[l + 1] if l + 1 < nl else gsize
+        istart = ioffs[l]
+        iend = ioffs[l + 1] if l + 1 < nl else isize
+        gbit = gstart * 8
+        ibit = istart * 8
+        pos = bases[l]
+        s0 = l * lane_size
+        s1 = min(m, s0 + lane_size)
+        st = 0
+        for _ in range(s0, s1):
+            ge = np.int64(gtable[(_window(gpay, gbit, gsize) >> (24 - gbits - (gbit & 7))) & gmask])
+            gbit += ge >> 9
+            ie = np.int64(itable[(_window(ipay, ibit, isize) >> (24 - ibits - (ibit & 7))) & imask])
+            ibit += ie >> 9
+            p = pos + (ge & 511)
+            if p >= numel:
+                st = 4
+                break
+            out[p] = values[ie & 511]
+            pos = p + 1
+        if st == 0:
+            st = _lane_end_status(gpay, gbit, gstart, gend)
+        if st == 0:
+            st = _lane_end_status(ipay, ibit, istart, iend)
+            if st != 0:
+                st += INDEX_STREAM
+        if st == 0 and l + 1 < nl and pos != bases[l + 1]:
+            st = 5
+        status[l] = st
+    return status

@@ -1,0 +1,246 @@
+"""Reading .dcz files: memory-mapped, checked up front, tensors decoded lazily."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import mmap
+import os
+import zlib
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from .constants import (
+    ALIGNMENT,
+    EXPANSION_SLACK,
+    MAGIC,
+    MAX_EXPANSION,
+    MAX_HEADER_BYTES,
+    MAX_SECTIONS,
+    PREAMBLE_SIZE,
+    SECTION_GRAPH,
+    SECTION_METADATA,
+    SECTION_TENSOR,
+    VERSION_MAJOR,
+)
+from .container import PREAMBLE, Section
+from .decode import decode_tensor
+from .errors import ChecksumError, DczError, FormatError, LimitError, VersionError
+from .records import TensorInfo, parse_descriptor
+from .streams import align
+
+
+def _no_duplicates(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise FormatError(f"header: duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def _reject_constant(name):
+    raise FormatError(f"header: {name} is not allowed in JSON")
+
+
+def _parse_json(data: bytes, what: str):
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except DczError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FormatError(f"{what}: not valid JSON ({e})") from None
+
+
+class DczReader(Mapping):
+    """A .dcz file opened for reading. Use :func:`dcformat.open`.
+
+    The whole structure is checked when the file is opened -- preamble and header
+    checksums, the section table tiling the file, zero padding, every tensor record --
+    and each tensor's data is checksummed and decoded when it is asked for::
+
+        with dcformat.open("model.dcz") as r:
+            names = list(r)            # tensor names, in file order
+            w = r["fc1.weight"]        # numpy array, original dtype and shape
+            r.info("fc1.weight")       # TensorInfo: encoding, stored bytes, parts ...
+    """
+
+    def __init__(self, path, *, max_decoded_bytes: int | None = None):
+        self.path = os.fspath(path)
+        try:
+            with builtins.open(self.path, "rb") as f:
+                self.file_size = os.fstat(f.fileno()).st_size
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.file_size else None
+        except IsADirectoryError:
+            raise FormatError(f"{self.path}: is a directory, not a .dcz file") from None
+        self._buf = np.frombuffer(self._mm, np.uint8) if self._mm is not None else np.zeros(0, np.uint8)
+        try:
+            self._parse(max_decoded_bytes)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ structure
+    def _parse(self, max_decoded_bytes):
+        size = self.file_size
+        if size < PREAMBLE_SIZE or bytes(self._buf[:8]) != MAGIC:
+            raise FormatError(f"{self.path}: not a .dcz file (bad magic at byte 0)")
+        magic, major, minor, hlen, hcrc, pcrc = PREAMBLE.unpack(bytes(self._buf[:PREAMBLE_SIZE]))
+        if zlib.crc32(self._buf[:20]) != pcrc:
+            raise ChecksumError(f"{self.path}: preamble checksum mismatch (bytes 0..23)")
+        if major != VERSION_MAJOR:
+            raise VersionError(f"{self.path}: format version {major}.{minor} is not supported (this reader reads {VERSION_MAJOR}.x)")
+        self.version = (major, minor)
+        if hlen > MAX_HEADER_BYTES or PREAMBLE_SIZE + hlen > size:
+            raise LimitError(f"{self.path}: header length {hlen} exceeds the file or the limit (byte 12)")
+        header_bytes = bytes(self._buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
+        if zlib.crc32(header_bytes) != hcrc:
+            raise ChecksumError(f"{self.path}: header checksum mismatch (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
+        header = _parse_json(header_bytes, "header")
+        if not isinstance(header, dict) or not isinstance(header.get("sections"), list):
+            raise FormatError("header: must be an object with a 'sections' list")
+        entries = header["sections"]
+        if len(entries) > MAX_SECTIONS:
+            raise LimitError(f"header: {len(entries)} sections exceed the limit of {MAX_SECTIONS}")
+        self.sections: list[Section] = []
+        self.tensors: dict[str, TensorInfo] = {}
+        self._tensor_sections: dict[str, Section] = {}
+        self._meta_section = self._graph_section = None
+        end = PREAMBLE_SIZE + hlen
+        decoded = 0
+        for i, e in enumerate(entries):
+            where = f"section {i}"
+            if not isinstance(e, dict):
+                raise FormatError(f"{where}: entry must be an object")
+            kind, off, length, crc = e.get("kind"), e.get("offset"), e.get("length"), e.get("crc32")
+            if not isinstance(kind, str):
+                raise FormatError(f"{where}: 'kind' must be a string")
+            for key, v, hi in (("offset", off, size), ("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
+                if type(v) is not int or not 0 <= v <= hi:
+                    raise FormatError(f"{where}: '{key}' must be an integer in [0, {hi}], got {v!r}")
+            expect = align(end, ALIGNMENT)
+            if off != expect:
+                raise FormatError(f"{where} ({kind}): starts at byte {off}, must start at byte {expect}")
+            if off + length > size:
+                raise FormatError(f"{where} ({kind}): bytes {off}..{off + length} run past the end of the {size}-byte file")
+            if self._buf[end:off].any():
+                raise FormatError(f"{where}: non-zero padding in bytes {end}..{off - 1}")
+            end = off + length
+            sec = Section(kind, off, length, crc, e.get("tensor"))
+            self.sections.append(sec)
+            if kind == SECTION_TENSOR:
+                info = parse_descriptor(sec.tensor, off, length, where)
+                if info.name in self.tensors:
+                    raise FormatError(f"{where}: duplicate tensor name {info.name!r}")
+                self.tensors[info.name] = info
+                self._tensor_sections[info.name] = sec
+                decoded += info.decoded_nbytes
+            elif kind in (SECTION_METADATA, SECTION_GRAPH):
+                attr = "_meta_section" if kind == SECTION_METADATA else "_graph_section"
+                if getattr(self, attr) is not None:
+                    raise FormatError(f"{where}: a second {kind} section")
+                setattr(self, attr, sec)
+            # other kinds (added by later minor versions) are skipped; they are still checksummed
+        if end != size:
+            raise FormatError(f"{self.path}: {size - end} bytes after the last section (byte {end})")
+        limit = max_decoded_bytes if max_decoded_bytes is not None else MAX_EXPANSION * size + EXPANSION_SLACK
+        if decoded > limit:
+            raise LimitError(
+                f"{self.path}: tensors declare {decoded} decoded bytes, more than the limit of {limit} "
+                f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it"
+            )
+
+    def _section_bytes(self, sec: Section, what: str) -> np.ndarray:
+        data = self._buf[sec.offset : sec.offset + sec.length]
+        if zlib.crc32(data) != sec.crc32:
+            raise ChecksumError(f"{what}: checksum mismatch in section at bytes {sec.offset}..{sec.offset + sec.length - 1}")
+        return data
+
+    # ------------------------------------------------------------------ Mapping
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __contains__(self, name) -> bool:
+        return name in self.tensors
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """Checksum and decode one tensor; a new array the caller owns."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise KeyError(name)
+        return decode_tensor(info, self._section_bytes(self._tensor_sections[name], f"tensor {name!r}"))
+
+    def info(self, name: str) -> TensorInfo:
+        """The record of one tensor (encoding, stored bytes, parts ...), without decoding it."""
+        return self.tensors[name]
+
+    # ------------------------------------------------------------------ graph and metadata
+    @property
+    def metadata(self) -> dict:
+        """The metadata section as a dict ({} when there is none)."""
+        if self._meta_section is None:
+            return {}
+        data = bytes(self._section_bytes(self._meta_section, "metadata"))
+        meta = _parse_json(data, "metadata")
+        if not isinstance(meta, dict):
+            raise FormatError("metadata: must be a JSON object")
+        return meta
+
+    @property
+    def graph_bytes(self) -> bytes | None:
+        """The serialized ONNX ModelProto of the graph section, or None (weights-only file)."""
+        if self._graph_section is None:
+            return None
+        return bytes(self._section_bytes(self._graph_section, "graph"))
+
+    @property
+    def graph(self):
+        """The graph as an onnx.ModelProto (initializer data not filled in), or None."""
+        data = self.graph_bytes
+        if data is None:
+            return None
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(data)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise FormatError(f"graph: not a valid ONNX ModelProto ({e})") from None
+        return model
+
+    def verify(self) -> None:
+        """Check every section's checksum and decode every tensor; raises DczError on the first problem."""
+        for i, s in enumerate(self.sections):
+            self._section_bytes(s, f"section {i} ({s.kind})")
+        self.metadata
+        for name in self.tensors:
+            self[name]
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        self._buf = np.zeros(0, np.uint8)
+        if getattr(self, "_mm", None) is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # an array still views the map; it is freed with that array
+                pass
+            self._mm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<DczReader {self.path!r}: {len(self.tensors)} tensors, {self.file_size} bytes>"
+
+
+def open(path, *, max_decoded_bytes: int | None = None) -> DczReader:  # noqa: A001 - mirrors builtins.open
+    """Open a .dcz file for reading (memory-mapped; tensors decode when indexed)."""
+    return DczReader(path, max_decoded_bytes=max_decoded_bytes)

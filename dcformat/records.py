@@ -1,0 +1,185 @@
+"""Tensor records: the JSON descriptor of each tensor section, parsed and checked.
+
+Everything here is checked from the header alone, before any tensor byte is read or any
+buffer allocated: a record whose declared sizes do not add up to its section's length
+is rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .constants import (
+    CODEBOOK_DTYPES,
+    DEFAULT_LANE_SIZE,
+    DTYPES,
+    ENC_CB_DENSE,
+    ENC_CB_SPARSE,
+    ENC_RAW,
+    ENCODINGS,
+    FLOAT_DTYPES,
+    ITEMSIZE,
+    LANE_BASE_BYTES,
+    MAX_CODEBOOK,
+    MAX_ELEMENTS,
+    MAX_GAP_BITS,
+    MAX_LANE_SIZE,
+    MAX_NAME_BYTES,
+    MAX_RANK,
+    MIN_GAP_BITS,
+    MIN_LANE_SIZE,
+    PART_ALIGNMENT,
+    PARTS,
+)
+from .errors import TensorError
+from .streams import align, num_lanes
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the header says about one tensor; no tensor data is read to make it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    encoding: str
+    parts: dict[str, int]  # part name -> stored bytes, in layout order
+    codebook_dtype: str | None = None
+    codebook_size: int | None = None
+    lane_size: int | None = None
+    gap_bits: int | None = None
+    entries: int | None = None  # codebook-sparse: entries incl. fillers
+    offset: int = 0  # file offset of the tensor's section
+    nbytes: int = 0  # stored bytes (the section's length)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def decoded_nbytes(self) -> int:
+        return self.numel * ITEMSIZE[self.dtype]
+
+    @property
+    def index_alphabet(self) -> int:
+        """Symbols of the index stream: the codebook, plus the zero symbol 0 when sparse."""
+        return self.codebook_size + (1 if self.encoding == ENC_CB_SPARSE else 0)
+
+    def part_offsets(self) -> dict[str, int]:
+        """Offset of each part within the section."""
+        out, pos = {}, 0
+        for name, length in self.parts.items():
+            pos = align(pos, PART_ALIGNMENT)
+            out[name] = pos
+            pos += length
+        return out
+
+    def descriptor(self) -> dict:
+        """The JSON object stored in the header for this tensor (fixed key order)."""
+        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding}
+        if self.encoding != ENC_RAW:
+            d["codebook_dtype"] = self.codebook_dtype
+            d["codebook_size"] = self.codebook_size
+            d["lane_size"] = self.lane_size
+        if self.encoding == ENC_CB_SPARSE:
+            d["gap_bits"] = self.gap_bits
+            d["entries"] = self.entries
+        d["parts"] = dict(self.parts)
+        return d
+
+
+def section_length(parts: dict[str, int]) -> int:
+    pos = 0
+    for length in parts.values():
+        pos = align(pos, PART_ALIGNMENT) + length
+    return pos
+
+
+def _int(d: dict, key: str, lo: int, hi: int, where: str) -> int:
+    v = d.get(key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise TensorError(f"{where}: '{key}' must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
+    """Check a tensor descriptor against the format's rules and its section's length."""
+    if not isinstance(d, dict):
+        raise TensorError(f"{where}: tensor descriptor must be an object")
+    name = d.get("name")
+    if not isinstance(name, str) or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise TensorError(f"{where}: tensor name must be a string of at most {MAX_NAME_BYTES} bytes")
+    where = f"tensor {name!r} ({where})"
+    dtype = d.get("dtype")
+    if dtype not in DTYPES:
+        raise TensorError(f"{where}: unknown dtype {dtype!r}")
+    shape = d.get("shape")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise TensorError(f"{where}: shape must be a list of at most {MAX_RANK} dimensions")
+    numel = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0 or dim > MAX_ELEMENTS:
+            raise TensorError(f"{where}: bad dimension {dim!r} in shape")
+        numel *= dim
+        if numel > MAX_ELEMENTS:
+            raise TensorError(f"{where}: shape {shape} has more than {MAX_ELEMENTS} elements")
+    numel = math.prod(shape)
+    enc = d.get("encoding")
+    if enc not in ENCODINGS:
+        raise TensorError(f"{where}: unknown encoding {enc!r}")
+    parts = d.get("parts")
+    names = PARTS[enc]
+    if not isinstance(parts, dict) or list(parts) != list(names):
+        raise TensorError(f"{where}: 'parts' must list {', '.join(names)} in that order")
+    for pname, plen in parts.items():
+        if type(plen) is not int or plen < 0 or plen > length:
+            raise TensorError(f"{where}: part {pname!r} has bad length {plen!r}")
+    if section_length(parts) != length:
+        raise TensorError(
+            f"{where}: parts add up to {section_length(parts)} bytes, section at byte {offset} has {length}"
+        )
+    kw: dict = {}
+    if enc == ENC_RAW:
+        if parts["data"] != numel * ITEMSIZE[dtype]:
+            raise TensorError(
+                f"{where}: raw data is {parts['data']} bytes, shape {shape} of {dtype} needs {numel * ITEMSIZE[dtype]}"
+            )
+    else:
+        if dtype not in FLOAT_DTYPES:
+            raise TensorError(f"{where}: {enc} needs a floating-point dtype, not {dtype}")
+        cbd = d.get("codebook_dtype")
+        if cbd not in CODEBOOK_DTYPES:
+            raise TensorError(f"{where}: codebook_dtype must be one of {CODEBOOK_DTYPES}, got {cbd!r}")
+        k = _int(d, "codebook_size", 0, MAX_CODEBOOK, where)
+        lane = _int(d, "lane_size", MIN_LANE_SIZE, MAX_LANE_SIZE, where)
+        if lane & (lane - 1):
+            raise TensorError(f"{where}: lane_size {lane} is not a power of two")
+        if parts["codebook"] != k * ITEMSIZE[cbd]:
+            raise TensorError(f"{where}: codebook part is {parts['codebook']} bytes, {k} x {cbd} needs {k * ITEMSIZE[cbd]}")
+        kw.update(codebook_dtype=cbd, codebook_size=k, lane_size=lane)
+        if enc == ENC_CB_DENSE:
+            if numel > 0 and k == 0:
+                raise TensorError(f"{where}: a non-empty codebook-dense tensor needs a codebook")
+        else:
+            b = _int(d, "gap_bits", MIN_GAP_BITS, MAX_GAP_BITS, where)
+            m = _int(d, "entries", 0, numel, where)
+            if parts["lane_bases"] != LANE_BASE_BYTES * num_lanes(m, lane):
+                raise TensorError(
+                    f"{where}: lane_bases part is {parts['lane_bases']} bytes, {m} entries in lanes of {lane} need "
+                    f"{LANE_BASE_BYTES * num_lanes(m, lane)}"
+                )
+            kw.update(gap_bits=b, entries=m)
+    return TensorInfo(
+        name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset, nbytes=length, **kw
+    )
+
+
+def new_info(name, dtype, shape, encoding, parts, **kw) -> TensorInfo:
+    """A TensorInfo for an encoder, checked with the same rules as a reader's."""
+    info = TensorInfo(name=name, dtype=dtype, shape=tuple(int(s) for s in shape), encoding=encoding, parts=parts, **kw)
+    return parse_descriptor(info.descriptor(), 0, section_length(parts), "encoder")
+
+
+__all__ = ["TensorInfo", "parse_descriptor", "new_info", "section_length", "DEFAULT_LANE_SIZE"]
