@@ -100,3 +100,10 @@ def dtype_name(dt) -> str:
         if d == dt.newbyteorder("<") or d == dt:
             return name
     raise ValueError(f"dtype {dt} is not supported by .dcz")
+
+# ---------------------------------------------------------------- graph references
+# A TensorProto in the graph section refers to a tensor record by
+# data_location = EXTERNAL and external_data {GRAPH_LOCATION_KEY: GRAPH_LOCATION, GRAPH_TENSOR_KEY: record name}.
+GRAPH_LOCATION_KEY = "location"
+GRAPH_LOCATION = "dcz"
+GRAPH_TENSOR_KEY = "tensor"

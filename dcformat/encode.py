@@ -26,13 +26,15 @@ from .constants import (
     ITEMSIZE,
     MAX_CODEBOOK,
     MAX_GAP_BITS,
+    MAX_LANE_SIZE,
     MIN_GAP_BITS,
+    MIN_LANE_SIZE,
     PARTS,
     UINT_OF_SIZE,
     dtype_name,
 )
 from .errors import DczError, EncodeError
-from .records import TensorInfo, new_info
+from .records import TensorInfo, new_info, section_length
 
 
 @dataclass
@@ -77,6 +79,15 @@ def _check_name(name) -> str:
     return name
 
 
+def _check_lane_size(name: str, lane_size) -> int:
+    if (not isinstance(lane_size, (int, np.integer)) or isinstance(lane_size, bool)
+            or not MIN_LANE_SIZE <= lane_size <= MAX_LANE_SIZE or lane_size & (lane_size - 1)):
+        raise EncodeError(
+            f"tensor {name!r}: lane_size must be a power of two in [{MIN_LANE_SIZE}, {MAX_LANE_SIZE}], got {lane_size!r}"
+        )
+    return int(lane_size)
+
+
 def encode_raw(name: str, array) -> EncodedTensor:
     """Store ``array`` as little-endian bytes of its own dtype."""
     array = np.asarray(array)
@@ -106,13 +117,12 @@ def _sparse_estimate(positions, sym, k, b, lane_size, cb_bytes) -> int:
     ghist[(1 << b) - 1] += nfill
     ihist = np.bincount(sym, minlength=k + 1)
     ihist[0] += nfill
-    return (
-        cb_bytes
-        + 8 * streams.num_lanes(m, lane_size)
-        + streams.estimate_stream_bytes(ghist, lane_size)
-        + streams.estimate_stream_bytes(ihist, lane_size)
-        + 24  # part alignment, at most
-    )
+    return section_length({
+        "codebook": cb_bytes,
+        "lane_bases": 8 * streams.num_lanes(m, lane_size),
+        "gaps": streams.estimate_stream_bytes(ghist, lane_size),
+        "indices": streams.estimate_stream_bytes(ihist, lane_size),
+    })
 
 
 def encode_codebook(
@@ -135,6 +145,7 @@ def encode_codebook(
     ``codebook_dtype`` defaults to float16 for float16 tensors, float32 otherwise.
     """
     name = _check_name(name)
+    lane_size = _check_lane_size(name, lane_size)
     if dtype not in FLOAT_DTYPES:
         raise EncodeError(f"tensor {name!r}: codebook encodings need a float dtype, not {dtype!r}")
     cbd = codebook_dtype or ("float16" if dtype == "float16" else "float32")
@@ -148,13 +159,16 @@ def encode_codebook(
     if shape is None:
         shape = idx.shape
     shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise EncodeError(f"tensor {name!r}: negative dimension in shape {shape}")
     idx = idx.reshape(-1)
     if idx.size != int(np.prod(shape, dtype=np.int64)):
         raise EncodeError(f"tensor {name!r}: {idx.size} indices for shape {shape}")
     if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= cb.size):
         raise EncodeError(f"tensor {name!r}: indices must be integers in [0, {cb.size})")
     idx = idx.astype(np.uint16 if cb.size > 255 else np.uint8, copy=False)
-    if gap_bits is not None and not MIN_GAP_BITS <= gap_bits <= MAX_GAP_BITS:
+    if gap_bits is not None and (not isinstance(gap_bits, (int, np.integer)) or isinstance(gap_bits, bool)
+                                 or not MIN_GAP_BITS <= gap_bits <= MAX_GAP_BITS):
         raise EncodeError(f"tensor {name!r}: gap_bits must be in [{MIN_GAP_BITS}, {MAX_GAP_BITS}]")
     if encoding not in (None, ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE):
         raise EncodeError(f"tensor {name!r}: unknown encoding {encoding!r}")
@@ -192,6 +206,7 @@ def encode_codebook(
         sizes = {b: _sparse_estimate(positions, sym, nz_cb.size, b, lane_size, cb_bytes)
                  for b in range(MIN_GAP_BITS, MAX_GAP_BITS + 1)}
         gap_bits = min(sizes, key=lambda b: (sizes[b], b))
+    gap_bits = int(gap_bits)
 
     def sparse():
         if nz_cb.size > MAX_CODEBOOK:
@@ -226,7 +241,8 @@ def encode_codebook(
     hist = np.bincount(idx, minlength=cb.size)
     est = {
         ENC_RAW: idx.size * ITEMSIZE[dtype],
-        ENC_CB_DENSE: cb.size * ITEMSIZE[cbd] + streams.estimate_stream_bytes(hist, lane_size) + 8,
+        ENC_CB_DENSE: section_length({"codebook": cb.size * ITEMSIZE[cbd],
+                                      "indices": streams.estimate_stream_bytes(hist, lane_size)}),
         ENC_CB_SPARSE: _sparse_estimate(positions, sym, nz_cb.size, gap_bits, lane_size, cb_bytes),
     }
     if cb.size > MAX_CODEBOOK:
@@ -245,6 +261,7 @@ def encode(name: str, array, *, encoding: str | None = None, lane_size: int = DE
     counting +0.0, may use a codebook encoding; everything else is stored raw.
     """
     name = _check_name(name)
+    lane_size = _check_lane_size(name, lane_size)
     array = np.asarray(array)
     try:
         dt = dtype_name(array.dtype)
@@ -258,19 +275,24 @@ def encode(name: str, array, *, encoding: str | None = None, lane_size: int = DE
     values, inverse = np.unique(_bits(flat), return_inverse=True)
     nonzero = values.size - int(values[0] == 0)  # +0.0 has the all-zero bit pattern
     cbd = "float16" if dt == "float16" else "float32"
-    usable = nonzero <= MAX_CODEBOOK and (dt != "float64" or _exact(values, dt, cbd))
+    usable = nonzero <= MAX_CODEBOOK and _exact(values, dt, cbd)
     if not usable or (encoding == ENC_CB_DENSE and values.size > MAX_CODEBOOK):
         if encoding not in (None, ENC_RAW):
             raise EncodeError(
                 f"tensor {name!r}: {values.size} distinct values do not fit a {cbd} codebook for {encoding}"
             )
         return encode_raw(name, array)
-    codebook = values.view(flat.dtype).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN bit patterns: checked exact by _exact
+        codebook = values.view(flat.dtype).astype(np.float64)
     return encode_codebook(name, codebook, inverse.reshape(-1), array.shape, dt, encoding=encoding,
                            gap_bits=gap_bits, codebook_dtype=cbd, lane_size=lane_size)
 
 
 def _exact(bits: np.ndarray, dt: str, cbd: str) -> bool:
-    vals = bits.view(DTYPES[dt])
-    back = vals.astype(DTYPES[cbd]).astype(DTYPES[dt])
+    """Whether these values survive the codebook path bit for bit: through float64 to the
+    codebook dtype (as encode_codebook stores them), then to the tensor dtype (as a reader
+    decodes them). Not so for a float64 value float32 cannot hold, a signalling NaN (the
+    float64 step quiets it), or a bfloat16 NaN with a payload (float32 -> bfloat16 drops it)."""
+    with np.errstate(invalid="ignore"):
+        back = bits.view(DTYPES[dt]).astype(np.float64).astype(DTYPES[cbd]).astype(DTYPES[dt])
     return bool(np.array_equal(_bits(back), bits))

@@ -1,7 +1,7 @@
 """Compiled hot loops (numba): Huffman lane encoding and parallel lane decoding.
 
 Decoders never index outside their arrays whatever the input: reads past the end of a
-payload see zero bits, and every write position is checked. They return one status
+payload see zero bits (a lane reads ahead into the next lane's bytes; that is harmless), and every write position is checked. They return one status
 code per lane (see STATUS_*); the caller turns a non-zero status into a DczError.
 """
 
@@ -69,21 +69,24 @@ def encode_lanes(symbols, codes, lengths, lane_size, lane_starts, out):
 
 
 @njit(inline="always")
-def _window(payload, bit, size):
-    """24 bits of ``payload`` starting at byte bit >> 3 (zeros past the end)."""
-    byte = bit >> 3
-    if byte + 2 < size:
-        return (np.int64(payload[byte]) << 16) | (np.int64(payload[byte + 1]) << 8) | np.int64(payload[byte + 2])
-    w = np.int64(0)
-    for k in range(3):
-        w <<= 8
-        if byte + k < size:
-            w |= np.int64(payload[byte + k])
-    return w
+def _refill(payload, pos, buf, nbits, size):
+    """Top up a right-aligned bit buffer to more than 48 bits (zeros past the payload)."""
+    if pos + 8 <= size:
+        while nbits <= 48:
+            buf = ((buf << 8) & 0xFFFFFFFFFFFFFF) | np.int64(payload[pos])
+            pos += 1
+            nbits += 8
+    else:
+        while nbits <= 48:
+            b = np.int64(payload[pos]) if pos < size else np.int64(0)
+            buf = ((buf << 8) & 0xFFFFFFFFFFFFFF) | b
+            pos += 1
+            nbits += 8
+    return buf, nbits, pos
 
 
 @njit(inline="always")
-def _lane_end_status(payload, bit, start, end):
+def _lane_end_status(payload, bit, end):
     """Check a lane consumed exactly its bytes and left only zero padding bits."""
     endbit = end * 8
     if bit > endbit:
@@ -105,16 +108,19 @@ def decode_dense(payload, lane_offsets, table, tbits, n, lane_size, values, out)
     status = np.zeros(nl, dtype=np.int64)
     mask = (1 << tbits) - 1
     for l in prange(nl):
-        start = lane_offsets[l]
+        pos = lane_offsets[l]
         end = lane_offsets[l + 1] if l + 1 < nl else size
-        bit = start * 8
+        buf = np.int64(0)
+        nbits = 0
         s0 = l * lane_size
         s1 = min(n, s0 + lane_size)
         for i in range(s0, s1):
-            e = np.int64(table[(_window(payload, bit, size) >> (24 - tbits - (bit & 7))) & mask])
-            bit += e >> 9
+            if nbits < tbits:
+                buf, nbits, pos = _refill(payload, pos, buf, nbits, size)
+            e = np.int64(table[(buf >> (nbits - tbits)) & mask])
+            nbits -= e >> 9
             out[i] = values[e & 511]
-        status[l] = _lane_end_status(payload, bit, start, end)
+        status[l] = _lane_end_status(payload, pos * 8 - nbits, end)
     return status
 
 
@@ -128,34 +134,40 @@ def decode_sparse(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lan
     gmask = (1 << gbits) - 1
     imask = (1 << ibits) - 1
     for l in prange(nl):
-        gstart = goffs[l]
+        gpos = goffs[l]
         gend = goffs[l + 1] if l + 1 < nl else gsize
-        istart = ioffs[l]
+        ipos = ioffs[l]
         iend = ioffs[l + 1] if l + 1 < nl else isize
-        gbit = gstart * 8
-        ibit = istart * 8
-        pos = bases[l]
+        gbuf = np.int64(0)
+        ibuf = np.int64(0)
+        gn = 0
+        inb = 0
+        p = bases[l]
         s0 = l * lane_size
         s1 = min(m, s0 + lane_size)
         st = 0
         for _ in range(s0, s1):
-            ge = np.int64(gtable[(_window(gpay, gbit, gsize) >> (24 - gbits - (gbit & 7))) & gmask])
-            gbit += ge >> 9
-            ie = np.int64(itable[(_window(ipay, ibit, isize) >> (24 - ibits - (ibit & 7))) & imask])
-            ibit += ie >> 9
-            p = pos + (ge & 511)
+            if gn < gbits:
+                gbuf, gn, gpos = _refill(gpay, gpos, gbuf, gn, gsize)
+            if inb < ibits:
+                ibuf, inb, ipos = _refill(ipay, ipos, ibuf, inb, isize)
+            ge = np.int64(gtable[(gbuf >> (gn - gbits)) & gmask])
+            gn -= ge >> 9
+            ie = np.int64(itable[(ibuf >> (inb - ibits)) & imask])
+            inb -= ie >> 9
+            p += ge & 511
             if p >= numel:
                 st = 4
                 break
             out[p] = values[ie & 511]
-            pos = p + 1
+            p += 1
         if st == 0:
-            st = _lane_end_status(gpay, gbit, gstart, gend)
+            st = _lane_end_status(gpay, gpos * 8 - gn, gend)
         if st == 0:
-            st = _lane_end_status(ipay, ibit, istart, iend)
+            st = _lane_end_status(ipay, ipos * 8 - inb, iend)
             if st != 0:
                 st += INDEX_STREAM
-        if st == 0 and l + 1 < nl and pos != bases[l + 1]:
+        if st == 0 and l + 1 < nl and p != bases[l + 1]:
             st = 5
         status[l] = st
     return status

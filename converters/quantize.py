@@ -1,0 +1,104 @@
+"""Weight sharing: 1-D k-means over a layer's non-zero weights (Deep Compression, stage 2).
+
+Works on a fine histogram of the values (2**16 bins, per-bin sums for exact means), so a
+100M-weight layer costs two passes over the data plus O(bins x k) per Lloyd step -- no
+n x k distance matrix, no Python loop over weights. numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+INITS = ("linear", "density", "forgy", "kmeans++")
+HIST_BINS = 1 << 16
+
+
+class Histogram:
+    """Counts and sums of values in equal-width bins over [lo, hi]."""
+
+    def __init__(self, values: np.ndarray, bins: int = HIST_BINS):
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        self.lo, self.hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+        width = (self.hi - self.lo) or 1.0
+        b = np.minimum(((v - self.lo) * (bins / width)).astype(np.int64), bins - 1)
+        self.count = np.bincount(b, minlength=bins).astype(np.float64)
+        self.sum = np.bincount(b, weights=v, minlength=bins)
+        nz = self.count > 0
+        self.centers = np.where(nz, self.sum / np.where(nz, self.count, 1), 0.0)[nz]
+        self.count, self.sum = self.count[nz], self.sum[nz]
+
+
+def _init(h: Histogram, k: int, method: str, rng: np.random.Generator) -> np.ndarray:
+    if method == "linear":  # evenly spaced over [min, max]: keeps the rare large weights
+        return np.linspace(h.lo, h.hi, k)
+    cdf = np.cumsum(h.count) / h.count.sum()
+    if method == "density":  # evenly spaced in the CDF
+        q = (np.arange(k) + 0.5) / k
+        return h.centers[np.minimum(np.searchsorted(cdf, q), h.centers.size - 1)]
+    if method == "forgy":  # k random weights
+        pick = np.searchsorted(cdf, rng.random(k))
+        return np.sort(h.centers[np.minimum(pick, h.centers.size - 1)])
+    if method == "kmeans++":
+        c = [h.centers[min(np.searchsorted(cdf, rng.random()), h.centers.size - 1)]]
+        for _ in range(k - 1):
+            d2 = np.min((h.centers[:, None] - np.array(c)[None, :]) ** 2, axis=1) * h.count
+            if d2.sum() <= 0:
+                break
+            c.append(h.centers[min(np.searchsorted(np.cumsum(d2) / d2.sum(), rng.random()), h.centers.size - 1)])
+        return np.sort(np.array(c))
+    raise ValueError(f"unknown centroid init {method!r}; choose one of {', '.join(INITS)}")
+
+
+def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid (centroids sorted ascending) for each value."""
+    mids = (centroids[1:] + centroids[:-1]) / 2
+    return np.searchsorted(mids, values).astype(np.int64)
+
+
+def kmeans_1d(values, k: int, init: str = "linear", iters: int = 30, seed: int = 0) -> np.ndarray:
+    """Sorted, distinct centroids (at most k) minimising squared error over ``values``."""
+    if init not in INITS:
+        raise ValueError(f"unknown centroid init {init!r}; choose one of {', '.join(INITS)}")
+    h = Histogram(values)
+    if h.centers.size == 0:
+        return np.zeros(0)
+    if h.centers.size <= k:  # few occupied bins: maybe few distinct values, then exact
+        distinct = np.unique(np.asarray(values, np.float64))
+        if distinct.size <= k:
+            return distinct
+    c = np.sort(_init(h, k, init, np.random.default_rng(seed)).astype(np.float64))
+    for _ in range(iters):
+        a = assign(h.centers, c)
+        cnt = np.bincount(a, weights=h.count, minlength=c.size)
+        s = np.bincount(a, weights=h.sum, minlength=c.size)
+        new = np.where(cnt > 0, s / np.where(cnt > 0, cnt, 1), c)
+        if np.allclose(new, c, rtol=0, atol=1e-12 * max(abs(h.lo), abs(h.hi), 1e-30)):
+            c = new
+            break
+        c = new
+    used = np.bincount(assign(h.centers, c), weights=h.count, minlength=c.size) > 0
+    return np.unique(c[used])
+
+
+def quantize(weights: np.ndarray, bits: int, init: str = "linear", seed: int = 0, keep_zero: bool = True):
+    """(codebook, indices) for ``weights``; zeros stay exactly zero (codebook entry 0.0).
+
+    The non-zero weights share at most 2**bits centroids; when ``keep_zero`` and the
+    tensor has zeros, the codebook also holds 0.0, which pruned positions index.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    w = np.asarray(weights).reshape(-1)
+    nz = w != 0
+    cents = kmeans_1d(w[nz], 1 << bits, init=init, seed=seed) if nz.any() else np.zeros(0)
+    cents = cents.astype(w.dtype if w.dtype.kind == "f" else np.float32)
+    cents = cents[cents != 0] if keep_zero else cents  # a centroid that rounds to 0 would alias pruned zeros
+    if cents.size == 0:
+        return np.zeros(1, cents.dtype), np.zeros(w.size, np.int64)
+    idx = assign(w.astype(np.float64), cents.astype(np.float64))
+    if keep_zero and not nz.all():
+        codebook = np.concatenate([np.zeros(1, cents.dtype), cents])
+        idx = np.where(nz, idx + 1, 0)
+    else:
+        codebook = cents
+    return codebook, idx.reshape(np.shape(weights))

@@ -1,0 +1,119 @@
+"""The graph section: an ONNX ModelProto whose tensors refer to .dcz tensor records.
+
+:func:`strip_weights` moves tensor data out of a model (initializers, Constant-node
+tensors and the same inside subgraphs) and leaves references; :func:`fill_weights`
+puts decoded arrays back. Both walk every nested graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+
+from .constants import GRAPH_LOCATION, GRAPH_LOCATION_KEY, GRAPH_TENSOR_KEY
+from .errors import FormatError, TensorError
+
+
+def iter_tensors(graph, path: str = "") -> Iterator[tuple[str, object]]:
+    """(where, TensorProto) for every tensor held in ``graph`` and its subgraphs."""
+    import onnx
+
+    for t in graph.initializer:
+        yield f"{path}initializer {t.name!r}", t
+    for node in graph.node:
+        for attr in node.attribute:
+            where = f"{path}node {node.name or node.op_type!r} attribute {attr.name!r}"
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield where, attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                for t in attr.tensors:
+                    yield where, t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_tensors(attr.g, f"{where} > ")
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from iter_tensors(g, f"{where} > ")
+
+
+def reference(t) -> str | None:
+    """The record name a TensorProto refers to, or None if it holds its own data."""
+    import onnx
+
+    if t.data_location != onnx.TensorProto.EXTERNAL:
+        return None
+    entries = {e.key: e.value for e in t.external_data}
+    if entries.get(GRAPH_LOCATION_KEY) != GRAPH_LOCATION:
+        return None
+    return entries.get(GRAPH_TENSOR_KEY)
+
+
+def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None):
+    """Copy of ``model`` with tensor data replaced by references; returns (model, {name: array}).
+
+    Every numeric tensor is moved unless ``keep(name, array)`` is true. Tensors without a
+    name (e.g. in Constant nodes) are named after the node output they feed, made unique.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    arrays: dict[str, np.ndarray] = {}
+    used = {t.name for _, t in iter_tensors(model.graph) if t.name}
+    for where, t in _named(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            continue
+        arr = numpy_helper.to_array(t)
+        if keep is not None and keep(t.name, arr):
+            continue
+        name = t.name
+        if not name or name in arrays:
+            base, i = (name or where), 1
+            name = base
+            while name in arrays or (name in used and name != t.name):
+                name, i = f"{base}#{i}", i + 1
+            t.name = name
+        arrays[name] = arr
+        for field in ("raw_data",):
+            t.ClearField(field)
+        for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
+            t.ClearField(field)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        del t.external_data[:]
+        for k, v in ((GRAPH_LOCATION_KEY, GRAPH_LOCATION), (GRAPH_TENSOR_KEY, name)):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+    return model, arrays
+
+
+def _named(graph):
+    """iter_tensors, naming Constant-node tensors after their node's output."""
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and not attr.t.name:
+                    attr.t.name = node.output[0]
+    return iter_tensors(graph)
+
+
+def fill_weights(model, arrays: Mapping[str, np.ndarray]):
+    """Put the referenced arrays into ``model`` (in place) and return it."""
+    import onnx
+    from onnx import helper
+
+    for where, t in iter_tensors(model.graph):
+        name = reference(t)
+        if name is None:
+            continue
+        if name not in arrays:
+            raise FormatError(f"graph: {where} refers to tensor {name!r}, which the file does not hold")
+        arr = arrays[name]
+        want = helper.tensor_dtype_to_np_dtype(t.data_type)
+        if np.dtype(arr.dtype) != np.dtype(want) or tuple(arr.shape) != tuple(t.dims):
+            raise TensorError(
+                f"graph: {where} expects {np.dtype(want)} {tuple(t.dims)}, tensor {name!r} is {arr.dtype} {arr.shape}"
+            )
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+        t.raw_data = np.ascontiguousarray(arr).tobytes()
+    return model

@@ -1,0 +1,1362 @@
+"""Hostile .dcz files for tests/test_hostile.py, generated from code (no binary blobs in git).
+
+Three small valid sample files are written with the dcformat API (:func:`write_samples`).
+:class:`Dcz` splits a file into its version, header dict and section payloads; tampering
+with those and calling :meth:`Dcz.build` lays the file out again and RE-COMPUTES every
+checksum (preamble, header, sections), so the reader's structural checks -- not its CRCs --
+are what must catch the damage. :data:`ATTACKS` is the catalogue of such crafted files,
+each with the :class:`dcformat.DczError` subclass it must raise, a fragment its message
+must contain (naming the section or tensor), and the stage at which it must be raised.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import dcformat
+from dcformat import ChecksumError, DczError, FormatError, HuffmanError, LimitError, TensorError, VersionError
+from dcformat.constants import (
+    ALIGNMENT,
+    MAGIC,
+    MAX_HEADER_BYTES,
+    MAX_SECTIONS,
+    PART_ALIGNMENT,
+    PREAMBLE_SIZE,
+    VERSION_MAJOR,
+    VERSION_MINOR,
+)
+from dcformat.container import PREAMBLE, dump_json, preamble
+from dcformat.huffman import canonical_codes
+from dcformat.streams import align, num_lanes
+
+# ============================================================================ samples
+
+LANE = 256  # the smallest lane size: several lanes from few symbols
+META = {"producer": "tests/attacks/make_attacks.py", "purpose": "hostile-input fixtures"}
+DENSE_SHAPE = (40, 25)
+SPARSE_SHAPE = (3000,)
+
+
+def tiny_graph() -> bytes:
+    """A small valid ONNX ModelProto (y = Identity(x)), serialized."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(g, producer_name="attacks", opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString(deterministic=True)
+
+
+def dense_indices() -> np.ndarray:
+    """Skewed symbols (code lengths 1, 2, 3, 3) over 4 lanes of 256 symbols (the last one partial)."""
+    rng = np.random.default_rng(1234)
+    return rng.choice(4, size=int(np.prod(DENSE_SHAPE)), p=[0.5, 0.25, 0.125, 0.125]).astype(np.uint8)
+
+
+DENSE_CODEBOOK = np.array([-0.5, 0.25, 1.0, 2.0])
+
+
+def sparse_indices() -> np.ndarray:
+    """~20% non-zeros with long zero runs (fillers at gap_bits=2); the last element is non-zero."""
+    rng = np.random.default_rng(99)
+    n = SPARSE_SHAPE[0]
+    idx = np.where(rng.random(n) < 0.2, rng.integers(1, 4, n), 0)
+    idx[500:560] = 0  # a long run: several fillers in a row
+    idx[-1] = 2
+    return idx.astype(np.uint8)
+
+
+SPARSE_CODEBOOK = np.array([0.0, 0.5, -1.5, 3.0])
+
+
+def sample_tensors(kind: str) -> list:
+    if kind == "raw":
+        return [
+            dcformat.encode_raw("raw.w", (np.arange(12, dtype=np.float32) * 0.25 - 1.0).reshape(3, 4)),
+            dcformat.encode_raw("raw.mask", np.array([1, 0, 1, 1, 0, 0, 1, 0], dtype=bool)),
+        ]
+    if kind == "dense":
+        t = dcformat.encode_codebook(
+            "dense.w", DENSE_CODEBOOK, dense_indices(), DENSE_SHAPE, encoding="codebook-dense", lane_size=LANE
+        )
+        assert num_lanes(t.info.numel, LANE) >= 4
+        return [t]
+    if kind == "sparse":
+        t = dcformat.encode_codebook(
+            "sparse.w", SPARSE_CODEBOOK, sparse_indices(), SPARSE_SHAPE,
+            encoding="codebook-sparse", gap_bits=2, lane_size=LANE,
+        )
+        nonzero = int(np.count_nonzero(sparse_indices()))
+        assert t.info.entries > nonzero, "the sparse sample must need fillers"
+        assert num_lanes(t.info.entries, LANE) >= 3, "the sparse sample must have several lanes"
+        return [t]
+    raise KeyError(kind)
+
+
+SAMPLES = ("raw", "dense", "sparse")
+
+
+def expected_arrays(kind: str) -> dict[str, np.ndarray]:
+    """What the sample files decode to."""
+    if kind == "raw":
+        return {
+            "raw.w": (np.arange(12, dtype=np.float32) * 0.25 - 1.0).reshape(3, 4),
+            "raw.mask": np.array([1, 0, 1, 1, 0, 0, 1, 0], dtype=bool),
+        }
+    if kind == "dense":
+        return {"dense.w": DENSE_CODEBOOK.astype(np.float32)[dense_indices()].reshape(DENSE_SHAPE)}
+    return {"sparse.w": SPARSE_CODEBOOK.astype(np.float32)[sparse_indices()].reshape(SPARSE_SHAPE)}
+
+
+def write_samples(directory) -> dict[str, Path]:
+    """Write the three valid sample files (each with metadata and a graph section)."""
+    directory = Path(directory)
+    out = {}
+    for kind in SAMPLES:
+        path = directory / f"{kind}.dcz"
+        dcformat.write(path, sample_tensors(kind), graph=tiny_graph(), metadata=META)
+        out[kind] = path
+    return out
+
+
+# ============================================================================ file surgery
+
+
+def fix_preamble(data: bytearray, *, major=None, minor=None, hlen=None, hcrc=None, magic=None) -> bytearray:
+    """Rewrite preamble fields in place and recompute the preamble CRC (header CRC kept unless given)."""
+    m, ma, mi, hl, hc, _ = PREAMBLE.unpack(bytes(data[:PREAMBLE_SIZE]))
+    head = struct.pack(
+        "<8sHHII",
+        m if magic is None else magic,
+        ma if major is None else major,
+        mi if minor is None else minor,
+        hl if hlen is None else hlen,
+        hc if hcrc is None else hcrc,
+    )
+    data[:PREAMBLE_SIZE] = head + struct.pack("<I", zlib.crc32(head))
+    return data
+
+
+@dataclass
+class StreamParts:
+    """A Huffman stream part split up: code lengths, their padding, lane table, payload."""
+
+    lengths: bytearray
+    pad: bytearray
+    offsets: list[int]
+    payload: bytearray
+
+    @classmethod
+    def split(cls, part: bytes, alphabet: int, n: int, lane_size: int) -> "StreamParts":
+        table_at = align(alphabet, 8)
+        nl = num_lanes(n, lane_size)
+        prefix = table_at + 8 * nl
+        offsets = list(struct.unpack(f"<{nl}Q", bytes(part[table_at:prefix])))
+        return cls(bytearray(part[:alphabet]), bytearray(part[alphabet:table_at]), offsets, bytearray(part[prefix:]))
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.lengths) + bytes(self.pad) + struct.pack(f"<{len(self.offsets)}Q", *self.offsets) + bytes(
+            self.payload
+        )
+
+    def lane_end(self, lane: int) -> int:
+        return self.offsets[lane + 1] if lane + 1 < len(self.offsets) else len(self.payload)
+
+
+def make_stream(alphabet: int, lengths: dict[int, int], lane_offsets: list[int], payload: bytes = b"") -> bytes:
+    """Raw bytes of a stream part, for hand-made tensors."""
+    ln = bytearray(alphabet)
+    for s, v in lengths.items():
+        ln[s] = v
+    return StreamParts(ln, bytearray(align(alphabet, 8) - alphabet), list(lane_offsets), bytearray(payload)).to_bytes()
+
+
+def join_parts(parts: dict[str, bytes]) -> tuple[bytes, dict[str, int]]:
+    """Section bytes of a tensor (each part 8-aligned, zero padding) and its parts' lengths."""
+    out = bytearray()
+    for p in parts.values():
+        out += bytes(align(len(out), PART_ALIGNMENT) - len(out))
+        out += p
+    return bytes(out), {k: len(v) for k, v in parts.items()}
+
+
+@dataclass
+class Dcz:
+    """A .dcz file taken apart: version, header (a JSON-able dict) and one payload per section."""
+
+    header: dict
+    payloads: list[bytes]
+    major: int = VERSION_MAJOR
+    minor: int = VERSION_MINOR
+
+    @classmethod
+    def parse(cls, data: bytes) -> "Dcz":
+        _, major, minor, hlen, _, _ = PREAMBLE.unpack(data[:PREAMBLE_SIZE])
+        header = json.loads(data[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
+        payloads = [bytes(data[e["offset"] : e["offset"] + e["length"]]) for e in header["sections"]]
+        return cls(header, payloads, major, minor)
+
+    @classmethod
+    def load(cls, path) -> "Dcz":
+        return cls.parse(Path(path).read_bytes())
+
+    @classmethod
+    def of_sections(cls, sections: list[tuple[str, bytes, dict | None]]) -> "Dcz":
+        """A file from (kind, payload, tensor descriptor) triples; offsets etc. are filled in by build."""
+        header = {"sections": []}
+        for kind, _, tensor in sections:
+            e = {"kind": kind, "offset": 0, "length": 0, "crc32": 0}
+            if tensor is not None:
+                e["tensor"] = tensor
+            header["sections"].append(e)
+        return cls(header, [p for _, p, _ in sections])
+
+    def copy(self) -> "Dcz":
+        return Dcz(copy.deepcopy(self.header), list(self.payloads), self.major, self.minor)
+
+    # ---------------------------------------------------------------- lookups
+    @property
+    def entries(self) -> list[dict]:
+        return self.header["sections"]
+
+    def index(self, kind_or_name: str) -> int:
+        """Index of the first section of a kind, or of the tensor with that name."""
+        for i, e in enumerate(self.entries):
+            if e.get("kind") == kind_or_name or (e.get("tensor") or {}).get("name") == kind_or_name:
+                return i
+        raise KeyError(kind_or_name)
+
+    def desc(self, name: str) -> dict:
+        return self.entries[self.index(name)]["tensor"]
+
+    def parts(self, name: str) -> dict[str, bytes]:
+        """The parts of a tensor section, by name."""
+        i = self.index(name)
+        out, pos = {}, 0
+        for pname, length in self.entries[i]["tensor"]["parts"].items():
+            start = align(pos, PART_ALIGNMENT)
+            out[pname] = self.payloads[i][start : start + length]
+            pos = start + length
+        return out
+
+    def set_parts(self, name: str, **new: bytes) -> None:
+        """Replace some parts of a tensor, updating the descriptor's part lengths."""
+        i = self.index(name)
+        parts = self.parts(name) | {k: bytes(v) for k, v in new.items()}
+        self.payloads[i], lengths = join_parts(parts)
+        self.entries[i]["tensor"]["parts"] = lengths
+
+    def stream(self, name: str, part: str) -> StreamParts:
+        d = self.desc(name)
+        sparse = d["encoding"] == "codebook-sparse"
+        n = d["entries"] if sparse else int(np.prod(d["shape"], dtype=np.int64))
+        alphabet = (1 << d["gap_bits"]) if part == "gaps" else d["codebook_size"] + (1 if sparse else 0)
+        return StreamParts.split(self.parts(name)[part], alphabet, n, d["lane_size"])
+
+    def set_stream(self, name: str, part: str, s: StreamParts) -> None:
+        self.set_parts(name, **{part: s.to_bytes()})
+
+    # ---------------------------------------------------------------- assembly
+    def build(
+        self,
+        tamper: Callable[[dict], None] | None = None,
+        *,
+        encoder: Callable[[dict], bytes] = dump_json,
+        gaps: dict[int, int] | None = None,
+        recrc: bool = True,
+    ) -> bytes:
+        """Lay the file out again (offsets, lengths and CRCs recomputed), then serialize.
+
+        ``tamper(header)`` edits the finished header (a copy) before it is encoded, in every
+        round of the layout's fixed-point iteration; ``encoder`` turns it into bytes;
+        ``gaps[i]`` puts that many extra zero bytes before section i; ``recrc=False`` keeps
+        the section CRCs of the header as they are.
+        """
+        gaps = gaps or {}
+        hlen = 0
+        for _ in range(64):
+            h = copy.deepcopy(self.header)
+            pos = PREAMBLE_SIZE + hlen
+            places = []
+            for i, (e, p) in enumerate(zip(h["sections"], self.payloads)):
+                pos = align(pos, ALIGNMENT) + gaps.get(i, 0)
+                places.append(pos)
+                e["offset"], e["length"] = pos, len(p)
+                if recrc:
+                    e["crc32"] = zlib.crc32(p)
+                pos += len(p)
+            if tamper is not None:
+                tamper(h)
+            hb = encoder(h)
+            if len(hb) == hlen:
+                break
+            hlen = len(hb)
+        else:  # pragma: no cover
+            raise RuntimeError("layout did not converge")
+        data = bytearray(pos)
+        data[:PREAMBLE_SIZE] = preamble(hb, self.major, self.minor)
+        data[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen] = hb
+        for at, p in zip(places, self.payloads):
+            data[at : at + len(p)] = p
+        return bytes(data)
+
+
+def region(data: bytes, offset: int) -> str:
+    """Which part of a (valid) file a byte offset is in: for reports of undetected damage."""
+    if offset < PREAMBLE_SIZE:
+        return "preamble"
+    d = Dcz.parse(data)
+    _, _, _, hlen, _, _ = PREAMBLE.unpack(data[:PREAMBLE_SIZE])
+    if offset < PREAMBLE_SIZE + hlen:
+        return "header"
+    for i, e in enumerate(d.entries):
+        if e["offset"] <= offset < e["offset"] + e["length"]:
+            what = f"section {i} ({e['kind']})"
+            t = e.get("tensor")
+            if t:
+                pos = 0
+                for pname, length in t["parts"].items():
+                    start = align(pos, PART_ALIGNMENT)
+                    if e["offset"] + start <= offset < e["offset"] + start + length:
+                        return f"{what} tensor {t['name']!r} part {pname!r} byte {offset - e['offset'] - start}"
+                    pos = start + length
+                return f"{what} tensor {t['name']!r} part padding"
+            return what
+    return "padding between sections"
+
+
+# ============================================================================ the catalogue
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A crafted hostile file and what reading it must do.
+
+    stage: "open" -- dcformat.open raises; "verify" -- open succeeds, reader.verify() raises
+    (and so does reader[tensor] when ``tensor`` is set); "graph" -- open and verify succeed,
+    reader.graph raises; "ok" -- the file is valid and must read without error.
+    """
+
+    name: str
+    sample: str
+    make: Callable[[Dcz], bytes] = field(repr=False)
+    error: type[DczError] | None
+    match: str
+    stage: str = "open"
+    tensor: str | None = None
+    open_kwargs: dict = field(default_factory=dict)
+
+
+ATTACKS: list[Attack] = []
+
+
+def attack(name, sample, error, match, stage="open", tensor=None, **open_kwargs):
+    def deco(fn):
+        ATTACKS.append(Attack(name, sample, fn, error, match, stage, tensor, open_kwargs))
+        return fn
+
+    return deco
+
+
+def _sections(h: dict) -> list[dict]:
+    return h["sections"]
+
+
+def _header(d: Dcz) -> bytes:
+    return dump_json(d.header)
+
+
+# ----------------------------------------------------------------------------- valid controls
+
+
+@attack("control-rebuilt-dense", "dense", None, "", stage="ok")
+def _(d):
+    return d.build()  # the surgery itself must produce a valid file
+
+
+@attack("control-rebuilt-sparse", "sparse", None, "", stage="ok")
+def _(d):
+    return d.build()
+
+
+@attack("control-minor-version-bump", "raw", None, "", stage="ok")
+def _(d):
+    d.minor = VERSION_MINOR + 7  # a newer minor version only adds optional things
+    return d.build()
+
+
+@attack("control-unknown-section-kind", "raw", None, "", stage="ok")
+def _(d):
+    d.header["sections"].insert(2, {"kind": "x-future", "offset": 0, "length": 0, "crc32": 0})
+    d.payloads.insert(2, b"some future section")
+    return d.build()
+
+
+# ----------------------------------------------------------------------------- preamble and checksums
+
+
+@attack("bad-magic", "dense", FormatError, "magic")
+def _(d):
+    return bytes(fix_preamble(bytearray(d.build()), magic=b"\x89DCX\r\n\x1a\n"))
+
+
+@attack("text-mode-mangled-magic", "dense", FormatError, "magic")
+def _(d):
+    return d.build().replace(b"\r\n", b"\n", 1)
+
+
+@attack("major-version-2", "dense", VersionError, "version 2.0")
+def _(d):
+    d.major = 2
+    return d.build()
+
+
+@attack("major-version-0", "dense", VersionError, "version 0.0")
+def _(d):
+    d.major = 0
+    return d.build()
+
+
+@attack("preamble-crc-mismatch", "dense", ChecksumError, "preamble")
+def _(d):
+    data = bytearray(d.build())
+    data[10] ^= 1  # minor version, CRC left stale
+    return bytes(data)
+
+
+@attack("header-crc-mismatch", "dense", ChecksumError, "header")
+def _(d):
+    data = bytearray(d.build())
+    data[PREAMBLE_SIZE + 3] ^= 0x20
+    return bytes(data)
+
+
+@attack("tensor-section-crc-mismatch", "dense", ChecksumError, "tensor 'dense.w'", stage="verify", tensor="dense.w")
+def _(d):
+    return d.build(lambda h: _sections(h)[2].__setitem__("crc32", _sections(h)[2]["crc32"] ^ 1))
+
+
+@attack("metadata-crc-mismatch", "dense", ChecksumError, "metadata", stage="verify")
+def _(d):
+    return d.build(lambda h: _sections(h)[0].__setitem__("crc32", _sections(h)[0]["crc32"] ^ 0x80000000))
+
+
+@attack("graph-crc-mismatch", "dense", ChecksumError, "section 1 (graph)", stage="verify")
+def _(d):
+    return d.build(lambda h: _sections(h)[1].__setitem__("crc32", 0))
+
+
+@attack("unknown-kind-crc-mismatch", "raw", ChecksumError, "section 2 (x-future)", stage="verify")
+def _(d):
+    d.header["sections"].insert(2, {"kind": "x-future", "offset": 0, "length": 0, "crc32": 0})
+    d.payloads.insert(2, b"some future section")
+    return d.build(lambda h: _sections(h)[2].__setitem__("crc32", 12345))
+
+
+# ----------------------------------------------------------------------------- header length
+
+
+@attack("header-length-beyond-file", "dense", LimitError, "header length")
+def _(d):
+    data = bytearray(d.build())
+    return bytes(fix_preamble(data, hlen=len(data)))
+
+
+@attack("header-length-over-limit", "dense", LimitError, "header length")
+def _(d):
+    return bytes(fix_preamble(bytearray(d.build()), hlen=MAX_HEADER_BYTES + 1))
+
+
+@attack("header-length-u32-max", "dense", LimitError, "header length")
+def _(d):
+    return bytes(fix_preamble(bytearray(d.build()), hlen=0xFFFFFFFF))
+
+
+def _rehlen(d: Dcz, delta: int) -> bytes:
+    data = bytearray(d.build())
+    hlen = len(_header_of(data)) + delta
+    return bytes(fix_preamble(data, hlen=hlen, hcrc=zlib.crc32(bytes(data[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen]))))
+
+
+def _header_of(data) -> bytes:
+    hlen = PREAMBLE.unpack(bytes(data[:PREAMBLE_SIZE]))[3]
+    return bytes(data[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
+
+
+@attack("header-length-short", "dense", FormatError, "header")
+def _(d):
+    return _rehlen(d, -1)
+
+
+@attack("header-length-long", "dense", FormatError, "header")
+def _(d):
+    return _rehlen(d, +2)  # swallows padding zeros: not JSON any more
+
+
+@attack("header-length-zero", "dense", FormatError, "header")
+def _(d):
+    return _rehlen(d, -len(_header_of(d.build())))
+
+
+# ----------------------------------------------------------------------------- header JSON
+
+
+def _raw_header(d: Dcz, hb: bytes) -> bytes:
+    return d.build(encoder=lambda h: hb)
+
+
+@attack("header-not-json", "dense", FormatError, "header")
+def _(d):
+    return _raw_header(d, b"this is not JSON")
+
+
+@attack("header-invalid-utf8", "dense", FormatError, "header")
+def _(d):
+    return _raw_header(d, b'{"sections":["\xff\xfe"]}')
+
+
+@attack("header-not-object", "dense", FormatError, "header")
+def _(d):
+    return _raw_header(d, b"[1,2,3]")
+
+
+@attack("header-no-sections", "dense", FormatError, "header")
+def _(d):
+    return _raw_header(d, b'{"tensors":[]}')
+
+
+@attack("header-sections-not-list", "dense", FormatError, "header")
+def _(d):
+    return _raw_header(d, b'{"sections":{"0":1}}')
+
+
+@attack("header-deeply-nested", "dense", FormatError, "header")
+def _(d):
+    return _raw_header(d, b'{"sections":' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+
+
+@attack("header-too-many-sections", "dense", LimitError, "sections")
+def _(d):
+    return _raw_header(d, b'{"sections":[' + b",".join([b"0"] * (MAX_SECTIONS + 1)) + b"]}")
+
+
+def _nan_encoder(h: dict) -> bytes:
+    return json.dumps(h, separators=(",", ":"), allow_nan=True).encode()
+
+
+@attack("header-nan", "dense", FormatError, "NaN")
+def _(d):
+    return d.build(lambda h: _sections(h)[2].__setitem__("crc32", float("nan")), encoder=_nan_encoder)
+
+
+@attack("header-infinity", "dense", FormatError, "Infinity")
+def _(d):
+    return d.build(lambda h: _sections(h)[2].__setitem__("length", float("inf")), encoder=_nan_encoder)
+
+
+@attack("header-nan-in-shape", "dense", FormatError, "NaN")
+def _(d):
+    return d.build(lambda h: _sections(h)[2]["tensor"].__setitem__("shape", [float("nan")]), encoder=_nan_encoder)
+
+
+def _dup_encoder(key: bytes):
+    """Encode, then repeat the first ``"key":value`` pair (a duplicate key with the same value)."""
+
+    def enc(h):
+        hb = dump_json(h)
+        at = hb.index(b'"' + key + b'":')
+        end = at
+        depth = 0
+        while True:  # end of the value: the next ',' or '}' at depth 0
+            c = hb[end : end + 1]
+            if c in (b"[", b"{"):
+                depth += 1
+            elif c in (b"]", b"}"):
+                if depth == 0:
+                    break
+                depth -= 1
+            elif c == b"," and depth == 0:
+                break
+            end += 1
+        return hb[:end] + b"," + hb[at:end] + hb[end:]
+
+    return enc
+
+
+@attack("header-duplicate-key-section", "dense", FormatError, "duplicate key 'length'")
+def _(d):
+    return d.build(encoder=_dup_encoder(b"length"))
+
+
+@attack("header-duplicate-key-descriptor", "dense", FormatError, "duplicate key 'shape'")
+def _(d):
+    return d.build(encoder=_dup_encoder(b"shape"))
+
+
+@attack("header-duplicate-key-top", "dense", FormatError, "duplicate key 'sections'")
+def _(d):
+    return d.build(encoder=_dup_encoder(b"sections"))
+
+
+@attack("header-huge-int-literal", "dense", FormatError, "header")
+def _(d):
+    return d.build(encoder=lambda h: dump_json(h).replace(b'"crc32":', b'"crc32":' + b"9" * 5000 + b",\"x\":", 1))
+
+
+@attack("section-entry-not-object", "dense", FormatError, "section 1")
+def _(d):
+    return d.build(lambda h: _sections(h).__setitem__(1, [1, 2]))
+
+
+@attack("section-kind-not-string", "dense", FormatError, "section 0")
+def _(d):
+    return d.build(lambda h: _sections(h)[0].__setitem__("kind", 7))
+
+
+@attack("section-kind-missing", "dense", FormatError, "section 1")
+def _(d):
+    return d.build(lambda h: _sections(h)[1].pop("kind"))
+
+
+# wrong JSON types in the section table: strings for ints, floats, bools, negatives, huge, nested
+BAD_INTS = {
+    "string": lambda v: str(v),
+    "float": lambda v: float(v),
+    "bool": lambda v: True,
+    "null": lambda v: None,
+    "negative": lambda v: -1 - v,
+    "huge": lambda v: 10**30,
+    "u64-max": lambda v: 2**64 - 1,
+    "nested": lambda v: [v],
+    "object": lambda v: {"value": v},
+}
+
+
+def _entry_field_attack(key: str, label: str, fn):
+    @attack(f"section-{key}-{label}", "dense", FormatError, f"'{key}'")
+    def _(d):
+        def t(h):
+            e = _sections(h)[2]
+            e[key] = fn(e[key])
+
+        return d.build(t)
+
+
+for _key in ("offset", "length", "crc32"):
+    for _label, _fn in BAD_INTS.items():
+        _entry_field_attack(_key, _label, _fn)
+
+
+# ----------------------------------------------------------------------------- section table layout
+
+
+@attack("length-past-end-of-file", "dense", FormatError, "section 2")
+def _(d):
+    return d.build(lambda h: _sections(h)[2].__setitem__("length", _sections(h)[2]["length"] + 64))
+
+
+@attack("length-into-next-section", "dense", FormatError, "section 1")
+def _(d):
+    return d.build(lambda h: _sections(h)[0].__setitem__("length", _sections(h)[0]["length"] + 64))
+
+
+@attack("length-shorter-than-payload", "dense", FormatError, "section 2")
+def _(d):
+    # the graph claims fewer bytes: its tail looks like non-zero padding before the tensor
+    return d.build(lambda h: _sections(h)[1].__setitem__("length", _sections(h)[1]["length"] - 5))
+
+
+@attack("overlapping-sections", "dense", FormatError, "section 1")
+def _(d):
+    return d.build(lambda h: _sections(h)[1].__setitem__("offset", _sections(h)[0]["offset"]))
+
+
+@attack("section-offset-past-end", "dense", FormatError, "section 2")
+def _(d):
+    def t(h):
+        e = _sections(h)[2]
+        e["offset"] = e["offset"] + e["length"] + 64
+
+    return d.build(t)
+
+
+@attack("section-offset-unaligned", "dense", FormatError, "section 1")
+def _(d):
+    return d.build(lambda h: _sections(h)[1].__setitem__("offset", _sections(h)[1]["offset"] + 8))
+
+
+@attack("section-offset-inside-header", "dense", FormatError, "section 0")
+def _(d):
+    return d.build(lambda h: _sections(h)[0].__setitem__("offset", 0))
+
+
+@attack("hole-before-section", "dense", FormatError, "section 2")
+def _(d):
+    return d.build(gaps={2: 64})
+
+
+@attack("hole-before-first-section", "dense", FormatError, "section 0")
+def _(d):
+    return d.build(gaps={0: 64})
+
+
+@attack("sections-wrong-order", "dense", FormatError, "section 0")
+def _(d):
+    def t(h):
+        s = _sections(h)
+        s[0], s[1] = s[1], s[0]
+
+    return d.build(t)
+
+
+@attack("section-missing-from-table", "dense", FormatError, "after the last section")
+def _(d):
+    return d.build(lambda h: _sections(h).pop())
+
+
+@attack("empty-section-table-with-data", "dense", FormatError, "after the last section")
+def _(d):
+    return d.build(lambda h: _sections(h).clear())
+
+
+def _nonzero_pad(d: Dcz, before: int) -> bytes:
+    data = bytearray(d.build())
+    e = Dcz.parse(bytes(data)).entries
+    end = e[before - 1]["offset"] + e[before - 1]["length"] if before else PREAMBLE_SIZE + len(_header_of(data))
+    assert end < e[before]["offset"], "the sample has no padding there"
+    data[e[before]["offset"] - 1] = 0x01
+    return bytes(data)
+
+
+@attack("nonzero-padding-after-header", "dense", FormatError, "section 0")
+def _(d):
+    return _nonzero_pad(d, 0)
+
+
+@attack("nonzero-padding-between-sections", "dense", FormatError, "section 2")
+def _(d):
+    return _nonzero_pad(d, 2)
+
+
+@attack("trailing-zero-bytes", "dense", FormatError, "after the last section")
+def _(d):
+    return d.build() + bytes(64)
+
+
+@attack("trailing-byte", "dense", FormatError, "after the last section")
+def _(d):
+    return d.build() + b"\x01"
+
+
+# ----------------------------------------------------------------------------- metadata, graph, names
+
+
+@attack("second-metadata-section", "dense", FormatError, "section 1")
+def _(d):
+    d.header["sections"].insert(1, copy.deepcopy(d.entries[0]))
+    d.payloads.insert(1, d.payloads[0])
+    return d.build()
+
+
+@attack("second-graph-section", "dense", FormatError, "section 2")
+def _(d):
+    d.header["sections"].insert(2, copy.deepcopy(d.entries[1]))
+    d.payloads.insert(2, d.payloads[1])
+    return d.build()
+
+
+@attack("duplicate-tensor-name", "raw", FormatError, "duplicate tensor name 'raw.w'")
+def _(d):
+    d.desc("raw.mask")["name"] = "raw.w"
+    return d.build()
+
+
+def _meta(d: Dcz, payload: bytes) -> bytes:
+    d.payloads[0] = payload
+    return d.build()
+
+
+@attack("metadata-is-list", "dense", FormatError, "metadata", stage="verify")
+def _(d):
+    return _meta(d, b'[{"producer":"x"}]')
+
+
+@attack("metadata-is-string", "dense", FormatError, "metadata", stage="verify")
+def _(d):
+    return _meta(d, b'"hello"')
+
+
+@attack("metadata-not-json", "dense", FormatError, "metadata", stage="verify")
+def _(d):
+    return _meta(d, b"producer = x")
+
+
+@attack("metadata-empty", "dense", FormatError, "metadata", stage="verify")
+def _(d):
+    return _meta(d, b"")
+
+
+@attack("metadata-nan", "dense", FormatError, "metadata", stage="verify")
+def _(d):
+    return _meta(d, b'{"loss":NaN}')
+
+
+@attack("metadata-duplicate-key", "dense", FormatError, "metadata", stage="verify")
+def _(d):
+    return _meta(d, b'{"a":1,"a":2}')
+
+
+@attack("metadata-invalid-utf8", "dense", FormatError, "metadata", stage="verify")
+def _(d):
+    return _meta(d, b'{"a":"\xc3\x28"}')
+
+
+@attack("metadata-deeply-nested", "dense", FormatError, "metadata", stage="verify")
+def _(d):
+    return _meta(d, b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
+@attack("graph-not-a-modelproto", "dense", FormatError, "graph", stage="graph")
+def _(d):
+    d.payloads[1] = b"\xff" * 40
+    return d.build()
+
+
+@attack("graph-truncated-modelproto", "dense", FormatError, "graph", stage="graph")
+def _(d):
+    d.payloads[1] = d.payloads[1][: len(d.payloads[1]) // 2]
+    return d.build()
+
+
+@attack("graph-is-json", "dense", FormatError, "graph", stage="graph")
+def _(d):
+    d.payloads[1] = b'{"graph": "not protobuf", "nodes": [1, 2, 3]}'
+    return d.build()
+
+
+# ----------------------------------------------------------------------------- tensor descriptors
+
+
+def _desc_attack(name, sample, tensor, error, match, edit):
+    @attack(name, sample, error, match)
+    def _(d):
+        edit(d.desc(tensor))
+        return d.build()
+
+
+def _set(key, value):
+    return lambda t: t.__setitem__(key, value)
+
+
+def _pop(key):
+    return lambda t: t.pop(key)
+
+
+for _label, _fn in BAD_INTS.items():
+    _desc_attack(f"shape-dim-{_label}", "raw", "raw.w", TensorError, "tensor 'raw.w'",
+                 lambda t, f=_fn: t.__setitem__("shape", [f(t["shape"][0]), t["shape"][1]]))
+    for _key in ("codebook_size", "lane_size", "gap_bits", "entries"):
+        _desc_attack(f"{_key}-{_label}", "sparse", "sparse.w", TensorError, f"'{_key}'",
+                     lambda t, f=_fn, k=_key: t.__setitem__(k, f(t[k])))
+    for _key in ("codebook_size", "lane_size"):
+        _desc_attack(f"dense-{_key}-{_label}", "dense", "dense.w", TensorError, f"'{_key}'",
+                     lambda t, f=_fn, k=_key: t.__setitem__(k, f(t[k])))
+    _desc_attack(f"part-length-{_label}", "dense", "dense.w", TensorError, "part 'indices'",
+                 lambda t, f=_fn: t["parts"].__setitem__("indices", f(t["parts"]["indices"])))
+
+for _label, _value in {
+    "string": "3,4", "number": 12, "null": None, "object": {"0": 3}, "nested": [[3], [4]],
+    "floats": [3.0, 4.0], "bools": [True, 12], "negative": [-3, -4], "neg-and-zero": [-1, 0],
+    "huge": [10**30, 1], "2^40x2^40": [2**40, 2**40], "2^41": [2**41], "40-dims": [1] * 40,
+    "33-dims": [1] * 33,
+}.items():
+    _desc_attack(f"shape-{_label}", "raw", "raw.w", TensorError, "tensor 'raw.w'", _set("shape", _value))
+
+for _label, _value in {
+    "unknown": "float128", "case": "Float32", "int": 4, "null": None, "list": ["float32"],
+    "object": {"float32": 1}, "empty": "",
+}.items():
+    _desc_attack(f"dtype-{_label}", "raw", "raw.w", TensorError, "tensor 'raw.w'", _set("dtype", _value))
+
+for _label, _value in {
+    "unknown": "zstd", "case": "RAW", "int": 1, "null": None, "list": ["raw"], "object": {"raw": 1},
+}.items():
+    _desc_attack(f"encoding-{_label}", "raw", "raw.w", TensorError, "tensor 'raw.w'", _set("encoding", _value))
+
+for _label, _value in {"float64": "float64", "bfloat16": "bfloat16", "int": 2, "list": ["float32"], "null": None}.items():
+    _desc_attack(f"codebook-dtype-{_label}", "dense", "dense.w", TensorError, "codebook_dtype",
+                 _set("codebook_dtype", _value))
+
+for _label, _value in {"int": 5, "null": None, "list": ["raw.w"], "object": {"n": 1}, "too-long": "w" * 5000}.items():
+    _desc_attack(f"name-{_label}", "raw", "raw.w", TensorError, "section 2", _set("name", _value))
+
+for _label, _edit in {
+    "not-object": lambda t: t.__setitem__("parts", [["data", 48]]),
+    "missing": _pop("parts"),
+    "missing-part": lambda t: t["parts"].pop("lane_bases"),
+    "extra-part": lambda t: t["parts"].__setitem__("extra", 0),
+    "wrong-order": lambda t: t.__setitem__("parts", dict(reversed(list(t["parts"].items())))),
+    "renamed": lambda t: t.__setitem__("parts", {("idx" if k == "indices" else k): v for k, v in t["parts"].items()}),
+}.items():
+    _desc_attack(f"parts-{_label}", "sparse", "sparse.w", TensorError, "tensor 'sparse.w'", _edit)
+
+@attack("tensor-descriptor-missing", "raw", TensorError, "section 3")
+def _(d):
+    return d.build(lambda h: _sections(h)[3].pop("tensor"))
+
+
+@attack("tensor-descriptor-not-object", "raw", TensorError, "section 2")
+def _(d):
+    return d.build(lambda h: _sections(h)[2].__setitem__("tensor", ["raw.w", "float32"]))
+
+
+@attack("parts-do-not-add-up", "dense", TensorError, "parts add up")
+def _(d):
+    return d.build(lambda h: _sections(h)[2]["tensor"]["parts"].__setitem__("codebook", 8))
+
+
+@attack("part-longer-than-section", "dense", TensorError, "part 'indices'")
+def _(d):
+    def t(h):
+        p = _sections(h)[2]["tensor"]["parts"]
+        p["indices"] = _sections(h)[2]["length"] + 1
+
+    return d.build(t)
+
+
+@attack("raw-data-length-mismatch", "raw", TensorError, "raw data")
+def _(d):
+    d.desc("raw.w")["shape"] = [4, 4]
+    return d.build()
+
+
+@attack("raw-shape-zero", "raw", TensorError, "raw data")
+def _(d):
+    d.desc("raw.w")["shape"] = [0, 4]
+    return d.build()
+
+
+@attack("codebook-on-int-dtype", "dense", TensorError, "floating-point")
+def _(d):
+    d.desc("dense.w")["dtype"] = "int32"
+    return d.build()
+
+
+@attack("codebook-size-inconsistent-with-parts", "dense", TensorError, "codebook part")
+def _(d):
+    d.desc("dense.w")["codebook_size"] += 1
+    return d.build()
+
+
+@attack("codebook-size-too-big", "dense", TensorError, "'codebook_size'")
+def _(d):
+    d.desc("dense.w")["codebook_size"] = 257
+    return d.build()
+
+
+@attack("dense-empty-codebook", "dense", TensorError, "needs a codebook")
+def _(d):
+    d.desc("dense.w")["codebook_size"] = 0
+    d.set_parts("dense.w", codebook=b"")
+    return d.build()
+
+
+@attack("sparse-codebook-size-inconsistent", "sparse", TensorError, "codebook part")
+def _(d):
+    d.desc("sparse.w")["codebook_size"] -= 1
+    return d.build()
+
+
+@attack("lane-size-not-power-of-two", "dense", TensorError, "power of two")
+def _(d):
+    d.desc("dense.w")["lane_size"] = 300
+    return d.build()
+
+
+@attack("lane-size-too-small", "dense", TensorError, "'lane_size'")
+def _(d):
+    d.desc("dense.w")["lane_size"] = 128
+    return d.build()
+
+
+@attack("lane-size-too-big", "dense", TensorError, "'lane_size'")
+def _(d):
+    d.desc("dense.w")["lane_size"] = 1 << 25
+    return d.build()
+
+
+@attack("gap-bits-zero", "sparse", TensorError, "'gap_bits'")
+def _(d):
+    d.desc("sparse.w")["gap_bits"] = 0
+    return d.build()
+
+
+@attack("gap-bits-nine", "sparse", TensorError, "'gap_bits'")
+def _(d):
+    d.desc("sparse.w")["gap_bits"] = 9
+    return d.build()
+
+
+@attack("entries-more-than-numel", "sparse", TensorError, "'entries'")
+def _(d):
+    d.desc("sparse.w")["entries"] = SPARSE_SHAPE[0] + 1
+    return d.build()
+
+
+@attack("entries-lane-count-mismatch", "sparse", TensorError, "lane_bases part")
+def _(d):
+    d.desc("sparse.w")["entries"] += LANE  # one lane more than lane_bases has
+    return d.build()
+
+
+@attack("entries-one-fewer", "sparse", HuffmanError, "tensor 'sparse.w'", stage="verify", tensor="sparse.w")
+def _(d):
+    t = d.desc("sparse.w")
+    assert t["entries"] % LANE != 1
+    t["entries"] -= 1  # same lane count; the last lane then has unused codes
+    return d.build()
+
+
+# ----------------------------------------------------------------------------- Huffman code lengths
+
+
+def _lengths_attack(name, match, edit, tensor="dense.w", part="indices", error=HuffmanError):
+    @attack(name, tensor.split(".")[0], error, match, stage="verify", tensor=tensor)
+    def _(d):
+        s = d.stream(tensor, part)
+        edit(s)
+        d.set_stream(tensor, part, s)
+        return d.build()
+
+
+def _set_lengths(*values):
+    def edit(s):
+        s.lengths[:] = bytes(values)
+
+    return edit
+
+
+_lengths_attack("huffman-over-subscribed", "over-subscribed", _set_lengths(1, 1, 2, 2))
+_lengths_attack("huffman-over-subscribed-all-1", "over-subscribed", _set_lengths(1, 1, 1, 1))
+_lengths_attack("huffman-incomplete", "incomplete", _set_lengths(2, 2, 2, 0))
+_lengths_attack("huffman-incomplete-long", "incomplete", _set_lengths(1, 2, 3, 15))
+_lengths_attack("huffman-length-16", "exceeds 15", _set_lengths(1, 2, 3, 16))
+_lengths_attack("huffman-length-255", "exceeds 15", _set_lengths(255, 1, 0, 0))
+_lengths_attack("huffman-single-symbol-length-2", "single-symbol", _set_lengths(0, 2, 0, 0))
+_lengths_attack("huffman-no-symbols", "no symbols", _set_lengths(0, 0, 0, 0))
+_lengths_attack("huffman-nonzero-length-padding", "padding after the code lengths",
+                lambda s: s.pad.__setitem__(0, 1))
+_lengths_attack("sparse-gap-code-over-subscribed", "over-subscribed",
+                lambda s: s.lengths.__setitem__(slice(None), bytes([1, 1, 1, 1])), "sparse.w", "gaps")
+_lengths_attack("sparse-index-code-incomplete", "incomplete",
+                lambda s: s.lengths.__setitem__(slice(None), bytes([2, 2, 2, 0])), "sparse.w", "indices")
+_lengths_attack("sparse-index-code-length-16", "exceeds 15",
+                lambda s: s.lengths.__setitem__(0, 16), "sparse.w", "indices")
+
+# ----------------------------------------------------------------------------- lanes
+
+
+def _offsets_edit(fn):
+    def edit(s):
+        s.offsets = fn(list(s.offsets), len(s.payload))
+
+    return edit
+
+
+_lengths_attack("lane-offset-first-nonzero", "first lane offset", _offsets_edit(lambda o, n: [1] + o[1:]))
+_lengths_attack("lane-offsets-decreasing", "decrease", _offsets_edit(lambda o, n: [0, o[2], o[1]] + o[3:]))
+_lengths_attack("lane-offset-past-payload", "past the payload", _offsets_edit(lambda o, n: o[:-1] + [n + 1]))
+_lengths_attack("lane-offset-u64-max", "past the payload", _offsets_edit(lambda o, n: o[:-1] + [2**64 - 1]))
+_lengths_attack("lane-offset-2^63", "past the payload", _offsets_edit(lambda o, n: o[:-1] + [2**63]))
+_lengths_attack("sparse-gap-lane-offset-past-payload", "past the payload",
+                _offsets_edit(lambda o, n: o[:-1] + [n + 8]), "sparse.w", "gaps")
+_lengths_attack("sparse-index-lane-offsets-decreasing", "decrease",
+                _offsets_edit(lambda o, n: [0, o[2], o[1]] + o[3:]), "sparse.w", "indices")
+_lengths_attack("stream-shorter-than-lane-table", "shorter than its code table",
+                lambda s: s.offsets.pop())
+
+
+def dense_lane_bits(lengths: bytes) -> list[int]:
+    """Bits each lane of the dense sample's index stream holds."""
+    _, bitlen = canonical_codes(np.frombuffer(bytes(lengths), np.uint8))
+    sym = dense_indices()
+    return [int(bitlen[sym[i : i + LANE]].sum()) for i in range(0, sym.size, LANE)]
+
+
+def _padded_lane(s: StreamParts) -> tuple[int, int]:
+    """(lane, its last byte) for a lane of the dense sample whose last byte holds padding bits."""
+    for lane, bits in enumerate(dense_lane_bits(s.lengths)):
+        if bits % 8:
+            assert s.offsets[lane] + (bits + 7) // 8 == s.lane_end(lane)
+            return lane, s.lane_end(lane) - 1
+    raise AssertionError("no lane of the dense sample has padding bits")
+
+
+@attack("lane-padding-bits-nonzero", "dense", HuffmanError, "padding bits", stage="verify", tensor="dense.w")
+def _(d):
+    s = d.stream("dense.w", "indices")
+    _, last = _padded_lane(s)
+    s.payload[last] |= 1  # the lowest bit of a lane's last byte is padding here
+    d.set_stream("dense.w", "indices", s)
+    return d.build()
+
+
+@attack("lane-extra-trailing-byte-last", "dense", HuffmanError, "unused trailing bytes", stage="verify",
+        tensor="dense.w")
+def _(d):
+    s = d.stream("dense.w", "indices")
+    s.payload.append(0)
+    d.set_stream("dense.w", "indices", s)
+    return d.build()
+
+
+@attack("lane-extra-trailing-byte-middle", "dense", HuffmanError, "lane 1", stage="verify", tensor="dense.w")
+def _(d):
+    s = d.stream("dense.w", "indices")
+    end = s.lane_end(1)
+    s.payload[end:end] = b"\x00"
+    s.offsets = s.offsets[:2] + [o + 1 for o in s.offsets[2:]]
+    d.set_stream("dense.w", "indices", s)
+    return d.build()
+
+
+@attack("lane-missing-last-byte", "dense", HuffmanError, "run past the end of the lane", stage="verify",
+        tensor="dense.w")
+def _(d):
+    s = d.stream("dense.w", "indices")
+    s.payload.pop()
+    d.set_stream("dense.w", "indices", s)
+    return d.build()
+
+
+@attack("lanes-merged", "dense", HuffmanError, "index stream lane 0", stage="verify", tensor="dense.w")
+def _(d):
+    s = d.stream("dense.w", "indices")
+    s.offsets[1] = s.offsets[2]  # lane 0 claims lane 1's bytes too
+    d.set_stream("dense.w", "indices", s)
+    return d.build()
+
+
+@attack("sparse-gap-lane-extra-byte", "sparse", HuffmanError, "gap stream lane", stage="verify", tensor="sparse.w")
+def _(d):
+    s = d.stream("sparse.w", "gaps")
+    s.payload.append(0)
+    d.set_stream("sparse.w", "gaps", s)
+    return d.build()
+
+
+@attack("sparse-index-lane-extra-byte", "sparse", HuffmanError, "index stream lane", stage="verify",
+        tensor="sparse.w")
+def _(d):
+    s = d.stream("sparse.w", "indices")
+    s.payload.append(0)
+    d.set_stream("sparse.w", "indices", s)
+    return d.build()
+
+
+@attack("stream-of-zero-symbols-not-empty", "dense", HuffmanError, "0 symbols", stage="verify", tensor="dense.w")
+def _(d):
+    d.desc("dense.w")["shape"] = [0, 25]
+    return d.build()
+
+
+# ----------------------------------------------------------------------------- sparse: gaps and lane bases
+
+
+@attack("gap-runs-past-tensor-end", "sparse", HuffmanError, "past the end of the tensor", stage="verify",
+        tensor="sparse.w")
+def _(d):
+    d.desc("sparse.w")["shape"] = [SPARSE_SHAPE[0] - 1]  # the last (non-zero) element falls off the end
+    return d.build()
+
+
+def _bases(d: Dcz) -> list[int]:
+    b = d.parts("sparse.w")["lane_bases"]
+    return list(struct.unpack(f"<{len(b) // 8}Q", b))
+
+
+def _set_bases(d: Dcz, bases: list[int]) -> None:
+    d.set_parts("sparse.w", lane_bases=struct.pack(f"<{len(bases)}Q", *bases))
+
+
+@attack("lane-bases-not-matching", "sparse", HuffmanError, "next lane's base", stage="verify", tensor="sparse.w")
+def _(d):
+    b = _bases(d)
+    b[1] += 1
+    _set_bases(d, b)
+    return d.build()
+
+
+@attack("lane-bases-swapped", "sparse", HuffmanError, "tensor 'sparse.w'", stage="verify", tensor="sparse.w")
+def _(d):
+    b = _bases(d)
+    b[1], b[2] = b[2], b[1]
+    _set_bases(d, b)
+    return d.build()
+
+
+@attack("lane-base-first-nonzero", "sparse", TensorError, "first lane base", stage="verify", tensor="sparse.w")
+def _(d):
+    b = _bases(d)
+    b[0] = 1
+    _set_bases(d, b)
+    return d.build()
+
+
+@attack("lane-base-past-tensor", "sparse", TensorError, "past the tensor", stage="verify", tensor="sparse.w")
+def _(d):
+    b = _bases(d)
+    b[-1] = SPARSE_SHAPE[0] + 1
+    _set_bases(d, b)
+    return d.build()
+
+
+@attack("lane-base-u64-max", "sparse", TensorError, "past the tensor", stage="verify", tensor="sparse.w")
+def _(d):
+    b = _bases(d)
+    b[1] = 2**64 - 1
+    _set_bases(d, b)
+    return d.build()
+
+
+@attack("nonzero-padding-between-parts", "sparse", TensorError, "padding before part 'lane_bases'", stage="verify",
+        tensor="sparse.w")
+def _(d):
+    i = d.index("sparse.w")
+    cb = d.desc("sparse.w")["parts"]["codebook"]
+    assert cb % PART_ALIGNMENT, "the sample's codebook part must be followed by padding"
+    p = bytearray(d.payloads[i])
+    p[cb] = 0x80
+    d.payloads[i] = bytes(p)
+    return d.build()
+
+
+# ----------------------------------------------------------------------------- raw data
+
+
+@attack("bool-value-2", "raw", TensorError, "tensor 'raw.mask'", stage="verify", tensor="raw.mask")
+def _(d):
+    d.set_parts("raw.mask", data=b"\x01\x00\x02\x01\x00\x00\x01\x00")
+    return d.build()
+
+
+@attack("bool-value-255", "raw", TensorError, "bool", stage="verify", tensor="raw.mask")
+def _(d):
+    d.set_parts("raw.mask", data=b"\x01\x00\x00\x01\x00\x00\x01\xff")
+    return d.build()
+
+
+# ----------------------------------------------------------------------------- decompression bombs
+
+
+def bomb_dense(shape, lane_size, lanes=None, dtype="float32") -> Dcz:
+    """A codebook-dense tensor of ``shape`` whose index stream is a single-symbol code: zero payload bits."""
+    numel = int(np.prod(shape, dtype=object))
+    nl = num_lanes(numel, lane_size) if lanes is None else lanes
+    parts = {"codebook": struct.pack("<f", 1.5), "indices": make_stream(1, {0: 1}, [0] * nl)}
+    payload, lengths = join_parts(parts)
+    desc = {"name": "bomb", "dtype": dtype, "shape": list(shape), "encoding": "codebook-dense",
+            "codebook_dtype": "float32", "codebook_size": 1, "lane_size": lane_size, "parts": lengths}
+    return Dcz.of_sections([("tensor", payload, desc)])
+
+
+def bomb_sparse(shape, entries=0, lane_size=1 << 24) -> Dcz:
+    """An all-zero codebook-sparse tensor of ``shape``: nothing stored at all."""
+    parts = {"codebook": b"", "lane_bases": bytes(8 * num_lanes(entries, lane_size)), "gaps": b"", "indices": b""}
+    payload, lengths = join_parts(parts)
+    desc = {"name": "zeros", "dtype": "float32", "shape": list(shape), "encoding": "codebook-sparse",
+            "codebook_dtype": "float32", "codebook_size": 0, "lane_size": lane_size, "gap_bits": 8,
+            "entries": entries, "parts": lengths}
+    return Dcz.of_sections([("tensor", payload, desc)])
+
+
+@attack("bomb-dense-2^33-single-symbol", "dense", LimitError, "decoded bytes")
+def _(d):
+    return bomb_dense([2**33], 1 << 24).build()
+
+
+@attack("bomb-dense-2^33-float64", "dense", LimitError, "decoded bytes")
+def _(d):
+    return bomb_dense([2**17, 2**16], 1 << 24, dtype="float64").build()
+
+
+@attack("bomb-sparse-all-zero-2^33", "dense", LimitError, "decoded bytes")
+def _(d):
+    return bomb_sparse([2**33]).build()
+
+
+@attack("bomb-sum-of-tensors", "dense", LimitError, "decoded bytes")
+def _(d):
+    one = bomb_dense([2**21], 1 << 24)  # 8 MiB each: fine alone, not all ten together
+    sections = []
+    for k in range(10):
+        desc = copy.deepcopy(one.entries[0]["tensor"])
+        desc["name"] = f"bomb{k}"
+        sections.append(("tensor", one.payloads[0], desc))
+    return Dcz.of_sections(sections).build()
+
+
+@attack("bomb-lane-table-claims-billions", "dense", LimitError, "decoded bytes")
+def _(d):
+    return bomb_dense([2**33], LANE, lanes=4).build()  # 2^25 lanes declared by the shape, 4 stored
+
+
+@attack("bomb-lane-table-claims-billions-override", "dense", HuffmanError, "tensor 'bomb'", stage="verify",
+        tensor="bomb", max_decoded_bytes=1 << 40)
+def _(d):
+    return bomb_dense([2**33], LANE, lanes=4).build()
+
+
+@attack("bomb-sparse-lane-bases-claim-billions", "dense", TensorError, "lane_bases part")
+def _(d):
+    b = bomb_sparse([2**33], entries=0)
+    b.desc("zeros")["entries"] = 2**33
+    return b.build()
+
+
+@attack("bomb-sparse-entries-billions-override", "dense", HuffmanError, "tensor 'zeros'", stage="verify",
+        tensor="zeros", max_decoded_bytes=1 << 40)
+def _(d):
+    # 2^33 entries in lanes of 2^24: 512 lane bases fit the file; the streams claim nothing
+    return bomb_sparse([2**33], entries=2**33).build()
+
+
+@attack("max-decoded-bytes-below-file", "dense", LimitError, "max_decoded_bytes", max_decoded_bytes=100)
+def _(d):
+    return d.build()
+
+
+@attack("max-decoded-bytes-zero", "raw", LimitError, "max_decoded_bytes", max_decoded_bytes=0)
+def _(d):
+    return d.build()
+
+
+# ============================================================================ writing them
+
+
+ATTACK_NAMES = [a.name for a in ATTACKS]
+assert len(set(ATTACK_NAMES)) == len(ATTACK_NAMES), "attack names must be unique"
+
+
+def make(a: Attack, samples: dict[str, Path]) -> bytes:
+    return a.make(Dcz.load(samples[a.sample]))
+
+
+def write_attacks(directory, samples: dict[str, Path]) -> dict[str, Path]:
+    """Write every crafted hostile file into ``directory``; returns name -> path."""
+    directory = Path(directory)
+    out = {}
+    for a in ATTACKS:
+        path = directory / f"{a.name}.dcz"
+        path.write_bytes(make(a, samples))
+        out[a.name] = path
+    return out

@@ -1,0 +1,64 @@
+"""Graph section: weights moved out of an ONNX model and put back, also in subgraphs and Constant nodes."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import dcformat
+from dcformat.graph import iter_tensors, reference, strip_weights
+
+
+def _model_with_constants_and_if():
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    then_c = helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.full((4, 2), 2.5, np.float32)))
+    else_c = helper.make_node("Constant", [], ["e"], value=numpy_helper.from_array(np.full((4, 2), -1.0, np.float32)))
+    then_g = helper.make_graph([then_c], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 2])])
+    else_g = helper.make_graph([else_c], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4, 2])])
+    nodes = [
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("MatMul", ["x", "W"], ["y0"]),
+        helper.make_node("Mul", ["y0", "k"], ["y1"]),
+        helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g),
+        helper.make_node("MatMul", ["y1", "b"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model, cond):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": np.array([[1.0, 2.0, 3.0]], np.float32), "cond": np.array(cond)})[0]
+
+
+def test_strip_and_fill_everywhere(tmp_path):
+    model = _model_with_constants_and_if()
+    stripped, arrays = strip_weights(model)
+    assert len(arrays) == 4  # W, k, and the two branch constants
+    assert all(reference(t) for _, t in iter_tensors(stripped.graph))
+    dcformat.write(tmp_path / "m.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=stripped)
+    rebuilt = dcformat.to_onnx(tmp_path / "m.dcz")
+    onnx.checker.check_model(rebuilt)
+    for cond in (True, False):
+        np.testing.assert_array_equal(_run(rebuilt, cond), _run(model, cond))
+
+
+def test_missing_record_is_reported(tmp_path):
+    stripped, arrays = strip_weights(_model_with_constants_and_if())
+    arrays.pop("W")
+    dcformat.write(tmp_path / "m.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=stripped)
+    with pytest.raises(dcformat.FormatError, match="'W'"):
+        dcformat.to_onnx(tmp_path / "m.dcz")
+
+
+def test_weights_only_file_has_no_model(tmp_path):
+    dcformat.write(tmp_path / "w.dcz", [dcformat.encode("a", np.ones(3, np.float32))])
+    with pytest.raises(dcformat.FormatError, match="weights-only"):
+        dcformat.to_onnx(tmp_path / "w.dcz")
+    assert np.array_equal(dcformat.load_weights(tmp_path / "w.dcz")["a"], np.ones(3, np.float32))

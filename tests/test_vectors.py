@@ -1,0 +1,192 @@
+"""The golden test vectors in spec/vectors/ (made by tools/gen_vectors.py).
+
+(a) every vector decodes exactly to its expected arrays and passes verify(); its bytes
+    match the sha256 in MANIFEST.json;
+(b) regenerating the vectors gives byte-identical files;
+(c) the same input and options, encoded and written twice, give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dcformat
+from dcformat.constants import DTYPES, ENCODINGS, UINT_OF_SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS = ROOT / "spec" / "vectors"
+GEN = ROOT / "tools" / "gen_vectors.py"
+MANIFEST = json.loads((VECTORS / "MANIFEST.json").read_text(encoding="ascii"))
+BY_NAME = {v["name"]: v for v in MANIFEST["vectors"]}
+BF16 = DTYPES["bfloat16"]
+
+
+def load_gen():
+    """tools/gen_vectors.py as a module (tools/ is not a package)."""
+    if "dcz_gen_vectors" in sys.modules:
+        return sys.modules["dcz_gen_vectors"]
+    spec = importlib.util.spec_from_file_location("dcz_gen_vectors", GEN)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["dcz_gen_vectors"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def expected_array(entry: dict) -> np.ndarray:
+    arr = np.load(VECTORS / entry["expected"], allow_pickle=False)
+    if entry["dtype"] == "bfloat16":
+        assert arr.dtype == np.uint16
+        arr = arr.view(BF16)
+    return arr
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, a.shape, b.dtype, b.shape)
+    u = UINT_OF_SIZE.get(a.dtype.itemsize, np.uint8)
+    return bool(np.array_equal(np.ascontiguousarray(a).view(u), np.ascontiguousarray(b).view(u)))
+
+
+# ---------------------------------------------------------------- the manifest itself
+def test_manifest_lists_every_file():
+    names = [v["name"] for v in MANIFEST["vectors"]]
+    assert len(names) == len(set(names)) >= 14
+    assert MANIFEST["format_version"] == list(dcformat.FORMAT_VERSION)
+    listed = {"MANIFEST.json"}
+    for v in MANIFEST["vectors"]:
+        listed.add(v["file"])
+        listed.update(t["expected"] for t in v["tensors"])
+    on_disk = {p.name for p in VECTORS.iterdir()}
+    assert on_disk == listed, "stale or missing files in spec/vectors"
+
+
+def test_vectors_are_small():
+    assert sum(p.stat().st_size for p in VECTORS.iterdir()) < 300_000
+
+
+def test_manifest_coverage():
+    tensors = [t for v in MANIFEST["vectors"] for t in v["tensors"]]
+    assert {t["encoding"] for t in tensors} == set(ENCODINGS)
+    raw_dtypes = {t["dtype"] for t in tensors if t["encoding"] == "raw"}
+    assert set(DTYPES) <= raw_dtypes
+    cb = {(t["dtype"], t["encoding"]) for t in tensors if t["encoding"] != "raw"}
+    for dt in ("float32", "float16", "bfloat16", "float64"):
+        assert (dt, "codebook-dense") in cb and (dt, "codebook-sparse") in cb, dt
+    assert any(t["dtype"] == "float32" and t.get("codebook_dtype") == "float16" for t in tensors)
+    shapes = [t["shape"] for t in tensors]
+    assert [] in shapes and any(0 in s for s in shapes) and any(np.prod(s) == 1 and s for s in shapes)
+    sparse = [t for t in tensors if t["encoding"] == "codebook-sparse"]
+    assert {1, 8} <= {t["gap_bits"] for t in sparse}
+    assert any(t["entries"] == 0 for t in sparse)
+    assert any(t["codebook_size"] == 256 for t in sparse)
+    assert any(t["codebook_size"] == 256 for t in tensors if t["encoding"] == "codebook-dense")
+    assert any(t["lane_size"] == 256 and t["entries"] > 4 * 256 for t in sparse)  # several lane bases
+    assert any(v["graph"] for v in MANIFEST["vectors"])
+    assert any(not v["tensors"] for v in MANIFEST["vectors"])
+    assert any(v["metadata"] and len(v["tensors"]) > 1 and not v["graph"] for v in MANIFEST["vectors"])
+
+
+# ---------------------------------------------------------------- (a) decoding
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_vector_decodes_exactly(name):
+    v = BY_NAME[name]
+    path = VECTORS / v["file"]
+    data = path.read_bytes()
+    assert len(data) == v["size"]
+    assert hashlib.sha256(data).hexdigest() == v["sha256"]
+    with dcformat.open(path) as r:
+        r.verify()
+        assert list(r) == [t["name"] for t in v["tensors"]]
+        assert r.metadata == (v["metadata"] or {})
+        assert (r.graph_bytes is not None) == v["graph"]
+        for t in v["tensors"]:
+            info = r.info(t["name"])
+            assert info.dtype == t["dtype"]
+            assert list(info.shape) == t["shape"]
+            assert info.encoding == t["encoding"]
+            for key in ("codebook_dtype", "codebook_size", "lane_size", "gap_bits", "entries"):
+                assert getattr(info, key) == t.get(key), key
+            got = r[t["name"]]
+            want = expected_array(t)
+            assert got.dtype == DTYPES[t["dtype"]]
+            assert list(got.shape) == t["shape"]
+            assert same_bits(got, want), t["name"]
+
+
+def test_special_values_kept():
+    """-0.0 and NaN payloads survive the codebook encodings (checked on the expected arrays too)."""
+    v = BY_NAME["special_values"]
+    with dcformat.open(VECTORS / v["file"]) as r:
+        dense = r["f32.dense"].view(np.uint32)
+        assert 0x80000000 in dense and 0x7FC12345 in dense and 0xFFC00000 in dense
+        assert r.info("f32.neg_zero_only").codebook_size == 1  # -0.0 is not the sparse zero
+        assert (r["f32.neg_zero_only"].view(np.uint32)[:5] == 0x80000000).all()
+        assert r["f32.snan.raw"].view(np.uint32)[0] == 0x7F800001
+
+
+def test_graph_vector_refers_to_its_tensors():
+    v = BY_NAME["graph"]
+    with dcformat.open(VECTORS / v["file"]) as r:
+        model = r.graph
+        assert model is not None
+        inits = list(model.graph.initializer)
+        assert inits
+        for init in inits:
+            assert init.data_location == init.EXTERNAL
+            ext = {e.key: e.value for e in init.external_data}
+            assert ext == {"location": "dcz", "tensor": init.name}
+            assert init.name in r
+            assert list(init.dims) == list(r.info(init.name).shape)
+            assert not init.raw_data
+
+
+# ---------------------------------------------------------------- (b) regeneration
+def test_regenerated_vectors_are_identical(tmp_path):
+    gen = load_gen()
+    gen.generate(tmp_path)
+    ours = sorted(p.name for p in VECTORS.iterdir())
+    theirs = sorted(p.name for p in tmp_path.iterdir())
+    assert ours == theirs
+    for fname in ours:
+        assert (tmp_path / fname).read_bytes() == (VECTORS / fname).read_bytes(), fname
+
+
+# ---------------------------------------------------------------- (c) determinism
+@pytest.mark.parametrize("name", [n for n, _, _ in load_gen().VECTORS])
+def test_writing_twice_gives_same_bytes(tmp_path, name):
+    gen = load_gen()
+    builder = {n: fn for n, _, fn in gen.VECTORS}[name]
+    outs = []
+    for i in range(2):
+        spec = builder()  # encodes the inputs again from scratch
+        path = tmp_path / f"{i}.dcz"
+        dcformat.write(path, [t for t, _ in spec["tensors"]], graph=spec.get("graph"), metadata=spec.get("metadata"))
+        outs.append(path.read_bytes())
+    assert outs[0] == outs[1]
+    assert hashlib.sha256(outs[0]).hexdigest() == BY_NAME[name]["sha256"]
+
+
+def test_metadata_key_order_does_not_matter(tmp_path):
+    t = dcformat.encode("w", np.arange(10, dtype=np.float32) % 3)
+    a, b = tmp_path / "a.dcz", tmp_path / "b.dcz"
+    dcformat.write(a, [t], metadata={"x": 1, "a": [1, 2], "m": {"k": "v"}})
+    dcformat.write(b, [t], metadata={"m": {"k": "v"}, "a": [1, 2], "x": 1})
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_graph_bytes_or_proto_give_same_file(tmp_path):
+    gen = load_gen()
+    w = np.ones((4, 3), np.float32)
+    b = np.zeros(3, np.float32)
+    model = gen._tiny_onnx([("fc.weight", w), ("fc.bias", b)])
+    ts = [dcformat.encode("fc.weight", w), dcformat.encode("fc.bias", b)]
+    p1, p2 = tmp_path / "1.dcz", tmp_path / "2.dcz"
+    dcformat.write(p1, ts, graph=model)
+    dcformat.write(p2, ts, graph=model.SerializeToString(deterministic=True))
+    assert p1.read_bytes() == p2.read_bytes()
