@@ -154,7 +154,7 @@ def encode_codebook(
     tdt = DTYPES[dtype]
     cb = np.asarray(codebook, dtype=np.float64).reshape(-1).astype(DTYPES[cbd])
     if cb.size > MAX_CODEBOOK + 1:
-        raise EncodeError(f"tensor {name!r}: codebook has {cb.size} entries, at most {MAX_CODEBOOK} allowed")
+        raise EncodeError(f"tensor {name!r}: codebook has {cb.size} entries, at most {MAX_CODEBOOK} (plus one +0.0 entry) allowed")
     idx = np.asarray(indices)
     if shape is None:
         shape = idx.shape
@@ -293,6 +293,6 @@ def _exact(bits: np.ndarray, dt: str, cbd: str) -> bool:
     codebook dtype (as encode_codebook stores them), then to the tensor dtype (as a reader
     decodes them). Not so for a float64 value float32 cannot hold, a signalling NaN (the
     float64 step quiets it), or a bfloat16 NaN with a payload (float32 -> bfloat16 drops it)."""
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # NaNs; float64 values past float32
         back = bits.view(DTYPES[dt]).astype(np.float64).astype(DTYPES[cbd]).astype(DTYPES[dt])
     return bool(np.array_equal(_bits(back), bits))

@@ -102,6 +102,9 @@ def fill_weights(model, arrays: Mapping[str, np.ndarray]):
     from onnx import helper
 
     for where, t in iter_tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL and reference(t) is None:
+            # never let a file make the runtime read other files
+            raise FormatError(f"graph: {where} refers to external data outside the .dcz file, which is not allowed")
         name = reference(t)
         if name is None:
             continue

@@ -31,22 +31,20 @@ from .records import TensorInfo, parse_descriptor
 from .streams import align
 
 
-def _no_duplicates(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise FormatError(f"header: duplicate key {k!r}")
-        d[k] = v
-    return d
-
-
-def _reject_constant(name):
-    raise FormatError(f"header: {name} is not allowed in JSON")
-
-
 def _parse_json(data: bytes, what: str):
+    def no_duplicates(pairs):
+        d = {}
+        for k, v in pairs:
+            if k in d:
+                raise FormatError(f"{what}: duplicate key {k!r}")
+            d[k] = v
+        return d
+
+    def reject_constant(name):
+        raise FormatError(f"{what}: {name} is not allowed in JSON")
+
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=reject_constant)
     except DczError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -88,7 +86,7 @@ class DczReader(Mapping):
             raise FormatError(f"{self.path}: not a .dcz file (bad magic at byte 0)")
         magic, major, minor, hlen, hcrc, pcrc = PREAMBLE.unpack(bytes(self._buf[:PREAMBLE_SIZE]))
         if zlib.crc32(self._buf[:20]) != pcrc:
-            raise ChecksumError(f"{self.path}: preamble checksum mismatch (bytes 0..23)")
+            raise ChecksumError(f"{self.path}: preamble checksum mismatch (bytes 0..19)")
         if major != VERSION_MAJOR:
             raise VersionError(f"{self.path}: format version {major}.{minor} is not supported (this reader reads {VERSION_MAJOR}.x)")
         self.version = (major, minor)
@@ -97,6 +95,8 @@ class DczReader(Mapping):
         header_bytes = bytes(self._buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
         if zlib.crc32(header_bytes) != hcrc:
             raise ChecksumError(f"{self.path}: header checksum mismatch (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
+        if not header_bytes.isascii():
+            raise FormatError(f"{self.path}: header holds non-ASCII bytes (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
         header = _parse_json(header_bytes, "header")
         if not isinstance(header, dict) or not isinstance(header.get("sections"), list):
             raise FormatError("header: must be an object with a 'sections' list")
@@ -216,7 +216,8 @@ class DczReader(Mapping):
     def verify(self) -> None:
         """Check every section's checksum and decode every tensor; raises DczError on the first problem."""
         for i, s in enumerate(self.sections):
-            self._section_bytes(s, f"section {i} ({s.kind})")
+            what = f"tensor {s.tensor['name']!r}" if s.kind == SECTION_TENSOR else s.kind
+            self._section_bytes(s, f"section {i} ({what})")
         self.metadata
         for name in self.tensors:
             self[name]
@@ -242,5 +243,10 @@ class DczReader(Mapping):
 
 
 def open(path, *, max_decoded_bytes: int | None = None) -> DczReader:  # noqa: A001 - mirrors builtins.open
-    """Open a .dcz file for reading (memory-mapped; tensors decode when indexed)."""
+    """Open a .dcz file for reading (memory-mapped; tensors decode when indexed).
+
+    Anything wrong with the file's contents raises a :class:`DczError` (a ValueError), here
+    or when a tensor, the metadata or the graph is read; a path that cannot be opened raises
+    the usual OSError (FileNotFoundError, PermissionError ...); a directory is a DczError.
+    """
     return DczReader(path, max_decoded_bytes=max_decoded_bytes)

@@ -113,19 +113,17 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
         raise TensorError(f"{where}: tensor name must be a string of at most {MAX_NAME_BYTES} bytes")
     where = f"tensor {name!r} ({where})"
     dtype = d.get("dtype")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is unhashable
         raise TensorError(f"{where}: unknown dtype {dtype!r}")
     shape = d.get("shape")
     if not isinstance(shape, list) or len(shape) > MAX_RANK:
         raise TensorError(f"{where}: shape must be a list of at most {MAX_RANK} dimensions")
-    numel = 1
     for dim in shape:
         if type(dim) is not int or dim < 0 or dim > MAX_ELEMENTS:
             raise TensorError(f"{where}: bad dimension {dim!r} in shape")
-        numel *= dim
-        if numel > MAX_ELEMENTS:
-            raise TensorError(f"{where}: shape {shape} has more than {MAX_ELEMENTS} elements")
-    numel = math.prod(shape)
+    numel = math.prod(shape)  # at most MAX_RANK factors of at most 2**40: cheap even when huge
+    if numel > MAX_ELEMENTS:
+        raise TensorError(f"{where}: shape {shape} has more than {MAX_ELEMENTS} elements")
     enc = d.get("encoding")
     if enc not in ENCODINGS:
         raise TensorError(f"{where}: unknown encoding {enc!r}")

@@ -16,7 +16,7 @@ def test_demo_pipeline(tmp_path):
         r.verify()
         meta = r.metadata
         assert meta["settings"]["bits"] == 5
-        assert abs(meta["accuracy"]["compressed"] - f["accuracy"]) < 1e-6
+        assert meta["accuracy"]["compressed"] == round(f["accuracy"], 4)
         w = r["fc1.weight"]
         assert w.shape == (256, 64) and np.mean(w == 0) >= 0.89
         assert len(np.unique(w[w != 0])) <= 32

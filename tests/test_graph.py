@@ -62,3 +62,22 @@ def test_weights_only_file_has_no_model(tmp_path):
     with pytest.raises(dcformat.FormatError, match="weights-only"):
         dcformat.to_onnx(tmp_path / "w.dcz")
     assert np.array_equal(dcformat.load_weights(tmp_path / "w.dcz")["a"], np.ones(3, np.float32))
+
+
+def test_external_data_outside_the_file_is_refused(tmp_path):
+    """A graph tensor pointing at another file must not make the runtime read it."""
+    (tmp_path / "secret.bin").write_bytes(np.arange(12, dtype=np.float32).tobytes())
+    stripped, arrays = strip_weights(_model_with_constants_and_if())
+    for t in stripped.graph.initializer:
+        if t.name == "W":
+            del t.external_data[:]
+            for k, v in (("location", "secret.bin"), ("offset", "0"), ("length", "48")):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+    arrays.pop("W")
+    path = tmp_path / "m.dcz"
+    dcformat.write(path, [dcformat.encode(k, v) for k, v in arrays.items()], graph=stripped)
+    with pytest.raises(dcformat.FormatError, match="outside the .dcz"):
+        dcformat.to_onnx(path)
+    with pytest.raises(dcformat.FormatError):
+        dcformat.InferenceSession(path)

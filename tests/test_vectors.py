@@ -190,3 +190,13 @@ def test_graph_bytes_or_proto_give_same_file(tmp_path):
     dcformat.write(p1, ts, graph=model)
     dcformat.write(p2, ts, graph=model.SerializeToString(deterministic=True))
     assert p1.read_bytes() == p2.read_bytes()
+
+
+def test_generator_command_line(tmp_path):
+    """`python tools/gen_vectors.py --out DIR` writes the same files."""
+    import subprocess
+
+    subprocess.run([sys.executable, str(GEN), "--out", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
+    assert (tmp_path / "MANIFEST.json").read_bytes() == (VECTORS / "MANIFEST.json").read_bytes()
+    for v in MANIFEST["vectors"]:
+        assert (tmp_path / v["file"]).read_bytes() == (VECTORS / v["file"]).read_bytes()

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import dcformat  # noqa: E402
-from dcformat.constants import DTYPES, UINT_OF_SIZE  # noqa: E402
+from dcformat.constants import DTYPES, FLOAT_DTYPES, UINT_OF_SIZE  # noqa: E402
 
 BF16 = DTYPES["bfloat16"]
 F32, F16, F64 = np.float32, np.float16, np.float64
@@ -241,7 +241,7 @@ def _gap_fillers():
 
 
 @vector("lanes", "many lanes of 256 symbols (lane_size=256): codebook-dense over 12 lanes, codebook-sparse "
-        "with 11 lanes and non-trivial lane bases, and sparse with fillers across lane boundaries")
+        "with 10 lanes and non-trivial lane bases, and sparse with fillers across lane boundaries")
 def _lanes():
     dense = quantized(60, (50, 60), 20, 1.0)  # 3000 symbols
     sparse = quantized(61, (64, 64), 9, 0.6)  # ~2500 entries
@@ -269,14 +269,18 @@ def _codebook256():
 
 
 @vector("special_values", "-0.0, NaNs with payloads and sign, infinities and subnormals kept bit-exactly: "
-        "float32 dense and sparse (-0.0 is a codebook value, not the sparse zero), float16, bfloat16, "
-        "and raw float32/float64/float16 with signalling NaNs (the codebook path would quiet them)")
+        "float32 dense and sparse (-0.0 is a codebook value, not the sparse zero), float16 (NaNs in a "
+        "same-dtype codebook), bfloat16 (no NaN in its float32 codebook), and raw float32/float64/float16/"
+        "bfloat16 with signalling NaNs and payloads (the codebook path would not keep them)")
 def _special():
     f32 = bits([0x00000000, 0x80000000, 0x7FC00000, 0xFFC00000, 0x7FC12345, 0x7F800000, 0xFF800000,
                 0x00000001, 0x807FFFFF, 0x3F800000], F32)
     rep = f32[randint(80, 200, f32.size)]
     f16 = bits([0x0000, 0x8000, 0x7E00, 0xFE00, 0x7E01, 0xFF55, 0x7C00, 0xFC00, 0x0001, 0x83FF, 0x3C00], F16)
-    bf16 = bits([0x0000, 0x8000, 0x7FC0, 0xFFC0, 0x7F80, 0xFF80, 0x0001, 0x807F, 0x3F80], BF16)
+    # bfloat16 decodes through a float32 codebook: which NaN that gives is implementation-defined
+    # (FORMAT.md 7.2), so its codebook vectors hold no NaN; raw keeps NaNs exactly
+    bf16 = bits([0x0000, 0x8000, 0x7F80, 0xFF80, 0x0001, 0x807F, 0x3F80, 0xC0A0], BF16)
+    nan_bf16 = bits([0x7FC0, 0xFFC1, 0x7F81, 0x8000, 0x3F80], BF16)
     snan32 = bits([0x7F800001, 0xFF812345, 0x3F800000, 0x80000000], F32)
     snan64 = bits([0x7FF0000000000001, 0xFFF4000000000000, 0x8000000000000000, 0x3FF0000000000000], F64)
     snan16 = bits([0x7C01, 0xFD55, 0x8000, 0x3C00], F16)
@@ -291,6 +295,7 @@ def _special():
         enc("f32.snan.raw", snan32),
         enc("f64.snan.raw", snan64),
         enc("f16.snan.raw", snan16, encoding="raw"),
+        enc("bf16.nan.raw", nan_bf16, encoding="raw"),
     ]}
 
 
@@ -314,7 +319,6 @@ def _multi_meta():
 
 def _tiny_onnx(tensors):
     """Y = relu(X @ W + B), with W and B stored in the .dcz file (external, location "dcz")."""
-    import onnx
     from onnx import TensorProto, helper
 
     def external(name, arr):
@@ -370,7 +374,7 @@ def _expected_bytes(path: Path, arr: np.ndarray) -> None:
     if arr.dtype == BF16:
         arr = arr.view(np.uint16)
     with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+        np.save(f, arr, allow_pickle=False)
 
 
 def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -382,7 +386,7 @@ def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(np.ascontiguousarray(a).view(u), np.ascontiguousarray(b).view(u)))
 
 
-def _tensor_entry(t, expected_file: str) -> dict:
+def _tensor_entry(t, expected_file: str, expected: np.ndarray) -> dict:
     info = t.info
     d = {"name": info.name, "dtype": info.dtype, "shape": list(info.shape), "encoding": info.encoding}
     if info.encoding != "raw":
@@ -390,6 +394,8 @@ def _tensor_entry(t, expected_file: str) -> dict:
     if info.encoding == "codebook-sparse":
         d.update(gap_bits=info.gap_bits, entries=info.entries)
     d["expected"] = expected_file
+    if info.encoding != "raw" and info.dtype in FLOAT_DTYPES and bool(np.isnan(expected.astype(F64)).any()):
+        d["codebook_nans"] = True  # see the manifest's description
     if info.dtype == "bfloat16":
         d["expected_storage"] = "uint16 bit patterns"
     return d
@@ -412,7 +418,7 @@ def build_vector(out: Path, name: str, covers: str, builder) -> dict:
             assert r.info(t.name).encoding == t.encoding
             fname = f"{name}.{i}.npy"
             _expected_bytes(out / fname, expected)
-            entries.append(_tensor_entry(t, fname))
+            entries.append(_tensor_entry(t, fname, expected))
         assert r.metadata == (spec.get("metadata") or {})
         has_graph = r.graph_bytes is not None
     data = path.read_bytes()
@@ -435,7 +441,10 @@ def generate(out) -> dict:
     vectors = [build_vector(out, name, covers, fn) for name, covers, fn in VECTORS]
     manifest = {
         "description": "Golden test vectors of the .dcz format; regenerate with tools/gen_vectors.py. "
-        "Expected arrays are NAME.<i>.npy (i = tensor position in the file; bfloat16 as uint16 bits).",
+        "Expected arrays are NAME.<i>.npy (i = tensor position in the file; bfloat16 as uint16 bits). "
+        "Compare bit patterns. Tensors marked codebook_nans decode NaNs through a codebook of the same dtype: "
+        "the reference reader copies their bits, but FORMAT.md 7.2 leaves which NaN a conversion gives "
+        "implementation-defined, so another reader may compare those elements as NaNs of the same sign.",
         "format_version": list(dcformat.FORMAT_VERSION),
         "vectors": vectors,
     }

@@ -25,7 +25,6 @@ import dcformat
 from dcformat import ChecksumError, DczError, FormatError, HuffmanError, LimitError, TensorError, VersionError
 from dcformat.constants import (
     ALIGNMENT,
-    MAGIC,
     MAX_HEADER_BYTES,
     MAX_SECTIONS,
     PART_ALIGNMENT,
@@ -369,10 +368,6 @@ def attack(name, sample, error, match, stage="open", tensor=None, **open_kwargs)
 
 def _sections(h: dict) -> list[dict]:
     return h["sections"]
-
-
-def _header(d: Dcz) -> bytes:
-    return dump_json(d.header)
 
 
 # ----------------------------------------------------------------------------- valid controls
@@ -843,6 +838,35 @@ def _(d):
     return d.build()
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return bytes(out + bytes([b]))
+        out.append(b | 0x80)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+@attack("graph-deeply-nested", "dense", FormatError, "graph", stage="graph")
+def _(d):
+    g = b""
+    for _ in range(2000):  # GraphProto.node -> NodeProto.attribute -> AttributeProto.g -> GraphProto ...
+        g = _field(1, _field(5, _field(6, g)))
+    d.payloads[1] = _field(7, g)  # ModelProto.graph
+    return d.build()
+
+
+@attack("graph-field-length-past-end", "dense", FormatError, "graph", stage="graph")
+def _(d):
+    d.payloads[1] = _varint(7 << 3 | 2) + _varint(2**62) + b"\x00" * 16
+    return d.build()
+
+
 # ----------------------------------------------------------------------------- tensor descriptors
 
 
@@ -976,6 +1000,21 @@ def _(d):
     return d.build()
 
 
+@attack("lane-size-changed", "dense", HuffmanError, "tensor 'dense.w'", stage="verify", tensor="dense.w")
+def _(d):
+    d.desc("dense.w")["lane_size"] = 2 * LANE  # half the lanes: the lane table is misread
+    return d.build()
+
+
+@attack("gap-bits-narrowed", "sparse", HuffmanError, "tensor 'sparse.w'", stage="verify", tensor="sparse.w")
+def _(d):
+    # 2 -> 1: the gap code's lengths of symbols 2 and 3 become non-zero padding. (Widening
+    # instead is harmless: the extra symbols get length 0 from the padding, and a gap's
+    # value does not depend on gap_bits, so the file decodes to the same tensor.)
+    d.desc("sparse.w")["gap_bits"] -= 1
+    return d.build()
+
+
 @attack("lane-size-not-power-of-two", "dense", TensorError, "power of two")
 def _(d):
     d.desc("dense.w")["lane_size"] = 300
@@ -1081,8 +1120,14 @@ _lengths_attack("sparse-gap-lane-offset-past-payload", "past the payload",
                 _offsets_edit(lambda o, n: o[:-1] + [n + 8]), "sparse.w", "gaps")
 _lengths_attack("sparse-index-lane-offsets-decreasing", "decrease",
                 _offsets_edit(lambda o, n: [0, o[2], o[1]] + o[3:]), "sparse.w", "indices")
-_lengths_attack("stream-shorter-than-lane-table", "shorter than its code table",
-                lambda s: s.offsets.pop())
+
+
+@attack("stream-shorter-than-lane-table", "dense", HuffmanError, "shorter than its code table", stage="verify",
+        tensor="dense.w")
+def _(d):
+    s = d.stream("dense.w", "indices")
+    d.set_parts("dense.w", indices=s.to_bytes()[: len(s.to_bytes()) - len(s.payload) - 1])
+    return d.build()
 
 
 def dense_lane_bits(lengths: bytes) -> list[int]:

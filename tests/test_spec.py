@@ -1,0 +1,554 @@
+"""spec/FORMAT.md and spec/header.schema.json agree with dcformat.
+
+* the "Constants" table of the spec quotes every int constant of dcformat.constants, with its value;
+* the dtype and encoding/parts tables match the code;
+* headers written by dcformat (and the golden vectors) validate against the JSON Schema;
+* the spec's worked examples are what the encoder produces, byte for byte;
+* a small decoder written from the spec alone (container rules, canonical codes, MSB-first
+  lanes, sparse positions and lane bases) reads what dcformat writes, value for value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dcformat
+from dcformat import constants, errors, huffman, streams
+
+jsonschema = pytest.importorskip("jsonschema")
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "spec" / "FORMAT.md"
+SCHEMA = ROOT / "spec" / "header.schema.json"
+VECTORS = ROOT / "spec" / "vectors"
+
+
+# ---------------------------------------------------------------- reading the spec
+
+
+def spec_text() -> str:
+    return SPEC.read_text(encoding="utf-8")
+
+
+def section(title: str) -> str:
+    """The text of the spec from the heading containing ``title`` to the next heading of the same or higher level."""
+    lines = spec_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(#+) ", line)
+        if m and title in line:
+            level = len(m.group(1))
+            out = []
+            for nxt in lines[i + 1 :]:
+                n = re.match(r"^(#+) ", nxt)
+                if n and len(n.group(1)) <= level:
+                    break
+                out.append(nxt)
+            return "\n".join(out)
+    raise AssertionError(f"spec has no heading containing {title!r}")
+
+
+def constants_table() -> dict[str, object]:
+    rows = re.findall(r"^\|\s*`([A-Z][A-Z0-9_]*) = ([^`]+)`\s*\|", section("Constants"), re.M)
+    assert rows, "no `NAME = value` rows in the Constants table"
+    out: dict[str, object] = {}
+    for name, value in rows:
+        assert name not in out, f"{name} listed twice"
+        value = value.strip()
+        out[name] = int(value, 0) if re.fullmatch(r"0x[0-9a-fA-F]+|\d+", value) else bytes.fromhex(value)
+    return out
+
+
+def example(label: str) -> str:
+    """The fenced block after ``<!-- example: label -->``."""
+    m = re.search(rf"<!-- example: {re.escape(label)} -->\s*```[a-z]*\n(.*?)```", spec_text(), re.S)
+    assert m, f"spec has no example {label!r}"
+    return m.group(1)
+
+
+def example_bytes(label: str) -> bytes:
+    """A hex dump example: 'OFFSET: xx xx ...  # comment' lines; offsets must be consistent."""
+    out = bytearray()
+    for line in example(label).splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        off, hexes = line.split(":", 1)
+        assert int(off, 16) == len(out), f"example {label}: row offset {off} but {len(out)} bytes so far"
+        out += bytes.fromhex(hexes)
+    return bytes(out)
+
+
+def public_int_constants() -> dict[str, int]:
+    return {
+        k: v for k, v in vars(constants).items()
+        if k.isupper() and not k.startswith("_") and isinstance(v, int) and not isinstance(v, bool)
+    }
+
+
+# ---------------------------------------------------------------- constants and tables
+
+
+def test_constants_table_matches_code():
+    for name, value in constants_table().items():
+        assert hasattr(constants, name), f"spec quotes {name}, which dcformat.constants does not define"
+        assert getattr(constants, name) == value, f"spec says {name} = {value!r}, code says {getattr(constants, name)!r}"
+
+
+def test_every_int_constant_is_in_the_table():
+    missing = set(public_int_constants()) - set(constants_table())
+    assert not missing, f"Constants table of spec/FORMAT.md lacks {sorted(missing)}"
+
+
+def test_magic_is_in_the_table():
+    assert constants_table()["MAGIC"] == constants.MAGIC
+
+
+def test_dtype_table():
+    rows = re.findall(
+        r"^\|\s*`(\w+)`\s*\|\s*(\d+)\s*\|\s*(yes|no)\s*\|\s*(yes|no)\s*\|\s*(\d+)\s*\|", section("Dtypes"), re.M
+    )
+    table = {name: (int(size), cb == "yes", cbd == "yes", int(onnx_type)) for name, size, cb, cbd, onnx_type in rows}
+    assert set(table) == set(constants.ITEMSIZE)
+    from onnx import helper
+
+    for name, (size, cb, cbd, onnx_type) in table.items():
+        assert size == constants.ITEMSIZE[name], name
+        assert cb == (name in constants.FLOAT_DTYPES), name
+        assert cbd == (name in constants.CODEBOOK_DTYPES), name
+        assert onnx_type == helper.np_dtype_to_tensor_dtype(constants.DTYPES[name]), name
+
+
+def test_parts_table():
+    rows = re.findall(r"^\|\s*`([a-z-]+)`\s*\|([^|]*)\|\s*$", section("Encodings"), re.M)
+    table = {enc: tuple(re.findall(r"`([a-z_]+)`", parts)) for enc, parts in rows}
+    assert table == constants.PARTS
+
+
+def test_error_classes_named_in_spec_exist():
+    text = section("Reader checks and errors")
+    names = set(re.findall(r"`(\w+Error)`", text))
+    assert {"FormatError", "VersionError", "ChecksumError", "LimitError", "TensorError", "HuffmanError"} <= names
+    for n in names:
+        cls = getattr(errors, n)
+        assert issubclass(cls, errors.DczError)
+    assert issubclass(errors.VersionError, errors.FormatError)
+    assert issubclass(errors.HuffmanError, errors.TensorError)
+
+
+# ---------------------------------------------------------------- schema
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_schema_agrees_with_constants():
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    d = schema["$defs"]
+    assert tuple(d["section"]["properties"]["kind"]["enum"]) == constants.SECTION_KINDS
+    t = d["tensor"]["properties"]
+    assert tuple(t["encoding"]["enum"]) == constants.ENCODINGS
+    assert set(t["dtype"]["enum"]) == set(constants.ITEMSIZE)
+    assert tuple(t["codebook_dtype"]["enum"]) == constants.CODEBOOK_DTYPES
+    assert t["codebook_size"]["maximum"] == constants.MAX_CODEBOOK
+    assert (t["gap_bits"]["minimum"], t["gap_bits"]["maximum"]) == (constants.MIN_GAP_BITS, constants.MAX_GAP_BITS)
+    assert t["lane_size"]["enum"] == [1 << k for k in range(8, 25)]
+    assert min(t["lane_size"]["enum"]) == constants.MIN_LANE_SIZE and max(t["lane_size"]["enum"]) == constants.MAX_LANE_SIZE
+    assert t["shape"]["maxItems"] == constants.MAX_RANK
+    assert t["shape"]["items"]["maximum"] == constants.MAX_ELEMENTS
+    assert t["name"]["maxLength"] == constants.MAX_NAME_BYTES
+    assert schema["properties"]["sections"]["maxItems"] == constants.MAX_SECTIONS
+    assert d["section"]["properties"]["offset"]["multipleOf"] == constants.ALIGNMENT
+    for enc, parts in constants.PARTS.items():  # the schema lists parts in layout order too
+        key = "parts_" + enc.replace("-", "_")
+        assert tuple(d[key]["properties"]) == parts
+        assert tuple(d[key]["required"]) == parts
+
+
+def read_header(path) -> dict:
+    data = Path(path).read_bytes()
+    header_len = struct.unpack_from("<I", data, 12)[0]
+    return json.loads(data[24 : 24 + header_len])
+
+
+def _graph_model(ref_name: str, shape):
+    """A tiny ONNX model whose initializer W refers to a .dcz record, as spec 5.2 describes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = TensorProto()
+    w.name = "W"
+    w.data_type = TensorProto.FLOAT
+    w.dims.extend(shape)
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "dcz"), ("tensor", ref_name)):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, shape[1]])],
+        [w],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), onnx
+
+
+def _rng_sparse(rng, n, density, k):
+    idx = np.where(rng.random(n) < density, rng.integers(1, k, n), 0)
+    return idx
+
+
+def sample_files(tmp_path):
+    """(path, {name: expected array}) for files covering all encodings, metadata and a graph."""
+    rng = np.random.default_rng(7)
+    files = []
+    arrays = {
+        "f32": rng.standard_normal((5, 7)).astype(np.float32),
+        "i64": np.arange(-3, 9, dtype=np.int64),
+        "b": np.array([True, False, True]),
+        "u8": np.arange(17, dtype=np.uint8),
+        "bf16": np.arange(6, dtype=np.float32).astype(constants.DTYPES["bfloat16"]),
+        "scalar": np.float32(2.5),
+        "empty": np.zeros((0, 4), np.float16),
+    }
+    tensors = [dcformat.encode_raw(k, v) for k, v in arrays.items()]
+    files.append(("raw.dcz", tensors, None, None, arrays))
+
+    cb = np.array([0.0, 0.25, -1.5, 3.0, 7.0], np.float32)
+    dense_idx = rng.integers(0, 5, 3000)
+    sparse_idx = _rng_sparse(rng, 5000, 0.05, 5)  # long zero runs: fillers with small gap_bits
+    t = [
+        dcformat.encode_codebook("dense", cb, dense_idx, (30, 100), encoding="codebook-dense", lane_size=256),
+        dcformat.encode_codebook("dense16", cb, dense_idx, dtype="float16", encoding="codebook-dense", lane_size=512),
+        dcformat.encode_codebook("sparse", cb, sparse_idx, (50, 100), encoding="codebook-sparse", gap_bits=2, lane_size=256),
+        dcformat.encode_codebook("sparse_auto_b", cb, sparse_idx, encoding="codebook-sparse"),
+        dcformat.encode_codebook("sparse64", cb, sparse_idx, dtype="float64", encoding="codebook-sparse", gap_bits=8),
+        dcformat.encode_codebook("sparse_bf16", cb, sparse_idx, dtype="bfloat16", encoding="codebook-sparse", gap_bits=3,
+                                 lane_size=256),
+        dcformat.encode_codebook("one_symbol", [0.5], np.zeros(700, int), encoding="codebook-dense", lane_size=256),
+        dcformat.encode_codebook("dense_empty", cb, np.zeros(0, int), encoding="codebook-dense"),
+        dcformat.encode_codebook("sparse_empty", cb, np.zeros(0, int), encoding="codebook-sparse"),
+        dcformat.encode("zeros", np.zeros(1000, np.float32)),
+        dcformat.encode("dense_run", np.full(600, -2.0, np.float32), encoding="codebook-sparse", lane_size=256),
+    ]
+    expected = {
+        "dense": cb[dense_idx].reshape(30, 100),
+        "dense16": cb[dense_idx].astype(np.float16),
+        "sparse": cb[sparse_idx].reshape(50, 100),
+        "sparse_auto_b": cb[sparse_idx],
+        "sparse64": cb[sparse_idx].astype(np.float64),
+        "sparse_bf16": cb[sparse_idx].astype(constants.DTYPES["bfloat16"]),
+        "one_symbol": np.full(700, 0.5, np.float32),
+        "dense_empty": np.zeros(0, np.float32),
+        "sparse_empty": np.zeros(0, np.float32),
+        "zeros": np.zeros(1000, np.float32),
+        "dense_run": np.full(600, -2.0, np.float32),
+    }
+    assert {x.encoding for x in t} == {"codebook-dense", "codebook-sparse"}
+    meta = {"producer": "tests/test_spec.py", "source_sha256": "0" * 64, "settings": {"bits": 3}, "accuracy": {"top1": 0.5}}
+    files.append(("codebook.dcz", t, None, meta, expected))
+
+    model, _ = _graph_model("fc.weight", (4, 3))
+    w = np.where(rng.random((4, 3)) < 0.5, 0.0, 1.25).astype(np.float32)
+    files.append(("graph.dcz", [dcformat.encode("fc.weight", w)], model, {"producer": "x"}, {"fc.weight": w}))
+    files.append(("empty.dcz", [], None, None, {}))
+
+    out = []
+    for name, tensors, graph, meta, exp in files:
+        path = tmp_path / name
+        dcformat.write(path, tensors, graph=graph, metadata=meta)
+        out.append((path, exp))
+    return out
+
+
+def test_written_headers_validate(tmp_path, validator):
+    for path, _ in sample_files(tmp_path):
+        header = read_header(path)
+        validator.validate(header)
+
+
+def test_golden_vectors_validate(validator):
+    paths = sorted(VECTORS.glob("*.dcz"))
+    if not paths:
+        pytest.skip("no golden vectors in spec/vectors")
+    for p in paths:
+        try:
+            validator.validate(read_header(p))
+        except jsonschema.ValidationError as e:
+            raise AssertionError(f"{p.name}: {e.message}") from None
+
+
+def test_schema_rejects_bad_headers(validator):
+    good = {"name": "t", "dtype": "float32", "shape": [10], "encoding": "codebook-sparse", "codebook_dtype": "float32",
+            "codebook_size": 2, "lane_size": 256, "gap_bits": 2, "entries": 4,
+            "parts": {"codebook": 8, "lane_bases": 8, "gaps": 17, "indices": 17}}
+    entry = {"kind": "tensor", "offset": 192, "length": 57, "crc32": 1, "tensor": good}
+    validator.validate({"sections": [entry]})
+
+    def bad(mutate):
+        e = json.loads(json.dumps(entry))
+        mutate(e)
+        assert not validator.is_valid({"sections": [e]}), e
+
+    bad(lambda e: e["tensor"].pop("gap_bits"))                        # sparse needs gap_bits
+    bad(lambda e: e["tensor"].update(encoding="codebook-dense"))      # dense has no gap_bits/entries
+    bad(lambda e: e["tensor"].update(encoding="raw"))                 # raw has no codebook fields
+    bad(lambda e: e["tensor"].update(lane_size=300))                  # not a power of two
+    bad(lambda e: e["tensor"].update(dtype="int32"))                  # codebooks need a float dtype
+    bad(lambda e: e["tensor"].update(codebook_dtype="float64"))
+    bad(lambda e: e["tensor"].update(gap_bits=9))
+    bad(lambda e: e["tensor"].update(encoding="zstd"))                # unknown in 1.0
+    bad(lambda e: e["tensor"]["parts"].pop("lane_bases"))
+    bad(lambda e: e["tensor"].update(shape=[-1]))
+    bad(lambda e: e.pop("tensor"))                                    # tensor kind needs a descriptor
+    bad(lambda e: e.update(kind="graph"))                             # ... and others must not have one
+    bad(lambda e: e.update(offset=100))                               # not a multiple of 64
+    bad(lambda e: e.update(crc32=1 << 32))
+    raw = {"name": "r", "dtype": "bool", "shape": [], "encoding": "raw", "parts": {"data": 1}}
+    validator.validate({"sections": [{"kind": "tensor", "offset": 64, "length": 1, "crc32": 0, "tensor": raw}]})
+    assert not validator.is_valid({})
+
+
+# ---------------------------------------------------------------- worked examples
+
+
+def test_example_three_symbol_stream():
+    part = streams.encode_stream(np.array([0, 0, 1, 2, 0]), 3, 256).tobytes()
+    assert part == example_bytes("stream-3")
+    assert spec_decode_stream(part, 5, 3, 256) == [0, 0, 1, 2, 0]
+
+
+def test_example_single_symbol_stream():
+    part = streams.encode_stream(np.zeros(300, np.int64), 1, 256).tobytes()
+    assert part == example_bytes("stream-single")
+    assert spec_decode_stream(part, 300, 1, 256) == [0] * 300
+
+
+def test_example_sparse_tensor(tmp_path):
+    t = dcformat.encode_codebook("t", [0.0, 0.5, -1.0], np.array([0, 1, 0, 0, 0, 0, 0, 0, 2, 1]),
+                                 encoding="codebook-sparse", gap_bits=2, lane_size=256)
+    desc = json.loads(example("sparse-descriptor"))
+    assert t.info.descriptor() == desc
+    assert list(t.info.descriptor()) == list(desc)  # same key order, parts included
+    path = tmp_path / "ex.dcz"
+    dcformat.write(path, [t])
+    header = read_header(path)
+    assert header["sections"][0]["tensor"] == desc
+    s = header["sections"][0]
+    data = path.read_bytes()[s["offset"] : s["offset"] + s["length"]]
+    assert data == example_bytes("sparse-section")
+    want = np.array([0, 0.5, 0, 0, 0, 0, 0, 0, -1, 0.5], np.float32)
+    np.testing.assert_array_equal(spec_decode_tensor(desc, data), want)
+    with dcformat.open(path) as r:
+        np.testing.assert_array_equal(r["t"], want)
+
+
+# ---------------------------------------------------------------- a decoder written from the spec
+
+
+def deflate_codes(lengths) -> dict[int, tuple[int, int]]:
+    """Spec 8.2 (RFC 1951 3.2.2): symbol -> (code, length)."""
+    bl_count = [0] * 16
+    for ln in lengths:
+        if ln:
+            bl_count[ln] += 1
+    code, next_code = 0, [0] * 16
+    for ln in range(1, 16):
+        code = (code + bl_count[ln - 1]) << 1
+        next_code[ln] = code
+    out = {}
+    for s, ln in enumerate(lengths):
+        if ln:
+            out[s] = (next_code[ln], ln)
+            next_code[ln] += 1
+    return out
+
+
+def test_canonical_codes_match_rfc1951():
+    rng = np.random.default_rng(3)
+    for a in (2, 3, 5, 17, 64, 257):
+        for _ in range(5):
+            freqs = rng.integers(0, 1000, a) * (rng.random(a) < 0.7)
+            freqs[:2] += 1
+            lengths = huffman.code_lengths(freqs)
+            codes, bitlen = huffman.canonical_codes(lengths)
+            for s, (c, ln) in deflate_codes(lengths.tolist()).items():
+                assert (int(codes[s]), int(bitlen[s])) == (c, ln)
+
+
+def spec_decode_stream(part: bytes, n: int, alphabet: int, lane_size: int) -> list[int]:
+    """Spec 8: a stream part -> its n symbols, checking every MUST of 8.1-8.3."""
+    if n == 0:
+        assert part == b""
+        return []
+    nl = -(-n // lane_size)
+    table_at = -(-alphabet // 8) * 8
+    prefix = table_at + 8 * nl
+    assert len(part) >= prefix
+    lengths = list(part[:alphabet])
+    assert not any(part[alphabet:table_at])
+    used = [s for s, ln in enumerate(lengths) if ln]
+    assert used and max(lengths) <= constants.MAX_CODE_LENGTH
+    single = len(used) == 1
+    if single:
+        assert lengths[used[0]] == 1
+    else:
+        assert sum(2.0 ** -lengths[s] for s in used) == 1.0
+    decode = {(c, ln): s for s, (c, ln) in deflate_codes(lengths).items()}
+    offsets = list(struct.unpack_from(f"<{nl}Q", part, table_at))
+    payload = part[prefix:]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] <= len(payload)
+    out = []
+    for lane in range(nl):
+        start = offsets[lane]
+        end = offsets[lane + 1] if lane + 1 < nl else len(payload)
+        bits = "".join(f"{b:08b}" for b in payload[start:end])  # MSB first
+        pos = 0
+        for _ in range(min(n, (lane + 1) * lane_size) - lane * lane_size):
+            if single:
+                out.append(used[0])
+                continue
+            code, ln = 0, 0
+            while (code, ln) not in decode:
+                assert pos < len(bits), "codes run past the end of the lane"
+                code, ln, pos = (code << 1) | int(bits[pos]), ln + 1, pos + 1
+            out.append(decode[(code, ln)])
+        assert end - start == -(-pos // 8), "lane does not span exactly ceil(bits/8) bytes"
+        assert "1" not in bits[pos:], "padding bits are not zero"
+    return out
+
+
+def _convert(codebook: np.ndarray, dtype: str) -> np.ndarray:
+    return codebook.astype(constants.DTYPES[dtype])
+
+
+def spec_decode_tensor(desc: dict, section: bytes) -> np.ndarray:
+    """Spec 7: a tensor section + its descriptor -> the array."""
+    enc, dtype = desc["encoding"], desc["dtype"]
+    assert list(desc["parts"]) == list(constants.PARTS[enc])
+    parts, pos = {}, 0
+    for name, length in desc["parts"].items():
+        start = -(-pos // 8) * 8
+        assert not any(section[pos:start])
+        parts[name] = section[start : start + length]
+        pos = start + length
+    assert pos == len(section)
+    shape = tuple(desc["shape"])
+    n = math.prod(shape)
+    tdt = constants.DTYPES[dtype]
+    if enc == "raw":
+        return np.frombuffer(parts["data"], tdt).reshape(shape)
+    cb = _convert(np.frombuffer(parts["codebook"], constants.DTYPES[desc["codebook_dtype"]]), dtype)
+    assert cb.size == desc["codebook_size"]
+    lane = desc["lane_size"]
+    if enc == "codebook-dense":
+        sym = spec_decode_stream(parts["indices"], n, cb.size, lane)
+        return cb[np.array(sym, np.int64)].reshape(shape) if n else np.zeros(shape, tdt)
+    m, b = desc["entries"], desc["gap_bits"]
+    gaps = spec_decode_stream(parts["gaps"], m, 1 << b, lane)
+    idx = spec_decode_stream(parts["indices"], m, cb.size + 1, lane)
+    nl = -(-m // lane)
+    bases = list(struct.unpack(f"<{nl}Q", parts["lane_bases"]))
+    values = np.concatenate([np.zeros(1, tdt), cb])
+    out = np.zeros(n, tdt)
+    # sequential rule: p_0 = -1, p_k = p_{k-1} + 1 + g_k
+    p = -1
+    for k in range(m):
+        if k % lane == 0:
+            assert bases[k // lane] == p + 1, "lane base is not the positions consumed before the lane"
+        p = p + 1 + gaps[k]
+        assert p < n
+        out[p] = values[idx[k]]
+    if m:
+        assert bases[0] == 0
+    return out.reshape(shape)
+
+
+def spec_read(path) -> dict[str, object]:
+    """Spec 2-6: check the container of a file and decode everything, using nothing of dcformat's reader."""
+    data = Path(path).read_bytes()
+    assert data[:8] == constants.MAGIC
+    major, minor, header_len, header_crc, preamble_crc = struct.unpack_from("<HHIII", data, 8)
+    assert zlib.crc32(data[:20]) == preamble_crc
+    assert (major, minor) == (1, 0)
+    header_bytes = data[24 : 24 + header_len]
+    assert zlib.crc32(header_bytes) == header_crc
+    assert header_bytes.isascii() and b" " not in header_bytes  # compact ASCII (no strings with spaces here)
+    header = json.loads(header_bytes)
+    end, out = 24 + header_len, {}
+    kinds = []
+    for s in header["sections"]:
+        off = -(-end // 64) * 64
+        assert s["offset"] == off and not any(data[end:off])
+        body = data[off : off + s["length"]]
+        assert len(body) == s["length"] and zlib.crc32(body) == s["crc32"]
+        kinds.append(s["kind"])
+        if s["kind"] == "tensor":
+            assert s["tensor"]["name"] not in out
+            out[s["tensor"]["name"]] = spec_decode_tensor(s["tensor"], body)
+        else:
+            assert "tensor" not in s
+            out[s["kind"]] = body
+        end = off + s["length"]
+    assert end == len(data)
+    assert kinds.count("metadata") <= 1 and kinds.count("graph") <= 1
+    return out
+
+
+def _same(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+def test_spec_decoder_reads_what_dcformat_writes(tmp_path):
+    for path, expected in sample_files(tmp_path):
+        got = spec_read(path)
+        with dcformat.open(path) as r:
+            assert list(r) == [k for k in got if k not in ("metadata", "graph")]
+            for name, want in expected.items():
+                _same(got[name], want)
+                _same(r[name], want)
+            if "metadata" in got:
+                assert json.loads(got["metadata"]) == r.metadata
+            if "graph" in got:
+                assert got["graph"] == r.graph_bytes
+
+
+def test_graph_reference_as_specified(tmp_path):
+    """An initializer that refers to a record as spec 5.2 says is filled from that record."""
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    model, onnx = _graph_model("fc.weight", (4, 3))
+    path = tmp_path / "g.dcz"
+    dcformat.write(path, [dcformat.encode("fc.weight", w)], graph=model)
+    rebuilt = dcformat.to_onnx(path)
+    from onnx import numpy_helper
+
+    (init,) = rebuilt.graph.initializer
+    assert init.data_location != onnx.TensorProto.EXTERNAL
+    _same(numpy_helper.to_array(init), w)
+
+
+def test_expansion_bound_as_specified(tmp_path):
+    """A tensor declaring more than MAX_EXPANSION x file size + EXPANSION_SLACK bytes is refused at open."""
+    n = 1 << 24  # one-symbol dense code: 64 MiB of float32 from about a kilobyte
+    t = dcformat.encode_codebook("big", [1.0], np.zeros(n, np.uint8), encoding="codebook-dense",
+                                 lane_size=constants.MAX_LANE_SIZE)
+    path = tmp_path / "big.dcz"
+    size = dcformat.write(path, [t])
+    assert 4 * n > constants.MAX_EXPANSION * size + constants.EXPANSION_SLACK
+    with pytest.raises(dcformat.LimitError):
+        dcformat.open(path)
+    with dcformat.open(path, max_decoded_bytes=4 * n) as r:  # a caller may raise the bound explicitly
+        assert r.info("big").decoded_nbytes == 4 * n
