@@ -26,7 +26,7 @@ from .errors import (
 from .reader import DczReader, open
 from .records import TensorInfo
 from . import graph
-from .runtime import InferenceSession, load_weights, to_onnx
+from .runtime import InferenceSession, ProviderError, load_weights, to_onnx
 from .writer import write
 
 __version__ = "0.1.0"
@@ -35,6 +35,6 @@ FORMAT_VERSION = (VERSION_MAJOR, VERSION_MINOR)
 __all__ = [
     "open", "write", "to_onnx", "load_weights", "InferenceSession", "encode", "encode_raw", "encode_codebook",
     "DczReader", "EncodedTensor", "TensorInfo",
-    "DczError", "FormatError", "VersionError", "ChecksumError", "LimitError", "TensorError", "HuffmanError", "EncodeError",
+    "DczError", "ProviderError", "FormatError", "VersionError", "ChecksumError", "LimitError", "TensorError", "HuffmanError", "EncodeError",
     "FORMAT_VERSION", "__version__",
 ]

@@ -34,6 +34,14 @@ def _values(info: TensorInfo, codebook: np.ndarray, zero_first: bool) -> np.ndar
     return vals.view(UINT_OF_SIZE[tdt.itemsize])
 
 
+def _checked(info: TensorInfo, out: np.ndarray, where: str) -> np.ndarray:
+    """The decoded array, if its count of non-zero elements is the one the record declares."""
+    found = int(np.count_nonzero(out))
+    if found != info.nonzeros:
+        raise TensorError(f"{where}: decodes to {found} non-zero elements, the record declares {info.nonzeros}")
+    return out
+
+
 def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     """Decode one tensor from its (checksum-verified) section bytes."""
     where = f"tensor {info.name!r}"
@@ -44,7 +52,7 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
         out = parts["data"].view(tdt).copy()
         if info.dtype == "bool" and out.view(np.uint8).max(initial=0) > 1:
             raise TensorError(f"{where}: bool data holds a byte other than 0 or 1 (byte {offs['data']})")
-        return out.reshape(info.shape)
+        return _checked(info, out, where).reshape(info.shape)
     n = info.numel
     udt = UINT_OF_SIZE[tdt.itemsize]
     if info.encoding == ENC_CB_DENSE:
@@ -55,7 +63,7 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
                 s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size, _values(info, parts["codebook"], False), out
             )
             raise_lane_error(status, where, (("index", s),))
-        return out.view(tdt).reshape(info.shape)
+        return _checked(info, out.view(tdt), where).reshape(info.shape)
     if info.encoding == ENC_CB_SPARSE:
         m = info.entries
         g = parse_stream(parts["gaps"], m, 1 << info.gap_bits, info.lane_size, where, offs["gaps"])
@@ -74,7 +82,7 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
                 m, info.lane_size, bases.astype(np.int64), n, _values(info, parts["codebook"], True), out,
             )
             raise_lane_error(status, where, (("gap", g), ("index", s)))
-        return out.view(tdt).reshape(info.shape)
+        return _checked(info, out.view(tdt), where).reshape(info.shape)
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
 
 

@@ -95,7 +95,8 @@ def encode_raw(name: str, array) -> EncodedTensor:
         dt = dtype_name(array.dtype)
     except ValueError as e:
         raise EncodeError(f"tensor {name!r}: {e}") from None
-    return _make(_check_name(name), dt, array.shape, ENC_RAW, {"data": _as_bytes(array)})
+    return _make(_check_name(name), dt, array.shape, ENC_RAW, {"data": _as_bytes(array)},
+                 nonzeros=int(np.count_nonzero(array)))
 
 
 def _bits(values: np.ndarray) -> np.ndarray:
@@ -180,6 +181,8 @@ def encode_codebook(
     remap = np.zeros(cb.size, np.uint16)
     remap[keep] = np.arange(1, keep.size + 1)
     nz_cb = cb[keep]
+    counts = np.bincount(idx, minlength=cb.size)
+    nonzeros = int(counts[cbt != 0].sum())
 
     def raw():
         return encode_raw(name, cbt[idx].reshape(shape))
@@ -190,7 +193,7 @@ def encode_codebook(
         return _make(
             name, dtype, shape, ENC_CB_DENSE,
             {"codebook": _as_bytes(cb), "indices": streams.encode_stream(idx, cb.size, lane_size)},
-            codebook_dtype=cbd, codebook_size=int(cb.size), lane_size=lane_size,
+            codebook_dtype=cbd, codebook_size=int(cb.size), lane_size=lane_size, nonzeros=nonzeros,
         )
 
     if encoding == ENC_RAW:
@@ -233,12 +236,13 @@ def encode_codebook(
                 "indices": streams.encode_stream(isym, nz_cb.size + 1, lane_size),
             },
             codebook_dtype=cbd, codebook_size=int(nz_cb.size), lane_size=lane_size, gap_bits=b, entries=m,
+            nonzeros=nonzeros,
         )
 
     if encoding == ENC_CB_SPARSE:
         return sparse()
     # auto: estimate all three, encode the smallest
-    hist = np.bincount(idx, minlength=cb.size)
+    hist = counts
     est = {
         ENC_RAW: idx.size * ITEMSIZE[dtype],
         ENC_CB_DENSE: section_length({"codebook": cb.size * ITEMSIZE[cbd],

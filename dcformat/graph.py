@@ -96,8 +96,11 @@ def _named(graph):
     return iter_tensors(graph)
 
 
-def fill_weights(model, arrays: Mapping[str, np.ndarray]):
-    """Put the referenced arrays into ``model`` (in place) and return it."""
+def fill_weights(model, arrays: Mapping[str, np.ndarray], only_listed: bool = False):
+    """Put the referenced arrays into ``model`` (in place) and return it.
+
+    With ``only_listed``, references to names not in ``arrays`` are left in place.
+    """
     import onnx
     from onnx import helper
 
@@ -109,6 +112,8 @@ def fill_weights(model, arrays: Mapping[str, np.ndarray]):
         if name is None:
             continue
         if name not in arrays:
+            if only_listed:
+                continue
             raise FormatError(f"graph: {where} refers to tensor {name!r}, which the file does not hold")
         arr = arrays[name]
         want = helper.tensor_dtype_to_np_dtype(t.data_type)

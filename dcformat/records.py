@@ -49,6 +49,7 @@ class TensorInfo:
     codebook_size: int | None = None
     lane_size: int | None = None
     gap_bits: int | None = None
+    nonzeros: int = 0  # elements whose value is not zero (-0.0 counts as zero, NaN does not)
     entries: int | None = None  # codebook-sparse: entries incl. fillers
     offset: int = 0  # file offset of the tensor's section
     nbytes: int = 0  # stored bytes (the section's length)
@@ -78,7 +79,8 @@ class TensorInfo:
 
     def descriptor(self) -> dict:
         """The JSON object stored in the header for this tensor (fixed key order)."""
-        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding}
+        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding,
+             "nonzeros": self.nonzeros}
         if self.encoding != ENC_RAW:
             d["codebook_dtype"] = self.codebook_dtype
             d["codebook_size"] = self.codebook_size
@@ -138,6 +140,7 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
         raise TensorError(
             f"{where}: parts add up to {section_length(parts)} bytes, section at byte {offset} has {length}"
         )
+    nonzeros = _int(d, "nonzeros", 0, numel, where)
     kw: dict = {}
     if enc == ENC_RAW:
         if parts["data"] != numel * ITEMSIZE[dtype]:
@@ -162,7 +165,7 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
                 raise TensorError(f"{where}: a non-empty codebook-dense tensor needs a codebook")
         else:
             b = _int(d, "gap_bits", MIN_GAP_BITS, MAX_GAP_BITS, where)
-            m = _int(d, "entries", 0, numel, where)
+            m = _int(d, "entries", nonzeros, numel, where)
             if parts["lane_bases"] != LANE_BASE_BYTES * num_lanes(m, lane):
                 raise TensorError(
                     f"{where}: lane_bases part is {parts['lane_bases']} bytes, {m} entries in lanes of {lane} need "
@@ -170,7 +173,8 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
                 )
             kw.update(gap_bits=b, entries=m)
     return TensorInfo(
-        name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset, nbytes=length, **kw
+        name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset, nbytes=length,
+        nonzeros=nonzeros, **kw
     )
 
 

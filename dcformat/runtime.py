@@ -1,12 +1,38 @@
-"""Running .dcz models: rebuild the ONNX model, hand it to ONNX Runtime. No torch."""
+"""Running .dcz models: rebuild the ONNX model and hand it to ONNX Runtime. No torch.
+
+Full mode gives every weight back as the array the converter decided on. Compact mode keeps
+codebook-coded weights as uint8 indices plus their codebook, with a Gather (or, for a
+uniform codebook, a DequantizeLinear) that rebuilds the weight when the model runs: the
+model held in memory is about 4x smaller, the outputs are the same.
+
+For a session, weights are not copied into a serialized model: the graph (small) is handed
+to ONNX Runtime with the decoded arrays as external initializers, used in place.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
-from .errors import FormatError
-from .graph import fill_weights, reference, iter_tensors
-from .reader import DczReader, open as open_dcz
+import numpy as np
+
+from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE
+from .decode import split_parts
+from .errors import DczError, FormatError
+from .graph import fill_weights, iter_tensors, reference
+from .reader import DczReader
+from .reader import open as open_dcz
+
+
+class ProviderError(DczError):
+    """An execution provider that was asked for is not available."""
+
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+PROVIDER_PACKAGES = {"CUDAExecutionProvider": "onnxruntime-gpu", "TensorrtExecutionProvider": "onnxruntime-gpu"}
+COMPACT_MIN_ELEMENTS = 1024  # smaller tensors stay dense in compact mode: a Gather would cost more than it saves
+COMPACT_SUFFIX_INDEX = "::dcz_index"
+COMPACT_SUFFIX_CODEBOOK = "::dcz_codebook"
 
 
 def _reader(src) -> tuple[DczReader, bool]:
@@ -15,22 +41,179 @@ def _reader(src) -> tuple[DczReader, bool]:
     return open_dcz(src), True
 
 
-def to_onnx(src):
-    """The model of a .dcz file (path or open reader) as an onnx.ModelProto with its weights filled in."""
+def decode_indices(reader: DczReader, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(values, uint8 indices) of a codebook-coded tensor: tensor == values[indices].
+
+    ``values`` is in the tensor's dtype; for codebook-sparse its entry 0 is the zero.
+    None when the tensor is not codebook-coded or needs more than 256 values.
+    """
+    from . import kernels
+    from .decode import _values
+    from .streams import parse_stream, raise_lane_error
+
+    info = reader.info(name)
+    if info.encoding not in (ENC_CB_DENSE, ENC_CB_SPARSE) or info.index_alphabet > 256 or info.numel == 0:
+        return None
+    sec = reader._section_bytes(reader._tensor_sections[name], f"tensor {name!r}")
+    where = f"tensor {name!r}"
+    parts = split_parts(info, sec, where)
+    offs = {k: info.offset + v for k, v in info.part_offsets().items()}
+    table = np.arange(info.index_alphabet, dtype=np.uint8)
+    n = info.numel
+    sparse = info.encoding == ENC_CB_SPARSE
+    values = _values(info, parts["codebook"], sparse).view(DTYPES[info.dtype])
+    if not sparse:
+        s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
+        out = np.empty(n, np.uint8)
+        raise_lane_error(kernels.decode_dense(s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size,
+                                              table, out), where, (("index", s),))
+    else:
+        m = info.entries
+        g = parse_stream(parts["gaps"], m, 1 << info.gap_bits, info.lane_size, where, offs["gaps"])
+        s = parse_stream(parts["indices"], m, info.index_alphabet, info.lane_size, where, offs["indices"])
+        bases = parts["lane_bases"].view("<u8")
+        if bases.size and (bases[0] != 0 or int(bases.max()) > n):
+            reader[name]  # raises the reader's own, precise error
+        out = np.zeros(n, np.uint8)
+        if m:
+            raise_lane_error(kernels.decode_sparse(
+                g.payload, g.lane_offsets, g.table, g.table_bits, s.payload, s.lane_offsets, s.table, s.table_bits,
+                m, info.lane_size, bases.astype(np.int64), n, table, out), where, (("gap", g), ("index", s)))
+    counts = np.bincount(out, minlength=values.size)
+    found = int(counts[values != 0].sum())
+    if found != info.nonzeros:
+        raise FormatError(f"{where}: decodes to {found} non-zero elements, the record declares {info.nonzeros}")
+    return values, out.reshape(info.shape)
+
+
+def _uniform(values: np.ndarray) -> tuple[np.float32, np.uint8] | None:
+    """(scale, zero_point) if float32 ``values`` == (arange(k) - zp) * scale exactly, as ORT computes it."""
+    if values.dtype != np.float32 or values.size < 2:
+        return None
+    order_ok = np.all(np.diff(values) > 0)
+    if not order_ok:
+        return None
+    scale = np.float32(values[1] - values[0])
+    if not np.isfinite(scale) or scale <= 0:
+        return None
+    zp = -values[0] / scale
+    if not np.isclose(zp, round(float(zp))) or not 0 <= round(float(zp)) <= 255:
+        return None
+    zp = np.uint8(round(float(zp)))
+    q = np.arange(values.size, dtype=np.int32)
+    rebuilt = ((q - np.int32(zp)).astype(np.float32) * scale).astype(np.float32)
+    return (scale, zp) if np.array_equal(rebuilt.view(np.uint32), values.view(np.uint32)) else None
+
+
+@dataclass
+class Prepared:
+    """A graph ready for ONNX Runtime plus the arrays it takes as external initializers."""
+
+    model: object  # onnx.ModelProto without the external initializers' data
+    external: dict[str, np.ndarray] = field(default_factory=dict)
+    compacted: list[str] = field(default_factory=list)
+
+
+def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
+    """Decode a .dcz into a ModelProto; large weights stay aside as arrays when ``external``."""
+    import onnx
+    from onnx import helper, numpy_helper
+
     reader, owned = _reader(src)
     try:
         model = reader.graph
         if model is None:
             raise FormatError(f"{reader.path}: weights-only file (no graph section); use load_weights() instead")
-        names = {reference(t) for _, t in iter_tensors(model.graph)} - {None}
-        return fill_weights(model, {n: reader[n] for n in names if n in reader})
+        out = Prepared(model)
+        main = {t.name: t for t in model.graph.initializer}
+        refs = {}
+        for where, t in iter_tensors(model.graph):
+            if t.data_location == onnx.TensorProto.EXTERNAL and reference(t) is None:
+                raise FormatError(f"graph: {where} refers to external data outside the .dcz file, which is not allowed")
+            name = reference(t)
+            if name is not None:
+                refs.setdefault(name, []).append(t)
+        inline: dict[str, np.ndarray] = {}
+        new_nodes = []
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        for name, protos in refs.items():
+            if name not in reader:
+                raise FormatError(f"graph: a tensor refers to {name!r}, which the file does not hold")
+            proto = protos[0]
+            in_main = len(protos) == 1 and main.get(proto.name) is proto
+            if compact and in_main and opset >= 13 and reader.info(name).numel >= COMPACT_MIN_ELEMENTS:
+                got = decode_indices(reader, name)
+                if got is not None:
+                    values, idx = got
+                    ti, tc = proto.name + COMPACT_SUFFIX_INDEX, proto.name + COMPACT_SUFFIX_CODEBOOK
+                    uni = _uniform(values) if values.dtype == np.float32 else None
+                    model.graph.initializer.remove(proto)
+                    if uni is not None:
+                        scale, zp = uni
+                        model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), tc + "_scale"),
+                                                        numpy_helper.from_array(np.array(zp, np.uint8), tc + "_zero_point")])
+                        new_nodes.append(helper.make_node("DequantizeLinear", [ti, tc + "_scale", tc + "_zero_point"],
+                                                          [proto.name], name=proto.name + "::dcz_dequantize"))
+                    else:
+                        model.graph.initializer.append(numpy_helper.from_array(values, tc))
+                        new_nodes += [
+                            helper.make_node("Cast", [ti], [ti + "_i32"], to=onnx.TensorProto.INT32, name=ti + "::cast"),
+                            helper.make_node("Gather", [tc, ti + "_i32"], [proto.name], axis=0, name=proto.name + "::dcz_gather"),
+                        ]
+                    _external_stub(model, ti, idx)
+                    out.external[ti] = idx
+                    out.compacted.append(name)
+                    continue
+            arr = reader[name]
+            if external and in_main and _ortvalue_ok(arr):
+                out.external[proto.name] = arr
+            else:
+                inline[name] = arr
+        if new_nodes:
+            nodes = list(model.graph.node)
+            del model.graph.node[:]
+            model.graph.node.extend(new_nodes + nodes)
+        fill_weights(model, inline, only_listed=True)
+        return out
     finally:
         if owned:
             reader.close()
 
 
+def _ortvalue_ok(arr: np.ndarray) -> bool:
+    return arr.dtype.kind in "fiub" and arr.dtype.name != "bfloat16"
+
+
+def _external_stub(model, name: str, arr: np.ndarray) -> None:
+    """Declare an initializer whose data ONNX Runtime gets from add_external_initializers."""
+    import onnx
+    from onnx import helper
+
+    t = model.graph.initializer.add()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    e = t.external_data.add()
+    e.key, e.value = "location", "dcz"
+    e = t.external_data.add()
+    e.key, e.value = "tensor", name
+
+
+def to_onnx(src, compact: bool = False):
+    """The model of a .dcz file (path or open reader) as a self-contained onnx.ModelProto."""
+    from onnx import numpy_helper
+
+    p = prepare(src, compact=compact, external=False)
+    for t in p.model.graph.initializer:
+        if t.name in p.external:
+            arr = p.external[t.name]
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    return p.model
+
+
 def load_weights(src) -> dict:
-    """All tensors of a .dcz file as a dict name -> numpy array."""
+    """All tensors of a .dcz file as a dict name -> numpy array (works for weights-only files)."""
     reader, owned = _reader(src)
     try:
         return {name: reader[name] for name in reader}
@@ -39,10 +222,108 @@ def load_weights(src) -> dict:
             reader.close()
 
 
-def InferenceSession(path: str | os.PathLike, providers=None, sess_options=None):  # noqa: N802 - mirrors ORT
-    """An onnxruntime.InferenceSession for the model in a .dcz file."""
+def resolve_providers(providers) -> list:
+    """Map 'cpu'/'cuda' to ORT names and check they are available; never fall back silently."""
     import onnxruntime as ort
 
-    model = to_onnx(path)
-    return ort.InferenceSession(model.SerializeToString(), sess_options=sess_options,
-                                providers=providers or ["CPUExecutionProvider"])
+    if providers is None:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [providers]
+    out = []
+    available = ort.get_available_providers()
+    for p in providers:
+        name = p[0] if isinstance(p, tuple) else p
+        name = PROVIDERS.get(str(name).lower(), name)
+        if name not in available:
+            pkg = PROVIDER_PACKAGES.get(name)
+            hint = f"; install {pkg} (pip install {pkg}) and make sure the GPU driver and CUDA libraries load" if pkg else ""
+            raise ProviderError(f"{name} is not available in this onnxruntime (available: {', '.join(available)}){hint}")
+        out.append((name, p[1]) if isinstance(p, tuple) else name)
+    return out
+
+
+def InferenceSession(path, providers=None, sess_options=None, compact: bool = False):  # noqa: N802 - mirrors ORT
+    """A real onnxruntime.InferenceSession for the model in a .dcz file.
+
+    ``providers`` as for ONNX Runtime (or 'cpu' / 'cuda'); a provider that is not available
+    raises ProviderError instead of falling back to the CPU. ``compact`` keeps codebook
+    weights as uint8 indices (about 4x less memory held by the model).
+    """
+    import onnxruntime as ort
+
+    providers = resolve_providers(providers)
+    p = prepare(path, compact=compact)
+    so = sess_options or ort.SessionOptions()
+    names = list(p.external)
+    values = [ort.OrtValue.ortvalue_from_numpy(p.external[n]) for n in names]
+    if names:
+        so.add_external_initializers(names, values)
+    kwargs = {"disabled_optimizers": ["ConstantFolding"]} if p.compacted else {}
+    try:
+        sess = ort.InferenceSession(p.model.SerializeToString(), sess_options=so, providers=providers, **kwargs)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own classes for bad graphs
+        raise FormatError(f"{os.fspath(path)}: ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from None
+    wanted = [x[0] if isinstance(x, tuple) else x for x in providers]
+    got = sess.get_providers()
+    missing = [w for w in wanted if w not in got]
+    if missing:
+        raise ProviderError(f"ONNX Runtime did not enable {', '.join(missing)} (session runs on {', '.join(got)}); "
+                            f"check the {PROVIDER_PACKAGES.get(missing[0], 'onnxruntime')} install, GPU driver and CUDA libraries")
+    sess._dcz_keepalive = (p.external, values)  # ORT uses these buffers in place
+    return sess
+
+
+ONNX_PROTO_LIMIT = 2**31 - 1  # protobuf's limit on one serialized message
+
+
+def save_onnx(src, out, compact: bool = False, external_data: bool | None = None) -> tuple[int, str | None]:
+    """Write the model of a .dcz as an .onnx file (atomically); returns (bytes, data file or None).
+
+    With ``external_data`` (automatic when the model would pass protobuf's 2 GB limit) the
+    weights go to ``<out>.data`` beside it, referenced with ONNX's standard external data.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from .atomic import atomic_output
+
+    p = prepare(src, compact=compact, external=True)
+    total = sum(a.nbytes for a in p.external.values()) + p.model.ByteSize()
+    if external_data is None:
+        external_data = total >= ONNX_PROTO_LIMIT - (64 << 20)
+    out = os.fspath(out)
+    data_name = None
+    by_name = {t.name: t for t in p.model.graph.initializer}
+    if external_data:
+        data_name = os.path.basename(out) + ".data"
+        with atomic_output(os.path.join(os.path.dirname(os.path.abspath(out)), data_name)) as f:
+            for name, arr in p.external.items():
+                f.write(bytes(-f.tell() % 64))
+                t = by_name[name]
+                del t.external_data[:]
+                for k, v in (("location", data_name), ("offset", str(f.tell())), ("length", str(arr.nbytes))):
+                    e = t.external_data.add()
+                    e.key, e.value = k, v
+                t.data_location = onnx.TensorProto.EXTERNAL
+                f.write(np.ascontiguousarray(arr).tobytes())
+    else:
+        for name, arr in p.external.items():
+            by_name[name].CopyFrom(numpy_helper.from_array(arr, name))
+    data = p.model.SerializeToString(deterministic=True)
+    with atomic_output(out) as f:
+        f.write(data)
+    return len(data), data_name
+
+
+def save_state_dict(src, out) -> int:
+    """Write every tensor of a .dcz as a .safetensors file (atomically); returns its size."""
+    from safetensors.numpy import save
+
+    from .atomic import atomic_output
+
+    weights = load_weights(src)
+    data = save({k: np.ascontiguousarray(v) for k, v in weights.items()})
+    with atomic_output(out) as f:
+        f.write(data)
+    return len(data)

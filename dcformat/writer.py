@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from .atomic import atomic_output
 from .constants import PART_ALIGNMENT, SECTION_GRAPH, SECTION_METADATA, SECTION_TENSOR
 from .container import dump_json, layout, preamble
 from .encode import EncodedTensor
@@ -72,28 +71,11 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
         sections.append((SECTION_TENSOR, _chunks(t.parts.values()), t.info.descriptor()))
     header, placed = layout([(k, sum(len(c) for c in ch), _crc(ch), d) for k, ch, d in sections])
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".dcz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(preamble(header))
-            f.write(header)
-            for sec, (_, chunks, _) in zip(placed, sections):
-                f.write(bytes(sec.offset - f.tell()))
-                for c in chunks:
-                    f.write(c)
-            size = f.tell()
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return size
+    with atomic_output(path, suffix=".dcz.tmp") as f:
+        f.write(preamble(header))
+        f.write(header)
+        for sec, (_, chunks, _) in zip(placed, sections):
+            f.write(bytes(sec.offset - f.tell()))
+            for c in chunks:
+                f.write(c)
+        return f.tell()

@@ -132,6 +132,48 @@ def test_parts_table():
     assert table == constants.PARTS
 
 
+def test_descriptor_table():
+    """The fields of 6.1, filtered by their Encodings column, are the keys the writer writes, in the same order."""
+    rows = re.findall(r"^\|\s*`([a-z_]+)`\s*\|[^|]*\|\s*([a-z*-]+)\s*\|", section("Descriptor"), re.M)
+    assert [f for f, _ in rows][:5] == ["name", "dtype", "shape", "encoding", "nonzeros"]
+    x = np.array([0.0, 0.5, 0.0, -1.0], np.float32)
+    written = {
+        "raw": dcformat.encode_raw("r", x),
+        "codebook-dense": dcformat.encode("d", x, encoding="codebook-dense"),
+        "codebook-sparse": dcformat.encode("s", x, encoding="codebook-sparse"),
+    }
+    for enc, t in written.items():
+        assert t.encoding == enc
+        want = [f for f, encs in rows if encs == "all" or encs == enc or (encs == "codebook-*" and enc != "raw")]
+        assert list(t.info.descriptor()) == want, enc
+        assert t.info.descriptor()["nonzeros"] == 2
+
+
+def test_nonzeros_as_specified():
+    """6.1: -0.0 is zero; NaN, infinities and subnormals are not; integers and bools as usual; after convert."""
+    f = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, 1.0, -2.0], np.float32)
+    cases = {
+        "f32": (f, 6),
+        "f16": (np.array([0.0, -0.0, np.nan, 6e-8, 1.0], np.float16), 3),
+        "bf16": (np.array([0.0, -0.0, 1.0], np.float32).astype(constants.DTYPES["bfloat16"]), 1),
+        "i8": (np.array([0, -1, 0, 127], np.int8), 2),
+        "u64": (np.array([0, 2**63, 0], np.uint64), 1),
+        "b": (np.array([True, False, False, True, True]), 3),
+        "scalar0": (np.float64(-0.0), 0),
+        "empty": (np.zeros((3, 0), np.float32), 0),
+    }
+    for name, (a, want) in cases.items():
+        assert dcformat.encode_raw(name, a).info.nonzeros == want, name
+    # codebook encodings count the decoded values: -0.0 in the codebook is zero; a float32 entry
+    # that converts to float16 zero is zero
+    idx = np.array([0, 1, 2, 2, 1, 0, 0, 3])
+    for enc in ("codebook-dense", "codebook-sparse"):
+        t = dcformat.encode_codebook("c", [0.0, -0.0, 1.5, 1e-30], idx, encoding=enc, dtype="float16")
+        assert t.encoding == enc and t.info.nonzeros == 2, enc
+        t = dcformat.encode_codebook("c", [0.0, -0.0, 1.5, 1e-30], idx, encoding=enc)
+        assert t.info.nonzeros == 3, enc
+
+
 def test_error_classes_named_in_spec_exist():
     text = section("Reader checks and errors")
     names = set(re.findall(r"`(\w+Error)`", text))
@@ -168,6 +210,11 @@ def test_schema_agrees_with_constants():
     assert t["shape"]["maxItems"] == constants.MAX_RANK
     assert t["shape"]["items"]["maximum"] == constants.MAX_ELEMENTS
     assert t["name"]["maxLength"] == constants.MAX_NAME_BYTES
+    nz = t["nonzeros"]
+    assert (nz["type"], nz["minimum"], nz["maximum"]) == ("integer", 0, constants.MAX_ELEMENTS)
+    assert "nonzeros" in d["tensor"]["required"]
+    for branch in d["tensor"]["allOf"]:  # required by every encoding
+        assert "nonzeros" in branch["then"]["required"] and "nonzeros" in branch["then"]["propertyNames"]["enum"]
     assert schema["properties"]["sections"]["maxItems"] == constants.MAX_SECTIONS
     assert d["section"]["properties"]["offset"]["multipleOf"] == constants.ALIGNMENT
     for enc, parts in constants.PARTS.items():  # the schema lists parts in layout order too
@@ -290,7 +337,8 @@ def test_golden_vectors_validate(validator):
 
 
 def test_schema_rejects_bad_headers(validator):
-    good = {"name": "t", "dtype": "float32", "shape": [10], "encoding": "codebook-sparse", "codebook_dtype": "float32",
+    good = {"name": "t", "dtype": "float32", "shape": [10], "encoding": "codebook-sparse", "nonzeros": 3,
+            "codebook_dtype": "float32",
             "codebook_size": 2, "lane_size": 256, "gap_bits": 2, "entries": 4,
             "parts": {"codebook": 8, "lane_bases": 8, "gaps": 17, "indices": 17}}
     entry = {"kind": "tensor", "offset": 192, "length": 57, "crc32": 1, "tensor": good}
@@ -315,8 +363,17 @@ def test_schema_rejects_bad_headers(validator):
     bad(lambda e: e.update(kind="graph"))                             # ... and others must not have one
     bad(lambda e: e.update(offset=100))                               # not a multiple of 64
     bad(lambda e: e.update(crc32=1 << 32))
-    raw = {"name": "r", "dtype": "bool", "shape": [], "encoding": "raw", "parts": {"data": 1}}
+    bad(lambda e: e["tensor"].pop("nonzeros"))                        # required, for every encoding
+    bad(lambda e: e["tensor"].update(nonzeros=-1))
+    bad(lambda e: e["tensor"].update(nonzeros=1.5))
+    bad(lambda e: e["tensor"].update(nonzeros="3"))
+    bad(lambda e: e["tensor"].update(nonzeros=True))
+    bad(lambda e: e["tensor"].update(nonzeros=constants.MAX_ELEMENTS + 1))
+    raw = {"name": "r", "dtype": "bool", "shape": [], "encoding": "raw", "nonzeros": 1, "parts": {"data": 1}}
     validator.validate({"sections": [{"kind": "tensor", "offset": 64, "length": 1, "crc32": 0, "tensor": raw}]})
+    no_nz = {k: v for k, v in raw.items() if k != "nonzeros"}
+    assert not validator.is_valid({"sections": [{"kind": "tensor", "offset": 64, "length": 1, "crc32": 0,
+                                                 "tensor": no_nz}]})
     assert not validator.is_valid({})
 
 
@@ -446,6 +503,16 @@ def spec_decode_tensor(desc: dict, section: bytes) -> np.ndarray:
     assert pos == len(section)
     shape = tuple(desc["shape"])
     n = math.prod(shape)
+    nonzeros = desc["nonzeros"]  # 6.1: required, an integer in [0, N]
+    assert type(nonzeros) is int and 0 <= nonzeros <= n
+    out = _spec_decode_values(desc, parts, shape, n)
+    # 6.1, 7: the decoded tensor has exactly `nonzeros` elements that are not zero (-0.0 is zero, NaN is not)
+    assert sum(1 for v in out.reshape(-1).tolist() if v != 0 or v != v) == nonzeros
+    return out
+
+
+def _spec_decode_values(desc: dict, parts: dict[str, bytes], shape: tuple, n: int) -> np.ndarray:
+    enc, dtype = desc["encoding"], desc["dtype"]
     tdt = constants.DTYPES[dtype]
     if enc == "raw":
         return np.frombuffer(parts["data"], tdt).reshape(shape)
@@ -456,6 +523,7 @@ def spec_decode_tensor(desc: dict, section: bytes) -> np.ndarray:
         sym = spec_decode_stream(parts["indices"], n, cb.size, lane)
         return cb[np.array(sym, np.int64)].reshape(shape) if n else np.zeros(shape, tdt)
     m, b = desc["entries"], desc["gap_bits"]
+    assert desc["nonzeros"] <= m <= n
     gaps = spec_decode_stream(parts["gaps"], m, 1 << b, lane)
     idx = spec_decode_stream(parts["indices"], m, cb.size + 1, lane)
     nl = -(-m // lane)

@@ -349,7 +349,7 @@ class Attack:
     sample: str
     make: Callable[[Dcz], bytes] = field(repr=False)
     error: type[DczError] | None
-    match: str
+    match: str | tuple[str, ...]  # a fragment of the message, or several that must all be in it
     stage: str = "open"
     tensor: str | None = None
     open_kwargs: dict = field(default_factory=dict)
@@ -966,6 +966,7 @@ def _(d):
 @attack("raw-shape-zero", "raw", TensorError, "raw data")
 def _(d):
     d.desc("raw.w")["shape"] = [0, 4]
+    d.desc("raw.w")["nonzeros"] = 0  # consistent with the new shape: the data length is what is wrong
     return d.build()
 
 
@@ -1211,6 +1212,7 @@ def _(d):
 @attack("stream-of-zero-symbols-not-empty", "dense", HuffmanError, "0 symbols", stage="verify", tensor="dense.w")
 def _(d):
     d.desc("dense.w")["shape"] = [0, 25]
+    d.desc("dense.w")["nonzeros"] = 0  # consistent with the new shape: the stream is what is wrong
     return d.build()
 
 
@@ -1300,6 +1302,204 @@ def _(d):
     return d.build()
 
 
+# ----------------------------------------------------------------------------- nonzeros
+
+
+SAMPLE_TENSORS = {"raw.w": "raw", "raw.mask": "raw", "dense.w": "dense", "sparse.w": "sparse"}
+
+
+def sample_nonzeros(tensor: str) -> int:
+    """The non-zero elements of a sample tensor: what its descriptor's 'nonzeros' says."""
+    return int(np.count_nonzero(expected_arrays(SAMPLE_TENSORS[tensor])[tensor]))
+
+
+def sample_numel(tensor: str) -> int:
+    return int(expected_arrays(SAMPLE_TENSORS[tensor])[tensor].size)
+
+
+def _declares(tensor: str, found: int, declared: int) -> tuple[str, str]:
+    """What the reader says when a decoded tensor's non-zero count is not the declared one."""
+    return f"tensor {tensor!r}", f"decodes to {found} non-zero elements, the record declares {declared}"
+
+
+def _section_of(tensor: str) -> int:
+    return {"raw.w": 2, "raw.mask": 3, "dense.w": 2, "sparse.w": 2}[tensor]
+
+
+# at open: 'nonzeros' must be an integer in [0, N]; for codebook-sparse, entries in [nonzeros, N]
+
+for _t in SAMPLE_TENSORS:
+    _n = sample_numel(_t)
+    _where = f"tensor {_t!r} (section {_section_of(_t)})"
+    _desc_attack(f"nonzeros-over-numel-{_t}", SAMPLE_TENSORS[_t], _t, TensorError,
+                 (_where, f"'nonzeros' must be an integer in [0, {_n}], got {_n + 1}"), _set("nonzeros", _n + 1))
+    _desc_attack(f"nonzeros-missing-{_t}", SAMPLE_TENSORS[_t], _t, TensorError, (_where, "'nonzeros'"), _pop("nonzeros"))
+    for _label, _fn in BAD_INTS.items():
+        _desc_attack(f"nonzeros-{_label}-{_t}", SAMPLE_TENSORS[_t], _t, TensorError, (_where, "'nonzeros'"),
+                     lambda t, f=_fn: t.__setitem__("nonzeros", f(t["nonzeros"])))
+
+
+@attack("sparse-entries-fewer-than-nonzeros", "sparse", TensorError,
+        ("tensor 'sparse.w'", f"'entries' must be an integer in [{sample_nonzeros('sparse.w')}, {SPARSE_SHAPE[0]}]"))
+def _(d):
+    t = d.desc("sparse.w")
+    t["entries"] = t["nonzeros"] - 1
+    return d.build()
+
+
+@attack("sparse-nonzeros-more-than-entries", "sparse", TensorError, ("tensor 'sparse.w'", "'entries'"))
+def _(d):
+    t = d.desc("sparse.w")
+    assert t["entries"] < SPARSE_SHAPE[0]  # so that nonzeros stays in [0, N] and only entries >= nonzeros fails
+    t["nonzeros"] = t["entries"] + 1
+    return d.build()
+
+
+@attack("sparse-all-zero-entries-zero-nonzeros-one", "sparse", TensorError, ("tensor 'sparse.w'", "'entries'"))
+def _(d):
+    # a record with no entries cannot hold a non-zero element, whatever its parts
+    d.set_parts("sparse.w", codebook=b"", lane_bases=b"", gaps=b"", indices=b"")
+    d.desc("sparse.w").update(codebook_size=0, entries=0, nonzeros=1)
+    return d.build()
+
+
+# the order of the descriptor checks (6.1): parts and section length, then nonzeros, then the rest
+
+@attack("nonzeros-bad-and-parts-do-not-add-up", "dense", TensorError, "parts add up")
+def _(d):
+    def t(h):
+        _sections(h)[2]["tensor"]["parts"]["codebook"] = 8
+        _sections(h)[2]["tensor"]["nonzeros"] = -1
+
+    return d.build(t)
+
+
+@attack("nonzeros-bad-and-raw-data-mismatch", "raw", TensorError, ("tensor 'raw.w'", "'nonzeros'"))
+def _(d):
+    d.desc("raw.w").update(shape=[4, 4], nonzeros=17)
+    return d.build()
+
+
+@attack("nonzeros-bad-and-codebook-on-int-dtype", "dense", TensorError, ("tensor 'dense.w'", "'nonzeros'"))
+def _(d):
+    d.desc("dense.w").update(dtype="int32", nonzeros=1001)
+    return d.build()
+
+
+@attack("nonzeros-bad-and-entries-bad", "sparse", TensorError, ("tensor 'sparse.w'", "'nonzeros'"))
+def _(d):
+    d.desc("sparse.w").update(entries=-1, nonzeros=SPARSE_SHAPE[0] + 1)
+    return d.build()
+
+
+# at decode: the decoded tensor has exactly 'nonzeros' non-zero elements (CRCs recomputed: only this check is left)
+
+for _t in SAMPLE_TENSORS:
+    _nz = sample_nonzeros(_t)
+    for _delta, _label in ((+1, "one-more"), (-1, "one-fewer")):
+        if 0 <= _nz + _delta <= sample_numel(_t):
+            _a = attack(f"nonzeros-{_label}-{_t}", SAMPLE_TENSORS[_t], TensorError, _declares(_t, _nz, _nz + _delta),
+                        stage="verify", tensor=_t)
+            _a(lambda d, t=_t, v=_nz + _delta: (d.desc(t).__setitem__("nonzeros", v), d.build())[1])
+
+
+def _raw_w_element(d: Dcz, at: int, value: float) -> None:
+    data = bytearray(d.parts("raw.w")["data"])
+    data[4 * at : 4 * at + 4] = struct.pack("<f", value)
+    d.set_parts("raw.w", data=bytes(data))
+
+
+RAW_W_ZERO_AT = 4  # raw.w is arange(12) * 0.25 - 1: element 4 is the only zero
+
+
+@attack("raw-negative-zero-counts-as-zero", "raw", None, "", stage="ok")
+def _(d):
+    _raw_w_element(d, RAW_W_ZERO_AT, -0.0)  # nonzeros stays 11
+    return d.build()
+
+
+@attack("raw-negative-zero-declared-non-zero", "raw", TensorError, _declares("raw.w", 11, 12), stage="verify",
+        tensor="raw.w")
+def _(d):
+    _raw_w_element(d, RAW_W_ZERO_AT, -0.0)
+    d.desc("raw.w")["nonzeros"] = 12
+    return d.build()
+
+
+@attack("raw-nan-counts-as-non-zero", "raw", None, "", stage="ok")
+def _(d):
+    _raw_w_element(d, RAW_W_ZERO_AT, float("nan"))
+    d.desc("raw.w")["nonzeros"] = 12
+    return d.build()
+
+
+@attack("raw-nan-declared-zero", "raw", TensorError, _declares("raw.w", 12, 11), stage="verify", tensor="raw.w")
+def _(d):
+    _raw_w_element(d, RAW_W_ZERO_AT, float("nan"))  # the data changed, the record did not
+    return d.build()
+
+
+@attack("raw-bool-flipped", "raw", TensorError, _declares("raw.mask", 5, 4), stage="verify", tensor="raw.mask")
+def _(d):
+    d.set_parts("raw.mask", data=b"\x01\x00\x01\x01\x01\x00\x01\x00")  # one more True, record unchanged
+    return d.build()
+
+
+def _set_codebook_entry(d: Dcz, tensor: str, k: int, value: float) -> None:
+    cb = bytearray(d.parts(tensor)["codebook"])
+    cb[4 * k : 4 * k + 4] = struct.pack("<f", value)
+    d.set_parts(tensor, codebook=bytes(cb))
+
+
+DENSE_SYMBOL0 = int(np.count_nonzero(dense_indices() == 0))  # elements that decode to codebook entry 0
+
+
+@attack("dense-codebook-entry-zeroed", "dense", TensorError, _declares("dense.w", 1000 - DENSE_SYMBOL0, 1000),
+        stage="verify", tensor="dense.w")
+def _(d):
+    _set_codebook_entry(d, "dense.w", 0, 0.0)
+    return d.build()
+
+
+@attack("dense-codebook-entry-negative-zero", "dense", TensorError, _declares("dense.w", 1000 - DENSE_SYMBOL0, 1000),
+        stage="verify", tensor="dense.w")
+def _(d):
+    _set_codebook_entry(d, "dense.w", 0, -0.0)
+    return d.build()
+
+
+@attack("dense-codebook-entry-negative-zero-declared", "dense", None, "", stage="ok")
+def _(d):
+    _set_codebook_entry(d, "dense.w", 0, -0.0)
+    d.desc("dense.w")["nonzeros"] = 1000 - DENSE_SYMBOL0
+    return d.build()
+
+
+@attack("dense-codebook-entry-nan", "dense", None, "", stage="ok")
+def _(d):
+    _set_codebook_entry(d, "dense.w", 0, float("nan"))  # NaN is not zero: the count is unchanged
+    return d.build()
+
+
+SPARSE_SYMBOL1 = int(np.count_nonzero(sparse_indices() == 1))  # elements that decode to codebook entry 0 (0.5)
+
+
+@attack("sparse-codebook-entry-zeroed", "sparse", TensorError,
+        _declares("sparse.w", sample_nonzeros("sparse.w") - SPARSE_SYMBOL1, sample_nonzeros("sparse.w")),
+        stage="verify", tensor="sparse.w")
+def _(d):
+    _set_codebook_entry(d, "sparse.w", 0, 0.0)
+    return d.build()
+
+
+@attack("sparse-codebook-entry-zeroed-declared", "sparse", None, "", stage="ok")
+def _(d):
+    # a stored entry may decode to zero (a writer should not do it, a reader accepts it) if the count says so
+    _set_codebook_entry(d, "sparse.w", 0, 0.0)
+    d.desc("sparse.w")["nonzeros"] -= SPARSE_SYMBOL1
+    return d.build()
+
+
 # ----------------------------------------------------------------------------- decompression bombs
 
 
@@ -1310,6 +1510,7 @@ def bomb_dense(shape, lane_size, lanes=None, dtype="float32") -> Dcz:
     parts = {"codebook": struct.pack("<f", 1.5), "indices": make_stream(1, {0: 1}, [0] * nl)}
     payload, lengths = join_parts(parts)
     desc = {"name": "bomb", "dtype": dtype, "shape": list(shape), "encoding": "codebook-dense",
+            "nonzeros": numel,  # every element is 1.5: the record is consistent, only its size is hostile
             "codebook_dtype": "float32", "codebook_size": 1, "lane_size": lane_size, "parts": lengths}
     return Dcz.of_sections([("tensor", payload, desc)])
 
@@ -1319,7 +1520,7 @@ def bomb_sparse(shape, entries=0, lane_size=1 << 24) -> Dcz:
     parts = {"codebook": b"", "lane_bases": bytes(8 * num_lanes(entries, lane_size)), "gaps": b"", "indices": b""}
     payload, lengths = join_parts(parts)
     desc = {"name": "zeros", "dtype": "float32", "shape": list(shape), "encoding": "codebook-sparse",
-            "codebook_dtype": "float32", "codebook_size": 0, "lane_size": lane_size, "gap_bits": 8,
+            "nonzeros": 0, "codebook_dtype": "float32", "codebook_size": 0, "lane_size": lane_size, "gap_bits": 8,
             "entries": entries, "parts": lengths}
     return Dcz.of_sections([("tensor", payload, desc)])
 

@@ -1,0 +1,271 @@
+"""Where the bytes go: per-tensor accounting of .dcz files (and dense sizes of other models).
+
+Everything in :func:`inspect_dcz` comes from the header alone -- no tensor is decoded --
+so a 1 GB file is inspected in milliseconds. Rows plus overhead add up to the file size.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+
+import numpy as np
+
+from .constants import ENC_CB_SPARSE, ENC_RAW, ITEMSIZE, PREAMBLE_SIZE, SECTION_GRAPH, SECTION_METADATA, SECTION_TENSOR
+from .errors import DczError, FormatError
+from .reader import DczReader
+from .reader import open as open_dcz
+
+STREAMS = ("gap", "index", "codebook", "raw")
+
+
+def tensor_row(info) -> dict:
+    """One tensor's accounting; stream bytes exclude the zero padding between parts."""
+    p = info.parts
+    streams = {
+        "gap": p.get("gaps", 0) + p.get("lane_bases", 0),
+        "index": p.get("indices", 0),
+        "codebook": p.get("codebook", 0),
+        "raw": p.get("data", 0),
+    }
+    total = sum(streams.values())
+    params = info.numel
+    bits = None if info.encoding == ENC_RAW else max(1, math.ceil(math.log2(max(info.codebook_size, 1))))
+    return {
+        "name": info.name, "shape": list(info.shape), "dtype": info.dtype, "params": params,
+        "encoding": info.encoding, "nonzeros": info.nonzeros,
+        "sparsity": 1 - info.nonzeros / params if params else 0.0,
+        "codebook_size": info.codebook_size, "bits": bits,
+        "gap_bits": info.gap_bits, "entries": info.entries,
+        "fillers": info.entries - info.nonzeros if info.encoding == ENC_CB_SPARSE else None,
+        **{f"{k}_bytes": v for k, v in streams.items()},
+        "bytes": total,
+        "bits_per_param": 8 * total / params if params else 0.0,
+        "ratio": params * 4 / total if total else None,
+    }
+
+
+def inspect_dcz(src) -> dict:
+    """The accounting of a .dcz file: header facts, one row per tensor, totals, overhead."""
+    r = src if isinstance(src, DczReader) else open_dcz(src)
+    try:
+        rows = [tensor_row(r.info(n)) for n in r]
+        for row in rows:
+            row["share"] = row["bytes"] / r.file_size
+        kinds = {SECTION_METADATA: 0, SECTION_GRAPH: 0, "other sections": 0}
+        for s in r.sections:
+            if s.kind != SECTION_TENSOR:
+                kinds[s.kind if s.kind in kinds else "other sections"] += s.length
+        hlen = int.from_bytes(bytes(r._buf[12:16]), "little")
+        tensor_bytes = sum(row["bytes"] for row in rows)
+        overhead = {
+            "preamble": PREAMBLE_SIZE, "header": hlen, "metadata": kinds[SECTION_METADATA],
+            "graph": kinds[SECTION_GRAPH], "other_sections": kinds["other sections"],
+        }
+        overhead["padding"] = r.file_size - tensor_bytes - sum(overhead.values())
+        overhead["total"] = r.file_size - tensor_bytes
+        params = sum(row["params"] for row in rows)
+        return {
+            "file": r.path, "kind": "dcz", "size": r.file_size, "format_version": "%d.%d" % r.version,
+            "metadata": r.metadata, "has_graph": r._graph_section is not None,
+            "tensors": rows,
+            "totals": {
+                "params": params, "nonzeros": sum(row["nonzeros"] for row in rows),
+                "tensor_bytes": tensor_bytes,
+                **{f"{k}_bytes": sum(row[f"{k}_bytes"] for row in rows) for k in STREAMS},
+                "fp32_bytes": params * 4, "ratio": params * 4 / r.file_size if r.file_size else None,
+                "bits_per_param": 8 * r.file_size / params if params else 0.0,
+            },
+            "overhead": overhead,
+        }
+    finally:
+        if r is not src:
+            r.close()
+
+
+# ---------------------------------------------------------------- other model files
+def _dense_row(name, shape, dtype: str, nbytes: int, nonzeros: int | None) -> dict:
+    params = math.prod(shape)
+    return {
+        "name": name, "shape": list(shape), "dtype": dtype, "params": params, "encoding": "dense",
+        "nonzeros": nonzeros, "sparsity": (1 - nonzeros / params) if params and nonzeros is not None else None,
+        "codebook_size": None, "bits": None, "gap_bits": None, "entries": None, "fillers": None,
+        "gap_bytes": 0, "index_bytes": 0, "codebook_bytes": 0, "raw_bytes": nbytes, "bytes": nbytes,
+        "bits_per_param": 8 * nbytes / params if params else 0.0, "ratio": params * 4 / nbytes if nbytes else None,
+    }
+
+
+def _finish(path, kind, rows, extra=None) -> dict:
+    size = os.path.getsize(path)
+    for row in rows:
+        row["share"] = row["bytes"] / size if size else 0.0
+    params = sum(r["params"] for r in rows)
+    tb = sum(r["bytes"] for r in rows)
+    return {
+        "file": os.fspath(path), "kind": kind, "size": size, "format_version": None, "metadata": extra or {},
+        "has_graph": kind == "onnx", "tensors": rows,
+        "totals": {"params": params, "nonzeros": sum(r["nonzeros"] or 0 for r in rows), "tensor_bytes": tb,
+                   **{f"{k}_bytes": sum(r[f"{k}_bytes"] for r in rows) for k in STREAMS},
+                   "fp32_bytes": params * 4, "ratio": params * 4 / size if size else None,
+                   "bits_per_param": 8 * size / params if params else 0.0},
+        "overhead": {"total": size - tb},
+    }
+
+
+def inspect_onnx(path) -> dict:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from .graph import iter_tensors
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several kinds
+        raise FormatError(f"{path}: not a readable ONNX model ({e})") from None
+    rows = []
+    for _, t in iter_tensors(model.graph):
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)) if t.data_type != onnx.TensorProto.STRING else None
+        if dt is None:
+            continue
+        shape = tuple(t.dims)
+        nbytes = math.prod(shape) * dt.itemsize
+        nz = None
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            nz = int(np.count_nonzero(numpy_helper.to_array(t)))
+        rows.append(_dense_row(t.name, shape, _np_name(dt), nbytes, nz))
+    return _finish(path, "onnx", rows, {"producer": f"{model.producer_name} {model.producer_version}".strip(),
+                                         "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import]})
+
+
+def _np_name(dt) -> str:
+    from .constants import dtype_name
+
+    try:
+        return dtype_name(dt)
+    except ValueError:
+        return str(dt)
+
+
+def inspect_safetensors(path) -> dict:
+    """Dense sizes from a .safetensors header (8-byte length + JSON); data read only to count zeros."""
+    import json
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > min(size - 8, 100 << 20):
+            raise FormatError(f"{path}: not a safetensors file (header length {n})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise FormatError(f"{path}: not a safetensors file ({e})") from None
+    st = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+          "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool"}
+    from .constants import DTYPES
+
+    data = np.memmap(path, np.uint8, "r") if size else np.zeros(0, np.uint8)
+    rows = []
+    meta = header.pop("__metadata__", {}) if isinstance(header, dict) else {}
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: not a safetensors file")
+    for name, e in header.items():
+        try:
+            dt = st[e["dtype"]]
+            shape = tuple(int(s) for s in e["shape"])
+            a, b = (int(x) for x in e["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: bad safetensors entry for {name!r}") from None
+        if not 0 <= a <= b <= size - 8 - n or b - a != math.prod(shape) * ITEMSIZE[dt]:
+            raise FormatError(f"{path}: safetensors entry {name!r} has bad offsets")
+        arr = data[8 + n + a : 8 + n + b].view(DTYPES[dt])
+        rows.append(_dense_row(name, shape, dt, b - a, int(np.count_nonzero(arr))))
+    return _finish(path, "safetensors", rows, meta)
+
+
+def inspect_torch(path) -> dict:
+    """Dense sizes of a PyTorch state_dict (weights_only loading: no code from the file runs)."""
+    try:
+        import torch
+    except ImportError:
+        raise FormatError(f"{path}: reading PyTorch files needs PyTorch: pip install 'dcz[torch]'") from None
+    try:
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
+        raise FormatError(f"{path}: not a PyTorch state_dict readable without running code ({str(e).splitlines()[0]})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path}: holds a {type(obj).__name__}, not a state_dict")
+    rows = []
+    for name, t in obj.items():
+        if isinstance(t, torch.Tensor):
+            rows.append(_dense_row(str(name), tuple(t.shape), str(t.dtype).replace("torch.", ""),
+                                   t.numel() * t.element_size(), int(torch.count_nonzero(t))))
+    return _finish(path, "pytorch", rows)
+
+
+def sniff(path) -> str:
+    """'dcz', 'onnx', 'safetensors' or 'pytorch', by content first, then by extension."""
+    from .constants import MAGIC
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(MAGIC):
+        return "dcz"
+    if head.startswith(b"PK\x03\x04"):
+        return "pytorch"  # torch.save zip archive
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path):
+        return "safetensors"
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".onnx" or (head[:1] == b"\x08"):  # ModelProto starts with field 1 (ir_version), varint
+        return "onnx"
+    if ext in (".pt", ".pth", ".bin"):
+        return "pytorch"
+    raise FormatError(f"{path}: not a .dcz, ONNX, safetensors or PyTorch file")
+
+
+def inspect_any(path) -> dict:
+    kind = sniff(path)
+    return {"dcz": inspect_dcz, "onnx": inspect_onnx, "safetensors": inspect_safetensors, "pytorch": inspect_torch}[kind](path)
+
+
+def select(rows: list[dict], sort: str | None = None, top: int | None = None, pattern: str | None = None) -> list[dict]:
+    if pattern:
+        rows = [r for r in rows if fnmatch.fnmatchcase(r["name"], pattern)]
+    if sort == "size":
+        rows = sorted(rows, key=lambda r: -r["bytes"])
+    elif sort == "name":
+        rows = sorted(rows, key=lambda r: r["name"])
+    elif sort == "ratio":
+        rows = sorted(rows, key=lambda r: -(r["ratio"] or 0))
+    return rows[:top] if top else rows
+
+
+def verify_report(path) -> tuple[list[tuple[str, str | None]], bool]:
+    """Check every section and decode every tensor; (item, error or None) for each, and overall ok."""
+    try:
+        r = open_dcz(path)
+    except DczError as e:
+        return [("file structure", str(e))], False
+    items = []
+    with r:
+        for i, s in enumerate(r.sections):
+            if s.kind == SECTION_TENSOR:
+                continue
+            try:
+                r._section_bytes(s, f"section {i} ({s.kind})")
+                if s.kind == SECTION_METADATA:
+                    r.metadata
+                elif s.kind == SECTION_GRAPH:
+                    r.graph
+                items.append((f"{s.kind} section", None))
+            except DczError as e:
+                items.append((f"{s.kind} section", str(e)))
+        for name in r:
+            try:
+                r[name]
+                items.append((f"tensor {name}", None))
+            except DczError as e:
+                items.append((f"tensor {name}", str(e)))
+    return items, all(err is None for _, err in items)
