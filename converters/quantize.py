@@ -13,19 +13,26 @@ INITS = ("linear", "density", "forgy", "kmeans++")
 HIST_BINS = 1 << 16
 
 
+CHUNK = 1 << 22  # elements per pass: bounds the temporaries of huge layers
+
+
 class Histogram:
-    """Counts and sums of values in equal-width bins over [lo, hi]."""
+    """Counts and sums of values in equal-width bins over [lo, hi] (computed in chunks)."""
 
     def __init__(self, values: np.ndarray, bins: int = HIST_BINS):
-        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        v = np.asarray(values).reshape(-1)
         self.lo, self.hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
         width = (self.hi - self.lo) or 1.0
-        b = np.minimum(((v - self.lo) * (bins / width)).astype(np.int64), bins - 1)
-        self.count = np.bincount(b, minlength=bins).astype(np.float64)
-        self.sum = np.bincount(b, weights=v, minlength=bins)
-        nz = self.count > 0
-        self.centers = np.where(nz, self.sum / np.where(nz, self.count, 1), 0.0)[nz]
-        self.count, self.sum = self.count[nz], self.sum[nz]
+        count = np.zeros(bins)
+        total = np.zeros(bins)
+        for start in range(0, v.size, CHUNK):
+            c = v[start : start + CHUNK].astype(np.float64)
+            b = np.minimum(((c - self.lo) * (bins / width)).astype(np.int64), bins - 1)
+            count += np.bincount(b, minlength=bins)
+            total += np.bincount(b, weights=c, minlength=bins)
+        nz = count > 0
+        self.centers = total[nz] / count[nz]
+        self.count, self.sum = count[nz], total[nz]
 
 
 def _init(h: Histogram, k: int, method: str, rng: np.random.Generator) -> np.ndarray:
@@ -80,25 +87,33 @@ def kmeans_1d(values, k: int, init: str = "linear", iters: int = 30, seed: int =
     return np.unique(c[used])
 
 
-def quantize(weights: np.ndarray, bits: int, init: str = "linear", seed: int = 0, keep_zero: bool = True):
+def quantize(weights, bits: int, init: str = "linear", seed: int = 0, keep_zero: bool = True):
     """(codebook, indices) for ``weights``; zeros stay exactly zero (codebook entry 0.0).
 
     The non-zero weights share at most 2**bits centroids; when ``keep_zero`` and the
-    tensor has zeros, the codebook also holds 0.0, which pruned positions index.
+    tensor has zeros, the codebook also holds 0.0, which pruned positions index. Indices
+    are uint8 (uint16 when the codebook has 257 entries), shaped like ``weights``.
     """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
     w = np.asarray(weights).reshape(-1)
-    nz = w != 0
-    cents = kmeans_1d(w[nz], 1 << bits, init=init, seed=seed) if nz.any() else np.zeros(0)
-    cents = cents.astype(w.dtype if w.dtype.kind == "f" else np.float32)
-    cents = cents[cents != 0] if keep_zero else cents  # a centroid that rounds to 0 would alias pruned zeros
+    cdtype = w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)
+    nonzero = w[w != 0]
+    cents = kmeans_1d(nonzero, 1 << bits, init=init, seed=seed) if nonzero.size else np.zeros(0)
+    has_zero = nonzero.size < w.size
+    del nonzero
+    cents = cents.astype(cdtype)
+    cents = np.unique(cents[cents != 0])  # a centroid that rounds to 0 would alias pruned zeros
     if cents.size == 0:
-        return np.zeros(1, cents.dtype), np.zeros(w.size, np.int64)
-    idx = assign(w.astype(np.float64), cents.astype(np.float64))
-    if keep_zero and not nz.all():
-        codebook = np.concatenate([np.zeros(1, cents.dtype), cents])
-        idx = np.where(nz, idx + 1, 0)
-    else:
-        codebook = cents
+        return np.zeros(1, cdtype), np.zeros(np.shape(weights), np.uint8)
+    zero = keep_zero and has_zero
+    codebook = np.concatenate([np.zeros(1, cdtype), cents]) if zero else cents
+    idx = np.empty(w.size, np.uint16 if codebook.size > 256 else np.uint8)
+    c64 = cents.astype(np.float64)
+    for start in range(0, w.size, CHUNK):
+        c = w[start : start + CHUNK]
+        a = assign(c.astype(np.float64), c64)
+        if zero:
+            a = np.where(c != 0, a + 1, 0)
+        idx[start : start + CHUNK] = a
     return codebook, idx.reshape(np.shape(weights))

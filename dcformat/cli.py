@@ -10,6 +10,7 @@ import click
 
 from . import inspect as insp
 from .cliutil import _escape, run
+from .errors import DczError
 from .table import render
 
 
@@ -206,10 +207,24 @@ def _load_inputs(specs) -> dict:
         if not sep or not name or not path:
             raise click.UsageError(f"--input takes NAME=file.npy, got {spec!r}")
         try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
             raise click.UsageError(f"--input {name}: cannot read {path!r} as .npy ({e})") from None
+        if not isinstance(arr, np.ndarray):  # an .npz archive
+            arr.close()
+            raise click.UsageError(f"--input {name}: {path!r} is an .npz archive; give one array saved with numpy.save")
+        feeds[name] = arr
     return feeds
+
+
+def _ort(what: str, fn, *args):
+    """Call ONNX Runtime; its own exceptions become a one-line error."""
+    try:
+        return fn(*args)
+    except (click.ClickException, DczError):
+        raise
+    except Exception as e:  # noqa: BLE001 - ORT raises its own classes (Fail, InvalidArgument, ...)
+        raise click.ClickException(f"{what}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
 
 
 def _pct(times, q):
@@ -254,7 +269,7 @@ def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, s
         src = "given" if i.name in given else "random"
         click.echo(f"input  {_escape(i.name)}: {feeds[i.name].dtype} {list(feeds[i.name].shape)} ({src})")
     t0 = time.perf_counter()
-    outs = sess.run(None, feeds)
+    outs = _ort("ONNX Runtime cannot run the model", sess.run, None, feeds)
     t_first = time.perf_counter() - t0
     names = [o.name for o in sess.get_outputs()]
     for name, y in zip(names, outs):
@@ -280,7 +295,17 @@ def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, s
             raise
         except Exception as e:  # noqa: BLE001
             raise click.ClickException(f"cannot load {compare}: {str(e).splitlines()[0]}") from None
-        ref_outs = ref.run(names, feeds)
+        ref_names = [o.name for o in ref.get_outputs()]
+        if {i.name for i in ref.get_inputs()} != set(feeds):
+            raise click.ClickException(f"cannot compare: {compare} takes inputs "
+                                       f"{inp.describe(ref.get_inputs())}, the .dcz model takes {', '.join(feeds)}")
+        ref_outs = _ort(f"cannot run {compare}", ref.run, None, feeds)
+        if ref_names != names:  # compare by name where they match, else by position
+            by_name = dict(zip(ref_names, ref_outs))
+            ref_outs = [by_name[n] for n in names] if set(names) <= set(by_name) else ref_outs
+        if len(ref_outs) != len(outs):
+            click.echo(f"compare: {_escape(compare)} has {len(ref_outs)} outputs, the .dcz model {len(outs)}; "
+                       f"comparing the first {min(len(ref_outs), len(outs))}")
         for name, y, r in zip(names, outs, ref_outs):
             y, r = np.asarray(y), np.asarray(r)
             if y.shape != r.shape:
@@ -294,7 +319,7 @@ def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, s
         times = []
         for _ in range(bench):
             t0 = time.perf_counter()
-            sess.run(None, feeds)
+            _ort("ONNX Runtime cannot run the model", sess.run, None, feeds)
             times.append(time.perf_counter() - t0)
         click.echo(f"bench ({provider}{', compact' if compact else ''}): load {t_load * 1e3:.1f} ms, first run "
                    f"{t_first * 1e3:.2f} ms, {bench} runs p50 {_pct(times, 50):.3f} ms p99 {_pct(times, 99):.3f} ms")

@@ -48,8 +48,10 @@ def reference(t) -> str | None:
     return entries.get(GRAPH_TENSOR_KEY)
 
 
-def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None):
+def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None, copy: bool = True):
     """Copy of ``model`` with tensor data replaced by references; returns (model, {name: array}).
+
+    With ``copy=False`` the model is changed in place (no second copy of a large model).
 
     Every numeric tensor is moved unless ``keep(name, array)`` is true. Tensors without a
     name (e.g. in Constant nodes) are named after the node output they feed, made unique.
@@ -57,7 +59,8 @@ def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None):
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    if copy:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
     arrays: dict[str, np.ndarray] = {}
     used = {t.name for _, t in iter_tensors(model.graph) if t.name}
     for where, t in _named(model.graph):

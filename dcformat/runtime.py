@@ -12,13 +12,14 @@ to ONNX Runtime with the decoded arrays as external initializers, used in place.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE
 from .decode import split_parts
-from .errors import DczError, FormatError
+from .errors import DczError, FormatError, TensorError
 from .graph import fill_weights, iter_tensors, reference
 from .reader import DczReader
 from .reader import open as open_dcz
@@ -58,10 +59,15 @@ def decode_indices(reader: DczReader, name: str) -> tuple[np.ndarray, np.ndarray
     where = f"tensor {name!r}"
     parts = split_parts(info, sec, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
-    table = np.arange(info.index_alphabet, dtype=np.uint8)
     n = info.numel
     sparse = info.encoding == ENC_CB_SPARSE
     values = _values(info, parts["codebook"], sparse).view(DTYPES[info.dtype])
+    # indices refer to the values sorted ascending, so that a uniform codebook is a plain
+    # (q - zero_point) * scale whatever order the file lists it in (codebook-sparse puts the zero first)
+    order = np.argsort(values, kind="stable")
+    table = np.empty(values.size, np.uint8)
+    table[order] = np.arange(values.size, dtype=np.uint8)
+    values = values[order]
     if not sparse:
         s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
         out = np.empty(n, np.uint8)
@@ -74,7 +80,7 @@ def decode_indices(reader: DczReader, name: str) -> tuple[np.ndarray, np.ndarray
         bases = parts["lane_bases"].view("<u8")
         if bases.size and (bases[0] != 0 or int(bases.max()) > n):
             reader[name]  # raises the reader's own, precise error
-        out = np.zeros(n, np.uint8)
+        out = np.full(n, table[0], np.uint8)  # positions not stored hold the zero (symbol 0)
         if m:
             raise_lane_error(kernels.decode_sparse(
                 g.payload, g.lane_offsets, g.table, g.table_bits, s.payload, s.lane_offsets, s.table, s.table_bits,
@@ -135,13 +141,21 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
                 refs.setdefault(name, []).append(t)
         inline: dict[str, np.ndarray] = {}
         new_nodes = []
+        graph_inputs = {i.name for i in model.graph.input}
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         for name, protos in refs.items():
             if name not in reader:
                 raise FormatError(f"graph: a tensor refers to {name!r}, which the file does not hold")
             proto = protos[0]
             in_main = len(protos) == 1 and main.get(proto.name) is proto
-            if compact and in_main and opset >= 13 and reader.info(name).numel >= COMPACT_MIN_ELEMENTS:
+            info = reader.info(name)
+            for t in protos:  # arrays handed to ORT as external initializers are not checked by fill_weights
+                want = _np_dtype(t.data_type)
+                if want is None or np.dtype(want) != DTYPES[info.dtype] or tuple(t.dims) != tuple(info.shape):
+                    raise TensorError(f"graph: tensor {t.name!r} expects {want} {tuple(t.dims)}, "
+                                      f"tensor {name!r} is {info.dtype} {tuple(info.shape)}")
+            if (compact and in_main and opset >= 13 and info.numel >= COMPACT_MIN_ELEMENTS
+                    and proto.name not in graph_inputs):  # an initializer that is also an input can be overridden
                 got = decode_indices(reader, name)
                 if got is not None:
                     values, idx = got
@@ -180,8 +194,20 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
             reader.close()
 
 
+def _np_dtype(data_type: int):
+    from onnx import helper
+
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+EXTERNAL_MIN_BYTES = 4096  # smaller tensors (shape constants ...) go in the graph: ORT reads those while resolving it
+
+
 def _ortvalue_ok(arr: np.ndarray) -> bool:
-    return arr.dtype.kind in "fiub" and arr.dtype.name != "bfloat16"
+    return arr.dtype.kind == "f" and arr.dtype.name != "bfloat16" and arr.nbytes >= EXTERNAL_MIN_BYTES
 
 
 def _external_stub(model, name: str, arr: np.ndarray) -> None:
@@ -243,22 +269,30 @@ def resolve_providers(providers) -> list:
     return out
 
 
+_USED_OPTIONS = weakref.WeakSet()  # SessionOptions that carry a session's external initializers
+
+
 def InferenceSession(path, providers=None, sess_options=None, compact: bool = False):  # noqa: N802 - mirrors ORT
     """A real onnxruntime.InferenceSession for the model in a .dcz file.
 
     ``providers`` as for ONNX Runtime (or 'cpu' / 'cuda'); a provider that is not available
     raises ProviderError instead of falling back to the CPU. ``compact`` keeps codebook
     weights as uint8 indices (about 4x less memory held by the model).
+    ``sess_options`` receives the weights as external initializers, so it serves one session only.
     """
     import onnxruntime as ort
 
     providers = resolve_providers(providers)
+    if sess_options is not None and sess_options in _USED_OPTIONS:
+        raise ValueError("sess_options was already given to a dcformat.InferenceSession, and ONNX Runtime keeps that "
+                         "session's weights in it; pass a new SessionOptions for each session")
     p = prepare(path, compact=compact)
-    so = sess_options or ort.SessionOptions()
+    so = sess_options if sess_options is not None else ort.SessionOptions()
     names = list(p.external)
     values = [ort.OrtValue.ortvalue_from_numpy(p.external[n]) for n in names]
     if names:
         so.add_external_initializers(names, values)
+        _USED_OPTIONS.add(so)
     kwargs = {"disabled_optimizers": ["ConstantFolding"]} if p.compacted else {}
     try:
         sess = ort.InferenceSession(p.model.SerializeToString(), sess_options=so, providers=providers, **kwargs)

@@ -1,0 +1,179 @@
+"""dcconvert: PyTorch / ONNX / safetensors checkpoint -> .dcz (pruning, weight sharing, Huffman coding)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+import dcformat
+from dcformat.cliutil import _escape, run
+from dcformat.table import render
+
+from . import compress as cmp
+from . import settings as st
+from .errors import ConvertError
+from .quantize import INITS
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a shape like 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise click.BadParameter(f"{text!r} is not a shape like 1,3,224,224")
+    return dims
+
+
+def _layer(option, text, convert):
+    try:
+        return st.LayerSetting.parse(option, text, convert)
+    except st.SettingError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[-1], param_hint=option) from None
+
+
+def _progress():
+    """A callback drawing a progress bar over layers on a terminal (stderr), or None."""
+    if not sys.stderr.isatty():
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("compressing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[layer]}"), transient=True, console=None)
+    from rich.console import Console
+
+    prog.console = Console(file=sys.stderr)
+    task = prog.add_task("layers", total=None, layer="")
+
+    def update(done, total, name):
+        prog.update(task, completed=done, total=total, layer=_escape(name)[-50:])
+
+    return prog, update
+
+
+def summary(result: dict) -> None:
+    cols = ["tensor", "shape", "params", "action", "sparsity", "bits", "encoding", "gap b", "bytes", "x fp32"]
+    rows = [[r["name"], "x".join(map(str, r["shape"])) or "()", f"{r['params']:,}", r["action"], f"{r['sparsity']:.1%}",
+             "-" if r["bits"] is None else str(r["bits"]), r["encoding"], "-" if r["gap_bits"] is None else str(r["gap_bits"]),
+             f"{r['bytes']:,}", "-" if r["ratio"] is None else f"{r['ratio']:.1f}"] for r in result["layers"]]
+    t = result["totals"]
+    footer = ["total", "", f"{t['params']:,}", "", f"{t['sparsity']:.1%}", "", "", "", f"{t['tensor_bytes']:,}",
+              f"{t['params'] * 4 / max(t['tensor_bytes'], 1):.1f}"]
+    render(None, cols, rows, right=set(cols) - {"tensor", "shape", "action", "encoding"}, footer=footer)
+    click.echo(f"{_escape(result['source']['file'])} ({result['source']['kind']}, {result['source']['bytes']:,} bytes) -> "
+               f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {result['ratio']:.1f}x smaller; "
+               f"{t['params']:,} parameters, {8 * result['dcz_bytes'] / max(t['params'], 1):.2f} bits/param; "
+               f"{result['seconds']:.1f} s")
+    for note in result["source"]["notes"]:
+        click.echo(f"note: {_escape(note)}")
+
+
+def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=False, model_factory=None, opset=None,
+            progress=None) -> dict:
+    """Convert one file; returns the report (also used by --json and --report)."""
+    from . import sources
+
+    t0 = time.perf_counter()
+    src = sources.load(src_path, input_shapes=input_shapes, trust_pickle=trust_pickle, model_factory=model_factory,
+                       opset=opset)
+    names = list(src.weights)
+    for setting in s.all():
+        for pat, _ in setting.patterns:
+            if not any(__import__("fnmatch").fnmatchcase(n, pat) for n in names):
+                raise click.UsageError(f"{setting.option}: pattern {pat!r} matches no tensor of {src_path}")
+    tensors, rows = cmp.compress(src, s, progress)
+    params = sum(r["params"] for r in rows)
+    nonzeros = sum(r["nonzeros"] for r in rows)
+    meta = {
+        "producer": f"dcconvert (dcz {dcformat.__version__})",
+        "source": {"file": os.path.basename(src.path), "kind": src.kind, "sha256": src.sha256, "bytes": src.size},
+        "settings": s.describe(),
+    }
+    size = dcformat.write(out, tensors, graph=src.graph, metadata=meta)
+    return {
+        "source": {"file": src.path, "kind": src.kind, "sha256": src.sha256, "bytes": src.size, "notes": src.notes},
+        "output": os.fspath(out), "dcz_bytes": size, "ratio": src.size / size if size else None,
+        "settings": s.describe(), "layers": rows,
+        "totals": {"params": params, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / params if params else 0.0,
+                   "tensor_bytes": sum(r["bytes"] for r in rows), "fp32_bytes": params * 4},
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="the .dcz to write (default: MODEL with .dcz)")
+@click.option("--sparsity", metavar="[PATTERN=]F,...", help="fraction of weights to prune per layer, in [0, 1) "
+              f"(default {cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc; 0 keeps an already pruned model), "
+              "e.g. 0.9 or 'fc*=0.92,conv*=0.6'")
+@click.option("--threshold-std", metavar="[PATTERN=]Q,...", help="also prune weights below Q x the layer's standard deviation")
+@click.option("--threshold", metavar="[PATTERN=]T,...", help="also prune weights with |w| <= T")
+@click.option("--prune-neurons", metavar="[PATTERN=]F,...",
+              help="prune this fraction of whole output neurons / conv filters (smallest L2 norm); shapes are kept")
+@click.option("--bits", metavar="[PATTERN=]B,...", help="weight-sharing bits 1..8 (codebook of 2**B centroids; "
+              f"default {cmp.DEFAULT_BITS['conv']} conv, {cmp.DEFAULT_BITS['fc']} fc)")
+@click.option("--init", type=click.Choice(INITS), default="linear", show_default=True, help="k-means centroid initialisation")
+@click.option("--min-size", type=click.IntRange(0), default=cmp.DEFAULT_MIN_SIZE, show_default=True,
+              help="tensors with fewer elements are stored exactly (biases, norms and small tensors always are)")
+@click.option("--lossless", is_flag=True, help="no pruning, no quantization: decoding gives bit-identical weights")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="D,D,...",
+              help="input shape for exporting TorchScript / nn.Module / --model to ONNX (repeat per input; batch stays dynamic)")
+@click.option("--opset", type=click.IntRange(7, 23), help="ONNX opset for exported PyTorch models")
+@click.option("--model", "model_factory", metavar="PKG.MODULE:FACTORY",
+              help="build the model with this function (imports and runs your code) so a state_dict gets its graph")
+@click.option("--trust-pickle", is_flag=True, help="allow loading a pickled nn.Module: THIS RUNS CODE FROM THE FILE; "
+              "only for files you trust")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of random centroid initialisations")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
+@click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
+@click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
+def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, init, min_size, lossless,
+              input_shapes, opset, model_factory, trust_pickle, seed, as_json, report, quiet):
+    """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file."""
+    if lossless and any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits)):
+        raise click.UsageError("--lossless excludes --sparsity, --threshold-std, --threshold, --prune-neurons and --bits")
+    s = cmp.Settings(
+        sparsity=_layer("--sparsity", sparsity, st.fraction),
+        threshold_std=_layer("--threshold-std", threshold_std, st.nonneg),
+        threshold=_layer("--threshold", threshold, st.nonneg),
+        prune_neurons=_layer("--prune-neurons", prune_neurons, st.fraction),
+        bits=_layer("--bits", bits, st.bits),
+        init=init, min_size=min_size, lossless=lossless, seed=seed,
+    )
+    shapes = [_shape(x) for x in input_shapes]
+    out = output or os.path.splitext(model)[0] + ".dcz"
+    if os.path.abspath(out) == os.path.abspath(model):
+        raise click.UsageError("the output would overwrite the input; give -o")
+    outdir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(outdir):
+        raise ConvertError(f"cannot write {out}: directory {outdir} does not exist")
+    if not os.access(outdir, os.W_OK):
+        raise ConvertError(f"cannot write {out}: directory {outdir} is not writable")
+    if os.path.isdir(out):
+        raise ConvertError(f"cannot write {out}: it is a directory")
+    prog, update = (None, None) if quiet or as_json else _progress()
+    if prog:
+        prog.start()
+    try:
+        result = convert(model, out, s, input_shapes=shapes, trust_pickle=trust_pickle, model_factory=model_factory,
+                         opset=opset, progress=update)
+    finally:
+        if prog:
+            prog.stop()
+    if report:
+        from dcformat.atomic import atomic_output
+
+        with atomic_output(report) as f:
+            f.write(json.dumps(result, indent=1, default=str).encode())
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=str))
+    elif not quiet:
+        summary(result)
+
+
+def main(argv=None):
+    run(dcconvert, argv, prog_name="dcconvert")

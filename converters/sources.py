@@ -1,0 +1,176 @@
+"""Inputs of dcconvert, recognised by content: ONNX, PyTorch (state_dict, TorchScript,
+torch.export .pt2, nn.Module pickles with --trust-pickle) and safetensors.
+
+Every input becomes a :class:`Source`: the model graph (ONNX, weights replaced by
+references) or None for weights-only files, the weights as numpy arrays, and what each
+weight is (conv / fc / other, and which axis holds its output neurons).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dcformat.constants import MAGIC
+from dcformat.graph import iter_tensors, reference, strip_weights
+
+from .errors import ConvertError
+
+KINDS = ("onnx", "torchscript", "exported-program", "state_dict", "module-pickle", "safetensors")
+
+
+@dataclass
+class Source:
+    path: str
+    kind: str
+    graph: object | None  # onnx.ModelProto with references, or None (weights only)
+    weights: dict[str, np.ndarray]
+    roles: dict[str, str] = field(default_factory=dict)  # name -> conv | fc | other
+    out_axes: dict[str, int] = field(default_factory=dict)  # name -> axis of output neurons/filters
+    sha256: str = ""
+    size: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sniff(path) -> str:
+    """What a file is, from its bytes (then its extension where bytes can't tell)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(MAGIC):
+        raise ConvertError(f"{path} is already a .dcz file")
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            raise ConvertError(f"{path}: a damaged zip archive (not a readable PyTorch file)") from None
+        if any(n.endswith("archive_format") or "/models/" in n for n in names):
+            return "exported-program"
+        if any("/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch-pickle"
+        raise ConvertError(f"{path}: a zip archive that is not a PyTorch checkpoint")
+    if len(head) >= 10 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= size - 8:
+            return "safetensors"
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "torch-pickle"  # legacy torch.save or a plain pickle
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext == ".onnx" or head[:1] == b"\x08":  # ModelProto field 1 (ir_version) comes first
+        return "onnx"
+    raise ConvertError(f"{path}: unknown format (not ONNX, PyTorch, TorchScript, torch.export .pt2 or safetensors)")
+
+
+def graph_roles(model) -> tuple[dict[str, str], dict[str, int]]:
+    """conv/fc role and output axis of each weight consumed by Conv, ConvTranspose, Gemm or MatMul."""
+    producers = {}  # Constant node output -> tensor name
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.name:
+                    producers[node.output[0]] = attr.t.name
+    roles, axes = {}, {}
+    for node in model.graph.node:
+        if len(node.input) < 2:
+            continue
+        w = producers.get(node.input[1], node.input[1])
+        attrs = {a.name: a for a in node.attribute}
+        if node.op_type == "Conv":
+            roles[w], axes[w] = "conv", 0
+        elif node.op_type == "ConvTranspose":
+            roles[w], axes[w] = "conv", 1
+        elif node.op_type == "Gemm":
+            roles[w] = "fc"
+            axes[w] = 0 if ("transB" in attrs and attrs["transB"].i == 1) else 1
+        elif node.op_type == "MatMul":
+            roles[w], axes[w] = "fc", -1
+            a = producers.get(node.input[0], node.input[0])
+            roles.setdefault(a, "fc")  # x @ W with W first is rare; x is not a weight anyway
+    return roles, axes
+
+
+def shape_roles(weights: dict[str, np.ndarray]) -> tuple[dict[str, str], dict[str, int]]:
+    """Without a graph: 2-D float tensors are fully connected, 3-D and up convolutions (PyTorch layout)."""
+    roles, axes = {}, {}
+    for name, a in weights.items():
+        if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
+            if a.ndim == 2:
+                roles[name], axes[name] = "fc", 0
+            elif a.ndim >= 3:
+                roles[name], axes[name] = "conv", 0
+    return roles, axes
+
+
+def load_onnx(path) -> Source:
+    import onnx
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=True)
+    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many kinds
+        raise ConvertError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not model.graph.node and not model.graph.initializer:
+        raise ConvertError(f"{path}: not an ONNX model (no graph)")
+    roles, axes = graph_roles(model)
+    graph, weights = strip_weights(model, copy=False)
+    roles = {k: v for k, v in roles.items() if k in weights}
+    axes = {k: v for k, v in axes.items() if k in weights}
+    return Source(os.fspath(path), "onnx", graph, weights, roles, axes)
+
+
+def load_safetensors(path) -> Source:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        weights = load_file(os.fspath(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConvertError(f"{path}: not a readable safetensors file ({e})") from None
+    roles, axes = shape_roles(weights)
+    return Source(os.fspath(path), "safetensors", None, dict(weights), roles, axes,
+                  notes=["weights only: no graph (decode gives back a state_dict)"])
+
+
+def load(path, *, input_shapes=None, trust_pickle: bool = False, model_factory: str | None = None,
+         opset: int | None = None) -> Source:
+    """Load any supported input as a Source."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "No such file or directory", path)
+    if os.path.isdir(path):
+        raise ConvertError(f"{path} is a directory; give a model file")
+    kind = sniff(path)
+    if kind == "onnx":
+        src = load_onnx(path)
+    elif kind == "safetensors":
+        src = load_safetensors(path)
+    else:
+        from . import torch_inputs
+
+        src = torch_inputs.load(path, kind, input_shapes=input_shapes, trust_pickle=trust_pickle,
+                                model_factory=model_factory, opset=opset)
+    src.sha256 = file_sha256(path)
+    src.size = os.path.getsize(path)
+    return src
+
+
+def referenced_names(graph) -> list[str]:
+    return [n for _, t in iter_tensors(graph.graph) if (n := reference(t))]
+
+
+__all__ = ["Source", "load", "sniff", "graph_roles", "shape_roles", "KINDS", "json"]

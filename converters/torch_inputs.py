@@ -1,0 +1,175 @@
+"""PyTorch inputs: state_dicts, TorchScript, torch.export programs, nn.Module pickles.
+
+Nothing here unpickles arbitrary objects unless the user passed ``--trust-pickle``: state
+dicts are read with ``torch.load(weights_only=True)``, TorchScript with ``torch.jit.load``
+(TorchScript's restricted archive reader), exported programs with ``torch.export.load``.
+Models are exported to ONNX with their batch dimension dynamic.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import warnings
+
+import numpy as np
+
+from dcformat.graph import strip_weights
+
+from .errors import ConvertError
+from .sources import Source, graph_roles, shape_roles
+
+DEFAULT_OPSET = 17
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise ConvertError("PyTorch inputs need PyTorch: pip install 'dcz[torch]' (torch==2.13.0)") from None
+    return torch
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def to_numpy(t) -> np.ndarray:
+    torch = _torch()
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return t.numpy().copy()
+
+
+def _state_dict_of(obj, path):
+    torch = _torch()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise ConvertError(f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors")
+
+
+def _export(module, path, input_shapes, opset, dynamo: bool = False):
+    """ONNX ModelProto of a module/ScriptModule, batch dimension dynamic."""
+    import onnx
+
+    torch = _torch()
+    if not input_shapes:
+        raise ConvertError(f"{path}: exporting the model to ONNX needs its input shape: add --input-shape 1,3,224,224 "
+                           "(repeat it for several inputs)")
+    args = tuple(torch.zeros(*s) for s in input_shapes)
+    names = ["input"] if len(args) == 1 else [f"input{i}" for i in range(len(args))]
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset or DEFAULT_OPSET,
+                              input_names=names, output_names=["output"],
+                              dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}})
+    except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
+        raise ConvertError(f"{path}: cannot export the model to ONNX: {_first_line(e)}") from None
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _export_program(ep, path, input_shapes, opset):
+    torch = _torch()
+    if input_shapes:
+        args = tuple(torch.zeros(*s) for s in input_shapes)
+    else:
+        args = tuple(getattr(ep, "example_inputs", ((), {}))[0] or ())
+        if not args:
+            raise ConvertError(f"{path}: the exported program carries no example inputs: add --input-shape")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        note = None
+        try:  # re-export with a dynamic batch dimension when the program allows it
+            batch = torch.export.Dim("batch", min=1)
+            ep = torch.export.export(ep.module(), args, dynamic_shapes=tuple({0: batch} for _ in args))
+        except Exception:  # noqa: BLE001 - keep the program's own (static) shapes
+            note = (f"the exported program fixes its input shapes ({', '.join(str(list(a.shape)) for a in args)}); "
+                    "export it with torch.export dynamic_shapes for a dynamic batch")
+        try:
+            prog = torch.onnx.export(ep, args, dynamo=True, opset_version=opset or 18, verbose=False)
+        except ModuleNotFoundError as e:
+            raise ConvertError(f"{path}: exporting a torch.export program needs {e.name}: pip install 'dcz[torch]'") from None
+        except Exception as e:  # noqa: BLE001
+            raise ConvertError(f"{path}: cannot export the program to ONNX: {_first_line(e)}") from None
+    return prog.model_proto, note
+
+
+def _from_model(model, path, kind) -> Source:
+    roles, axes = graph_roles(model)
+    graph, weights = strip_weights(model, copy=False)
+    return Source(os.fspath(path), kind, graph, weights,
+                  {k: v for k, v in roles.items() if k in weights}, {k: v for k, v in axes.items() if k in weights})
+
+
+def _factory(spec: str):
+    mod, sep, attr = spec.partition(":")
+    if not sep or not mod or not attr:
+        raise ConvertError(f"--model takes package.module:factory, got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConvertError(f"--model {spec}: {_first_line(e)}") from None
+    return fn
+
+
+def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=None, opset=None) -> Source:
+    torch = _torch()
+    path = os.fspath(path)
+    if kind == "torchscript":
+        try:
+            module = torch.jit.load(path, map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise ConvertError(f"{path}: a damaged TorchScript archive ({_first_line(e)})") from None
+        return _from_model(_export(module.eval(), path, input_shapes, opset), path, "torchscript")
+    if kind == "exported-program":
+        try:
+            ep = torch.export.load(path)
+        except Exception as e:  # noqa: BLE001
+            raise ConvertError(f"{path}: a damaged torch.export archive ({_first_line(e)})") from None
+        model, note = _export_program(ep, path, input_shapes, opset)
+        src = _from_model(model, path, "exported-program")
+        src.notes += [note] if note else []
+        return src
+    # torch.save pickles: weights only unless the user trusts the file
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
+        msg = _first_line(e)
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            if not trust_pickle:
+                raise ConvertError(
+                    f"{path}: a pickled Python object (such as a whole nn.Module), not a plain state_dict; loading it "
+                    "runs code from the file. If you trust the file, pass --trust-pickle") from None
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
+            except Exception as e2:  # noqa: BLE001
+                raise ConvertError(f"{path}: cannot load the pickle ({_first_line(e2)})") from None
+        else:
+            raise ConvertError(f"{path}: not a readable PyTorch file ({msg})") from None
+    if isinstance(obj, torch.nn.Module):
+        return _from_model(_export(obj.eval(), path, input_shapes, opset), path, "module-pickle")
+    sd = _state_dict_of(obj, path)
+    if model_factory:
+        module = _factory(model_factory)()
+        try:
+            module.load_state_dict(sd)
+        except Exception as e:  # noqa: BLE001
+            raise ConvertError(f"{path}: the state_dict does not fit {model_factory}: {_first_line(e)}") from None
+        return _from_model(_export(module.eval(), path, input_shapes, opset), path, "state_dict")
+    weights = {k: to_numpy(v) for k, v in sd.items()}
+    roles, axes = shape_roles(weights)
+    return Source(path, "state_dict", None, weights, roles, axes,
+                  notes=["weights only: no graph; pass --model package.module:factory and --input-shape to include it"])

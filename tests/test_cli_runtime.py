@@ -1,0 +1,275 @@
+"""dcdecode and dcrun as a user types them: outputs, files, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+
+import dcformat
+from converters.mlp import MLP
+from converters.prune import magnitude_mask
+from converters.quantize import quantize
+from dcformat.cli import decode_main, run_main
+from dcformat.graph import strip_weights
+
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+BIN = Path(sys.executable).parent
+EXPECTS = "the model expects input: tensor(float) ['N', 64]"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A pruned + quantized MLP as .dcz, and the same weights as a plain .onnx."""
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    net = MLP([64, 200, 100, 10], seed=1)
+    net.b = [(rng.standard_normal(b.shape) * 0.1).astype(np.float32) for b in net.b]
+    records = []
+    for i, (sparsity, bits) in enumerate([(0.9, 5), (0.85, 5), (0.5, 8)]):
+        w = net.W[i] * magnitude_mask(net.W[i], sparsity)
+        cb, idx = quantize(w, bits)
+        net.W[i] = cb.astype(np.float32)[idx]
+        records.append(dcformat.encode_codebook(f"fc{i + 1}.weight", cb, idx))
+        records.append(dcformat.encode_raw(f"fc{i + 1}.bias", net.b[i]))
+    model = net.to_onnx()
+    onnx.save(model, d / "model.onnx")
+    graph, _ = strip_weights(model)
+    dcformat.write(d / "model.dcz", records, graph=graph)
+    data = bytearray((d / "model.dcz").read_bytes())
+    with dcformat.open(d / "model.dcz") as r:
+        sec = r._tensor_sections["fc2.weight"]
+    data[sec.offset + sec.length // 2] ^= 0x01
+    (d / "damaged.dcz").write_bytes(bytes(data))
+    return d
+
+
+def cli(main, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def assert_one_line_error(err, *needles):
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+
+
+def reference(files, x):
+    return ort.InferenceSession(str(files / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+# ------------------------------------------------------------------------------------------ dcrun
+def test_bench_with_random_inputs(files, capsys):
+    code, out, err = cli(run_main, [files / "model.dcz", "--bench", 5], capsys)
+    assert code == 0 and err == ""
+    assert "input  input: float32 [1, 64] (random)" in out
+    assert "output logits: float32 [1, 10]" in out
+    assert "bench (cpu): load " in out and "5 runs p50 " in out and " p99 " in out
+
+
+def test_batch_sets_dynamic_dims(files, capsys):
+    code, out, _ = cli(run_main, [files / "model.dcz", "--batch", 3, "--compact"], capsys)
+    assert code == 0
+    assert "input  input: float32 [3, 64] (random)" in out
+    assert "output logits: float32 [3, 10]" in out
+
+
+def test_input_file_and_output_dir(files, tmp_path, capsys):
+    x = np.random.default_rng(1).standard_normal((5, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code, out, _ = cli(run_main, [files / "model.dcz", "--input", f"input={tmp_path / 'x.npy'}",
+                                  "--output-dir", tmp_path / "out"], capsys)
+    assert code == 0
+    assert "input  input: float32 [5, 64] (given)" in out
+    y = np.load(tmp_path / "out" / "logits.npy")
+    sess = dcformat.InferenceSession(files / "model.dcz")
+    assert np.array_equal(y, sess.run(None, {"input": x})[0])
+    assert np.array_equal(y, reference(files, x))
+    assert os.listdir(tmp_path / "out") == ["logits.npy"]
+
+
+def test_compare_with_the_exact_onnx(files, capsys):
+    code, out, _ = cli(run_main, [files / "model.dcz", "--batch", 16, "--compare", files / "model.onnx"], capsys)
+    assert code == 0
+    assert "compare logits: max abs diff 0, top-1 agreement 100.0% of 16" in out
+
+
+def test_compare_compact(files, capsys):
+    code, out, _ = cli(run_main, [files / "model.dcz", "--compact", "--batch", 8, "--compare", files / "model.onnx"],
+                       capsys)
+    assert code == 0
+    line = next(ln for ln in out.splitlines() if ln.startswith("compare logits: max abs diff "))
+    assert float(line.split("max abs diff ")[1].split(",")[0]) < 1e-4
+
+
+@pytest.mark.parametrize("arr, needle", [
+    (np.zeros((2, 63), np.float32), "input 'input' has shape [2, 63]"),
+    (np.zeros((2, 64, 1), np.float32), "input 'input' has shape [2, 64, 1]"),
+    (np.zeros((2, 64), np.float64), "input 'input' is float64"),
+    (np.zeros((2, 64), np.int64), "input 'input' is int64"),
+])
+def test_wrong_input_shape_or_dtype(files, tmp_path, capsys, arr, needle):
+    np.save(tmp_path / "a.npy", arr)
+    code, out, err = cli(run_main, [files / "model.dcz", "--input", f"input={tmp_path / 'a.npy'}"], capsys)
+    assert code == 1
+    assert_one_line_error(err, needle, EXPECTS)
+
+
+def test_wrong_input_name(files, tmp_path, capsys):
+    np.save(tmp_path / "a.npy", np.zeros((2, 64), np.float32))
+    code, _, err = cli(run_main, [files / "model.dcz", "--input", f"image={tmp_path / 'a.npy'}"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "unknown input 'image'", EXPECTS)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--bogus"], "--bogus"),
+    (["--batch", "0"], "--batch"),
+    (["--bench", "0"], "--bench"),
+    (["--bench", "many"], "--bench"),
+    (["--provider", "tpu"], "--provider"),
+    (["--input", "noequals"], "NAME=file.npy"),
+    (["--input", "input=/no/such/file.npy"], "cannot read"),
+])
+def test_bad_flags_exit_2(files, capsys, argv, needle):
+    code, _, err = cli(run_main, [files / "model.dcz", *argv], capsys)
+    assert code == 2
+    assert_one_line_error(err, needle)
+
+
+def test_npz_input_is_refused(files, tmp_path, capsys):
+    np.savez(tmp_path / "a.npz", input=np.zeros((1, 64), np.float32))
+    code, _, err = cli(run_main, [files / "model.dcz", "--input", f"input={tmp_path / 'a.npz'}"], capsys)
+    assert code == 2
+    assert_one_line_error(err, ".npz")
+
+
+def test_missing_and_damaged_model(files, capsys):
+    code, _, err = cli(run_main, [files / "nothere.dcz"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "nothere.dcz")
+    code, out, err = cli(run_main, [files / "damaged.dcz", "--bench", 3], capsys)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "checksum", "fc2.weight")
+    code, _, err = cli(run_main, [files / "damaged.dcz", "--compact"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "checksum")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="onnxruntime here has CUDAExecutionProvider (tests/test_gpu.py covers it)")
+def test_cuda_without_onnxruntime_gpu(files, capsys):
+    code, out, err = cli(run_main, [files / "model.dcz", "--provider", "cuda"], capsys)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "onnxruntime-gpu", "CUDAExecutionProvider")
+
+
+def test_model_that_fails_when_run(tmp_path, capsys):
+    """A dynamic dimension the model cannot take: ORT's run error becomes one line, exit 1."""
+    net = MLP([8, 4], seed=0)
+    model = net.to_onnx()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "D"
+    graph, arrays = strip_weights(model)
+    dcformat.write(tmp_path / "d.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=graph)
+    code, out, err = cli(run_main, [tmp_path / "d.dcz"], capsys)  # random input: D = 1
+    assert code == 1
+    assert_one_line_error(err, "cannot run the model")
+
+
+def test_compare_with_a_different_model(files, tmp_path, capsys):
+    other = MLP([32, 10]).to_onnx(input_name="pixels")
+    onnx.save(other, tmp_path / "other.onnx")
+    code, _, err = cli(run_main, [files / "model.dcz", "--compare", tmp_path / "other.onnx"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "pixels")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    code, _, err = cli(run_main, [files / "model.dcz", "--compare", tmp_path / "junk.onnx"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "cannot load")
+
+
+# ------------------------------------------------------------------------------------------ dcdecode
+def test_decode_to_onnx(files, tmp_path, capsys):
+    code, out, err = cli(decode_main, [files / "model.dcz", "-o", tmp_path / "m.onnx"], capsys)
+    assert code == 0 and err == ""
+    assert "m.onnx" in out
+    assert os.listdir(tmp_path) == ["m.onnx"]
+    onnx.checker.check_model(str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.array_equal(got, reference(files, x))
+
+
+def test_decode_compact(files, tmp_path, capsys):
+    code, _, _ = cli(decode_main, [files / "model.dcz", "-o", tmp_path / "c.onnx", "--compact"], capsys)
+    assert code == 0
+    m = onnx.load(str(tmp_path / "c.onnx"))
+    assert [n.op_type for n in m.graph.node].count("Gather") == 2  # fc3 (1,000 weights) stays dense
+    assert sum(t.data_type == TensorProto.UINT8 for t in m.graph.initializer) == 2
+    assert (tmp_path / "c.onnx").stat().st_size < (files / "model.onnx").stat().st_size / 3
+    x = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, reference(files, x), rtol=1e-5, atol=1e-5)
+
+
+def test_decode_external_data(files, tmp_path, capsys):
+    code, out, _ = cli(decode_main, [files / "model.dcz", "-o", tmp_path / "e.onnx", "--external-data"], capsys)
+    assert code == 0
+    assert "with weights in e.onnx.data" in out
+    assert sorted(os.listdir(tmp_path)) == ["e.onnx", "e.onnx.data"]
+    m = onnx.load(str(tmp_path / "e.onnx"), load_external_data=False)
+    locs = {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locs == {"e.onnx.data"}
+    x = np.random.default_rng(4).standard_normal((2, 64)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.array_equal(got, reference(files, x))
+
+
+def test_decode_needs_an_output(files, capsys):
+    code, _, err = cli(decode_main, [files / "model.dcz"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "-o", "--state-dict")
+    code, _, err = cli(decode_main, [files / "model.dcz", "--compact"], capsys)
+    assert code == 2
+
+
+def test_decode_failure_leaves_no_file(files, tmp_path, capsys):
+    code, out, err = cli(decode_main, [files / "damaged.dcz", "-o", tmp_path / "m.onnx"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "checksum")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "keep.onnx").write_bytes(b"previous")
+    code, _, _ = cli(decode_main, [files / "damaged.dcz", "-o", tmp_path / "keep.onnx", "--external-data"], capsys)
+    assert code == 1
+    assert (tmp_path / "keep.onnx").read_bytes() == b"previous"
+    assert os.listdir(tmp_path) == ["keep.onnx"]
+    code, _, err = cli(decode_main, [files / "model.dcz", "-o", tmp_path / "no" / "dir" / "m.onnx"], capsys)
+    assert code == 1
+    assert_one_line_error(err)
+
+
+# ------------------------------------------------------------------------------------------ the installed commands
+def test_console_scripts(files, tmp_path):
+    if not (BIN / "dcrun").exists():
+        pytest.skip(f"console scripts not installed next to {sys.executable}")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([BIN / "dcrun", files / "model.dcz", "--bench", "5"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "bench (cpu)" in r.stdout
+    r = subprocess.run([BIN / "dcrun", files / "damaged.dcz"], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and r.stdout == ""
+    assert_one_line_error(r.stderr, "checksum")
+    r = subprocess.run([BIN / "dcdecode", files / "model.dcz"], capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert_one_line_error(r.stderr)
