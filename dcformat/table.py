@@ -20,7 +20,8 @@ def render(title: str | None, columns: list[str], rows: list[list[str]], right: 
         t = Table(title=title, title_justify="left", show_footer=footer is not None)
         for i, c in enumerate(columns):
             t.add_column(c, justify="right" if c in right else "left", footer=footer[i] if footer else "",
-                         no_wrap=i == 0, overflow="fold")
+                         no_wrap=i != 0, overflow="fold",
+                         min_width=len(c) if i else min(40, max([len(c)] + [len(r[0]) for r in rows])))
         for r in rows:
             t.add_row(*r, end_section=False)
         Console(file=file, highlight=False).print(t)
