@@ -23,10 +23,24 @@ def _shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a shape like 1,3,224,224") from None
+        raise click.BadParameter(f"{text!r} is not a shape like 1,3,224,224", param_hint="--input-shape") from None
     if not dims or any(d <= 0 for d in dims):
-        raise click.BadParameter(f"{text!r} is not a shape like 1,3,224,224")
+        raise click.BadParameter(f"{text!r} is not a shape like 1,3,224,224", param_hint="--input-shape")
     return dims
+
+
+def _writable(path, what: str = "") -> None:
+    """Refuse an output path that cannot take a file written beside it and renamed into place."""
+    outdir = os.path.dirname(os.path.abspath(path))
+    label = f"{what} {path}" if what else path
+    if not os.path.isdir(outdir):
+        raise ConvertError(f"cannot write {label}: directory {outdir} does not exist")
+    if not os.access(outdir, os.W_OK):
+        raise ConvertError(f"cannot write {label}: directory {outdir} is not writable")
+    if os.path.isdir(path):
+        raise ConvertError(f"cannot write {label}: it is a directory")
+    if os.path.exists(path) and not os.path.isfile(path):  # a device such as /dev/null would be replaced
+        raise ConvertError(f"cannot write {label}: it exists and is not a regular file")
 
 
 def _layer(option, text, convert):
@@ -40,13 +54,11 @@ def _progress():
     """A callback drawing a progress bar over layers on a terminal (stderr), or None."""
     if not sys.stderr.isatty():
         return None, None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     prog = Progress(TextColumn("compressing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[layer]}"), transient=True, console=None)
-    from rich.console import Console
-
-    prog.console = Console(file=sys.stderr)
+                    TextColumn("{task.fields[layer]}"), transient=True, console=Console(file=sys.stderr))
     task = prog.add_task("layers", total=None, layer="")
 
     def update(done, total, name):
@@ -93,7 +105,10 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
         "source": {"file": os.path.basename(src.path), "kind": src.kind, "sha256": src.sha256, "bytes": src.size},
         "settings": s.describe(),
     }
-    size = dcformat.write(out, tensors, graph=src.graph, metadata=meta)
+    try:
+        size = dcformat.write(out, tensors, graph=src.graph, metadata=meta)
+    except OSError as e:  # the temporary file beside it, or the rename
+        raise ConvertError(f"cannot write {out}: {e.strerror or e}") from None
     return {
         "source": {"file": src.path, "kind": src.kind, "sha256": src.sha256, "bytes": src.size, "notes": src.notes},
         "output": os.fspath(out), "dcz_bytes": size, "ratio": src.size / size if size else None,
@@ -148,13 +163,11 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     out = output or os.path.splitext(model)[0] + ".dcz"
     if os.path.abspath(out) == os.path.abspath(model):
         raise click.UsageError("the output would overwrite the input; give -o")
-    outdir = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(outdir):
-        raise ConvertError(f"cannot write {out}: directory {outdir} does not exist")
-    if not os.access(outdir, os.W_OK):
-        raise ConvertError(f"cannot write {out}: directory {outdir} is not writable")
-    if os.path.isdir(out):
-        raise ConvertError(f"cannot write {out}: it is a directory")
+    _writable(out)
+    if report:
+        if os.path.abspath(report) in (os.path.abspath(out), os.path.abspath(model)):
+            raise click.UsageError("--report must name a file other than the model and the output")
+        _writable(report, "report")
     prog, update = (None, None) if quiet or as_json else _progress()
     if prog:
         prog.start()
@@ -167,8 +180,11 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     if report:
         from dcformat.atomic import atomic_output
 
-        with atomic_output(report) as f:
-            f.write(json.dumps(result, indent=1, default=str).encode())
+        try:
+            with atomic_output(report) as f:
+                f.write(json.dumps(result, indent=1, default=str).encode())
+        except OSError as e:
+            raise ConvertError(f"cannot write report {report}: {e.strerror or e}") from None
     if as_json:
         click.echo(json.dumps(result, indent=1, default=str))
     elif not quiet:

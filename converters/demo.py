@@ -1,13 +1,13 @@
 """`dcz demo`: the whole Deep Compression loop on scikit-learn's 8x8 digits, no download.
 
-Train an MLP, prune it with retraining, share weights (k-means, 5 bits) with centroid
-fine-tuning, write a .dcz, decode it into ONNX Runtime and compare accuracy and size.
+Train a 64-256-128-10 PyTorch MLP, prune it to 90% with retraining (masks enforced), share
+its weights with k-means (5 bits) and fine-tune the centroids, write a .dcz, decode it into
+ONNX Runtime and compare accuracy and size. Deterministic: the same options give the same
+file, byte for byte (seeded, one thread, deterministic algorithms).
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
 
 import click
@@ -15,114 +15,93 @@ import numpy as np
 
 import dcformat
 from dcformat.cliutil import run
-from dcformat.table import render
 
-from .mlp import MLP
-from .prune import magnitude_mask
-from .quantize import quantize
+from .errors import ConvertError
+from .pipeline_cli import accuracy_lines, print_layer_table, size_lines
 
-
-def load_digits_split(seed: int = 0):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
-    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+# the demo's training recipe (a few seconds on two cores)
+DEMO_TRAINING = {"epochs": 30, "retrain_epochs": 4, "finetune_epochs": 4, "lr": 2e-3, "l2": 1e-5, "batch_size": 64}
 
 
-def build(out: str, sparsity: float = 0.9, bits: int = 5, seed: int = 0, echo=print) -> dict:
-    """Run the demo pipeline, write ``out``; returns the figures."""
-    xtr, ytr, xte, yte = load_digits_split(seed)
-    net = MLP([64, 256, 128, 10], seed=seed)
+def build(out: str, sparsity: float | None = 0.9, bits: int | None = 5, seed: int = 0, echo=print,
+          max_accuracy_drop: float | None = None, report_dir=None, epoch_progress=None) -> dict:
+    """Run the demo pipeline, write ``out``; returns the figures.
+
+    With ``max_accuracy_drop`` the per-layer sparsity and bits come from the sensitivity scan
+    (``sparsity`` / ``bits`` given as None), else every layer gets ``sparsity`` and ``bits``."""
+    try:
+        import torch
+    except ImportError:
+        raise ConvertError("dcz demo needs PyTorch: pip install 'dcz[demo]' (torch==2.13.0)") from None
+    from . import pipeline as P
+    from .data import load_digits
+
     t0 = time.perf_counter()
-    net.train(xtr, ytr, epochs=40, lr=2e-3, seed=seed)
-    dense_acc = net.accuracy(xte, yte)
-    echo(f"trained 64-256-128-10 MLP: test accuracy {dense_acc:.2f}%")
-    for s in (0.5, 0.75, sparsity):  # iterative pruning, retraining with masks
-        net.masks = [magnitude_mask(w, s) for w in net.W]
-        for w, m in zip(net.W, net.masks):
-            w *= m
-        net.train(xtr, ytr, epochs=15, lr=1e-3, seed=seed)
-        echo(f"pruned to {s:.0%} and retrained: test accuracy {net.accuracy(xte, yte):.2f}%")
-    pruned_acc = net.accuracy(xte, yte)
-    codebooks, indices = [], []
-    for i, w in enumerate(net.W):
-        cb, ix = quantize(w, bits, init="linear", seed=seed)
-        codebooks.append(cb.astype(np.float32))
-        indices.append(ix)
-        net.W[i] = codebooks[-1][ix]
-    quant_acc = net.accuracy(xte, yte)
-    net.finetune_centroids(xtr, ytr, codebooks, indices, epochs=10, lr=1e-3, seed=seed)
-    acc = net.accuracy(xte, yte)
-    echo(f"shared weights ({bits} bits): {quant_acc:.2f}%, after centroid fine-tuning {acc:.2f}%")
+    ds = load_digits(seed)
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)  # the same sums in the same order, run after run
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(seed)
+        model = P.digits_mlp()
+        settings = P.Settings(sparsity=sparsity, bits=bits, max_accuracy_drop=max_accuracy_drop, seed=seed,
+                              **DEMO_TRAINING)
 
-    model = net.to_onnx()
-    graph, arrays = dcformat.graph.strip_weights(model)
-    tensors = []
-    for i in range(len(net.W)):
-        wname, bname = f"fc{i + 1}.weight", f"fc{i + 1}.bias"
-        tensors.append(dcformat.encode_codebook(wname, codebooks[i], indices[i], dtype="float32"))
-        tensors.append(dcformat.encode(bname, arrays[bname]))
-    metadata = {
-        "producer": f"dcz demo {dcformat.__version__}",
-        "source": "sklearn digits 8x8, MLP 64-256-128-10 trained by the demo",
-        "settings": {"sparsity": sparsity, "bits": bits, "init": "linear", "seed": seed},
-        "accuracy": {"dense": round(dense_acc, 4), "pruned": round(pruned_acc, 4), "compressed": round(acc, 4),
-                     "dataset": "digits test split (360 images)"},
-    }
-    size = dcformat.write(out, tensors, graph=graph, metadata=metadata)
-    train_s = time.perf_counter() - t0
+        def progress(ev):
+            if ev.get("kind") == "stage" and ev.get("message"):
+                echo(ev["message"])
+            elif epoch_progress:
+                epoch_progress(ev)
+
+        evaluate = P.accuracy_fn(ds.x_test, ds.y_test)
+        res = P.deep_compress(model, (ds.x_train, ds.y_train), evaluate, settings, out=out, progress=progress,
+                              report_dir=report_dir, dataset=f"digits test split ({len(ds.x_test)} images)",
+                              source="sklearn digits 8x8, MLP 64-256-128-10 trained by the demo")
+        torch_pred = P.predict(model, ds.x_test).numpy()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+    compress_s = time.perf_counter() - t0
 
     # decode and run the file in ONNX Runtime, as a user would
-    sess = dcformat.InferenceSession(out)
-    logits = sess.run(None, {"input": xte})[0]
-    ort_acc = float(np.mean(logits.argmax(1) == yte) * 100)
-    params = sum(w.size + b.size for w, b in zip(net.W, net.b))
-    onnx_bytes = len(model.SerializeToString())
-    return {"path": out, "dense_accuracy": dense_acc, "accuracy": ort_acc, "params": params,
-            "fp32_bytes": params * 4, "onnx_bytes": onnx_bytes, "dcz_bytes": size, "seconds": train_s}
-
-
-def layer_table(path: str) -> list[dict]:
-    rows = []
-    with dcformat.open(path) as r:
-        for name in r:
-            info = r.info(name)
-            arr = r[name]
-            rows.append({
-                "name": name, "shape": "x".join(map(str, info.shape)) or "()", "params": info.numel,
-                "encoding": info.encoding, "sparsity": float(np.mean(arr == 0)) if arr.size else 0.0,
-                "codebook": info.codebook_size, "gap_bits": info.gap_bits, "bytes": info.nbytes,
-                "ratio": info.decoded_nbytes / info.nbytes if info.nbytes else math.inf,
-            })
-    return rows
-
-
-def print_table(rows):
-    cols = ["tensor", "shape", "params", "encoding", "sparsity", "codebook", "gap b", "bytes", "bits/param", "x fp32"]
-    body = [[r["name"], r["shape"], f"{r['params']:,}", r["encoding"], f"{r['sparsity']:.1%}",
-             "-" if r["codebook"] is None else str(r["codebook"]), "-" if r["gap_bits"] is None else str(r["gap_bits"]),
-             f"{r['bytes']:,}", f"{8 * r['bytes'] / max(r['params'], 1):.2f}", f"{r['ratio']:.1f}"] for r in rows]
-    render(None, cols, body, right=set(cols) - {"tensor", "shape", "encoding"})
+    ort_pred = P.ort_predict(out, ds.x_test)
+    ort_acc = float(np.mean(ort_pred == ds.y_test) * 100)
+    return {"path": out, "dense_accuracy": res.accuracy["dense"], "pruned_accuracy": res.accuracy["pruned"],
+            "torch_accuracy": res.accuracy["compressed"], "accuracy": ort_acc,
+            "same_predictions": bool(np.array_equal(ort_pred, torch_pred)), "params": res.params,
+            "fp32_bytes": res.fp32_bytes, "onnx_bytes": res.onnx_bytes, "dcz_bytes": res.dcz_bytes,
+            "seconds": compress_s, "result": res}
 
 
 @click.command()
 @click.option("-o", "--output", default="demo.dcz", show_default=True, help="where to write the .dcz")
-@click.option("--sparsity", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True))
-@click.option("--bits", default=5, show_default=True, type=click.IntRange(1, 8))
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True),
+              help="fraction of weights pruned in every layer  [default: 0.9; chosen per layer with --max-accuracy-drop]")
+@click.option("--bits", type=click.IntRange(1, 8),
+              help="weight-sharing bits  [default: 5; chosen per layer with --max-accuracy-drop]")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0), metavar="POINTS",
+              help="pick each layer's sparsity and bits by a sensitivity scan within this accuracy budget")
+@click.option("--report-dir", type=click.Path(file_okay=False), help="write report.json and the sensitivity plots here")
 @click.option("--seed", default=0, show_default=True, type=int)
-def demo(output, sparsity, bits, seed):
+def demo(output, sparsity, bits, max_accuracy_drop, report_dir, seed):
     """Train, prune, quantize and Huffman-code a digits MLP; write, decode and run the .dcz."""
-    f = build(output, sparsity, bits, seed, echo=click.echo)
-    print_table(layer_table(output))
-    click.echo(f"wrote {f['path']}: {f['dcz_bytes']:,} bytes for {f['params']:,} parameters "
-               f"(fp32 {f['fp32_bytes']:,} bytes, ONNX {f['onnx_bytes']:,} bytes)")
-    click.echo(f"compression: {f['fp32_bytes'] / f['dcz_bytes']:.1f}x vs fp32 weights, "
-               f"{f['onnx_bytes'] / f['dcz_bytes']:.1f}x vs the ONNX file")
-    click.echo(f"accuracy in ONNX Runtime from the .dcz: {f['accuracy']:.2f}% (dense model {f['dense_accuracy']:.2f}%)")
+    from .pipeline import console_progress
+
+    if max_accuracy_drop is None:
+        sparsity = 0.9 if sparsity is None else sparsity
+        bits = 5 if bits is None else bits
+    f = build(output, sparsity, bits, seed, echo=click.echo, max_accuracy_drop=max_accuracy_drop, report_dir=report_dir,
+              epoch_progress=console_progress(epochs=True, stages=False))
+    res = f["result"]
+    print_layer_table(res.rows, res.plan)
+    for line in size_lines(f["path"], f["dcz_bytes"], f["params"], f["onnx_bytes"]):
+        click.echo(line)
+    for line in accuracy_lines(res.accuracy, f["accuracy"]):
+        click.echo(line)
+    click.echo(f"ONNX Runtime and PyTorch predictions {'agree on every' if f['same_predictions'] else 'DIFFER on some'} "
+               "test image")
+    if report_dir:
+        click.echo(f"report: {report_dir}")
     click.echo(f"done in {f['seconds']:.1f} s")
 
 
@@ -132,7 +111,14 @@ def cli():
     """dcz: Deep Compression model files."""
 
 
+def _add_pipeline():
+    from .pipeline_cli import pipeline
+
+    cli.add_command(pipeline)
+
+
 cli.add_command(demo)
+_add_pipeline()
 
 
 def main(argv=None):

@@ -12,19 +12,23 @@ def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
     """
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    a = np.abs(np.asarray(w)).reshape(-1)
-    k = int(round(sparsity * a.size))
-    keep = a != 0
+    w = np.asarray(w)
+    flat = w.reshape(-1)
+    k = int(round(sparsity * flat.size))
+    keep = flat != 0
     if k == 0:
-        return keep.reshape(np.shape(w))
-    thresh = np.partition(a, k - 1)[k - 1]
-    keep &= a > thresh
+        return keep.reshape(w.shape)
+    a = np.abs(flat)
+    a.partition(k - 1)  # in place: one float copy of the layer, not two
+    thresh = a[k - 1]
+    del a
+    keep &= (flat > thresh) | (flat < -thresh)  # |w| > thresh, with boolean temporaries only
     # ties at the threshold: keep the later ones so exactly k are dropped where possible
-    short = (a.size - k) - int(keep.sum())
+    short = (flat.size - k) - int(np.count_nonzero(keep))
     if short > 0:
-        tied = np.flatnonzero((a == thresh) & (a != 0))
+        tied = np.flatnonzero(((flat == thresh) | (flat == -thresh)) & (flat != 0))
         keep[tied[tied.size - short :]] = True
-    return keep.reshape(np.shape(w))
+    return keep.reshape(w.shape)
 
 
 def threshold_mask(w: np.ndarray, threshold: float) -> np.ndarray:

@@ -13,7 +13,7 @@ INITS = ("linear", "density", "forgy", "kmeans++")
 HIST_BINS = 1 << 16
 
 
-CHUNK = 1 << 22  # elements per pass: bounds the temporaries of huge layers
+CHUNK = 1 << 20  # elements per pass: bounds the temporaries of huge layers (~32 bytes each)
 
 
 class Histogram:

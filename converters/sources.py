@@ -77,16 +77,27 @@ def sniff(path) -> str:
     raise ConvertError(f"{path}: unknown format (not ONNX, PyTorch, TorchScript, torch.export .pt2 or safetensors)")
 
 
+def _all_nodes(graph):
+    """The nodes of ``graph`` and of its subgraphs (If branches, Loop and Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from _all_nodes(g)
+
+
 def graph_roles(model) -> tuple[dict[str, str], dict[str, int]]:
-    """conv/fc role and output axis of each weight consumed by Conv, ConvTranspose, Gemm or MatMul."""
+    """conv/fc role and output axis of each weight consumed by Conv, ConvTranspose, Gemm or MatMul,
+    in the main graph or a subgraph."""
+    nodes = list(_all_nodes(model.graph))
     producers = {}  # Constant node output -> tensor name
-    for node in model.graph.node:
+    for node in nodes:
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.name:
                     producers[node.output[0]] = attr.t.name
     roles, axes = {}, {}
-    for node in model.graph.node:
+    for node in nodes:
         if len(node.input) < 2:
             continue
         w = producers.get(node.input[1], node.input[1])
@@ -117,6 +128,18 @@ def shape_roles(weights: dict[str, np.ndarray]) -> tuple[dict[str, str], dict[st
     return roles, axes
 
 
+def split_weights(model):
+    """(graph with references, {name: array}) of an ONNX model, which is used up.
+
+    The graph is parsed anew from its bytes: clearing the weights' fields leaves their bytes
+    in the old message's memory, which would otherwise stay as long as the graph.
+    """
+    import onnx
+
+    graph, weights = strip_weights(model, copy=False)
+    return onnx.ModelProto.FromString(graph.SerializeToString()), weights
+
+
 def load_onnx(path) -> Source:
     import onnx
 
@@ -126,8 +149,9 @@ def load_onnx(path) -> Source:
         raise ConvertError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not model.graph.node and not model.graph.initializer:
         raise ConvertError(f"{path}: not an ONNX model (no graph)")
-    roles, axes = graph_roles(model)
-    graph, weights = strip_weights(model, copy=False)
+    graph, weights = split_weights(model)
+    del model
+    roles, axes = graph_roles(graph)  # after the split: Constant-node tensors (subgraphs too) carry their names
     roles = {k: v for k, v in roles.items() if k in weights}
     axes = {k: v for k, v in axes.items() if k in weights}
     return Source(os.fspath(path), "onnx", graph, weights, roles, axes)

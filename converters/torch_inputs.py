@@ -2,23 +2,26 @@
 
 Nothing here unpickles arbitrary objects unless the user passed ``--trust-pickle``: state
 dicts are read with ``torch.load(weights_only=True)``, TorchScript with ``torch.jit.load``
-(TorchScript's restricted archive reader), exported programs with ``torch.export.load``.
-Models are exported to ONNX with their batch dimension dynamic.
+(TorchScript's restricted archive reader), exported programs with ``torch.export.load`` with
+its pickle loaders held to weights only (:func:`_pickles_refused`). Models are exported to
+ONNX with their batch dimension dynamic; what the exporters print is kept off the terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import os
+import pickle
+import sys
+import tempfile
 import warnings
 
 import numpy as np
 
-from dcformat.graph import strip_weights
-
 from .errors import ConvertError
-from .sources import Source, graph_roles, shape_roles
+from .sources import Source, graph_roles, shape_roles, split_weights
 
 DEFAULT_OPSET = 17
 
@@ -34,6 +37,86 @@ def _torch():
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _pickle_message(path) -> str:
+    return (f"{path}: a pickled Python object (such as a whole nn.Module), not a plain state_dict; loading it "
+            "runs code from the file. If you trust the file, pass --trust-pickle")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Send what PyTorch prints to file descriptors 1 and 2 to a scratch file: the TorchScript
+    exporter's C++ graph dumps (on stdout, where --json goes), log records with tracebacks.
+    The CLI's output is its own."""
+    streams = (sys.stdout, sys.stderr)
+    for s in streams:
+        s.flush()
+    saved = [os.dup(fd) for fd in (1, 2)]
+    try:
+        with tempfile.TemporaryFile() as scratch:
+            for fd in (1, 2):
+                os.dup2(scratch.fileno(), fd)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    yield
+            finally:
+                for s in streams:
+                    s.flush()
+                for fd, copy in zip((1, 2), saved):
+                    os.dup2(copy, fd)
+    finally:
+        for copy in saved:
+            os.close(copy)
+
+
+@contextlib.contextmanager
+def _pickles_refused():
+    """Hold ``torch.export.load`` to weights-only unpickling; yields a list that gets an entry
+    for each object refused.
+
+    A .pt2 archive holds pickles (example inputs, tensors, opaque constants) that
+    torch.export.load reads with ``torch.load(weights_only=False)`` (also as a fallback after
+    a weights-only attempt fails) or ``pickle.loads``: a crafted archive would run code.
+    """
+    torch = _torch()
+    refused: list[str] = []
+    real_load = torch.load
+
+    def weights_only_load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return real_load(f, *args, **kwargs)
+        except pickle.UnpicklingError as e:
+            if "weights only" in str(e).lower() or "weights_only" in str(e):
+                refused.append(_first_line(e))
+            raise
+
+    class RefusingPickle:
+        def __getattr__(self, name):
+            return getattr(pickle, name)
+
+        def loads(self, *args, **kwargs):
+            refused.append("pickle.loads")
+            raise pickle.UnpicklingError("dcconvert: refusing to unpickle an object of a .pt2 archive")
+
+        load = loads
+
+    try:
+        from torch.export.pt2_archive import _package
+    except ImportError:  # another torch layout: torch.load is still held to weights only
+        _package = None
+    real_pickle = getattr(_package, "pickle", None)
+    torch.load = weights_only_load
+    if real_pickle is not None:
+        _package.pickle = RefusingPickle()
+    try:
+        yield refused
+    finally:
+        torch.load = real_load
+        if real_pickle is not None:
+            _package.pickle = real_pickle
 
 
 def to_numpy(t) -> np.ndarray:
@@ -71,8 +154,7 @@ def _export(module, path, input_shapes, opset, dynamo: bool = False):
     names = ["input"] if len(args) == 1 else [f"input{i}" for i in range(len(args))]
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset or DEFAULT_OPSET,
                               input_names=names, output_names=["output"],
                               dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}})
@@ -89,8 +171,7 @@ def _export_program(ep, path, input_shapes, opset):
         args = tuple(getattr(ep, "example_inputs", ((), {}))[0] or ())
         if not args:
             raise ConvertError(f"{path}: the exported program carries no example inputs: add --input-shape")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet():
         note = None
         try:  # re-export with a dynamic batch dimension when the program allows it
             batch = torch.export.Dim("batch", min=1)
@@ -108,8 +189,8 @@ def _export_program(ep, path, input_shapes, opset):
 
 
 def _from_model(model, path, kind) -> Source:
-    roles, axes = graph_roles(model)
-    graph, weights = strip_weights(model, copy=False)
+    graph, weights = split_weights(model)
+    roles, axes = graph_roles(graph)  # after the split: Constant-node tensors (subgraphs too) carry their names
     return Source(os.fspath(path), kind, graph, weights,
                   {k: v for k, v in roles.items() if k in weights}, {k: v for k, v in axes.items() if k in weights})
 
@@ -120,7 +201,7 @@ def _factory(spec: str):
         raise ConvertError(f"--model takes package.module:factory, got {spec!r}")
     try:
         fn = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or whatever the module raises
         raise ConvertError(f"--model {spec}: {_first_line(e)}") from None
     return fn
 
@@ -130,31 +211,38 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
     path = os.fspath(path)
     if kind == "torchscript":
         try:
-            module = torch.jit.load(path, map_location="cpu")
+            with _quiet():
+                module = torch.jit.load(path, map_location="cpu")
         except Exception as e:  # noqa: BLE001
             raise ConvertError(f"{path}: a damaged TorchScript archive ({_first_line(e)})") from None
         return _from_model(_export(module.eval(), path, input_shapes, opset), path, "torchscript")
     if kind == "exported-program":
+        refused, ep = [], None
         try:
-            ep = torch.export.load(path)
+            with _quiet(), (contextlib.nullcontext([]) if trust_pickle else _pickles_refused()) as refused:
+                ep = torch.export.load(path)
         except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"{path}: a damaged torch.export archive ({_first_line(e)})") from None
+            if not refused:
+                raise ConvertError(f"{path}: a damaged torch.export archive ({_first_line(e)})") from None
+        if refused:
+            raise ConvertError(f"{path}: the torch.export archive holds pickled Python objects; loading them runs code "
+                               "from the file. If you trust the file, pass --trust-pickle")
         model, note = _export_program(ep, path, input_shapes, opset)
         src = _from_model(model, path, "exported-program")
         src.notes += [note] if note else []
         return src
     # torch.save pickles: weights only unless the user trusts the file
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with _quiet():
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
         msg = _first_line(e)
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
             if not trust_pickle:
-                raise ConvertError(
-                    f"{path}: a pickled Python object (such as a whole nn.Module), not a plain state_dict; loading it "
-                    "runs code from the file. If you trust the file, pass --trust-pickle") from None
+                raise ConvertError(_pickle_message(path)) from None
             try:
-                obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
+                with _quiet():
+                    obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
             except Exception as e2:  # noqa: BLE001
                 raise ConvertError(f"{path}: cannot load the pickle ({_first_line(e2)})") from None
         else:
@@ -163,7 +251,11 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
         return _from_model(_export(obj.eval(), path, input_shapes, opset), path, "module-pickle")
     sd = _state_dict_of(obj, path)
     if model_factory:
-        module = _factory(model_factory)()
+        fn = _factory(model_factory)
+        try:
+            module = fn()
+        except Exception as e:  # noqa: BLE001 - the user's code
+            raise ConvertError(f"--model {model_factory}: calling it failed: {_first_line(e)}") from None
         try:
             module.load_state_dict(sd)
         except Exception as e:  # noqa: BLE001

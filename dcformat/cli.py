@@ -185,6 +185,13 @@ def dcdecode(model, output, external_data, compact, state_dict):
 
     if not output and not state_dict:
         raise click.UsageError("give -o OUT.onnx and/or --state-dict OUT.safetensors")
+    if output:
+        from .reader import open as open_dcz
+
+        with open_dcz(model) as r:
+            if r.graph_bytes is None:
+                raise click.ClickException(f"{model}: weights-only file (no graph section), there is no model to "
+                                           f"write; use --state-dict OUT.safetensors for its tensors")
     if state_dict:
         n = runtime.save_state_dict(model, state_dict)
         click.echo(f"wrote {_escape(state_dict)} ({n:,} bytes)")

@@ -59,7 +59,7 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
         s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
         out = np.empty(n, udt)
         if n:
-            status = kernels.decode_dense(
+            status = kernels.pick(kernels.decode_dense, kernels.decode_dense_serial, n)(
                 s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size, _values(info, parts["codebook"], False), out
             )
             raise_lane_error(status, where, (("index", s),))
@@ -76,7 +76,7 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
                 raise TensorError(f"{where}: a lane base is past the tensor's {n} elements (byte {offs['lane_bases']})")
         out = np.zeros(n, udt)
         if m:
-            status = kernels.decode_sparse(
+            status = kernels.pick(kernels.decode_sparse, kernels.decode_sparse_serial, m)(
                 g.payload, g.lane_offsets, g.table, g.table_bits,
                 s.payload, s.lane_offsets, s.table, s.table_bits,
                 m, info.lane_size, bases.astype(np.int64), n, _values(info, parts["codebook"], True), out,

@@ -2,7 +2,9 @@
 
 :func:`strip_weights` moves tensor data out of a model (initializers, Constant-node
 tensors and the same inside subgraphs) and leaves references; :func:`fill_weights`
-puts decoded arrays back. Both walk every nested graph.
+puts decoded arrays back. Both walk every nested graph. :func:`check_references` makes
+sure no tensor anywhere in a model -- sparse tensors, functions and training graphs
+included -- can make an ONNX runtime read data from outside the .dcz file.
 """
 
 from __future__ import annotations
@@ -34,6 +36,90 @@ def iter_tensors(graph, path: str = "") -> Iterator[tuple[str, object]]:
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
                     yield from iter_tensors(g, f"{where} > ")
+
+
+def iter_all_tensors(model) -> Iterator[tuple[str, object, bool]]:
+    """(where, TensorProto, fillable) for every TensorProto anywhere in a ModelProto.
+
+    Unlike :func:`iter_tensors` this also visits sparse tensors (initializers and
+    attributes), the tensors of model-local functions and of training graphs, and tensor
+    fields of attributes whatever their declared type. ``fillable`` is true for the places
+    :func:`iter_tensors` visits, where a reference to a tensor record is filled in.
+    """
+    import onnx
+
+    def attribute(a, where, ctx):
+        if a.HasField("t"):
+            yield where, a.t, ctx and a.type == onnx.AttributeProto.TENSOR
+        for t in a.tensors:
+            yield where, t, ctx and a.type == onnx.AttributeProto.TENSORS
+        if a.HasField("sparse_tensor"):
+            yield from sparse(a.sparse_tensor, f"{where} sparse tensor")
+        for st in a.sparse_tensors:
+            yield from sparse(st, f"{where} sparse tensor")
+        if a.HasField("g"):
+            yield from graph(a.g, f"{where} > ", ctx and a.type == onnx.AttributeProto.GRAPH)
+        for g in a.graphs:
+            yield from graph(g, f"{where} > ", ctx and a.type == onnx.AttributeProto.GRAPHS)
+
+    def sparse(st, where):
+        yield f"{where} {st.values.name!r} (values)", st.values, False
+        yield f"{where} {st.values.name!r} (indices)", st.indices, False
+
+    def nodes(ns, path, ctx):
+        for node in ns:
+            for a in node.attribute:
+                yield from attribute(a, f"{path}node {node.name or node.op_type!r} attribute {a.name!r}", ctx)
+
+    def graph(g, path, ctx):
+        for t in g.initializer:
+            yield f"{path}initializer {t.name!r}", t, ctx
+        for st in g.sparse_initializer:
+            yield from sparse(st, f"{path}sparse initializer")
+        yield from nodes(g.node, path, ctx)
+
+    yield from graph(model.graph, "", True)
+    for f in model.functions:
+        path = f"function {f.name!r} "
+        yield from nodes(f.node, path, False)
+        for a in f.attribute_proto:
+            yield from attribute(a, f"{path}attribute {a.name!r}", False)
+    for i, ti in enumerate(model.training_info):
+        yield from graph(ti.initialization, f"training_info {i} initialization > ", False)
+        yield from graph(ti.algorithm, f"training_info {i} algorithm > ", False)
+
+
+def check_references(model) -> None:
+    """Raise FormatError unless every EXTERNAL tensor of ``model`` is a reference to a tensor record
+    in a place where records are filled in (spec/FORMAT.md 5.2): nothing may point outside the file."""
+    import onnx
+
+    try:
+        for where, t, fillable in iter_all_tensors(model):
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            name = reference(t)
+            if name is None:
+                raise FormatError(f"graph: {where} refers to external data outside the .dcz file, which is not allowed")
+            if not fillable:
+                raise FormatError(f"graph: {where} refers to tensor {name!r} from a place where tensor records are "
+                                  "not filled in (sparse tensors, functions and training graphs must hold their data)")
+    except RecursionError:  # protobuf's own nesting limit normally comes first
+        raise FormatError("graph: subgraphs are nested too deeply") from None
+
+
+def referenced_bytes(model, sizes: Mapping[str, int]) -> int:
+    """Bytes a rebuilt model holds for its references: ``sizes[name]`` once per reference to ``name``.
+
+    Several references may name one record, and each gets its own copy of the data when
+    the model is rebuilt, so this -- not the records' total -- is what a graph expands to.
+    """
+    total = 0
+    for _, t in iter_tensors(model.graph):
+        name = reference(t)
+        if name is not None:
+            total += sizes.get(name, 0)
+    return total
 
 
 def reference(t) -> str | None:
@@ -107,6 +193,7 @@ def fill_weights(model, arrays: Mapping[str, np.ndarray], only_listed: bool = Fa
     import onnx
     from onnx import helper
 
+    check_references(model)
     for where, t in iter_tensors(model.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL and reference(t) is None:
             # never let a file make the runtime read other files

@@ -124,15 +124,23 @@ def inspect_onnx(path) -> dict:
     except Exception as e:  # noqa: BLE001 - protobuf raises several kinds
         raise FormatError(f"{path}: not a readable ONNX model ({e})") from None
     rows = []
-    for _, t in iter_tensors(model.graph):
-        dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)) if t.data_type != onnx.TensorProto.STRING else None
-        if dt is None:
+    for where, t in iter_tensors(model.graph):
+        if t.data_type == onnx.TensorProto.STRING:
             continue
+        try:
+            dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{path}: {where} has unknown data type {t.data_type}") from None
         shape = tuple(t.dims)
+        if any(d < 0 for d in shape):
+            raise FormatError(f"{path}: {where} has a negative dimension {list(shape)}")
         nbytes = math.prod(shape) * dt.itemsize
         nz = None
         if t.data_location != onnx.TensorProto.EXTERNAL:
-            nz = int(np.count_nonzero(numpy_helper.to_array(t)))
+            try:
+                nz = int(np.count_nonzero(numpy_helper.to_array(t)))
+            except Exception as e:  # noqa: BLE001 - onnx raises several kinds for inconsistent tensors
+                raise FormatError(f"{path}: {where} does not hold the data its type and shape say ({e})") from None
         rows.append(_dense_row(t.name, shape, _np_name(dt), nbytes, nz))
     return _finish(path, "onnx", rows, {"producer": f"{model.producer_name} {model.producer_version}".strip(),
                                          "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import]})
@@ -158,7 +166,7 @@ def inspect_safetensors(path) -> dict:
             raise FormatError(f"{path}: not a safetensors file (header length {n})")
         try:
             header = json.loads(f.read(n))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise FormatError(f"{path}: not a safetensors file ({e})") from None
     st = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
           "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32", "U64": "uint64", "BOOL": "bool"}
@@ -174,9 +182,9 @@ def inspect_safetensors(path) -> dict:
             dt = st[e["dtype"]]
             shape = tuple(int(s) for s in e["shape"])
             a, b = (int(x) for x in e["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise FormatError(f"{path}: bad safetensors entry for {name!r}") from None
-        if not 0 <= a <= b <= size - 8 - n or b - a != math.prod(shape) * ITEMSIZE[dt]:
+        if any(s < 0 for s in shape) or not 0 <= a <= b <= size - 8 - n or b - a != math.prod(shape) * ITEMSIZE[dt]:
             raise FormatError(f"{path}: safetensors entry {name!r} has bad offsets")
         arr = data[8 + n + a : 8 + n + b].view(DTYPES[dt])
         rows.append(_dense_row(name, shape, dt, b - a, int(np.count_nonzero(arr))))

@@ -171,3 +171,17 @@ def decode_sparse(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lan
             st = 5
         status[l] = st
     return status
+
+
+# Serial builds of the same loops (prange runs as range): for small tensors a parallel launch
+# costs more than the work, and a busy machine makes it worse.
+PARALLEL_MIN_SYMBOLS = 1 << 17
+decode_dense_serial = njit(cache=True)(decode_dense.py_func)
+decode_sparse_serial = njit(cache=True)(decode_sparse.py_func)
+encode_lanes_serial = njit(cache=True)(encode_lanes.py_func)
+lane_bits_serial = njit(cache=True)(lane_bits.py_func)
+
+
+def pick(parallel_kernel, serial_kernel, n: int):
+    """The parallel kernel for n >= PARALLEL_MIN_SYMBOLS symbols, else the serial one."""
+    return parallel_kernel if n >= PARALLEL_MIN_SYMBOLS else serial_kernel

@@ -145,6 +145,7 @@ class DczReader(Mapping):
         if end != size:
             raise FormatError(f"{self.path}: {size - end} bytes after the last section (byte {end})")
         limit = max_decoded_bytes if max_decoded_bytes is not None else MAX_EXPANSION * size + EXPANSION_SLACK
+        self.max_decoded_bytes = limit
         if decoded > limit:
             raise LimitError(
                 f"{self.path}: tensors declare {decoded} decoded bytes, more than the limit of {limit} "
@@ -199,18 +200,34 @@ class DczReader(Mapping):
 
     @property
     def graph(self):
-        """The graph as an onnx.ModelProto (initializer data not filled in), or None."""
+        """The graph as an onnx.ModelProto (initializer data not filled in), or None.
+
+        Its references are checked: a tensor that points at data outside the file raises
+        FormatError (see :func:`dcformat.graph.check_references`), and the records it
+        refers to, counted once per reference (a model rebuilt from it holds that many
+        bytes), obey the same expansion limit as the tensors (LimitError).
+        """
         data = self.graph_bytes
         if data is None:
             return None
         import onnx
         from google.protobuf.message import DecodeError
 
+        from .graph import check_references, referenced_bytes
+
         model = onnx.ModelProto()
-        try:
+        try:  # protobuf refuses messages nested more than 100 deep (DecodeError)
             model.ParseFromString(data)
         except (DecodeError, RuntimeError, ValueError) as e:
             raise FormatError(f"graph: not a valid ONNX ModelProto ({e})") from None
+        check_references(model)
+        total = referenced_bytes(model, {name: info.decoded_nbytes for name, info in self.tensors.items()})
+        if total > self.max_decoded_bytes:
+            raise LimitError(
+                f"graph: its tensors refer to {total} decoded bytes of records (once per reference), more than the "
+                f"limit of {self.max_decoded_bytes} ({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass "
+                "max_decoded_bytes to raise it"
+            )
         return model
 
     def verify(self) -> None:

@@ -3,7 +3,12 @@
 Full mode gives every weight back as the array the converter decided on. Compact mode keeps
 codebook-coded weights as uint8 indices plus their codebook, with a Gather (or, for a
 uniform codebook, a DequantizeLinear) that rebuilds the weight when the model runs: the
-model held in memory is about 4x smaller, the outputs are the same.
+model held in memory is about 4x smaller and the rebuilt weights are the same bit for bit.
+The outputs are not always bit-identical to full mode: ONNX Runtime pre-packs constant
+Gemm/MatMul weights (and lays out constant Conv weights as NCHWc at ORT_ENABLE_ALL), which
+changes the summation order; a weight computed in the graph takes the plain kernels. With
+``session.disable_prepacking`` and ORT_ENABLE_EXTENDED both modes give identical outputs;
+with the defaults they agree to float rounding. Rebuilding costs time at every run.
 
 For a session, weights are not copied into a serialized model: the graph (small) is handed
 to ONNX Runtime with the decoded arrays as external initializers, used in place.
@@ -71,7 +76,7 @@ def decode_indices(reader: DczReader, name: str) -> tuple[np.ndarray, np.ndarray
     if not sparse:
         s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
         out = np.empty(n, np.uint8)
-        raise_lane_error(kernels.decode_dense(s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size,
+        raise_lane_error(kernels.pick(kernels.decode_dense, kernels.decode_dense_serial, n)(s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size,
                                               table, out), where, (("index", s),))
     else:
         m = info.entries
@@ -82,11 +87,11 @@ def decode_indices(reader: DczReader, name: str) -> tuple[np.ndarray, np.ndarray
             reader[name]  # raises the reader's own, precise error
         out = np.full(n, table[0], np.uint8)  # positions not stored hold the zero (symbol 0)
         if m:
-            raise_lane_error(kernels.decode_sparse(
+            raise_lane_error(kernels.pick(kernels.decode_sparse, kernels.decode_sparse_serial, m)(
                 g.payload, g.lane_offsets, g.table, g.table_bits, s.payload, s.lane_offsets, s.table, s.table_bits,
                 m, info.lane_size, bases.astype(np.int64), n, table, out), where, (("gap", g), ("index", s)))
-    counts = np.bincount(out, minlength=values.size)
-    found = int(counts[values != 0].sum())
+    zeros = np.flatnonzero(values == 0)  # +0.0 and -0.0 (sorted: adjacent)
+    found = n - sum(int(np.count_nonzero(out == z)) for z in zeros)  # no bincount: it copies to intp
     if found != info.nonzeros:
         raise FormatError(f"{where}: decodes to {found} non-zero elements, the record declares {info.nonzeros}")
     return values, out.reshape(info.shape)
@@ -279,6 +284,9 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
     raises ProviderError instead of falling back to the CPU. ``compact`` keeps codebook
     weights as uint8 indices (about 4x less memory held by the model).
     ``sess_options`` receives the weights as external initializers, so it serves one session only.
+    In compact mode the weights are rebuilt at each run; without ``sess_options`` the CPU memory
+    arena is turned off so that they are freed after the run (with your own options, set
+    ``enable_cpu_mem_arena = False`` for the same effect).
     """
     import onnxruntime as ort
 
@@ -288,6 +296,9 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
                          "session's weights in it; pass a new SessionOptions for each session")
     p = prepare(path, compact=compact)
     so = sess_options if sess_options is not None else ort.SessionOptions()
+    if p.compacted and sess_options is None:
+        # ORT's CPU arena would keep the weights each run rebuilds (full size) for good after the first run
+        so.enable_cpu_mem_arena = False
     names = list(p.external)
     values = [ort.OrtValue.ortvalue_from_numpy(p.external[n]) for n in names]
     if names:
@@ -297,7 +308,9 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
     try:
         sess = ort.InferenceSession(p.model.SerializeToString(), sess_options=so, providers=providers, **kwargs)
     except Exception as e:  # noqa: BLE001 - ORT raises its own classes for bad graphs
-        raise FormatError(f"{os.fspath(path)}: ONNX Runtime cannot load the model: {str(e).splitlines()[0]}") from None
+        where = path.path if isinstance(path, DczReader) else os.fspath(path)
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise FormatError(f"{where}: ONNX Runtime cannot load the model: {msg}") from None
     wanted = [x[0] if isinstance(x, tuple) else x for x in providers]
     got = sess.get_providers()
     missing = [w for w in wanted if w not in got]

@@ -53,7 +53,7 @@ def encode_stream(symbols: np.ndarray, alphabet: int, lane_size: int) -> np.ndar
     freqs = np.bincount(symbols, minlength=alphabet)
     lengths = huffman.code_lengths(freqs)
     codes, bitlen = huffman.canonical_codes(lengths)
-    lane_bytes = (kernels.lane_bits(symbols, bitlen, lane_size) + 7) // 8
+    lane_bytes = (kernels.pick(kernels.lane_bits, kernels.lane_bits_serial, n)(symbols, bitlen, lane_size) + 7) // 8
     starts = np.zeros(lane_bytes.size, np.int64)
     np.cumsum(lane_bytes[:-1], out=starts[1:])
     prefix = stream_prefix_bytes(alphabet, n, lane_size)
@@ -61,7 +61,7 @@ def encode_stream(symbols: np.ndarray, alphabet: int, lane_size: int) -> np.ndar
     out[:alphabet] = lengths
     table_at = align(alphabet, 8)
     out[table_at:prefix] = starts.astype("<u8").view(np.uint8)
-    kernels.encode_lanes(symbols, codes, bitlen, lane_size, starts, out[prefix:])
+    kernels.pick(kernels.encode_lanes, kernels.encode_lanes_serial, n)(symbols, codes, bitlen, lane_size, starts, out[prefix:])
     return out
 
 

@@ -273,3 +273,16 @@ def test_console_scripts(files, tmp_path):
     r = subprocess.run([BIN / "dcdecode", files / "model.dcz"], capture_output=True, text=True, env=env)
     assert r.returncode == 2
     assert_one_line_error(r.stderr)
+
+
+def test_decode_weights_only_file(tmp_path, capsys):
+    dcformat.write(tmp_path / "w.dcz", [dcformat.encode("a", np.arange(6, dtype=np.float32))])
+    code, _, err = cli(decode_main, [tmp_path / "w.dcz", "-o", tmp_path / "w.onnx"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "weights-only", "--state-dict")
+    assert not (tmp_path / "w.onnx").exists()
+    code, out, _ = cli(decode_main, [tmp_path / "w.dcz", "--state-dict", tmp_path / "w.safetensors"], capsys)
+    assert code == 0 and (tmp_path / "w.safetensors").exists()
+    code, _, err = cli(run_main, [tmp_path / "w.dcz"], capsys)
+    assert code == 1
+    assert_one_line_error(err, "weights-only")

@@ -235,11 +235,39 @@ def test_compact_keeps_uint8_indices(case):
     assert small * 4 == big
 
 
+def test_compact_survives_ort_optimizer(case, tmp_path):
+    """At ORT's default optimization level the session still holds uint8 indices, not re-folded weights."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.log_severity_level = 3
+    dcformat.InferenceSession(case.path, compact=True, sess_options=so)
+    m = onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)
+    inits = {t.name: t for t in m.graph.initializer}
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("Gather") + ops.count("DequantizeLinear") == len(case.compacted)
+    for k in case.compacted:
+        assert k not in inits
+        assert inits[k + runtime.COMPACT_SUFFIX_INDEX].data_type == TensorProto.UINT8
+
+
+def test_compact_session_frees_rebuilt_weights_after_a_run(case):
+    """Without options of the caller's, compact mode turns ORT's CPU arena off (it would keep the
+    full-size rebuilt weights after the first run); the caller's own options are left alone."""
+    assert not dcformat.InferenceSession(case.path, compact=True).get_session_options().enable_cpu_mem_arena
+    assert dcformat.InferenceSession(case.path).get_session_options().enable_cpu_mem_arena
+    so = ort.SessionOptions()
+    assert dcformat.InferenceSession(case.path, compact=True, sess_options=so).get_session_options().enable_cpu_mem_arena
+
+
 def test_full_session_hands_weights_over_in_place(case):
     p = runtime.prepare(case.path)
-    assert set(p.external) == set(case.weights)  # nothing serialized into the graph
-    assert all(not t.raw_data for t in p.model.graph.initializer)
-    assert p.model.ByteSize() < 4096
+    big = {k for k, w in case.weights.items() if w.nbytes >= runtime.EXTERNAL_MIN_BYTES}
+    assert big and set(p.external) == big  # large weights are not serialized into the graph
+    for k, arr in p.external.items():
+        assert np.array_equal(arr.view(np.uint32), case.weights[k].view(np.uint32))
+    inline = {t.name for t in p.model.graph.initializer if t.raw_data}
+    assert inline == set(case.weights) - big
+    assert p.model.ByteSize() < 8 * runtime.EXTERNAL_MIN_BYTES * (len(inline) + 1)
 
 
 def test_session_keeps_its_weights_alive(case):
@@ -306,7 +334,7 @@ def test_save_onnx(case, tmp_path, monkeypatch, compact, external):
         for t in ext:
             loc = {e.key: e.value for e in t.external_data}["location"]
             assert loc == "model.onnx.data" and not os.path.isabs(loc)  # relative: the pair can be moved
-        assert n < 4096  # the weights are not in the .onnx
+        assert n < 16384  # the weights are not in the .onnx
     else:
         assert data is None
     onnx.checker.check_model(str(out))
@@ -530,6 +558,8 @@ def test_unknown_op_in_graph_is_a_format_error(tmp_path, mlp_case):
     for compact in (False, True):
         with pytest.raises(dcformat.FormatError, match="NoSuchOp|cannot load"):
             dcformat.InferenceSession(tmp_path / "bad.dcz", compact=compact)
+    with dcformat.open(tmp_path / "bad.dcz") as r, pytest.raises(dcformat.FormatError, match="bad.dcz: ONNX Runtime"):
+        dcformat.InferenceSession(r)
 
 
 def test_graph_section_that_is_not_onnx(tmp_path):

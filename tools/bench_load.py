@@ -123,7 +123,8 @@ def best(fn, repeat):
 CHILD_LOAD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-kind, path = sys.argv[1], sys.argv[2]
+kind, path, warm = sys.argv[1], sys.argv[2], sys.argv[3]
+t_warm = 0.0
 if kind == "onnx":
     import onnxruntime as ort
     t1 = time.perf_counter()
@@ -131,9 +132,13 @@ if kind == "onnx":
 else:
     import dcformat
     t1 = time.perf_counter()
+    if warm != "-":  # load numba's compiled kernels first (decode a tiny file), timed apart
+        dcformat.load_weights(warm)
+        t_warm = time.perf_counter() - t1
+        t1 = time.perf_counter()
     s = dcformat.InferenceSession(path, compact=kind == "compact")
 t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "create": t2 - t1}))
+print(json.dumps({"import": t1 - t0 - t_warm, "kernels": t_warm, "create": t2 - t1}))
 """
 
 CHILD_MEM = r"""
@@ -156,8 +161,11 @@ def status():
         pass
     return out
 
-kind, path = sys.argv[1], sys.argv[2]
+kind, path, warm = sys.argv[1], sys.argv[2], sys.argv[3]
 x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+gc.collect()
+s_import = status()
+dcformat.load_weights(warm)  # numba's kernels: loaded once per process, whatever the model
 gc.collect()
 s0 = status()
 if kind == "onnx":
@@ -168,8 +176,8 @@ gc.collect()
 s1 = status()
 s.run(None, {"x": x})
 s2 = status()
-print(json.dumps({"session": s1["VmRSS"] - s0["VmRSS"], "after_run": s2["VmRSS"] - s0["VmRSS"],
-                  "peak": max(0, s2["VmHWM"] - s0["VmRSS"])}))
+print(json.dumps({"kernels": s0["VmRSS"] - s_import["VmRSS"], "session": s1["VmRSS"] - s0["VmRSS"],
+                  "after_run": s2["VmRSS"] - s0["VmRSS"], "peak": max(0, s2["VmHWM"] - s0["VmRSS"])}))
 """
 
 
@@ -206,12 +214,17 @@ def main(argv=None):
     ap.add_argument("--cold", type=int, default=3, help="fresh-process loads per file (median is kept)")
     ap.add_argument("--runs", type=int, default=50, help="inference runs per latency figure (median is kept)")
     ap.add_argument("--dir", help="keep the files here instead of a temporary directory")
+    ap.add_argument("--reuse", action="store_true", help="with --dir: use the files already there")
     args = ap.parse_args(argv)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), "
           f"{platform.platform()}")
+    import numba
+
     print(f"versions: python {platform.python_version()}, numpy {np.__version__}, onnx {onnx.__version__}, "
-          f"onnxruntime {ort.__version__}, dcformat {dcformat.__version__}")
+          f"onnxruntime {ort.__version__}, numba {numba.__version__}, dcformat {dcformat.__version__}")
+    print("load average at start: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+          + " (timings are noisy when other processes compete for the CPUs)")
 
     tmp = None if args.dir else tempfile.TemporaryDirectory()
     d = args.dir or tmp.name
@@ -219,12 +232,19 @@ def main(argv=None):
     p_onnx, p_dcz = os.path.join(d, "model.onnx"), os.path.join(d, "model.dcz")
 
     t = time.perf_counter()
-    model, records, params = build(*(QUICK if args.quick else FULL))
+    if args.reuse and os.path.exists(p_onnx) and os.path.exists(p_dcz):
+        params = sum(int(np.prod(v.shape)) for v in dcformat.load_weights(p_dcz).values())
+    else:
+        model, records, params = build(*(QUICK if args.quick else FULL))
+        onnx.save(model, p_onnx)
+        graph, _ = strip_weights(model)
+        dcformat.write(p_dcz, records, graph=graph, metadata={"producer": "tools/bench_load.py"})
+        del model, records, graph
     t_build = time.perf_counter() - t
-    onnx.save(model, p_onnx)
-    graph, _ = strip_weights(model)
-    dcformat.write(p_dcz, records, graph=graph, metadata={"producer": "tools/bench_load.py"})
-    del model, records, graph
+    p_warm = os.path.join(d, "warmup.dcz")  # one tiny tensor per codebook encoding: loads numba's kernels
+    rng = np.random.default_rng(2)
+    dcformat.write(p_warm, [dcformat.encode_codebook(f"t{i}", [0.0, 0.5, -0.5], rng.integers(0, 3, 64), encoding=e)
+                            for i, e in enumerate(("codebook-dense", "codebook-sparse"))])
     s_onnx, s_dcz = os.path.getsize(p_onnx), os.path.getsize(p_dcz)
     print(f"model: CNN+FC, {params:,} parameters (conv {CONV_SPARSITY:.0%} pruned {CONV_BITS}-bit, "
           f"fc {FC_SPARSITY:.0%} pruned {FC_BITS}-bit; built in {t_build:.1f} s)")
@@ -267,20 +287,20 @@ def main(argv=None):
 
     # session creation, cold: fresh processes, imports included
     cold = {}
-    for k in ("onnx", "dcz", "compact"):
-        runs = [child(CHILD_LOAD, k, p_onnx if k == "onnx" else p_dcz) for _ in range(args.cold)]
-        cold[k] = {
-            "import": statistics.median(r["import"] for r, _ in runs),
-            "create": statistics.median(r["create"] for r, _ in runs),
-            "total": statistics.median(r["import"] + r["create"] for r, _ in runs),
-            "wall": statistics.median(w for _, w in runs),
-        }
-    for k, c in cold.items():
-        print(f"load cold {k} (median of {args.cold} fresh processes): import {c['import'] * 1e3:.0f} ms + "
-              f"session {c['create'] * 1e3:.0f} ms = {c['total'] * 1e3:.0f} ms; process wall {c['wall'] * 1e3:.0f} ms")
-    print(f"load ratio cold: dcz/onnx {cold['dcz']['total'] / cold['onnx']['total']:.2f} (import + session), "
-          f"session only {cold['dcz']['create'] / cold['onnx']['create']:.2f}, "
-          f"process wall {cold['dcz']['wall'] / cold['onnx']['wall']:.2f}")
+    for k, warm_first in (("onnx", False), ("dcz", False), ("compact", False), ("dcz", True), ("compact", True)):
+        runs = [child(CHILD_LOAD, k, p_onnx if k == "onnx" else p_dcz, p_warm if warm_first else "-")
+                for _ in range(args.cold)]
+        cold[k, warm_first] = c = {key: statistics.median(r[key] for r, _ in runs) for key in ("import", "kernels", "create")}
+        c["total"] = statistics.median(r["import"] + r["kernels"] + r["create"] for r, _ in runs)
+        c["wall"] = statistics.median(w for _, w in runs)
+        label = k + (" (numba kernels loaded first, timed apart)" if warm_first else "")
+        print(f"load cold {label}, median of {args.cold} fresh processes: import {c['import'] * 1e3:.0f} ms"
+              + (f" + kernels {c['kernels'] * 1e3:.0f} ms" if warm_first else "")
+              + f" + session {c['create'] * 1e3:.0f} ms = {c['total'] * 1e3:.0f} ms; process wall {c['wall'] * 1e3:.0f} ms")
+    o, z = cold["onnx", False], cold["dcz", False]
+    print(f"load ratio cold: dcz/onnx {z['total'] / o['total']:.2f} (import + session), session only "
+          f"{z['create'] / o['create']:.2f}, process wall {z['wall'] / o['wall']:.2f}; with numba's kernels already "
+          f"loaded: session only {cold['dcz', True]['create'] / o['create']:.2f}")
 
     # inference latency
     sess = {"onnx": ort.InferenceSession(p_onnx, providers=CPU), "dcz": dcformat.InferenceSession(p_dcz),
@@ -290,20 +310,24 @@ def main(argv=None):
         lat = {}
         for _ in range(2):  # interleaved rounds, the best kept
             for k, s in sess.items():
-                lat[k] = min(lat.get(k, float("inf")), latency(s, f, args.runs))
-        print(f"inference batch {batch} (median of {args.runs}): onnx {lat['onnx'] * 1e3:.3f} ms, dcz full "
+                n = args.runs if k != "compact" else max(5, args.runs // 5)  # compact rebuilds every weight per run
+                lat[k] = min(lat.get(k, float("inf")), latency(s, f, n))
+        print(f"inference batch {batch} (median of {args.runs}; compact {max(5, args.runs // 5)}): onnx {lat['onnx'] * 1e3:.3f} ms, dcz full "
               f"{lat['dcz'] * 1e3:.3f} ms ({lat['dcz'] / lat['onnx']:.2f}x), compact {lat['compact'] * 1e3:.3f} ms "
               f"({lat['compact'] / lat['onnx']:.2f}x)")
     del sess
 
     # memory, fresh processes
-    mem = {k: child(CHILD_MEM, k, p_onnx if k == "onnx" else p_dcz)[0] for k in ("onnx", "dcz", "compact")}
+    mem = {k: child(CHILD_MEM, k, p_onnx if k == "onnx" else p_dcz, p_warm)[0] for k in ("onnx", "dcz", "compact")}
+    print(f"memory: numba's compiled kernels add {mib(mem['dcz']['kernels'])} once per process (first .dcz decoded); "
+          f"not counted below")
     for k, m in mem.items():
         print(f"memory {k}: RSS +{mib(m['session'])} after session creation, +{mib(m['after_run'])} after a "
               f"first run, peak +{mib(m['peak'])}")
     print(f"memory ratio compact/full: {mem['compact']['session'] / mem['dcz']['session']:.2f} (session), "
           f"{mem['compact']['after_run'] / mem['dcz']['after_run']:.2f} (after a run); "
           f"dcz full/onnx {mem['dcz']['session'] / mem['onnx']['session']:.2f}")
+    print("load average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if tmp is not None:
         tmp.cleanup()
 

@@ -867,6 +867,109 @@ def _(d):
     return d.build()
 
 
+# Graph tensors that would make ONNX Runtime read another file (found while fuzzing to_onnx:
+# the reference check used to look at initializers and tensor attributes only). ORT resolves
+# EXTERNAL data of sparse tensors, also in Constant nodes, against its working directory.
+
+
+def _external(t, location: str = "secret.bin", tensor: str | None = None):
+    """``t`` turned into an EXTERNAL tensor: a file (offset/length) or, with ``tensor``, a record reference."""
+    from onnx import TensorProto
+
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    t.data_location = TensorProto.EXTERNAL
+    del t.external_data[:]
+    entries = [("location", location)] + ([("tensor", tensor)] if tensor else [("offset", "0"), ("length", "16")])
+    for k, v in entries:
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    return t
+
+
+def _zeros4(name: str = "w"):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.zeros(4, np.float32), name)
+
+
+def _sparse4(values):
+    from onnx import helper, numpy_helper
+
+    return helper.make_sparse_tensor(values, numpy_helper.from_array(np.arange(4, dtype=np.int64), "w_idx"), [4])
+
+
+def _model(nodes=None, initializer=None, sparse_initializer=(), functions=(), training_init=None) -> bytes:
+    """y = x + w over float32 [4] (w an initializer unless told otherwise), with the given extras."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    nodes = nodes if nodes is not None else [helper.make_node("Add", ["x", "w"], ["y"])]
+    inits = initializer if initializer is not None else [_zeros4()]
+    g = helper.make_graph(nodes, "g", [x], [y], inits, sparse_initializer=list(sparse_initializer))
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("local", 1)] if functions else [])
+    model = helper.make_model(g, opset_imports=opsets)
+    model.functions.extend(functions)
+    if training_init is not None:
+        model.training_info.add().initialization.CopyFrom(helper.make_graph([], "init", [], [], [training_init]))
+    return model.SerializeToString()
+
+
+def _node(*args, **kw):
+    from onnx import helper
+
+    return helper.make_node(*args, **kw)
+
+
+def _add_k_function(k):
+    """A model-local function b = a + k, k a Constant node inside the function."""
+    from onnx import helper
+
+    return helper.make_function("local", "AddK", ["a"], ["b"],
+                                [_node("Constant", [], ["k"], value=k), _node("Add", ["a", "k"], ["b"])],
+                                [helper.make_opsetid("", 17)])
+
+
+def _int_attribute_holding_tensor():
+    from onnx import AttributeProto
+
+    node = _node("Add", ["x", "w"], ["y"])
+    a = node.attribute.add()
+    a.name, a.type, a.i = "hidden", AttributeProto.INT, 1
+    a.t.CopyFrom(_external(_zeros4("h")))  # declared INT: a walk by attribute type would not look here
+    return _model(nodes=[node])
+
+
+def _graph_attack(name, error, match, make_graph, stage="graph"):
+    @attack(name, "dense", error, match, stage=stage)
+    def _(d):
+        d.payloads[d.index("graph")] = make_graph()
+        return d.build()
+
+
+_OUTSIDE = {
+    "graph-external-sparse-initializer": lambda: _model(initializer=[], sparse_initializer=[_sparse4(_external(_zeros4()))]),
+    "graph-external-sparse-constant": lambda: _model(initializer=[], nodes=[
+        _node("Constant", [], ["w"], sparse_value=_sparse4(_external(_zeros4()))), _node("Add", ["x", "w"], ["y"])]),
+    "graph-external-in-function": lambda: _model(initializer=[], nodes=[_node("AddK", ["x"], ["y"], domain="local")],
+                                                 functions=[_add_k_function(_external(_zeros4("k")))]),
+    "graph-external-in-training-info": lambda: _model(training_init=_external(_zeros4("t"))),
+    "graph-external-in-attribute-declared-int": _int_attribute_holding_tensor,
+    "graph-external-absolute-path": lambda: _model(initializer=[_external(_zeros4(), "/etc/hostname")]),
+    "graph-external-location-dcz-without-tensor": lambda: _model(initializer=[_external(_zeros4(), "dcz")]),
+}
+for _name, _make in _OUTSIDE.items():
+    _graph_attack(_name, FormatError, ("graph", "outside the .dcz"), _make)
+_graph_attack("graph-record-reference-in-sparse-initializer", FormatError, ("graph", "'dense.w'", "not filled in"),
+              lambda: _model(initializer=[], sparse_initializer=[_sparse4(_external(_zeros4(), "dcz", "dense.w"))]))
+_graph_attack("graph-record-reference-in-function", FormatError, ("graph", "'dense.w'", "not filled in"),
+              lambda: _model(initializer=[], nodes=[_node("AddK", ["x"], ["y"], domain="local")],
+                             functions=[_add_k_function(_external(_zeros4("k"), "dcz", "dense.w"))]))
+_graph_attack("control-graph-sparse-initializer-holding-its-data", None, "",
+              lambda: _model(initializer=[], sparse_initializer=[_sparse4(_zeros4())]), stage="ok")
+
+
 # ----------------------------------------------------------------------------- tensor descriptors
 
 

@@ -44,9 +44,12 @@ except ImportError:  # the regression tests run without it
     atheris = None
 
 
-def instrumented():
-    """Context manager: instrument dcformat's Python modules (not the numba kernels) when imported."""
-    if atheris is None:
+def instrumented(enabled: bool = True):
+    """Context manager: instrument dcformat's Python modules (not the numba kernels) as they are imported.
+
+    Harnesses pass ``__name__ == "__main__"``: imported by a test, nothing is instrumented.
+    """
+    if atheris is None or not enabled:
         return contextlib.nullcontext()
     return atheris.instrument_imports(include=["dcformat"], exclude=["dcformat.kernels"])
 
@@ -129,14 +132,26 @@ def workspace() -> Workspace:
     return _WORKSPACE
 
 
+ARTIFACT_PREFIX: str | None = None  # where a crashing input is saved: PREFIX + "pycrash-<sha1>" (set when fuzzing)
+
+
 def run_both_modes(data: bytes, exercise) -> None:
     """exercise(path, run) on ``data``; again with checksums bypassed if a CRC failed the first time."""
     path = workspace().write(data)
-    run = Run()
-    exercise(path, run)
-    if run.checksum_failed:
-        with checksums_bypassed():
-            exercise(path, Run())
+    try:
+        run = Run()
+        exercise(path, run)
+        if run.checksum_failed:
+            with checksums_bypassed():
+                exercise(path, Run())
+    except BaseException:
+        if ARTIFACT_PREFIX is not None:  # libFuzzer writes one too, but not when the process dies hard
+            import hashlib
+
+            out = Path(f"{ARTIFACT_PREFIX}pycrash-{hashlib.sha1(data).hexdigest()}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+        raise
 
 
 # ---------------------------------------------------------------- oracles
@@ -147,8 +162,9 @@ def all_tensor_protos(msg, depth: int = 0):
     for fd, value in msg.ListFields():
         if fd.type != fd.TYPE_MESSAGE:
             continue
-        if fd.label == fd.LABEL_REPEATED:
-            if fd.message_type.GetOptions().map_entry:
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            if hasattr(value, "items"):  # a map field
                 continue
             for v in value:
                 yield from all_tensor_protos(v, depth + 1)
@@ -195,7 +211,8 @@ def main(test_one_input, argv=None):
             try:
                 test_one_input(data)
             except BaseException:
-                crash = Path(f"crash-random-{seed}-{i}")
+                crash = HERE / "crashes" / f"crash-random-{seed}-{i}"
+                crash.parent.mkdir(exist_ok=True)
                 crash.write_bytes(data)
                 print(f"crash on input {i}; written to {crash}", file=sys.stderr)
                 raise
@@ -203,5 +220,7 @@ def main(test_one_input, argv=None):
         return
     if atheris is None:
         raise SystemExit("atheris is not installed: pip install atheris (or use --replay / --random)")
+    global ARTIFACT_PREFIX
+    ARTIFACT_PREFIX = next((a.split("=", 1)[1] for a in argv if a.startswith("-artifact_prefix=")), "./")
     atheris.Setup(argv, test_one_input, custom_mutator=dczmut.custom_mutator)
     atheris.Fuzz()

@@ -14,7 +14,7 @@ import sys
 
 import common
 
-with common.instrumented():
+with common.instrumented(__name__ == "__main__"):
     import numpy as np
 
     import dcformat

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Write the seed corpus of the dcz fuzzers into a directory.
+
+    python tools/fuzz/make_corpus.py tools/fuzz/corpus/seeds
+
+Seeds: the golden vectors (spec/vectors/*.dcz), the hostile-input samples and every crafted
+attack of tests/attacks/make_attacks.py, the regression files of tests/attacks/regressions/,
+and a few files made here to reach code the others do not: graphs with subgraphs, Constant
+nodes, sparse tensors, functions and compactable codebook weights (for to_onnx / compact
+mode / ONNX Runtime), and small .onnx, .safetensors and PyTorch files (dcinspect sniffs
+content, so the inspect fuzzer reaches its other readers). Every seed is small (at most
+8 KiB, the -max_len the README uses). Deterministic: same code, same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import common  # noqa: F401 - sets up sys.path
+
+import numpy as np
+
+import dcformat
+from dcformat.graph import strip_weights
+
+REPO = common.REPO
+MAX_SEED = 8192
+
+
+def _graph_seeds(tmp: Path) -> dict[str, bytes]:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = {}
+    f32 = TensorProto.FLOAT
+
+    def write(name, model, keep=None, **encode_kw):
+        stripped, arrays = strip_weights(model, keep)
+        path = tmp / f"{name}.dcz"
+        dcformat.write(path, [dcformat.encode(k, v, **encode_kw) for k, v in arrays.items()], graph=stripped,
+                       metadata={"producer": "tools/fuzz/make_corpus.py", "seed": name})
+        out[name] = path.read_bytes()
+
+    # If with Constant nodes in both branches, a main-graph Constant, an initializer
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    br = []
+    for tag, v in (("t", 2.5), ("e", -1.0)):
+        c = helper.make_node("Constant", [], [tag], value=numpy_helper.from_array(np.full((4, 2), v, np.float32)))
+        br.append(helper.make_graph([c], tag, [], [helper.make_tensor_value_info(tag, f32, [4, 2])]))
+    nodes = [
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("MatMul", ["x", "W"], ["y0"]),
+        helper.make_node("Mul", ["y0", "k"], ["y1"]),
+        helper.make_node("If", ["cond"], ["b"], then_branch=br[0], else_branch=br[1]),
+        helper.make_node("MatMul", ["y1", "b"], ["y"]),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f32, [1, 3]),
+                                       helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", f32, [1, 2])], [numpy_helper.from_array(w, "W")])
+    write("graph-if-constants", helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+    # compactable weights: a non-uniform codebook (Gather) and a uniform one (DequantizeLinear), sparse and dense
+    rng = np.random.default_rng(7)
+    cb = np.array([0.0, -0.75, 0.125, 0.5, 1.25], np.float32)
+    wa = cb[np.where(rng.random((32, 48)) < 0.7, 0, rng.integers(1, 5, (32, 48)))]
+    wb = (np.arange(-3, 5, dtype=np.float32) * 0.25)[rng.integers(0, 8, (48, 32))]
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "A"], ["h"]), helper.make_node("MatMul", ["h", "B"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", f32, [1, 32])], [helper.make_tensor_value_info("y", f32, [1, 32])],
+        [numpy_helper.from_array(wa, "A"), numpy_helper.from_array(wb, "B")])
+    write("graph-compact", helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), lane_size=256)
+
+    # dtypes that ONNX Runtime takes inline (bfloat16), bool and int64 initializers, a string tensor kept in the graph
+    import ml_dtypes
+
+    bf = np.arange(6, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    inits = [numpy_helper.from_array(bf, "bf"), numpy_helper.from_array(np.array([True, False, True]), "mask"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "shape"),
+             helper.make_tensor("names", TensorProto.STRING, [2], [b"a", b"b"])]
+    g = helper.make_graph(
+        [helper.make_node("Cast", ["bf"], ["bf32"], to=f32), helper.make_node("Reshape", ["bf32", "shape"], ["y"])],
+        "g", [], [helper.make_tensor_value_info("y", f32, [2, 3])], inits)
+    write("graph-dtypes", helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+    # a sparse initializer and a Constant with a sparse_value (their tensors hold their own data)
+    vals = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "sv")
+    idx = numpy_helper.from_array(np.array([1, 3], np.int64), "si")
+    sp = helper.make_sparse_tensor(vals, idx, [4])
+    sp2 = helper.make_sparse_tensor(numpy_helper.from_array(np.array([5.0], np.float32), "cv"),
+                                    numpy_helper.from_array(np.array([0], np.int64), "ci"), [4])
+    g = helper.make_graph(
+        [helper.make_node("Constant", [], ["c"], sparse_value=sp2), helper.make_node("Add", ["sv", "c"], ["s"]),
+         helper.make_node("Add", ["s", "W"], ["y"])],
+        "g", [], [helper.make_tensor_value_info("y", f32, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "W")], sparse_initializer=[sp])
+    write("graph-sparse", helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+    # a model-local function with a Constant inside
+    fn = helper.make_function(
+        "local", "AddK", ["a"], ["b"],
+        [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.full(4, 3.0, np.float32))),
+         helper.make_node("Add", ["a", "k"], ["b"])], [helper.make_opsetid("", 17)])
+    g = helper.make_graph([helper.make_node("AddK", ["W"], ["y"], domain="local")], "g", [],
+                          [helper.make_tensor_value_info("y", f32, [4])],
+                          [numpy_helper.from_array(np.arange(4, dtype=np.float32), "W")])
+    write("graph-function", helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)], functions=[fn]))
+
+    # plain .onnx, for dcinspect's ONNX reader
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])], "g", [helper.make_tensor_value_info("x", f32, [4])],
+        [helper.make_tensor_value_info("y", f32, [4])], [numpy_helper.from_array(np.arange(4, dtype=np.float32), "W")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    out["model.onnx"] = model.SerializeToString()
+    return out
+
+
+def _other_formats() -> dict[str, bytes]:
+    out = {}
+    from safetensors.numpy import save
+
+    out["tiny.safetensors"] = save({"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(2, np.int64)},
+                                   metadata={"k": "v"})
+    try:
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({"w": torch.arange(4, dtype=torch.float32)}, buf)
+        out["tiny.pt"] = buf.getvalue()
+    except ImportError:
+        pass
+    return out
+
+
+def seeds(attacks: bool = True) -> dict[str, bytes]:
+    """name -> bytes of every seed (``attacks=False``: without the ~300 crafted attack files)."""
+    out = {}
+    for p in sorted((REPO / "spec" / "vectors").glob("*.dcz")):
+        out[f"vector-{p.stem}"] = p.read_bytes()
+    sys.path.insert(0, str(REPO / "tests" / "attacks"))
+    import make_attacks as ma
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "samples").mkdir()
+        samples = ma.write_samples(tmp / "samples")
+        for kind, p in samples.items():
+            out[f"sample-{kind}"] = p.read_bytes()
+        for a in ma.ATTACKS if attacks else ():
+            out[f"attack-{a.name}"] = ma.make(a, samples)
+        out.update({f"extra-{k}": v for k, v in _graph_seeds(tmp).items()})
+    out.update({f"extra-{k}": v for k, v in _other_formats().items()})
+    reg = REPO / "tests" / "attacks" / "regressions"
+    if reg.is_dir():
+        for p in sorted(reg.iterdir()):
+            if p.is_file() and p.suffix != ".md":
+                out[f"regression-{p.name}"] = p.read_bytes()
+    return {k: v for k, v in out.items() if len(v) <= MAX_SEED}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit(__doc__)
+    dst = Path(argv[0])
+    dst.mkdir(parents=True, exist_ok=True)
+    got = seeds()
+    for name, data in got.items():
+        (dst / f"{name}-{hashlib.sha1(data).hexdigest()[:8]}").write_bytes(data)
+    print(f"wrote {len(got)} seeds to {dst}")
+
+
+if __name__ == "__main__":
+    main()
