@@ -125,12 +125,14 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings)
     t0 = time.perf_counter()
     params = int(w.size)
     nz_before = int(np.count_nonzero(w))
-    compressible = role in ("conv", "fc") and _is_float(w) and params >= s.min_size
+    compressible = role in ("conv", "fc") and _is_float(w) and params >= max(s.min_size, 1)
+    finite = not compressible or s.lossless or bool(np.isfinite(w).all())  # NaN/inf: no magnitude, no k-means
     row = {"name": name, "shape": list(w.shape), "dtype": str(w.dtype), "params": params, "role": role if compressible else "other",
            "sparsity_before": 1 - nz_before / params if params else 0.0}
-    if s.lossless or not compressible:
+    if s.lossless or not compressible or not finite:
         enc = dcformat.encode(name, w)
-        row.update(action="lossless" if s.lossless and compressible else "kept", bits=None)
+        row.update(action="lossless" if s.lossless and compressible else "kept" if finite else "kept (not finite)",
+                   bits=None)
     else:
         shape, dtype = w.shape, dcformat.constants.dtype_name(w.dtype)
         keep = w != 0

@@ -352,6 +352,9 @@ def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: s
                     g.masked_fill_(~m, 0.0)
             opt.step()
             apply_masks(model, masks)
+        if not math.isfinite(total):
+            raise ConvertError(f"{phase}: the loss became {total / max(n, 1)} in epoch {epoch + 1} (training diverged); "
+                               "try a lower learning rate")
         row = {"kind": "epoch", "phase": phase, "step": step, "epoch": epoch + 1, "epochs": epochs,
                "loss": total / max(n, 1), "sparsity": sparsity(model),
                "accuracy": _evaluate(model, evaluate) if evaluate else None}
@@ -411,6 +414,8 @@ def iterative_prune(model: nn.Module, data, targets: Mapping[str, float], settin
     neurons = dict(neurons or {})
     masks = dict(masks or {})
     names = [n for n in targets if targets[n] or neurons.get(n)]
+    if not names:
+        return masks, []
     if settings.separate_phases:
         phases = [("conv", [n for n in names if info[n].role == "conv"]), ("fc", [n for n in names if info[n].role == "fc"])]
         phases = [p for p in phases if p[1]]
@@ -466,6 +471,8 @@ def quantize_layers(model: nn.Module, bits: Mapping[str, int], init: str = "line
     for name, b in bits.items():
         p = params[name]
         w = p.detach().cpu().numpy()
+        if not np.isfinite(w).all():
+            raise ConvertError(f"{name}: holds NaN or infinite weights; cannot share them")
         cb, idx = quantize(w, int(b), init=init, seed=seed)
         cb = cb.astype(np.float32)
         out[name] = Quantized(cb, idx, int(b))
@@ -538,6 +545,9 @@ def finetune_centroids(model: nn.Module, data, quantized: Mapping[str, Quantized
             apply_masks(model, masks)
         for name in quantized:
             params[name].grad = None
+        if not math.isfinite(total):
+            raise ConvertError(f"finetune: the loss became {total / max(n, 1)} in epoch {epoch + 1} (training diverged); "
+                               "try a lower --finetune-lr")
         row = {"kind": "epoch", "phase": "finetune", "step": None, "epoch": epoch + 1, "epochs": epochs,
                "loss": total / max(n, 1), "sparsity": sparsity(model),
                "accuracy": _evaluate(model, evaluate) if evaluate else None}
@@ -583,7 +593,7 @@ def sensitivity_scan(model: nn.Module, evaluate: Evaluate, names: Iterable[str] 
     for name in names:
         p = info[name].param
         saved = p.detach().clone()
-        w = saved.numpy()
+        w = saved.cpu().numpy()
         scan.params[name] = int(p.numel())
         pts = []
         for s in sparsities:
@@ -894,6 +904,13 @@ def deep_compress(model: nn.Module, data, evaluate: Evaluate, settings: Settings
         plans = [choose_plan(scan, b, fixed_s, fixed_b) for b in budgets]
         # last resort: the least aggressive plan on the grid
         plans.append({n: {"sparsity": fixed_s.get(n, 0.0), "bits": fixed_b.get(n, max(s.scan_bits))} for n in names})
+        unique, seen = [], set()
+        for plan in plans:  # a smaller scan budget may give the same plan: try each once
+            key = tuple((n, plan[n]["sparsity"], plan[n]["bits"]) for n in names)
+            if key not in seen:
+                seen.add(key)
+                unique.append(plan)
+        plans = unique
     else:
         plans = [{n: {"sparsity": fixed_s.get(n, DEFAULT_SPARSITY[info[n].role]),
                       "bits": fixed_b.get(n, DEFAULT_BITS[info[n].role])} for n in names}]
@@ -1133,6 +1150,31 @@ def mnist_mlp() -> MLP:
 def lenet300() -> MLP:
     """LeNet-300-100 (784-300-100-10), the paper's MNIST network."""
     return MLP((784, 300, 100, 10))
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (conv1, conv2, fc1..fc3) for 28x28 images, input N x 1 x 28 x 28 (or N x 28 x 28)."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, classes)
+
+    def forward(self, x):
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc3(torch.relu(self.fc2(x)))
+
+
+def lenet5() -> LeNet5:
+    """LeNet-5 for 28x28 MNIST / Fashion-MNIST (``converters.pipeline:lenet5``)."""
+    return LeNet5()
 
 
 def console_progress(file=None, epochs: bool = True, stages: bool = True) -> Progress | None:

@@ -238,7 +238,8 @@ def run_pipeline(*, model_spec, data, input_shape=None, output, checkpoint=None,
 @click.option("--limit-train", type=click.IntRange(1), help="use only the first N training samples")
 @click.option("--limit-test", type=click.IntRange(1), help="use only the first N test samples")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(1), help="torch CPU threads")
+@click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice; 1 is often "
+              "faster for small models or on a busy machine)")
 @click.option("-q", "--quiet", is_flag=True, help="only the result lines")
 def pipeline(model_spec, data, output, input_shape, checkpoint, epochs, retrain_epochs, finetune_epochs, sparsity, bits,
              prune_neurons, schedule, separate_phases, max_accuracy_drop, lr, retrain_lr, finetune_lr, batch_size,
@@ -284,6 +285,8 @@ def pipeline(model_spec, data, output, input_shape, checkpoint, epochs, retrain_
                          epoch_progress=tty)
     except SettingError as e:
         raise click.UsageError(str(e)) from None
+    except RuntimeError as e:  # what torch raises when the model and the data do not fit
+        raise ConvertError(f"--model {model_spec}: {_first_line(e)}") from None
     res = f["result"]
     if not quiet:
         print_layer_table(res.rows, res.plan)

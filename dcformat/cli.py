@@ -63,11 +63,11 @@ def _print_report(rep: dict, rows: list[dict]) -> None:
 
 
 def _print_compare(reps: list[dict]) -> None:
-    names = []
-    for rep in reps:
+    names = list(dict.fromkeys(r["name"] for rep in reps for r in rep["tensors"]))  # first-seen order, linear
+    by_name = [{} for _ in reps]
+    for rows, rep in zip(by_name, reps):
         for r in rep["tensors"]:
-            if r["name"] not in names:
-                names.append(r["name"])
+            rows.setdefault(r["name"], r)
     cols = ["tensor"]
     for i in range(len(reps)):
         cols += [f"[{i + 1}] bytes", f"[{i + 1}] sparsity", f"[{i + 1}] bits"]
@@ -76,7 +76,7 @@ def _print_compare(reps: list[dict]) -> None:
     body = []
     for n in names:
         cells = [n]
-        got = [next((r for r in rep["tensors"] if r["name"] == n), None) for rep in reps]
+        got = [rows.get(n) for rows in by_name]
         for r in got:
             cells += ["-", "-", "-"] if r is None else [
                 _fmt_int(r["bytes"]), _fmt(r["sparsity"], ".1%"), "-" if r["bits"] is None else str(r["bits"])]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -339,7 +338,7 @@ def test_default_settings(net, default_dcz):
         assert distinct_nonzero(dec[name]) <= 32
     assert rows["conv2.weight"]["action"] == "pruned+shared" and rows["conv2.weight"]["bits"] == 8
     assert np.count_nonzero(dec["conv2.weight"] == 0) / dec["conv2.weight"].size == pytest.approx(0.3, abs=1e-3)
-    # biases, norm parameters and tensors under --min-size (conv1 432, fc3 1280 > 1024 but transB=0 Gemm is compressed)
+    # biases, norm parameters and tensors under --min-size (conv1: 432 elements) are stored exactly
     for name in ("conv1.weight", "conv1.bias", "conv2.bias", "bn.scale", "bn.B", "bn.mean", "bn.var", "fc1.bias",
                  "fc2.bias", "fc3.bias"):
         assert rows[name]["action"] == "kept"
@@ -728,3 +727,25 @@ def test_magnitude_mask_exact_count_with_ties():
     assert magnitude_mask(w, 0.0).sum() == 7
     w16 = np.random.default_rng(0).standard_normal(1000).astype(np.float16)
     assert magnitude_mask(w16, 0.3).sum() == 700
+
+
+def test_non_finite_and_empty_weights(tmp_path, capsys):
+    """A layer holding NaN or inf has no magnitudes to prune or cluster: it is kept exactly, and said so;
+    an empty weight is kept too."""
+    rng = np.random.default_rng(6)
+    w = {"nan": init(rng, (64, 32)), "inf": init(rng, (64, 32)), "empty": np.zeros((0, 32), np.float32)}
+    w["nan"][1, 2] = np.nan
+    w["inf"][3, 4] = -np.inf
+    nodes = [helper.make_node("Gemm", ["x", k], [f"y_{k}"], transB=1) for k in w]
+    graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                              [helper.make_tensor_value_info(f"y_{k}", TensorProto.FLOAT, None) for k in w],
+                              [numpy_helper.from_array(v, k) for k, v in w.items()])
+    src = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    out = tmp_path / "odd.dcz"
+    report = json.loads(ok(src, "-o", out, "--json", "--min-size", "0", "--prune-neurons", "0.5", capsys=capsys))
+    actions = {r["name"]: r["action"] for r in report["layers"]}
+    assert actions == {"nan": "kept (not finite)", "inf": "kept (not finite)", "empty": "kept"}
+    dec = weights(out)
+    for k, a in w.items():
+        assert np.array_equal(dec[k].view(np.uint32), a.view(np.uint32)), k
