@@ -970,6 +970,20 @@ _graph_attack("control-graph-sparse-initializer-holding-its-data", None, "",
               lambda: _model(initializer=[], sparse_initializer=[_sparse4(_zeros4())]), stage="ok")
 
 
+@attack("graph-references-amplify-one-record", "dense", LimitError, ("graph", "once per reference"), stage="graph")
+def _(d):
+    # 2,000 initializers naming one 4 MiB record: a rebuilt model would hold 8 GB (found by review while
+    # fuzzing to_onnx); the references, counted once each, must obey the expansion bound too
+    from onnx import TensorProto, helper
+
+    numel = 1 << 20
+    bomb = bomb_dense([numel], 1 << 24)
+    refs = [_external(TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[numel]), "dcz", "bomb")
+            for i in range(2000)]
+    graph = helper.make_model(helper.make_graph([], "g", [], [], refs)).SerializeToString()
+    return Dcz.of_sections([("graph", graph, None), ("tensor", bomb.payloads[0], bomb.entries[0]["tensor"])]).build()
+
+
 # ----------------------------------------------------------------------------- tensor descriptors
 
 
