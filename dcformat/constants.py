@@ -13,8 +13,11 @@ MAGIC = b"\x89DCZ\r\n\x1a\n"  # 8 bytes, PNG-style: catches text-mode and 7-bit 
 VERSION_MAJOR = 1  # bumped when a v1 reader could misread a new file
 VERSION_MINOR = 0  # bumped when only optional things are added
 PREAMBLE_SIZE = 24  # magic(8) major(u16) minor(u16) header_len(u32) header_crc(u32) preamble_crc(u32)
-ALIGNMENT = 64  # every section starts at a multiple of this
+ALIGNMENT = 8  # every section starts at a multiple of this
 PART_ALIGNMENT = 8  # every part inside a tensor section starts at a multiple of this
+# The header, the metadata section and the graph section are stored as raw DEFLATE
+# streams (RFC 1951, no zlib or gzip wrapper), written at this level.
+DEFLATE_LEVEL = 9
 
 SECTION_METADATA = "metadata"
 SECTION_GRAPH = "graph"
@@ -47,7 +50,7 @@ MAX_LANE_SIZE = 1 << 24
 DEFAULT_LANE_SIZE = 1 << 14
 
 # ---------------------------------------------------------------- limits
-MAX_HEADER_BYTES = 64 << 20
+MAX_HEADER_BYTES = 64 << 20  # of JSON text, after inflating the stored header
 MAX_SECTIONS = 1 << 20
 MAX_RANK = 32
 MAX_NAME_BYTES = 4096

@@ -5,13 +5,14 @@ Preamble (24 bytes, little-endian)::
     0   8  magic          MAGIC
     8   2  major version  u16
     10  2  minor version  u16
-    12  4  header length  u32, bytes of the JSON header that follows
-    16  4  header CRC32   u32, of the header bytes
+    12  4  header length  u32, stored bytes of the header that follows
+    16  4  header CRC32   u32, of the stored header bytes
     20  4  preamble CRC32 u32, of bytes 0..19
 
-then the header (UTF-8 JSON, ASCII only), then the sections, each starting at the
-next multiple of ALIGNMENT after the previous one ends, the gaps filled with zeros.
-The file ends where the last section ends.
+then the header (ASCII JSON, stored as a raw DEFLATE stream), then the sections, each
+starting at the next multiple of ALIGNMENT after the previous one ends (the first after
+the header), the gaps filled with zeros. Sections carry no offsets: their places follow
+from their lengths. The file ends where the last section ends.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .constants import ALIGNMENT, MAGIC, PREAMBLE_SIZE, VERSION_MAJOR, VERSION_MINOR
+from .constants import ALIGNMENT, DEFLATE_LEVEL, MAGIC, PREAMBLE_SIZE, VERSION_MAJOR, VERSION_MINOR
+from .errors import FormatError, LimitError
 from .streams import align
 
 PREAMBLE = struct.Struct("<8sHHIII")
@@ -33,13 +35,13 @@ class Section:
     """One entry of the header's section table."""
 
     kind: str
-    offset: int
+    offset: int  # file offset, from the tiling rule (not stored)
     length: int
     crc32: int
     tensor: dict | None = None  # the tensor descriptor, for kind == "tensor"
 
     def entry(self) -> dict:
-        d = {"kind": self.kind, "offset": self.offset, "length": self.length, "crc32": self.crc32}
+        d = {"kind": self.kind, "length": self.length, "crc32": self.crc32}
         if self.tensor is not None:
             d["tensor"] = self.tensor
         return d
@@ -50,24 +52,38 @@ def dump_json(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def layout(kinds_lengths: list[tuple[str, int, int, dict | None]]) -> tuple[bytes, list[Section]]:
-    """Place sections after a header that lists them; returns (header bytes, sections).
+def deflate(data: bytes) -> bytes:
+    """Raw DEFLATE (RFC 1951) of ``data``, as the format stores its header, metadata and graph."""
+    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+    return c.compress(data) + c.flush()
 
-    Offsets depend on the header's length, which depends on the offsets' digits: iterate
-    to the fixed point (two or three rounds).
-    """
-    header_len = 0
-    for _ in range(16):
-        pos = align(PREAMBLE_SIZE + header_len, ALIGNMENT)
-        sections = []
-        for kind, length, crc, tensor in kinds_lengths:
-            sections.append(Section(kind, pos, length, crc, tensor))
-            pos = align(pos + length, ALIGNMENT)
-        header = dump_json({"sections": [s.entry() for s in sections]})
-        if len(header) == header_len:
-            return header, sections
-        header_len = len(header)
-    raise RuntimeError("header layout did not converge")  # pragma: no cover
+
+def inflate(data, limit: int, what: str) -> bytes:
+    """Inverse of :func:`deflate`: the stream must be complete, end exactly at the end of
+    ``data`` and inflate to at most ``limit`` bytes (checked as it inflates)."""
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(bytes(data), limit + 1)
+    except zlib.error as e:
+        raise FormatError(f"{what}: not a valid DEFLATE stream ({e})") from None
+    if len(out) > limit:
+        raise LimitError(f"{what}: inflates to more than {limit} bytes")
+    if not d.eof:
+        raise FormatError(f"{what}: the DEFLATE stream is incomplete")
+    if d.unused_data:
+        raise FormatError(f"{what}: {len(d.unused_data)} bytes after the end of the DEFLATE stream")
+    return out
+
+
+def layout(kinds_lengths: list[tuple[str, int, int, dict | None]]) -> tuple[bytes, list[Section]]:
+    """The stored header and the sections placed after it; returns (header bytes, sections)."""
+    sections = [Section(kind, 0, length, crc, tensor) for kind, length, crc, tensor in kinds_lengths]
+    header = deflate(dump_json({"sections": [s.entry() for s in sections]}))
+    pos = PREAMBLE_SIZE + len(header)
+    for s in sections:
+        s.offset = pos = align(pos, ALIGNMENT)
+        pos += s.length
+    return header, sections
 
 
 def preamble(header: bytes, major: int = VERSION_MAJOR, minor: int = VERSION_MINOR) -> bytes:

@@ -91,11 +91,14 @@ def iter_all_tensors(model) -> Iterator[tuple[str, object, bool]]:
 
 def check_references(model) -> None:
     """Raise FormatError unless every EXTERNAL tensor of ``model`` is a reference to a tensor record
-    in a place where records are filled in (spec/FORMAT.md 5.2): nothing may point outside the file."""
+    in a place where records are filled in (spec/FORMAT.md 5.2): nothing may point outside the file.
+    Every tensor name must be valid UTF-8 (a protobuf string)."""
     import onnx
 
     try:
         for where, t, fillable in iter_all_tensors(model):
+            if not isinstance(t.name, str):  # protobuf hands out a string field that is not UTF-8 as bytes
+                raise FormatError(f"graph: {where}: tensor name {t.name!r} is not valid UTF-8")
             if t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             name = reference(t)

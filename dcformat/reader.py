@@ -24,11 +24,20 @@ from .constants import (
     SECTION_TENSOR,
     VERSION_MAJOR,
 )
-from .container import PREAMBLE, Section
+from .container import PREAMBLE, Section, inflate
 from .decode import decode_tensor
 from .errors import ChecksumError, DczError, FormatError, LimitError, VersionError
 from .records import TensorInfo, parse_descriptor
 from .streams import align
+
+
+# Parsing takes memory: protobuf up to ~100 bytes per byte of graph (empty AttributeProtos), Python's
+# json up to ~27 bytes per byte of JSON (lists of empty lists). Stored compressed, metadata or a graph
+# can be far larger than its share of the file, so what is parsed is held to the expansion limit (or
+# max_decoded_bytes, if larger) through these factors: a small file cannot parse into gigabytes.
+# (The header has its own limit, MAX_HEADER_BYTES of JSON text.)
+GRAPH_PARSE_FACTOR = 128
+JSON_PARSE_FACTOR = 32
 
 
 def _parse_json(data: bytes, what: str):
@@ -80,7 +89,18 @@ class DczReader(Mapping):
             raise
 
     # ------------------------------------------------------------------ structure
+    def _parse_budget(self, nbytes: int, factor: int, what: str) -> None:
+        """LimitError unless parsing ``nbytes`` bytes (at ``factor`` bytes of memory each) fits the limit."""
+        limit = max(MAX_EXPANSION * self.file_size + EXPANSION_SLACK, self._override or 0)
+        if factor * nbytes > limit:
+            raise LimitError(
+                f"{self.path}: {what} is {nbytes} bytes to parse, which could take {factor} x that in memory, more "
+                f"than the limit of {limit} ({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes "
+                "to raise it"
+            )
+
     def _parse(self, max_decoded_bytes):
+        self._override = max_decoded_bytes
         size = self.file_size
         if size < PREAMBLE_SIZE or bytes(self._buf[:8]) != MAGIC:
             raise FormatError(f"{self.path}: not a .dcz file (bad magic at byte 0)")
@@ -92,9 +112,11 @@ class DczReader(Mapping):
         self.version = (major, minor)
         if hlen > MAX_HEADER_BYTES or PREAMBLE_SIZE + hlen > size:
             raise LimitError(f"{self.path}: header length {hlen} exceeds the file or the limit (byte 12)")
-        header_bytes = bytes(self._buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
-        if zlib.crc32(header_bytes) != hcrc:
+        stored = bytes(self._buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
+        if zlib.crc32(stored) != hcrc:
             raise ChecksumError(f"{self.path}: header checksum mismatch (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
+        header_bytes = inflate(stored, MAX_HEADER_BYTES, f"header (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
+        self.header_json_bytes = len(header_bytes)
         if not header_bytes.isascii():
             raise FormatError(f"{self.path}: header holds non-ASCII bytes (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
         header = _parse_json(header_bytes, "header")
@@ -113,15 +135,13 @@ class DczReader(Mapping):
             where = f"section {i}"
             if not isinstance(e, dict):
                 raise FormatError(f"{where}: entry must be an object")
-            kind, off, length, crc = e.get("kind"), e.get("offset"), e.get("length"), e.get("crc32")
+            kind, length, crc = e.get("kind"), e.get("length"), e.get("crc32")
             if not isinstance(kind, str):
                 raise FormatError(f"{where}: 'kind' must be a string")
-            for key, v, hi in (("offset", off, size), ("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
+            for key, v, hi in (("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
                 if type(v) is not int or not 0 <= v <= hi:
                     raise FormatError(f"{where}: '{key}' must be an integer in [0, {hi}], got {v!r}")
-            expect = align(end, ALIGNMENT)
-            if off != expect:
-                raise FormatError(f"{where} ({kind}): starts at byte {off}, must start at byte {expect}")
+            off = align(end, ALIGNMENT)  # sections tile the file: each starts where the rules put it
             if off + length > size:
                 raise FormatError(f"{where} ({kind}): bytes {off}..{off + length} run past the end of the {size}-byte file")
             if self._buf[end:off].any():
@@ -151,6 +171,11 @@ class DczReader(Mapping):
                 f"{self.path}: tensors declare {decoded} decoded bytes, more than the limit of {limit} "
                 f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it"
             )
+
+    def _inflated(self, sec: Section, what: str) -> bytes:
+        """A DEFLATE-stored section (metadata, graph), checksummed and inflated within the expansion limit."""
+        data = self._section_bytes(sec, what)
+        return inflate(data, MAX_EXPANSION * max(sec.length, 1) + EXPANSION_SLACK, f"{what} (bytes {sec.offset}..{sec.offset + sec.length - 1})")
 
     def _section_bytes(self, sec: Section, what: str) -> np.ndarray:
         data = self._buf[sec.offset : sec.offset + sec.length]
@@ -185,7 +210,8 @@ class DczReader(Mapping):
         """The metadata section as a dict ({} when there is none)."""
         if self._meta_section is None:
             return {}
-        data = bytes(self._section_bytes(self._meta_section, "metadata"))
+        data = self._inflated(self._meta_section, "metadata")
+        self._parse_budget(len(data), JSON_PARSE_FACTOR, "metadata")
         meta = _parse_json(data, "metadata")
         if not isinstance(meta, dict):
             raise FormatError("metadata: must be a JSON object")
@@ -196,7 +222,7 @@ class DczReader(Mapping):
         """The serialized ONNX ModelProto of the graph section, or None (weights-only file)."""
         if self._graph_section is None:
             return None
-        return bytes(self._section_bytes(self._graph_section, "graph"))
+        return self._inflated(self._graph_section, "graph")
 
     @property
     def graph(self):
@@ -215,6 +241,7 @@ class DczReader(Mapping):
 
         from .graph import check_references, referenced_bytes
 
+        self._parse_budget(len(data), GRAPH_PARSE_FACTOR, "graph")
         model = onnx.ModelProto()
         try:  # protobuf refuses messages nested more than 100 deep (DecodeError)
             model.ParseFromString(data)

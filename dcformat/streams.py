@@ -3,7 +3,8 @@
 Layout of a stream part holding n > 0 symbols of an alphabet of A symbols, cut into
 lanes of ``lane_size`` symbols (nl = ceil(n / lane_size) lanes)::
 
-    A bytes             code length of each symbol (0..15)
+    ceil(A/2) bytes     code length of each symbol (0..15), two per byte: symbol 2i in the
+                        high nibble of byte i, symbol 2i+1 in the low nibble (0 if A is odd)
     zero bytes          padding to a multiple of 8
     nl x u64 (LE)       byte offset of each lane's first bit within the payload
     payload             the lanes' codes, MSB first, each lane padded with zero bits to a byte
@@ -30,9 +31,27 @@ def num_lanes(n: int, lane_size: int) -> int:
     return (n + lane_size - 1) // lane_size
 
 
+def length_table_bytes(alphabet: int) -> int:
+    """Bytes of a stream's packed code-length table (two 4-bit lengths per byte)."""
+    return (alphabet + 1) // 2
+
+
 def stream_prefix_bytes(alphabet: int, n: int, lane_size: int) -> int:
     """Bytes before the payload: code lengths, padding, lane table."""
-    return align(alphabet, 8) + LANE_OFFSET_BYTES * num_lanes(n, lane_size)
+    return align(length_table_bytes(alphabet), 8) + LANE_OFFSET_BYTES * num_lanes(n, lane_size)
+
+
+def pack_lengths(lengths: np.ndarray) -> np.ndarray:
+    padded = np.zeros(2 * length_table_bytes(lengths.size), np.uint8)
+    padded[: lengths.size] = lengths
+    return (padded[0::2] << 4) | padded[1::2]
+
+
+def unpack_lengths(packed: np.ndarray, alphabet: int) -> np.ndarray:
+    out = np.empty(2 * packed.size, np.uint8)
+    out[0::2] = packed >> 4
+    out[1::2] = packed & 15
+    return out[:alphabet], out[alphabet:]
 
 
 def estimate_stream_bytes(freqs: np.ndarray, lane_size: int) -> int:
@@ -58,8 +77,8 @@ def encode_stream(symbols: np.ndarray, alphabet: int, lane_size: int) -> np.ndar
     np.cumsum(lane_bytes[:-1], out=starts[1:])
     prefix = stream_prefix_bytes(alphabet, n, lane_size)
     out = np.zeros(prefix + int(lane_bytes.sum()), np.uint8)
-    out[:alphabet] = lengths
-    table_at = align(alphabet, 8)
+    table_at = align(length_table_bytes(alphabet), 8)
+    out[: length_table_bytes(alphabet)] = pack_lengths(lengths)
     out[table_at:prefix] = starts.astype("<u8").view(np.uint8)
     kernels.pick(kernels.encode_lanes, kernels.encode_lanes_serial, n)(symbols, codes, bitlen, lane_size, starts, out[prefix:])
     return out
@@ -92,12 +111,14 @@ def parse_stream(part: np.ndarray, n: int, alphabet: int, lane_size: int, where:
             f"{where}: stream of {part.size} bytes at byte {at} is shorter than its "
             f"code table and lane table ({prefix} bytes)"
         )
-    lengths = part[:alphabet]
+    lengths, spare = unpack_lengths(part[: length_table_bytes(alphabet)], alphabet)
+    if spare.any():
+        raise HuffmanError(f"{where}: the unused low nibble of the code-length table is not zero (byte {at + alphabet // 2})")
     huffman.validate_lengths(lengths, f"{where} (code lengths at byte {at})")
-    pad = part[alphabet : align(alphabet, 8)]
+    table_at = align(length_table_bytes(alphabet), 8)
+    pad = part[length_table_bytes(alphabet) : table_at]
     if pad.any():
-        raise HuffmanError(f"{where}: non-zero padding after the code lengths at byte {at + alphabet}")
-    table_at = align(alphabet, 8)
+        raise HuffmanError(f"{where}: non-zero padding after the code lengths at byte {at + length_table_bytes(alphabet)}")
     offsets = part[table_at:prefix].view("<u8")
     payload = part[prefix:]
     if offsets[0] != 0:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .atomic import atomic_output
 from .constants import PART_ALIGNMENT, SECTION_GRAPH, SECTION_METADATA, SECTION_TENSOR
-from .container import dump_json, layout, preamble
+from .container import deflate, dump_json, layout, preamble
 from .encode import EncodedTensor
 from .errors import EncodeError
 from .streams import align
@@ -57,10 +57,10 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
             meta = dump_json(dict(sorted(dict(metadata).items())))
         except (TypeError, ValueError) as e:
             raise EncodeError(f"metadata is not JSON-serialisable: {e}") from None
-        sections.append((SECTION_METADATA, [meta], None))
+        sections.append((SECTION_METADATA, [deflate(meta)], None))
     gbytes = _graph_bytes(graph)
     if gbytes is not None:
-        sections.append((SECTION_GRAPH, [gbytes], None))
+        sections.append((SECTION_GRAPH, [deflate(gbytes)], None))
     seen = set()
     for t in tensors:
         if not isinstance(t, EncodedTensor):

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,9 @@ def op(kind, path, kw):
     elif kind == "verify":
         with dcformat.open(path, **kw) as r:
             r.verify()
+    elif kind == "metadata":
+        with dcformat.open(path, **kw) as r:
+            r.metadata
     elif kind == "graph":
         with dcformat.open(path, **kw) as r:
             r.graph
@@ -124,10 +128,38 @@ def bound(path: Path) -> int:
     return MAX_EXPANSION * path.stat().st_size + EXPANSION_SLACK
 
 
-def _graph_file(path: Path, graph: bytes, tensors=()) -> Path:
-    d = ma.Dcz.of_sections([("graph", graph, None)] + list(tensors))
-    path.write_bytes(d.build())
+def assemble(path: Path, sections: list[tuple[str, bytes, dict | None]]) -> Path:
+    """A file of raw (kind, payload, tensor descriptor) sections, laid out by dcformat's own container
+    code: a descriptor may declare anything (a bomb); graph and metadata payloads are stored as given."""
+    from dcformat import container
+    from dcformat.constants import PREAMBLE_SIZE
+
+    header, placed = container.layout([(k, len(p), zlib.crc32(p), d) for k, p, d in sections])
+    end = placed[-1].offset + placed[-1].length if placed else PREAMBLE_SIZE + len(header)
+    out = bytearray(end)
+    out[:PREAMBLE_SIZE] = container.preamble(header)
+    out[PREAMBLE_SIZE : PREAMBLE_SIZE + len(header)] = header
+    for sec, (_, payload, _) in zip(placed, sections):
+        out[sec.offset : sec.offset + len(payload)] = payload
+    path.write_bytes(out)
     return path
+
+
+def bomb(path: Path, d: "ma.Dcz") -> Path:
+    """The one tensor section of a make_attacks bomb, as a file."""
+    return assemble(path, [("tensor", d.payloads[0], d.entries[0]["tensor"])])
+
+
+def _graph_file(path: Path, graph: bytes, tensors=()) -> Path:
+    """A file with this graph section (bytes of a ModelProto) and these EncodedTensors, by dcformat.write."""
+    dcformat.write(path, list(tensors), graph=graph)
+    return path
+
+
+def _single_value(name: str, numel: int):
+    """A codebook-dense tensor of ``numel`` x 1.5: one symbol, no payload bits, one lane."""
+    return dcformat.encode_codebook(name, np.array([1.5], np.float32), np.zeros(numel, np.uint8),
+                                    encoding="codebook-dense", lane_size=1 << 24)
 
 
 def _nested_ifs(depth: int) -> bytes:
@@ -142,9 +174,13 @@ def _nested_ifs(depth: int) -> bytes:
 
 
 def _many_nodes(n: int) -> bytes:
-    """A graph of ``n`` Identity nodes, each with a name, an input, an output and one INT attribute."""
-    node = lambda i: ma._field(1, b"x") + ma._field(2, b"y") + ma._field(3, b"n%d" % i) + ma._field(4, b"Identity") + \
-        ma._field(5, ma._field(1, b"a") + bytes([0x18, 1, 0xA0, 0x01, 2]))  # attribute a: i=1, type INT
+    """A graph of ``n`` Identity nodes, each with a name, an input, an output and one INT attribute.
+    Names are random hex, as compressible as real names roughly (a graph of identical nodes inflates
+    so far that parsing it is refused: test_compressed_sections_cannot_parse_into_gigabytes)."""
+    names = np.random.default_rng(n).bytes(8 * 3 * n).hex().encode()
+    name = lambda i, k: names[16 * (3 * i + k) : 16 * (3 * i + k + 1)]
+    node = lambda i: ma._field(1, name(i, 0)) + ma._field(2, name(i, 1)) + ma._field(3, name(i, 2)) + \
+        ma._field(4, b"Identity") + ma._field(5, ma._field(1, b"a") + bytes([0x18, 1, 0xA0, 0x01, 2]))  # a: i=1, INT
     return ma._field(7, b"".join(ma._field(1, node(i)) for i in range(n)))
 
 
@@ -169,24 +205,24 @@ def warm(tmp_path_factory) -> list[Path]:
 def test_tensor_bombs_stay_within_the_expansion_bound(tmp_path, warm):
     files = {}
     # a few hundred bytes that decode to just under the bound: allowed, and that is all it may cost
-    small = tmp_path / "at_bound.dcz"
-    small.write_bytes(ma.bomb_dense([1], 1 << 24).build())
-    numel = (bound(small) - 2 * MiB) // 4
-    d = ma.bomb_dense([numel], 1 << 24)
-    graph = _references(1, "bomb", numel)
-    files["at_bound"] = _graph_file(tmp_path / "at_bound.dcz", graph, [("tensor", d.payloads[0], d.entries[0]["tensor"])])
-    files["over_bound"] = tmp_path / "over.dcz"
-    files["over_bound"].write_bytes(ma.bomb_dense([2**33], 1 << 24).build())
-    files["lanes_billions"] = tmp_path / "lanes.dcz"  # 2^25 lanes declared, 4 stored; the limit lifted
-    files["lanes_billions"].write_bytes(ma.bomb_dense([2**33], ma.LANE, lanes=4).build())
-    files["sparse_billions"] = tmp_path / "entries.dcz"  # 2^33 entries, the streams claim nothing
-    files["sparse_billions"].write_bytes(ma.bomb_sparse([2**33], entries=2**33).build())
+    numel = 1 << 20
+    for _ in range(3):  # the bound depends on the file's size, which barely depends on numel
+        at = _graph_file(tmp_path / "at_bound.dcz", _references(1, "bomb", numel), [_single_value("bomb", numel)])
+        numel = (bound(at) - 2 * MiB) // 4
+    files["at_bound"] = _graph_file(tmp_path / "at_bound.dcz", _references(1, "bomb", numel), [_single_value("bomb", numel)])
+    assert 4 * numel <= bound(files["at_bound"]) and files["at_bound"].stat().st_size < 4096
+    files["over_bound"] = bomb(tmp_path / "over.dcz", ma.bomb_dense([2**33], 1 << 24))
+    # 2^25 lanes declared, 4 stored; the limit lifted
+    files["lanes_billions"] = bomb(tmp_path / "lanes.dcz", ma.bomb_dense([2**33], ma.LANE, lanes=4))
+    # 2^33 entries, the streams claim nothing
+    files["sparse_billions"] = bomb(tmp_path / "entries.dcz", ma.bomb_sparse([2**33], entries=2**33))
     lifted = {"max_decoded_bytes": 1 << 40}
     jobs = [{"name": "at_bound", "op": op, "path": files["at_bound"]} for op in ("open", "decode", "verify", "graph", "to_onnx")]
     jobs += [{"name": "over_bound", "op": "open", "path": files["over_bound"]}]
     jobs += [{"name": n, "op": op, "path": files[n], "kw": lifted} for n in ("lanes_billions", "sparse_billions")
              for op in ("decode", "verify")]
     got = probe(jobs, warm)
+    _show(got, files)
     for (name, op), r in got.items():
         limit = bound(files[name])
         assert r["seconds"] < 5, r
@@ -206,29 +242,87 @@ def test_tensor_bombs_stay_within_the_expansion_bound(tmp_path, warm):
 def test_graph_bombs_stay_within_the_expansion_bound(tmp_path, warm):
     files = {
         "nested_200": _graph_file(tmp_path / "nested.dcz", _nested_ifs(200)),
-        "nodes_50k": _graph_file(tmp_path / "n50.dcz", _many_nodes(50_000)),
-        "nodes_100k": _graph_file(tmp_path / "n100.dcz", _many_nodes(100_000)),
-        "nodes_200k": _graph_file(tmp_path / "n200.dcz", _many_nodes(200_000)),
+        "nodes_10k": _graph_file(tmp_path / "n10.dcz", _many_nodes(10_000)),
+        "nodes_20k": _graph_file(tmp_path / "n20.dcz", _many_nodes(20_000)),
+        "nodes_40k": _graph_file(tmp_path / "n40.dcz", _many_nodes(40_000)),
     }
-    one = ma.bomb_dense([MiB // 4], 1 << 24)  # a 1 MiB record, referenced 5,000 times
+    # a 1 MiB record, referenced 5,000 times
     files["references_5k"] = _graph_file(tmp_path / "refs.dcz", _references(5000, "bomb", MiB // 4),
-                                         [("tensor", one.payloads[0], one.entries[0]["tensor"])])
+                                         [_single_value("bomb", MiB // 4)])
     jobs = [{"name": n, "op": op, "path": p, "repeat": 3} for n, p in files.items() for op in ("graph", "to_onnx")]
     got = probe(jobs, warm)
+    _show(got, files)
     for (name, op), r in got.items():
         limit = bound(files[name])
         if name == "nested_200":
             assert r["error"] == "FormatError" and "graph" in r["message"], r
-        elif name == "references_5k":  # 5 GB if every reference got its copy
-            assert r["error"] == "LimitError" and "once per reference" in r["message"], r
+        elif name == "references_5k":  # 5 GB if every reference got its copy (compressed: refused to parse)
+            assert r["error"] == "LimitError" and ("once per reference" in r["message"] or "parse" in r["message"]), r
         else:
             assert r["error"] is None, r
         assert r["traced_peak"] <= limit and (r["rss_peak"] or 0) <= limit, (name, op, r, limit)
         if name in ("nested_200", "references_5k"):
             assert (r["rss_peak"] or 0) < 16 * MiB and r["seconds"] < 2, r
     for op in ("graph", "to_onnx"):  # linear: doubling the graph at most ~triples the time
-        t = [got[(f"nodes_{k}k", op)]["seconds"] for k in (50, 100, 200)]
-        assert t[1] <= 3 * t[0] + 0.05 and t[2] <= 3 * t[1] + 0.05, (op, t)
+        t = [got[(f"nodes_{k}k", op)]["seconds"] for k in (10, 20, 40)]
+        assert t[1] <= 3 * t[0] + 0.1 and t[2] <= 3 * t[1] + 0.1, (op, t)
+
+
+def _compressed_bombs(tmp_path, warm, which):
+    """Small files whose header, metadata or graph hold millions of empty containers: a few KB when
+    stored compressed, megabytes to parse. What parsing them costs must stay within the bound."""
+    n = 2_000_000 if "header" not in which else 500_000
+    junk = [[] for _ in range(n)]  # 6 MB of JSON: a list of empty lists
+    files = {}
+    if "graph" in which:  # ModelProto.graph: 2M empty NodeProtos, 4 MB
+        files["graph"] = _graph_file(tmp_path / "graph.dcz", ma._field(7, ma._field(1, b"") * n))
+    if "metadata" in which:
+        files["metadata"] = tmp_path / "meta.dcz"
+        dcformat.write(files["metadata"], [], metadata={"x": junk})
+    if "header" in which:  # unknown keys of a descriptor are ignored, but parsed
+        one = ma.bomb_dense([1], 1 << 24)
+        files["header"] = assemble(tmp_path / "header.dcz", [("tensor", one.payloads[0], dict(one.entries[0]["tensor"], x=junk))])
+    # stored as they are, these are multi-megabyte files and no bombs (test_graph_bombs... covers large graphs)
+    files = {k: p for k, p in files.items() if p.stat().st_size < 1 << 20}
+    if not files:
+        return
+    ops = {"graph": ("graph", "to_onnx"), "metadata": ("metadata",), "header": ("open",)}
+    got = probe([{"name": k, "op": op, "path": p} for k, p in files.items() for op in ops[k]], warm)
+    _show(got, files)
+    for (name, op), r in got.items():
+        limit = bound(files[name])
+        assert r["error"] in (None, "LimitError"), r
+        assert r["traced_peak"] <= limit and (r["rss_peak"] or 0) <= limit, (name, op, r, limit)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_compressed_sections_cannot_parse_into_gigabytes(tmp_path, warm):
+    """Metadata and graph may be stored compressed (DEFLATE inflates up to ~1000:1), and parsing takes
+    up to ~27 (JSON) or ~100 (protobuf) bytes of memory per byte parsed: what is parsed is held to the
+    expansion bound (dcformat.reader.JSON_PARSE_FACTOR, GRAPH_PARSE_FACTOR), whatever the file stores.
+    (Stored as they are, the same sections make large files, which are accepted.)"""
+    _compressed_bombs(tmp_path, warm, ("graph", "metadata"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_compressed_header_within_the_expansion_bound(tmp_path, warm):
+    """Open issue where the header is stored compressed: it may inflate to MAX_HEADER_BYTES (64 MiB) of
+    JSON whatever the file's size (spec section 3; tests/test_spec.py::test_header_inflate_rules_as_specified
+    accepts that), and json.loads takes up to ~27x its input: opening a 6 KB file took ~340 MiB."""
+    try:
+        _compressed_bombs(tmp_path, warm, ("header",))
+    except AssertionError:
+        if (tmp_path / "header.dcz").stat().st_size < 1 << 20:  # stored compressed: the known issue
+            pytest.xfail("a compressed header can parse into more than the expansion bound (reported)")
+        raise
+
+
+def _show(got, files):
+    """The measurements, for ``pytest -s``."""
+    for (name, op), r in got.items():
+        print(f"{name:16} {op:9} {files[name].stat().st_size:>9} B file, bound {bound(files[name]) / MiB:7.1f} MiB: "
+              f"{r['error'] or 'ok':13} {r['seconds']:.3f} s, traced {r['traced_peak'] / MiB:6.1f} MiB, "
+              f"RSS {(r['rss_peak'] or 0) / MiB:6.1f} MiB")
 
 
 def test_many_sections_open_and_verify_in_linear_time(tmp_path):
@@ -238,16 +332,13 @@ def test_many_sections_open_and_verify_in_linear_time(tmp_path):
         dcformat.write(path, [dcformat.encode_raw(f"t{i}", np.full(2, i, np.int32)) for i in range(n)])
         return path
 
-    def best(path):
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            with dcformat.open(path) as r:
-                r.verify()
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
+    def once(path):
+        t0 = time.perf_counter()
+        with dcformat.open(path) as r:
+            r.verify()
+        return time.perf_counter() - t0
 
     paths = [make(n) for n in (2000, 4000)]
-    best(paths[0])
-    t = [best(p) for p in paths]
-    assert t[1] <= 3 * t[0] + 0.05, t
+    once(paths[0])
+    t = [min(x) for x in zip(*[(once(paths[0]), once(paths[1])) for _ in range(5)])]  # interleaved: same load
+    assert t[1] <= 3 * t[0] + 0.1, t

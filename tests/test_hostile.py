@@ -16,11 +16,14 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import zlib
+
 import numpy as np
 import pytest
 
 import dcformat
 from dcformat import DczError, FormatError, HuffmanError, LimitError
+from dcformat import reader as dcz_reader
 from dcformat.constants import EXPANSION_SLACK, MAX_EXPANSION
 
 sys.path.insert(0, str(Path(__file__).parent / "attacks"))
@@ -210,11 +213,13 @@ def test_section_fuzz_with_fixed_checksums(samples, kind, tmp_path):
     for trial in range(400):
         d = base.copy()
         i = rng.choice(tensors + tensors + [0, 1])  # mostly tensors; sometimes metadata and graph
-        p = bytearray(d.payloads[i])
+        # metadata and graph: damage their content (deflated again) or the stored DEFLATE stream itself
+        stored = i in (0, 1) and rng.random() < 0.5
+        p = bytearray(d.stored(i) if stored else d.payloads[i])
         for _ in range(rng.choice([1, 1, 2, 3, 8])):
             at = rng.randrange(len(p))
             p[at] = rng.choice(FUZZ_BYTES) if rng.random() < 0.5 else rng.randrange(256)
-        d.payloads[i] = bytes(p)
+        d.payloads[i] = ma.Stored(p) if stored else bytes(p)
         path.write_bytes(d.build())
         try:
             read_all(path)
@@ -247,7 +252,7 @@ def _paths(obj, prefix=()):
 @time_limit(60)
 @pytest.mark.parametrize("kind", ma.SAMPLES)
 def test_header_fuzz_with_fixed_checksums(samples, kind, tmp_path):
-    """Random hostile values anywhere in the tensor descriptors (and section offsets/lengths)."""
+    """Random hostile values anywhere in the tensor descriptors (and section lengths/CRCs)."""
     base = ma.Dcz.load(samples[kind])
     rng = random.Random(f"header-fuzz-{kind}")
     path = tmp_path / "fuzz.dcz"
@@ -273,6 +278,32 @@ def test_header_fuzz_with_fixed_checksums(samples, kind, tmp_path):
             pass
         except Exception as e:  # noqa: BLE001
             pytest.fail(f"{kind}: header fuzz trial {trial} {edits} raised {_describe(e)}")
+
+
+@time_limit(30)
+@pytest.mark.parametrize("kind", ma.SAMPLES)
+def test_header_stream_fuzz_with_fixed_checksums(samples, kind, tmp_path):
+    """Random damage to the stored (deflated) header, its CRC and the preamble's recomputed: inflating
+    and parsing it must end in success or a DczError."""
+    data = samples[kind].read_bytes()
+    hlen = ma.PREAMBLE.unpack(data[: ma.PREAMBLE_SIZE])[3]
+    rng = random.Random(f"header-stream-fuzz-{kind}")
+    path = tmp_path / "fuzz.dcz"
+    rejected = 0
+    for trial in range(400):
+        buf = bytearray(data)
+        for _ in range(rng.choice([1, 1, 2, 3, 8])):
+            at = ma.PREAMBLE_SIZE + rng.randrange(hlen)
+            buf[at] = rng.choice(FUZZ_BYTES) if rng.random() < 0.5 else rng.randrange(256)
+        ma.fix_preamble(buf, hcrc=zlib.crc32(bytes(buf[ma.PREAMBLE_SIZE : ma.PREAMBLE_SIZE + hlen])))
+        path.write_bytes(buf)
+        try:
+            read_all(path)
+        except DczError:
+            rejected += 1
+        except Exception as e:  # noqa: BLE001
+            pytest.fail(f"{kind}: header stream fuzz trial {trial} raised {_describe(e)}")
+    assert rejected > 0
 
 
 # ============================================================================ crafted files
@@ -425,3 +456,49 @@ def test_copy_of_sample_is_independent(samples, tmp_path):
         dst = tmp_path / path.name
         shutil.copy(path, dst)
         assert rejection(dst) is None
+
+
+# ============================================================================ inflating: the limits
+
+
+def test_header_inflate_limit_is_exact(samples, tmp_path, monkeypatch):
+    """The header's JSON text may inflate to MAX_HEADER_BYTES, not one byte more (LimitError), checked
+    while inflating (the real limit, 64 MiB, is the crafted file header-inflates-past-limit)."""
+    d = ma.Dcz.load(samples["dense"])
+    text = ma.dump_json(d.header)  # what the stored header inflates to
+    path = tmp_path / "h.dcz"
+    path.write_bytes(d.build())
+    assert ma.Dcz.parse(path.read_bytes()).header == d.header
+    with dcformat.open(path) as r:
+        assert r.header_json_bytes == len(text)
+    monkeypatch.setattr(dcz_reader, "MAX_HEADER_BYTES", len(text))
+    assert read_all(path).keys() == {"dense.w"}
+    monkeypatch.setattr(dcz_reader, "MAX_HEADER_BYTES", len(text) - 1)
+    with pytest.raises(LimitError, match=f"header .*inflates to more than {len(text) - 1} bytes"):
+        dcformat.open(path)
+
+
+@pytest.mark.parametrize("kind", ["metadata", "graph"])
+def test_section_inflate_limit(samples, tmp_path, monkeypatch, kind):
+    """Metadata and graph inflate under MAX_EXPANSION x stored length + EXPANSION_SLACK: exactly that much
+    is accepted, one byte more is a LimitError (limits lowered here: with the real ones, a file would
+    need megabytes of DEFLATE at more than 1024:1)."""
+    d = ma.Dcz.load(samples["dense"])
+    i = d.index(kind)
+    if kind == "metadata":
+        d.payloads[i] = ma.dump_json({"pad": " " * (1 << 20)})
+    else:  # ModelProto.doc_string (field 6): a megabyte of spaces
+        d.payloads[i] = d.payloads[i] + ma._varint(6 << 3 | 2) + ma._varint(1 << 20) + b" " * (1 << 20)
+    path = tmp_path / f"{kind}.dcz"
+    path.write_bytes(d.build())
+    stored, inflated = len(d.stored(i)), len(d.payloads[i])
+    monkeypatch.setattr(dcz_reader, "MAX_EXPANSION", 16)
+    monkeypatch.setattr(dcz_reader, "EXPANSION_SLACK", inflated - 16 * stored)
+    assert inflated > 16 * stored
+    read = (lambda r: r.metadata) if kind == "metadata" else (lambda r: r.graph)
+    with dcformat.open(path, max_decoded_bytes=1 << 30) as r:
+        read(r)  # at the limit: accepted
+    monkeypatch.setattr(dcz_reader, "EXPANSION_SLACK", inflated - 16 * stored - 1)
+    with dcformat.open(path, max_decoded_bytes=1 << 30) as r:
+        with pytest.raises(LimitError, match=f"{kind} .*inflates to more than"):
+            read(r)

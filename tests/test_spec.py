@@ -3,9 +3,11 @@
 * the "Constants" table of the spec quotes every int constant of dcformat.constants, with its value;
 * the dtype and encoding/parts tables match the code;
 * headers written by dcformat (and the golden vectors) validate against the JSON Schema;
-* the spec's worked examples are what the encoder produces, byte for byte;
-* a small decoder written from the spec alone (container rules, canonical codes, MSB-first
-  lanes, sparse positions and lane bases) reads what dcformat writes, value for value.
+* the spec's worked examples are what the encoder and writer produce, byte for byte;
+* a small decoder written from the spec alone (container rules, DEFLATE-stored header,
+  metadata and graph, tiling without stored offsets, packed code lengths, canonical codes,
+  MSB-first lanes, sparse positions and lane bases) reads what dcformat writes, value for
+  value, and what it rejects dcformat rejects with the error class the spec names.
 """
 
 from __future__ import annotations
@@ -216,17 +218,42 @@ def test_schema_agrees_with_constants():
     for branch in d["tensor"]["allOf"]:  # required by every encoding
         assert "nonzeros" in branch["then"]["required"] and "nonzeros" in branch["then"]["propertyNames"]["enum"]
     assert schema["properties"]["sections"]["maxItems"] == constants.MAX_SECTIONS
-    assert d["section"]["properties"]["offset"]["multipleOf"] == constants.ALIGNMENT
+    # entries carry no offset (it follows from the tiling rule), and no key outside v1.0 is allowed
+    assert d["section"]["required"] == ["kind", "length", "crc32"]
+    assert set(d["section"]["properties"]) == {"kind", "length", "crc32", "tensor"}
+    assert d["section"]["additionalProperties"] is False
+    assert schema["additionalProperties"] is False
     for enc, parts in constants.PARTS.items():  # the schema lists parts in layout order too
         key = "parts_" + enc.replace("-", "_")
         assert tuple(d[key]["properties"]) == parts
         assert tuple(d[key]["required"]) == parts
 
 
-def read_header(path) -> dict:
+def raw_inflate(stored: bytes, limit: int) -> bytes:
+    """Spec 1 (DEFLATE): inflate a raw DEFLATE stream under ``limit``; it must be complete, end
+    exactly at the end of ``stored`` and inflate to at most ``limit`` bytes."""
+    d = zlib.decompressobj(-15)
+    out = d.decompress(stored, limit + 1)
+    assert len(out) <= limit, "inflates to more than the limit"
+    assert d.eof, "the DEFLATE stream is incomplete"
+    assert not d.unused_data and not d.unconsumed_tail, "bytes after the end of the DEFLATE stream"
+    return out
+
+
+def spec_deflate(data: bytes) -> bytes:
+    """Spec 1 (DEFLATE): what the reference writer stores: zlib, level 9, window bits -15, memLevel 9."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+    return c.compress(data) + c.flush()
+
+
+def read_header_text(path) -> bytes:
     data = Path(path).read_bytes()
     header_len = struct.unpack_from("<I", data, 12)[0]
-    return json.loads(data[24 : 24 + header_len])
+    return raw_inflate(data[24 : 24 + header_len], constants.MAX_HEADER_BYTES)
+
+
+def read_header(path) -> dict:
+    return json.loads(read_header_text(path))
 
 
 def _graph_model(ref_name: str, shape):
@@ -341,7 +368,7 @@ def test_schema_rejects_bad_headers(validator):
             "codebook_dtype": "float32",
             "codebook_size": 2, "lane_size": 256, "gap_bits": 2, "entries": 4,
             "parts": {"codebook": 8, "lane_bases": 8, "gaps": 17, "indices": 17}}
-    entry = {"kind": "tensor", "offset": 192, "length": 57, "crc32": 1, "tensor": good}
+    entry = {"kind": "tensor", "length": 57, "crc32": 1, "tensor": good}
     validator.validate({"sections": [entry]})
 
     def bad(mutate):
@@ -361,7 +388,9 @@ def test_schema_rejects_bad_headers(validator):
     bad(lambda e: e["tensor"].update(shape=[-1]))
     bad(lambda e: e.pop("tensor"))                                    # tensor kind needs a descriptor
     bad(lambda e: e.update(kind="graph"))                             # ... and others must not have one
-    bad(lambda e: e.update(offset=100))                               # not a multiple of 64
+    bad(lambda e: e.update(offset=216))                               # entries carry no offset in v1.0
+    bad(lambda e: e.pop("length"))
+    bad(lambda e: e.pop("crc32"))
     bad(lambda e: e.update(crc32=1 << 32))
     bad(lambda e: e["tensor"].pop("nonzeros"))                        # required, for every encoding
     bad(lambda e: e["tensor"].update(nonzeros=-1))
@@ -370,10 +399,9 @@ def test_schema_rejects_bad_headers(validator):
     bad(lambda e: e["tensor"].update(nonzeros=True))
     bad(lambda e: e["tensor"].update(nonzeros=constants.MAX_ELEMENTS + 1))
     raw = {"name": "r", "dtype": "bool", "shape": [], "encoding": "raw", "nonzeros": 1, "parts": {"data": 1}}
-    validator.validate({"sections": [{"kind": "tensor", "offset": 64, "length": 1, "crc32": 0, "tensor": raw}]})
+    validator.validate({"sections": [{"kind": "tensor", "length": 1, "crc32": 0, "tensor": raw}]})
     no_nz = {k: v for k, v in raw.items() if k != "nonzeros"}
-    assert not validator.is_valid({"sections": [{"kind": "tensor", "offset": 64, "length": 1, "crc32": 0,
-                                                 "tensor": no_nz}]})
+    assert not validator.is_valid({"sections": [{"kind": "tensor", "length": 1, "crc32": 0, "tensor": no_nz}]})
     assert not validator.is_valid({})
 
 
@@ -403,12 +431,33 @@ def test_example_sparse_tensor(tmp_path):
     header = read_header(path)
     assert header["sections"][0]["tensor"] == desc
     s = header["sections"][0]
-    data = path.read_bytes()[s["offset"] : s["offset"] + s["length"]]
+    file = path.read_bytes()
+    off = -(-(24 + struct.unpack_from("<I", file, 12)[0]) // 8) * 8  # 3.3: the first section's place
+    assert off + s["length"] == len(file)
+    data = file[off : off + s["length"]]
     assert data == example_bytes("sparse-section")
     want = np.array([0, 0.5, 0, 0, 0, 0, 0, 0, -1, 0.5], np.float32)
     np.testing.assert_array_equal(spec_decode_tensor(desc, data), want)
     with dcformat.open(path) as r:
         np.testing.assert_array_equal(r["t"], want)
+
+
+def test_example_whole_file(tmp_path):
+    """13.4: the file the reference writer makes of the tensor of 13.3, its header text and tiling."""
+    t = dcformat.encode_codebook("t", [0.0, 0.5, -1.0], np.array([0, 1, 0, 0, 0, 0, 0, 0, 2, 1]),
+                                 encoding="codebook-sparse", gap_bits=2, lane_size=256)
+    path = tmp_path / "ex.dcz"
+    dcformat.write(path, [t])
+    data = path.read_bytes()
+    assert data == example_bytes("file")
+    text = example("file-header").strip().encode("ascii")
+    assert read_header_text(path) == text
+    header_len = struct.unpack_from("<I", data, 12)[0]
+    assert data[24 : 24 + header_len] == spec_deflate(text)  # zlib with the parameters of spec 1
+    assert (24 + header_len, -(-(24 + header_len) // 8) * 8, len(data)) == (212, 216, 273)
+    assert data[216:] == example_bytes("sparse-section")
+    assert json.loads(text)["sections"][0]["crc32"] == zlib.crc32(example_bytes("sparse-section"))
+    np.testing.assert_array_equal(spec_read(path)["t"], np.array([0, 0.5, 0, 0, 0, 0, 0, 0, -1, 0.5], np.float32))
 
 
 # ---------------------------------------------------------------- a decoder written from the spec
@@ -450,11 +499,14 @@ def spec_decode_stream(part: bytes, n: int, alphabet: int, lane_size: int) -> li
         assert part == b""
         return []
     nl = -(-n // lane_size)
-    table_at = -(-alphabet // 8) * 8
+    table_bytes = -(-alphabet // 2)  # C = ceil(A / 2): two 4-bit code lengths per byte
+    table_at = -(-table_bytes // 8) * 8
     prefix = table_at + 8 * nl
     assert len(part) >= prefix
-    lengths = list(part[:alphabet])
-    assert not any(part[alphabet:table_at])
+    nibbles = [v for b in part[:table_bytes] for v in (b >> 4, b & 0x0F)]  # symbol 2i high, 2i+1 low
+    lengths = nibbles[:alphabet]
+    assert not any(nibbles[alphabet:]), "the unused low nibble (odd alphabet) is not zero"
+    assert not any(part[table_bytes:table_at])
     used = [s for s, ln in enumerate(lengths) if ln]
     assert used and max(lengths) <= constants.MAX_CODE_LENGTH
     single = len(used) == 1
@@ -550,15 +602,20 @@ def spec_read(path) -> dict[str, object]:
     major, minor, header_len, header_crc, preamble_crc = struct.unpack_from("<HHIII", data, 8)
     assert zlib.crc32(data[:20]) == preamble_crc
     assert (major, minor) == (1, 0)
-    header_bytes = data[24 : 24 + header_len]
-    assert zlib.crc32(header_bytes) == header_crc
-    assert header_bytes.isascii() and b" " not in header_bytes  # compact ASCII (no strings with spaces here)
+    assert header_len <= constants.MAX_HEADER_BYTES and 24 + header_len <= len(data)
+    stored = data[24 : 24 + header_len]
+    assert zlib.crc32(stored) == header_crc  # the CRC is of the stored (deflated) bytes
+    header_bytes = raw_inflate(stored, constants.MAX_HEADER_BYTES)
+    assert header_bytes.isascii()
     header = json.loads(header_bytes)
+    # compact (no whitespace outside strings), no duplicate keys, no NaN: the text is its own compact form
+    assert json.dumps(header, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii") == header_bytes
     end, out = 24 + header_len, {}
     kinds = []
     for s in header["sections"]:
-        off = -(-end // 64) * 64
-        assert s["offset"] == off and not any(data[end:off])
+        assert "offset" not in s  # offsets are not stored: the tiling rule places each section
+        off = -(-end // 8) * 8
+        assert not any(data[end:off])
         body = data[off : off + s["length"]]
         assert len(body) == s["length"] and zlib.crc32(body) == s["crc32"]
         kinds.append(s["kind"])
@@ -567,7 +624,8 @@ def spec_read(path) -> dict[str, object]:
             out[s["tensor"]["name"]] = spec_decode_tensor(s["tensor"], body)
         else:
             assert "tensor" not in s
-            out[s["kind"]] = body
+            # metadata and graph are stored deflated; inflated under MAX_EXPANSION x length + EXPANSION_SLACK
+            out[s["kind"]] = raw_inflate(body, constants.MAX_EXPANSION * s["length"] + constants.EXPANSION_SLACK)
         end = off + s["length"]
     assert end == len(data)
     assert kinds.count("metadata") <= 1 and kinds.count("graph") <= 1
@@ -592,6 +650,203 @@ def test_spec_decoder_reads_what_dcformat_writes(tmp_path):
                 assert json.loads(got["metadata"]) == r.metadata
             if "graph" in got:
                 assert got["graph"] == r.graph_bytes
+
+
+def test_spec_decoder_reads_golden_vectors():
+    """The spec-only decoder reads every golden vector as dcformat does, and the vectors' header,
+    metadata and graph are stored as the reference writer's zlib parameters (spec 1) make them."""
+    paths = sorted(VECTORS.glob("*.dcz"))
+    if not paths:
+        pytest.skip("no golden vectors in spec/vectors")
+    for p in paths:
+        got = spec_read(p)
+        data = p.read_bytes()
+        header_len = struct.unpack_from("<I", data, 12)[0]
+        text = read_header_text(p)
+        assert data[24 : 24 + header_len] == spec_deflate(text), p.name
+        with dcformat.open(p) as r:
+            assert [k for k in got if k not in ("metadata", "graph")] == list(r), p.name
+            for name in r:
+                _same(got[name], r[name])
+            if "metadata" in got:
+                assert json.loads(got["metadata"]) == r.metadata, p.name
+            if "graph" in got:
+                assert got["graph"] == r.graph_bytes, p.name
+        end = 24 + header_len
+        for s in json.loads(text)["sections"]:  # stored metadata and graph are zlib's output too
+            off = -(-end // 8) * 8
+            if s["kind"] in ("metadata", "graph"):
+                body = data[off : off + s["length"]]
+                assert body == spec_deflate(raw_inflate(body, constants.MAX_EXPANSION * len(body) + constants.EXPANSION_SLACK))
+            end = off + s["length"]
+
+
+def build_file(sections, stored_header: bytes | None = None, header: dict | None = None) -> bytes:
+    """A file made by the container rules of spec 2-3 alone: ``sections`` is a list of (entry without
+    length/crc32, stored bytes); the header is deflated unless ``stored_header`` is given."""
+    entries = [{"kind": e["kind"], "length": len(b), "crc32": zlib.crc32(b), **e} for e, b in sections]
+    if header is None:
+        header = {"sections": entries}
+    if stored_header is None:
+        stored_header = spec_deflate(json.dumps(header, separators=(",", ":")).encode("ascii"))
+    pre = constants.MAGIC + struct.pack("<HHII", 1, 0, len(stored_header), zlib.crc32(stored_header))
+    out = bytearray(pre + struct.pack("<I", zlib.crc32(pre)) + stored_header)
+    for _, body in sections:
+        out += bytes(-len(out) % 8) + body  # 3.3: zero padding to the next multiple of ALIGNMENT = 8
+    return bytes(out)
+
+
+def _opens(path, data: bytes):
+    """Write ``data`` to ``path`` and open it: (tensor names, metadata)."""
+    path.write_bytes(data)
+    with dcformat.open(path) as r:
+        return list(r), r.metadata
+
+
+def test_header_inflate_rules_as_specified(tmp_path):
+    """Spec 1, 3, 11 (at open, 5-7): the stored header is a complete raw DEFLATE stream that ends at
+    24 + header_len and inflates to at most MAX_HEADER_BYTES; its CRC is checked before inflating."""
+    path = tmp_path / "h.dcz"
+    text = b'{"sections":[]}'
+    ok = spec_deflate(text)
+    assert _opens(path, build_file([], ok)) == ([], {})
+    assert spec_read(path) == {}
+    # any valid DEFLATE encoding is accepted, not only zlib level 9's
+    for level in (0, 1, 6):
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+        assert _opens(path, build_file([], c.compress(text) + c.flush())) == ([], {})
+    bad = {
+        "trailing byte": ok + b"\x00",
+        "incomplete": ok[:-1],
+        "reserved block type": b"\x07\x00",
+        "zlib wrapper": zlib.compress(text, 9),
+        "not deflated": text,
+        "empty": b"",
+    }
+    for why, stored in bad.items():
+        path.write_bytes(build_file([], stored))
+        with pytest.raises(dcformat.FormatError):
+            dcformat.open(path)
+        with pytest.raises((AssertionError, zlib.error, ValueError)):
+            spec_read(path)
+        # the header CRC comes first: the same bytes with a wrong header_crc32 are a ChecksumError
+        data = bytearray(build_file([], stored))
+        data[16:20] = struct.pack("<I", zlib.crc32(stored) ^ 1)
+        data[20:24] = struct.pack("<I", zlib.crc32(bytes(data[:20])))
+        path.write_bytes(bytes(data))
+        with pytest.raises(dcformat.ChecksumError):
+            dcformat.open(path)
+    # the limit is on the inflated JSON text: exactly MAX_HEADER_BYTES is fine, one more is not
+    pad = constants.MAX_HEADER_BYTES - len(b'{"sections":[],"x":""}')
+    at_limit = b'{"sections":[],"x":"' + b"a" * pad + b'"}'
+    assert len(at_limit) == constants.MAX_HEADER_BYTES
+    for text, ok_ in ((at_limit, True), (at_limit[:-2] + b'a"}', False)):
+        stored = spec_deflate(text)
+        assert len(stored) < 1 << 17
+        path.write_bytes(build_file([], stored))
+        if ok_:
+            assert _opens(path, path.read_bytes()) == ([], {})  # unknown header keys are ignored (2.2)
+        else:
+            with pytest.raises(dcformat.LimitError):
+                dcformat.open(path)
+            with pytest.raises(AssertionError, match="more than the limit"):
+                spec_read(path)
+
+
+def test_deflated_sections_as_specified(tmp_path):
+    """Spec 5.1, 5.2, 11: metadata and graph are stored deflated; length and CRC are of the stored
+    bytes; a stream that is invalid, incomplete or followed by more bytes is a FormatError."""
+    path = tmp_path / "m.dcz"
+    meta = json.dumps({"producer": "tests", "n": [1, 2, 3]}, separators=(",", ":")).encode("ascii")
+    assert _opens(path, build_file([({"kind": "metadata"}, spec_deflate(meta))])) == ([], json.loads(meta))
+    assert spec_read(path)["metadata"] == meta
+    model, _ = _graph_model("w", (2, 2))
+    graph = model.SerializeToString()
+    w = dcformat.encode_raw("w", np.ones((2, 2), np.float32))
+    dcformat.write(path, [w], graph=model)
+    with dcformat.open(path) as r:
+        assert r.graph_bytes == graph
+    assert spec_read(path)["graph"] == graph
+    for stored in (spec_deflate(meta) + b"\x00", spec_deflate(meta)[:-1], b"\x07\x00", zlib.compress(meta), meta, b""):
+        for kind, read in (("metadata", lambda r: r.metadata), ("graph", lambda r: r.graph_bytes)):
+            path.write_bytes(build_file([({"kind": kind}, stored)]))
+            with dcformat.open(path) as r:  # the header is fine; the section is checked when it is read
+                with pytest.raises(dcformat.FormatError):
+                    read(r)
+            with pytest.raises((AssertionError, zlib.error)):
+                spec_read(path)
+    # the section CRC is checked before inflating
+    data = bytearray(build_file([({"kind": "metadata"}, b"\x07\x00")], header={"sections": [
+        {"kind": "metadata", "length": 2, "crc32": zlib.crc32(b"\x07\x00") ^ 1}]}))
+    path.write_bytes(bytes(data))
+    with dcformat.open(path) as r:
+        with pytest.raises(dcformat.ChecksumError):
+            r.metadata
+
+
+def test_offsets_come_from_the_tiling_rule(tmp_path):
+    """Spec 3.2, 3.3: entries carry no offset; sections start at align_up(end of previous, 8), the
+    first after the stored header; a reader never takes a place from the header (an "offset" key is
+    an unknown key, ignored)."""
+    x = np.arange(3, dtype=np.uint8)  # 3-byte sections: the padding between them is exercised
+    a, b = dcformat.encode_raw("a", x), dcformat.encode_raw("b", x + 1)
+    path = tmp_path / "t.dcz"
+    dcformat.write(path, [a, b])
+    data = path.read_bytes()
+    header = read_header(path)
+    assert all("offset" not in e for e in header["sections"])
+    sec = [({"kind": "tensor", "tensor": e["tensor"]}, body) for e, body in
+           zip(header["sections"], (x.tobytes(), (x + 1).tobytes()))]
+    assert build_file(sec) == data  # the tiling of 3.3, byte for byte
+    hl = struct.unpack_from("<I", data, 12)[0]
+    first = -(-(24 + hl) // 8) * 8
+    assert data[first : first + 3] == x.tobytes() and data[first + 8 : first + 11] == (x + 1).tobytes()
+    assert len(data) == first + 11
+    entries = [dict(e, offset=0) for e in header["sections"]]  # a wrong "offset" changes nothing
+    path.write_bytes(build_file(sec, header={"sections": entries}))
+    with dcformat.open(path) as r:
+        _same(r["a"], x)
+        _same(r["b"], x + 1)
+    # non-zero padding between sections, or a byte after the last one, is a FormatError
+    for pos in (first + 3, first + 7):
+        bad = bytearray(data)
+        bad[pos] = 1
+        path.write_bytes(bytes(bad))
+        with pytest.raises(dcformat.FormatError):
+            dcformat.open(path)
+    path.write_bytes(data + b"\x00")
+    with pytest.raises(dcformat.FormatError):
+        dcformat.open(path)
+
+
+def test_packed_code_lengths_as_specified(tmp_path):
+    """Spec 8.1: two 4-bit code lengths per byte, symbol 2i high; for an odd alphabet the last low
+    nibble must be zero; then zero padding to a multiple of 8 (HuffmanError otherwise)."""
+    sym = np.array([0, 0, 1, 2, 0, 4, 4, 3, 0, 0])
+    part = streams.encode_stream(sym, 5, 256).tobytes()
+    lengths = [v for byte in part[:3] for v in (byte >> 4, byte & 0x0F)]
+    assert lengths[5] == 0 and lengths[:5] == huffman.code_lengths(np.bincount(sym, minlength=5)).tolist()
+    assert spec_decode_stream(part, sym.size, 5, 256) == sym.tolist()
+    cb = [0.0, 0.5, 1.5, -2.0, 3.0]
+    t = dcformat.encode_codebook("t", cb, sym, encoding="codebook-dense", lane_size=256)
+    assert t.info.parts["indices"] == len(part)
+    path = tmp_path / "p.dcz"
+    dcformat.write(path, [t])
+    (entry,) = read_header(path)["sections"]
+    body = path.read_bytes()[-entry["length"] :]
+    at = len(body) - len(part)  # the indices part is the last one
+    assert body[at:] == part
+    for pos, bit, why in ((at + 2, 0x01, "unused low nibble"), (at + 3, 0x10, "padding"), (at + 7, 0x80, "padding")):
+        bad = bytearray(body)
+        bad[pos] |= bit
+        with pytest.raises(AssertionError):
+            spec_decode_stream(bytes(bad[at:]), sym.size, 5, 256)
+        with pytest.raises(dcformat.HuffmanError):
+            streams.parse_stream(np.frombuffer(bytes(bad[at:]), np.uint8), sym.size, 5, 256, "t", 0)
+        path.write_bytes(build_file([({"kind": "tensor", "tensor": entry["tensor"]}, bytes(bad))]))
+        with dcformat.open(path) as r:
+            with pytest.raises(dcformat.HuffmanError):
+                r["t"]
 
 
 def test_graph_reference_as_specified(tmp_path):

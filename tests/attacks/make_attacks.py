@@ -32,9 +32,9 @@ from dcformat.constants import (
     VERSION_MAJOR,
     VERSION_MINOR,
 )
-from dcformat.container import PREAMBLE, dump_json, preamble
+from dcformat.container import PREAMBLE, deflate, dump_json, preamble
 from dcformat.huffman import canonical_codes
-from dcformat.streams import align, num_lanes
+from dcformat.streams import align, length_table_bytes, num_lanes, unpack_lengths
 
 # ============================================================================ samples
 
@@ -147,36 +147,55 @@ def fix_preamble(data: bytearray, *, major=None, minor=None, hlen=None, hcrc=Non
 
 @dataclass
 class StreamParts:
-    """A Huffman stream part split up: code lengths, their padding, lane table, payload."""
+    """A Huffman stream part split up: code lengths (unpacked, one per symbol), the unused low nibble of
+    the packed table (odd alphabets only), the padding after the table, lane table, payload."""
 
     lengths: bytearray
     pad: bytearray
     offsets: list[int]
     payload: bytearray
+    spare: int = 0  # the low nibble of the table's last byte when the alphabet is odd (must be 0)
 
     @classmethod
     def split(cls, part: bytes, alphabet: int, n: int, lane_size: int) -> "StreamParts":
-        table_at = align(alphabet, 8)
+        c = length_table_bytes(alphabet)
+        table_at = align(c, 8)
         nl = num_lanes(n, lane_size)
         prefix = table_at + 8 * nl
         offsets = list(struct.unpack(f"<{nl}Q", bytes(part[table_at:prefix])))
-        return cls(bytearray(part[:alphabet]), bytearray(part[alphabet:table_at]), offsets, bytearray(part[prefix:]))
+        lengths, spare = unpack_lengths(np.frombuffer(bytes(part[:c]), np.uint8), alphabet)
+        return cls(bytearray(lengths.tobytes()), bytearray(part[c:table_at]), offsets, bytearray(part[prefix:]),
+                   int(spare[0]) if spare.size else 0)
+
+    @property
+    def table(self) -> bytes:
+        """The packed code-length table: two lengths per byte, symbol 2i in the high nibble."""
+        assert max(self.lengths, default=0) <= 15 and 0 <= self.spare <= 15, "a nibble holds 0..15"
+        nib = list(self.lengths) + ([self.spare] if len(self.lengths) % 2 else [])
+        return bytes((nib[i] << 4) | nib[i + 1] for i in range(0, len(nib), 2))
+
+    def set_table(self, table: bytes) -> None:
+        """Set the packed table's bytes as they are (ceil(alphabet / 2) of them)."""
+        assert len(table) == length_table_bytes(len(self.lengths))
+        lengths, spare = unpack_lengths(np.frombuffer(bytes(table), np.uint8), len(self.lengths))
+        self.lengths[:] = lengths.tobytes()
+        self.spare = int(spare[0]) if spare.size else 0
 
     def to_bytes(self) -> bytes:
-        return bytes(self.lengths) + bytes(self.pad) + struct.pack(f"<{len(self.offsets)}Q", *self.offsets) + bytes(
-            self.payload
-        )
+        return self.table + bytes(self.pad) + struct.pack(f"<{len(self.offsets)}Q", *self.offsets) + bytes(self.payload)
 
     def lane_end(self, lane: int) -> int:
         return self.offsets[lane + 1] if lane + 1 < len(self.offsets) else len(self.payload)
 
 
-def make_stream(alphabet: int, lengths: dict[int, int], lane_offsets: list[int], payload: bytes = b"") -> bytes:
-    """Raw bytes of a stream part, for hand-made tensors."""
+def make_stream(alphabet: int, lengths: dict[int, int], lane_offsets: list[int], payload: bytes = b"",
+                spare: int = 0) -> bytes:
+    """Raw bytes of a stream part, for hand-made tensors (``spare``: the unused nibble of an odd alphabet)."""
     ln = bytearray(alphabet)
     for s, v in lengths.items():
         ln[s] = v
-    return StreamParts(ln, bytearray(align(alphabet, 8) - alphabet), list(lane_offsets), bytearray(payload)).to_bytes()
+    c = length_table_bytes(alphabet)
+    return StreamParts(ln, bytearray(align(c, 8) - c), list(lane_offsets), bytearray(payload), spare).to_bytes()
 
 
 def join_parts(parts: dict[str, bytes]) -> tuple[bytes, dict[str, int]]:
@@ -188,9 +207,39 @@ def join_parts(parts: dict[str, bytes]) -> tuple[bytes, dict[str, int]]:
     return bytes(out), {k: len(v) for k, v in parts.items()}
 
 
+DEFLATED_KINDS = ("metadata", "graph")  # sections stored as raw DEFLATE of their content
+
+
+class Stored(bytes):
+    """A metadata or graph payload given as the bytes to store: :meth:`Dcz.build` does not deflate it."""
+
+
+def tiling(header_len: int, lengths: list[int]) -> list[int]:
+    """Where sections of these lengths start after a stored header of ``header_len`` bytes (3.3)."""
+    pos, out = PREAMBLE_SIZE + header_len, []
+    for n in lengths:
+        pos = align(pos, ALIGNMENT)
+        out.append(pos)
+        pos += n
+    return out
+
+
+def _inflate_all(data: bytes) -> bytes:
+    d = zlib.decompressobj(-15)
+    out = d.decompress(bytes(data))
+    if not d.eof or d.unused_data:
+        raise zlib.error("not one complete raw DEFLATE stream")
+    return out
+
+
 @dataclass
 class Dcz:
-    """A .dcz file taken apart: version, header (a JSON-able dict) and one payload per section."""
+    """A .dcz file taken apart: version, header (a JSON-able dict) and one payload per section.
+
+    Metadata and graph payloads are held inflated (the JSON / ModelProto bytes) and deflated again
+    by :meth:`build`, unless given as :class:`Stored` bytes (stored as they are). Entries carry no
+    offsets: sections tile the file after the header.
+    """
 
     header: dict
     payloads: list[bytes]
@@ -200,8 +249,17 @@ class Dcz:
     @classmethod
     def parse(cls, data: bytes) -> "Dcz":
         _, major, minor, hlen, _, _ = PREAMBLE.unpack(data[:PREAMBLE_SIZE])
-        header = json.loads(data[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
-        payloads = [bytes(data[e["offset"] : e["offset"] + e["length"]]) for e in header["sections"]]
+        header = json.loads(_inflate_all(data[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen]))
+        entries = header["sections"]
+        payloads = []
+        for e, at in zip(entries, tiling(hlen, [e["length"] for e in entries])):
+            p = bytes(data[at : at + e["length"]])
+            if e.get("kind") in DEFLATED_KINDS:
+                try:
+                    p = _inflate_all(p)
+                except zlib.error:
+                    p = Stored(p)
+            payloads.append(p)
         return cls(header, payloads, major, minor)
 
     @classmethod
@@ -210,10 +268,10 @@ class Dcz:
 
     @classmethod
     def of_sections(cls, sections: list[tuple[str, bytes, dict | None]]) -> "Dcz":
-        """A file from (kind, payload, tensor descriptor) triples; offsets etc. are filled in by build."""
+        """A file from (kind, payload, tensor descriptor) triples; lengths and CRCs are filled in by build."""
         header = {"sections": []}
         for kind, _, tensor in sections:
-            e = {"kind": kind, "offset": 0, "length": 0, "crc32": 0}
+            e = {"kind": kind, "length": 0, "crc32": 0}
             if tensor is not None:
                 e["tensor"] = tensor
             header["sections"].append(e)
@@ -221,6 +279,13 @@ class Dcz:
 
     def copy(self) -> "Dcz":
         return Dcz(copy.deepcopy(self.header), list(self.payloads), self.major, self.minor)
+
+    def stored(self, i: int) -> bytes:
+        """The bytes section ``i`` stores: its payload, deflated if it is metadata or a graph (not Stored)."""
+        p = self.payloads[i]
+        if self.entries[i].get("kind") in DEFLATED_KINDS and not isinstance(p, Stored):
+            return deflate(bytes(p))
+        return bytes(p)
 
     # ---------------------------------------------------------------- lookups
     @property
@@ -270,43 +335,45 @@ class Dcz:
         tamper: Callable[[dict], None] | None = None,
         *,
         encoder: Callable[[dict], bytes] = dump_json,
+        compress: Callable[[bytes], bytes] = deflate,
         gaps: dict[int, int] | None = None,
         recrc: bool = True,
     ) -> bytes:
-        """Lay the file out again (offsets, lengths and CRCs recomputed), then serialize.
+        """Lay the file out again (lengths and CRCs recomputed, sections tiled), then serialize.
 
-        ``tamper(header)`` edits the finished header (a copy) before it is encoded, in every
-        round of the layout's fixed-point iteration; ``encoder`` turns it into bytes;
-        ``gaps[i]`` puts that many extra zero bytes before section i; ``recrc=False`` keeps
-        the section CRCs of the header as they are.
+        ``tamper(header)`` edits the finished header (a copy) before it is encoded; ``encoder``
+        turns it into JSON text and ``compress`` that into the stored header bytes (raw DEFLATE);
+        ``gaps[i]`` puts that many extra zero bytes before section i (so that it is not where the
+        tiling rule puts it); ``recrc=False`` keeps the section CRCs of the header as they are.
         """
         gaps = gaps or {}
-        hlen = 0
-        for _ in range(64):
-            h = copy.deepcopy(self.header)
-            pos = PREAMBLE_SIZE + hlen
-            places = []
-            for i, (e, p) in enumerate(zip(h["sections"], self.payloads)):
-                pos = align(pos, ALIGNMENT) + gaps.get(i, 0)
-                places.append(pos)
-                e["offset"], e["length"] = pos, len(p)
-                if recrc:
-                    e["crc32"] = zlib.crc32(p)
-                pos += len(p)
-            if tamper is not None:
-                tamper(h)
-            hb = encoder(h)
-            if len(hb) == hlen:
-                break
-            hlen = len(hb)
-        else:  # pragma: no cover
-            raise RuntimeError("layout did not converge")
+        stored = [self.stored(i) for i in range(len(self.payloads))]
+        h = copy.deepcopy(self.header)
+        for e, p in zip(h["sections"], stored):
+            e["length"] = len(p)
+            if recrc:
+                e["crc32"] = zlib.crc32(p)
+        if tamper is not None:
+            tamper(h)
+        hb = compress(encoder(h))
+        pos = PREAMBLE_SIZE + len(hb)
+        places = []
+        for i, p in enumerate(stored):
+            pos = align(pos, ALIGNMENT) + gaps.get(i, 0)
+            places.append(pos)
+            pos += len(p)
         data = bytearray(pos)
         data[:PREAMBLE_SIZE] = preamble(hb, self.major, self.minor)
-        data[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen] = hb
-        for at, p in zip(places, self.payloads):
+        data[PREAMBLE_SIZE : PREAMBLE_SIZE + len(hb)] = hb
+        for at, p in zip(places, stored):
             data[at : at + len(p)] = p
         return bytes(data)
+
+
+def section_offsets(data: bytes) -> list[int]:
+    """Where the sections of a (valid) file start, by the tiling rule."""
+    hlen = PREAMBLE.unpack(bytes(data[:PREAMBLE_SIZE]))[3]
+    return tiling(hlen, [e["length"] for e in Dcz.parse(data).entries])
 
 
 def region(data: bytes, offset: int) -> str:
@@ -317,16 +384,16 @@ def region(data: bytes, offset: int) -> str:
     _, _, _, hlen, _, _ = PREAMBLE.unpack(data[:PREAMBLE_SIZE])
     if offset < PREAMBLE_SIZE + hlen:
         return "header"
-    for i, e in enumerate(d.entries):
-        if e["offset"] <= offset < e["offset"] + e["length"]:
+    for i, (e, at) in enumerate(zip(d.entries, section_offsets(data))):
+        if at <= offset < at + e["length"]:
             what = f"section {i} ({e['kind']})"
             t = e.get("tensor")
             if t:
                 pos = 0
                 for pname, length in t["parts"].items():
                     start = align(pos, PART_ALIGNMENT)
-                    if e["offset"] + start <= offset < e["offset"] + start + length:
-                        return f"{what} tensor {t['name']!r} part {pname!r} byte {offset - e['offset'] - start}"
+                    if at + start <= offset < at + start + length:
+                        return f"{what} tensor {t['name']!r} part {pname!r} byte {offset - at - start}"
                     pos = start + length
                 return f"{what} tensor {t['name']!r} part padding"
             return what
@@ -391,7 +458,7 @@ def _(d):
 
 @attack("control-unknown-section-kind", "raw", None, "", stage="ok")
 def _(d):
-    d.header["sections"].insert(2, {"kind": "x-future", "offset": 0, "length": 0, "crc32": 0})
+    d.header["sections"].insert(2, {"kind": "x-future", "length": 0, "crc32": 0})
     d.payloads.insert(2, b"some future section")
     return d.build()
 
@@ -452,7 +519,7 @@ def _(d):
 
 @attack("unknown-kind-crc-mismatch", "raw", ChecksumError, "section 2 (x-future)", stage="verify")
 def _(d):
-    d.header["sections"].insert(2, {"kind": "x-future", "offset": 0, "length": 0, "crc32": 0})
+    d.header["sections"].insert(2, {"kind": "x-future", "length": 0, "crc32": 0})
     d.payloads.insert(2, b"some future section")
     return d.build(lambda h: _sections(h)[2].__setitem__("crc32", 12345))
 
@@ -500,6 +567,78 @@ def _(d):
 @attack("header-length-zero", "dense", FormatError, "header")
 def _(d):
     return _rehlen(d, -len(_header_of(d.build())))
+
+
+# ----------------------------------------------------------------------------- header DEFLATE stream
+
+
+def _raw_deflate(data: bytes, level: int) -> bytes:
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
+
+
+@attack("control-header-stored-uncompressed", "dense", None, "", stage="ok")
+def _(d):
+    # DEFLATE "stored" blocks (level 0): another encoder's stream, valid all the same
+    return d.build(compress=lambda t: _raw_deflate(t, 0))
+
+
+@attack("control-header-other-deflate-level", "sparse", None, "", stage="ok")
+def _(d):
+    return d.build(compress=lambda t: _raw_deflate(t, 1))
+
+
+@attack("header-stream-invalid", "dense", FormatError, ("header", "not a valid DEFLATE stream"))
+def _(d):
+    return d.build(compress=lambda t: b"\xff" * 16)  # block type 3: reserved
+
+
+@attack("header-stream-is-plain-json", "dense", FormatError, "header")
+def _(d):
+    return d.build(compress=lambda t: t)  # the old layout: JSON text, not deflated
+
+
+@attack("header-stream-zlib-wrapped", "dense", FormatError, "header")
+def _(d):
+    return d.build(compress=lambda t: zlib.compress(t, 9))  # a zlib stream, not raw DEFLATE
+
+
+@attack("header-stream-incomplete", "dense", FormatError, ("header", "incomplete"))
+def _(d):
+    return d.build(compress=lambda t: deflate(t)[:-1])
+
+
+@attack("header-stream-empty", "dense", FormatError, ("header", "incomplete"))
+def _(d):
+    return d.build(compress=lambda t: b"")
+
+
+@attack("header-stream-no-final-block", "dense", FormatError, ("header", "incomplete"))
+def _(d):
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return d.build(compress=lambda t: c.compress(t) + c.flush(zlib.Z_SYNC_FLUSH))  # BFINAL never set
+
+
+@attack("header-stream-trailing-byte", "dense", FormatError, ("header", "1 bytes after the end of the DEFLATE stream"))
+def _(d):
+    return d.build(compress=lambda t: deflate(t) + b"\x00")
+
+
+@attack("header-stream-trailing-second-stream", "dense", FormatError, ("header", "after the end of the DEFLATE stream"))
+def _(d):
+    return d.build(compress=lambda t: deflate(t) + deflate(b" "))
+
+
+@attack("header-inflates-past-limit", "dense", LimitError, ("header", f"more than {MAX_HEADER_BYTES} bytes"))
+def _(d):
+    # 64 MiB + 2 of valid JSON (whitespace) from ~64 KB stored: refused once the output passes the limit
+    return d.build(encoder=lambda h: b'{"sections":[' + b" " * MAX_HEADER_BYTES + b"]}")
+
+
+@attack("header-utf8-not-ascii", "raw", FormatError, ("header", "non-ASCII"))
+def _(d):
+    d.desc("raw.w")["name"] = "raw.\u00e9"
+    return d.build(encoder=lambda h: json.dumps(h, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 # ----------------------------------------------------------------------------- header JSON
@@ -646,9 +785,28 @@ def _entry_field_attack(key: str, label: str, fn):
         return d.build(t)
 
 
-for _key in ("offset", "length", "crc32"):
+for _key in ("length", "crc32"):
     for _label, _fn in BAD_INTS.items():
         _entry_field_attack(_key, _label, _fn)
+
+
+# v1.0 entries have no "offset": sections tile the file. An "offset" key is an unknown key, ignored
+# whatever it holds (it must not move a section): each of these files is valid.
+
+def _offset_control(label: str, fn):
+    @attack(f"control-section-offset-{label}-ignored", "dense", None, "", stage="ok")
+    def _(d):
+        def t(h):
+            offsets = tiling(len(deflate(dump_json(h))), [e["length"] for e in _sections(h)])
+            for e, off in zip(_sections(h), offsets):
+                e["offset"] = fn(off)
+
+        return d.build(t)
+
+
+for _label, _fn in {**BAD_INTS, "true-value": lambda v: v, "zero": lambda v: 0, "unaligned": lambda v: v + 3,
+                    "past-end": lambda v: v + (1 << 20)}.items():
+    _offset_control(_label, _fn)
 
 
 # ----------------------------------------------------------------------------- section table layout
@@ -659,8 +817,10 @@ def _(d):
     return d.build(lambda h: _sections(h)[2].__setitem__("length", _sections(h)[2]["length"] + 64))
 
 
-@attack("length-into-next-section", "dense", FormatError, "section 1")
+@attack("length-into-next-section", "dense", FormatError, ("section 1", "non-zero padding"))
 def _(d):
+    # the metadata claims 64 bytes of the graph: every later section moves, and the graph's place is where
+    # its bytes are not (here: graph bytes where padding must be zero)
     return d.build(lambda h: _sections(h)[0].__setitem__("length", _sections(h)[0]["length"] + 64))
 
 
@@ -670,41 +830,47 @@ def _(d):
     return d.build(lambda h: _sections(h)[1].__setitem__("length", _sections(h)[1]["length"] - 5))
 
 
-@attack("overlapping-sections", "dense", FormatError, "section 1")
+@attack("overlapping-sections", "dense", FormatError, ("section 2", "non-zero padding"))
 def _(d):
-    return d.build(lambda h: _sections(h)[1].__setitem__("offset", _sections(h)[0]["offset"]))
-
-
-@attack("section-offset-past-end", "dense", FormatError, "section 2")
-def _(d):
+    # the graph claims 8 bytes less, the tensor 8 bytes more (offsets cannot overlap: there are none): the
+    # graph's last bytes then lie where the padding before the tensor must be zero
     def t(h):
-        e = _sections(h)[2]
-        e["offset"] = e["offset"] + e["length"] + 64
+        _sections(h)[1]["length"] -= 8
+        _sections(h)[2]["length"] += 8
 
     return d.build(t)
 
 
-@attack("section-offset-unaligned", "dense", FormatError, "section 1")
+@attack("hole-before-section", "dense", FormatError, "after the last section")
 def _(d):
-    return d.build(lambda h: _sections(h)[1].__setitem__("offset", _sections(h)[1]["offset"] + 8))
-
-
-@attack("section-offset-inside-header", "dense", FormatError, "section 0")
-def _(d):
-    return d.build(lambda h: _sections(h)[0].__setitem__("offset", 0))
-
-
-@attack("hole-before-section", "dense", FormatError, "section 2")
-def _(d):
+    # the tensor stored 64 bytes after its place: the tiling rule reads zeros there, and the file runs on
     return d.build(gaps={2: 64})
 
 
-@attack("hole-before-first-section", "dense", FormatError, "section 0")
+@attack("hole-before-first-section", "dense", FormatError, "non-zero padding")
 def _(d):
     return d.build(gaps={0: 64})
 
 
-@attack("sections-wrong-order", "dense", FormatError, "section 0")
+@attack("section-unaligned", "dense", FormatError, "non-zero padding")
+def _(d):
+    return d.build(gaps={1: 4})  # the graph stored at an offset that is not a multiple of ALIGNMENT
+
+
+@attack("section-at-old-64-byte-alignment", "dense", FormatError, "non-zero padding")
+def _(d):
+    # the old layout (ALIGNMENT = 64): sections at multiples of 64, not where the 8-byte tiling puts them
+    data = bytearray(d.build())
+    hlen = len(_header_of(data))
+    pos, gaps = PREAMBLE_SIZE + hlen, {}
+    for i in range(len(d.payloads)):
+        gaps[i] = align(pos, 64) - align(pos, ALIGNMENT)
+        pos = align(pos, 64) + len(d.stored(i))
+    assert any(gaps.values()), "the sample's sections are all at multiples of 64 already"
+    return d.build(gaps=gaps)
+
+
+@attack("sections-wrong-order", "dense", FormatError, ("section 1", "non-zero padding"))
 def _(d):
     def t(h):
         s = _sections(h)
@@ -723,13 +889,34 @@ def _(d):
     return d.build(lambda h: _sections(h).clear())
 
 
+def _deflaters():
+    """Raw DEFLATE encoders that store the same data in different numbers of bytes (all valid)."""
+    for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FIXED, zlib.Z_HUFFMAN_ONLY, zlib.Z_RLE, zlib.Z_FILTERED):
+        for level in (9, 1, 0):
+            def enc(t, level=level, strategy=strategy):
+                c = zlib.compressobj(level, zlib.DEFLATED, -15, 9, strategy)
+                return c.compress(t) + c.flush()
+            yield enc
+
+
 def _nonzero_pad(d: Dcz, before: int) -> bytes:
-    data = bytearray(d.build())
-    e = Dcz.parse(bytes(data)).entries
-    end = e[before - 1]["offset"] + e[before - 1]["length"] if before else PREAMBLE_SIZE + len(_header_of(data))
-    assert end < e[before]["offset"], "the sample has no padding there"
-    data[e[before]["offset"] - 1] = 0x01
-    return bytes(data)
+    """A 1 in the last padding byte before section ``before``. With 8-byte alignment there may be no padding
+    there: the header (before == 0) or the section before it (a metadata or graph section) is then stored
+    by another DEFLATE encoder, of another length, until there is."""
+    assert before == 0 or d.entries[before - 1]["kind"] in DEFLATED_KINDS
+    plain = d.payloads[before - 1] if before else None
+    for enc in _deflaters():
+        if before:
+            d.payloads[before - 1] = Stored(enc(plain))
+            data = bytearray(d.build())
+        else:
+            data = bytearray(d.build(compress=enc))
+        offsets = section_offsets(data)
+        end = offsets[before - 1] + len(d.stored(before - 1)) if before else PREAMBLE_SIZE + len(_header_of(data))
+        if end < offsets[before]:
+            data[offsets[before] - 1] = 0x01
+            return bytes(data)
+    raise AssertionError("no encoder leaves padding there")
 
 
 @attack("nonzero-padding-after-header", "dense", FormatError, "section 0")
@@ -818,6 +1005,48 @@ def _(d):
 @attack("metadata-deeply-nested", "dense", FormatError, "metadata", stage="verify")
 def _(d):
     return _meta(d, b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
+# metadata and graph are stored as raw DEFLATE streams: a bad stream is found when they are read
+# (verify reads the metadata; the graph is read by .graph)
+
+_BAD_STREAMS = {
+    "invalid": (lambda s: b"\xff" * 16, "not a valid DEFLATE stream"),
+    "plain": (lambda s: _inflate_all(s), ""),  # the old layout: stored as it is
+    "zlib-wrapped": (lambda s: zlib.compress(_inflate_all(s), 9), ""),
+    "incomplete": (lambda s: s[:-1], "incomplete"),
+    "empty": (lambda s: b"", "incomplete"),
+    "trailing-zero-byte": (lambda s: s + b"\x00", "1 bytes after the end of the DEFLATE stream"),
+    "trailing-second-stream": (lambda s: s + deflate(b"{}"), "after the end of the DEFLATE stream"),
+}
+
+
+def _stream_attack(kind: str, label: str, fn, fragment: str):
+    stage = "verify" if kind == "metadata" else "graph"
+    match = (kind, fragment) if fragment else kind
+
+    @attack(f"{kind}-deflate-{label}", "dense", FormatError, match, stage=stage)
+    def _(d):
+        i = d.index(kind)
+        d.payloads[i] = Stored(fn(d.stored(i)))
+        return d.build()
+
+
+for _kind in DEFLATED_KINDS:
+    for _label, (_fn, _fragment) in _BAD_STREAMS.items():
+        _stream_attack(_kind, _label, _fn, _fragment)
+
+    @attack(f"control-{_kind}-stored-uncompressed", "dense", None, "", stage="ok")
+    def _(d, kind=_kind):
+        i = d.index(kind)
+        d.payloads[i] = Stored(_raw_deflate(d.payloads[i], 0))  # DEFLATE stored blocks: valid
+        return d.build()
+
+
+@attack("control-metadata-utf8", "dense", None, "", stage="ok")
+def _(d):
+    d.payloads[0] = json.dumps({"producer": "\u00e9t\u00e9"}, ensure_ascii=False).encode()  # UTF-8 JSON is fine here
+    return d.build()
 
 
 @attack("graph-not-a-modelproto", "dense", FormatError, "graph", stage="graph")
@@ -959,28 +1188,38 @@ _OUTSIDE = {
     "graph-external-absolute-path": lambda: _model(initializer=[_external(_zeros4(), "/etc/hostname")]),
     "graph-external-location-dcz-without-tensor": lambda: _model(initializer=[_external(_zeros4(), "dcz")]),
 }
+_RECORD_IN_WRONG_PLACE = {
+    "graph-record-reference-in-sparse-initializer": lambda: _model(
+        initializer=[], sparse_initializer=[_sparse4(_external(_zeros4(), "dcz", "dense.w"))]),
+    "graph-record-reference-in-function": lambda: _model(
+        initializer=[], nodes=[_node("AddK", ["x"], ["y"], domain="local")],
+        functions=[_add_k_function(_external(_zeros4("k"), "dcz", "dense.w"))]),
+}
+HOSTILE_GRAPHS = {**_OUTSIDE, **_RECORD_IN_WRONG_PLACE}  # name -> bytes of the graph section (plain ModelProto)
 for _name, _make in _OUTSIDE.items():
     _graph_attack(_name, FormatError, ("graph", "outside the .dcz"), _make)
-_graph_attack("graph-record-reference-in-sparse-initializer", FormatError, ("graph", "'dense.w'", "not filled in"),
-              lambda: _model(initializer=[], sparse_initializer=[_sparse4(_external(_zeros4(), "dcz", "dense.w"))]))
-_graph_attack("graph-record-reference-in-function", FormatError, ("graph", "'dense.w'", "not filled in"),
-              lambda: _model(initializer=[], nodes=[_node("AddK", ["x"], ["y"], domain="local")],
-                             functions=[_add_k_function(_external(_zeros4("k"), "dcz", "dense.w"))]))
+for _name, _make in _RECORD_IN_WRONG_PLACE.items():
+    _graph_attack(_name, FormatError, ("graph", "'dense.w'", "not filled in"), _make)
 _graph_attack("control-graph-sparse-initializer-holding-its-data", None, "",
               lambda: _model(initializer=[], sparse_initializer=[_sparse4(_zeros4())]), stage="ok")
+
+
+def amplifying_graph(record: str, numel: int, n: int) -> bytes:
+    """A ModelProto whose ``n`` float32 [numel] initializers all refer to one record."""
+    from onnx import TensorProto, helper
+
+    refs = [_external(TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[numel]), "dcz", record)
+            for i in range(n)]
+    return helper.make_model(helper.make_graph([], "g", [], [], refs)).SerializeToString()
 
 
 @attack("graph-references-amplify-one-record", "dense", LimitError, ("graph", "once per reference"), stage="graph")
 def _(d):
     # 2,000 initializers naming one 4 MiB record: a rebuilt model would hold 8 GB (found by review while
     # fuzzing to_onnx); the references, counted once each, must obey the expansion bound too
-    from onnx import TensorProto, helper
-
     numel = 1 << 20
     bomb = bomb_dense([numel], 1 << 24)
-    refs = [_external(TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[numel]), "dcz", "bomb")
-            for i in range(2000)]
-    graph = helper.make_model(helper.make_graph([], "g", [], [], refs)).SerializeToString()
+    graph = amplifying_graph("bomb", numel, 2000)
     return Dcz.of_sections([("graph", graph, None), ("tensor", bomb.payloads[0], bomb.entries[0]["tensor"])]).build()
 
 
@@ -1206,8 +1445,12 @@ _lengths_attack("huffman-over-subscribed", "over-subscribed", _set_lengths(1, 1,
 _lengths_attack("huffman-over-subscribed-all-1", "over-subscribed", _set_lengths(1, 1, 1, 1))
 _lengths_attack("huffman-incomplete", "incomplete", _set_lengths(2, 2, 2, 0))
 _lengths_attack("huffman-incomplete-long", "incomplete", _set_lengths(1, 2, 3, 15))
-_lengths_attack("huffman-length-16", "exceeds 15", _set_lengths(1, 2, 3, 16))
-_lengths_attack("huffman-length-255", "exceeds 15", _set_lengths(255, 1, 0, 0))
+# a nibble holds at most 15 = MAX_CODE_LENGTH: "too long" is no longer expressible, the longest lengths are
+_lengths_attack("huffman-all-lengths-15", "incomplete", _set_lengths(15, 15, 15, 15))
+_lengths_attack("huffman-packed-table-ff", "incomplete", lambda s: s.set_table(b"\xff\xff"))
+_lengths_attack("huffman-packed-table-over-subscribed", "over-subscribed", lambda s: s.set_table(b"\x11\xff"))
+_lengths_attack("huffman-packed-table-one-byte-per-length", "tensor 'dense.w'",
+                lambda s: (s.pad.__setitem__(slice(0, 2), s.table[1:]), s.set_table(bytes([s.lengths[0], s.lengths[1]]))))
 _lengths_attack("huffman-single-symbol-length-2", "single-symbol", _set_lengths(0, 2, 0, 0))
 _lengths_attack("huffman-no-symbols", "no symbols", _set_lengths(0, 0, 0, 0))
 _lengths_attack("huffman-nonzero-length-padding", "padding after the code lengths",
@@ -1216,8 +1459,52 @@ _lengths_attack("sparse-gap-code-over-subscribed", "over-subscribed",
                 lambda s: s.lengths.__setitem__(slice(None), bytes([1, 1, 1, 1])), "sparse.w", "gaps")
 _lengths_attack("sparse-index-code-incomplete", "incomplete",
                 lambda s: s.lengths.__setitem__(slice(None), bytes([2, 2, 2, 0])), "sparse.w", "indices")
-_lengths_attack("sparse-index-code-length-16", "exceeds 15",
-                lambda s: s.lengths.__setitem__(0, 16), "sparse.w", "indices")
+_lengths_attack("sparse-index-code-length-15", "tensor 'sparse.w'",
+                lambda s: s.lengths.__setitem__(0, 15), "sparse.w", "indices")
+
+
+# odd alphabets: the low nibble of the table's last byte belongs to no symbol and must be 0
+
+def odd_alphabet_tensor(name: str = "odd", spare: int = 0) -> tuple[bytes, dict]:
+    """(payload, descriptor) of a codebook-dense float32 [8] tensor over a codebook of 3 (an odd alphabet):
+    code lengths 1 2 2, eight symbols 0 (eight 0 bits), so every element is 1.0."""
+    parts = {"codebook": struct.pack("<3f", 1.0, 2.0, 3.0),
+             "indices": make_stream(3, {0: 1, 1: 2, 2: 2}, [0], b"\x00", spare=spare)}
+    payload, lengths = join_parts(parts)
+    desc = {"name": name, "dtype": "float32", "shape": [8], "encoding": "codebook-dense", "nonzeros": 8,
+            "codebook_dtype": "float32", "codebook_size": 3, "lane_size": LANE, "parts": lengths}
+    return payload, desc
+
+
+def _with_odd_tensor(d: Dcz, spare: int) -> bytes:
+    payload, desc = odd_alphabet_tensor(spare=spare)
+    d.header["sections"].append({"kind": "tensor", "length": 0, "crc32": 0, "tensor": desc})
+    d.payloads.append(payload)
+    return d.build()
+
+
+@attack("control-odd-alphabet", "dense", None, "", stage="ok")
+def _(d):
+    assert make_stream(3, {0: 1, 1: 2, 2: 2}, [0])[:2] == b"\x12\x20"  # spec 13.1's packing
+    return _with_odd_tensor(d, 0)
+
+
+for _spare in (1, 8, 15):
+    @attack(f"huffman-unused-nibble-{_spare}", "dense", HuffmanError, ("tensor 'odd'", "unused low nibble"),
+            stage="verify", tensor="odd")
+    def _(d, spare=_spare):
+        return _with_odd_tensor(d, spare)
+
+
+@attack("huffman-unused-nibble-single-symbol", "dense", HuffmanError, ("tensor 'bomb'", "unused low nibble"),
+        stage="verify", tensor="bomb")
+def _(d):
+    b = bomb_dense([1000], LANE)  # alphabet 1: the table is one byte, 0x10
+    s = b.stream("bomb", "indices")
+    assert s.table == b"\x10"
+    s.spare = 1
+    b.set_stream("bomb", "indices", s)
+    return b.build()
 
 # ----------------------------------------------------------------------------- lanes
 

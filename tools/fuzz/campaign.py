@@ -34,6 +34,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     crashes.mkdir(exist_ok=True)
     log = crashes / f"{harness}.log"
+    before = set(crashes.glob(f"{harness}-pycrash-*"))
     deadline = time.monotonic() + total
     execs, runs, artifacts = 0, 0, []
     while (left := deadline - time.monotonic()) > 5:
@@ -49,7 +50,7 @@ def main() -> None:
         m = re.findall(r"stat::number_of_executed_units: (\d+)", out) or re.findall(r"^#(\d+)\s", out, re.M)
         execs += int(m[-1]) if m else 0
         found = re.findall(r"Test unit written to (\S+)", out)
-        found += [str(q) for q in crashes.glob(f"{harness}-pycrash-*") if str(q) not in artifacts and str(q) not in found]
+        found += [str(q) for q in set(crashes.glob(f"{harness}-pycrash-*")) - before if str(q) not in artifacts + found]
         artifacts += found
         if p.returncode != 0 and not found:
             print(out[-3000:], file=sys.stderr)

@@ -19,7 +19,7 @@ import zlib
 
 MAGIC = b"\x89DCZ\r\n\x1a\n"
 PREAMBLE = struct.Struct("<8sHHIII")
-ALIGNMENT = 64
+ALIGNMENT = 64  # when dcformat cannot be imported
 PART_ALIGNMENT = 8
 
 try:
@@ -45,13 +45,44 @@ U64_VALUES = [0, 1, 2, 7, 8, 255, 256, 4096, 2**31, 2**32 - 1, 2**32, 2**62, 2**
 
 # ---------------------------------------------------------------- take apart, put together
 class File:
-    def __init__(self, major, minor, header, payloads):
+    """A file taken apart. ``deflated``: the header, metadata and graph are stored as raw DEFLATE
+    streams (their plain bytes are kept here and deflated again by :func:`build`); ``offsets``:
+    the header lists each section's offset (otherwise sections follow each other, aligned)."""
+
+    def __init__(self, major, minor, header, payloads, deflated=False, offsets=True):
         self.major, self.minor, self.header, self.payloads = major, minor, header, payloads
+        self.deflated, self.offsets = deflated, offsets
 
     @property
     def entries(self) -> list:
         e = self.header.get("sections")
         return e if isinstance(e, list) else []
+
+
+def _alignment() -> int:
+    try:  # follow the format as the library has it
+        from dcformat.constants import ALIGNMENT as a
+        return a
+    except ImportError:
+        return ALIGNMENT
+
+
+def _deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)  # as dcformat.container.deflate
+    return c.compress(data) + c.flush()
+
+
+def _inflate(data: bytes) -> bytes | None:
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(data, 64 << 20)
+    except zlib.error:
+        return None
+    return out if d.eof and not d.unused_data else None
+
+
+def _deflated_kind(e) -> bool:
+    return isinstance(e, dict) and e.get("kind") in ("metadata", "graph")
 
 
 def parse(data: bytes) -> File | None:
@@ -60,21 +91,31 @@ def parse(data: bytes) -> File | None:
     _, major, minor, hlen, _, _ = PREAMBLE.unpack(data[: PREAMBLE.size])
     if PREAMBLE.size + hlen > len(data):
         return None
+    stored = bytes(data[PREAMBLE.size : PREAMBLE.size + hlen])
+    deflated = not stored.startswith(b"{")
+    text = _inflate(stored) if deflated else stored
+    if text is None:
+        return None
     try:
-        header = json.loads(data[PREAMBLE.size : PREAMBLE.size + hlen])
+        header = json.loads(text)
     except (ValueError, RecursionError):
         return None
     if not isinstance(header, dict) or not isinstance(header.get("sections"), list):
         return None
-    payloads = []
+    offsets = any(isinstance(e, dict) and "offset" in e for e in header["sections"])
+    payloads, end, align = [], PREAMBLE.size + hlen, _alignment()
     for e in header["sections"]:
-        off = e.get("offset") if isinstance(e, dict) else None
+        off = e.get("offset") if isinstance(e, dict) and offsets else _align(end, align)
         length = e.get("length") if isinstance(e, dict) else None
         if type(off) is int and type(length) is int and 0 <= off <= off + length <= len(data):
-            payloads.append(bytes(data[off : off + length]))
+            p = bytes(data[off : off + length])
+            end = off + length
+            if deflated and _deflated_kind(e):
+                p = _inflate(p) if _inflate(p) is not None else p
+            payloads.append(p)
         else:
             payloads.append(b"")
-    return File(major, minor, header, payloads)
+    return File(major, minor, header, payloads, deflated, offsets)
 
 
 def _align(n: int, a: int) -> int:
@@ -83,17 +124,20 @@ def _align(n: int, a: int) -> int:
 
 def build(f: File, *, fix_offsets=True, fix_lengths=True, fix_crcs=True) -> bytes:
     """Lay the file out again: offsets, lengths and CRCs recomputed unless told otherwise."""
+    align = _alignment()
+    entries0 = f.header.get("sections") if isinstance(f.header.get("sections"), list) else []
+    stored = [_deflate(p) if f.deflated and _deflated_kind(e) else p for e, p in zip(entries0, f.payloads)]
     hlen = 0
     for _ in range(32):
         h = copy.deepcopy(f.header)
         pos = PREAMBLE.size + hlen
         places = []
         entries = h.get("sections") if isinstance(h.get("sections"), list) else []
-        for e, p in zip(entries, f.payloads):
-            pos = _align(pos, ALIGNMENT)
+        for e, p in zip(entries, stored):
+            pos = _align(pos, align)
             places.append(pos)
             if isinstance(e, dict):
-                if fix_offsets:
+                if fix_offsets and f.offsets:
                     e["offset"] = pos
                 if fix_lengths:
                     e["length"] = len(p)
@@ -104,14 +148,16 @@ def build(f: File, *, fix_offsets=True, fix_lengths=True, fix_crcs=True) -> byte
             hb = json.dumps(h, separators=(",", ":")).encode("utf-8")
         except (ValueError, RecursionError):
             hb = b"{}"
-        if len(hb) == hlen:
+        if f.deflated:
+            hb = _deflate(hb)
+        if len(hb) == hlen:  # offsets depend on the header's length: iterate to the fixed point
             break
         hlen = len(hb)
     out = bytearray(pos)
     head = struct.pack("<8sHHII", MAGIC, f.major & 0xFFFF, f.minor & 0xFFFF, len(hb), zlib.crc32(hb))
     out[: PREAMBLE.size] = head + struct.pack("<I", zlib.crc32(head))
     out[PREAMBLE.size : PREAMBLE.size + len(hb)] = hb
-    for at, p in zip(places, f.payloads):
+    for at, p in zip(places, stored):
         out[at : at + len(p)] = p
     return bytes(out)
 
