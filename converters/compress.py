@@ -15,7 +15,7 @@ from .settings import LayerSetting
 
 DEFAULT_BITS = {"conv": 8, "fc": 5}  # as in the paper
 DEFAULT_SPARSITY = {"conv": 0.3, "fc": 0.5}  # cautious without retraining; --sparsity 0 keeps a pruned model as is
-DEFAULT_MIN_SIZE = 1024
+DEFAULT_MIN_SIZE = 512
 
 
 @dataclass

@@ -618,7 +618,7 @@ def test_metadata(net, default_dcz):
     assert meta["source"]["file"] == "net.onnx" and meta["source"]["kind"] == "onnx"
     assert meta["source"]["bytes"] == src.stat().st_size
     s = meta["settings"]
-    assert s["lossless"] is False and s["init"] == "linear" and s["min_size"] == 1024 and s["seed"] == 0
+    assert s["lossless"] is False and s["init"] == "linear" and s["min_size"] == 512 and s["seed"] == 0
     assert s["default_bits"] == {"conv": 8, "fc": 5} and s["sparsity"] is None
     assert meta["producer"].startswith("dcconvert")
 

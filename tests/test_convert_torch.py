@@ -170,7 +170,7 @@ def test_torchscript_compressed(models, tmp_path):
     """Default pruning and sharing on an exported graph: fc1 found as a fully connected layer, still runs."""
     out = tmp_path / "c.dcz"
     report = tmp_path / "r.json"
-    ok(models["files"]["ts"], "-o", out, "-q", "--input-shape", "1,3,8,8", "--report", report, "--bits", "4")
+    ok(models["files"]["ts"], "-o", out, "-q", "--input-shape", "1,3,8,8", "--report", report, "--bits", "4", "--min-size", "1024")
     rows = [r for r in json.loads(report.read_text())["layers"] if r["params"] == 64 * 288]
     assert len(rows) == 1 and rows[0]["action"] == "pruned+shared" and rows[0]["role"] == "fc"
     assert rows[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)

@@ -128,7 +128,10 @@ _WORKSPACE: Workspace | None = None
 def workspace() -> Workspace:
     global _WORKSPACE
     if _WORKSPACE is None:
+        import atexit
+
         _WORKSPACE = Workspace()
+        atexit.register(_WORKSPACE.cleanup)  # libFuzzer exits through exit() after -runs / -max_total_time
     return _WORKSPACE
 
 
