@@ -777,7 +777,7 @@ def interpretation(res: dict) -> str:
     sess = [s["session_dcz"] / s["session_onnx"] for s in sp]
     dec = [s["decode_dcz"] / s["zstd_d"] for s in sp]
     out.append(f"**Speed**: once loaded, a `.dcz` runs at the speed of the ONNX model (latency ratio "
-               f"{min(lat):.2f}–{max(lat):.2f}). Decoding every tensor takes {min(dec):.2f}–{max(dec):.2f}x the time of "
+               f"{min(lat):.2f}–{max(lat):.2f}; latencies under 0.1 ms, the LeNets', are at the noise level of the timer). Decoding every tensor takes {min(dec):.2f}–{max(dec):.2f}x the time of "
                f"zstd -d on the ONNX file and creating a session {min(sess):.2f}–{max(sess):.2f}x the ONNX one. "
                f"Compact mode trades latency for memory: {min(comp):.1f}–{max(comp):.1f}x the latency, because every "
                "weight is rebuilt from its indices at each run; use it only where memory is the constraint.")
