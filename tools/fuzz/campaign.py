@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FLAGS = ["-max_len=8192", f"-dict={HERE / 'dcz.dict'}", "-timeout=30", "-rss_limit_mb=3072", "-print_final_stats=1",
+FLAGS = ["-max_len=8192", f"-dict={HERE / 'dcz.dict'}", "-timeout=60", "-rss_limit_mb=3072", "-print_final_stats=1",
          "-reload=60"]
 
 

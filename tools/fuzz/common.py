@@ -109,8 +109,13 @@ class Workspace:
     """One scratch file per process (in /dev/shm when there is one), rewritten for every input."""
 
     def __init__(self, suffix: str = ".dcz"):
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.dir = tempfile.mkdtemp(prefix="dczfuzz-", dir=base)
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+        for old in Path(base).glob("dczfuzz-*") if os.path.isdir("/proc/self") else ():  # libFuzzer's exit()
+            pid = old.name.split("-", 1)[1]  # skips Python's atexit: remove what dead fuzzers left
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(old, ignore_errors=True)
+        self.dir = os.path.join(base, f"dczfuzz-{os.getpid()}")
+        os.makedirs(self.dir, exist_ok=True)
         self.path = os.path.join(self.dir, "input" + suffix)
 
     def write(self, data: bytes) -> str:
