@@ -7,8 +7,8 @@ Everything goes through :mod:`converters.pipeline`:
    magnitude pruning with retraining (masks enforced), k-means weight sharing with centroid
    fine-tuning, Huffman-coded ``.dcz`` (``deep_compress``). Settings start from the paper's
    (LeNet-300-100: fc1/fc2/fc3 pruned 92/91/74%, 6 bits; LeNet-5: conv1/conv2/fc1/fc2 pruned
-   34/88/92/81%, 8 bits conv, 5 bits fc) and go further where the accuracy allows. Every
-   choice is made on a validation split held out of the training set (the last 5,000
+   34/88/92/81%, 8 bits conv, 5 bits fc) and go further where the accuracy allows. Settings
+   are compared on a validation split held out of the training set (the last 5,000
    training images); the reported accuracies are on the test split. Each ``.dcz`` is decoded
    with ``dcformat.InferenceSession`` and run on the raw test images (float32 pixels / 255,
    N x 784 for LeNet-300-100, N x 1 x 28 x 28 for LeNet-5); its accuracy must equal the
@@ -27,7 +27,7 @@ Outputs (``--out``, default ``results/``): ``reproduce.json`` (one entry per mod
 command. ``--quick`` is a ~2-minute smoke run on a subset (default output ``results/quick/``,
 which results/.gitignore keeps out of git).
 
-    .venv/bin/python tools/reproduce.py                    # full run, ~25 minutes on 1 CPU thread
+    .venv/bin/python tools/reproduce.py                    # full run, ~13 minutes on 1 CPU thread
     .venv/bin/python tools/reproduce.py --quick --out /tmp/r
     .venv/bin/python tools/reproduce.py --data DIR         # any MNIST-format IDX directory
 """
@@ -87,14 +87,14 @@ CONFIG = {
     },
     "LeNet-5": {
         "dense": [(5, 1e-3), (1, 1e-4)],
-        "settings": dict(sparsity={"conv1.weight": 0.5, "conv2.weight": 0.88, "fc1.weight": 0.97, "fc2.weight": 0.85},
+        "settings": dict(sparsity={"conv1.weight": 0.5, "conv2.weight": 0.9, "fc1.weight": 0.975, "fc2.weight": 0.85},
                          bits={"conv1.weight": 5, "conv2.weight": 4, "fc1.weight": 4, "fc2.weight": 4},
-                         schedule=(0.51, 0.765, 0.918, 0.98, 1.0, 1.0), retrain_epochs=1, finetune_epochs=1, l2=2e-4),
+                         schedule=(0.51, 0.765, 0.918, 0.98, 1.0, 1.0, 1.0), retrain_epochs=1, finetune_epochs=1, l2=2e-4),
     },
 }
 COMMON = dict(lr=1e-3, batch_size=128, optimizer="adam")
 STUDY_FINETUNE_EPOCHS = 2
-CURVES = {"dense": [(3, 1e-3)], "retrain_epochs": 1, "retrain_samples": 10000, "fractions": P.CURVE_FRACTIONS}
+CURVES = {"dense": [(4, 1e-3), (1, 1e-4)], "retrain_epochs": 1, "retrain_samples": 10000, "fractions": P.CURVE_FRACTIONS}
 
 QUICK = {  # a smoke run: small subsets, one epoch everywhere
     "train": 4000, "val": 1000, "test": 2000,
@@ -310,7 +310,8 @@ def compress_model(name: str, splits: Splits, out_dir: str, quick: bool, seed: i
         "accuracy_detail": {"split": "test", "dense": round(dense_test, 2), "compressed_torch": round(acc_test, 2),
                             "compressed_dcz": round(ort_test, 2), "max_abs_logit_difference": diff,
                             "validation": {k: round(v, 2) for k, v in res.accuracy.items()}},
-        "epochs": {"dense": dense_epochs, "dense_schedule": _phases(dense), "retrain_per_step": s["retrain_epochs"], "pruning_steps": len(s["schedule"]),
+        "epochs": {"dense": dense_epochs, "dense_schedule": _phases(dense), "retrain_per_step": s["retrain_epochs"],
+                   "pruning_steps": len(s["schedule"]),
                    "retrain_total": s["retrain_epochs"] * len(s["schedule"]) * (2 if s["separate_phases"] else 1),
                    "centroid_finetune": s["finetune_epochs"], "paper": PAPER_EPOCHS},
         "settings": {**s, "layers": {n: {k: p[k] for k in ("params", "sparsity", "achieved_sparsity", "bits")}
@@ -368,7 +369,7 @@ def plot_quantization(study: dict, path: str) -> str:
     ax.set_xlabel("bits per weight (all layers)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{study['model']} on {study['dataset']}: centroid initialisation ({study['sparsity']:.0%} pruned, "
-                 f"{study['finetune_epochs']} fine-tuning epoch{'s' if study['finetune_epochs'] != 1 else ''})", fontsize=9)
+                 f"{_n(study['finetune_epochs'], 'fine-tuning epoch')})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -400,13 +401,25 @@ def structured_vs_unstructured(splits: Splits, cfg: dict, seed: int, log: Log) -
 # --------------------------------------------------------------------------- report
 
 
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}".rstrip("0").rstrip(".") + "%"
+
+
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}{'' if k == 1 else 's'}"
+
+
 def _ratio(e: dict) -> float:
     return e["params"] * 4 / e["dcz_bytes"]
 
 
 def _repeat(e: dict) -> str:
     sched = e["settings"]["schedule"]
-    return " (the last a second retraining at the final sparsity)" if sched[-2:] == [1.0, 1.0] else ""
+    extra = sum(1 for v in sched if v >= 1.0) - 1  # steps after the first to reach the targets
+    if extra <= 0:
+        return ""
+    what = "a further retraining" if extra == 1 else "further retrainings"
+    return f" (the last {extra} of them {what} at the final sparsity)"
 
 
 def _curves_summary(curves: dict, within: float = 1.0) -> str:
@@ -429,7 +442,7 @@ def write_readme(out_dir: str, entries: list, study: dict | None, curves: dict |
               + (" **Quick smoke run on a subset: not the published numbers.**" if run["quick"] else ""), ""]
     d = run["data"]
     lines += [f"Data: {d['dataset']} ({d['train']:,} training images, {d['validation']:,} held out for validation, "
-              f"{d['test']:,} test images). Every setting was chosen on the validation split; all accuracies "
+              f"{d['test']:,} test images). Settings were compared on the validation split; all accuracies "
               "below are **test** accuracies. Input of both `.dcz` graphs: **float32 images scaled to [0, 1]** "
               "(the stored uint8 pixels / 255, nothing else), N x 784 for LeNet-300-100 and N x 1 x 28 x 28 "
               "for LeNet-5; output: logits. The compressed accuracy is that of the `.dcz` decoded with "
@@ -441,7 +454,7 @@ def write_readme(out_dir: str, entries: list, study: dict | None, curves: dict |
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         lay = e["settings"]["layers"]
-        pr = ", ".join(f"{n.split('.')[0]} {v['achieved_sparsity']:.0%}" for n, v in lay.items())
+        pr = ", ".join(f"{n.split('.')[0]} {_pct(v['achieved_sparsity'])}" for n, v in lay.items())
         bits = ", ".join(f"{n.split('.')[0]} {v['bits']}" for n, v in lay.items())
         ep = e["epochs"]
         lines.append(f"| {e['model']} | {e['dense_accuracy']:.2f}% | {e['accuracy']:.2f}% | {e['drop']:+.2f} | "
@@ -458,7 +471,7 @@ def write_readme(out_dir: str, entries: list, study: dict | None, curves: dict |
               "at 5e-4, centroid fine-tuning at 2.5e-4) and an L2 penalty of 2e-4 on the weights (Caffe's solver "
               "uses weight decay 5e-4), and prunes and quantizes harder than the paper: "
               + "; ".join(f"{e['model']} dense {e['epochs']['dense_schedule']}, {e['epochs']['pruning_steps']} pruning "
-                          f"steps x {e['epochs']['retrain_per_step']} epoch{'s' if e['epochs']['retrain_per_step'] != 1 else ''} "
+                          f"steps x {_n(e['epochs']['retrain_per_step'], 'epoch')} "
                           f"of retraining{_repeat(e)}, {e['epochs']['centroid_finetune']} of centroid fine-tuning"
                           for e in entries)
               + ".", ""]
@@ -471,7 +484,7 @@ def write_readme(out_dir: str, entries: list, study: dict | None, curves: dict |
                   f"{study['model']} pruned as above ({study['sparsity']:.1%} of the weights zero; "
                   f"test accuracy {study['pruned_accuracy']:.2f}% before weight sharing), then every layer shared "
                   f"with k-means at 2 / 5 / 8 bits from each initialisation and the centroids fine-tuned for "
-                  f"{study['finetune_epochs']} epoch{'s' if study['finetune_epochs'] != 1 else ''}. Test accuracy after fine-tuning (before it in parentheses):", "",
+                  f"{_n(study['finetune_epochs'], 'epoch')}. Test accuracy after fine-tuning (before it in parentheses):", "",
                   "| init | " + " | ".join(f"{b} bits" for b in study["bits"]) + " |",
                   "|---|" + "---|" * len(study["bits"])]
         for init in study["inits"]:
@@ -483,7 +496,7 @@ def write_readme(out_dir: str, entries: list, study: dict | None, curves: dict |
         lines += ["", "![accuracy vs bits per initialisation](quantization.png)", ""]
     if curves:
         lines += ["## Structured vs unstructured pruning", "",
-                  f"{curves['model']} trained for {curves['dense_epochs']} epoch{'s' if curves['dense_epochs'] != 1 else ''} (test accuracy "
+                  f"{curves['model']} trained for {_n(curves['dense_epochs'], 'epoch')} (test accuracy "
                   f"{curves['dense']:.2f}%); every hidden layer (not the output layer) pruned by weight magnitude "
                   f"or by whole neurons (smallest L2 norm), then retrained for {curves['retrain_epochs']} epoch on "
                   f"{curves['retrain_samples']:,} training images with the masks held. Test accuracy "
@@ -500,8 +513,8 @@ def write_readme(out_dir: str, entries: list, study: dict | None, curves: dict |
               "the bytes go; `dcrun` runs them)",
               "* `quantization.json`, `quantization.png`: the centroid-initialisation study",
               "* `pruning_curves.json`, `pruning_curves.png`: weight vs neuron pruning", "",
-              "Regenerate everything (about half an hour on one CPU thread; `--quick` for a two-minute smoke run "
-              "on a subset):", "", "```bash", run["command"], "```", ""]
+              f"Regenerate everything ({run['minutes']:.0f} minutes here on one CPU thread; expect up to twice that "
+              "on a busy machine; `--quick` is a two-minute smoke run on a subset):", "", "```bash", run["command"], "```", ""]
     path = os.path.join(out_dir, "README.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
