@@ -22,7 +22,8 @@ DEFLATE_LEVEL = 9
 SECTION_METADATA = "metadata"
 SECTION_GRAPH = "graph"
 SECTION_TENSOR = "tensor"
-SECTION_KINDS = (SECTION_METADATA, SECTION_GRAPH, SECTION_TENSOR)
+SECTION_PADDING = "padding"  # zeros that buy expansion budget (spec 5.4)
+SECTION_KINDS = (SECTION_METADATA, SECTION_GRAPH, SECTION_TENSOR, SECTION_PADDING)
 
 # ---------------------------------------------------------------- encodings
 ENC_RAW = "raw"
@@ -59,6 +60,17 @@ MAX_ELEMENTS = 1 << 40  # per tensor
 # MAX_EXPANSION * file size + EXPANSION_SLACK: a reader never allocates more.
 MAX_EXPANSION = 1024
 EXPANSION_SLACK = 16 << 20
+# Parsing takes memory: Python's json up to ~27 bytes per byte of JSON text (lists of empty
+# lists), protobuf up to ~100 per byte of ONNX graph (empty AttributeProtos). The inflated
+# header and metadata are held to (expansion bound) / JSON_PARSE_FACTOR bytes, the inflated
+# graph to (expansion bound) / GRAPH_PARSE_FACTOR: a small file cannot parse into gigabytes.
+JSON_PARSE_FACTOR = 32
+GRAPH_PARSE_FACTOR = 128
+
+
+def expansion_bound(file_size: int) -> int:
+    """MAX_EXPANSION * file_size + EXPANSION_SLACK: the most bytes a reader allocates for a file."""
+    return MAX_EXPANSION * file_size + EXPANSION_SLACK
 
 # ---------------------------------------------------------------- dtypes
 # name -> (numpy dtype, itemsize); all little-endian.

@@ -58,16 +58,17 @@ def deflate(data: bytes) -> bytes:
     return c.compress(data) + c.flush()
 
 
-def inflate(data, limit: int, what: str) -> bytes:
+def inflate(data, limit: int, what: str, why: str = "") -> bytes:
     """Inverse of :func:`deflate`: the stream must be complete, end exactly at the end of
-    ``data`` and inflate to at most ``limit`` bytes (checked as it inflates)."""
+    ``data`` and inflate to at most ``limit`` bytes (checked as it inflates; ``why`` explains
+    the limit in the LimitError)."""
     d = zlib.decompressobj(-15)
     try:
         out = d.decompress(bytes(data), limit + 1)
     except zlib.error as e:
         raise FormatError(f"{what}: not a valid DEFLATE stream ({e})") from None
     if len(out) > limit:
-        raise LimitError(f"{what}: inflates to more than {limit} bytes")
+        raise LimitError(f"{what}: inflates to more than {limit} bytes{why}")
     if not d.eof:
         raise FormatError(f"{what}: the DEFLATE stream is incomplete")
     if d.unused_data:
@@ -75,15 +76,22 @@ def inflate(data, limit: int, what: str) -> bytes:
     return out
 
 
-def layout(kinds_lengths: list[tuple[str, int, int, dict | None]]) -> tuple[bytes, list[Section]]:
-    """The stored header and the sections placed after it; returns (header bytes, sections)."""
+def layout(kinds_lengths: list[tuple[str, int, int, dict | None]]) -> tuple[bytes, list[Section], int]:
+    """The stored header and the sections placed after it; returns (header bytes, sections,
+    length of the header's JSON text)."""
     sections = [Section(kind, 0, length, crc, tensor) for kind, length, crc, tensor in kinds_lengths]
-    header = deflate(dump_json({"sections": [s.entry() for s in sections]}))
+    text = dump_json({"sections": [s.entry() for s in sections]})
+    header = deflate(text)
     pos = PREAMBLE_SIZE + len(header)
     for s in sections:
         s.offset = pos = align(pos, ALIGNMENT)
         pos += s.length
-    return header, sections
+    return header, sections, len(text)
+
+
+def file_size(header: bytes, sections: list[Section]) -> int:
+    """Where the file laid out by :func:`layout` ends."""
+    return sections[-1].offset + sections[-1].length if sections else PREAMBLE_SIZE + len(header)
 
 
 def preamble(header: bytes, major: int = VERSION_MAJOR, minor: int = VERSION_MINOR) -> bytes:

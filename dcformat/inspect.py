@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .constants import ENC_CB_SPARSE, ENC_RAW, ITEMSIZE, PREAMBLE_SIZE, SECTION_GRAPH, SECTION_METADATA, SECTION_TENSOR
+from .constants import ENC_CB_SPARSE, ENC_RAW, ITEMSIZE, PREAMBLE_SIZE, SECTION_GRAPH, SECTION_METADATA, SECTION_PADDING, SECTION_TENSOR
 from .errors import DczError, FormatError
 from .reader import DczReader
 from .reader import open as open_dcz
@@ -53,7 +53,7 @@ def inspect_dcz(src) -> dict:
         rows = [tensor_row(r.info(n)) for n in r]
         for row in rows:
             row["share"] = row["bytes"] / r.file_size
-        kinds = {SECTION_METADATA: 0, SECTION_GRAPH: 0, "other sections": 0}
+        kinds = {SECTION_METADATA: 0, SECTION_GRAPH: 0, SECTION_PADDING: 0, "other sections": 0}
         for s in r.sections:
             if s.kind != SECTION_TENSOR:
                 kinds[s.kind if s.kind in kinds else "other sections"] += s.length
@@ -61,9 +61,10 @@ def inspect_dcz(src) -> dict:
         tensor_bytes = sum(row["bytes"] for row in rows)
         overhead = {
             "preamble": PREAMBLE_SIZE, "header": hlen, "metadata": kinds[SECTION_METADATA],
-            "graph": kinds[SECTION_GRAPH], "other_sections": kinds["other sections"],
+            "graph": kinds[SECTION_GRAPH], "expansion_padding": kinds[SECTION_PADDING],
+            "other_sections": kinds["other sections"],
         }
-        overhead["padding"] = r.file_size - tensor_bytes - sum(overhead.values())
+        overhead["alignment"] = r.file_size - tensor_bytes - sum(overhead.values())
         overhead["total"] = r.file_size - tensor_bytes
         params = sum(row["params"] for row in rows)
         return {

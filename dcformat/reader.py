@@ -14,6 +14,8 @@ import numpy as np
 from .constants import (
     ALIGNMENT,
     EXPANSION_SLACK,
+    GRAPH_PARSE_FACTOR,
+    JSON_PARSE_FACTOR,
     MAGIC,
     MAX_EXPANSION,
     MAX_HEADER_BYTES,
@@ -21,23 +23,16 @@ from .constants import (
     PREAMBLE_SIZE,
     SECTION_GRAPH,
     SECTION_METADATA,
+    SECTION_PADDING,
     SECTION_TENSOR,
     VERSION_MAJOR,
+    expansion_bound,
 )
 from .container import PREAMBLE, Section, inflate
 from .decode import decode_tensor
 from .errors import ChecksumError, DczError, FormatError, LimitError, VersionError
 from .records import TensorInfo, parse_descriptor
 from .streams import align
-
-
-# Parsing takes memory: protobuf up to ~100 bytes per byte of graph (empty AttributeProtos), Python's
-# json up to ~27 bytes per byte of JSON (lists of empty lists). Stored compressed, metadata or a graph
-# can be far larger than its share of the file, so what is parsed is held to the expansion limit (or
-# max_decoded_bytes, if larger) through these factors: a small file cannot parse into gigabytes.
-# (The header has its own limit, MAX_HEADER_BYTES of JSON text.)
-GRAPH_PARSE_FACTOR = 128
-JSON_PARSE_FACTOR = 32
 
 
 def _parse_json(data: bytes, what: str):
@@ -89,15 +84,16 @@ class DczReader(Mapping):
             raise
 
     # ------------------------------------------------------------------ structure
-    def _parse_budget(self, nbytes: int, factor: int, what: str) -> None:
-        """LimitError unless parsing ``nbytes`` bytes (at ``factor`` bytes of memory each) fits the limit."""
-        limit = max(MAX_EXPANSION * self.file_size + EXPANSION_SLACK, self._override or 0)
-        if factor * nbytes > limit:
-            raise LimitError(
-                f"{self.path}: {what} is {nbytes} bytes to parse, which could take {factor} x that in memory, more "
-                f"than the limit of {limit} ({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes "
-                "to raise it"
-            )
+    def _inflate(self, data, cap: int, factor: int, what: str) -> bytes:
+        """Inflate ``data`` (a DEFLATE-stored header, metadata or graph) under ``cap`` and under the
+        parse limit: parsing takes up to ``factor`` bytes of memory per byte (spec section 10)."""
+        bound = max(expansion_bound(self.file_size), self._override or 0)
+        parse_limit = bound // factor
+        if parse_limit >= cap:
+            return inflate(data, cap, what)
+        why = (f" ({bound} // {factor}: parsing it could take {factor} x that, and the limit is {MAX_EXPANSION} x "
+               f"file size + {EXPANSION_SLACK}; pass max_decoded_bytes to raise it)")
+        return inflate(data, parse_limit, what, why)
 
     def _parse(self, max_decoded_bytes):
         self._override = max_decoded_bytes
@@ -115,7 +111,7 @@ class DczReader(Mapping):
         stored = bytes(self._buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
         if zlib.crc32(stored) != hcrc:
             raise ChecksumError(f"{self.path}: header checksum mismatch (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
-        header_bytes = inflate(stored, MAX_HEADER_BYTES, f"header (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
+        header_bytes = self._inflate(stored, MAX_HEADER_BYTES, JSON_PARSE_FACTOR, f"header (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
         self.header_json_bytes = len(header_bytes)
         if not header_bytes.isascii():
             raise FormatError(f"{self.path}: header holds non-ASCII bytes (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
@@ -128,7 +124,7 @@ class DczReader(Mapping):
         self.sections: list[Section] = []
         self.tensors: dict[str, TensorInfo] = {}
         self._tensor_sections: dict[str, Section] = {}
-        self._meta_section = self._graph_section = None
+        once = dict.fromkeys((SECTION_METADATA, SECTION_GRAPH, SECTION_PADDING))  # kinds a file has at most one of
         end = PREAMBLE_SIZE + hlen
         decoded = 0
         for i, e in enumerate(entries):
@@ -156,15 +152,15 @@ class DczReader(Mapping):
                 self.tensors[info.name] = info
                 self._tensor_sections[info.name] = sec
                 decoded += info.decoded_nbytes
-            elif kind in (SECTION_METADATA, SECTION_GRAPH):
-                attr = "_meta_section" if kind == SECTION_METADATA else "_graph_section"
-                if getattr(self, attr) is not None:
+            elif kind in once:
+                if once[kind] is not None:
                     raise FormatError(f"{where}: a second {kind} section")
-                setattr(self, attr, sec)
-            # other kinds (added by later minor versions) are skipped; they are still checksummed
+                once[kind] = sec
+            # padding and other kinds (added by later minor versions) are skipped; they are still checksummed
+        self._meta_section, self._graph_section = once[SECTION_METADATA], once[SECTION_GRAPH]
         if end != size:
             raise FormatError(f"{self.path}: {size - end} bytes after the last section (byte {end})")
-        limit = max_decoded_bytes if max_decoded_bytes is not None else MAX_EXPANSION * size + EXPANSION_SLACK
+        limit = max_decoded_bytes if max_decoded_bytes is not None else expansion_bound(size)
         self.max_decoded_bytes = limit
         if decoded > limit:
             raise LimitError(
@@ -172,10 +168,10 @@ class DczReader(Mapping):
                 f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it"
             )
 
-    def _inflated(self, sec: Section, what: str) -> bytes:
-        """A DEFLATE-stored section (metadata, graph), checksummed and inflated within the expansion limit."""
+    def _inflated(self, sec: Section, what: str, factor: int) -> bytes:
+        """A DEFLATE-stored section (metadata, graph), checksummed and inflated within its limits."""
         data = self._section_bytes(sec, what)
-        return inflate(data, MAX_EXPANSION * max(sec.length, 1) + EXPANSION_SLACK, f"{what} (bytes {sec.offset}..{sec.offset + sec.length - 1})")
+        return self._inflate(data, expansion_bound(sec.length), factor, f"{what} (bytes {sec.offset}..{sec.offset + sec.length - 1})")
 
     def _section_bytes(self, sec: Section, what: str) -> np.ndarray:
         data = self._buf[sec.offset : sec.offset + sec.length]
@@ -210,8 +206,7 @@ class DczReader(Mapping):
         """The metadata section as a dict ({} when there is none)."""
         if self._meta_section is None:
             return {}
-        data = self._inflated(self._meta_section, "metadata")
-        self._parse_budget(len(data), JSON_PARSE_FACTOR, "metadata")
+        data = self._inflated(self._meta_section, "metadata", JSON_PARSE_FACTOR)
         meta = _parse_json(data, "metadata")
         if not isinstance(meta, dict):
             raise FormatError("metadata: must be a JSON object")
@@ -222,7 +217,7 @@ class DczReader(Mapping):
         """The serialized ONNX ModelProto of the graph section, or None (weights-only file)."""
         if self._graph_section is None:
             return None
-        return self._inflated(self._graph_section, "graph")
+        return self._inflated(self._graph_section, "graph", GRAPH_PARSE_FACTOR)
 
     @property
     def graph(self):
@@ -241,7 +236,6 @@ class DczReader(Mapping):
 
         from .graph import check_references, referenced_bytes
 
-        self._parse_budget(len(data), GRAPH_PARSE_FACTOR, "graph")
         model = onnx.ModelProto()
         try:  # protobuf refuses messages nested more than 100 deep (DecodeError)
             model.ParseFromString(data)

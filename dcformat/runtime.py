@@ -145,7 +145,7 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
             if name is not None:
                 refs.setdefault(name, []).append(t)
         inline: dict[str, np.ndarray] = {}
-        new_nodes = []
+        new_nodes, removed = [], set()
         graph_inputs = {i.name for i in model.graph.input}
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         for name, protos in refs.items():
@@ -166,7 +166,7 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
                     values, idx = got
                     ti, tc = proto.name + COMPACT_SUFFIX_INDEX, proto.name + COMPACT_SUFFIX_CODEBOOK
                     uni = _uniform(values) if values.dtype == np.float32 else None
-                    model.graph.initializer.remove(proto)
+                    removed.add(id(proto))  # taken out in one pass below: remove() is linear, so a loop of them quadratic
                     if uni is not None:
                         scale, zp = uni
                         model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), tc + "_scale"),
@@ -188,6 +188,10 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
                 out.external[proto.name] = arr
             else:
                 inline[name] = arr
+        if removed:
+            kept = [t for t in model.graph.initializer if id(t) not in removed]
+            del model.graph.initializer[:]
+            model.graph.initializer.extend(kept)
         if new_nodes:
             nodes = list(model.graph.node)
             del model.graph.node[:]

@@ -8,8 +8,21 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from .atomic import atomic_output
-from .constants import PART_ALIGNMENT, SECTION_GRAPH, SECTION_METADATA, SECTION_TENSOR
-from .container import deflate, dump_json, layout, preamble
+from .constants import (
+    EXPANSION_SLACK,
+    GRAPH_PARSE_FACTOR,
+    JSON_PARSE_FACTOR,
+    MAX_EXPANSION,
+    MAX_HEADER_BYTES,
+    MAX_SECTIONS,
+    PART_ALIGNMENT,
+    SECTION_GRAPH,
+    SECTION_METADATA,
+    SECTION_PADDING,
+    SECTION_TENSOR,
+    expansion_bound,
+)
+from .container import deflate, dump_json, file_size, layout, preamble
 from .encode import EncodedTensor
 from .errors import EncodeError
 from .streams import align
@@ -34,42 +47,104 @@ def _crc(chunks) -> int:
     return crc
 
 
-def _graph_bytes(graph) -> bytes:
+def _graph_bytes(graph) -> tuple[bytes | None, object]:
+    """(serialized graph, the ModelProto if one was given)."""
     if graph is None or isinstance(graph, (bytes, bytearray)):
-        return graph
+        return graph, None
     serialize = getattr(graph, "SerializeToString", None)
     if serialize is None:
         raise EncodeError(f"graph must be bytes or an onnx.ModelProto, got {type(graph).__name__}")
-    return serialize(deterministic=True)
+    return serialize(deterministic=True), graph
 
 
-def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping | None = None) -> int:
+def _referenced_bytes(gbytes: bytes, model, sizes: dict[str, int]) -> int:
+    """Decoded bytes the graph's references name, once per reference (spec 5.2)."""
+    from .graph import referenced_bytes
+
+    if model is None:
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(gbytes)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise EncodeError(f"graph: not a valid ONNX ModelProto ({e})") from None
+    return referenced_bytes(model, sizes)
+
+
+def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
+    """Lay out the sections, with a padding section at the end (spec 5.4) if the file would
+    otherwise be too small for its expansion bound to cover ``decoded`` bytes and the parse
+    limits of ``texts`` ((factor, inflated bytes) of metadata and graph) and of the header."""
+    pad, best, tries = 0, None, 0
+    while best is None or tries < 8:  # the header grows with the padding entry: a few rounds settle it
+        extra = [(SECTION_PADDING, pad, zlib.crc32(bytes(pad)), None)] if pad else []
+        header, placed, text_len = layout(entries + extra)
+        if text_len > MAX_HEADER_BYTES:
+            raise EncodeError(f"the header would be {text_len} bytes of JSON, more than MAX_HEADER_BYTES ({MAX_HEADER_BYTES})")
+        need = max([decoded, JSON_PARSE_FACTOR * text_len] + [f * n for f, n in texts])
+        short = -(-(need - EXPANSION_SLACK) // MAX_EXPANSION) - file_size(header, placed)  # bound(size) >= need
+        if short <= 0:
+            best = header, placed, pad
+            if short == 0 or pad == 0:
+                break
+        pad, tries = max(pad + short, 1), tries + 1
+    return best
+
+
+def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping | None = None, *, pad: bool = True) -> int:
     """Write a .dcz file; returns its size in bytes.
 
     ``tensors`` are :class:`EncodedTensor` (from the encoders), written in the given order;
     ``graph`` is an ONNX ModelProto (or its serialized bytes) whose initializers refer to the
     tensors by name, or None for a weights-only file; ``metadata`` is a JSON-able mapping.
     The file appears at ``path`` complete or not at all.
+
+    A file may decode to at most MAX_EXPANSION x its size + EXPANSION_SLACK bytes (spec
+    section 10). Where the tensors (a large all-zero buffer, say) or the graph's references
+    expand more than that, the writer appends a padding section of zeros, about 1/1024 of
+    the excess, so that any reader opens the file with its default limits (spec 5.4).
+    ``pad=False`` writes the sections exactly as given, whether readers will accept the
+    file or not (for making test files).
     """
     sections = []  # (kind, chunks, tensor descriptor)
+    texts = []  # (parse factor, inflated bytes) of metadata and graph
     if metadata is not None:
         try:
             meta = dump_json(dict(sorted(dict(metadata).items())))
         except (TypeError, ValueError) as e:
             raise EncodeError(f"metadata is not JSON-serialisable: {e}") from None
         sections.append((SECTION_METADATA, [deflate(meta)], None))
-    gbytes = _graph_bytes(graph)
+        texts.append((JSON_PARSE_FACTOR, len(meta)))
+    gbytes, model = _graph_bytes(graph)
     if gbytes is not None:
         sections.append((SECTION_GRAPH, [deflate(gbytes)], None))
-    seen = set()
+        texts.append((GRAPH_PARSE_FACTOR, len(gbytes)))
+    seen = {}
     for t in tensors:
         if not isinstance(t, EncodedTensor):
             raise EncodeError(f"expected an EncodedTensor, got {type(t).__name__}")
         if t.name in seen:
             raise EncodeError(f"duplicate tensor name {t.name!r}")
-        seen.add(t.name)
+        seen[t.name] = t.info.decoded_nbytes
         sections.append((SECTION_TENSOR, _chunks(t.parts.values()), t.info.descriptor()))
-    header, placed = layout([(k, sum(len(c) for c in ch), _crc(ch), d) for k, ch, d in sections])
+    if len(sections) + 1 > MAX_SECTIONS:
+        raise EncodeError(f"{len(sections)} sections: a file holds at most {MAX_SECTIONS - 1} besides padding")
+    entries = [(k, sum(len(c) for c in ch), _crc(ch), d) for k, ch, d in sections]
+    if pad:
+        for (kind, chunks, _), (_, n) in zip(sections, texts):
+            if n > expansion_bound(len(chunks[0])):
+                raise EncodeError(f"{kind}: {n} bytes that deflate to {len(chunks[0])}, more than {MAX_EXPANSION}:1 "
+                                  f"beyond {EXPANSION_SLACK} bytes; readers refuse to inflate that much")
+        decoded = sum(seen.values())
+        if gbytes is not None:
+            decoded = max(decoded, _referenced_bytes(gbytes, model, seen))
+        header, placed, npad = _padded_layout(entries, decoded, texts)
+        if npad:
+            sections.append((SECTION_PADDING, [bytes(npad)], None))
+    else:
+        header, placed, _ = layout(entries)
 
     with atomic_output(path, suffix=".dcz.tmp") as f:
         f.write(preamble(header))

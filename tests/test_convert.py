@@ -749,3 +749,31 @@ def test_non_finite_and_empty_weights(tmp_path, capsys):
     dec = weights(out)
     for k, a in w.items():
         assert np.array_equal(dec[k].view(np.uint32), a.view(np.uint32)), k
+
+
+def test_large_all_zero_buffer_still_opens(tmp_path):
+    """A 40 MiB all-zero initializer stores in a few hundred bytes, past the expansion bound of so
+    small a file (1024 x size + 16 MiB): dcconvert's output is padded (spec 5.4) and opens, decodes
+    and runs with the default limits, for about 1/1024 of the excess."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = 10 << 20
+    zeros = numpy_helper.from_array(np.zeros(n, np.float32), "buf")
+    g = helper.make_graph([helper.make_node("Add", ["x", "buf"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])], [zeros])
+    src, out = tmp_path / "zeros.onnx", tmp_path / "zeros.dcz"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    ok(src, "-o", out, "-q", "--min-size", "0")
+    size = out.stat().st_size
+    assert 4 * n <= dcformat.constants.expansion_bound(size) < 4 * n + 64 * 1024  # padded, and no further
+    with dcformat.open(out) as r:
+        assert [s.kind for s in r.sections][-1] == "padding"
+        assert not r["buf"].any() and r["buf"].shape == (n,)
+    x = np.arange(n, dtype=np.float32)
+    assert np.array_equal(dcformat.InferenceSession(out).run(None, {"x": x})[0], x)
+    for flags, shows in (([], "expansion_padding"), (["--verify"], "padding section: ok")):
+        p = subprocess.run([str(DCCONVERT.parent / "dcinspect"), str(out), *flags], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0 and shows in p.stdout, p.stdout + p.stderr

@@ -28,6 +28,7 @@ import pytest
 
 import dcformat  # noqa: F401 - imported before the harnesses: they must not instrument it here
 from dcformat import DczError, FormatError
+from dcformat.constants import EXPANSION_SLACK, MAX_EXPANSION
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = ROOT / "tools" / "fuzz"
@@ -104,7 +105,7 @@ def test_graph_cannot_make_onnx_runtime_read_a_file(attack, tmp_path, monkeypatc
     ``secret.bin`` from its working directory into the model: the reference check skipped sparse
     tensors. Now the graph is refused before ONNX Runtime sees it."""
     path = tmp_path / "hostile.dcz"
-    dcformat.write(path, ma.sample_tensors("dense"), graph=ma.HOSTILE_GRAPHS[attack]())
+    dcformat.write(path, ma.sample_tensors("dense"), graph=ma.HOSTILE_GRAPHS[attack](), pad=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
     with dcformat.open(path) as r, pytest.raises(FormatError, match="outside the .dcz"):
@@ -126,17 +127,24 @@ def test_references_to_one_record_count_once_each(tmp_path):
     """Several references may name one record; each gets a copy in a rebuilt model, so together they
     obey the expansion bound (an 8 GB to_onnx from a 100 KB file before); max_decoded_bytes lifts it."""
     path = tmp_path / "amplify.dcz"
-    dcformat.write(path, [dcformat.encode_codebook("bomb", np.array([1.5], np.float32), np.zeros(1 << 20, np.uint8),
-                                                   encoding="codebook-dense", lane_size=1 << 24)],
-                   graph=ma.amplifying_graph("bomb", 1 << 20, 2000))
+    bomb = dcformat.encode_codebook("bomb", np.array([1.5], np.float32), np.zeros(1 << 20, np.uint8),
+                                    encoding="codebook-dense", lane_size=1 << 24)
+    graph = ma.amplifying_graph("bomb", 1 << 20, 2000)
+    dcformat.write(path, [bomb], graph=graph, pad=False)
     with pytest.raises(dcformat.LimitError, match="once per reference"):
         dcformat.to_onnx(path)
     with dcformat.open(path, max_decoded_bytes=1 << 40) as r:
         assert len(r.graph.graph.initializer) == 2000  # the caller's explicit choice
+    # dcformat.write itself pads the file until its bound covers the 2000 copies (spec 5.4): ~8 MB
+    size = dcformat.write(path, [bomb], graph=graph)
+    need = 2000 * (4 << 20)
+    assert need <= MAX_EXPANSION * size + EXPANSION_SLACK < need + 64 * MAX_EXPANSION
+    with dcformat.open(path) as r:
+        assert len(r.graph.graph.initializer) == 2000
 
 
 def _graph_file(path, model_bytes: bytes, tensors) -> Path:
-    dcformat.write(path, tensors, graph=model_bytes)
+    dcformat.write(path, tensors, graph=model_bytes, pad=False)
     return path
 
 

@@ -23,6 +23,7 @@ import pytest
 
 import dcformat
 from dcformat import DczError, FormatError, HuffmanError, LimitError
+from dcformat import constants
 from dcformat import reader as dcz_reader
 from dcformat.constants import EXPANSION_SLACK, MAX_EXPANSION
 
@@ -463,7 +464,8 @@ def test_copy_of_sample_is_independent(samples, tmp_path):
 
 def test_header_inflate_limit_is_exact(samples, tmp_path, monkeypatch):
     """The header's JSON text may inflate to MAX_HEADER_BYTES, not one byte more (LimitError), checked
-    while inflating (the real limit, 64 MiB, is the crafted file header-inflates-past-limit)."""
+    while inflating (the real limits, 64 MiB and the parse limit, are in test_spec's
+    test_header_inflate_rules_as_specified)."""
     d = ma.Dcz.load(samples["dense"])
     text = ma.dump_json(d.header)  # what the stored header inflates to
     path = tmp_path / "h.dcz"
@@ -492,13 +494,13 @@ def test_section_inflate_limit(samples, tmp_path, monkeypatch, kind):
     path = tmp_path / f"{kind}.dcz"
     path.write_bytes(d.build())
     stored, inflated = len(d.stored(i)), len(d.payloads[i])
-    monkeypatch.setattr(dcz_reader, "MAX_EXPANSION", 16)
-    monkeypatch.setattr(dcz_reader, "EXPANSION_SLACK", inflated - 16 * stored)
+    monkeypatch.setattr(constants, "MAX_EXPANSION", 16)  # through constants.expansion_bound
+    monkeypatch.setattr(constants, "EXPANSION_SLACK", inflated - 16 * stored)
     assert inflated > 16 * stored
     read = (lambda r: r.metadata) if kind == "metadata" else (lambda r: r.graph)
     with dcformat.open(path, max_decoded_bytes=1 << 30) as r:
         read(r)  # at the limit: accepted
-    monkeypatch.setattr(dcz_reader, "EXPANSION_SLACK", inflated - 16 * stored - 1)
+    monkeypatch.setattr(constants, "EXPANSION_SLACK", inflated - 16 * stored - 1)
     with dcformat.open(path, max_decoded_bytes=1 << 30) as r:
         with pytest.raises(LimitError, match=f"{kind} .*inflates to more than"):
             read(r)

@@ -53,7 +53,7 @@ def test_rows_plus_overhead_is_file_size(model):
 def test_vectors_add_up(name):
     rep = insp.inspect_dcz(os.path.join(VECTORS, name))
     assert sum(r["bytes"] for r in rep["tensors"]) + rep["overhead"]["total"] == rep["size"]
-    assert rep["overhead"]["padding"] >= 0
+    assert rep["overhead"]["alignment"] >= 0
 
 
 def test_inspect_reads_no_tensor_data(model, monkeypatch):

@@ -563,7 +563,11 @@ def test_unknown_op_in_graph_is_a_format_error(tmp_path, mlp_case):
 
 
 def test_graph_section_that_is_not_onnx(tmp_path):
-    dcformat.write(tmp_path / "g.dcz", [dcformat.encode("a", np.ones(3, np.float32))], graph=b"\xff\xff not protobuf")
+    with pytest.raises(dcformat.EncodeError, match="graph: not a valid ONNX ModelProto"):
+        dcformat.write(tmp_path / "g.dcz", [dcformat.encode("a", np.ones(3, np.float32))], graph=b"\xff\xff not protobuf")
+    assert not (tmp_path / "g.dcz").exists()
+    dcformat.write(tmp_path / "g.dcz", [dcformat.encode("a", np.ones(3, np.float32))], graph=b"\xff\xff not protobuf",
+                   pad=False)  # written as given
     for call in (dcformat.InferenceSession, dcformat.to_onnx):
         with pytest.raises(dcformat.FormatError, match="graph"):
             call(tmp_path / "g.dcz")

@@ -605,7 +605,8 @@ def spec_read(path) -> dict[str, object]:
     assert header_len <= constants.MAX_HEADER_BYTES and 24 + header_len <= len(data)
     stored = data[24 : 24 + header_len]
     assert zlib.crc32(stored) == header_crc  # the CRC is of the stored (deflated) bytes
-    header_bytes = raw_inflate(stored, constants.MAX_HEADER_BYTES)
+    bound = constants.MAX_EXPANSION * len(data) + constants.EXPANSION_SLACK  # 10: the expansion bound B
+    header_bytes = raw_inflate(stored, header_limit(len(data)))
     assert header_bytes.isascii()
     header = json.loads(header_bytes)
     # compact (no whitespace outside strings), no duplicate keys, no NaN: the text is its own compact form
@@ -622,13 +623,17 @@ def spec_read(path) -> dict[str, object]:
         if s["kind"] == "tensor":
             assert s["tensor"]["name"] not in out
             out[s["tensor"]["name"]] = spec_decode_tensor(s["tensor"], body)
-        else:
+        elif s["kind"] in ("metadata", "graph"):
             assert "tensor" not in s
-            # metadata and graph are stored deflated; inflated under MAX_EXPANSION x length + EXPANSION_SLACK
-            out[s["kind"]] = raw_inflate(body, constants.MAX_EXPANSION * s["length"] + constants.EXPANSION_SLACK)
+            # stored deflated; inflated under MAX_EXPANSION x length + EXPANSION_SLACK and B / parse factor
+            factor = constants.JSON_PARSE_FACTOR if s["kind"] == "metadata" else constants.GRAPH_PARSE_FACTOR
+            out[s["kind"]] = raw_inflate(body, min(constants.MAX_EXPANSION * s["length"] + constants.EXPANSION_SLACK,
+                                                   bound // factor))
+        else:
+            assert s["kind"] == "padding" and "tensor" not in s and not any(body)  # 5.4
         end = off + s["length"]
     assert end == len(data)
-    assert kinds.count("metadata") <= 1 and kinds.count("graph") <= 1
+    assert kinds.count("metadata") <= 1 and kinds.count("graph") <= 1 and kinds.count("padding") <= 1
     return out
 
 
@@ -736,21 +741,43 @@ def test_header_inflate_rules_as_specified(tmp_path):
         path.write_bytes(bytes(data))
         with pytest.raises(dcformat.ChecksumError):
             dcformat.open(path)
-    # the limit is on the inflated JSON text: exactly MAX_HEADER_BYTES is fine, one more is not
-    pad = constants.MAX_HEADER_BYTES - len(b'{"sections":[],"x":""}')
-    at_limit = b'{"sections":[],"x":"' + b"a" * pad + b'"}'
-    assert len(at_limit) == constants.MAX_HEADER_BYTES
-    for text, ok_ in ((at_limit, True), (at_limit[:-2] + b'a"}', False)):
-        stored = spec_deflate(text)
-        assert len(stored) < 1 << 17
-        path.write_bytes(build_file([], stored))
-        if ok_:
-            assert _opens(path, path.read_bytes()) == ([], {})  # unknown header keys are ignored (2.2)
-        else:
-            with pytest.raises(dcformat.LimitError):
-                dcformat.open(path)
-            with pytest.raises(AssertionError, match="more than the limit"):
-                spec_read(path)
+    # the limit is on the inflated JSON text: exactly the limit is fine, one byte more is not
+    for padding in (0, 2 << 20):  # a tiny file: B / JSON_PARSE_FACTOR; a 2 MiB one: MAX_HEADER_BYTES
+        for over in (0, 1):
+            text, data, limit = _header_at_limit(padding, over)
+            assert len(text) == limit + over and (limit == constants.MAX_HEADER_BYTES) == (padding > 0)
+            path.write_bytes(data)
+            if not over:
+                assert _opens(path, data) == ([], {})  # unknown header keys are ignored (2.2)
+                assert spec_read(path) == {}
+            else:
+                with pytest.raises(dcformat.LimitError, match=f"more than {limit} bytes"):
+                    dcformat.open(path)
+                with pytest.raises(AssertionError, match="more than the limit"):
+                    spec_read(path)
+
+
+def header_limit(file_size: int) -> int:
+    """Spec 3, 10: min(MAX_HEADER_BYTES, B / JSON_PARSE_FACTOR), B = MAX_EXPANSION * file size + EXPANSION_SLACK."""
+    bound = constants.MAX_EXPANSION * file_size + constants.EXPANSION_SLACK
+    return min(constants.MAX_HEADER_BYTES, bound // constants.JSON_PARSE_FACTOR)
+
+
+def _header_at_limit(padding: int, over: int):
+    """A header text of exactly (the limit of its own file + ``over``) bytes, in a file with a
+    ``padding`` section of that many zero bytes (none if 0): (text, file bytes, limit)."""
+    sections = [({"kind": "padding"}, bytes(padding))] if padding else []
+    n = 0
+    for _ in range(50):  # a fixed point: the file's size depends on the text, its limit on the size
+        entries = [{"kind": e["kind"], "length": len(b), "crc32": zlib.crc32(b)} for e, b in sections]
+        head = json.dumps({"sections": entries, "x": ""}, separators=(",", ":")).encode("ascii")
+        text = head[:-2] + b"a" * n + b'"}'
+        data = build_file(sections, spec_deflate(text))
+        limit = header_limit(len(data))
+        if len(text) == limit + over:
+            return text, data, limit
+        n += limit + over - len(text)
+    raise AssertionError("no fixed point")
 
 
 def test_deflated_sections_as_specified(tmp_path):
@@ -869,9 +896,16 @@ def test_expansion_bound_as_specified(tmp_path):
     t = dcformat.encode_codebook("big", [1.0], np.zeros(n, np.uint8), encoding="codebook-dense",
                                  lane_size=constants.MAX_LANE_SIZE)
     path = tmp_path / "big.dcz"
-    size = dcformat.write(path, [t])
+    size = dcformat.write(path, [t], pad=False)
     assert 4 * n > constants.MAX_EXPANSION * size + constants.EXPANSION_SLACK
     with pytest.raises(dcformat.LimitError):
         dcformat.open(path)
     with dcformat.open(path, max_decoded_bytes=4 * n) as r:  # a caller may raise the bound explicitly
         assert r.info("big").decoded_nbytes == 4 * n
+    # 5.4: the writer pads such a file until the bound covers it, and no further
+    padded = dcformat.write(path, [t])
+    assert constants.MAX_EXPANSION * padded + constants.EXPANSION_SLACK >= 4 * n
+    assert constants.MAX_EXPANSION * (padded - 16) + constants.EXPANSION_SLACK < 4 * n
+    assert spec_read(path)["big"].shape == (n,)
+    with dcformat.open(path) as r:
+        assert [s.kind for s in r.sections] == ["tensor", "padding"] and (r["big"] == 1.0).all()

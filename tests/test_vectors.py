@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import dcformat
+from dcformat import constants
 from dcformat.constants import DTYPES, ENCODINGS, UINT_OF_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,8 @@ def load_gen():
 
 
 def expected_array(entry: dict) -> np.ndarray:
+    if "expected_fill" in entry:  # a large constant array, given by its value
+        return np.full(entry["shape"], entry["expected_fill"], DTYPES[entry["dtype"]])
     arr = np.load(VECTORS / entry["expected"], allow_pickle=False)
     if entry["dtype"] == "bfloat16":
         assert arr.dtype == np.uint16
@@ -61,7 +64,8 @@ def test_manifest_lists_every_file():
     listed = {"MANIFEST.json"}
     for v in MANIFEST["vectors"]:
         listed.add(v["file"])
-        listed.update(t["expected"] for t in v["tensors"])
+        listed.update(t["expected"] for t in v["tensors"] if "expected" in t)
+        assert all(("expected" in t) != ("expected_fill" in t) for t in v["tensors"])
     on_disk = {p.name for p in VECTORS.iterdir()}
     assert on_disk == listed, "stale or missing files in spec/vectors"
 
@@ -89,6 +93,11 @@ def test_manifest_coverage():
     assert any(t["lane_size"] == 256 and t["entries"] > 4 * 256 for t in sparse)  # several lane bases
     assert any(v["graph"] for v in MANIFEST["vectors"])
     assert any(not v["tensors"] for v in MANIFEST["vectors"])
+    padded = [v for v in MANIFEST["vectors"] if "padding" in v["covers"]]
+    with dcformat.open(VECTORS / padded[0]["file"]) as r:  # 5.4: a padding section, needed by the bound
+        assert r.sections[-1].kind == "padding" and len(r.sections) == len(r) + 1
+        total = sum(r.info(n).decoded_nbytes for n in r)
+        assert constants.expansion_bound(r.file_size - r.sections[-1].length) < total <= constants.expansion_bound(r.file_size)
     assert any(v["metadata"] and len(v["tensors"]) > 1 and not v["graph"] for v in MANIFEST["vectors"])
 
 

@@ -87,6 +87,7 @@ def bits(values, dtype) -> np.ndarray:
 
 # ---------------------------------------------------------------- the vectors
 VECTORS = []  # (name, covers, builder) in generation order
+FILL_BYTES = 1 << 20  # a constant expected array larger than this is given by its value (expected_fill)
 
 
 def vector(name: str, covers: str):
@@ -358,6 +359,16 @@ def _graph():
             "graph": model, "metadata": {"producer": "tools/gen_vectors.py"}}
 
 
+@vector("padded", "a padding section (FORMAT.md 5.4): a 24 MiB all-zero float32 buffer stores in a few hundred "
+        "bytes, more than the expansion bound of so small a file allows, so the writer appends zeros until "
+        "1024 x file size + 16 MiB covers it (its expected array is given as expected_fill)")
+def _padded():
+    return {"tensors": [
+        enc("buffer", np.zeros((1536, 4096), F32), encoding="codebook-sparse"),
+        enc("w", levels(4)[randint(11, 64, 4)].reshape(8, 8), encoding="codebook-dense"),
+    ]}
+
+
 @vector("no_tensors", "a file with no sections at all (no tensors, metadata or graph)")
 def _no_tensors():
     return {"tensors": []}
@@ -393,7 +404,10 @@ def _tensor_entry(t, expected_file: str, expected: np.ndarray) -> dict:
         d.update(codebook_dtype=info.codebook_dtype, codebook_size=info.codebook_size, lane_size=info.lane_size)
     if info.encoding == "codebook-sparse":
         d.update(gap_bits=info.gap_bits, entries=info.entries)
-    d["expected"] = expected_file
+    if expected_file is None:  # a large constant array: its value, not a .npy of megabytes
+        d["expected_fill"] = expected.flat[0].item()
+    else:
+        d["expected"] = expected_file
     if info.encoding != "raw" and info.dtype in FLOAT_DTYPES and bool(np.isnan(expected.astype(F64)).any()):
         d["codebook_nans"] = True  # see the manifest's description
     if info.dtype == "bfloat16":
@@ -416,8 +430,10 @@ def build_vector(out: Path, name: str, covers: str, builder) -> dict:
             if not _bits_equal(got, expected):
                 raise AssertionError(f"{name}: tensor {t.name!r} does not decode to its expected array")
             assert r.info(t.name).encoding == t.encoding
-            fname = f"{name}.{i}.npy"
-            _expected_bytes(out / fname, expected)
+            fill = expected.nbytes > FILL_BYTES and expected.size and _bits_equal(expected, np.full_like(expected, expected.flat[0]))
+            fname = None if fill else f"{name}.{i}.npy"
+            if fname:
+                _expected_bytes(out / fname, expected)
             entries.append(_tensor_entry(t, fname, expected))
         assert r.metadata == (spec.get("metadata") or {})
         has_graph = r.graph_bytes is not None
@@ -441,7 +457,8 @@ def generate(out) -> dict:
     vectors = [build_vector(out, name, covers, fn) for name, covers, fn in VECTORS]
     manifest = {
         "description": "Golden test vectors of the .dcz format; regenerate with tools/gen_vectors.py. "
-        "Expected arrays are NAME.<i>.npy (i = tensor position in the file; bfloat16 as uint16 bits). "
+        "Expected arrays are NAME.<i>.npy (i = tensor position in the file; bfloat16 as uint16 bits), or, for a "
+        "large constant array, expected_fill: every element equals that value. "
         "Compare bit patterns. Tensors marked codebook_nans decode NaNs through a codebook of the same dtype: "
         "the reference reader copies their bits, but FORMAT.md 7.2 leaves which NaN a conversion gives "
         "implementation-defined, so another reader may compare those elements as NaNs of the same sign.",
