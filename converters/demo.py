@@ -46,15 +46,9 @@ def build(out: str, sparsity: float | None = 0.9, bits: int | None = 5, seed: in
         model = P.digits_mlp()
         settings = P.Settings(sparsity=sparsity, bits=bits, max_accuracy_drop=max_accuracy_drop, seed=seed,
                               **DEMO_TRAINING)
-
-        def progress(ev):
-            if ev.get("kind") == "stage" and ev.get("message"):
-                echo(ev["message"])
-            elif epoch_progress:
-                epoch_progress(ev)
-
         evaluate = P.accuracy_fn(ds.x_test, ds.y_test)
-        res = P.deep_compress(model, (ds.x_train, ds.y_train), evaluate, settings, out=out, progress=progress,
+        res = P.deep_compress(model, (ds.x_train, ds.y_train), evaluate, settings, out=out,
+                              progress=P.echo_stages(echo, epoch_progress),
                               report_dir=report_dir, dataset=f"digits test split ({len(ds.x_test)} images)",
                               source="sklearn digits 8x8, MLP 64-256-128-10 trained by the demo")
         torch_pred = P.predict(model, ds.x_test).numpy()

@@ -1177,6 +1177,17 @@ def lenet5() -> LeNet5:
     return LeNet5()
 
 
+def echo_stages(echo, then: Progress | None = None) -> Progress:
+    """A progress callback: stage messages go to ``echo`` (a print), other events to ``then``."""
+    def progress(ev: dict):
+        if ev.get("kind") == "stage" and ev.get("message"):
+            echo(ev["message"])
+        elif then:
+            then(ev)
+
+    return progress
+
+
 def console_progress(file=None, epochs: bool = True, stages: bool = True) -> Progress | None:
     """A progress callback printing epochs (loss, accuracy, sparsity) and stages with rich,
     or None when ``file`` (default stderr) is not a terminal."""

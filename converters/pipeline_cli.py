@@ -179,16 +179,9 @@ def run_pipeline(*, model_spec, data, input_shape=None, output, checkpoint=None,
         _load_checkpoint(model, checkpoint)
     _check_model(model, ds.x_train, ds.classes, model_spec)
     s = settings or P.Settings()
-
-    def progress(ev):
-        if ev.get("kind") == "stage" and ev.get("message"):
-            echo(ev["message"])
-        elif epoch_progress:
-            epoch_progress(ev)
-
     evaluate = P.accuracy_fn(ds.x_test, ds.y_test)
     res = P.deep_compress(model, (ds.x_train, ds.y_train), evaluate, s, out=output, input_shape=shape,
-                          progress=progress, report_dir=report_dir, dataset=f"{ds.name} test split ({len(ds.x_test):,})",
+                          progress=P.echo_stages(echo, epoch_progress), report_dir=report_dir, dataset=f"{ds.name} test split ({len(ds.x_test):,})",
                           source={"model": model_spec, "checkpoint": os.path.basename(checkpoint) if checkpoint else None,
                                   "data": ds.name})
     ort_acc = P.ort_accuracy(output, ds.x_test, ds.y_test)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import dcformat
+from models import cnn_model
 from converters.mlp import MLP
 from converters.prune import magnitude_mask
 from converters.quantize import quantize
@@ -31,24 +31,6 @@ EXACT_FP32 = ("cuda", {"use_tf32": "0"})
 def _pq(w, sparsity, bits):
     cb, idx = quantize(w * magnitude_mask(w, sparsity), bits)
     return cb.astype(np.float32), idx
-
-
-def _cnn(weights):
-    nodes = [
-        helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Conv", ["p1", "conv2.weight", "conv2.bias"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("Flatten", ["r2"], ["f"], axis=1),
-        helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], transB=1),
-    ]
-    g = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(v, k) for k, v in weights.items()],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +59,7 @@ def models(tmp_path_factory):
         b = k.replace("weight", "bias")
         weights[b] = (rng.standard_normal(shape[0]) * 0.1).astype(np.float32)
         records.append(dcformat.encode_raw(b, weights[b]))
-    graph, _ = strip_weights(_cnn(weights))
+    graph, _ = strip_weights(cnn_model(weights, size=32))
     dcformat.write(d / "cnn.dcz", records, graph=graph)
     out["cnn"] = (d / "cnn.dcz", {"x": rng.standard_normal((8, 3, 32, 32)).astype(np.float32)})
     return out

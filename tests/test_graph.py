@@ -4,32 +4,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import dcformat
+from models import constants_and_if_model
 from dcformat.graph import iter_tensors, reference, strip_weights
 
 
 def _model_with_constants_and_if():
     w = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
-    then_c = helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.full((4, 2), 2.5, np.float32)))
-    else_c = helper.make_node("Constant", [], ["e"], value=numpy_helper.from_array(np.full((4, 2), -1.0, np.float32)))
-    then_g = helper.make_graph([then_c], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4, 2])])
-    else_g = helper.make_graph([else_c], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4, 2])])
-    nodes = [
-        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
-        helper.make_node("MatMul", ["x", "W"], ["y0"]),
-        helper.make_node("Mul", ["y0", "k"], ["y1"]),
-        helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g),
-        helper.make_node("MatMul", ["y1", "b"], ["y"]),
-    ]
-    g = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(w, "W")],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return constants_and_if_model(w, np.full((4, 2), 2.5, np.float32), np.full((4, 2), -1.0, np.float32), batch=1)
 
 
 def _run(model, cond):

@@ -26,6 +26,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import dcformat
+from models import cnn_model, constants_and_if_model
 from converters.mlp import MLP
 from converters.prune import magnitude_mask
 from converters.quantize import quantize
@@ -88,22 +89,7 @@ class Case:
     compacted: set  # weights compact mode must turn into uint8 indices
 
 
-def cnn_model(weights, opset=17):
-    nodes = [
-        helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Conv", ["p1", "conv2.weight", "conv2.bias"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("Flatten", ["r2"], ["f"], axis=1),
-        helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], transB=1),
-    ]
-    g = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(weights[k], k) for k in weights],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
 
 
 # name: (shape, sparsity, bits, encoding)
@@ -439,26 +425,8 @@ def test_non_uniform_codebook_is_not_dequantized():
 
 # ------------------------------------------------------------------------------------------ Constant nodes, If subgraphs
 def _constants_and_if_model(w):
-    then_c = helper.make_node("Constant", [], ["t"], value=numpy_helper.from_array(np.full((32, 2), 2.5, np.float32)))
-    else_c = helper.make_node("Constant", [], ["e"], value=numpy_helper.from_array(
-        np.linspace(-1, 1, 64, dtype=np.float32).reshape(32, 2)))
-    then_g = helper.make_graph([then_c], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [32, 2])])
-    else_g = helper.make_graph([else_c], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [32, 2])])
-    nodes = [
-        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
-        helper.make_node("MatMul", ["x", "W"], ["y0"]),
-        helper.make_node("Mul", ["y0", "k"], ["y1"]),
-        helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g),
-        helper.make_node("MatMul", ["y1", "b"], ["y"]),
-    ]
-    g = helper.make_graph(
-        nodes, "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64]),
-         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(w, "W")],
-    )
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return constants_and_if_model(w, np.full((32, 2), 2.5, np.float32),
+                                  np.linspace(-1, 1, 64, dtype=np.float32).reshape(32, 2))
 
 
 def test_constant_nodes_and_if_subgraphs(tmp_path):

@@ -359,12 +359,12 @@ def _graph():
             "graph": model, "metadata": {"producer": "tools/gen_vectors.py"}}
 
 
-@vector("padded", "a padding section (FORMAT.md 5.4): a 24 MiB all-zero float32 buffer stores in a few hundred "
+@vector("padded", "a padding section (FORMAT.md 5.4): a 20 MiB all-zero float32 buffer stores in a few hundred "
         "bytes, more than the expansion bound of so small a file allows, so the writer appends zeros until "
         "1024 x file size + 16 MiB covers it (its expected array is given as expected_fill)")
 def _padded():
     return {"tensors": [
-        enc("buffer", np.zeros((1536, 4096), F32), encoding="codebook-sparse"),
+        enc("buffer", np.zeros((1280, 4096), F32), encoding="codebook-sparse"),
         enc("w", levels(4)[randint(11, 64, 4)].reshape(8, 8), encoding="codebook-dense"),
     ]}
 
