@@ -10,7 +10,7 @@ import time
 import click
 
 import dcformat
-from dcformat.cliutil import _escape, run
+from dcformat.cliutil import _escape, check_distinct, check_output, run
 from dcformat.table import render
 
 from . import compress as cmp
@@ -21,26 +21,9 @@ from .quantize import INITS
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
-        dims = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a shape like 1,3,224,224", param_hint="--input-shape") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise click.BadParameter(f"{text!r} is not a shape like 1,3,224,224", param_hint="--input-shape")
-    return dims
-
-
-def _writable(path, what: str = "") -> None:
-    """Refuse an output path that cannot take a file written beside it and renamed into place."""
-    outdir = os.path.dirname(os.path.abspath(path))
-    label = f"{what} {path}" if what else path
-    if not os.path.isdir(outdir):
-        raise ConvertError(f"cannot write {label}: directory {outdir} does not exist")
-    if not os.access(outdir, os.W_OK):
-        raise ConvertError(f"cannot write {label}: directory {outdir} is not writable")
-    if os.path.isdir(path):
-        raise ConvertError(f"cannot write {label}: it is a directory")
-    if os.path.exists(path) and not os.path.isfile(path):  # a device such as /dev/null would be replaced
-        raise ConvertError(f"cannot write {label}: it exists and is not a regular file")
+        return st.shape(text)
+    except st.SettingError as e:
+        raise click.BadParameter(str(e), param_hint="--input-shape") from None
 
 
 def _layer(option, text, convert):
@@ -142,7 +125,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
               help="build the model with this function (imports and runs your code) so a state_dict gets its graph")
 @click.option("--trust-pickle", is_flag=True, help="allow loading a pickled nn.Module: THIS RUNS CODE FROM THE FILE; "
               "only for files you trust")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of random centroid initialisations")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of random centroid initialisations")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
 @click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
@@ -161,13 +144,10 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     )
     shapes = [_shape(x) for x in input_shapes]
     out = output or os.path.splitext(model)[0] + ".dcz"
-    if os.path.abspath(out) == os.path.abspath(model):
-        raise click.UsageError("the output would overwrite the input; give -o")
-    _writable(out)
+    check_distinct({"the output": out, **({"--report": report} if report else {})}, {"the input": model})
+    check_output(out)
     if report:
-        if os.path.abspath(report) in (os.path.abspath(out), os.path.abspath(model)):
-            raise click.UsageError("--report must name a file other than the model and the output")
-        _writable(report, "report")
+        check_output(report, "report")
     prog, update = (None, None) if quiet or as_json else _progress()
     if prog:
         prog.start()

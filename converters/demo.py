@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 import dcformat
-from dcformat.cliutil import run
+from dcformat.cliutil import check_output, run
 
 from .errors import ConvertError
 from .pipeline_cli import accuracy_lines, print_layer_table, size_lines
@@ -67,7 +67,7 @@ def build(out: str, sparsity: float | None = 0.9, bits: int | None = 5, seed: in
             "seconds": compress_s, "result": res}
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-o", "--output", default="demo.dcz", show_default=True, help="where to write the .dcz")
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True),
               help="fraction of weights pruned in every layer  [default: 0.9; chosen per layer with --max-accuracy-drop]")
@@ -76,11 +76,12 @@ def build(out: str, sparsity: float | None = 0.9, bits: int | None = 5, seed: in
 @click.option("--max-accuracy-drop", type=click.FloatRange(0), metavar="POINTS",
               help="pick each layer's sparsity and bits by a sensitivity scan within this accuracy budget")
 @click.option("--report-dir", type=click.Path(file_okay=False), help="write report.json and the sensitivity plots here")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
 def demo(output, sparsity, bits, max_accuracy_drop, report_dir, seed):
     """Train, prune, quantize and Huffman-code a digits MLP; write, decode and run the .dcz."""
     from .pipeline import console_progress
 
+    check_output(output)
     if max_accuracy_drop is None:
         sparsity = 0.9 if sparsity is None else sparsity
         bits = 5 if bits is None else bits
@@ -99,7 +100,7 @@ def demo(output, sparsity, bits, max_accuracy_drop, report_dir, seed):
     click.echo(f"done in {f['seconds']:.1f} s")
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(dcformat.__version__, prog_name="dcz")
 def cli():
     """dcz: Deep Compression model files."""

@@ -68,13 +68,12 @@ def size_lines(path: str, dcz_bytes: int, params: int, onnx_bytes: int | None) -
 
 
 def _shape(text: str) -> tuple[int, ...]:
+    from .settings import SettingError, shape
+
     try:
-        dims = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a shape like 1,1,28,28") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise click.BadParameter(f"{text!r} is not a shape like 1,1,28,28")
-    return dims
+        return shape(text, example="1,1,28,28")
+    except SettingError as e:
+        raise click.BadParameter(str(e), param_hint="--input-shape") from None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -230,7 +229,7 @@ def run_pipeline(*, model_spec, data, input_shape=None, output, checkpoint=None,
 @click.option("--report-dir", type=click.Path(file_okay=False), help="write report.json and the sensitivity plots here")
 @click.option("--limit-train", type=click.IntRange(1), help="use only the first N training samples")
 @click.option("--limit-test", type=click.IntRange(1), help="use only the first N test samples")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(1), help="torch CPU threads (default: torch's choice; 1 is often "
               "faster for small models or on a busy machine)")
 @click.option("-q", "--quiet", is_flag=True, help="only the result lines")

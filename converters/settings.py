@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 
@@ -80,3 +81,21 @@ def bits(text: str) -> int:
     if not 1 <= v <= 8:
         raise ValueError(f"{v} bits is outside 1..8")
     return v
+
+
+MAX_EXAMPLE_ELEMENTS = 1 << 28  # an example input for tracing: 1 GiB of float32 at most
+
+
+def shape(text: str, example: str = "1,3,224,224") -> tuple[int, ...]:
+    """An input shape, ``1,3,224,224`` or ``1x3x224x224``: positive integers, at most
+    MAX_EXAMPLE_ELEMENTS elements in all."""
+    try:
+        dims = tuple(int(x) for x in text.replace("x", ",").split(","))
+    except ValueError:
+        raise SettingError(f"{text!r} is not a shape like {example}") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise SettingError(f"{text!r} is not a shape like {example}")
+    if math.prod(dims) > MAX_EXAMPLE_ELEMENTS:
+        raise SettingError(f"{text!r} is {math.prod(dims):,} elements, more than the {MAX_EXAMPLE_ELEMENTS:,} an input "
+                           "shape may have here (give the batch as 1)")
+    return dims

@@ -14,6 +14,7 @@ import importlib
 import io
 import os
 import pickle
+import re
 import sys
 import tempfile
 import warnings
@@ -34,8 +35,11 @@ def _torch():
     return torch
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal styling in torch's messages
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    text = _ANSI.sub("", str(e)).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
@@ -142,6 +146,15 @@ def _state_dict_of(obj, path):
     raise ConvertError(f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors")
 
 
+def _example_inputs(torch, input_shapes, path) -> tuple:
+    """Zero tensors of the --input-shape shapes, for tracing."""
+    try:
+        return tuple(torch.zeros(*s) for s in input_shapes)
+    except (RuntimeError, MemoryError) as e:  # torch's allocator raises RuntimeError
+        raise ConvertError(f"{path}: cannot make example inputs of shape "
+                           f"{', '.join('x'.join(map(str, s)) for s in input_shapes)}: {_first_line(e)}") from None
+
+
 def _export(module, path, input_shapes, opset, dynamo: bool = False):
     """ONNX ModelProto of a module/ScriptModule, batch dimension dynamic."""
     import onnx
@@ -150,7 +163,7 @@ def _export(module, path, input_shapes, opset, dynamo: bool = False):
     if not input_shapes:
         raise ConvertError(f"{path}: exporting the model to ONNX needs its input shape: add --input-shape 1,3,224,224 "
                            "(repeat it for several inputs)")
-    args = tuple(torch.zeros(*s) for s in input_shapes)
+    args = _example_inputs(torch, input_shapes, path)
     names = ["input"] if len(args) == 1 else [f"input{i}" for i in range(len(args))]
     buf = io.BytesIO()
     try:
@@ -166,7 +179,7 @@ def _export(module, path, input_shapes, opset, dynamo: bool = False):
 def _export_program(ep, path, input_shapes, opset):
     torch = _torch()
     if input_shapes:
-        args = tuple(torch.zeros(*s) for s in input_shapes)
+        args = _example_inputs(torch, input_shapes, path)
     else:
         args = tuple(getattr(ep, "example_inputs", ((), {}))[0] or ())
         if not args:
@@ -199,6 +212,8 @@ def _factory(spec: str):
     mod, sep, attr = spec.partition(":")
     if not sep or not mod or not attr:
         raise ConvertError(f"--model takes package.module:factory, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` would: a module beside the user's files
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(mod), attr)
     except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or whatever the module raises

@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import inspect as insp
-from .cliutil import _escape, run
+from .cliutil import _escape, check_distinct, check_output, run
 from .errors import DczError
 from .table import render
 
@@ -123,8 +123,8 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
             sys.exit(1)
         return
     reps = [insp.inspect_any(f) for f in files]
-    for rep in reps:
-        rep["tensors"] = rep["tensors"]
+    if pattern and not any(insp.select(rep["tensors"], None, None, pattern) for rep in reps):
+        raise click.UsageError(f"--filter {pattern!r} matches no tensor")
     if plot_out:
         from . import plot
         from .reader import open as open_dcz
@@ -158,10 +158,7 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
         _print_compare(reps)
         return
     rep = reps[0]
-    rows = insp.select(rep["tensors"], sort, top, pattern)
-    if pattern and not rows:
-        raise click.UsageError(f"--filter {pattern!r} matches no tensor")
-    _print_report(rep, rows)
+    _print_report(rep, insp.select(rep["tensors"], sort, top, pattern))
     if plot_out:
         click.echo(f"plot saved to {_escape(plot_out)}")
 
@@ -185,6 +182,15 @@ def dcdecode(model, output, external_data, compact, state_dict):
 
     if not output and not state_dict:
         raise click.UsageError("give -o OUT.onnx and/or --state-dict OUT.safetensors")
+    outs = {"-o": output} if output else {}
+    if output:
+        outs["its weights file"] = output + ".data"  # written with --external-data, or for models over 2 GB
+    if state_dict:
+        outs["--state-dict"] = state_dict
+    check_distinct(outs, {"the input": model})
+    for label, path in outs.items():
+        if label != "its weights file":
+            check_output(path)
     if output:
         from .reader import open as open_dcz
 
@@ -251,7 +257,7 @@ def _pct(times, q):
 @click.option("--bench", type=click.IntRange(1), metavar="N", help="time load, first run and N runs (p50/p99)")
 @click.option("--compare", type=click.Path(dir_okay=False), metavar="MODEL.onnx",
               help="run this ONNX model on the same inputs and report the differences")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the random inputs")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of the random inputs")
 def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, seed):
     """Run a .dcz model in ONNX Runtime."""
     import os

@@ -15,6 +15,37 @@ def _escape(msg: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg).replace("\n", " "))
 
 
+def check_output(path, what: str = "") -> None:
+    """Refuse (exit 1) an output path that cannot take a file written beside it and renamed into place."""
+    outdir = os.path.dirname(os.path.abspath(path))
+    label = f"{what} {path}" if what else path
+    if not os.path.isdir(outdir):
+        raise click.ClickException(f"cannot write {label}: directory {outdir} does not exist")
+    if not os.access(outdir, os.W_OK):
+        raise click.ClickException(f"cannot write {label}: directory {outdir} is not writable")
+    if os.path.isdir(path):
+        raise click.ClickException(f"cannot write {label}: it is a directory")
+    if os.path.exists(path) and not os.path.isfile(path):  # a device such as /dev/null would be replaced
+        raise click.ClickException(f"cannot write {label}: it exists and is not a regular file")
+
+
+def _same(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_distinct(outputs: dict[str, str], inputs: dict[str, str]) -> None:
+    """Usage error (exit 2) if an output would replace an input or another output: {label: path} each."""
+    seen = dict(inputs)
+    for label, path in outputs.items():
+        for other, p in seen.items():
+            if _same(path, p):
+                raise click.UsageError(f"{label} {path} would overwrite {other}")
+        seen[label] = path
+
+
 def fail(msg: str, code: int = 1) -> "NoReturn":  # noqa: F821
     click.echo(f"error: {_escape(msg)}", err=True)
     sys.exit(code)

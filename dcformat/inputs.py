@@ -41,7 +41,7 @@ def random_inputs(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarra
         if np.dtype(dt).kind == "f":
             feeds[i.name] = rng.standard_normal(shape).astype(dt)
         elif np.dtype(dt).kind == "b":
-            feeds[i.name] = rng.random(shape) < 0.5
+            feeds[i.name] = np.asarray(rng.random(shape) < 0.5)  # a 0-d array, not a numpy scalar, for shape []
         else:
             feeds[i.name] = rng.integers(0, 10, shape).astype(dt)
     return feeds
@@ -61,8 +61,8 @@ def check_inputs(session, feeds: dict[str, np.ndarray]) -> None:
         i = declared[name]
         dt = ORT_TYPES.get(i.type)
         if dt is not None and arr.dtype != np.dtype(dt):
-            raise InputError(f"input {name!r} is {arr.dtype}, the model expects {i.type}: {expect}")
+            raise InputError(f"input {name!r} is {arr.dtype}, not {i.type}; {expect}")
         if len(arr.shape) != len(i.shape) or any(
             isinstance(d, int) and d >= 0 and d != s for d, s in zip(i.shape, arr.shape)
         ):
-            raise InputError(f"input {name!r} has shape {list(arr.shape)}, the model expects {list(i.shape)}: {expect}")
+            raise InputError(f"input {name!r} has shape {list(arr.shape)}, not {list(i.shape)}; {expect}")

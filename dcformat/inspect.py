@@ -9,6 +9,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import re
+import warnings
 
 import numpy as np
 
@@ -97,8 +99,8 @@ def _dense_row(name, shape, dtype: str, nbytes: int, nonzeros: int | None) -> di
     }
 
 
-def _finish(path, kind, rows, extra=None) -> dict:
-    size = os.path.getsize(path)
+def _finish(path, kind, rows, extra=None, data_bytes: int = 0) -> dict:
+    size = os.path.getsize(path) + data_bytes  # an ONNX model's external data files count too
     for row in rows:
         row["share"] = row["bytes"] / size if size else 0.0
     params = sum(r["params"] for r in rows)
@@ -124,10 +126,22 @@ def inspect_onnx(path) -> dict:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises several kinds
         raise FormatError(f"{path}: not a readable ONNX model ({e})") from None
-    rows = []
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    base = os.path.dirname(os.path.abspath(path))
+    rows, data_files = [], set()
     for where, t in iter_tensors(model.graph):
         if t.data_type == onnx.TensorProto.STRING:
             continue
+        if t.data_location == onnx.TensorProto.EXTERNAL:  # read it as ONNX does, within the model's directory
+            location = {e.key: e.value for e in t.external_data}.get("location", "")
+            try:
+                load_external_data_for_tensor(t, base)
+            except Exception as e:  # noqa: BLE001 - onnx raises several kinds (missing file, path outside ...)
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise FormatError(f"{path}: {where}: cannot read its external data {location!r} ({msg})") from None
+            data_files.add(os.path.realpath(os.path.join(base, location)))
+            t.data_location = onnx.TensorProto.DEFAULT
         try:
             dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
         except (KeyError, TypeError, ValueError):
@@ -136,15 +150,17 @@ def inspect_onnx(path) -> dict:
         if any(d < 0 for d in shape):
             raise FormatError(f"{path}: {where} has a negative dimension {list(shape)}")
         nbytes = math.prod(shape) * dt.itemsize
-        nz = None
-        if t.data_location != onnx.TensorProto.EXTERNAL:
-            try:
-                nz = int(np.count_nonzero(numpy_helper.to_array(t)))
-            except Exception as e:  # noqa: BLE001 - onnx raises several kinds for inconsistent tensors
-                raise FormatError(f"{path}: {where} does not hold the data its type and shape say ({e})") from None
+        try:
+            nz = int(np.count_nonzero(numpy_helper.to_array(t)))
+        except Exception as e:  # noqa: BLE001 - onnx raises several kinds for inconsistent tensors
+            raise FormatError(f"{path}: {where} does not hold the data its type and shape say ({e})") from None
+        t.ClearField("raw_data")  # counted: do not hold every weight at once
         rows.append(_dense_row(t.name, shape, _np_name(dt), nbytes, nz))
-    return _finish(path, "onnx", rows, {"producer": f"{model.producer_name} {model.producer_version}".strip(),
-                                         "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import]})
+    extra = {"producer": f"{model.producer_name} {model.producer_version}".strip(),
+             "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import]}
+    if data_files:
+        extra["external_data"] = sorted(os.path.relpath(f, base) for f in data_files)
+    return _finish(path, "onnx", rows, extra, sum(os.path.getsize(f) for f in data_files))
 
 
 def _np_name(dt) -> str:
@@ -192,6 +208,9 @@ def inspect_safetensors(path) -> dict:
     return _finish(path, "safetensors", rows, meta)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal styling in torch's messages
+
+
 def inspect_torch(path) -> dict:
     """Dense sizes of a PyTorch state_dict (weights_only loading: no code from the file runs)."""
     try:
@@ -199,9 +218,12 @@ def inspect_torch(path) -> dict:
     except ImportError:
         raise FormatError(f"{path}: reading PyTorch files needs PyTorch: pip install 'dcz[torch]'") from None
     try:
-        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on stderr about TorchScript archives: the error says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
-        raise FormatError(f"{path}: not a PyTorch state_dict readable without running code ({str(e).splitlines()[0]})") from None
+        msg = _ANSI.sub("", (str(e).strip().splitlines() or [type(e).__name__])[0])
+        raise FormatError(f"{path}: not a PyTorch state_dict readable without running code ({msg})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

@@ -70,6 +70,7 @@ class DczReader(Mapping):
 
     def __init__(self, path, *, max_decoded_bytes: int | None = None):
         self.path = os.fspath(path)
+        self.closed = False
         try:
             with builtins.open(self.path, "rb") as f:
                 self.file_size = os.fstat(f.fileno()).st_size
@@ -174,6 +175,8 @@ class DczReader(Mapping):
         return self._inflate(data, expansion_bound(sec.length), factor, f"{what} (bytes {sec.offset}..{sec.offset + sec.length - 1})")
 
     def _section_bytes(self, sec: Section, what: str) -> np.ndarray:
+        if self.closed:
+            raise DczError(f"{self.path}: the reader is closed")
         data = self._buf[sec.offset : sec.offset + sec.length]
         if zlib.crc32(data) != sec.crc32:
             raise ChecksumError(f"{what}: checksum mismatch in section at bytes {sec.offset}..{sec.offset + sec.length - 1}")
@@ -262,6 +265,7 @@ class DczReader(Mapping):
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
+        self.closed = True
         self._buf = np.zeros(0, np.uint8)
         if getattr(self, "_mm", None) is not None:
             try:

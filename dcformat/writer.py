@@ -9,6 +9,7 @@ import numpy as np
 
 from .atomic import atomic_output
 from .constants import (
+    DTYPES,
     EXPANSION_SLACK,
     GRAPH_PARSE_FACTOR,
     JSON_PARSE_FACTOR,
@@ -57,9 +58,13 @@ def _graph_bytes(graph) -> tuple[bytes | None, object]:
     return serialize(deterministic=True), graph
 
 
-def _referenced_bytes(gbytes: bytes, model, sizes: dict[str, int]) -> int:
-    """Decoded bytes the graph's references name, once per reference (spec 5.2)."""
-    from .graph import referenced_bytes
+def _check_graph(gbytes: bytes, model, infos: dict) -> int:
+    """Refuse a graph that names a tensor the file will not hold, or that holds inline the weights
+    also written as records (a model not passed through strip_weights); returns the decoded bytes
+    its references name, once per reference (spec 5.2)."""
+    from onnx import helper
+
+    from .graph import iter_tensors, reference
 
     if model is None:
         import onnx
@@ -70,7 +75,26 @@ def _referenced_bytes(gbytes: bytes, model, sizes: dict[str, int]) -> int:
             model.ParseFromString(gbytes)
         except (DecodeError, RuntimeError, ValueError) as e:
             raise EncodeError(f"graph: not a valid ONNX ModelProto ({e})") from None
-    return referenced_bytes(model, sizes)
+    total = 0
+    for where, t in iter_tensors(model.graph):
+        name = reference(t)
+        if name is None:
+            if t.name in infos and (t.raw_data or t.float_data or t.int32_data or t.int64_data or t.double_data):
+                raise EncodeError(f"graph: {where} holds its data and is also written as a tensor record: pass the "
+                                  "model through dcformat.graph.strip_weights, which replaces weights by references")
+        elif name not in infos:
+            raise EncodeError(f"graph: {where} refers to tensor {name!r}, which is not among the tensors written")
+        else:
+            info = infos[name]
+            try:
+                want = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+            except (KeyError, TypeError, ValueError):
+                want = None
+            if want != DTYPES[info.dtype] or tuple(t.dims) != tuple(info.shape):
+                raise EncodeError(f"graph: {where} expects {want} {tuple(t.dims)}, tensor {name!r} is "
+                                  f"{info.dtype} {tuple(info.shape)}")
+            total += info.decoded_nbytes
+    return total
 
 
 def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
@@ -127,7 +151,7 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
             raise EncodeError(f"expected an EncodedTensor, got {type(t).__name__}")
         if t.name in seen:
             raise EncodeError(f"duplicate tensor name {t.name!r}")
-        seen[t.name] = t.info.decoded_nbytes
+        seen[t.name] = t.info
         sections.append((SECTION_TENSOR, _chunks(t.parts.values()), t.info.descriptor()))
     if len(sections) + 1 > MAX_SECTIONS:
         raise EncodeError(f"{len(sections)} sections: a file holds at most {MAX_SECTIONS - 1} besides padding")
@@ -137,9 +161,9 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
             if n > expansion_bound(len(chunks[0])):
                 raise EncodeError(f"{kind}: {n} bytes that deflate to {len(chunks[0])}, more than {MAX_EXPANSION}:1 "
                                   f"beyond {EXPANSION_SLACK} bytes; readers refuse to inflate that much")
-        decoded = sum(seen.values())
+        decoded = sum(info.decoded_nbytes for info in seen.values())
         if gbytes is not None:
-            decoded = max(decoded, _referenced_bytes(gbytes, model, seen))
+            decoded = max(decoded, _check_graph(gbytes, model, seen))
         header, placed, npad = _padded_layout(entries, decoded, texts)
         if npad:
             sections.append((SECTION_PADDING, [bytes(npad)], None))

@@ -258,6 +258,52 @@ def test_decode_failure_leaves_no_file(files, tmp_path, capsys):
     assert_one_line_error(err)
 
 
+def test_decode_never_overwrites_its_input(files, tmp_path, capsys):
+    """-o, its .data file and --state-dict must each name a file other than the .dcz (and each other)."""
+    dcz, data = tmp_path / "k.dcz", tmp_path / "k.data"  # k.data: the weights file of -o k (--external-data)
+    for src in (dcz, data):
+        src.write_bytes((files / "model.dcz").read_bytes())
+    for src, argv in ((dcz, ["-o", dcz]), (dcz, ["--state-dict", dcz]), (data, ["-o", tmp_path / "k", "--external-data"]),
+                      (dcz, ["-o", tmp_path / "m.onnx", "--state-dict", tmp_path / "m.onnx"])):
+        code, _, err = cli(decode_main, [src, *argv], capsys)
+        assert code == 2, argv
+        assert_one_line_error(err, "would overwrite")
+        assert src.read_bytes() == (files / "model.dcz").read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["k.data", "k.dcz"]
+
+
+def test_decode_into_a_missing_directory_names_it(files, tmp_path, capsys):
+    for flag in ("-o", "--state-dict"):
+        code, _, err = cli(decode_main, [files / "model.dcz", flag, tmp_path / "nodir" / "x"], capsys)
+        assert code == 1
+        assert_one_line_error(err, "cannot write", f"directory {tmp_path / 'nodir'} does not exist")
+        assert ".tmp" not in err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_seed_out_of_range_is_a_usage_error(files, capsys, seed):
+    code, _, err = cli(run_main, [files / "model.dcz", "--seed", seed], capsys)
+    assert code == 2
+    assert_one_line_error(err, "--seed")
+
+
+def test_random_scalar_inputs(tmp_path, capsys):
+    """Inputs of shape [] of every kind dcrun makes at random (a bool scalar once failed in ONNX Runtime)."""
+    from onnx import helper
+
+    ins = [helper.make_tensor_value_info(n, t, []) for n, t in (("b", TensorProto.BOOL), ("f", TensorProto.FLOAT),
+                                                                 ("i", TensorProto.INT64))]
+    nodes = [helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT), helper.make_node("Cast", ["i"], ["if"], to=TensorProto.FLOAT),
+             helper.make_node("Sum", ["bf", "f", "if", "W"], ["y"])]
+    w = helper.make_tensor("W", TensorProto.FLOAT, [], [1.5])
+    g = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], [w])
+    graph, arrays = strip_weights(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    dcformat.write(tmp_path / "s.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=graph)
+    code, out, err = cli(run_main, [tmp_path / "s.dcz", "--output-dir", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert np.load(tmp_path / "out" / "y.npy").shape == ()
+
+
 # ------------------------------------------------------------------------------------------ the installed commands
 def test_console_scripts(files, tmp_path):
     if not (BIN / "dcrun").exists():

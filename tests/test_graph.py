@@ -35,9 +35,22 @@ def test_strip_and_fill_everywhere(tmp_path):
 def test_missing_record_is_reported(tmp_path):
     stripped, arrays = strip_weights(_model_with_constants_and_if())
     arrays.pop("W")
-    dcformat.write(tmp_path / "m.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=stripped)
+    records = [dcformat.encode(k, v) for k, v in arrays.items()]
+    with pytest.raises(dcformat.EncodeError, match="refers to tensor 'W', which is not among"):  # the writer refuses
+        dcformat.write(tmp_path / "m.dcz", records, graph=stripped)
+    assert not (tmp_path / "m.dcz").exists()
+    dcformat.write(tmp_path / "m.dcz", records, graph=stripped, pad=False)  # made anyway: readers refuse it
     with pytest.raises(dcformat.FormatError, match="'W'"):
         dcformat.to_onnx(tmp_path / "m.dcz")
+
+
+def test_writer_refuses_a_graph_holding_its_weights(tmp_path):
+    """The model itself, not its stripped graph, would store every weight twice."""
+    model = _model_with_constants_and_if()
+    _, arrays = strip_weights(model)
+    with pytest.raises(dcformat.EncodeError, match="initializer 'W' holds its data.*strip_weights"):
+        dcformat.write(tmp_path / "m.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=model)
+    assert not (tmp_path / "m.dcz").exists()
 
 
 def test_weights_only_file_has_no_model(tmp_path):

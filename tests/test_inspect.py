@@ -173,3 +173,41 @@ def test_pytorch_state_dict(tmp_path):
     torch.save({"w": torch.zeros(2, 3), "b": torch.arange(4.0)}, p)
     rep = insp.inspect_any(p)
     assert rep["kind"] == "pytorch" and {r["name"]: r["nonzeros"] for r in rep["tensors"]} == {"w": 0, "b": 3}
+
+
+def test_onnx_with_external_data(tmp_path, capsys):
+    """The weights in m.bin are read (within the model's directory) and counted: sizes, zeros, ratio."""
+    import onnx
+    from converters.mlp import MLP
+
+    net = MLP([8, 16, 4])
+    net.W[0][:, :4] = 0
+    (tmp_path / "ext").mkdir()
+    onnx.save(net.to_onnx(), tmp_path / "ext" / "m.onnx", save_as_external_data=True, location="m.bin",
+              size_threshold=0)
+    rep = insp.inspect_any(tmp_path / "ext" / "m.onnx")
+    assert rep["metadata"]["external_data"] == ["m.bin"]
+    assert rep["size"] == sum(f.stat().st_size for f in (tmp_path / "ext").iterdir())
+    assert rep["totals"]["tensor_bytes"] == 4 * rep["totals"]["params"] <= rep["size"]
+    assert rep["tensors"][0]["sparsity"] == 0.5
+    assert rep["totals"]["nonzeros"] == sum(int(np.count_nonzero(a)) for a in net.W + net.b)
+    assert rep["overhead"]["total"] > 0
+    (tmp_path / "lone.onnx").write_bytes((tmp_path / "ext" / "m.onnx").read_bytes())  # its m.bin is elsewhere
+    code, out, err = _run(capsys, tmp_path / "lone.onnx")
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "m.bin" in err
+
+
+def test_torchscript_is_one_error_line(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    torch.jit.trace(torch.nn.Linear(3, 2).eval(), torch.zeros(1, 3)).save(str(tmp_path / "ts.pt"))
+    code, out, err = _run(capsys, tmp_path / "ts.pt")
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_closed_reader(tmp_path):
+    dcformat.write(tmp_path / "c.dcz", [dcformat.encode("w", np.ones(3, np.float32))], metadata={"a": 1})
+    r = dcformat.open(tmp_path / "c.dcz")
+    r.close()
+    for read in (lambda: r["w"], r.verify, lambda: r.metadata):
+        with pytest.raises(dcformat.DczError, match="the reader is closed"):
+            read()

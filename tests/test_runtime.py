@@ -544,11 +544,16 @@ def test_graph_section_that_is_not_onnx(tmp_path):
 def test_graph_referring_to_a_missing_or_mismatched_tensor(tmp_path, mlp_case):
     graph, arrays = strip_weights(mlp_case.model)
     recs = [dcformat.encode(k, v) for k, v in arrays.items() if k != "fc2.bias"]
-    dcformat.write(tmp_path / "m.dcz", recs, graph=graph)
+    with pytest.raises(dcformat.EncodeError, match="'fc2.bias', which is not among"):
+        dcformat.write(tmp_path / "m.dcz", recs, graph=graph)
+    dcformat.write(tmp_path / "m.dcz", recs, graph=graph, pad=False)  # as given: readers must refuse it
     with pytest.raises(dcformat.FormatError, match="fc2.bias"):
         dcformat.InferenceSession(tmp_path / "m.dcz")
+    for wrong in (np.zeros(7, np.float32), np.zeros(arrays["fc2.bias"].shape, np.float16)):  # shape, dtype
+        with pytest.raises(dcformat.EncodeError, match="fc2.bias.*expects"):
+            dcformat.write(tmp_path / "m.dcz", recs + [dcformat.encode("fc2.bias", wrong)], graph=graph)
     recs.append(dcformat.encode("fc2.bias", np.zeros(7, np.float32)))  # wrong shape
-    dcformat.write(tmp_path / "m.dcz", recs, graph=graph)
+    dcformat.write(tmp_path / "m.dcz", recs, graph=graph, pad=False)
     for call in (dcformat.InferenceSession, dcformat.to_onnx):
         with pytest.raises(dcformat.DczError, match="fc2.bias"):
             call(tmp_path / "m.dcz")
