@@ -10,7 +10,7 @@ import time
 import click
 
 import dcformat
-from dcformat.cliutil import _escape, check_distinct, check_output, run
+from dcformat.cliutil import _escape, check_distinct, check_output, run, times_smaller
 from dcformat.table import render
 
 from . import compress as cmp
@@ -60,7 +60,7 @@ def summary(result: dict) -> None:
               f"{t['params'] * 4 / max(t['tensor_bytes'], 1):.1f}"]
     render(None, cols, rows, right=set(cols) - {"tensor", "shape", "action", "encoding"}, footer=footer)
     click.echo(f"{_escape(result['source']['file'])} ({result['source']['kind']}, {result['source']['bytes']:,} bytes) -> "
-               f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {result['ratio']:.1f}x smaller; "
+               f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {times_smaller(result['ratio'])}; "
                f"{t['params']:,} parameters, {8 * result['dcz_bytes'] / max(t['params'], 1):.2f} bits/param; "
                f"{result['seconds']:.1f} s")
     for note in result["source"]["notes"]:

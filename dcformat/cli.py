@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import inspect as insp
-from .cliutil import _escape, check_distinct, check_output, run
+from .cliutil import _escape, check_distinct, check_output, run, times_smaller
 from .errors import DczError
 from .table import render
 
@@ -59,7 +59,7 @@ def _print_report(rep: dict, rows: list[dict]) -> None:
     print(f"overhead: {o['total']:,} bytes" + (f" ({parts})" if parts else ""), file=out)
     print(f"file: {rep['size']:,} bytes = {t['tensor_bytes']:,} tensor bytes + {o['total']:,} overhead; "
           f"{t['params']:,} parameters, {_fmt(t['bits_per_param'], '.2f')} bits/param, "
-          f"{_fmt(t['ratio'], '.1f')}x smaller than fp32", file=out)
+          f"{times_smaller(t['ratio'])} than fp32", file=out)
 
 
 def _print_compare(reps: list[dict]) -> None:
@@ -220,6 +220,10 @@ def _load_inputs(specs) -> dict:
         if not sep or not name or not path:
             raise click.UsageError(f"--input takes NAME=file.npy, got {spec!r}")
         try:
+            with open(path, "rb") as f:
+                head = f.read(6)
+            if not head.startswith((b"\x93NUMPY", b"PK\x03\x04")):  # .npy, or .npz (refused below)
+                raise ValueError("not a .npy file: those start with \\x93NUMPY")
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
             raise click.UsageError(f"--input {name}: cannot read {path!r} as .npy ({e})") from None
@@ -255,7 +259,7 @@ def _pct(times, q):
 @click.option("--compact", is_flag=True, help="keep codebook weights as uint8 indices in memory")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="save each output as NAME.npy here")
 @click.option("--bench", type=click.IntRange(1), metavar="N", help="time load, first run and N runs (p50/p99)")
-@click.option("--compare", type=click.Path(dir_okay=False), metavar="MODEL.onnx",
+@click.option("--compare", type=click.Path(dir_okay=False, exists=True), metavar="MODEL.onnx",
               help="run this ONNX model on the same inputs and report the differences")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of the random inputs")
 def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, seed):

@@ -15,6 +15,13 @@ def _escape(msg: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg).replace("\n", " "))
 
 
+def times_smaller(ratio: float | None) -> str:
+    """'12.3x smaller', or '1.2x larger' for a ratio under 1."""
+    if not ratio:
+        return "-"
+    return f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
+
+
 def check_output(path, what: str = "") -> None:
     """Refuse (exit 1) an output path that cannot take a file written beside it and renamed into place."""
     outdir = os.path.dirname(os.path.abspath(path))

@@ -99,8 +99,12 @@ class DczReader(Mapping):
     def _parse(self, max_decoded_bytes):
         self._override = max_decoded_bytes
         size = self.file_size
-        if size < PREAMBLE_SIZE or bytes(self._buf[:8]) != MAGIC:
+        if size == 0:
+            raise FormatError(f"{self.path}: not a .dcz file (empty)")
+        if bytes(self._buf[:8]) != MAGIC[:size]:
             raise FormatError(f"{self.path}: not a .dcz file (bad magic at byte 0)")
+        if size < PREAMBLE_SIZE:
+            raise FormatError(f"{self.path}: truncated: {size} bytes, less than the {PREAMBLE_SIZE}-byte preamble")
         magic, major, minor, hlen, hcrc, pcrc = PREAMBLE.unpack(bytes(self._buf[:PREAMBLE_SIZE]))
         if zlib.crc32(self._buf[:20]) != pcrc:
             raise ChecksumError(f"{self.path}: preamble checksum mismatch (bytes 0..19)")
@@ -137,10 +141,13 @@ class DczReader(Mapping):
                 raise FormatError(f"{where}: 'kind' must be a string")
             for key, v, hi in (("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
                 if type(v) is not int or not 0 <= v <= hi:
-                    raise FormatError(f"{where}: '{key}' must be an integer in [0, {hi}], got {v!r}")
+                    truncated = key == "length" and type(v) is int and v > size
+                    raise FormatError(f"{self.path}: {where} ({kind}): '{key}' must be an integer in [0, {hi}], got {v!r}"
+                                      + (" (is the file truncated?)" if truncated else ""))
             off = align(end, ALIGNMENT)  # sections tile the file: each starts where the rules put it
             if off + length > size:
-                raise FormatError(f"{where} ({kind}): bytes {off}..{off + length} run past the end of the {size}-byte file")
+                raise FormatError(f"{self.path}: {where} ({kind}): bytes {off}..{off + length - 1} run past the end of "
+                                  f"the {size}-byte file (is the file truncated?)")
             if self._buf[end:off].any():
                 raise FormatError(f"{where}: non-zero padding in bytes {end}..{off - 1}")
             end = off + length

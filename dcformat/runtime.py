@@ -300,6 +300,8 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
                          "session's weights in it; pass a new SessionOptions for each session")
     p = prepare(path, compact=compact)
     so = sess_options if sess_options is not None else ort.SessionOptions()
+    if sess_options is None:
+        so.log_severity_level = 3  # errors only: not a warning per initializer that is also a graph input
     if p.compacted and sess_options is None:
         # ORT's CPU arena would keep the weights each run rebuilds (full size) for good after the first run
         so.enable_cpu_mem_arena = False

@@ -148,6 +148,16 @@ def test_bad_flags_exit_2(files, capsys, argv, needle):
     assert_one_line_error(err, needle)
 
 
+def test_input_that_is_not_npy_and_missing_compare(files, tmp_path, capsys):
+    (tmp_path / "x.txt").write_text("1 2 3\n")
+    code, _, err = cli(run_main, [files / "model.dcz", "--input", f"input={tmp_path / 'x.txt'}"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "not a .npy file")
+    code, out, err = cli(run_main, [files / "model.dcz", "--compare", tmp_path / "missing.onnx"], capsys)
+    assert code == 2 and out == ""  # refused before the model runs
+    assert_one_line_error(err, "missing.onnx")
+
+
 def test_npz_input_is_refused(files, tmp_path, capsys):
     np.savez(tmp_path / "a.npz", input=np.zeros((1, 64), np.float32))
     code, _, err = cli(run_main, [files / "model.dcz", "--input", f"input={tmp_path / 'a.npz'}"], capsys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -156,3 +157,16 @@ def test_writer_argument_errors_are_encodeerrors(tmp_path):
     with pytest.raises(dcformat.EncodeError):
         dcformat.write(tmp_path / "d.dcz", [t], graph=42)
     assert not list(tmp_path.iterdir()), "a failed write must leave no file behind"
+
+
+def test_truncated_file_says_so(tmp_path):
+    src = tmp_path / "m.dcz"
+    dcformat.write(src, [dcformat.encode(f"w{i}", np.arange(500, dtype=np.float32) + i) for i in range(3)])
+    data = src.read_bytes()
+    cut = tmp_path / "cut.dcz"
+    for n, needle in ((10, "truncated: 10 bytes"), (len(data) - 100, "is the file truncated?"),
+                      (len(data) // 2, "is the file truncated?")):
+        cut.write_bytes(data[:n])
+        with pytest.raises(dcformat.FormatError, match=re.escape(needle)) as e:
+            dcformat.open(cut)
+        assert str(cut) in str(e.value)
