@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import sys
@@ -78,7 +79,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
     names = list(src.weights)
     for setting in s.all():
         for pat, _ in setting.patterns:
-            if not any(__import__("fnmatch").fnmatchcase(n, pat) for n in names):
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
                 raise click.UsageError(f"{setting.option}: pattern {pat!r} matches no tensor of {src_path}")
     tensors, rows = cmp.compress(src, s, progress)
     params = sum(r["params"] for r in rows)

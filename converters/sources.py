@@ -179,10 +179,13 @@ def load(path, *, input_shapes=None, trust_pickle: bool = False, model_factory: 
     if os.path.isdir(path):
         raise ConvertError(f"{path} is a directory; give a model file")
     kind = sniff(path)
-    if kind == "onnx":
-        src = load_onnx(path)
-    elif kind == "safetensors":
-        src = load_safetensors(path)
+    if kind in ("onnx", "safetensors"):
+        src = load_onnx(path) if kind == "onnx" else load_safetensors(path)
+        given = [flag for flag, v in (("--input-shape", input_shapes), ("--model", model_factory), ("--opset", opset),
+                                      ("--trust-pickle", trust_pickle)) if v]
+        if given:
+            src.notes.append(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to PyTorch inputs; "
+                             f"ignored for this {'ONNX' if kind == 'onnx' else 'safetensors'} file")
     else:
         from . import torch_inputs
 

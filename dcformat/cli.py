@@ -214,11 +214,16 @@ def decode_main(argv=None):
 def _load_inputs(specs) -> dict:
     import numpy as np
 
-    feeds = {}
+    paths = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise click.UsageError(f"--input takes NAME=file.npy, got {spec!r}")
+        if name in paths:
+            raise click.UsageError(f"--input {name} is given twice")
+        paths[name] = path
+    feeds = {}
+    for name, path in paths.items():
         try:
             with open(path, "rb") as f:
                 head = f.read(6)

@@ -153,7 +153,13 @@ def encode_codebook(
     if cbd not in CODEBOOK_DTYPES:
         raise EncodeError(f"tensor {name!r}: codebook_dtype must be one of {CODEBOOK_DTYPES}")
     tdt = DTYPES[dtype]
-    cb = np.asarray(codebook, dtype=np.float64).reshape(-1).astype(DTYPES[cbd])
+    try:
+        cb = np.asarray(codebook, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise EncodeError(f"tensor {name!r}: the codebook is not an array of numbers ({e})") from None
+    if cb.ndim != 1:
+        raise EncodeError(f"tensor {name!r}: the codebook must be one-dimensional, got shape {cb.shape}")
+    cb = cb.astype(DTYPES[cbd])
     if cb.size > MAX_CODEBOOK + 1:
         raise EncodeError(f"tensor {name!r}: codebook has {cb.size} entries, at most {MAX_CODEBOOK} (plus one +0.0 entry) allowed")
     idx = np.asarray(indices)

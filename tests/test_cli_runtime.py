@@ -141,6 +141,7 @@ def test_wrong_input_name(files, tmp_path, capsys):
     (["--provider", "tpu"], "--provider"),
     (["--input", "noequals"], "NAME=file.npy"),
     (["--input", "input=/no/such/file.npy"], "cannot read"),
+    (["--input", "input=a.npy", "--input", "input=b.npy"], "given twice"),
 ])
 def test_bad_flags_exit_2(files, capsys, argv, needle):
     code, _, err = cli(run_main, [files / "model.dcz", *argv], capsys)

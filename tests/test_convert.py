@@ -755,6 +755,12 @@ def test_non_finite_and_empty_weights(tmp_path, capsys):
         assert np.array_equal(dec[k].view(np.uint32), a.view(np.uint32)), k
 
 
+def test_pytorch_only_flags_are_noted_for_onnx(net, tmp_path, capsys):
+    src, _ = net
+    out = ok(src, "-o", tmp_path / "n.dcz", "--input-shape", "1,3,16,16", "--opset", "17", capsys=capsys)
+    assert "note: --input-shape, --opset apply to PyTorch inputs; ignored for this ONNX file" in out
+
+
 def test_large_all_zero_buffer_still_opens(tmp_path):
     """A 40 MiB all-zero initializer stores in a few hundred bytes, past the expansion bound of so
     small a file (1024 x size + 16 MiB): dcconvert's output is padded (spec 5.4) and opens, decodes

@@ -262,6 +262,9 @@ CB = np.array([0.0, 0.5, -1.0])
     dict(codebook=np.arange(1.0, 258.0), indices=[0, 1, 2], shape=(3,), encoding="codebook-sparse"),
     dict(codebook=np.arange(0.0, 257.0), indices=[0, 1, 2], shape=(3,), encoding="codebook-dense"),
     dict(codebook=np.arange(0.0, 258.0), indices=[0, 1, 2], shape=(3,)),  # too many entries for anything
+    dict(codebook=[[0.0, 0.5], [1.0, 1.5]], indices=[0, 1, 2], shape=(3,)),  # a 2-D codebook is not flattened
+    dict(codebook=0.5, indices=[0, 0, 0], shape=(3,)),
+    dict(codebook=["a", "b"], indices=[0, 1, 1], shape=(3,)),
 ])
 def test_encode_codebook_errors(kwargs):
     kwargs = {"codebook": CB, **kwargs}
