@@ -23,7 +23,8 @@ STREAMS = ("gap", "index", "codebook", "raw")
 
 
 def tensor_row(info) -> dict:
-    """One tensor's accounting; stream bytes exclude the zero padding between parts."""
+    """One tensor's accounting: ``bytes`` is its section's length (what dcconvert and the encoders
+    report); the stream bytes plus ``padding_bytes`` (zeros aligning its parts) add up to it."""
     p = info.parts
     streams = {
         "gap": p.get("gaps", 0) + p.get("lane_bases", 0),
@@ -31,7 +32,7 @@ def tensor_row(info) -> dict:
         "codebook": p.get("codebook", 0),
         "raw": p.get("data", 0),
     }
-    total = sum(streams.values())
+    total = info.nbytes
     params = info.numel
     bits = None if info.encoding == ENC_RAW else max(1, math.ceil(math.log2(max(info.codebook_size, 1))))
     return {
@@ -42,6 +43,7 @@ def tensor_row(info) -> dict:
         "gap_bits": info.gap_bits, "entries": info.entries,
         "fillers": info.entries - info.nonzeros if info.encoding == ENC_CB_SPARSE else None,
         **{f"{k}_bytes": v for k, v in streams.items()},
+        "padding_bytes": total - sum(streams.values()),
         "bytes": total,
         "bits_per_param": 8 * total / params if params else 0.0,
         "ratio": params * 4 / total if total else None,
@@ -94,7 +96,7 @@ def _dense_row(name, shape, dtype: str, nbytes: int, nonzeros: int | None) -> di
         "name": name, "shape": list(shape), "dtype": dtype, "params": params, "encoding": "dense",
         "nonzeros": nonzeros, "sparsity": (1 - nonzeros / params) if params and nonzeros is not None else None,
         "codebook_size": None, "bits": None, "gap_bits": None, "entries": None, "fillers": None,
-        "gap_bytes": 0, "index_bytes": 0, "codebook_bytes": 0, "raw_bytes": nbytes, "bytes": nbytes,
+        "gap_bytes": 0, "index_bytes": 0, "codebook_bytes": 0, "raw_bytes": nbytes, "padding_bytes": 0, "bytes": nbytes,
         "bits_per_param": 8 * nbytes / params if params else 0.0, "ratio": params * 4 / nbytes if nbytes else None,
     }
 
