@@ -117,7 +117,8 @@ def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
     return best
 
 
-def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping | None = None, *, pad: bool = True) -> int:
+def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping | None = None, *,
+          checked: bool = True) -> int:
     """Write a .dcz file; returns its size in bytes.
 
     ``tensors`` are :class:`EncodedTensor` (from the encoders), written in the given order;
@@ -129,7 +130,7 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
     section 10). Where the tensors (a large all-zero buffer, say) or the graph's references
     expand more than that, the writer appends a padding section of zeros, about 1/1024 of
     the excess, so that any reader opens the file with its default limits (spec 5.4).
-    ``pad=False`` writes the sections exactly as given, whether readers will accept the
+    ``checked=False`` writes the sections exactly as given, whether readers will accept the
     file or not (for making test files).
     """
     sections = []  # (kind, chunks, tensor descriptor)
@@ -156,7 +157,7 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
     if len(sections) + 1 > MAX_SECTIONS:
         raise EncodeError(f"{len(sections)} sections: a file holds at most {MAX_SECTIONS - 1} besides padding")
     entries = [(k, sum(len(c) for c in ch), _crc(ch), d) for k, ch, d in sections]
-    if pad:
+    if checked:
         for (kind, chunks, _), (_, n) in zip(sections, texts):
             if n > expansion_bound(len(chunks[0])):
                 raise EncodeError(f"{kind}: {n} bytes that deflate to {len(chunks[0])}, more than {MAX_EXPANSION}:1 "

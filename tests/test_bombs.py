@@ -157,7 +157,7 @@ def bomb(path: Path, d: "ma.Dcz") -> Path:
 def _graph_file(path: Path, graph: bytes, tensors=()) -> Path:
     """A file with this graph section (bytes of a ModelProto) and these EncodedTensors, by dcformat.write
     (without the padding that would make a bomb a valid file, spec 5.4)."""
-    dcformat.write(path, list(tensors), graph=graph, pad=False)
+    dcformat.write(path, list(tensors), graph=graph, checked=False)
     return path
 
 
@@ -286,7 +286,7 @@ def _compressed_bombs(tmp_path, warm, which):
             return _graph_file(path, ma._field(7, ma._field(1, b"") * n))
         junk = [[] for _ in range(n)]
         if kind == "metadata":
-            dcformat.write(path, [], metadata={"x": junk}, pad=False)
+            dcformat.write(path, [], metadata={"x": junk}, checked=False)
             return path
         one = ma.bomb_dense([1], 1 << 24)  # header: unknown keys of a descriptor are ignored, but parsed
         return assemble(path, [("tensor", one.payloads[0], dict(one.entries[0]["tensor"], x=junk))])

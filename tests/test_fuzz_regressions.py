@@ -105,7 +105,7 @@ def test_graph_cannot_make_onnx_runtime_read_a_file(attack, tmp_path, monkeypatc
     ``secret.bin`` from its working directory into the model: the reference check skipped sparse
     tensors. Now the graph is refused before ONNX Runtime sees it."""
     path = tmp_path / "hostile.dcz"
-    dcformat.write(path, ma.sample_tensors("dense"), graph=ma.HOSTILE_GRAPHS[attack](), pad=False)
+    dcformat.write(path, ma.sample_tensors("dense"), graph=ma.HOSTILE_GRAPHS[attack](), checked=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
     with dcformat.open(path) as r, pytest.raises(FormatError, match="outside the .dcz"):
@@ -130,7 +130,7 @@ def test_references_to_one_record_count_once_each(tmp_path):
     bomb = dcformat.encode_codebook("bomb", np.array([1.5], np.float32), np.zeros(1 << 20, np.uint8),
                                     encoding="codebook-dense", lane_size=1 << 24)
     graph = ma.amplifying_graph("bomb", 1 << 20, 2000)
-    dcformat.write(path, [bomb], graph=graph, pad=False)
+    dcformat.write(path, [bomb], graph=graph, checked=False)
     with pytest.raises(dcformat.LimitError, match="once per reference"):
         dcformat.to_onnx(path)
     with dcformat.open(path, max_decoded_bytes=1 << 40) as r:
@@ -144,7 +144,7 @@ def test_references_to_one_record_count_once_each(tmp_path):
 
 
 def _graph_file(path, model_bytes: bytes, tensors) -> Path:
-    dcformat.write(path, tensors, graph=model_bytes, pad=False)
+    dcformat.write(path, tensors, graph=model_bytes, checked=False)
     return path
 
 

@@ -39,7 +39,7 @@ def test_missing_record_is_reported(tmp_path):
     with pytest.raises(dcformat.EncodeError, match="refers to tensor 'W', which is not among"):  # the writer refuses
         dcformat.write(tmp_path / "m.dcz", records, graph=stripped)
     assert not (tmp_path / "m.dcz").exists()
-    dcformat.write(tmp_path / "m.dcz", records, graph=stripped, pad=False)  # made anyway: readers refuse it
+    dcformat.write(tmp_path / "m.dcz", records, graph=stripped, checked=False)  # made anyway: readers refuse it
     with pytest.raises(dcformat.FormatError, match="'W'"):
         dcformat.to_onnx(tmp_path / "m.dcz")
 

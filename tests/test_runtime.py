@@ -535,7 +535,7 @@ def test_graph_section_that_is_not_onnx(tmp_path):
         dcformat.write(tmp_path / "g.dcz", [dcformat.encode("a", np.ones(3, np.float32))], graph=b"\xff\xff not protobuf")
     assert not (tmp_path / "g.dcz").exists()
     dcformat.write(tmp_path / "g.dcz", [dcformat.encode("a", np.ones(3, np.float32))], graph=b"\xff\xff not protobuf",
-                   pad=False)  # written as given
+                   checked=False)  # written as given
     for call in (dcformat.InferenceSession, dcformat.to_onnx):
         with pytest.raises(dcformat.FormatError, match="graph"):
             call(tmp_path / "g.dcz")
@@ -546,14 +546,14 @@ def test_graph_referring_to_a_missing_or_mismatched_tensor(tmp_path, mlp_case):
     recs = [dcformat.encode(k, v) for k, v in arrays.items() if k != "fc2.bias"]
     with pytest.raises(dcformat.EncodeError, match="'fc2.bias', which is not among"):
         dcformat.write(tmp_path / "m.dcz", recs, graph=graph)
-    dcformat.write(tmp_path / "m.dcz", recs, graph=graph, pad=False)  # as given: readers must refuse it
+    dcformat.write(tmp_path / "m.dcz", recs, graph=graph, checked=False)  # as given: readers must refuse it
     with pytest.raises(dcformat.FormatError, match="fc2.bias"):
         dcformat.InferenceSession(tmp_path / "m.dcz")
     for wrong in (np.zeros(7, np.float32), np.zeros(arrays["fc2.bias"].shape, np.float16)):  # shape, dtype
         with pytest.raises(dcformat.EncodeError, match="fc2.bias.*expects"):
             dcformat.write(tmp_path / "m.dcz", recs + [dcformat.encode("fc2.bias", wrong)], graph=graph)
     recs.append(dcformat.encode("fc2.bias", np.zeros(7, np.float32)))  # wrong shape
-    dcformat.write(tmp_path / "m.dcz", recs, graph=graph, pad=False)
+    dcformat.write(tmp_path / "m.dcz", recs, graph=graph, checked=False)
     for call in (dcformat.InferenceSession, dcformat.to_onnx):
         with pytest.raises(dcformat.DczError, match="fc2.bias"):
             call(tmp_path / "m.dcz")

@@ -896,7 +896,7 @@ def test_expansion_bound_as_specified(tmp_path):
     t = dcformat.encode_codebook("big", [1.0], np.zeros(n, np.uint8), encoding="codebook-dense",
                                  lane_size=constants.MAX_LANE_SIZE)
     path = tmp_path / "big.dcz"
-    size = dcformat.write(path, [t], pad=False)
+    size = dcformat.write(path, [t], checked=False)
     assert 4 * n > constants.MAX_EXPANSION * size + constants.EXPANSION_SLACK
     with pytest.raises(dcformat.LimitError):
         dcformat.open(path)
