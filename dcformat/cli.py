@@ -59,7 +59,7 @@ def _print_report(rep: dict, rows: list[dict]) -> None:
     print(f"overhead: {o['total']:,} bytes" + (f" ({parts})" if parts else ""), file=out)
     print(f"file: {rep['size']:,} bytes = {t['tensor_bytes']:,} tensor bytes + {o['total']:,} overhead; "
           f"{t['params']:,} parameters, {_fmt(t['bits_per_param'], '.2f')} bits/param, "
-          f"{times_smaller(t['ratio'])} than fp32", file=out)
+          f"{times_smaller(t['ratio'], 'fp32')}", file=out)
 
 
 def _print_compare(reps: list[dict]) -> None:

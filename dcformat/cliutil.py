@@ -15,11 +15,13 @@ def _escape(msg: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg).replace("\n", " "))
 
 
-def times_smaller(ratio: float | None) -> str:
-    """'12.3x smaller', or '1.2x larger' for a ratio under 1."""
+def times_smaller(ratio: float | None, than: str = "the input") -> str:
+    """'12.3x smaller than X', '1.2x larger than X' for a ratio under 1, 'about the size of X (0.98x)'."""
     if not ratio:
         return "-"
-    return f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
+    if round(ratio, 1) == 1 or round(1 / ratio, 1) == 1:
+        return f"about the size of {than} ({ratio:.2f}x)"
+    return f"{ratio:.1f}x smaller than {than}" if ratio > 1 else f"{1 / ratio:.1f}x larger than {than}"
 
 
 def check_output(path, what: str = "") -> None:

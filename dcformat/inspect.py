@@ -225,6 +225,9 @@ def inspect_torch(path) -> dict:
             obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
         msg = _ANSI.sub("", (str(e).strip().splitlines() or [type(e).__name__])[0])
+        if "TorchScript" in msg:
+            raise FormatError(f"{path}: a TorchScript archive, not a state_dict; dcconvert reads it "
+                              "(dcconvert FILE --input-shape ...)") from None
         raise FormatError(f"{path}: not a PyTorch state_dict readable without running code ({msg})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

@@ -212,3 +212,12 @@ def test_closed_reader(tmp_path):
     for read in (lambda: r["w"], r.verify, lambda: r.metadata):
         with pytest.raises(dcformat.DczError, match="the reader is closed"):
             read()
+
+
+def test_ratio_wording():
+    from dcformat.cliutil import times_smaller
+
+    assert times_smaller(80.0, "fp32") == "80.0x smaller than fp32"
+    assert times_smaller(0.5, "fp32") == "2.0x larger than fp32"
+    assert times_smaller(0.98, "fp32") == "about the size of fp32 (0.98x)"
+    assert times_smaller(None) == "-"
