@@ -48,7 +48,7 @@ from .compress import neuron_mask
 from .errors import ConvertError
 from .prune import magnitude_mask
 from .quantize import INITS, quantize
-from .settings import LayerSetting, SettingError
+from .settings import LayerSetting, SettingError, fraction
 
 DEFAULT_SPARSITY = {"conv": 0.6, "fc": 0.9}  # with retraining (the paper reaches 0.65-0.9 on AlexNet/VGG)
 DEFAULT_BITS = {"conv": 8, "fc": 5}  # as in the paper
@@ -81,13 +81,6 @@ def _setting(option: str, value, convert) -> LayerSetting:
                 s.patterns.append((str(pat), v))
         return s
     return LayerSetting.parse(option, str(value), convert)
-
-
-def _fraction(text: str) -> float:
-    v = float(text)
-    if not 0 <= v < 1:
-        raise ValueError(f"{text} is not in [0, 1)")
-    return v
 
 
 def _bits(text: str) -> int:
@@ -128,9 +121,9 @@ class Settings:
     seed: int = 0
 
     def __post_init__(self):
-        self.sparsity = _setting("--sparsity", self.sparsity, _fraction)
+        self.sparsity = _setting("--sparsity", self.sparsity, fraction)
         self.bits = _setting("--bits", self.bits, _bits)
-        self.prune_neurons = _setting("--prune-neurons", self.prune_neurons, _fraction)
+        self.prune_neurons = _setting("--prune-neurons", self.prune_neurons, fraction)
         sched = [float(s) for s in self.schedule]
         if not sched or any(not 0 < s <= 1 for s in sched) or sorted(sched) != sched:
             raise SettingError(f"--schedule: steps must rise within (0, 1], got {self.schedule}")
