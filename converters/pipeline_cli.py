@@ -16,6 +16,7 @@ import sys
 import click
 
 from dcformat.cliutil import _escape
+from dcformat.errors import first_line
 from dcformat.table import render
 
 from .errors import ConvertError
@@ -83,11 +84,6 @@ def _floats(text: str) -> tuple[float, ...]:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _factory(spec: str):
     import importlib
 
@@ -97,7 +93,7 @@ def _factory(spec: str):
     try:
         fn = getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as e:
-        raise ConvertError(f"--model {spec}: {_first_line(e)}") from None
+        raise ConvertError(f"--model {spec}: {first_line(e)}") from None
     if not callable(fn):
         raise ConvertError(f"--model {spec}: {attr} is not callable")
     return fn
@@ -111,7 +107,7 @@ def _load_checkpoint(model, path: str) -> None:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
-        raise ConvertError(f"{path}: not a readable state_dict ({_first_line(e)}); only plain state_dicts are "
+        raise ConvertError(f"{path}: not a readable state_dict ({first_line(e)}); only plain state_dicts are "
                            "loaded (weights_only=True)") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -123,7 +119,7 @@ def _load_checkpoint(model, path: str) -> None:
     try:
         model.load_state_dict(obj)
     except Exception as e:  # noqa: BLE001
-        raise ConvertError(f"{path}: the state_dict does not fit the model: {_first_line(e)}") from None
+        raise ConvertError(f"{path}: the state_dict does not fit the model: {first_line(e)}") from None
 
 
 def _reshape(ds, input_shape):
@@ -149,7 +145,7 @@ def _check_model(model, x, classes: int, spec: str) -> None:
         with torch.no_grad():
             out = model.eval()(torch.as_tensor(x[:2]))
     except Exception as e:  # noqa: BLE001 - whatever the model raises on a wrong input
-        raise ConvertError(f"--model {spec}: fails on input of shape {'x'.join(map(str, x[:2].shape))}: {_first_line(e)}"
+        raise ConvertError(f"--model {spec}: fails on input of shape {'x'.join(map(str, x[:2].shape))}: {first_line(e)}"
                            " (see --input-shape)") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < classes:
         shape = "x".join(map(str, getattr(out, "shape", ()))) or type(out).__name__
@@ -278,7 +274,7 @@ def pipeline(model_spec, data, output, input_shape, checkpoint, epochs, retrain_
     except SettingError as e:
         raise click.UsageError(str(e)) from None
     except RuntimeError as e:  # what torch raises when the model and the data do not fit
-        raise ConvertError(f"--model {model_spec}: {_first_line(e)}") from None
+        raise ConvertError(f"--model {model_spec}: {first_line(e)}") from None
     res = f["result"]
     if not quiet:
         print_layer_table(res.rows, res.plan)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dcformat.constants import MAGIC
+from dcformat.errors import first_line
 from dcformat.graph import iter_tensors, reference, strip_weights
 
 from .errors import ConvertError
@@ -146,7 +147,7 @@ def load_onnx(path) -> Source:
     try:
         model = onnx.load(os.fspath(path), load_external_data=True)
     except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many kinds
-        raise ConvertError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise ConvertError(f"{path}: not a readable ONNX model ({first_line(e)})") from None
     if not model.graph.node and not model.graph.initializer:
         raise ConvertError(f"{path}: not an ONNX model (no graph)")
     graph, weights = split_weights(model)

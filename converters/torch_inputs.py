@@ -14,12 +14,13 @@ import importlib
 import io
 import os
 import pickle
-import re
 import sys
 import tempfile
 import warnings
 
 import numpy as np
+
+from dcformat.errors import first_line
 
 from .errors import ConvertError
 from .sources import Source, graph_roles, shape_roles, split_weights
@@ -33,14 +34,6 @@ def _torch():
     except ImportError:
         raise ConvertError("PyTorch inputs need PyTorch: pip install 'dcz[torch]' (torch==2.13.0)") from None
     return torch
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal styling in torch's messages
-
-
-def _first_line(e: BaseException) -> str:
-    text = _ANSI.sub("", str(e)).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _pickle_message(path) -> str:
@@ -94,7 +87,7 @@ def _pickles_refused():
             return real_load(f, *args, **kwargs)
         except pickle.UnpicklingError as e:
             if "weights only" in str(e).lower() or "weights_only" in str(e):
-                refused.append(_first_line(e))
+                refused.append(first_line(e))
             raise
 
     class RefusingPickle:
@@ -152,7 +145,7 @@ def _example_inputs(torch, input_shapes, path) -> tuple:
         return tuple(torch.zeros(*s) for s in input_shapes)
     except (RuntimeError, MemoryError) as e:  # torch's allocator raises RuntimeError
         raise ConvertError(f"{path}: cannot make example inputs of shape "
-                           f"{', '.join('x'.join(map(str, s)) for s in input_shapes)}: {_first_line(e)}") from None
+                           f"{', '.join('x'.join(map(str, s)) for s in input_shapes)}: {first_line(e)}") from None
 
 
 def _export(module, path, input_shapes, opset, dynamo: bool = False):
@@ -172,7 +165,7 @@ def _export(module, path, input_shapes, opset, dynamo: bool = False):
                               input_names=names, output_names=["output"],
                               dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}})
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
-        raise ConvertError(f"{path}: cannot export the model to ONNX: {_first_line(e)}") from None
+        raise ConvertError(f"{path}: cannot export the model to ONNX: {first_line(e)}") from None
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -197,7 +190,7 @@ def _export_program(ep, path, input_shapes, opset):
         except ModuleNotFoundError as e:
             raise ConvertError(f"{path}: exporting a torch.export program needs {e.name}: pip install 'dcz[torch]'") from None
         except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"{path}: cannot export the program to ONNX: {_first_line(e)}") from None
+            raise ConvertError(f"{path}: cannot export the program to ONNX: {first_line(e)}") from None
     return prog.model_proto, note
 
 
@@ -217,7 +210,7 @@ def _factory(spec: str):
     try:
         fn = getattr(importlib.import_module(mod), attr)
     except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or whatever the module raises
-        raise ConvertError(f"--model {spec}: {_first_line(e)}") from None
+        raise ConvertError(f"--model {spec}: {first_line(e)}") from None
     return fn
 
 
@@ -229,7 +222,7 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
             with _quiet():
                 module = torch.jit.load(path, map_location="cpu")
         except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"{path}: a damaged TorchScript archive ({_first_line(e)})") from None
+            raise ConvertError(f"{path}: a damaged TorchScript archive ({first_line(e)})") from None
         return _from_model(_export(module.eval(), path, input_shapes, opset), path, "torchscript")
     if kind == "exported-program":
         refused, ep = [], None
@@ -238,7 +231,7 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
                 ep = torch.export.load(path)
         except Exception as e:  # noqa: BLE001
             if not refused:
-                raise ConvertError(f"{path}: a damaged torch.export archive ({_first_line(e)})") from None
+                raise ConvertError(f"{path}: a damaged torch.export archive ({first_line(e)})") from None
         if refused:
             raise ConvertError(f"{path}: the torch.export archive holds pickled Python objects; loading them runs code "
                                "from the file. If you trust the file, pass --trust-pickle")
@@ -251,7 +244,7 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
         with _quiet():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
-        msg = _first_line(e)
+        msg = first_line(e)
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
             if not trust_pickle:
                 raise ConvertError(_pickle_message(path)) from None
@@ -259,7 +252,7 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
                 with _quiet():
                     obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
             except Exception as e2:  # noqa: BLE001
-                raise ConvertError(f"{path}: cannot load the pickle ({_first_line(e2)})") from None
+                raise ConvertError(f"{path}: cannot load the pickle ({first_line(e2)})") from None
         else:
             raise ConvertError(f"{path}: not a readable PyTorch file ({msg})") from None
     if isinstance(obj, torch.nn.Module):
@@ -270,11 +263,11 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
         try:
             module = fn()
         except Exception as e:  # noqa: BLE001 - the user's code
-            raise ConvertError(f"--model {model_factory}: calling it failed: {_first_line(e)}") from None
+            raise ConvertError(f"--model {model_factory}: calling it failed: {first_line(e)}") from None
         try:
             module.load_state_dict(sd)
         except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"{path}: the state_dict does not fit {model_factory}: {_first_line(e)}") from None
+            raise ConvertError(f"{path}: the state_dict does not fit {model_factory}: {first_line(e)}") from None
         return _from_model(_export(module.eval(), path, input_shapes, opset), path, "state_dict")
     weights = {k: to_numpy(v) for k, v in sd.items()}
     roles, axes = shape_roles(weights)

@@ -10,7 +10,7 @@ import click
 
 from . import inspect as insp
 from .cliutil import _escape, check_distinct, check_output, run, times_smaller
-from .errors import DczError
+from .errors import DczError, first_line
 from .table import render
 
 
@@ -182,14 +182,14 @@ def dcdecode(model, output, external_data, compact, state_dict):
 
     if not output and not state_dict:
         raise click.UsageError("give -o OUT.onnx and/or --state-dict OUT.safetensors")
-    outs = {"-o": output} if output else {}
-    if output:
-        outs["its weights file"] = output + ".data"  # written with --external-data, or for models over 2 GB
+    outs = {}
+    if output:  # and its weights file, written with --external-data or for models over 2 GB
+        outs.update({"-o": output, "its weights file": output + ".data"})
     if state_dict:
         outs["--state-dict"] = state_dict
     check_distinct(outs, {"the input": model})
-    for label, path in outs.items():
-        if label != "its weights file":
+    for path in (output, state_dict):
+        if path:
             check_output(path)
     if output:
         from .reader import open as open_dcz
@@ -246,7 +246,7 @@ def _ort(what: str, fn, *args):
     except (click.ClickException, DczError):
         raise
     except Exception as e:  # noqa: BLE001 - ORT raises its own classes (Fail, InvalidArgument, ...)
-        raise click.ClickException(f"{what}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+        raise click.ClickException(f"{what}: {first_line(e)}") from None
 
 
 def _pct(times, q):
@@ -316,7 +316,7 @@ def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, s
         except runtime.ProviderError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise click.ClickException(f"cannot load {compare}: {str(e).splitlines()[0]}") from None
+            raise click.ClickException(f"cannot load {compare}: {first_line(e)}") from None
         ref_names = [o.name for o in ref.get_outputs()]
         if {i.name for i in ref.get_inputs()} != set(feeds):
             raise click.ClickException(f"cannot compare: {compare} takes inputs "

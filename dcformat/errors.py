@@ -7,6 +7,17 @@ tensor and the byte offset where the problem was found.
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal styling some libraries put in their messages
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of another library's exception message (without terminal styling), or its
+    class name: what a one-line error quotes."""
+    text = _ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
 
 class DczError(ValueError):
     """Base class of every error dcformat raises on bad input."""

@@ -9,13 +9,12 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import re
 import warnings
 
 import numpy as np
 
 from .constants import ENC_CB_SPARSE, ENC_RAW, ITEMSIZE, PREAMBLE_SIZE, SECTION_GRAPH, SECTION_METADATA, SECTION_PADDING, SECTION_TENSOR
-from .errors import DczError, FormatError
+from .errors import DczError, FormatError, first_line
 from .reader import DczReader
 from .reader import open as open_dcz
 
@@ -140,8 +139,7 @@ def inspect_onnx(path) -> dict:
             try:
                 load_external_data_for_tensor(t, base)
             except Exception as e:  # noqa: BLE001 - onnx raises several kinds (missing file, path outside ...)
-                msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise FormatError(f"{path}: {where}: cannot read its external data {location!r} ({msg})") from None
+                raise FormatError(f"{path}: {where}: cannot read its external data {location!r} ({first_line(e)})") from None
             data_files.add(os.path.realpath(os.path.join(base, location)))
             t.data_location = onnx.TensorProto.DEFAULT
         try:
@@ -210,9 +208,6 @@ def inspect_safetensors(path) -> dict:
     return _finish(path, "safetensors", rows, meta)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal styling in torch's messages
-
-
 def inspect_torch(path) -> dict:
     """Dense sizes of a PyTorch state_dict (weights_only loading: no code from the file runs)."""
     try:
@@ -224,7 +219,7 @@ def inspect_torch(path) -> dict:
             warnings.simplefilter("ignore")
             obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for bad files
-        msg = _ANSI.sub("", (str(e).strip().splitlines() or [type(e).__name__])[0])
+        msg = first_line(e)
         if "TorchScript" in msg:
             raise FormatError(f"{path}: a TorchScript archive, not a state_dict; dcconvert reads it "
                               "(dcconvert FILE --input-shape ...)") from None

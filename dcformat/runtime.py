@@ -24,7 +24,7 @@ import numpy as np
 
 from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE
 from .decode import split_parts
-from .errors import DczError, FormatError, TensorError
+from .errors import DczError, FormatError, TensorError, first_line
 from .graph import fill_weights, iter_tensors, reference
 from .reader import DczReader
 from .reader import open as open_dcz
@@ -315,8 +315,7 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
         sess = ort.InferenceSession(p.model.SerializeToString(), sess_options=so, providers=providers, **kwargs)
     except Exception as e:  # noqa: BLE001 - ORT raises its own classes for bad graphs
         where = path.path if isinstance(path, DczReader) else os.fspath(path)
-        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise FormatError(f"{where}: ONNX Runtime cannot load the model: {msg}") from None
+        raise FormatError(f"{where}: ONNX Runtime cannot load the model: {first_line(e)}") from None
     wanted = [x[0] if isinstance(x, tuple) else x for x in providers]
     got = sess.get_providers()
     missing = [w for w in wanted if w not in got]

@@ -139,6 +139,16 @@ def dcconvert(src: str, out: str, extra=()) -> dict:
     return {"seconds": r["seconds"], "process_seconds": wall, "report": r}
 
 
+def converted(tag: str, onnx_p: str, dcz_p: str, meta_p: str) -> dict:
+    """dcconvert (defaults) onnx_p -> dcz_p unless cached; its timing and parameter count (meta_p)."""
+    if not (os.path.exists(dcz_p) and os.path.exists(meta_p)):
+        log(f"{tag}: dcconvert (defaults)")
+        c = dcconvert(onnx_p, dcz_p)
+        json.dump({"convert_seconds": c["seconds"], "convert_process_seconds": c["process_seconds"],
+                   "params": c["report"]["totals"]["params"]}, open(meta_p, "w"))
+    return json.load(open(meta_p))
+
+
 def cnn(work: str, scale: float, tag: str) -> dict:
     from bench_convert import build_cnn
 
@@ -147,12 +157,7 @@ def cnn(work: str, scale: float, tag: str) -> dict:
         # built in a child, so that this process stays small for the memory measurements' sake
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_convert.py"), "--build", onnx_p, str(scale)],
                        check=True, capture_output=True, text=True)
-    if not (os.path.exists(dcz_p) and os.path.exists(meta_p)):
-        log(f"{tag}: dcconvert (defaults)")
-        c = dcconvert(onnx_p, dcz_p)
-        json.dump({"convert_seconds": c["seconds"], "convert_process_seconds": c["process_seconds"],
-                   "params": c["report"]["totals"]["params"]}, open(meta_p, "w"))
-    meta = json.load(open(meta_p))
+    meta = converted(tag, onnx_p, dcz_p, meta_p)
     del build_cnn
     return {"name": f"CNN ({meta['params'] / 1e6:.1f}M, random)", "kind": "cnn", "dataset": False, "onnx": onnx_p,
             "dcz": dcz_p, **meta}
@@ -182,12 +187,7 @@ def transformer(work: str, quick: bool) -> dict:
             torch.onnx.export(model, (torch.zeros(1, 64, d),), onnx_p, dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["output"],
                               dynamic_axes={"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}})
-    if not (os.path.exists(dcz_p) and os.path.exists(meta_p)):
-        log(f"{tag}: dcconvert (defaults)")
-        c = dcconvert(onnx_p, dcz_p)
-        json.dump({"convert_seconds": c["seconds"], "convert_process_seconds": c["process_seconds"],
-                   "params": c["report"]["totals"]["params"]}, open(meta_p, "w"))
-    meta = json.load(open(meta_p))
+    meta = converted(tag, onnx_p, dcz_p, meta_p)
     return {"name": f"Transformer encoder ({layers}x d{d}, {meta['params'] / 1e6:.1f}M, random)", "kind": "transformer",
             "dataset": False, "onnx": onnx_p, "dcz": dcz_p, "seq": 64, "d_model": d, **meta}
 

@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dcformat  # noqa: E402
 from dcformat.graph import strip_weights  # noqa: E402
 from dcformat.runtime import prepare  # noqa: E402
+from bench_load import best  # noqa: E402  (tools/ is on the path when run as a script)
 
 
 def build(n: int, path: str) -> None:
@@ -50,15 +50,6 @@ def build(n: int, path: str) -> None:
 def verify(path: str) -> None:
     with dcformat.open(path) as r:
         r.verify()
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main(argv=None) -> int:
