@@ -137,13 +137,69 @@ def reference(t) -> str | None:
     return entries.get(GRAPH_TENSOR_KEY)
 
 
+def _walk(graph, prefix: str = ""):
+    """(prefix, default name, TensorProto, is_initializer) for every tensor of ``graph`` and its
+    subgraphs, in the order of :func:`iter_tensors`. ``prefix`` is the path of the subgraph
+    (``""`` in the main graph, ``"If_0.else_branch/"`` inside one); the default name of a
+    tensor is its own name, or for an unnamed one the output of its Constant node, or
+    ``<node>.<attribute>`` (``.<k>`` for the k-th of a tensors attribute)."""
+    import onnx
+
+    for t in graph.initializer:
+        yield prefix, t.name, t, True
+    for i, node in enumerate(graph.node):
+        label = node.name or f"{node.op_type}_{i}"
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                base = node.output[0] if node.op_type == "Constant" and node.output and node.output[0] else f"{label}.{attr.name}"
+                yield prefix, attr.t.name or base, attr.t, False
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                for k, t in enumerate(attr.tensors):
+                    yield prefix, t.name or f"{label}.{attr.name}.{k}", t, False
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _walk(attr.g, f"{prefix}{label}.{attr.name}/")
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for k, g in enumerate(attr.graphs):
+                    yield from _walk(g, f"{prefix}{label}.{attr.name}.{k}/")
+
+
+def record_names(model) -> list[str]:
+    """The tensor-record name of every tensor of ``model`` (main graph and subgraphs), in the
+    order of :func:`iter_tensors`: what :func:`strip_weights` names the records, and what
+    ``dcinspect`` shows for an ONNX file, so that the two line up.
+
+    * A tensor of the main graph keeps its own name; an unnamed one (a Constant node's value)
+      takes the name of the node's output.
+    * A tensor inside a subgraph is named the same way, prefixed by the subgraph's path when
+      it has no name of its own or its name is already taken: ``If_0.else_branch/c_out``
+      (``<node name or OpType_index>.<attribute>/`` for each level; ``.<k>`` for the k-th graph
+      of a graphs attribute).
+    * A name still taken gets ``#1``, ``#2``, ... (a model with duplicate names).
+    """
+    entries = list(_walk(model.graph))
+    own = {t.name for _, _, t, _ in entries if t.name}
+    taken: set[str] = set()
+    names = []
+    for prefix, base, t, _ in entries:
+        name = base if not prefix or (t.name and base not in taken) else prefix + base
+        if name in taken or (name in own and name != t.name):
+            stem, i = name, 1
+            while name in taken or (name in own and name != t.name):
+                name, i = f"{stem}#{i}", i + 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
 def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None, copy: bool = True):
     """Copy of ``model`` with tensor data replaced by references; returns (model, {name: array}).
 
     With ``copy=False`` the model is changed in place (no second copy of a large model).
 
-    Every numeric tensor is moved unless ``keep(name, array)`` is true. Tensors without a
-    name (e.g. in Constant nodes) are named after the node output they feed, made unique.
+    Every numeric tensor is moved unless ``keep(name, array)`` is true. Records are named by
+    :func:`record_names` (unique, short: a subgraph's tensors carry the subgraph's path).
+    An initializer keeps its own name in the graph (nodes refer to it by that name; the
+    reference names the record); a tensor held in a node attribute takes its record's name.
     """
     import onnx
     from onnx import numpy_helper
@@ -151,24 +207,17 @@ def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None, 
     if copy:
         model = onnx.ModelProto.FromString(model.SerializeToString())
     arrays: dict[str, np.ndarray] = {}
-    used = {t.name for _, t in iter_tensors(model.graph) if t.name}
-    for where, t in _named(model.graph):
+    names = record_names(model)
+    for (_, _, t, is_init), name in zip(_walk(model.graph), names):
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
             continue
         arr = numpy_helper.to_array(t)
-        if keep is not None and keep(t.name, arr):
+        if keep is not None and keep(name, arr):
             continue
-        name = t.name
-        if not name or name in arrays:
-            base, i = (name or where), 1
-            name = base
-            while name in arrays or (name in used and name != t.name):
-                name, i = f"{base}#{i}", i + 1
+        if not is_init:
             t.name = name
         arrays[name] = arr
-        for field in ("raw_data",):
-            t.ClearField(field)
-        for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
+        for field in ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
             t.ClearField(field)
         t.data_location = onnx.TensorProto.EXTERNAL
         del t.external_data[:]
@@ -176,16 +225,6 @@ def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None, 
             e = t.external_data.add()
             e.key, e.value = k, v
     return model, arrays
-
-
-def _named(graph):
-    """iter_tensors, naming Constant-node tensors after their node's output."""
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and not attr.t.name:
-                    attr.t.name = node.output[0]
-    return iter_tensors(graph)
 
 
 def fill_weights(model, arrays: Mapping[str, np.ndarray], only_listed: bool = False):

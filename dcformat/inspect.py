@@ -121,7 +121,7 @@ def inspect_onnx(path) -> dict:
     import onnx
     from onnx import helper, numpy_helper
 
-    from .graph import iter_tensors
+    from .graph import iter_tensors, record_names
 
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
@@ -131,7 +131,7 @@ def inspect_onnx(path) -> dict:
 
     base = os.path.dirname(os.path.abspath(path))
     rows, data_files = [], set()
-    for where, t in iter_tensors(model.graph):
+    for (where, t), name in zip(iter_tensors(model.graph), record_names(model)):  # named as dcconvert names records
         if t.data_type == onnx.TensorProto.STRING:
             continue
         if t.data_location == onnx.TensorProto.EXTERNAL:  # read it as ONNX does, within the model's directory
@@ -155,7 +155,7 @@ def inspect_onnx(path) -> dict:
         except Exception as e:  # noqa: BLE001 - onnx raises several kinds for inconsistent tensors
             raise FormatError(f"{path}: {where} does not hold the data its type and shape say ({e})") from None
         t.ClearField("raw_data")  # counted: do not hold every weight at once
-        rows.append(_dense_row(t.name, shape, _np_name(dt), nbytes, nz))
+        rows.append(_dense_row(name, shape, _np_name(dt), nbytes, nz))
     extra = {"producer": f"{model.producer_name} {model.producer_version}".strip(),
              "opset": [f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import]}
     if data_files:

@@ -77,3 +77,64 @@ def test_external_data_outside_the_file_is_refused(tmp_path):
         dcformat.to_onnx(path)
     with pytest.raises(dcformat.FormatError):
         dcformat.InferenceSession(path)
+
+
+def _branches_with_same_names(opset=17):
+    """An If whose branches both hold an unnamed Constant feeding 'c' and an initializer 'W' that
+    shadows the main graph's 'W' (different values in each place)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(tag, value, shadow):
+        nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.full((4, 2), value, np.float32))),
+                 helper.make_node("Add", ["c", "W"], ["out_" + tag])]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info("out_" + tag, TensorProto.FLOAT, [4, 2])],
+                                 [numpy_helper.from_array(np.full((4, 2), shadow, np.float32), "W")])
+
+    nodes = [helper.make_node("If", ["cond"], ["b"], name="choose", then_branch=branch("then", 1.0, 10.0),
+                              else_branch=branch("else", -1.0, 20.0)),
+             helper.make_node("MatMul", ["x", "b"], ["y0"]),
+             helper.make_node("Add", ["y0", "W"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                                       helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                          [numpy_helper.from_array(np.full((1, 2), 0.5, np.float32), "W")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_subgraph_tensors_get_short_path_names(tmp_path):
+    model = _branches_with_same_names()
+    stripped, arrays = strip_weights(model)
+    assert sorted(arrays) == sorted(["W", "choose.else_branch/c", "choose.else_branch/W",
+                                     "choose.then_branch/c", "choose.then_branch/W"])
+    assert all(len(n) < 32 and "#" not in n for n in arrays)
+    assert float(arrays["choose.then_branch/W"][0, 0]) == 10.0 and float(arrays["choose.else_branch/W"][0, 0]) == 20.0
+    # initializers keep their graph names (nodes refer to them); the references name the records
+    inits = {t.name for g in (stripped.graph,) for t in g.initializer}
+    assert inits == {"W"}
+    path = tmp_path / "m.dcz"
+    dcformat.write(path, [dcformat.encode(k, v) for k, v in arrays.items()], graph=stripped)
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = dcformat.InferenceSession(path)
+    for cond in (True, False):
+        feed = {"x": x, "cond": np.array(cond)}
+        np.testing.assert_array_equal(sess.run(None, feed)[0], ref.run(None, feed)[0])
+
+
+def test_inspect_of_the_onnx_lines_up_with_the_dcz(tmp_path):
+    from dcformat.inspect import inspect_dcz, inspect_onnx
+
+    model = _branches_with_same_names()
+    onnx.save(model, tmp_path / "m.onnx")
+    stripped, arrays = strip_weights(model)
+    dcformat.write(tmp_path / "m.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=stripped)
+    names = lambda rep: [r["name"] for r in rep["tensors"]]  # noqa: E731
+    assert names(inspect_onnx(tmp_path / "m.onnx")) == names(inspect_dcz(tmp_path / "m.dcz")) == list(arrays)
+
+
+def test_record_names_are_stable_and_unique():
+    from dcformat.graph import record_names
+
+    model = _model_with_constants_and_if()
+    assert record_names(model) == record_names(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert sorted(record_names(model)) == ["If_3.else_branch/e", "If_3.then_branch/t", "W", "k"]
