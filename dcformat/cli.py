@@ -281,6 +281,12 @@ def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, s
     t0 = time.perf_counter()
     sess = runtime.InferenceSession(model, providers=[provider], compact=compact)
     t_load = time.perf_counter() - t0
+    if compact:
+        done, kept = sess._dcz_compact
+        big = [why for why in kept.values() if not why.startswith("fewer than")]  # small ones are meant to stay
+        why = ", ".join(f"{big.count(w)} {w}" for w in sorted(set(big)))
+        click.echo(f"compact: {len(done)} codebook weight(s) held as uint8 indices"
+                   + (f"; {len(big)} kept full size ({why})" if big else ""))
     given = set(feeds)
     if len(given) < len(sess.get_inputs()):
         rand = inp.random_inputs(sess, batch, seed)

@@ -123,6 +123,25 @@ class Prepared:
     model: object  # onnx.ModelProto without the external initializers' data
     external: dict[str, np.ndarray] = field(default_factory=dict)
     compacted: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # codebook-coded tensors compact mode keeps full size: why
+
+
+COMPACT_MAX_VALUES = 256  # uint8 indices
+
+
+def _not_compactable(info, placed: bool, nrefs: int, is_input: bool, opset: int) -> str:
+    """Why compact mode keeps a codebook-coded tensor full size ('' if it need not)."""
+    if info.numel < COMPACT_MIN_ELEMENTS:
+        return f"fewer than {COMPACT_MIN_ELEMENTS} elements"
+    if nrefs > 1:
+        return f"used in {nrefs} places"
+    if not placed:
+        return "inside a subgraph"
+    if is_input:
+        return "also a graph input"
+    if opset < 6:  # Cast's 'to' is an int attribute from opset 6 on
+        return f"opset {opset} < 6"
+    return ""
 
 
 def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
@@ -145,44 +164,61 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
             if name is not None:
                 refs.setdefault(name, []).append(t)
         inline: dict[str, np.ndarray] = {}
-        new_nodes, removed = [], set()
+        new_nodes, removed, removed_nodes = [], set(), set()
         graph_inputs = {i.name for i in model.graph.input}
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        constants = {}  # record name -> main-graph Constant node whose value refers to it
+        if compact:
+            for node in model.graph.node:
+                if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+                    ref = reference(node.attribute[0].t)
+                    if ref is not None and node.output and node.output[0]:
+                        constants[ref] = node
         for name, protos in refs.items():
             if name not in reader:
                 raise FormatError(f"graph: a tensor refers to {name!r}, which the file does not hold")
             proto = protos[0]
             in_main = len(protos) == 1 and main.get(proto.name) is proto
+            node = constants.get(name) if len(protos) == 1 and not in_main else None
             info = reader.info(name)
             for t in protos:  # arrays handed to ORT as external initializers are not checked by fill_weights
                 want = _np_dtype(t.data_type)
                 if want is None or np.dtype(want) != DTYPES[info.dtype] or tuple(t.dims) != tuple(info.shape):
                     raise TensorError(f"graph: tensor {t.name!r} expects {want} {tuple(t.dims)}, "
                                       f"tensor {name!r} is {info.dtype} {tuple(info.shape)}")
-            if (compact and in_main and opset >= 13 and info.numel >= COMPACT_MIN_ELEMENTS
-                    and proto.name not in graph_inputs):  # an initializer that is also an input can be overridden
+            why = compact and info.encoding in (ENC_CB_DENSE, ENC_CB_SPARSE) and _not_compactable(
+                info, in_main or node is not None, len(protos), proto.name in graph_inputs and in_main, opset)
+            if compact and info.encoding in (ENC_CB_DENSE, ENC_CB_SPARSE) and not why:
                 got = decode_indices(reader, name)
-                if got is not None:
+                if got is None:
+                    why = f"more than {COMPACT_MAX_VALUES} values"
+                else:
                     values, idx = got
-                    ti, tc = proto.name + COMPACT_SUFFIX_INDEX, proto.name + COMPACT_SUFFIX_CODEBOOK
-                    uni = _uniform(values) if values.dtype == np.float32 else None
-                    removed.add(id(proto))  # taken out in one pass below: remove() is linear, so a loop of them quadratic
+                    target = proto.name if in_main else node.output[0]  # the value the graph reads
+                    ti, tc = target + COMPACT_SUFFIX_INDEX, target + COMPACT_SUFFIX_CODEBOOK
+                    uni = _uniform(values) if values.dtype == np.float32 and opset >= 10 else None
+                    if in_main:
+                        removed.add(id(proto))  # taken out in one pass below: remove() is linear, so a loop of them quadratic
+                    else:
+                        removed_nodes.add(id(node))  # the Constant node: the Gather/DequantizeLinear now makes its output
                     if uni is not None:
                         scale, zp = uni
                         model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), tc + "_scale"),
                                                         numpy_helper.from_array(np.array(zp, np.uint8), tc + "_zero_point")])
                         new_nodes.append(helper.make_node("DequantizeLinear", [ti, tc + "_scale", tc + "_zero_point"],
-                                                          [proto.name], name=proto.name + "::dcz_dequantize"))
+                                                          [target], name=target + "::dcz_dequantize"))
                     else:
                         model.graph.initializer.append(numpy_helper.from_array(values, tc))
                         new_nodes += [
                             helper.make_node("Cast", [ti], [ti + "_i32"], to=onnx.TensorProto.INT32, name=ti + "::cast"),
-                            helper.make_node("Gather", [tc, ti + "_i32"], [proto.name], axis=0, name=proto.name + "::dcz_gather"),
+                            helper.make_node("Gather", [tc, ti + "_i32"], [target], axis=0, name=target + "::dcz_gather"),
                         ]
                     _external_stub(model, ti, idx)
                     out.external[ti] = idx
                     out.compacted.append(name)
                     continue
+            if why:
+                out.kept[name] = why
             arr = reader[name]
             if external and in_main and _ortvalue_ok(arr):
                 out.external[proto.name] = arr
@@ -193,7 +229,7 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
             del model.graph.initializer[:]
             model.graph.initializer.extend(kept)
         if new_nodes:
-            nodes = list(model.graph.node)
+            nodes = [n for n in model.graph.node if id(n) not in removed_nodes]
             del model.graph.node[:]
             model.graph.node.extend(new_nodes + nodes)
         fill_weights(model, inline, only_listed=True)
@@ -323,6 +359,7 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
         raise ProviderError(f"ONNX Runtime did not enable {', '.join(missing)} (session runs on {', '.join(got)}); "
                             f"check the {PROVIDER_PACKAGES.get(missing[0], 'onnxruntime')} install, GPU driver and CUDA libraries")
     sess._dcz_keepalive = (p.external, values)  # ORT uses these buffers in place
+    sess._dcz_compact = (list(p.compacted), dict(p.kept))  # what compact mode did, for dcrun's note
     return sess
 
 

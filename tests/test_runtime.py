@@ -589,3 +589,74 @@ def test_initializer_that_is_also_an_input_stays_overridable(tmp_path, mlp_case)
     feeds = mlp_case.feeds[1]
     want = ort_run(model, feeds, same_kernels())
     assert_equal_outputs(dcz_run(tmp_path / "i.dcz", feeds, compact=True, so=same_kernels()), want)
+
+
+# ------------------------------------------------------------------------------------------ compact: Constant nodes, old opsets
+def _constant_node_mlp(opset: int, rng):
+    """x @ W1 (a Constant node) -> Relu -> @ W2 (an initializer); both codebook-coded."""
+    from onnx import helper, numpy_helper
+
+    w1, w2 = (rng.standard_normal(s).astype(np.float32) * 0.3 for s in ((64, 96), (96, 32)))
+    nodes = [helper.make_node("Constant", [], ["W1"], value=numpy_helper.from_array(w1)),
+             helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], [numpy_helper.from_array(w2, "W2")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [7, 11, 17])
+def test_compact_covers_constant_nodes_and_old_opsets(tmp_path, opset):
+    rng = np.random.default_rng(opset)
+    model = _constant_node_mlp(opset, rng)
+    graph, arrays = strip_weights(model)
+    records, want = [], {}
+    for k, w in arrays.items():
+        cb, idx = prune_quantize(w, 0.5, 4)
+        want[k] = cb[idx]
+        records.append(dcformat.encode_codebook(k, cb, idx))
+    path = tmp_path / "m.dcz"
+    dcformat.write(path, records, graph=graph)
+    p = runtime.prepare(path, compact=True)
+    assert sorted(p.compacted) == ["W1", "W2"] and not p.kept
+    ops = [n.op_type for n in p.model.graph.node]
+    assert "Constant" not in ops and ops.count("Gather") + ops.count("DequantizeLinear") == 2
+    feeds = {"x": rng.standard_normal((5, 64)).astype(np.float32)}
+    full = dcz_run(path, feeds)[0]
+    comp = dcz_run(path, feeds, compact=True)[0]
+    np.testing.assert_allclose(comp, full, rtol=1e-5, atol=1e-5)
+    m = dcformat.to_onnx(path, compact=True)  # the Gather outputs are the converter's weights, bit for bit
+    del m.graph.output[:]
+    m.graph.output.extend([helper.make_tensor_value_info(k, TensorProto.FLOAT, None) for k in ("W1", "W2")])
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for k, g in zip(("W1", "W2"), got):
+        assert np.array_equal(g.view(np.uint32), want[k].view(np.uint32)), k
+
+
+def test_compact_says_what_it_keeps_full_size(tmp_path, capsys):
+    """A weight inside an If branch stays full size in compact mode: prepare and dcrun say why."""
+    rng = np.random.default_rng(5)
+    branch = lambda: rng.standard_normal((48, 2)).astype(np.float32)  # noqa: E731
+    model = constants_and_if_model(rng.standard_normal((64, 48)).astype(np.float32), branch(), branch())
+    big = numpy_helper.from_array(rng.standard_normal((48, 40)).astype(np.float32))
+    then_g = next(a.g for a in model.graph.node[3].attribute if a.name == "then_branch")
+    then_g.node.insert(0, helper.make_node("Constant", [], ["unused_big"], value=big))
+    graph, arrays = strip_weights(model)
+    records = []
+    for k, w in arrays.items():
+        if w.size >= 1024:
+            cb, idx = prune_quantize(w, 0.5, 4)
+            records.append(dcformat.encode_codebook(k, cb, idx))
+        else:
+            records.append(dcformat.encode(k, w))
+    path = tmp_path / "m.dcz"
+    dcformat.write(path, records, graph=graph)
+    p = runtime.prepare(path, compact=True)
+    assert p.compacted == ["W"]
+    assert p.kept == {"If_3.then_branch/unused_big": "inside a subgraph"}
+    from dcformat.cli import run_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main([str(path), "--compact"])
+    assert e.value.code == 0
+    assert "compact: 1 codebook weight(s) held as uint8 indices; 1 kept full size (1 inside a subgraph)" in capsys.readouterr().out
