@@ -168,11 +168,12 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
         graph_inputs = {i.name for i in model.graph.input}
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         constants = {}  # record name -> main-graph Constant node whose value refers to it
-        if compact:
+        graph_outputs = {o.name for o in model.graph.output}
+        if compact or external:
             for node in model.graph.node:
                 if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
                     ref = reference(node.attribute[0].t)
-                    if ref is not None and node.output and node.output[0]:
+                    if ref is not None and node.output and node.output[0] and node.output[0] not in graph_outputs:
                         constants[ref] = node
         for name, protos in refs.items():
             if name not in reader:
@@ -222,13 +223,19 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
             arr = reader[name]
             if external and in_main and _ortvalue_ok(arr):
                 out.external[proto.name] = arr
+            elif external and node is not None and _ortvalue_ok(arr):
+                # a Constant node's weight becomes an initializer ONNX Runtime uses in place (it turns Constant
+                # nodes into initializers itself): not copied into the serialized graph, not parsed back
+                _external_stub(model, node.output[0], arr)
+                removed_nodes.add(id(node))
+                out.external[node.output[0]] = arr
             else:
                 inline[name] = arr
         if removed:
             kept = [t for t in model.graph.initializer if id(t) not in removed]
             del model.graph.initializer[:]
             model.graph.initializer.extend(kept)
-        if new_nodes:
+        if new_nodes or removed_nodes:
             nodes = [n for n in model.graph.node if id(n) not in removed_nodes]
             del model.graph.node[:]
             model.graph.node.extend(new_nodes + nodes)
