@@ -127,14 +127,18 @@ def referenced_bytes(model, sizes: Mapping[str, int]) -> int:
 
 def reference(t) -> str | None:
     """The record name a TensorProto refers to, or None if it holds its own data."""
-    import onnx
+    if t.data_location != _EXTERNAL:
+        return None
+    location = record = None
+    for e in t.external_data:  # as a dict of the entries would: the last of a repeated key counts
+        if e.key == GRAPH_LOCATION_KEY:
+            location = e.value
+        elif e.key == GRAPH_TENSOR_KEY:
+            record = e.value
+    return record if location == GRAPH_LOCATION else None
 
-    if t.data_location != onnx.TensorProto.EXTERNAL:
-        return None
-    entries = {e.key: e.value for e in t.external_data}
-    if entries.get(GRAPH_LOCATION_KEY) != GRAPH_LOCATION:
-        return None
-    return entries.get(GRAPH_TENSOR_KEY)
+
+_EXTERNAL = 1  # onnx.TensorProto.EXTERNAL (DataLocation); reference() runs once per tensor per load
 
 
 def _walk(graph, prefix: str = ""):

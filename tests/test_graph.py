@@ -138,3 +138,9 @@ def test_record_names_are_stable_and_unique():
     model = _model_with_constants_and_if()
     assert record_names(model) == record_names(onnx.ModelProto.FromString(model.SerializeToString()))
     assert sorted(record_names(model)) == ["If_3.else_branch/e", "If_3.then_branch/t", "W", "k"]
+
+
+def test_reference_reads_the_onnx_enum():
+    from dcformat import graph
+
+    assert graph._EXTERNAL == onnx.TensorProto.EXTERNAL
