@@ -1,0 +1,183 @@
+"""Second moments of a layer's inputs, ``H = X.T @ X``, from calibration activations (numpy only).
+
+For every weight that a main-graph ``Gemm``, ``MatMul`` or ``Conv`` multiplies with an
+activation, :func:`layers` says how the weight maps to a ``rows x cols`` matrix (rows =
+output neurons, cols = the input features each output sums over) and which activation
+feeds it; :func:`accumulate` adds a batch of that activation to ``H`` (one per group for
+grouped convolutions, whose outputs see only their group's inputs). A convolution's input
+features are its im2col columns (in-channels x kernel positions); image positions count
+as samples, subsampled to at most ``max_rows`` per batch so a large feature map costs a
+bounded amount. :func:`to_rows` / :func:`from_rows` turn the weight into that matrix and back.
+
+Used by the error-compensating quantizer (converters/obs.py) and for activation-aware
+k-means (the diagonal of H: how much each input feature's weights matter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_ROWS_PER_BATCH = 8192  # image positions (conv) or tokens (matmul) of one batch that enter H
+
+
+@dataclass
+class Layer:
+    """How a weight is used: ``op`` (Gemm, MatMul or Conv), the activation it multiplies, the layout."""
+
+    weight: str  # record name
+    op: str
+    activation: str  # the graph value multiplied by the weight
+    trans_b: bool = False  # Gemm: W is (out, in) when transB = 1
+    group: int = 1
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()  # begin..., end...
+    dilations: tuple[int, ...] = ()
+    auto_pad: str = "NOTSET"
+    h: list = field(default_factory=list)  # per group: cols x cols float64
+    rows_seen: int = 0
+
+    def cols(self, shape) -> int:
+        if self.op == "Conv":
+            return int(np.prod(shape[1:]))
+        return int(shape[1] if self.trans_b else shape[0])
+
+
+def layers(graph, weight_names) -> dict[str, Layer]:
+    """The main-graph layers that multiply an activation by one of ``weight_names`` (records)."""
+    from dcformat.graph import reference
+
+    record = {}
+    for t in graph.graph.initializer:
+        r = reference(t)
+        if r is not None:
+            record[t.name] = r
+    wanted = set(weight_names)
+    found: dict[str, Layer] = {}
+    uses: dict[str, int] = {}
+    for node in graph.graph.node:
+        for k, i in enumerate(node.input):
+            r = record.get(i)
+            if r in wanted:
+                uses[r] = uses.get(r, 0) + 1
+                if k != 1 or node.op_type not in ("Gemm", "MatMul", "Conv"):
+                    continue
+                attrs = {a.name: a for a in node.attribute}
+                if node.op_type == "Gemm":
+                    if "transA" in attrs and attrs["transA"].i:
+                        continue
+                    found[r] = Layer(r, "Gemm", node.input[0], trans_b=bool(attrs["transB"].i) if "transB" in attrs else False)
+                elif node.op_type == "MatMul":
+                    found[r] = Layer(r, "MatMul", node.input[0])
+                else:
+                    ints = lambda key: tuple(attrs[key].ints) if key in attrs else ()  # noqa: E731
+                    found[r] = Layer(r, "Conv", node.input[0], group=attrs["group"].i if "group" in attrs else 1,
+                                     kernel=ints("kernel_shape"), strides=ints("strides"), pads=ints("pads"),
+                                     dilations=ints("dilations"),
+                                     auto_pad=attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET")
+    # a weight used by another node too (shared, or also added somewhere) keeps plain rounding
+    return {r: lay for r, lay in found.items() if uses.get(r) == 1}
+
+
+def to_rows(w: np.ndarray, layer: Layer) -> list[np.ndarray]:
+    """The weight as one ``rows x cols`` float64 matrix per group."""
+    w = np.asarray(w, np.float64)
+    if layer.op == "Conv":
+        m = w.reshape(w.shape[0], -1)
+        return np.split(m, layer.group, axis=0)
+    if layer.op == "Gemm" and layer.trans_b:
+        return [w]
+    return [w.T]
+
+
+def from_rows(parts: list[np.ndarray], like: np.ndarray, layer: Layer) -> np.ndarray:
+    """Inverse of :func:`to_rows`, in ``like``'s shape."""
+    if layer.op == "Conv":
+        return np.concatenate(parts, axis=0).reshape(like.shape)
+    if layer.op == "Gemm" and layer.trans_b:
+        return parts[0].reshape(like.shape)
+    return parts[0].T.reshape(like.shape)
+
+
+def _conv_pads(layer: Layer, spatial: tuple[int, ...], kernel: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    nd = len(spatial)
+    strides = layer.strides or (1,) * nd
+    dil = layer.dilations or (1,) * nd
+    if layer.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for s, k, st, d in zip(spatial, kernel, strides, dil):
+            out = -(-s // st)
+            total = max((out - 1) * st + (k - 1) * d + 1 - s, 0)
+            small, big = total // 2, total - total // 2
+            begin.append(small if layer.auto_pad == "SAME_UPPER" else big)
+            end.append(big if layer.auto_pad == "SAME_UPPER" else small)
+        return begin, end
+    if layer.auto_pad == "VALID" or not layer.pads:
+        return [0] * nd, [0] * nd
+    return list(layer.pads[:nd]), list(layer.pads[nd:])
+
+
+def im2col(x: np.ndarray, layer: Layer, kernel: tuple[int, ...], rng: np.random.Generator,
+           max_rows: int = MAX_ROWS_PER_BATCH) -> list[np.ndarray]:
+    """Per group, (positions x (C/g * prod(kernel))) patches of ``x`` (N x C x spatial...)."""
+    nd = x.ndim - 2
+    strides = layer.strides or (1,) * nd
+    dil = layer.dilations or (1,) * nd
+    begin, end = _conv_pads(layer, x.shape[2:], kernel)
+    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
+    span = tuple((k - 1) * d + 1 for k, d in zip(kernel, dil))
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + nd)))
+    # win: N, C, out_positions..., span...; take strides and dilations
+    sl = (slice(None), slice(None)) + tuple(slice(None, None, st) for st in strides) + tuple(slice(None, None, d) for d in dil)
+    win = win[sl]
+    n, c = win.shape[:2]
+    out_shape = win.shape[2:2 + nd]
+    positions = n * int(np.prod(out_shape))
+    take = None
+    if positions > max_rows:
+        take = np.sort(rng.choice(positions, max_rows, replace=False))
+    groups = []
+    cg = c // layer.group
+    for g in range(layer.group):
+        part = win[:, g * cg:(g + 1) * cg]  # N, cg, out..., kernel...
+        part = np.moveaxis(part, 1, 1 + nd)  # N, out..., cg, kernel...
+        flat = part.reshape(positions, -1)
+        groups.append(np.asarray(flat[take] if take is not None else flat, np.float64))
+    return groups
+
+
+def accumulate(layer: Layer, x: np.ndarray, w_shape: tuple[int, ...], rng: np.random.Generator,
+               max_rows: int = MAX_ROWS_PER_BATCH) -> None:
+    """Add one batch of the layer's input activation to its H (per group)."""
+    x = np.asarray(x)
+    if layer.op == "Conv":
+        groups = im2col(x, layer, tuple(w_shape[2:]), rng, max_rows)
+    else:
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] > max_rows:
+            flat = flat[np.sort(rng.choice(flat.shape[0], max_rows, replace=False))]
+        groups = [np.asarray(flat, np.float64)]
+    if not layer.h:
+        layer.h = [np.zeros((g.shape[1], g.shape[1])) for g in groups]
+    for h, g in zip(layer.h, groups):
+        h += g.T @ g
+    layer.rows_seen += groups[0].shape[0]
+
+
+def importance(layer: Layer, w_shape: tuple[int, ...]) -> np.ndarray:
+    """Per weight element, the diagonal of H of its input feature (E[x^2] up to a constant), in
+    the weight's own shape: activation-aware k-means weights each weight's error by it."""
+    diag = [np.diag(h) for h in layer.h]
+    if layer.op == "Conv":
+        out_per_group = w_shape[0] // layer.group
+        rows = [np.broadcast_to(d, (out_per_group, d.size)) for d in diag]
+        return np.concatenate(rows, axis=0).reshape(w_shape)
+    d = diag[0]
+    if layer.op == "Gemm" and layer.trans_b:
+        return np.broadcast_to(d[None, :], w_shape)
+    return np.broadcast_to(d[:, None], w_shape)
+
+
+__all__ = ["Layer", "layers", "to_rows", "from_rows", "im2col", "accumulate", "importance", "MAX_ROWS_PER_BATCH"]

@@ -1,0 +1,137 @@
+"""Error-compensating one-shot pruning and weight sharing (OBS / SparseGPT / GPTQ), numpy only.
+
+A layer computes ``y = x @ W.T`` (rows of ``W`` are output neurons, columns input features;
+a convolution is the same after im2col, columns = in-channels x kernel). With calibration
+inputs ``X`` (one row per sample or image position) and ``H = X.T @ X``, the output error
+of a changed weight ``Q`` is ``||X (W - Q).T||^2 = sum over rows r of (w_r - q_r) H (w_r - q_r).T``.
+Magnitude pruning and nearest-centroid rounding minimise ``||W - Q||`` instead, which
+ignores that inputs are correlated and that some features are large.
+
+Optimal Brain Surgeon's update (as GPTQ and SparseGPT apply it, one column at a time):
+fixing column ``j`` to ``q_j`` costs ``e = (w_j - q_j) / [H^-1]_jj`` and is compensated
+exactly, to second order, by moving the columns not yet fixed:
+``W[:, j+1:] -= e [H^-1]_{j, j+1:}``. Processing columns left to right with the upper
+Cholesky factor of ``H^-1`` makes each step O(rows x cols); columns are handled in blocks
+so the big updates are matrix products (GPTQ's lazy batch updates). SparseGPT picks the
+pruned weights per block by ``w^2 / [H^-1]_jj^2`` (the OBS saliency) and zeroes them in
+the same sweep, so pruning and rounding are compensated together.
+
+Memory: ``H`` and its inverse factor are cols x cols float64 (a 4096-feature layer: 128 MiB
+each); :data:`MAX_COLUMNS` bounds it, wider layers fall back to the diagonal of ``H``
+(importance-weighted rounding without compensation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_COLUMNS = 8192  # cols x cols float64 Hessians above this are not formed (512 MiB)
+DEFAULT_BLOCK = 128
+DEFAULT_DAMP = 0.01  # fraction of the mean diagonal added to H (GPTQ's percdamp)
+
+
+def nearest(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """Index of the nearest entry of a sorted ``codebook`` for each value (ties go up)."""
+    mids = (codebook[1:] + codebook[:-1]) / 2
+    return np.searchsorted(mids, values)
+
+
+def inverse_factor(h: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndarray, np.ndarray]:
+    """(upper Cholesky factor U of (H + damping)^-1, dead-feature mask).
+
+    Features that never occur (zero diagonal) get a unit diagonal: their weights change
+    nothing in the output, and the factorisation stays defined.
+    """
+    h = np.array(h, dtype=np.float64, copy=True)
+    dead = np.diag(h) <= 0
+    h[dead, :] = 0
+    h[:, dead] = 0
+    h[dead, dead] = 1
+    mean = float(np.mean(np.diag(h))) or 1.0
+    for attempt in range(6):  # raise the damping until H is positive definite (rank-deficient X)
+        hd = h + np.eye(h.shape[0]) * damp * mean * (10 ** attempt)
+        try:
+            lower = np.linalg.cholesky(hd)
+            break
+        except np.linalg.LinAlgError:
+            continue
+    else:  # pragma: no cover - h + I * 1e3 * mean(diag) is positive definite for any PSD h
+        raise np.linalg.LinAlgError("the input second moment is not positive semi-definite")
+    inv = np.linalg.inv(lower)  # H^-1 = L^-T L^-1
+    hinv = inv.T @ inv
+    return np.linalg.cholesky(hinv).T, dead  # upper U with U^T U = H^-1 (GPTQ's factor)
+
+
+def compensate(w: np.ndarray, h: np.ndarray, codebook: np.ndarray | None = None, *, scales: np.ndarray | None = None,
+               sparsity: float = 0.0, keep: np.ndarray | None = None, block: int = DEFAULT_BLOCK,
+               damp: float = DEFAULT_DAMP) -> tuple[np.ndarray, np.ndarray | None]:
+    """Prune and/or round ``w`` (rows x cols) minimising ``||X (W - Q).T||`` for ``H = X.T X``.
+
+    ``codebook``: sorted values the kept weights are rounded to (None: no rounding, only
+    pruning); ``scales``: a per-row factor, weight ``r`` is ``scales[r] * codebook[index]``.
+    ``sparsity``: fraction of each block's weights pruned, chosen by OBS saliency as the
+    sweep goes (SparseGPT); ``keep``: a fixed mask instead (False = pruned), e.g. from a
+    model pruned elsewhere. Returns (Q, indices or None), Q in float32, pruned weights
+    exactly 0 and never counted as a codebook entry (indices there are -1).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    rows, cols = w.shape
+    if h.shape != (cols, cols):
+        raise ValueError(f"H is {h.shape}, the layer has {cols} input features")
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity {sparsity} is not in [0, 1)")
+    cb = None if codebook is None else np.asarray(codebook, np.float64)
+    if cb is not None and (cb.ndim != 1 or cb.size == 0 or np.any(np.diff(cb) < 0)):
+        raise ValueError("the codebook must be a sorted, non-empty 1-D array")
+    s = np.ones(rows) if scales is None else np.asarray(scales, np.float64).reshape(rows)
+    s = np.where(s == 0, 1.0, s)
+    u, dead = inverse_factor(h, damp)
+    work = w.copy()
+    work[:, dead] = 0
+    q = np.zeros_like(work)
+    idx = None if cb is None else np.full((rows, cols), -1, np.int64)
+    fixed_mask = None if keep is None else np.asarray(keep, bool).reshape(rows, cols)
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        w1 = work[:, i1:i2].copy()
+        err = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        d = np.diag(u1)
+        if fixed_mask is not None:
+            prune = ~fixed_mask[:, i1:i2]
+        elif sparsity:
+            saliency = w1 ** 2 / d[None, :] ** 2
+            k = int(saliency.size * sparsity)
+            prune = np.zeros(saliency.shape, bool)
+            if k:
+                order = np.argsort(saliency, axis=None, kind="stable")[:k]
+                prune.flat[order] = True
+        else:
+            prune = np.zeros(w1.shape, bool)
+        prune |= dead[None, i1:i2]
+        for j in range(i2 - i1):
+            col = w1[:, j]
+            if cb is None:
+                qc = np.where(prune[:, j], 0.0, col)
+            else:
+                a = nearest(col / s, cb)
+                qc = np.where(prune[:, j], 0.0, cb[a] * s)
+                idx[:, i1 + j] = np.where(prune[:, j], -1, a)
+            q[:, i1 + j] = qc
+            e = (col - qc) / d[j]
+            w1[:, j:] -= np.outer(e, u1[j, j:])
+            err[:, j] = e
+        work[:, i2:] -= err @ u[i1:i2, i2:]
+    return q.astype(np.float32), idx
+
+
+def output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
+    """``||X (W - Q).T||^2 / ||X W.T||^2`` from ``H = X.T X`` (relative squared output error)."""
+    d = np.asarray(w, np.float64) - np.asarray(q, np.float64)
+    w = np.asarray(w, np.float64)
+    num = float(np.einsum("ij,jk,ik->", d, h, d))
+    den = float(np.einsum("ij,jk,ik->", w, h, w))
+    return num / den if den else 0.0
+
+
+__all__ = ["compensate", "inverse_factor", "nearest", "output_error", "MAX_COLUMNS"]

@@ -1,0 +1,125 @@
+"""Error-compensating pruning and rounding (converters/obs.py) and the input second moments it
+needs (converters/hessian.py): checked against plain magnitude pruning / nearest rounding on the
+output error, and im2col against ONNX Runtime's own Conv."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converters import hessian, obs
+from converters.prune import magnitude_mask
+from converters.quantize import quantize
+
+
+def _correlated(rng, n=2048, cols=192, outliers=6):
+    a = rng.standard_normal((cols, cols)) * 0.3 + np.eye(cols)
+    x = rng.standard_normal((n, cols)) @ a
+    x[:, :outliers] *= 10  # a few large input features, as transformer projections have
+    return x
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.75])
+def test_compensated_pruning_beats_magnitude_pruning(sparsity):
+    rng = np.random.default_rng(0)
+    x = _correlated(rng)
+    h = x.T @ x
+    w = rng.standard_normal((96, x.shape[1])).astype(np.float32) * 0.1
+    plain = np.where(magnitude_mask(w, sparsity), w, 0)
+    q, idx = obs.compensate(w, h, sparsity=sparsity)
+    assert idx is None and q.dtype == np.float32
+    assert abs((q == 0).mean() - sparsity) < 1e-3  # the same number of weights pruned
+    e_plain, e_obs = obs.output_error(w, plain, h), obs.output_error(w, q, h)
+    # the measured output error agrees with H's prediction, and compensation cuts it several-fold
+    y = x @ w.T
+    assert np.isclose(e_obs, np.sum((x @ (w - q).T) ** 2) / np.sum(y ** 2), rtol=1e-6)
+    assert e_obs < e_plain / 3, (e_obs, e_plain)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_compensated_rounding_beats_nearest_centroid(bits):
+    rng = np.random.default_rng(1)
+    x = _correlated(rng)
+    h = x.T @ x
+    w = rng.standard_normal((64, x.shape[1])).astype(np.float32) * 0.1
+    cb, idx0 = quantize(w, bits)
+    nearest = cb[idx0]
+    q, idx = obs.compensate(w, h, np.sort(cb))
+    assert np.array_equal(q, np.sort(cb).astype(np.float32)[idx])  # every weight is a codebook entry
+    assert obs.output_error(w, q, h) < obs.output_error(w, nearest, h) / 2
+
+
+def test_pruning_and_rounding_together_with_a_fixed_mask_and_scales():
+    rng = np.random.default_rng(2)
+    x = _correlated(rng, cols=64)
+    h = x.T @ x
+    w = rng.standard_normal((32, 64)) * np.logspace(-2, 0, 32)[:, None]  # rows of very different ranges
+    keep = rng.random(w.shape) > 0.6
+    scales = np.abs(w).max(axis=1)
+    cb = np.linspace(-1, 1, 15)
+    q, idx = obs.compensate(w, h, cb, scales=scales, keep=keep)
+    assert np.all(q[~keep] == 0) and np.all(idx[~keep] == -1)
+    assert np.allclose(q[keep], (cb[idx] * scales[:, None])[keep], rtol=1e-6)
+    plain = np.where(keep, cb[obs.nearest(w / scales[:, None], cb)] * scales[:, None], 0)
+    assert obs.output_error(w, q, h) < obs.output_error(w, plain, h)
+
+
+def test_dead_features_and_rank_deficient_inputs():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20, 40))  # fewer samples than features: H is singular
+    x[:, 5] = 0  # a feature that never occurs
+    w = rng.standard_normal((8, 40))
+    q, _ = obs.compensate(w, x.T @ x, sparsity=0.5)
+    assert np.isfinite(q).all() and q[:, 5].tolist() == [0.0] * 8
+    with pytest.raises(ValueError, match="input features"):
+        obs.compensate(w, np.eye(39))
+
+
+def _ort_conv(x, w, **attrs):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    g = helper.make_graph([node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 1, 2, 1], "group": 2},
+    {"kernel_shape": [3, 3], "dilations": [2, 2], "group": 6},  # depthwise
+    {"kernel_shape": [2, 3], "strides": [2, 1], "auto_pad": "SAME_UPPER"},
+])
+def test_im2col_is_what_onnx_runtime_convolves(attrs):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6, 9, 11)).astype(np.float32)
+    g = attrs.get("group", 1)
+    w = rng.standard_normal((12, 6 // g, *attrs["kernel_shape"])).astype(np.float32)
+    want = _ort_conv(x, w, **attrs)
+    lay = hessian.Layer("w", "Conv", "x", group=g, kernel=tuple(attrs["kernel_shape"]), strides=tuple(attrs.get("strides", ())),
+                        pads=tuple(attrs.get("pads", ())), dilations=tuple(attrs.get("dilations", ())),
+                        auto_pad=attrs.get("auto_pad", "NOTSET"))
+    cols = hessian.im2col(x.astype(np.float64), lay, w.shape[2:], np.random.default_rng(0), max_rows=10**9)
+    rows = hessian.to_rows(w, lay)
+    got = np.concatenate([c @ r.T for c, r in zip(cols, rows)], axis=1)  # positions x out
+    got = got.reshape(want.shape[0], *want.shape[2:], want.shape[1])
+    np.testing.assert_allclose(np.moveaxis(got, -1, 1), want, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(hessian.from_rows(rows, w, lay), w)
+
+
+def test_layers_and_importance_follow_the_graph():
+    from dcformat.graph import strip_weights
+
+    rng = np.random.default_rng(5)
+    w1, w2 = rng.standard_normal((16, 8)).astype(np.float32), rng.standard_normal((4, 16)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["h"]), helper.make_node("Gemm", ["h", "B"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(w1[:, :8].copy(), "A"), numpy_helper.from_array(w2, "B")])
+    graph, _ = strip_weights(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    found = hessian.layers(graph, ["A", "B"])
+    assert {k: (v.op, v.activation, v.trans_b) for k, v in found.items()} == {"A": ("MatMul", "x", False),
+                                                                               "B": ("Gemm", "h", True)}
+    x = rng.standard_normal((50, 16))
+    hessian.accumulate(found["A"], x, (16, 8), rng)
+    imp = hessian.importance(found["A"], (16, 8))
+    assert np.allclose(imp[:, 0], (x ** 2).sum(axis=0))  # row i of A multiplies feature i
