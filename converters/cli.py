@@ -86,8 +86,9 @@ def fidelity_lines(result: dict) -> list[str]:
         if b is not None:
             verdict = "within" if fid["within_budget"] else "OVER"
             srch = fid.get("search")
-            extra = (f"; search: {srch['trials']} trial runs, {len(srch['backoffs'])} back-off(s), {srch['seconds']:.1f} s"
-                     if srch else "")
+            took = (result.get("search") or {}).get("seconds")
+            extra = (f"; search: {srch['trials']} trial runs, {len(srch['backoffs'])} back-off(s)"
+                     + (f", {took:.1f} s" if took is not None else "") if srch else "")
             out.append(f"error {fid['max_rel_l2']:.3g} ({_escape(str(fid['worst_output']))}): {verdict} the budget "
                        f"--max-error {b:g}{extra}")
     elif fid:
@@ -179,8 +180,9 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
                "outputs": m["outputs"]}
         if search_rec is not None:
             d = search_rec.describe()
-            fid["search"] = {k: d[k] for k in ("trials", "verified_error", "backoffs", "seconds")}
-        warn = m["max_rel_l2"] > limit or (m["min_cosine"] is not None and m["min_cosine"] < cal.WARN_COSINE)
+            fid["search"] = {k: d[k] for k in ("trials", "verified_error", "backoffs")}  # no timing: same bytes each run
+        warn = m["max_rel_l2"] > limit or (not searching and m["min_cosine"] is not None
+                                           and m["min_cosine"] < cal.WARN_COSINE)
         fid["warning"] = bool(warn and not s.lossless)
     else:
         snr = cal.tensor_snr(originals, recon)
@@ -327,7 +329,8 @@ def fidelity_warning(fid: dict, manual: bool) -> str:
     cos = fid.get("min_cosine")
     msg = (f"the compressed model's outputs differ from the original's: relative L2 error {float(fid['max_rel_l2']):.3g} "
            f"on {_escape(str(fid['worst_output']))!r}" + (f", worst-sample cosine {cos:.4f}" if cos is not None else "")
-           + f" (poor means error > {budget:g} or cosine < {WARN_COSINE})")
+           + (f" (over the budget --max-error {budget:g})" if fid.get("budget") is not None
+              else f" (poor: error > {budget:g} or cosine < {WARN_COSINE})"))
     if manual and fid.get("budget") is None:
         msg += "; the explicit --sparsity/--bits settings may have broken the model: leave them out to let dcconvert " \
                "choose within --max-error"

@@ -375,7 +375,7 @@ def sample_feeds(calib: dict, decl: list[Declared], i: int, j: int | None = None
     out = {}
     for d in decl:
         a = calib[d.name]
-        out[d.name] = a[i:j] if _is_batched(a, d) else a[i]
+        out[d.name] = a[i:j] if _is_batched(a, d) else np.asarray(a[i])  # a 0-d array, not a numpy scalar
     return out
 
 
