@@ -17,6 +17,7 @@ from dcformat.table import render
 from . import compress as cmp
 from . import settings as st
 from .errors import ConvertError
+from .calibrate import DEFAULT_MAX_ERROR
 from .quantize import INITS
 
 
@@ -66,11 +67,67 @@ def summary(result: dict) -> None:
                f"{result['seconds']:.1f} s")
     for note in result["source"]["notes"]:
         click.echo(f"note: {_escape(note)}")
+    for line in fidelity_lines(result):
+        click.echo(line)
+
+
+def fidelity_lines(result: dict) -> list[str]:
+    """The summary's lines about calibration, measured fidelity, the budget and raw tensors."""
+    from dcformat import fidelity
+
+    out = []
+    fid = result.get("fidelity") or {}
+    if fid.get("measured"):
+        cal = fid["calibration"]
+        what = "synthetic inputs built from the graph's declared inputs" if cal["synthetic"] else _escape(cal["source"])
+        out.append(f"fidelity on {cal['samples']} calibration samples ({what}); error = {fidelity.METRIC_TEXT}:")
+        out += [_escape(x) for x in fidelity.lines(fid, "  ")]
+        b = fid.get("budget")
+        if b is not None:
+            verdict = "within" if fid["within_budget"] else "OVER"
+            srch = fid.get("search")
+            took = (result.get("search") or {}).get("seconds")
+            extra = (f"; search: {srch['trials']} trial runs, {len(srch['backoffs'])} back-off(s)"
+                     + (f", {took:.1f} s" if took is not None else "") if srch else "")
+            out.append(f"error {fid['max_rel_l2']:.3g} ({_escape(str(fid['worst_output']))}): {verdict} the budget "
+                       f"--max-error {b:g}{extra}")
+    elif fid:
+        out.append(f"fidelity: not measured ({fid.get('reason')}); per-tensor reconstruction SNR instead:")
+        for name, v in (fid.get("tensor_snr_db") or {}).items():
+            out.append(f"  {_escape(name)}: {v if isinstance(v, str) else format(v, '.1f')} dB")
+    small = [r for r in result["layers"] if (r.get("reason") or "").startswith("small")] if result["layers"] else []
+    for r in result["layers"]:
+        if r["action"] != "pruned+shared" and r.get("reason") and not r["reason"].startswith("small"):
+            out.append(f"kept raw: {_escape(r['name'])} ({r['params']:,} params): {_escape(r['reason'])}")
+    if small:
+        out.append(f"kept raw: {len(small)} small tensor(s) (< --min-size {small[0]['reason'].split()[-1].rstrip(')')} "
+                   f"elements), {sum(r['params'] for r in small):,} params")
+    return out
+
+
+def _ort_call(what, fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except (click.ClickException, dcformat.DczError):
+        raise
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own classes
+        from dcformat.errors import first_line
+
+        raise ConvertError(f"{what}: {first_line(e)}") from None
 
 
 def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=False, model_factory=None, opset=None,
-            progress=None) -> dict:
-    """Convert one file; returns the report (also used by --json and --report)."""
+            progress=None, calibration=None, calibration_samples=None, dims=None, max_error=None, manual=False,
+            echo=None) -> dict:
+    """Convert one file; returns the report (also used by --json and --report).
+
+    ``manual``: explicit pruning/bits flags were given (exact choices, no search unless ``max_error``)."""
+    from dcformat import fidelity
+
+    from . import budget as bud
+    from . import calibrate as cal
     from . import sources
 
     t0 = time.perf_counter()
@@ -81,13 +138,66 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
         for pat, _ in setting.patterns:
             if not any(fnmatch.fnmatchcase(n, pat) for n in names):
                 raise click.UsageError(f"{setting.option}: pattern {pat!r} matches no tensor of {src_path}")
-    tensors, rows = cmp.compress(src, s, progress)
+    originals = dict(src.weights)  # compress() drops its references as it goes; fidelity needs them
+    searching = not s.lossless and (not manual or max_error is not None)
+    limit = max_error if max_error is not None else cal.DEFAULT_MAX_ERROR
+    fid, search_rec = None, None
+    if src.graph is not None:
+        decl, calib, cdesc = cal.calibration(src.graph, calibration, calibration_samples, dims, s.seed)
+        ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the calibration inputs", cal.run_model, src.graph,
+                        originals, calib, decl)
+        if searching:
+            fixed = {}
+            if s.sparsity.default is not None or s.sparsity.patterns:
+                fixed["fixed_sparsity"] = lambda n: s.sparsity.get(n)
+            if s.bits.default is not None or s.bits.patterns:
+                fixed["fixed_bits"] = lambda n: s.bits.get(n)
+            search_rec, reasons = _ort_call("ONNX Runtime failed during the error-budget search", bud.search,
+                                            src.graph, originals, calib, decl, limit, min_size=s.min_size, init=s.init,
+                                            seed=s.seed, progress=progress, echo=echo, **fixed)
+            s.plan, s.reasons = search_rec.plan, reasons
+    else:
+        if calibration is not None or max_error is not None:
+            raise ConvertError(f"{src_path} holds weights only (no graph): the model cannot be run, so "
+                               f"{'--calibration' if calibration is not None else '--max-error'} cannot be used; "
+                               "give an ONNX model (or a PyTorch model with its graph)")
+        if not manual and not s.lossless:  # nothing can be measured: the safe fixed setting
+            s.sparsity.default, s.bits.default = 0.0, 8
+            src.notes.append("weights only: fidelity cannot be measured, so no search; 8-bit weight sharing without "
+                             "pruning (give --sparsity/--bits to choose)")
+    recon: dict = {}
+    tensors, rows = cmp.compress(src, s, progress, recon)
     params = sum(r["params"] for r in rows)
     nonzeros = sum(r["nonzeros"] for r in rows)
+    if src.graph is not None:
+        new = _ort_call("ONNX Runtime cannot run the compressed model", cal.run_model, src.graph, recon, calib, decl)
+        m = fidelity.compare(ref, new)
+        fid = {"schema": fidelity.SCHEMA, "measured": True, "metric": fidelity.METRIC,
+               "metric_text": fidelity.METRIC_TEXT, "calibration": cdesc,
+               "budget": limit if searching else None,
+               "within_budget": (m["max_rel_l2"] <= limit) if searching else None,
+               "max_rel_l2": m["max_rel_l2"], "worst_output": m["worst_output"], "min_cosine": m["min_cosine"],
+               "outputs": m["outputs"]}
+        if search_rec is not None:
+            d = search_rec.describe()
+            fid["search"] = {k: d[k] for k in ("trials", "verified_error", "backoffs")}  # no timing: same bytes each run
+        warn = m["max_rel_l2"] > limit or (not searching and m["min_cosine"] is not None
+                                           and m["min_cosine"] < cal.WARN_COSINE)
+        fid["warning"] = bool(warn and not s.lossless)
+    else:
+        snr = cal.tensor_snr(originals, recon)
+        fid = {"schema": fidelity.SCHEMA, "measured": False, "reason": "weights only: no graph to run",
+               "tensor_snr_db": snr}
+        for r in rows:
+            if r["name"] in snr:
+                r["snr_db"] = snr[r["name"]]
+    del recon, originals
+    fid = fidelity.json_safe(fid)
     meta = {
         "producer": f"dcconvert (dcz {dcformat.__version__})",
         "source": {"file": os.path.basename(src.path), "kind": src.kind, "sha256": src.sha256, "bytes": src.size},
         "settings": s.describe(),
+        "fidelity": fid,
     }
     try:
         size = dcformat.write(out, tensors, graph=src.graph, metadata=meta)
@@ -100,6 +210,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
         "totals": {"params": params, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / params if params else 0.0,
                    "tensor_bytes": sum(r["bytes"] for r in rows), "fp32_bytes": params * 4},
         "seconds": time.perf_counter() - t0,
+        "fidelity": fid,
+        **({"search": fidelity.json_safe(search_rec.describe())} if search_rec is not None else {}),
     }
 
 
@@ -126,15 +238,48 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
               help="build the model with this function (imports and runs your code) so a state_dict gets its graph")
 @click.option("--trust-pickle", is_flag=True, help="allow loading a pickled nn.Module: THIS RUNS CODE FROM THE FILE; "
               "only for files you trust")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of random centroid initialisations")
+@click.option("--max-error", type=float, metavar="E",
+              help="error budget: the largest relative L2 output error ||y - y'|| / ||y|| (over all calibration samples, "
+              "worst graph output) the compressed model may have; dcconvert chooses each layer's sparsity and bits "
+              "(per-layer sensitivity scan, smallest estimated file within E, verified on the whole model). "
+              f"Default: with no --sparsity/--bits/--threshold*/--prune-neurons flag, E = {DEFAULT_MAX_ERROR:g}")
+@click.option("--calibration", type=click.Path(), metavar="PATH",
+              help="calibration inputs: an .npz of arrays keyed by input name (first axis = samples), an .npy for a "
+              "single-input model, or a directory of them (default: synthetic inputs from the graph's declared inputs)")
+@click.option("--calibration-samples", type=click.IntRange(1), metavar="N",
+              help="use the first N calibration samples (default: 16 synthetic samples, or all in --calibration)")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+              help="size of a symbolic input dimension for synthetic inputs, e.g. --dim sequence=128 (repeatable)")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="seed of random centroid initialisations and of synthetic calibration inputs")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
 @click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, init, min_size, lossless,
-              input_shapes, opset, model_factory, trust_pickle, seed, as_json, report, quiet):
-    """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file."""
-    if lossless and any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits)):
-        raise click.UsageError("--lossless excludes --sparsity, --threshold-std, --threshold, --prune-neurons and --bits")
+              input_shapes, opset, model_factory, trust_pickle, max_error, calibration, calibration_samples, dims, seed,
+              as_json, report, quiet):
+    """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file.
+
+    By default dcconvert measures what it does: it runs the original and the compressed model in
+    ONNX Runtime on calibration inputs (--calibration, or synthetic ones) and keeps the relative
+    L2 output error within --max-error (default 0.01). Explicit --sparsity/--bits are used as
+    given; their fidelity is still measured, with a warning when it is poor.
+    """
+    if lossless and any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits, max_error)):
+        raise click.UsageError("--lossless excludes --sparsity, --threshold-std, --threshold, --prune-neurons, --bits "
+                               "and --max-error")
+    if max_error is not None and not (max_error > 0 and max_error < float("inf")):
+        raise click.BadParameter(f"{max_error:g} is not a number > 0", param_hint="--max-error")
+    if max_error is not None and any(x is not None for x in (threshold_std, threshold, prune_neurons)):
+        raise click.UsageError("--max-error chooses the pruning itself: it excludes --threshold-std, --threshold and "
+                               "--prune-neurons (--sparsity/--bits fix those choices for the layers they match)")
+    from dcformat.inputs import parse_dims
+
+    try:
+        dim_values = parse_dims(dims)
+    except dcformat.DczError as e:
+        raise click.BadParameter(str(e).split(", got ")[-1], param_hint="--dim") from None
+    manual = any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits))
     s = cmp.Settings(
         sparsity=_layer("--sparsity", sparsity, st.fraction),
         threshold_std=_layer("--threshold-std", threshold_std, st.nonneg),
@@ -154,7 +299,9 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         prog.start()
     try:
         result = convert(model, out, s, input_shapes=shapes, trust_pickle=trust_pickle, model_factory=model_factory,
-                         opset=opset, progress=update)
+                         opset=opset, progress=update, calibration=calibration, calibration_samples=calibration_samples,
+                         dims=dim_values, max_error=max_error, manual=manual,
+                         echo=None if quiet or as_json else lambda m: click.echo(m, err=True))
     finally:
         if prog:
             prog.stop()
@@ -170,6 +317,24 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         click.echo(json.dumps(result, indent=1, default=str))
     elif not quiet:
         summary(result)
+    fid = result.get("fidelity") or {}
+    if fid.get("warning"):
+        click.echo(f"warning: {fidelity_warning(fid, manual)}", err=True)
+
+
+def fidelity_warning(fid: dict, manual: bool) -> str:
+    from .calibrate import DEFAULT_MAX_ERROR, WARN_COSINE
+
+    budget = fid.get("budget") or DEFAULT_MAX_ERROR
+    cos = fid.get("min_cosine")
+    msg = (f"the compressed model's outputs differ from the original's: relative L2 error {float(fid['max_rel_l2']):.3g} "
+           f"on {_escape(str(fid['worst_output']))!r}" + (f", worst-sample cosine {cos:.4f}" if cos is not None else "")
+           + (f" (over the budget --max-error {budget:g})" if fid.get("budget") is not None
+              else f" (poor: error > {budget:g} or cosine < {WARN_COSINE})"))
+    if manual and fid.get("budget") is None:
+        msg += "; the explicit --sparsity/--bits settings may have broken the model: leave them out to let dcconvert " \
+               "choose within --max-error"
+    return msg
 
 
 def main(argv=None):

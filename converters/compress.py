@@ -13,8 +13,10 @@ from .prune import magnitude_mask, threshold_mask
 from .quantize import CHUNK, quantize
 from .settings import LayerSetting
 
-DEFAULT_BITS = {"conv": 8, "fc": 5}  # as in the paper
-DEFAULT_SPARSITY = {"conv": 0.3, "fc": 0.5}  # cautious without retraining; --sparsity 0 keeps a pruned model as is
+# Used when --sparsity/--bits (or another pruning flag) are given without --max-error for the layers
+# they leave unset; with no such flag dcconvert searches per-layer settings within the error budget.
+DEFAULT_BITS = {"conv": 8, "fc": 5, "embedding": 8}  # as in the paper (embedding tables: 8)
+DEFAULT_SPARSITY = {"conv": 0.3, "fc": 0.5, "embedding": 0.0}
 DEFAULT_MIN_SIZE = 512
 
 
@@ -29,6 +31,8 @@ class Settings:
     min_size: int = DEFAULT_MIN_SIZE
     lossless: bool = False
     seed: int = 0
+    plan: dict | None = None  # name -> {"sparsity", "bits"} chosen by the budget search (others stay raw)
+    reasons: dict = field(default_factory=dict)  # name -> why the search left it raw
 
     def all(self) -> list[LayerSetting]:
         return [self.sparsity, self.threshold_std, self.threshold, self.prune_neurons, self.bits]
@@ -120,23 +124,53 @@ def choose_layout(codebook, indices, dtype: str) -> tuple[str, int | None]:
     return best, (gap_bits if best == ENC_CB_SPARSE else None)
 
 
-def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings) -> tuple[dcformat.EncodedTensor, dict]:
-    """Prune, share and encode one tensor; returns the encoded tensor and its report row."""
+def pruned_dtype(dtype: str):
+    return dcformat.constants.DTYPES[dtype]
+
+
+def _raw_reason(name, w, role, s: Settings, finite: bool) -> str:
+    """Why a tensor is stored as it is (the summary says it)."""
+    if s.lossless:
+        return "--lossless"
+    if not finite:
+        return "not finite (NaN/inf)"
+    if s.plan is not None and name in s.reasons:
+        return s.reasons[name]
+    if not _is_float(w):
+        return f"not float ({w.dtype})"
+    if w.size < max(s.min_size, 1):
+        return f"small (< --min-size {s.min_size})"
+    if role not in ("conv", "fc", "embedding"):
+        return "not a Conv/Gemm/MatMul weight or Gather table"
+    return "kept"
+
+
+def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
+                    keep_recon: bool = False) -> tuple[dcformat.EncodedTensor, dict, np.ndarray | None]:
+    """Prune, share and encode one tensor; returns the encoded tensor, its report row and (with
+    ``keep_recon``) the array the decoder will give back."""
     t0 = time.perf_counter()
     params = int(w.size)
     nz_before = int(np.count_nonzero(w))
-    compressible = role in ("conv", "fc") and _is_float(w) and params >= max(s.min_size, 1)
+    if s.plan is not None and not s.lossless:
+        compressible = s.plan.get(name) is not None
+    else:
+        compressible = role in ("conv", "fc", "embedding") and _is_float(w) and params >= max(s.min_size, 1)
     finite = not compressible or s.lossless or bool(np.isfinite(w).all())  # NaN/inf: no magnitude, no k-means
-    row = {"name": name, "shape": list(w.shape), "dtype": str(w.dtype), "params": params, "role": role if compressible else "other",
-           "sparsity_before": 1 - nz_before / params if params else 0.0}
+    row = {"name": name, "shape": list(w.shape), "dtype": str(w.dtype), "params": params,
+           "role": role if compressible or role == "embedding" else "other",
+           "sparsity_before": 1 - nz_before / params if params else 0.0, "reason": None}
+    recon = None
     if s.lossless or not compressible or not finite:
         enc = dcformat.encode(name, w)
+        recon = w
         row.update(action="lossless" if s.lossless and compressible else "kept" if finite else "kept (not finite)",
-                   bits=None)
+                   bits=None, reason=_raw_reason(name, w, role, s, finite))
     else:
         shape, dtype = w.shape, dcformat.constants.dtype_name(w.dtype)
         keep = w != 0
-        target = s.sparsity.get(name, DEFAULT_SPARSITY[role])
+        chosen = s.plan.get(name) if s.plan is not None else None
+        target = chosen["sparsity"] if chosen else s.sparsity.get(name, DEFAULT_SPARSITY[role])
         if target:
             keep &= magnitude_mask(w, target)
         q = s.threshold_std.get(name)
@@ -150,9 +184,10 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings)
             keep &= neuron_mask(w, f, axis)
         pruned = np.where(keep, w, np.zeros((), w.dtype))
         del keep, w  # compress() hands over its only reference: the layer's float copy goes now
-        b = s.bits.get(name, DEFAULT_BITS[role])
+        b = chosen["bits"] if chosen else s.bits.get(name, DEFAULT_BITS[role])
         codebook, indices = quantize(pruned, b, init=s.init, seed=s.seed)
         del pruned
+        recon = codebook.astype(pruned_dtype(dtype))[indices] if keep_recon else None
         encoding, gap_bits = choose_layout(codebook, indices, dtype) if indices.size else (None, None)
         enc = dcformat.encode_codebook(name, codebook, indices, shape, dtype, encoding=encoding, gap_bits=gap_bits)
         del indices
@@ -163,7 +198,7 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings)
         codebook_size=enc.info.codebook_size, gap_bits=enc.info.gap_bits, bytes=enc.nbytes,
         ratio=(params * 4 / enc.nbytes) if enc.nbytes else None, seconds=time.perf_counter() - t0,
     )
-    return enc, row
+    return enc, row, recon if keep_recon else None
 
 
 def _take(weights: dict, name: str) -> np.ndarray:
@@ -172,13 +207,17 @@ def _take(weights: dict, name: str) -> np.ndarray:
     return w
 
 
-def compress(source, settings: Settings, progress=None):
-    """Compress every weight of a Source; returns (encoded tensors, rows) in the source's order."""
+def compress(source, settings: Settings, progress=None, recon: dict | None = None):
+    """Compress every weight of a Source; returns (encoded tensors, rows) in the source's order.
+
+    With ``recon`` (a dict), it receives name -> the array each tensor decodes to."""
     tensors, rows = [], []
     names = list(source.weights)
     for i, name in enumerate(names):
-        enc, row = compress_tensor(name, _take(source.weights, name), source.roles.get(name, "other"),
-                                   source.out_axes.get(name, 0), settings)
+        enc, row, r = compress_tensor(name, _take(source.weights, name), source.roles.get(name, "other"),
+                                      source.out_axes.get(name, 0), settings, keep_recon=recon is not None)
+        if recon is not None:
+            recon[name] = r
         tensors.append(enc)
         rows.append(row)
         if progress:

@@ -46,12 +46,19 @@ def _init(h: Histogram, k: int, method: str, rng: np.random.Generator) -> np.nda
         pick = np.searchsorted(cdf, rng.random(k))
         return np.sort(h.centers[np.minimum(pick, h.centers.size - 1)])
     if method == "kmeans++":
+        # D^2 sampling over the histogram's bins (weighted by their counts), keeping each bin's
+        # squared distance to its nearest chosen centre up to date: O(bins) per centre, not O(bins x k)
         c = [h.centers[min(np.searchsorted(cdf, rng.random()), h.centers.size - 1)]]
+        near = (h.centers - c[0]) ** 2
         for _ in range(k - 1):
-            d2 = np.min((h.centers[:, None] - np.array(c)[None, :]) ** 2, axis=1) * h.count
-            if d2.sum() <= 0:
+            d2 = near * h.count
+            total = d2.sum()
+            if total <= 0:
                 break
-            c.append(h.centers[min(np.searchsorted(np.cumsum(d2) / d2.sum(), rng.random()), h.centers.size - 1)])
+            cum = np.cumsum(d2)
+            pick = h.centers[min(np.searchsorted(cum / total, rng.random()), h.centers.size - 1)]
+            c.append(pick)
+            np.minimum(near, (h.centers - pick) ** 2, out=near)
         return np.sort(np.array(c))
     raise ValueError(f"unknown centroid init {method!r}; choose one of {', '.join(INITS)}")
 
@@ -62,11 +69,13 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted(mids, values).astype(np.int64)
 
 
-def kmeans_1d(values, k: int, init: str = "linear", iters: int = 30, seed: int = 0) -> np.ndarray:
-    """Sorted, distinct centroids (at most k) minimising squared error over ``values``."""
+def kmeans_1d(values, k: int, init: str = "linear", iters: int = 30, seed: int = 0,
+              hist: Histogram | None = None) -> np.ndarray:
+    """Sorted, distinct centroids (at most k) minimising squared error over ``values``
+    (``hist``: their Histogram, when already computed -- a search trying several k reuses it)."""
     if init not in INITS:
         raise ValueError(f"unknown centroid init {init!r}; choose one of {', '.join(INITS)}")
-    h = Histogram(values)
+    h = Histogram(values) if hist is None else hist
     if h.centers.size == 0:
         return np.zeros(0)
     if h.centers.size <= k:  # few occupied bins: maybe few distinct values, then exact
@@ -87,7 +96,8 @@ def kmeans_1d(values, k: int, init: str = "linear", iters: int = 30, seed: int =
     return np.unique(c[used])
 
 
-def quantize(weights, bits: int, init: str = "linear", seed: int = 0, keep_zero: bool = True):
+def quantize(weights, bits: int, init: str = "linear", seed: int = 0, keep_zero: bool = True,
+             hist: Histogram | None = None):
     """(codebook, indices) for ``weights``; zeros stay exactly zero (codebook entry 0.0).
 
     The non-zero weights share at most 2**bits centroids; when ``keep_zero`` and the
@@ -99,7 +109,7 @@ def quantize(weights, bits: int, init: str = "linear", seed: int = 0, keep_zero:
     w = np.asarray(weights).reshape(-1)
     cdtype = w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)
     nonzero = w[w != 0]
-    cents = kmeans_1d(nonzero, 1 << bits, init=init, seed=seed) if nonzero.size else np.zeros(0)
+    cents = kmeans_1d(nonzero, 1 << bits, init=init, seed=seed, hist=hist) if nonzero.size else np.zeros(0)
     has_zero = nonzero.size < w.size
     del nonzero
     cents = cents.astype(cdtype)

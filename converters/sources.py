@@ -31,7 +31,7 @@ class Source:
     kind: str
     graph: object | None  # onnx.ModelProto with references, or None (weights only)
     weights: dict[str, np.ndarray]
-    roles: dict[str, str] = field(default_factory=dict)  # name -> conv | fc | other
+    roles: dict[str, str] = field(default_factory=dict)  # name -> conv | fc | embedding | other
     out_axes: dict[str, int] = field(default_factory=dict)  # name -> axis of output neurons/filters
     sha256: str = ""
     size: int = 0
@@ -88,8 +88,8 @@ def _all_nodes(graph):
 
 
 def graph_roles(model) -> tuple[dict[str, str], dict[str, int]]:
-    """conv/fc role and output axis of each weight consumed by Conv, ConvTranspose, Gemm or MatMul,
-    in the main graph or a subgraph."""
+    """conv/fc/embedding role and output axis of each weight consumed by Conv, ConvTranspose, Gemm,
+    MatMul or (as the table) Gather, in the main graph or a subgraph."""
     nodes = list(_all_nodes(model.graph))
     producers = {}  # Constant node output -> tensor name
     for node in nodes:
@@ -110,6 +110,11 @@ def graph_roles(model) -> tuple[dict[str, str], dict[str, int]]:
         elif node.op_type == "Gemm":
             roles[w] = "fc"
             axes[w] = 0 if ("transB" in attrs and attrs["transB"].i == 1) else 1
+        elif node.op_type == "Gather":  # an embedding table: rows are looked up, so they are its "neurons"
+            t = producers.get(node.input[0], node.input[0])
+            if t not in roles:
+                roles[t] = "embedding"
+                axes[t] = next((a.i for a in node.attribute if a.name == "axis"), 0)
         elif node.op_type == "MatMul":
             roles[w], axes[w] = "fc", -1
             a = producers.get(node.input[0], node.input[0])

@@ -255,46 +255,118 @@ def _pct(times, q):
     return float(np.percentile(np.asarray(times) * 1e3, q))
 
 
+def _model_graph(path):
+    """(onnx.ModelProto graph for the input builder, is_dcz) of a .dcz or plain .onnx file."""
+    import onnx
+
+    from .constants import MAGIC
+    from .reader import open as open_dcz
+
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+    if head == MAGIC:
+        with open_dcz(path) as r:
+            g = r.graph
+        if g is None:
+            raise click.ClickException(f"{path}: weights-only file (no graph section): there is no model to run")
+        return g, True
+    try:
+        return onnx.load(path, load_external_data=False), False
+    except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many kinds
+        raise click.ClickException(f"{path}: neither a .dcz file nor a readable ONNX model ({first_line(e)})") from None
+
+
+def _plain_session(path, provider):
+    import onnxruntime as ort
+
+    from . import runtime
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(path, sess_options=so, providers=runtime.resolve_providers([provider]))
+    except runtime.ProviderError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise click.ClickException(f"cannot load {path}: {first_line(e)}") from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="an input array (repeatable); "
-              "inputs not given are made at random from the declared shapes")
-@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="size of dynamic dimensions of random inputs")
+              "inputs not given are synthetic, built from the declared inputs (token ids below the embedding "
+              "table's rows, masks all ones, smooth images in [-1, 1])")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="samples along the batch axis of synthetic inputs")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
+              help="size of a symbolic input dimension of synthetic inputs, e.g. --dim sequence=128 (repeatable)")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--compact", is_flag=True, help="keep codebook weights as uint8 indices in memory")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="save each output as NAME.npy here")
 @click.option("--bench", type=click.IntRange(1), metavar="N", help="time load, first run and N runs (p50/p99)")
 @click.option("--compare", type=click.Path(dir_okay=False, exists=True), metavar="MODEL.onnx",
-              help="run this ONNX model on the same inputs and report the differences")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of the random inputs")
-def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, seed):
-    """Run a .dcz model in ONNX Runtime."""
+              help="run this ONNX model on the calibration inputs too and report the differences per output: relative "
+              "L2 error ||y - y'|| / ||y|| over all samples, cosine (mean, worst sample), max abs diff, top-1 agreement")
+@click.option("--calibration", type=click.Path(), metavar="PATH",
+              help="inputs for --compare: .npz keyed by input name (first axis = samples), .npy, or a directory of them")
+@click.option("--calibration-samples", type=click.IntRange(1), metavar="N",
+              help="samples for --compare (default: 16 synthetic ones, or all of --calibration)")
+@click.option("--max-error", type=float, metavar="E", help="with --compare: exit 1 if an output's relative L2 error exceeds E")
+@click.option("--min-cosine", type=float, metavar="C",
+              help="with --compare: exit 1 if an output's worst-sample cosine similarity is below C")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of the synthetic inputs")
+def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, compare, calibration, calibration_samples,
+          max_error, min_cosine, seed):
+    """Run a .dcz model (or a plain .onnx model, as a baseline) in ONNX Runtime.
+
+    With --compare REF.onnx it is a gate for CI: exit status 1 when --max-error or --min-cosine is
+    exceeded or when output shapes differ.
+    """
     import os
     import time
 
     import numpy as np
 
+    from . import fidelity
     from . import inputs as inp
     from . import runtime
 
+    if (max_error is not None or min_cosine is not None or calibration or calibration_samples) and not compare:
+        raise click.UsageError("--max-error, --min-cosine, --calibration and --calibration-samples go with --compare")
+    if max_error is not None and not max_error > 0:
+        raise click.BadParameter(f"{max_error:g} is not a number > 0", param_hint="--max-error")
+    if min_cosine is not None and not -1 <= min_cosine <= 1:
+        raise click.BadParameter(f"{min_cosine:g} is not in [-1, 1]", param_hint="--min-cosine")
+    try:
+        dim_values = inp.parse_dims(dims)
+    except DczError as e:
+        raise click.BadParameter(str(e).split(", got ")[-1], param_hint="--dim") from None
     feeds = _load_inputs(inputs)
+    if not os.path.isfile(model):
+        raise click.ClickException(f"{model}: no such file")
+    graph, is_dcz = _model_graph(model)
     t0 = time.perf_counter()
-    sess = runtime.InferenceSession(model, providers=[provider], compact=compact)
+    sess = (runtime.InferenceSession(model, providers=[provider], compact=compact) if is_dcz
+            else _plain_session(model, provider))
     t_load = time.perf_counter() - t0
-    if compact:
+    if compact and is_dcz:
         done, kept = sess._dcz_compact
         big = [why for why in kept.values() if not why.startswith("fewer than")]  # small ones are meant to stay
         why = ", ".join(f"{big.count(w)} {w}" for w in sorted(set(big)))
         click.echo(f"compact: {len(done)} codebook weight(s) held as uint8 indices"
                    + (f"; {len(big)} kept full size ({why})" if big else ""))
+    decl = inp.declared_inputs(graph)
+    ort_decl = {i.name for i in sess.get_inputs()}
+    decl = [d for d in decl if d.name in ort_decl] or inp.declared_from_session(sess)
     given = set(feeds)
     if len(given) < len(sess.get_inputs()):
-        rand = inp.random_inputs(sess, batch, seed)
-        for k, v in rand.items():
+        synth = inp.synthetic_inputs([d for d in decl if d.name not in given], batch, seed, dim_values)
+        one = inp.sample_feeds(synth, [d for d in decl if d.name not in given], 0, batch)
+        for k, v in one.items():
             feeds.setdefault(k, v)
     inp.check_inputs(sess, feeds)
     for i in sess.get_inputs():
-        src = "given" if i.name in given else "random"
+        src = "given" if i.name in given else "synthetic"
         click.echo(f"input  {_escape(i.name)}: {feeds[i.name].dtype} {list(feeds[i.name].shape)} ({src})")
     t0 = time.perf_counter()
     outs = _ort("ONNX Runtime cannot run the model", sess.run, None, feeds)
@@ -314,43 +386,81 @@ def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, s
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "output"
             np.save(os.path.join(output_dir, safe + ".npy"), np.asarray(y), allow_pickle=False)
         click.echo(f"outputs saved in {_escape(output_dir)}")
+    failed = False
     if compare:
-        import onnxruntime as ort
-
-        try:
-            ref = ort.InferenceSession(compare, providers=runtime.resolve_providers([provider]))
-        except runtime.ProviderError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise click.ClickException(f"cannot load {compare}: {first_line(e)}") from None
-        ref_names = [o.name for o in ref.get_outputs()]
-        if {i.name for i in ref.get_inputs()} != set(feeds):
-            raise click.ClickException(f"cannot compare: {compare} takes inputs "
-                                       f"{inp.describe(ref.get_inputs())}, the .dcz model takes {', '.join(feeds)}")
-        ref_outs = _ort(f"cannot run {compare}", ref.run, None, feeds)
-        if ref_names != names:  # compare by name where they match, else by position
-            by_name = dict(zip(ref_names, ref_outs))
-            ref_outs = [by_name[n] for n in names] if set(names) <= set(by_name) else ref_outs
-        if len(ref_outs) != len(outs):
-            click.echo(f"compare: {_escape(compare)} has {len(ref_outs)} outputs, the .dcz model {len(outs)}; "
-                       f"comparing the first {min(len(ref_outs), len(outs))}")
-        for name, y, r in zip(names, outs, ref_outs):
-            y, r = np.asarray(y), np.asarray(r)
-            if y.shape != r.shape:
-                click.echo(f"compare {_escape(name)}: shapes differ {list(y.shape)} vs {list(r.shape)}")
-                continue
-            line = f"compare {_escape(name)}: max abs diff {float(np.max(np.abs(y.astype(np.float64) - r))) if y.size else 0.0:.3g}"
-            if y.ndim == 2 and y.shape[1] > 1:
-                line += f", top-1 agreement {float(np.mean(y.argmax(1) == r.argmax(1))):.1%} of {y.shape[0]}"
-            click.echo(line)
+        failed = _compare(sess, names, decl, compare, provider, given, feeds, calibration, calibration_samples,
+                          dim_values, seed, max_error, min_cosine)
     if bench:
         times = []
         for _ in range(bench):
             t0 = time.perf_counter()
             _ort("ONNX Runtime cannot run the model", sess.run, None, feeds)
             times.append(time.perf_counter() - t0)
-        click.echo(f"bench ({provider}{', compact' if compact else ''}): load {t_load * 1e3:.1f} ms, first run "
-                   f"{t_first * 1e3:.2f} ms, {bench} runs p50 {_pct(times, 50):.3f} ms p99 {_pct(times, 99):.3f} ms")
+        click.echo(f"bench ({provider}{', compact' if compact else ''}{'' if is_dcz else ', plain ONNX'}): load "
+                   f"{t_load * 1e3:.1f} ms, first run {t_first * 1e3:.2f} ms, {bench} runs p50 {_pct(times, 50):.3f} ms "
+                   f"p99 {_pct(times, 99):.3f} ms")
+    del fidelity
+    if failed:
+        sys.exit(1)
+
+
+def _compare(sess, names, decl, compare, provider, given, feeds, calibration, samples, dims, seed, max_error,
+             min_cosine) -> bool:
+    """Run both models on the calibration set and print the metrics; True when the gate fails."""
+    import numpy as np
+
+    from . import fidelity
+    from . import inputs as inp
+
+    ref = _plain_session(compare, provider)
+    ref_names = [o.name for o in ref.get_outputs()]
+    if {i.name for i in ref.get_inputs()} != {i.name for i in sess.get_inputs()}:
+        raise click.ClickException(f"cannot compare: {compare} takes inputs "
+                                   f"{inp.describe(ref.get_inputs())}, the model takes "
+                                   f"{', '.join(i.name for i in sess.get_inputs())}")
+    if given:  # the given arrays are the one sample set
+        calib = {d.name: feeds[d.name] for d in decl}
+        cdecl = [inp.Declared(d.name, d.dtype, [None] * feeds[d.name].ndim, None, d.type_name) for d in decl]
+        what = "the given inputs"
+        if calibration:
+            raise click.UsageError("--calibration and --input exclude each other")
+    elif calibration:
+        calib = inp.load_calibration(calibration, decl, samples)
+        cdecl, what = decl, _escape(calibration)
+    else:
+        n = samples or inp.DEFAULT_SAMPLES
+        calib = inp.synthetic_inputs(decl, n, seed, dims)
+        cdecl, what = decl, "synthetic inputs"
+    if given and all(a.ndim == 0 for a in calib.values()):
+        cdecl = decl
+    got = _ort("ONNX Runtime cannot run the model", inp.run_set, sess, calib, cdecl, 8, None, names)
+    by_name = set(names) <= set(ref_names)
+    ref_out_names = names if by_name else ref_names[: len(names)]
+    want = _ort(f"cannot run {compare}", inp.run_set, ref, calib, cdecl, 8, None, ref_out_names)
+    if not by_name:
+        click.echo(f"compare: output names differ; comparing by position ({', '.join(map(_escape, ref_out_names))})")
+        want = {n: want[r] for n, r in zip(names, ref_out_names)}
+    if len(ref_names) != len(names):
+        click.echo(f"compare: {_escape(compare)} has {len(ref_names)} outputs, the model {len(names)}")
+    m = fidelity.compare(want, got, [n for n in names if n in want])
+    click.echo(f"compare with {_escape(compare)} on {m['samples']} samples ({what}):")
+    for line in fidelity.lines(m, "compare "):
+        click.echo(_escape(line))
+    failed = []
+    for n, o in m["outputs"].items():
+        if o["shape_mismatch"]:
+            failed.append(f"{n}: shapes differ")
+            continue
+        if max_error is not None and not o["rel_l2"] <= max_error:
+            failed.append(f"{n}: relative L2 error {o['rel_l2']:.3g} > --max-error {max_error:g}")
+        if min_cosine is not None and o["cosine_min"] is not None and not o["cosine_min"] >= min_cosine:
+            failed.append(f"{n}: worst-sample cosine {o['cosine_min']:.6f} < --min-cosine {min_cosine:g}")
+    for f in failed:
+        click.echo(f"FAIL {_escape(f)}", err=True)
+    if (max_error is not None or min_cosine is not None) and not failed:
+        click.echo("compare: within tolerance")
+    del np
+    return bool(failed)
 
 
 def run_main(argv=None):

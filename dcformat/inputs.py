@@ -1,10 +1,21 @@
-"""Model inputs for dcrun: random ones from the declared shapes, or checked user arrays."""
+"""Model inputs for dcrun and dcconvert: synthetic ones built from the graph's declared inputs,
+calibration sets read from .npz/.npy files, and checks of user arrays. numpy only (onnx and
+onnxruntime objects are passed in, never imported here).
+
+A *calibration set* is a dict ``input name -> array`` whose first axis is the samples. For an
+input declared with rank R the array has rank R (the samples lie along the model's own first,
+batch, axis: sample i is ``a[i:i+1]``) or rank R + 1 (an extra samples axis: sample i is ``a[i]``).
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .errors import DczError
+from .errors import DczError, first_line
 
 ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -66,3 +77,337 @@ def check_inputs(session, feeds: dict[str, np.ndarray]) -> None:
             isinstance(d, int) and d >= 0 and d != s for d, s in zip(i.shape, arr.shape)
         ):
             raise InputError(f"input {name!r} has shape {list(arr.shape)}, not {list(i.shape)}; {expect}")
+
+
+# ------------------------------------------------------------------ declared inputs and synthetic data
+
+ONNX_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64,
+              9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
+SEQUENCE_DIM = 32  # symbolic sequence/length dims
+IMAGE_DIM = 224  # symbolic height/width of 4-D (image) inputs
+OTHER_DIM = 16  # any other symbolic dim but the batch
+DEFAULT_SAMPLES = 16
+_SEQ = re.compile(r"seq|len|token|time|step|word|frame|chunk", re.I)
+_PASS = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Slice", "Transpose", "Clip",
+         "Concat", "Tile"}
+
+
+@dataclass
+class Declared:
+    """One graph input: name, numpy dtype (None if unsupported), shape (int, str name or None per axis)."""
+
+    name: str
+    dtype: object
+    shape: list
+    table_rows: int | None = None  # rows of the embedding table(s) it indexes (Gather), if traced
+    type_name: str = ""
+
+
+def declared_inputs(model) -> list[Declared]:
+    """The inputs of an onnx.ModelProto that are not initializers, with the rows of the embedding
+    tables integer inputs index (traced through Cast/Unsqueeze/Reshape... to a Gather's indices)."""
+    g = model.graph
+    inits = {t.name: list(t.dims) for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    inits[node.output[0]] = list(a.t.dims)
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for x in node.input:
+            consumers.setdefault(x, []).append(node)
+    out = []
+    for i in g.input:
+        if i.name in inits:
+            continue
+        tt = i.type.tensor_type
+        dtype = ONNX_TYPES.get(tt.elem_type)
+        shape = []
+        for d in tt.shape.dim:
+            shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        out.append(Declared(i.name, dtype, shape, _table_rows(i.name, consumers, inits),
+                            f"tensor({np.dtype(dtype).name if dtype else 'unknown'})"))
+    return out
+
+
+def declared_from_session(session) -> list[Declared]:
+    """Declared inputs from an onnxruntime session (no embedding-table tracing)."""
+    out = []
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) and d else None) for d in i.shape]
+        out.append(Declared(i.name, ORT_TYPES.get(i.type), shape, None, i.type))
+    return out
+
+
+def _table_rows(name: str, consumers: dict, inits: dict) -> int | None:
+    rows, seen, todo = [], {name}, [name]
+    while todo:
+        t = todo.pop()
+        for node in consumers.get(t, []):
+            if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == t and node.input[0] in inits:
+                dims = inits[node.input[0]]
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                if dims and -len(dims) <= axis < len(dims):
+                    rows.append(int(dims[axis]))
+            elif node.op_type in _PASS:
+                for o in node.output:
+                    if o not in seen:
+                        seen.add(o)
+                        todo.append(o)
+    return min(rows) if rows else None
+
+
+def parse_dims(specs) -> dict[str, int]:
+    """``NAME=VALUE`` items (--dim) as a dict; raises InputError on a malformed one."""
+    dims = {}
+    for spec in specs or ():
+        name, sep, value = str(spec).partition("=")
+        try:
+            v = int(value)
+        except ValueError:
+            v = 0
+        if not sep or not name or v <= 0:
+            raise InputError(f"--dim takes NAME=VALUE with a positive integer VALUE, got {spec!r}")
+        dims[name] = v
+    return dims
+
+
+def _batch_names(decl: list[Declared]) -> set:
+    return {d.shape[0] for d in decl if d.shape and isinstance(d.shape[0], str)}
+
+
+def sample_shapes(decl: list[Declared], dims: dict | None = None) -> dict[str, tuple[list[int], bool]]:
+    """Per input: (shape of one sample, batched) -- batched when the first axis is symbolic (the
+    samples then lie along it), else the calibration arrays get an extra samples axis."""
+    dims = dict(dims or {})
+    batch = _batch_names(decl)
+    out = {}
+    for d in decl:
+        shape = []
+        batched = bool(d.shape) and not isinstance(d.shape[0], int)
+        for k, v in enumerate(d.shape):
+            if isinstance(v, int):
+                shape.append(v)
+            elif v is not None and v in dims:
+                shape.append(dims[v])
+            elif k == 0 and batched or v in batch:
+                shape.append(1)
+            elif len(d.shape) == 4 and k == 1:
+                shape.append(3)
+            elif len(d.shape) == 4 and k >= 2:
+                shape.append(IMAGE_DIM)
+            elif v is not None and _SEQ.search(v) or len(d.shape) in (2, 3) and k == 1 and d.table_rows:
+                shape.append(SEQUENCE_DIM)
+            else:
+                shape.append(OTHER_DIM)
+        out[d.name] = (shape, batched)
+    return out
+
+
+def _smooth_image(rng, shape) -> np.ndarray:
+    """Values in [-1, 1] with the low-frequency structure of natural images (not white noise)."""
+    n, c, h, w = shape
+    small = rng.uniform(-1, 1, (n, c, -(-h // 8), -(-w // 8)))
+    img = np.repeat(np.repeat(small, 8, axis=2), 8, axis=3)[:, :, :h, :w]
+    return np.clip(img + 0.1 * rng.standard_normal(shape), -1, 1)
+
+
+def _values(d: Declared, shape: list[int], rng) -> np.ndarray:
+    lname = d.name.lower()
+    dt = np.dtype(d.dtype)
+    if "mask" in lname:
+        return np.ones(shape, dt)
+    if dt.kind == "b":
+        return np.asarray(rng.random(shape) < 0.5)
+    if dt.kind in "iu":
+        if d.table_rows:
+            return rng.integers(0, d.table_rows, shape).astype(dt)
+        if lname in ("sr", "sample_rate", "sampling_rate"):
+            return np.full(shape, 16000, dt)
+        return rng.integers(0, 10, shape).astype(dt)
+    if re.search(r"state|cache|past|hidden|^h0$|^c0$", lname):
+        return np.zeros(shape, dt)
+    if len(shape) == 4:
+        return _smooth_image(rng, shape).astype(dt)
+    return rng.standard_normal(shape).astype(dt)
+
+
+def synthetic_inputs(decl: list[Declared], samples: int = DEFAULT_SAMPLES, seed: int = 0,
+                     dims: dict | None = None) -> dict[str, np.ndarray]:
+    """A deterministic calibration set of ``samples`` samples built from the declared inputs:
+    symbolic dims get small sizes (sequences 32, image sides 224, others 16, or ``dims[name]``);
+    integer inputs that index an embedding table take values below its row count; attention
+    masks are all ones; 4-D float inputs are smooth images in [-1, 1]; recurrent states zeros."""
+    rng = np.random.default_rng(seed)
+    shapes = sample_shapes(decl, dims)
+    out = {}
+    for d in decl:
+        if d.dtype is None:
+            raise InputError(f"cannot make an input of type {d.type_name} for {d.name!r}; give it with --input "
+                             "or --calibration")
+        shape, batched = shapes[d.name]
+        full = [samples * shape[0], *shape[1:]] if batched else [samples, *shape]
+        out[d.name] = _values(d, full, rng)
+    return out
+
+
+# ------------------------------------------------------------------ calibration files
+
+
+def _read_array(path, where: str) -> np.ndarray | dict:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if not head:
+            raise InputError(f"{where}: {path} is empty")
+        if not head.startswith((b"\x93NUMPY", b"PK\x03\x04")):
+            raise InputError(f"{where}: {path} is not an .npy or .npz file")
+        got = np.load(path, allow_pickle=False)
+        if isinstance(got, np.ndarray):
+            return got
+        with got:
+            return {k: got[k] for k in got.files}
+    except InputError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise InputError(f"{where}: {path} holds a pickled (object) array; refused, it could run code") from None
+        raise InputError(f"{where}: cannot read {path} ({first_line(e)})") from None
+    except (OSError, EOFError, KeyError) as e:
+        if isinstance(e, OSError) and not isinstance(e, (EOFError,)) and e.strerror:
+            raise InputError(f"{where}: cannot read {path}: {e.strerror}") from None
+        raise InputError(f"{where}: cannot read {path} ({first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - zipfile raises BadZipFile and others on damaged archives
+        raise InputError(f"{where}: cannot read {path} ({first_line(e)})") from None
+
+
+def load_calibration(path, decl: list[Declared], samples: int | None = None,
+                     where: str = "--calibration") -> dict[str, np.ndarray]:
+    """A calibration set from an .npz (arrays keyed by input name), an .npy (single-input models)
+    or a directory of them (their samples concatenated), checked against the declared inputs;
+    the first ``samples`` samples when given. Raises InputError with one line."""
+    names = [d.name for d in decl]
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith((".npz", ".npy")))
+        if not files:
+            raise InputError(f"{where}: directory {path} holds no .npz or .npy file")
+        parts = [_as_set(_read_array(os.path.join(path, f), where), names, os.path.join(path, f), where,
+                         stem=os.path.splitext(f)[0]) for f in files]
+        merged: dict[str, list] = {}
+        for p in parts:
+            for k, v in p.items():
+                merged.setdefault(k, []).append(v)
+        try:
+            arrays = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in merged.items()}
+        except ValueError as e:
+            raise InputError(f"{where}: the files in {path} do not stack ({first_line(e)})") from None
+    elif not os.path.exists(path):
+        raise InputError(f"{where}: {path} does not exist")
+    else:
+        arrays = _as_set(_read_array(path, where), names, path, where)
+    return check_calibration(arrays, decl, samples, where)
+
+
+def _as_set(got, names, path, where, stem=None) -> dict:
+    if isinstance(got, dict):
+        return got
+    if stem is not None and stem in names:
+        return {stem: got}
+    if len(names) != 1:
+        raise InputError(f"{where}: {path} is one array (.npy) but the model takes {len(names)} inputs "
+                         f"({', '.join(names)}); give an .npz keyed by input name")
+    return {names[0]: got}
+
+
+def check_calibration(arrays: dict, decl: list[Declared], samples: int | None = None,
+                      where: str = "--calibration") -> dict[str, np.ndarray]:
+    """Check names, dtypes, ranks and fixed dims; returns the set cut to ``samples`` samples."""
+    expect = f"the model expects {'; '.join(f'{d.name}: {d.type_name} {d.shape}' for d in decl)}"
+    names = {d.name for d in decl}
+    unknown = sorted(set(arrays) - names)
+    if unknown:
+        raise InputError(f"{where}: unknown input {', '.join(map(repr, unknown))}; {expect}")
+    missing = sorted(names - set(arrays))
+    if missing:
+        raise InputError(f"{where}: missing input {', '.join(map(repr, missing))}; {expect}")
+    counts = {}
+    for d in decl:
+        a = arrays[d.name]
+        if d.dtype is not None and a.dtype != np.dtype(d.dtype):
+            raise InputError(f"{where}: input {d.name!r} is {a.dtype}, not {d.type_name}; {expect}")
+        rank = len(d.shape)
+        if a.ndim == rank and rank and not isinstance(d.shape[0], int):
+            sample = [1, *a.shape[1:]]
+            counts[d.name] = a.shape[0]
+        elif a.ndim == rank + 1:
+            sample = list(a.shape[1:])
+            counts[d.name] = a.shape[0]
+        else:
+            raise InputError(f"{where}: input {d.name!r} has shape {list(a.shape)}: want the samples along the first "
+                             f"axis of {d.shape} (or an extra first axis); {expect}")
+        if any(isinstance(v, int) and v != s for v, s in zip(d.shape, sample)):
+            raise InputError(f"{where}: input {d.name!r} has samples of shape {sample}, not {d.shape}; {expect}")
+    if len(set(counts.values())) > 1:
+        raise InputError(f"{where}: the inputs hold different numbers of samples "
+                         f"({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    n = next(iter(counts.values()), 0)
+    if n == 0:
+        raise InputError(f"{where}: no samples (the arrays' first axis is empty)")
+    if samples is not None and samples < n:
+        arrays = {k: v[:samples] for k, v in arrays.items()}
+    return {d.name: np.ascontiguousarray(arrays[d.name]) for d in decl}
+
+
+def num_samples(calib: dict, decl: list[Declared]) -> int:
+    d = decl[0]
+    return int(calib[d.name].shape[0]) if decl else 0
+
+
+def _is_batched(a: np.ndarray, d: Declared) -> bool:
+    return a.ndim == len(d.shape) and bool(d.shape) and not isinstance(d.shape[0], int)
+
+
+def sample_feeds(calib: dict, decl: list[Declared], i: int, j: int | None = None) -> dict[str, np.ndarray]:
+    """Feeds for samples i..j-1 (j = i + 1 by default); more than one only when every input is batched."""
+    j = i + 1 if j is None else j
+    out = {}
+    for d in decl:
+        a = calib[d.name]
+        out[d.name] = a[i:j] if _is_batched(a, d) else np.asarray(a[i])  # a 0-d array, not a numpy scalar
+    return out
+
+
+def run_set(session, calib: dict, decl: list[Declared], chunk: int = 8, feeds_extra: dict | None = None,
+            output_names=None) -> dict[str, list[np.ndarray]]:
+    """Run ``session`` (anything with onnxruntime's ``run``) on every sample; per output, the list of
+    per-sample outputs. Samples go ``chunk`` at a time when every input is batched and every output
+    has them along its first axis, else one by one."""
+    n = num_samples(calib, decl)
+    extra = feeds_extra or {}
+    all_batched = all(_is_batched(calib[d.name], d) for d in decl) and chunk > 1 and n > 1
+    names = output_names
+    res: dict[str, list] = {}
+    if all_batched:
+        ok = True
+        for i in range(0, n, chunk):
+            j = min(n, i + chunk)
+            outs = session.run(names, {**sample_feeds(calib, decl, i, j), **extra})
+            if names is None:
+                names = [o.name for o in session.get_outputs()]
+            if any(np.ndim(y) == 0 or np.shape(y)[0] != j - i for y in outs):
+                ok = False
+                break
+            for nm, y in zip(names, outs):
+                res.setdefault(nm, []).extend(np.asarray(y)[k:k + 1] for k in range(j - i))
+        if ok:
+            return res
+        res = {}
+    for i in range(n):
+        outs = session.run(names, {**sample_feeds(calib, decl, i), **extra})
+        if names is None:
+            names = [o.name for o in session.get_outputs()]
+        for nm, y in zip(names, outs):
+            res.setdefault(nm, []).append(np.asarray(y))
+    return res

@@ -73,7 +73,7 @@ def reference(files, x):
 def test_bench_with_random_inputs(files, capsys):
     code, out, err = cli(run_main, [files / "model.dcz", "--bench", 5], capsys)
     assert code == 0 and err == ""
-    assert "input  input: float32 [1, 64] (random)" in out
+    assert "input  input: float32 [1, 64] (synthetic)" in out
     assert "output logits: float32 [1, 10]" in out
     assert "bench (cpu): load " in out and "5 runs p50 " in out and " p99 " in out
 
@@ -81,7 +81,7 @@ def test_bench_with_random_inputs(files, capsys):
 def test_batch_sets_dynamic_dims(files, capsys):
     code, out, _ = cli(run_main, [files / "model.dcz", "--batch", 3, "--compact"], capsys)
     assert code == 0
-    assert "input  input: float32 [3, 64] (random)" in out
+    assert "input  input: float32 [3, 64] (synthetic)" in out
     assert "output logits: float32 [3, 10]" in out
 
 
@@ -102,14 +102,14 @@ def test_input_file_and_output_dir(files, tmp_path, capsys):
 def test_compare_with_the_exact_onnx(files, capsys):
     code, out, _ = cli(run_main, [files / "model.dcz", "--batch", 16, "--compare", files / "model.onnx"], capsys)
     assert code == 0
-    assert "compare logits: max abs diff 0, top-1 agreement 100.0% of 16" in out
+    assert "compare logits: rel. L2 error 0, cosine mean 1.000000 min 1.000000, max abs diff 0, top-1 agreement 100.0% of 16" in out
 
 
 def test_compare_compact(files, capsys):
     code, out, _ = cli(run_main, [files / "model.dcz", "--compact", "--batch", 8, "--compare", files / "model.onnx"],
                        capsys)
     assert code == 0
-    line = next(ln for ln in out.splitlines() if ln.startswith("compare logits: max abs diff "))
+    line = next(ln for ln in out.splitlines() if ln.startswith("compare logits: rel. L2 error "))
     assert float(line.split("max abs diff ")[1].split(",")[0]) < 1e-4
 
 

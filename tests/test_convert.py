@@ -330,9 +330,12 @@ def test_failure_keeps_previous_output(net, tmp_path):
 # ---------------------------------------------------------------------------------------------- pruning and sharing
 
 
-def test_default_settings(net, default_dcz):
+def test_explicit_settings_are_exact(net, tmp_path, capsys):
+    """Explicit --sparsity/--bits are used as given, no search (the default searches: test_calibration.py)."""
     src, w = net
-    out, report, _ = default_dcz
+    out = tmp_path / "net.dcz"
+    report = json.loads(ok(src, "-o", out, "--json", "--sparsity", "fc*=0.5,conv*=0.3", "--bits", "fc*=5,conv*=8",
+                           capsys=capsys))
     dec = weights(out)
     assert set(dec) == set(w)
     rows = {r["name"]: r for r in report["layers"]}
@@ -362,7 +365,7 @@ def test_small_tensors_and_min_size(net, tmp_path):
     dec = weights(out)
     for name, a in w.items():
         assert np.array_equal(dec[name].view(np.uint32), a.view(np.uint32)), name
-    ok(src, "-o", out, "-q", "--min-size", "0")  # conv1 (432) is compressed now; biases and BN never are
+    ok(src, "-o", out, "-q", "--min-size", "0", "--sparsity", "0.3")  # conv1 (432) is compressed now; biases and BN never are
     dec = weights(out)
     assert distinct_nonzero(dec["conv1.weight"]) <= 256 and np.count_nonzero(dec["conv1.weight"] == 0) > 100
     for name in ("conv1.bias", "bn.scale", "bn.var", "fc3.bias"):
@@ -379,8 +382,8 @@ def test_zeros_stay_zero_and_sparsity_zero_prunes_nothing(tmp_path):
         was_zero = w[name] == 0
         assert np.all(dec[name].view(np.uint32)[was_zero] == 0), name  # exactly +0.0
         assert np.count_nonzero(dec[name]) == np.count_nonzero(w[name]), name  # nothing more pruned
-    # with the default 50% fc target the existing 60% zeros of fc1 count towards it: nothing more goes
-    ok(src, "-o", out, "-q")
+    # with a 50% fc target the existing 60% zeros of fc1 count towards it: nothing more goes
+    ok(src, "-o", out, "-q", "--sparsity", "fc*=0.5,conv*=0.3")
     dec = weights(out)
     assert np.count_nonzero(dec["fc1.weight"]) == np.count_nonzero(w["fc1.weight"])
     assert np.all(dec["fc2.weight"][w["fc2.weight"] == 0] == 0)
@@ -562,7 +565,7 @@ def test_external_data_onnx(tmp_path):
     x = np.random.default_rng(4).standard_normal((2, 3, 8, 8)).astype(np.float32)
     assert np.array_equal(dcformat.InferenceSession(out).run(None, {"x": x})[0],
                           ort.InferenceSession(str(src)).run(None, {"x": x})[0])
-    ok(src, "-o", out, "-q")  # and compressed
+    ok(src, "-o", out, "-q", "--sparsity", "0.5")  # and compressed
     assert np.count_nonzero(weights(out)["fc1.weight"] == 0) > 0.4 * w["fc1.weight"].size
 
 
@@ -588,11 +591,13 @@ def test_inputs_recognised_by_content(net, tmp_path, capsys):
         assert report["source"]["kind"] == kind, name
         with dcformat.open(out) as r:
             assert (r.graph_bytes is not None) == (kind == "onnx")
-    # safetensors is weights only: same names and shapes back; 2-D/4-D float tensors compressed, 1-D kept
+    # safetensors is weights only: same names and shapes back; 2-D/4-D float tensors compressed (nothing can be
+    # measured without a graph: 8 bits, no pruning), 1-D kept
     dec = weights(tmp_path / "weights_pt.dcz")
     assert {k: v.shape for k, v in dec.items()} == {k: v.shape for k, v in st.items()}
     assert np.array_equal(dec["encoder.bias"], st["encoder.bias"]) and np.array_equal(dec["norm.weight"], st["norm.weight"])
-    assert distinct_nonzero(dec["encoder.weight"]) <= 32 and distinct_nonzero(dec["conv.weight"]) <= 256
+    assert distinct_nonzero(dec["encoder.weight"]) <= 256 and distinct_nonzero(dec["conv.weight"]) <= 256
+    assert np.count_nonzero(dec["encoder.weight"]) == np.count_nonzero(st["encoder.weight"])
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -623,7 +628,7 @@ def test_metadata(net, default_dcz):
     assert meta["source"]["bytes"] == src.stat().st_size
     s = meta["settings"]
     assert s["lossless"] is False and s["init"] == "linear" and s["min_size"] == 512 and s["seed"] == 0
-    assert s["default_bits"] == {"conv": 8, "fc": 5} and s["sparsity"] is None
+    assert s["default_bits"] == {"conv": 8, "fc": 5, "embedding": 8} and s["sparsity"] is None
     assert meta["producer"].startswith("dcconvert")
 
 
@@ -659,14 +664,17 @@ def test_table_when_piped(net, tmp_path):
     """stdout and stderr are pipes: no progress bar, no escape codes, the table and the summary line."""
     src, w = net
     out = tmp_path / "p.dcz"
-    p = run(src, "-o", out)
+    p = run(src, "-o", out, "--max-error", "0.05")
     assert p.returncode == 0 and p.stderr == ""
     assert "\x1b" not in p.stdout and "\r" not in p.stdout
     lines = p.stdout.splitlines()
     assert lines[0].split()[:3] == ["tensor", "shape", "params"]
     assert sum(1 for ln in lines if ln.split() and ln.split()[0] in w) == len(w)
     assert any(ln.startswith("total") for ln in lines)
-    assert "x smaller" in lines[-1] and "net.onnx" in lines[-1]
+    line = next(ln for ln in lines if "net.onnx" in ln and " -> " in ln)
+    assert "x smaller" in line
+    assert any(ln.startswith("fidelity on 16 calibration samples") for ln in lines)
+    assert any(ln.startswith("  y: rel. L2 error ") for ln in lines)
 
 
 def test_progress_on_a_terminal_keeps_stdout_clean(net, tmp_path):
@@ -690,7 +698,7 @@ def test_progress_on_a_terminal_keeps_stdout_clean(net, tmp_path):
     t = threading.Thread(target=drain, daemon=True)
     t.start()
     try:
-        p = subprocess.run([str(DCCONVERT), str(src), "-o", str(tmp_path / "t.dcz")], stdout=subprocess.PIPE,
+        p = subprocess.run([str(DCCONVERT), str(src), "-o", str(tmp_path / "t.dcz"), "--max-error", "0.05"], stdout=subprocess.PIPE,
                            stderr=slave, stdin=subprocess.DEVNULL, timeout=180)
     finally:
         os.close(slave)

@@ -1,0 +1,320 @@
+"""The error budget: choose each layer's sparsity and bits from measured output errors.
+
+1. Sensitivity scan: every candidate weight alone is pruned (magnitude) or weight-shared
+   (k-means) at a few settings while the others stay exact, and the model's output error
+   (dcformat.fidelity's relative L2 error, worst output) is measured on the calibration set.
+   One ONNX Runtime session serves every trial: the candidate weights are graph inputs, fed
+   at each run, so no model is re-serialised per trial.
+2. Plan: the smallest estimated file whose predicted error is within the budget. Errors of
+   independent perturbations add in power, so the prediction is sqrt(sum of squared per-layer
+   errors); a multiple-choice knapsack solved by a Lagrangian search plus a greedy pass (the
+   idea of converters.pipeline.choose_plan, on measured output errors instead of accuracy).
+3. Verify: the whole planned model is measured; while it is over the budget the layer that
+   contributes most is backed off to a safer setting (raw at last).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dcformat import fidelity
+from dcformat import inputs as inp
+
+from .prune import magnitude_mask
+from .quantize import Histogram, quantize
+
+SCAN_SPARSITIES = (0.1, 0.25, 0.5, 0.75)
+SCAN_BITS = (8, 7, 6, 5, 4, 3, 2)
+SEARCH_DTYPES = ("float32", "float16", "float64")
+PLAN_SHARE = 0.7  # the plan aims at this share of the budget: the additive model is approximate
+VERIFY_SHARE = 0.9  # the verified whole-model error must be within this share (held-out inputs vary)
+SCAN_SAMPLES = 8  # calibration samples used by the scan (all of them for verification)
+
+
+def _h(p: float) -> float:
+    return 0.0 if p <= 0 or p >= 1 else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def estimate_bytes(n: int, sparsity: float, bits: int) -> float:
+    """Estimated stored bytes of a layer (as converters.pipeline.estimate_bytes): where the non-zeros
+    are (entropy of the zero pattern) plus ``bits`` per non-zero plus the codebook."""
+    p = 1.0 - sparsity
+    return n * (_h(p) + p * bits) / 8 + 4 * (2 ** bits)
+
+
+def reconstruct(w: np.ndarray, sparsity: float, bits: int, init: str = "linear", seed: int = 0,
+                hist: Histogram | None = None) -> np.ndarray:
+    """What compress_tensor stores for ``w`` at (sparsity, bits), decoded: same masks, same k-means."""
+    keep = w != 0
+    if sparsity:
+        keep &= magnitude_mask(w, sparsity)
+    pruned = np.where(keep, w, np.zeros((), w.dtype))
+    cb, idx = quantize(pruned, bits, init=init, seed=seed, hist=hist if not sparsity else None)
+    return cb.astype(w.dtype)[idx]
+
+
+class Runner:
+    """The source graph in ONNX Runtime, its weights handed over as external initializers (used in
+    place, never serialised) and the ``variable`` ones as graph inputs fed at every run."""
+
+    def __init__(self, graph, weights: dict, variable=()):
+        import onnx
+        import onnxruntime as ort
+        from onnx import helper
+
+        from dcformat.graph import fill_weights, iter_tensors, reference
+
+        model = onnx.ModelProto()
+        model.CopyFrom(graph)
+        self.variable = [v for v in variable]
+        var = set(self.variable)
+        g = model.graph
+        inputs = {i.name for i in g.input}
+        ext_names, ext_values, ext_records, kept = [], [], set(), []
+        refs: dict[str, int] = {}
+        for _, t in iter_tensors(g):
+            r = reference(t)
+            refs[r] = refs.get(r, 0) + 1
+        for t in g.initializer:
+            name = reference(t)
+            if name is not None and name in var:
+                if t.name not in inputs:
+                    g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+                continue
+            kept.append(t)
+            if name is None or name not in weights:
+                continue
+            arr = weights[name]
+            if arr.dtype.kind == "f" and arr.dtype.name != "bfloat16" and arr.nbytes >= 4096 and refs.get(name) == 1:
+                ext_names.append(t.name)
+                ext_values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
+                ext_records.add(name)
+        if len(kept) != len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(kept)
+        fill_weights(model, {k: v for k, v in weights.items() if k not in var and k not in ext_records},
+                     only_listed=True)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = 0
+        if ext_names:
+            so.add_external_initializers(ext_names, ext_values)
+        self._keep = ext_values
+        self.session = ort.InferenceSession(model.SerializeToString(), sess_options=so,
+                                            providers=["CPUExecutionProvider"])
+        self.proto_names = {}  # record name -> graph input name
+        for t in graph.graph.initializer:
+            name = reference(t)
+            if name in var:
+                self.proto_names[name] = t.name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, calib, decl, weights: dict, overrides: dict | None = None) -> dict:
+        overrides = overrides or {}
+        extra = {self.proto_names[v]: overrides.get(v, weights[v]) for v in self.variable}
+        return inp.run_set(self.session, calib, decl, feeds_extra=extra, output_names=self.output_names)
+
+
+def _error(ref, got) -> float:
+    return fidelity.compare(ref, got)["max_rel_l2"]
+
+
+@dataclass
+class Search:
+    budget: float
+    errors: dict = field(default_factory=dict)  # name -> {"sparsity": {s: e}, "bits": {b: e}}
+    plan: dict = field(default_factory=dict)  # name -> {"sparsity", "bits"} or None (raw)
+    verified: float | None = None
+    backoffs: list = field(default_factory=list)
+    trials: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> dict:
+        return {"budget": self.budget, "metric": fidelity.METRIC, "trials": self.trials,
+                "verified_error": self.verified, "backoffs": self.backoffs, "seconds": round(self.seconds, 2),
+                "scan": {n: {"sparsity": {str(k): v for k, v in e["sparsity"].items()},
+                             "bits": {str(k): v for k, v in e["bits"].items()}} for n, e in self.errors.items()}}
+
+
+def candidates(graph, weights: dict, min_size: int) -> tuple[list[str], dict]:
+    """(weights the search may compress, {name: why another one stays raw})."""
+    from dcformat.graph import reference
+
+    from dcformat.graph import iter_tensors
+
+    in_main = {reference(t) for t in graph.graph.initializer}
+    refs: dict[str, int] = {}
+    for _, t in iter_tensors(graph.graph):
+        r = reference(t)
+        refs[r] = refs.get(r, 0) + 1
+    cands, reasons = [], {}
+    for name, w in weights.items():
+        if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
+            reasons[name] = f"not float ({w.dtype})"
+        elif w.size < max(min_size, 1):
+            reasons[name] = f"small (< --min-size {min_size})"
+        elif w.dtype.name not in SEARCH_DTYPES:
+            reasons[name] = f"{w.dtype} is not searched"
+        elif name not in in_main or refs.get(name, 0) != 1:
+            reasons[name] = "in a Constant node or subgraph: its effect on the outputs is not measured"
+        elif not np.isfinite(w).all():
+            reasons[name] = "not finite (NaN/inf)"
+        else:
+            cands.append(name)
+    return cands, reasons
+
+
+def _options(name: str, n: int, itemsize: int, e: dict, limit: float, fixed_s=None, fixed_b=None) -> list[dict]:
+    """Settings of one layer with their predicted squared error and estimated bytes; raw first."""
+    opts = [{"sparsity": None, "bits": None, "err2": 0.0, "bytes": float(n * itemsize)}]
+    ss = {0.0: 0.0, **{s: v for s, v in e["sparsity"].items() if v <= limit}}
+    bb = {b: v for b, v in e["bits"].items() if v <= limit}
+    if fixed_s is not None:
+        ss = {fixed_s: e["sparsity"].get(fixed_s, 0.0)}
+    if fixed_b is not None:
+        bb = {fixed_b: e["bits"].get(fixed_b, 0.0)}
+    for s, es in ss.items():
+        for b, eb in bb.items():
+            est = estimate_bytes(n, s, b)
+            if est < n * itemsize or fixed_s is not None or fixed_b is not None:
+                opts.append({"sparsity": float(s), "bits": int(b), "err2": es * es + eb * eb, "bytes": est})
+    return opts
+
+
+def choose(options: dict, target: float) -> dict:
+    """Per layer the option minimising total bytes with sum(err2) <= target**2 (Lagrangian + greedy)."""
+    cap = target * target
+
+    def pick(lam):
+        return {n: min(o, key=lambda c: (c["bytes"] + lam * c["err2"], c["err2"])) for n, o in options.items()}
+
+    def total(plan):
+        return sum(c["err2"] for c in plan.values())
+
+    lo, hi = 0.0, 1.0
+    while total(pick(hi)) > cap and hi < 1e30:
+        lo, hi = hi, hi * 10
+    for _ in range(80):
+        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+        if total(pick(mid)) <= cap:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= 1e-9 * hi:
+            break
+    plan = pick(hi)
+    while True:  # spend what is left on the most bytes saved per unit of error
+        spare = cap - total(plan)
+        best, gain = None, 0.0
+        for n, opts in options.items():
+            cur = plan[n]
+            for c in opts:
+                saved = cur["bytes"] - c["bytes"]
+                extra = c["err2"] - cur["err2"]
+                if saved > 0 and extra <= spare:
+                    score = saved / max(extra, 1e-30)
+                    if score > gain:
+                        best, gain = (n, c), score
+        if best is None:
+            break
+        plan[best[0]] = best[1]
+    return plan
+
+
+def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: int, init: str = "linear",
+           seed: int = 0, fixed_sparsity=None, fixed_bits=None, progress=None, echo=None) -> tuple[Search, dict]:
+    """Scan, plan and verify; returns (the Search record, {name: why it stays raw})."""
+    t0 = time.perf_counter()
+    cands, reasons = candidates(graph, weights, min_size)
+    res = Search(budget)
+    if not cands:
+        res.verified = 0.0
+        res.seconds = time.perf_counter() - t0
+        return res, reasons
+    runner = Runner(graph, weights, cands)
+    n = inp.num_samples(calib, decl)
+    scan_set = {k: v[: min(n, SCAN_SAMPLES)] for k, v in calib.items()}
+    base_scan = runner.run(scan_set, decl, weights)
+    res.trials += 1
+    fixed_sparsity = fixed_sparsity or (lambda name: None)
+    fixed_bits = fixed_bits or (lambda name: None)
+    options = {}
+    for i, name in enumerate(cands):
+        w = weights[name]
+        e = {"sparsity": {}, "bits": {}}
+        fs, fb = fixed_sparsity(name), fixed_bits(name)
+        hist = Histogram(w[w != 0]) if np.any(w) else None
+        for b in ([fb] if fb is not None else SCAN_BITS):
+            err = _error(base_scan, runner.run(scan_set, decl, weights, {name: reconstruct(w, 0.0, b, init, seed, hist)}))
+            res.trials += 1
+            e["bits"][b] = err
+            if err > budget:
+                break
+        del hist
+        for s in ([fs] if fs is not None else SCAN_SPARSITIES):
+            if not s:
+                continue
+            keep = magnitude_mask(w, s) & (w != 0)
+            err = _error(base_scan, runner.run(scan_set, decl, weights, {name: np.where(keep, w, np.zeros((), w.dtype))}))
+            res.trials += 1
+            e["sparsity"][s] = err
+            if err > budget:
+                break
+        res.errors[name] = e
+        options[name] = _options(name, w.size, w.dtype.itemsize, e, budget, fs, fb)
+        if progress:
+            progress(i + 1, len(cands), name)
+    plan = choose(options, PLAN_SHARE * budget)
+    # verify on every calibration sample against the same session's exact outputs; back off
+    base = runner.run(calib, decl, weights)
+    recon = {}
+
+    def rebuild(name):
+        c = plan[name]
+        if c["bits"] is None:
+            recon.pop(name, None)
+        else:
+            recon[name] = reconstruct(weights[name], c["sparsity"], c["bits"], init, seed)
+
+    for name in cands:
+        rebuild(name)
+    limit = VERIFY_SHARE * budget
+    while True:
+        err = _error(base, runner.run(calib, decl, weights, recon))
+        res.trials += 1
+        if err <= limit or not recon:
+            break
+        # back off the layer with the largest predicted share: to its next safer option, raw at last
+        worst = max(recon, key=lambda nm: plan[nm]["err2"])
+        cur = plan[worst]
+        safer = [c for c in options[worst] if c["err2"] < cur["err2"] / 4 or c["bits"] is None]
+        nxt = min(safer, key=lambda c: (c["bytes"], c["err2"]))
+        res.backoffs.append({"layer": worst, "from": [cur["sparsity"], cur["bits"]], "to": [nxt["sparsity"], nxt["bits"]],
+                             "error_before": err})
+        if echo:
+            echo(f"budget: measured {err:.3g} > {limit:.3g}; backing off {worst} "
+                 f"({_label(cur)} -> {_label(nxt)})")
+        plan[worst] = nxt
+        rebuild(worst)
+    res.verified = err
+    for name in cands:
+        c = plan[name]
+        if c["bits"] is None:
+            res.plan[name] = None
+            e = res.errors[name]
+            cheapest = min(list(e["bits"].values()) or [math.inf])
+            reasons[name] = (f"error budget: 8-bit sharing alone gives {e['bits'].get(8, cheapest):.3g} "
+                             f"(budget {budget:g})" if all(v > budget * PLAN_SHARE for v in e["bits"].values())
+                             else "error budget: compressing it saved too little for the error it added")
+        else:
+            res.plan[name] = {"sparsity": c["sparsity"], "bits": c["bits"]}
+    res.seconds = time.perf_counter() - t0
+    return res, reasons
+
+
+def _label(c) -> str:
+    return "raw" if c["bits"] is None else f"{c['sparsity']:.0%} pruned, {c['bits']} bits"

@@ -1,0 +1,52 @@
+"""Calibration inputs and measured fidelity for dcconvert: which inputs a model is run on, and how
+far the compressed model's outputs are from the original's (dcformat.fidelity's metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dcformat import fidelity
+from dcformat import inputs as inp
+
+DEFAULT_MAX_ERROR = 0.01  # 1% relative L2 output error: conservative, the default result is never broken
+WARN_COSINE = 0.999  # explicit settings: a worst-sample cosine below this (or error over the budget) warns
+
+
+def calibration(graph, path=None, samples: int | None = None, dims: dict | None = None, seed: int = 0):
+    """(declared inputs, calibration set, description) for an ONNX graph."""
+    decl = inp.declared_inputs(graph)
+    if not decl:
+        return decl, {}, {"source": "none (the model takes no inputs)", "samples": 1, "synthetic": False}
+    if path is not None:
+        calib = inp.load_calibration(path, decl, samples)
+        desc = {"source": str(path), "synthetic": False}
+    else:
+        n = samples or inp.DEFAULT_SAMPLES
+        calib = inp.synthetic_inputs(decl, n, seed, dims)
+        desc = {"source": "synthetic", "synthetic": True, "seed": seed}
+    desc["samples"] = inp.num_samples(calib, decl)
+    desc["inputs"] = {d.name: {"dtype": str(calib[d.name].dtype), "shape": list(calib[d.name].shape),
+                               **({"table_rows": d.table_rows} if d.table_rows else {})} for d in decl}
+    return decl, calib, desc
+
+
+def run_model(graph, weights: dict, calib: dict, decl) -> dict:
+    """Outputs (per output, per sample) of the graph with these weights, in ONNX Runtime."""
+    from .budget import Runner
+
+    r = Runner(graph, weights)
+    if not decl:
+        outs = r.session.run(None, {})
+        return {n: [np.asarray(y)] for n, y in zip(r.output_names, outs)}
+    return inp.run_set(r.session, calib, decl, output_names=r.output_names)
+
+
+def tensor_snr(originals: dict, recon: dict) -> dict:
+    """Per tensor reconstruction SNR (dB) of the compressed float tensors (weights-only inputs)."""
+    out = {}
+    for name, r in recon.items():
+        w = originals.get(name)
+        if r is None or w is None or r is w or w.dtype.kind != "f":
+            continue
+        out[name] = fidelity.snr_db(w, r)
+    return out

@@ -1,0 +1,132 @@
+"""How far a compressed model's outputs are from the original's, on a set of samples. numpy only.
+
+Per graph output, over the N samples of a calibration set (y_i: the original model's output for
+sample i, y'_i: the compressed model's, both flattened, in float64):
+
+* ``rel_l2`` -- relative L2 error over the whole set: sqrt(sum_i ||y_i - y'_i||^2) / sqrt(sum_i ||y_i||^2)
+  (0 when both are all zeros, inf when only y is);
+* ``cosine_mean`` / ``cosine_min`` -- cosine similarity <y_i, y'_i> / (||y_i|| ||y'_i||) per sample
+  (1 when both are zero, 0 when one is), its mean and its worst sample;
+* ``max_abs`` -- the largest |y - y'| over all elements of all samples;
+* ``top1`` -- for classifier-like outputs (float, rank >= 2, last axis of 2 .. 100,000 entries,
+  rank <= 3), the fraction of positions (all but the last axis, over all samples) whose argmax
+  over the last axis agrees; None for other outputs.
+
+The model's error (what ``--max-error`` bounds) is the largest ``rel_l2`` over its outputs.
+Non-finite elements (NaN, inf in either output) are left out of the sums and counted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+METRIC = "rel_l2"
+METRIC_TEXT = "relative L2 error ||y - y'|| / ||y|| over all calibration samples, worst output"
+SCHEMA = 1  # version of the "fidelity" metadata record
+
+
+def classifier_like(y: np.ndarray) -> bool:
+    return y.dtype.kind == "f" and 2 <= y.ndim <= 3 and 2 <= y.shape[-1] <= 100_000
+
+
+def compare_output(ref: list, new: list) -> dict:
+    """Metrics of one output: ``ref`` and ``new`` are lists of per-sample arrays."""
+    shapes_ref = [list(np.shape(a)) for a in ref]
+    shapes_new = [list(np.shape(a)) for a in new]
+    if len(ref) != len(new) or shapes_ref != shapes_new:
+        return {"shape": shapes_ref[0] if shapes_ref else None, "shape_new": shapes_new[0] if shapes_new else None,
+                "shape_mismatch": True, "samples": len(ref), "rel_l2": math.inf, "cosine_mean": None,
+                "cosine_min": None, "max_abs": None, "top1": None, "nonfinite": 0}
+    num = den = 0.0
+    cos, max_abs, nonfinite = [], 0.0, 0
+    agree = total = 0
+    top = bool(ref) and classifier_like(np.asarray(ref[0]))
+    for a, b in zip(ref, new):
+        a = np.asarray(a, np.float64).reshape(-1)
+        b = np.asarray(b, np.float64).reshape(-1)
+        fin = np.isfinite(a) & np.isfinite(b)
+        if not fin.all():
+            nonfinite += int(fin.size - np.count_nonzero(fin))
+            a, b = a[fin], b[fin]
+        d = a - b
+        num += float(d @ d)
+        na, nb = float(a @ a), float(b @ b)
+        den += na
+        if d.size:
+            max_abs = max(max_abs, float(np.max(np.abs(d))))
+        if na == 0 and nb == 0:
+            cos.append(1.0)
+        elif na == 0 or nb == 0:
+            cos.append(0.0)
+        else:
+            cos.append(float(np.clip((a @ b) / math.sqrt(na * nb), -1.0, 1.0)))
+    if top:
+        for a, b in zip(ref, new):
+            a, b = np.asarray(a), np.asarray(b)
+            agree += int(np.count_nonzero(a.argmax(-1) == b.argmax(-1)))
+            total += int(a.size // a.shape[-1])
+    rel = math.sqrt(num) / math.sqrt(den) if den > 0 else (0.0 if num == 0 else math.inf)
+    return {"shape": shapes_ref[0] if shapes_ref else None, "shape_mismatch": False, "samples": len(ref),
+            "rel_l2": rel, "cosine_mean": float(np.mean(cos)) if cos else None,
+            "cosine_min": float(np.min(cos)) if cos else None, "max_abs": max_abs,
+            "top1": agree / total if top and total else None, "top1_positions": total if top else None,
+            "nonfinite": nonfinite}
+
+
+def compare(ref: dict, new: dict, names=None) -> dict:
+    """Metrics per output (dicts output name -> list of per-sample arrays) and the model's error.
+
+    Returns {"schema", "metric", "outputs": {name: metrics}, "max_rel_l2", "worst_output",
+    "min_cosine", "samples"}."""
+    names = list(ref) if names is None else list(names)
+    outs = {n: compare_output(ref[n], new.get(n, [])) for n in names}
+    worst = max(outs, key=lambda n: outs[n]["rel_l2"]) if outs else None
+    cosines = [o["cosine_min"] for o in outs.values() if o["cosine_min"] is not None]
+    return {"schema": SCHEMA, "metric": METRIC, "outputs": outs,
+            "max_rel_l2": outs[worst]["rel_l2"] if worst else 0.0, "worst_output": worst,
+            "min_cosine": min(cosines) if cosines else None,
+            "samples": next(iter(outs.values()))["samples"] if outs else 0}
+
+
+def snr_db(ref: np.ndarray, new: np.ndarray) -> float | None:
+    """Reconstruction signal-to-noise ratio of a tensor in dB (inf when exact, None when the tensor is zero)."""
+    a = np.asarray(ref, np.float64).reshape(-1)
+    b = np.asarray(new, np.float64).reshape(-1)
+    fin = np.isfinite(a) & np.isfinite(b)
+    a, b = a[fin], b[fin]
+    sig = float(a @ a)
+    d = a - b
+    noise = float(d @ d)
+    if sig == 0:
+        return None
+    return math.inf if noise == 0 else 10 * math.log10(sig / noise)
+
+
+def json_safe(x):
+    """The metrics with inf/nan as strings (JSON has no infinity)."""
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf" if x > 0 else "-inf" if x < 0 else "nan"
+    return x
+
+
+def lines(fid: dict, indent: str = "") -> list[str]:
+    """Human-readable lines, one per output."""
+    out = []
+    for name, m in fid["outputs"].items():
+        if m["shape_mismatch"]:
+            out.append(f"{indent}{name}: shapes differ {m['shape']} vs {m.get('shape_new')}")
+            continue
+        s = (f"{indent}{name}: rel. L2 error {m['rel_l2']:.3g}, cosine mean {m['cosine_mean']:.6f} "
+             f"min {m['cosine_min']:.6f}, max abs diff {m['max_abs']:.3g}")
+        if m["top1"] is not None:
+            s += f", top-1 agreement {m['top1']:.1%} of {m['top1_positions']}"
+        if m["nonfinite"]:
+            s += f" ({m['nonfinite']} non-finite elements left out)"
+        out.append(s)
+    return out
