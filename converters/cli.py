@@ -28,6 +28,15 @@ def _shape(text: str) -> tuple[int, ...]:
         raise click.BadParameter(str(e), param_hint="--input-shape") from None
 
 
+def _roles(text):
+    from .roles import parse_overrides
+
+    try:
+        return parse_overrides(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--role") from None
+
+
 def _layer(option, text, convert):
     try:
         return st.LayerSetting.parse(option, text, convert)
@@ -134,6 +143,10 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
     src = sources.load(src_path, input_shapes=input_shapes, trust_pickle=trust_pickle, model_factory=model_factory,
                        opset=opset)
     names = list(src.weights)
+    from .roles import apply_overrides
+
+    for pat in apply_overrides(src.roles, names, s.roles):
+        raise click.UsageError(f"--role: pattern {pat!r} matches no tensor of {src_path}")
     for setting in s.all():
         for pat, _ in setting.patterns:
             if not any(fnmatch.fnmatchcase(n, pat) for n in names):
@@ -227,6 +240,9 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
               help="prune this fraction of whole output neurons / conv filters (smallest L2 norm); shapes are kept")
 @click.option("--bits", metavar="[PATTERN=]B,...", help="weight-sharing bits 1..8 (codebook of 2**B centroids; "
               f"default {cmp.DEFAULT_BITS['conv']} conv, {cmp.DEFAULT_BITS['fc']} fc)")
+@click.option("--role", "role_overrides", metavar="PATTERN=ROLE,...",
+              help="what a tensor is, overriding what its consumers say: conv, fc, embedding (compressed), "
+                   "norm, bias, analytic, other (stored exactly); e.g. 'stft.*=analytic,lm_head.weight=fc'")
 @click.option("--init", type=click.Choice(INITS), default="linear", show_default=True, help="k-means centroid initialisation")
 @click.option("--min-size", type=click.IntRange(0), default=cmp.DEFAULT_MIN_SIZE, show_default=True,
               help="tensors with fewer elements are stored exactly (biases, norms and small tensors always are)")
@@ -255,7 +271,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
 @click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
-def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, init, min_size, lossless,
+def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, role_overrides, init, min_size, lossless,
               input_shapes, opset, model_factory, trust_pickle, max_error, calibration, calibration_samples, dims, seed,
               as_json, report, quiet):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file.
@@ -286,7 +302,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         threshold=_layer("--threshold", threshold, st.nonneg),
         prune_neurons=_layer("--prune-neurons", prune_neurons, st.fraction),
         bits=_layer("--bits", bits, st.bits),
-        init=init, min_size=min_size, lossless=lossless, seed=seed,
+        init=init, min_size=min_size, lossless=lossless, seed=seed, roles=_roles(role_overrides),
     )
     shapes = [_shape(x) for x in input_shapes]
     out = output or os.path.splitext(model)[0] + ".dcz"

@@ -11,6 +11,7 @@ import dcformat
 
 from .prune import magnitude_mask, threshold_mask
 from .quantize import CHUNK, quantize
+from .roles import COMPRESSIBLE
 from .settings import LayerSetting
 
 # Used when --sparsity/--bits (or another pruning flag) are given without --max-error for the layers
@@ -33,6 +34,7 @@ class Settings:
     seed: int = 0
     plan: dict | None = None  # name -> {"sparsity", "bits"} chosen by the budget search (others stay raw)
     reasons: dict = field(default_factory=dict)  # name -> why the search left it raw
+    roles: list = field(default_factory=list)  # --role overrides: (pattern, role), first match wins
 
     def all(self) -> list[LayerSetting]:
         return [self.sparsity, self.threshold_std, self.threshold, self.prune_neurons, self.bits]
@@ -41,6 +43,8 @@ class Settings:
         d = {s.option.lstrip("-").replace("-", "_"): s.describe() for s in self.all()}
         d.update(init=self.init, min_size=self.min_size, lossless=self.lossless, seed=self.seed,
                  default_bits=DEFAULT_BITS, default_sparsity=DEFAULT_SPARSITY)
+        if self.roles:
+            d["role"] = dict(self.roles)
         return d
 
 
@@ -140,8 +144,8 @@ def _raw_reason(name, w, role, s: Settings, finite: bool) -> str:
         return f"not float ({w.dtype})"
     if w.size < max(s.min_size, 1):
         return f"small (< --min-size {s.min_size})"
-    if role not in ("conv", "fc", "embedding"):
-        return "not a Conv/Gemm/MatMul weight or Gather table"
+    if role not in COMPRESSIBLE:
+        return f"role {role}: stored exactly (--role NAME=fc to compress it)"
     return "kept"
 
 
@@ -155,10 +159,10 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
     if s.plan is not None and not s.lossless:
         compressible = s.plan.get(name) is not None
     else:
-        compressible = role in ("conv", "fc", "embedding") and _is_float(w) and params >= max(s.min_size, 1)
+        compressible = role in COMPRESSIBLE and _is_float(w) and params >= max(s.min_size, 1)
     finite = not compressible or s.lossless or bool(np.isfinite(w).all())  # NaN/inf: no magnitude, no k-means
     row = {"name": name, "shape": list(w.shape), "dtype": str(w.dtype), "params": params,
-           "role": role if compressible or role == "embedding" else "other",
+           "role": role,
            "sparsity_before": 1 - nz_before / params if params else 0.0, "reason": None}
     recon = None
     if s.lossless or not compressible or not finite:

@@ -21,6 +21,7 @@ from dcformat.errors import first_line
 from dcformat.graph import iter_tensors, reference, strip_weights
 
 from .errors import ConvertError
+from .roles import graph_roles, mark_analytic, shape_roles
 
 KINDS = ("onnx", "torchscript", "exported-program", "state_dict", "module-pickle", "safetensors")
 
@@ -31,7 +32,7 @@ class Source:
     kind: str
     graph: object | None  # onnx.ModelProto with references, or None (weights only)
     weights: dict[str, np.ndarray]
-    roles: dict[str, str] = field(default_factory=dict)  # name -> conv | fc | embedding | other
+    roles: dict[str, str] = field(default_factory=dict)  # name -> a role of converters.roles.ROLES
     out_axes: dict[str, int] = field(default_factory=dict)  # name -> axis of output neurons/filters
     sha256: str = ""
     size: int = 0
@@ -76,62 +77,6 @@ def sniff(path) -> str:
     if ext == ".onnx" or head[:1] == b"\x08":  # ModelProto field 1 (ir_version) comes first
         return "onnx"
     raise ConvertError(f"{path}: unknown format (not ONNX, PyTorch, TorchScript, torch.export .pt2 or safetensors)")
-
-
-def _all_nodes(graph):
-    """The nodes of ``graph`` and of its subgraphs (If branches, Loop and Scan bodies)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                yield from _all_nodes(g)
-
-
-def graph_roles(model) -> tuple[dict[str, str], dict[str, int]]:
-    """conv/fc/embedding role and output axis of each weight consumed by Conv, ConvTranspose, Gemm,
-    MatMul or (as the table) Gather, in the main graph or a subgraph."""
-    nodes = list(_all_nodes(model.graph))
-    producers = {}  # Constant node output -> tensor name
-    for node in nodes:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.name:
-                    producers[node.output[0]] = attr.t.name
-    roles, axes = {}, {}
-    for node in nodes:
-        if len(node.input) < 2:
-            continue
-        w = producers.get(node.input[1], node.input[1])
-        attrs = {a.name: a for a in node.attribute}
-        if node.op_type == "Conv":
-            roles[w], axes[w] = "conv", 0
-        elif node.op_type == "ConvTranspose":
-            roles[w], axes[w] = "conv", 1
-        elif node.op_type == "Gemm":
-            roles[w] = "fc"
-            axes[w] = 0 if ("transB" in attrs and attrs["transB"].i == 1) else 1
-        elif node.op_type == "Gather":  # an embedding table: rows are looked up, so they are its "neurons"
-            t = producers.get(node.input[0], node.input[0])
-            if t not in roles:
-                roles[t] = "embedding"
-                axes[t] = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        elif node.op_type == "MatMul":
-            roles[w], axes[w] = "fc", -1
-            a = producers.get(node.input[0], node.input[0])
-            roles.setdefault(a, "fc")  # x @ W with W first is rare; x is not a weight anyway
-    return roles, axes
-
-
-def shape_roles(weights: dict[str, np.ndarray]) -> tuple[dict[str, str], dict[str, int]]:
-    """Without a graph: 2-D float tensors are fully connected, 3-D and up convolutions (PyTorch layout)."""
-    roles, axes = {}, {}
-    for name, a in weights.items():
-        if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
-            if a.ndim == 2:
-                roles[name], axes[name] = "fc", 0
-            elif a.ndim >= 3:
-                roles[name], axes[name] = "conv", 0
-    return roles, axes
 
 
 def split_weights(model):
@@ -197,6 +142,7 @@ def load(path, *, input_shapes=None, trust_pickle: bool = False, model_factory: 
 
         src = torch_inputs.load(path, kind, input_shapes=input_shapes, trust_pickle=trust_pickle,
                                 model_factory=model_factory, opset=opset)
+    mark_analytic(src.roles, src.weights)  # one rule for every format: a fixed transform is no learned filter
     src.sha256 = file_sha256(path)
     src.size = os.path.getsize(path)
     return src
