@@ -228,8 +228,10 @@ def _values(d: Declared, shape: list[int], rng) -> np.ndarray:
         return rng.integers(0, 10, shape).astype(dt)
     if re.search(r"state|cache|past|hidden|^h0$|^c0$", lname):
         return np.zeros(shape, dt)
-    if len(shape) == 4:
-        return _smooth_image(rng, shape).astype(dt)
+    if len(d.shape) == 4:
+        flat = [-1, *shape[-3:]]
+        n = int(np.prod(shape[:-3]))
+        return _smooth_image(rng, [n, *flat[1:]]).reshape(shape).astype(dt)
     return rng.standard_normal(shape).astype(dt)
 
 
