@@ -253,7 +253,7 @@ def test_every_raw_tensor_says_why(models, tmp_path, capsys):
     code, stdout, err = _cli(convert_main, [models / "mlp.onnx", "-o", tmp_path / "m.dcz", "--max-error", "1e-6"], capsys)
     assert code == 0, err
     assert "kept raw: fc0.weight (8,192 params): error budget" in stdout
-    assert "kept raw: 3 small tensor(s)" in stdout
+    assert "kept raw: 3 tensor(s), 394 params: small (< --min-size 512)" in stdout
 
 
 # ------------------------------------------------------------------------- bad input
