@@ -125,7 +125,7 @@ def declared_inputs(model) -> list[Declared]:
         dtype = ONNX_TYPES.get(tt.elem_type)
         shape = []
         for d in tt.shape.dim:
-            shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+            shape.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None))
         out.append(Declared(i.name, dtype, shape, _table_rows(i.name, consumers, inits),
                             f"tensor({np.dtype(dtype).name if dtype else 'unknown'})"))
     return out
