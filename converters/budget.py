@@ -96,17 +96,28 @@ class Runner:
         if len(kept) != len(g.initializer):
             del g.initializer[:]
             g.initializer.extend(kept)
+        self.proto_names = {}  # record name -> graph input name
+        nodes = []
+        for node in g.node:  # main-graph Constant nodes holding a variable weight become inputs too
+            r = _constant_record(node)
+            if r is not None and r in var:
+                t = next(a.t for a in node.attribute if a.name == "value")
+                g.input.append(helper.make_tensor_value_info(node.output[0], t.data_type, list(t.dims)))
+                self.proto_names[r] = node.output[0]
+            else:
+                nodes.append(node)
+        if len(nodes) != len(g.node):
+            del g.node[:]
+            g.node.extend(nodes)
         fill_weights(model, {k: v for k, v in weights.items() if k not in var and k not in ext_records},
                      only_listed=True)
         so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = 0
+        so.log_severity_level = 4  # failures come back as exceptions, which the CLI turns into one line
         if ext_names:
             so.add_external_initializers(ext_names, ext_values)
         self._keep = ext_values
         self.session = ort.InferenceSession(model.SerializeToString(), sess_options=so,
                                             providers=["CPUExecutionProvider"])
-        self.proto_names = {}  # record name -> graph input name
         for t in graph.graph.initializer:
             name = reference(t)
             if name in var:
@@ -117,6 +128,18 @@ class Runner:
         overrides = overrides or {}
         extra = {self.proto_names[v]: overrides.get(v, weights[v]) for v in self.variable}
         return inp.run_set(self.session, calib, decl, feeds_extra=extra, output_names=self.output_names)
+
+
+def _constant_record(node) -> str | None:
+    """The record a main-graph Constant node's value refers to, if any."""
+    from dcformat.graph import reference
+
+    if node.op_type != "Constant" or len(node.output) != 1:
+        return None
+    for a in node.attribute:
+        if a.name == "value" and a.HasField("t"):
+            return reference(a.t)
+    return None
 
 
 def _error(ref, got) -> float:
@@ -146,7 +169,7 @@ def candidates(graph, weights: dict, min_size: int) -> tuple[list[str], dict]:
 
     from dcformat.graph import iter_tensors
 
-    in_main = {reference(t) for t in graph.graph.initializer}
+    in_main = {reference(t) for t in graph.graph.initializer} | {_constant_record(n) for n in graph.graph.node}
     refs: dict[str, int] = {}
     for _, t in iter_tensors(graph.graph):
         r = reference(t)

@@ -104,13 +104,18 @@ def fidelity_lines(result: dict) -> list[str]:
         out.append(f"fidelity: not measured ({fid.get('reason')}); per-tensor reconstruction SNR instead:")
         for name, v in (fid.get("tensor_snr_db") or {}).items():
             out.append(f"  {_escape(name)}: {v if isinstance(v, str) else format(v, '.1f')} dB")
-    small = [r for r in result["layers"] if (r.get("reason") or "").startswith("small")] if result["layers"] else []
+    grouped: dict[str, list] = {}
     for r in result["layers"]:
-        if r["action"] != "pruned+shared" and r.get("reason") and not r["reason"].startswith("small"):
-            out.append(f"kept raw: {_escape(r['name'])} ({r['params']:,} params): {_escape(r['reason'])}")
-    if small:
-        out.append(f"kept raw: {len(small)} small tensor(s) (< --min-size {small[0]['reason'].split()[-1].rstrip(')')} "
-                   f"elements), {sum(r['params'] for r in small):,} params")
+        why = r.get("reason")
+        if r["action"] == "pruned+shared" or not why:
+            continue
+        if why.startswith(("small", "not float", "--lossless")):
+            grouped.setdefault(why.split(" (")[0], []).append(r)
+        else:
+            out.append(f"kept raw: {_escape(r['name'])} ({r['params']:,} params): {_escape(why)}")
+    for why, rs in grouped.items():
+        detail = rs[0]["reason"] if why == "small" else why
+        out.append(f"kept raw: {len(rs)} tensor(s), {sum(r['params'] for r in rs):,} params: {_escape(detail)}")
     return out
 
 

@@ -125,7 +125,7 @@ def declared_inputs(model) -> list[Declared]:
         dtype = ONNX_TYPES.get(tt.elem_type)
         shape = []
         for d in tt.shape.dim:
-            shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+            shape.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None))
         out.append(Declared(i.name, dtype, shape, _table_rows(i.name, consumers, inits),
                             f"tensor({np.dtype(dtype).name if dtype else 'unknown'})"))
     return out
@@ -228,8 +228,10 @@ def _values(d: Declared, shape: list[int], rng) -> np.ndarray:
         return rng.integers(0, 10, shape).astype(dt)
     if re.search(r"state|cache|past|hidden|^h0$|^c0$", lname):
         return np.zeros(shape, dt)
-    if len(shape) == 4:
-        return _smooth_image(rng, shape).astype(dt)
+    if len(d.shape) == 4:
+        flat = [-1, *shape[-3:]]
+        n = int(np.prod(shape[:-3]))
+        return _smooth_image(rng, [n, *flat[1:]]).reshape(shape).astype(dt)
     return rng.standard_normal(shape).astype(dt)
 
 
