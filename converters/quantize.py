@@ -17,10 +17,24 @@ CHUNK = 1 << 20  # elements per pass: bounds the temporaries of huge layers (~32
 
 
 class Histogram:
-    """Counts and sums of values in equal-width bins over [lo, hi] (computed in chunks)."""
+    """Counts and sums of values in equal-width bins over [lo, hi] (computed in chunks).
 
-    def __init__(self, values: np.ndarray, bins: int = HIST_BINS):
+    With ``weights`` (one importance per value, >= 0), ``count`` is each bin's total importance
+    and ``sum`` its importance-weighted sum, so Lloyd steps on the bins are weighted k-means:
+    the centroids minimise sum(importance x squared error) (activation-aware weight sharing).
+    """
+
+    def __init__(self, values: np.ndarray, bins: int = HIST_BINS, weights: np.ndarray | None = None):
         v = np.asarray(values).reshape(-1)
+        wt = None if weights is None else np.asarray(weights, np.float64).reshape(-1)
+        if wt is not None:
+            if wt.size != v.size:
+                raise ValueError(f"{wt.size} importance weights for {v.size} values")
+            mean = float(wt.mean()) if wt.size else 0.0
+            if not np.isfinite(mean) or mean <= 0:
+                wt = None  # nothing to weight by: plain k-means
+            else:  # every value counts a little, so none is lost from the histogram
+                wt = np.maximum(wt, 1e-6 * mean)
         self.lo, self.hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
         width = (self.hi - self.lo) or 1.0
         count = np.zeros(bins)
@@ -28,8 +42,9 @@ class Histogram:
         for start in range(0, v.size, CHUNK):
             c = v[start : start + CHUNK].astype(np.float64)
             b = np.minimum(((c - self.lo) * (bins / width)).astype(np.int64), bins - 1)
-            count += np.bincount(b, minlength=bins)
-            total += np.bincount(b, weights=c, minlength=bins)
+            w = None if wt is None else wt[start : start + CHUNK]
+            count += np.bincount(b, weights=w, minlength=bins)
+            total += np.bincount(b, weights=c if w is None else c * w, minlength=bins)
         nz = count > 0
         self.centers = total[nz] / count[nz]
         self.count, self.sum = count[nz], total[nz]
@@ -69,13 +84,58 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted(mids, values).astype(np.int64)
 
 
+def _lloyd(h: Histogram, c: np.ndarray, iters: int) -> np.ndarray:
+    for _ in range(iters):
+        a = assign(h.centers, c)
+        cnt = np.bincount(a, weights=h.count, minlength=c.size)
+        s = np.bincount(a, weights=h.sum, minlength=c.size)
+        new = np.where(cnt > 0, s / np.where(cnt > 0, cnt, 1), c)
+        done = np.allclose(new, c, rtol=0, atol=1e-12 * max(abs(h.lo), abs(h.hi), 1e-30))
+        c = new
+        if done:
+            break
+    return c
+
+
+def _reseed(h: Histogram, c: np.ndarray) -> bool:
+    """Move every empty centroid into the cluster with the largest (weighted) squared error, at
+    that cluster's bin of largest error -- splitting it; True if any moved."""
+    a = assign(h.centers, c)
+    cnt = np.bincount(a, weights=h.count, minlength=c.size)
+    empty = np.flatnonzero(cnt <= 0)
+    if not empty.size:
+        return False
+    err = h.count * (h.centers - c[a]) ** 2
+    moved = False
+    for e in empty:
+        sse = np.bincount(a, weights=err, minlength=c.size)
+        worst = int(np.argmax(sse))
+        if sse[worst] <= 0:
+            break
+        members = np.flatnonzero(a == worst)
+        b = members[np.argmax(err[members])]
+        if h.centers[b] == c[worst]:
+            break
+        c[e] = h.centers[b]
+        a[b], err[b] = e, 0.0  # that bin now sits on the new centroid
+        moved = True
+    c.sort()
+    return moved
+
+
 def kmeans_1d(values, k: int, init: str = "linear", iters: int = 30, seed: int = 0,
-              hist: Histogram | None = None) -> np.ndarray:
+              hist: Histogram | None = None, weights: np.ndarray | None = None) -> np.ndarray:
     """Sorted, distinct centroids (at most k) minimising squared error over ``values``
-    (``hist``: their Histogram, when already computed -- a search trying several k reuses it)."""
+    (``hist``: their Histogram, when already computed -- a search trying several k reuses it;
+    ``weights``: an importance per value, for weighted k-means).
+
+    Centroids that end up with no values are re-seeded by splitting the cluster with the largest
+    error and the iterations resume, so the codebook asked for is the codebook used: fewer than
+    ``k`` centroids come back only when there are fewer than ``k`` distinct values (bins).
+    """
     if init not in INITS:
         raise ValueError(f"unknown centroid init {init!r}; choose one of {', '.join(INITS)}")
-    h = Histogram(values) if hist is None else hist
+    h = Histogram(values, weights=weights) if hist is None else hist
     if h.centers.size == 0:
         return np.zeros(0)
     if h.centers.size <= k:  # few occupied bins: maybe few distinct values, then exact
@@ -83,33 +143,35 @@ def kmeans_1d(values, k: int, init: str = "linear", iters: int = 30, seed: int =
         if distinct.size <= k:
             return distinct
     c = np.sort(_init(h, k, init, np.random.default_rng(seed)).astype(np.float64))
-    for _ in range(iters):
-        a = assign(h.centers, c)
-        cnt = np.bincount(a, weights=h.count, minlength=c.size)
-        s = np.bincount(a, weights=h.sum, minlength=c.size)
-        new = np.where(cnt > 0, s / np.where(cnt > 0, cnt, 1), c)
-        if np.allclose(new, c, rtol=0, atol=1e-12 * max(abs(h.lo), abs(h.hi), 1e-30)):
-            c = new
+    c = _lloyd(h, c, iters)
+    for _ in range(k):  # each round fills at least one empty centroid
+        if not _reseed(h, c):
             break
-        c = new
+        c = _lloyd(h, c, iters)
     used = np.bincount(assign(h.centers, c), weights=h.count, minlength=c.size) > 0
     return np.unique(c[used])
 
 
 def quantize(weights, bits: int, init: str = "linear", seed: int = 0, keep_zero: bool = True,
-             hist: Histogram | None = None):
+             hist: Histogram | None = None, importance: np.ndarray | None = None):
     """(codebook, indices) for ``weights``; zeros stay exactly zero (codebook entry 0.0).
 
     The non-zero weights share at most 2**bits centroids; when ``keep_zero`` and the
     tensor has zeros, the codebook also holds 0.0, which pruned positions index. Indices
     are uint8 (uint16 when the codebook has 257 entries), shaped like ``weights``.
+    ``importance`` (weights' shape, >= 0): weighted k-means, e.g. E[x^2] of each weight's input
+    feature (converters.hessian.importance), so the centroids fit the weights that matter.
     """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
     w = np.asarray(weights).reshape(-1)
     cdtype = w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)
-    nonzero = w[w != 0]
-    cents = kmeans_1d(nonzero, 1 << bits, init=init, seed=seed, hist=hist) if nonzero.size else np.zeros(0)
+    nz = w != 0
+    nonzero = w[nz]
+    imp = None if importance is None else np.broadcast_to(importance, np.shape(weights)).reshape(-1)[nz]
+    cents = (kmeans_1d(nonzero, 1 << bits, init=init, seed=seed, hist=hist, weights=imp) if nonzero.size
+             else np.zeros(0))
+    del nz, imp
     has_zero = nonzero.size < w.size
     del nonzero
     cents = cents.astype(cdtype)

@@ -123,3 +123,34 @@ def test_layers_and_importance_follow_the_graph():
     hessian.accumulate(found["A"], x, (16, 8), rng)
     imp = hessian.importance(found["A"], (16, 8))
     assert np.allclose(imp[:, 0], (x ** 2).sum(axis=0))  # row i of A multiplies feature i
+
+
+def test_weighted_kmeans_fits_the_weights_that_matter():
+    """Activation-aware weight sharing: with E[x^2] per input feature as importance, the codebook
+    lowers the importance-weighted error (and the output error) against plain k-means."""
+    rng = np.random.default_rng(6)
+    x = _correlated(rng, cols=128, outliers=4)
+    h = x.T @ x
+    w = (rng.standard_normal((128, 64)) * 0.05).astype(np.float32)  # MatMul layout: rows = input features
+    w[:4] = rng.standard_normal((4, 64)) * 0.01  # the outlier features' weights are small ones
+    lay = hessian.Layer("w", "MatMul", "x")
+    hessian.accumulate(lay, x, w.shape, rng)
+    imp = hessian.importance(lay, w.shape)
+    cb0, i0 = quantize(w, 3)
+    cb1, i1 = quantize(w, 3, importance=imp)
+    werr = lambda cb, i: float(np.sum(imp * (w - cb[i]) ** 2))  # noqa: E731
+    assert werr(cb1, i1) < 0.7 * werr(cb0, i0)
+    assert obs.output_error(w.T, cb1[i1].T, h) < obs.output_error(w.T, cb0[i0].T, h)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 5])
+def test_kmeans_uses_the_codebook_it_was_asked_for(bits):
+    """Heavy tails leave linear-initialised centroids empty; they are re-seeded, so every entry is used."""
+    rng = np.random.default_rng(7)
+    w = (rng.standard_t(3, (300, 784)) * 0.05).astype(np.float32)
+    w = np.where(magnitude_mask(w, 0.9), w, 0)
+    cb, idx = quantize(w, bits)
+    assert cb.size == (1 << bits) + 1 and np.unique(idx).size == cb.size  # + the pruned zero
+    few = np.repeat(np.array([0.5, -0.25, 1.0], np.float32), 100)
+    cb, idx = quantize(few, bits)  # fewer distinct values than entries: exactly those
+    assert sorted(cb.tolist()) == [-0.25, 0.5, 1.0]
