@@ -61,7 +61,7 @@ class Runner:
     """The source graph in ONNX Runtime, its weights handed over as external initializers (used in
     place, never serialised) and the ``variable`` ones as graph inputs fed at every run."""
 
-    def __init__(self, graph, weights: dict, variable=()):
+    def __init__(self, graph, weights: dict, variable=(), extra_outputs=()):
         import onnx
         import onnxruntime as ort
         from onnx import helper
@@ -70,6 +70,10 @@ class Runner:
 
         model = onnx.ModelProto()
         model.CopyFrom(graph)
+        have = {o.name for o in model.graph.output}
+        for name in extra_outputs:  # intermediate values asked for (the inputs of layers, for their H)
+            if name not in have:
+                model.graph.output.append(helper.make_empty_tensor_value_info(name))
         self.variable = [v for v in variable]
         var = set(self.variable)
         g = model.graph

@@ -49,11 +49,16 @@ def layers(graph, weight_names) -> dict[str, Layer]:
     """The main-graph layers that multiply an activation by one of ``weight_names`` (records)."""
     from dcformat.graph import reference
 
-    record = {}
+    record = {}  # graph value -> record: initializers, and Constant nodes (Paddle2ONNX exports hold weights so)
     for t in graph.graph.initializer:
         r = reference(t)
         if r is not None:
             record[t.name] = r
+    for node in graph.graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and reference(a.t) is not None:
+                    record[node.output[0]] = reference(a.t)
     wanted = set(weight_names)
     found: dict[str, Layer] = {}
     uses: dict[str, int] = {}
@@ -180,4 +185,28 @@ def importance(layer: Layer, w_shape: tuple[int, ...]) -> np.ndarray:
     return np.broadcast_to(d[:, None], w_shape)
 
 
-__all__ = ["Layer", "layers", "to_rows", "from_rows", "im2col", "accumulate", "importance", "MAX_ROWS_PER_BATCH"]
+
+
+def collect(graph, weights: dict, calib: dict, decl, found: dict[str, Layer], seed: int = 0,
+            max_rows: int = MAX_ROWS_PER_BATCH) -> dict[str, Layer]:
+    """Run the original model on every calibration sample, one at a time, and add the inputs of
+    the layers in ``found`` to their H (only one sample's activations are held at once)."""
+    from dcformat import inputs as inp
+
+    from .budget import Runner
+
+    if not found:
+        return found
+    acts = sorted({lay.activation for lay in found.values()})
+    runner = Runner(graph, weights, extra_outputs=acts)
+    rng = np.random.default_rng(seed)
+    for i in range(inp.num_samples(calib, decl)):
+        outs = runner.session.run(acts, inp.sample_feeds(calib, decl, i))
+        for name, y in zip(acts, outs):
+            for lay in found.values():
+                if lay.activation == name:
+                    accumulate(lay, y, weights[lay.weight].shape, rng, max_rows)
+    return found
+
+
+__all__ = ["Layer", "layers", "to_rows", "from_rows", "im2col", "accumulate", "importance", "collect", "MAX_ROWS_PER_BATCH"]

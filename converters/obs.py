@@ -48,18 +48,16 @@ def inverse_factor(h: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndarra
     h[:, dead] = 0
     h[dead, dead] = 1
     mean = float(np.mean(np.diag(h))) or 1.0
+    flipped = h[::-1, ::-1]  # J H J, J the reversal: if J H J = M M^T then U = J M^-1 J is upper and U^T U = H^-1
     for attempt in range(6):  # raise the damping until H is positive definite (rank-deficient X)
-        hd = h + np.eye(h.shape[0]) * damp * mean * (10 ** attempt)
         try:
-            lower = np.linalg.cholesky(hd)
+            m = np.linalg.cholesky(flipped + np.eye(h.shape[0]) * damp * mean * (10 ** attempt))
             break
         except np.linalg.LinAlgError:
             continue
     else:  # pragma: no cover - h + I * 1e3 * mean(diag) is positive definite for any PSD h
         raise np.linalg.LinAlgError("the input second moment is not positive semi-definite")
-    inv = np.linalg.inv(lower)  # H^-1 = L^-T L^-1
-    hinv = inv.T @ inv
-    return np.linalg.cholesky(hinv).T, dead  # upper U with U^T U = H^-1 (GPTQ's factor)
+    return np.linalg.inv(m)[::-1, ::-1], dead  # GPTQ's factor: one Cholesky and one triangular inverse
 
 
 def compensate(w: np.ndarray, h: np.ndarray, codebook: np.ndarray | None = None, *, scales: np.ndarray | None = None,
