@@ -190,7 +190,7 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
     res = {"fp32": {"path": src, "bytes": os.path.getsize(src), "seconds": 0.0}}
     p = os.path.join(out, f"{key}.int8.onnx")
     t = time.perf_counter()
-    quantize_dynamic(src, p, weight_type=QuantType.QInt8)
+    quantize_dynamic(constants_as_initializers(src, out, key), p, weight_type=QuantType.QInt8)
     res["int8"] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
     for name, extra in (("lossless", ["--lossless"]), ("default", ["--calibration", calib_path])):
         p = os.path.join(out, f"{key}.{name}.dcz")
@@ -201,6 +201,31 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
         res[name] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t,
                      "report": json.loads(r.stdout)}
     return res
+
+
+def constants_as_initializers(src: str, out: str, key: str) -> str:
+    """quantize_dynamic only quantizes initializers; Paddle2ONNX exports keep weights in Constant nodes."""
+    import onnx
+
+    m = onnx.load(src)
+    keep, moved = [], 0
+    for node in m.graph.node:
+        val = next((a for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+        if node.op_type == "Constant" and val is not None and len(node.output) == 1:
+            t = onnx.TensorProto()
+            t.CopyFrom(val.t)
+            t.name = node.output[0]
+            m.graph.initializer.append(t)
+            moved += 1
+        else:
+            keep.append(node)
+    if not moved:
+        return src
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    p = os.path.join(out, f"{key}.initializers.onnx")
+    onnx.save(m, p)
+    return p
 
 
 def session(path):
