@@ -47,8 +47,14 @@ def estimate_bytes(n: int, sparsity: float, bits: int) -> float:
 
 
 def reconstruct(w: np.ndarray, sparsity: float, bits: int, init: str = "linear", seed: int = 0,
-                hist: Histogram | None = None) -> np.ndarray:
-    """What compress_tensor stores for ``w`` at (sparsity, bits), decoded: same masks, same k-means."""
+                hist: Histogram | None = None, layer=None) -> np.ndarray:
+    """What compress_tensor stores for ``w`` at (sparsity, bits), decoded: same masks, same k-means
+    (``layer``: its calibration inputs are known, so the error-compensated one-shot sharing)."""
+    if layer is not None:
+        from .oneshot import share
+
+        cb, idx = share(w, layer, sparsity, bits, init, seed)
+        return cb.astype(w.dtype)[idx]
     keep = w != 0
     if sparsity:
         keep &= magnitude_mask(w, sparsity)
@@ -253,8 +259,14 @@ def choose(options: dict, target: float) -> dict:
 
 
 def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: int, init: str = "linear",
-           seed: int = 0, fixed_sparsity=None, fixed_bits=None, progress=None, echo=None) -> tuple[Search, dict]:
-    """Scan, plan and verify; returns (the Search record, {name: why it stays raw})."""
+           seed: int = 0, fixed_sparsity=None, fixed_bits=None, progress=None, echo=None,
+           layers: dict | None = None) -> tuple[Search, dict]:
+    """Scan, plan and verify; returns (the Search record, {name: why it stays raw}).
+
+    ``layers`` (name -> converters.hessian.Layer with H): those weights are built error-compensated
+    for verification (and by compress_tensor); the scan measures plain pruning and sharing, whose
+    errors are the larger, so the plan stays on the safe side."""
+    layers = layers or {}
     t0 = time.perf_counter()
     cands, reasons = candidates(graph, weights, min_size)
     res = Search(budget)
@@ -305,7 +317,7 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         if c["bits"] is None:
             recon.pop(name, None)
         else:
-            recon[name] = reconstruct(weights[name], c["sparsity"], c["bits"], init, seed)
+            recon[name] = reconstruct(weights[name], c["sparsity"], c["bits"], init, seed, layer=layers.get(name))
 
     for name in cands:
         rebuild(name)

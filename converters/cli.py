@@ -142,7 +142,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 
     from . import budget as bud
     from . import calibrate as cal
-    from . import sources
+    from . import hessian, sources
 
     t0 = time.perf_counter()
     src = sources.load(src_path, input_shapes=input_shapes, trust_pickle=trust_pickle, model_factory=model_factory,
@@ -164,6 +164,9 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
         decl, calib, cdesc = cal.calibration(src.graph, calibration, calibration_samples, dims, s.seed)
         ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the calibration inputs", cal.run_model, src.graph,
                         originals, calib, decl)
+        if s.compensate and not s.lossless:  # what each layer's inputs look like: compensated pruning and sharing
+            s.layers = _ort_call("ONNX Runtime failed while collecting the layers' inputs", hessian.for_model, src.graph,
+                                 originals, calib, decl, src.roles, s.min_size, s.seed)
         if searching:
             fixed = {}
             if s.sparsity.default is not None or s.sparsity.patterns:
@@ -172,7 +175,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
                 fixed["fixed_bits"] = lambda n: s.bits.get(n)
             search_rec, reasons = _ort_call("ONNX Runtime failed during the error-budget search", bud.search,
                                             src.graph, originals, calib, decl, limit, min_size=s.min_size, init=s.init,
-                                            seed=s.seed, progress=progress, echo=echo, **fixed)
+                                            seed=s.seed, progress=progress, echo=echo, layers=s.layers, **fixed)
             s.plan, s.reasons = search_rec.plan, reasons
     else:
         if calibration is not None or max_error is not None:
@@ -248,6 +251,9 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.option("--role", "role_overrides", metavar="PATTERN=ROLE,...",
               help="what a tensor is, overriding what its consumers say: conv, fc, embedding (compressed), "
                    "norm, bias, analytic, other (stored exactly); e.g. 'stft.*=analytic,lm_head.weight=fc'")
+@click.option("--compensate/--no-compensate", default=True, show_default=True,
+              help="with a graph: prune and share each Conv/Gemm/MatMul weight knowing its inputs on the calibration "
+                   "set (importance-weighted codebook, OBS/GPTQ error compensation), not by magnitude alone")
 @click.option("--init", type=click.Choice(INITS), default="linear", show_default=True, help="k-means centroid initialisation")
 @click.option("--min-size", type=click.IntRange(0), default=cmp.DEFAULT_MIN_SIZE, show_default=True,
               help="tensors with fewer elements are stored exactly (biases, norms and small tensors always are)")
@@ -276,7 +282,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
 @click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
-def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, role_overrides, init, min_size, lossless,
+def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, role_overrides, compensate, init,
+              min_size, lossless,
               input_shapes, opset, model_factory, trust_pickle, max_error, calibration, calibration_samples, dims, seed,
               as_json, report, quiet):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file.
@@ -307,7 +314,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         threshold=_layer("--threshold", threshold, st.nonneg),
         prune_neurons=_layer("--prune-neurons", prune_neurons, st.fraction),
         bits=_layer("--bits", bits, st.bits),
-        init=init, min_size=min_size, lossless=lossless, seed=seed, roles=_roles(role_overrides),
+        init=init, min_size=min_size, lossless=lossless, seed=seed, roles=_roles(role_overrides), compensate=compensate,
     )
     shapes = [_shape(x) for x in input_shapes]
     out = output or os.path.splitext(model)[0] + ".dcz"

@@ -35,6 +35,8 @@ class Settings:
     plan: dict | None = None  # name -> {"sparsity", "bits"} chosen by the budget search (others stay raw)
     reasons: dict = field(default_factory=dict)  # name -> why the search left it raw
     roles: list = field(default_factory=list)  # --role overrides: (pattern, role), first match wins
+    layers: dict = field(default_factory=dict)  # name -> converters.hessian.Layer: share error-compensated
+    compensate: bool = True  # with a graph and calibration inputs, collect the layers' H for that
 
     def all(self) -> list[LayerSetting]:
         return [self.sparsity, self.threshold_std, self.threshold, self.prune_neurons, self.bits]
@@ -43,6 +45,7 @@ class Settings:
         d = {s.option.lstrip("-").replace("-", "_"): s.describe() for s in self.all()}
         d.update(init=self.init, min_size=self.min_size, lossless=self.lossless, seed=self.seed,
                  default_bits=DEFAULT_BITS, default_sparsity=DEFAULT_SPARSITY)
+        d["compensate"] = self.compensate
         if self.roles:
             d["role"] = dict(self.roles)
         return d
@@ -172,30 +175,35 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
                    bits=None, reason=_raw_reason(name, w, role, s, finite))
     else:
         shape, dtype = w.shape, dcformat.constants.dtype_name(w.dtype)
-        keep = w != 0
         chosen = s.plan.get(name) if s.plan is not None else None
         target = chosen["sparsity"] if chosen else s.sparsity.get(name, DEFAULT_SPARSITY[role])
-        if target:
-            keep &= magnitude_mask(w, target)
-        q = s.threshold_std.get(name)
-        if q:
-            keep &= threshold_mask(w, q * float(np.std(w.astype(np.float32))))
-        t = s.threshold.get(name)
-        if t:
-            keep &= threshold_mask(w, t)
-        f = s.prune_neurons.get(name)
-        if f:
-            keep &= neuron_mask(w, f, axis)
-        pruned = np.where(keep, w, np.zeros((), w.dtype))
-        del keep, w  # compress() hands over its only reference: the layer's float copy goes now
         b = chosen["bits"] if chosen else s.bits.get(name, DEFAULT_BITS[role])
-        codebook, indices = quantize(pruned, b, init=s.init, seed=s.seed)
-        del pruned
+        q, t, f = s.threshold_std.get(name), s.threshold.get(name), s.prune_neurons.get(name)
+        layer = s.layers.get(name) if not (q or t or f) else None  # thresholds and neurons: plain masks
+        if layer is not None:  # calibration inputs known: error-compensated pruning and sharing
+            from .oneshot import share
+
+            codebook, indices = share(w, layer, target or 0.0, b, init=s.init, seed=s.seed)
+            del w
+        else:
+            keep = w != 0
+            if target:
+                keep &= magnitude_mask(w, target)
+            if q:
+                keep &= threshold_mask(w, q * float(np.std(w.astype(np.float32))))
+            if t:
+                keep &= threshold_mask(w, t)
+            if f:
+                keep &= neuron_mask(w, f, axis)
+            pruned = np.where(keep, w, np.zeros((), w.dtype))
+            del keep, w  # compress() hands over its only reference: the layer's float copy goes now
+            codebook, indices = quantize(pruned, b, init=s.init, seed=s.seed)
+            del pruned
         recon = codebook.astype(pruned_dtype(dtype))[indices] if keep_recon else None
         encoding, gap_bits = choose_layout(codebook, indices, dtype) if indices.size else (None, None)
         enc = dcformat.encode_codebook(name, codebook, indices, shape, dtype, encoding=encoding, gap_bits=gap_bits)
         del indices
-        row.update(action="pruned+shared", bits=b, target_sparsity=target)
+        row.update(action="pruned+shared", bits=b, target_sparsity=target, compensated=layer is not None)
     row.update(
         encoding=enc.encoding, nonzeros=enc.info.nonzeros,
         sparsity=1 - enc.info.nonzeros / params if params else 0.0,

@@ -209,4 +209,32 @@ def collect(graph, weights: dict, calib: dict, decl, found: dict[str, Layer], se
     return found
 
 
-__all__ = ["Layer", "layers", "to_rows", "from_rows", "im2col", "accumulate", "importance", "collect", "MAX_ROWS_PER_BATCH"]
+
+MAX_H_BYTES = 1 << 30  # all layers' H together (float64); the widest layers beyond it keep plain sharing
+
+
+def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: int, seed: int = 0,
+              max_bytes: int = MAX_H_BYTES) -> dict[str, Layer]:
+    """H of every compressible weight that a main-graph Gemm/MatMul/Conv multiplies with an
+    activation (at least ``min_size`` elements, at most :data:`converters.obs.MAX_COLUMNS`
+    input features), narrowest first within ``max_bytes`` of H."""
+    from .obs import MAX_COLUMNS
+    from .roles import COMPRESSIBLE
+
+    names = [n for n, w in weights.items() if roles.get(n) in COMPRESSIBLE and w is not None and w.size >= max(min_size, 1)
+             and w.dtype.kind == "f" and w.dtype.name in ("float32", "float64", "float16") and np.isfinite(w).all()]
+    found = layers(graph, names)
+    chosen, total = {}, 0
+    for name, lay in sorted(found.items(), key=lambda kv: (kv[1].cols(weights[kv[0]].shape), kv[0])):
+        shape = weights[name].shape
+        cols = lay.cols(shape)  # per group for a convolution (its weight holds C/group inputs per filter)
+        cost = lay.group * cols * cols * 8
+        if cols > MAX_COLUMNS or total + cost > max_bytes:
+            continue
+        chosen[name] = lay
+        total += cost
+    return collect(graph, weights, calib, decl, chosen, seed)
+
+
+__all__ = ["Layer", "layers", "to_rows", "from_rows", "im2col", "accumulate", "importance", "collect", "for_model",
+           "MAX_ROWS_PER_BATCH", "MAX_H_BYTES"]
