@@ -46,6 +46,19 @@ def estimate_bytes(n: int, sparsity: float, bits: int) -> float:
     return n * (_h(p) + p * bits) / 8 + 4 * (2 ** bits)
 
 
+SCAN_COMPENSATED = True  # the scan measures the compensated settings the verification and the file will use
+
+
+def pruned_compensated(w: np.ndarray, layer, sparsity: float) -> np.ndarray:
+    """``w`` pruned to ``sparsity`` with OBS/SparseGPT compensation (no rounding)."""
+    from . import hessian, obs
+    from .oneshot import damping
+
+    q, _ = obs.compensate(np.stack(hessian.to_rows(w, layer)), np.stack(layer.h), sparsity=sparsity,
+                          damp=damping(layer.h[0].shape[0], layer.rows_seen))
+    return hessian.from_rows(list(q), w, layer).astype(w.dtype)
+
+
 def reconstruct(w: np.ndarray, sparsity: float, bits: int, init: str = "linear", seed: int = 0,
                 hist: Histogram | None = None, layer=None) -> np.ndarray:
     """What compress_tensor stores for ``w`` at (sparsity, bits), decoded: same masks, same k-means
@@ -267,6 +280,10 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
     for verification (and by compress_tensor); the scan measures plain pruning and sharing, whose
     errors are the larger, so the plan stays on the safe side."""
     layers = layers or {}
+
+    def scan_layer(name):
+        return layers.get(name) if SCAN_COMPENSATED else None
+
     t0 = time.perf_counter()
     cands, reasons = candidates(graph, weights, min_size)
     res = Search(budget)
@@ -288,7 +305,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         fs, fb = fixed_sparsity(name), fixed_bits(name)
         hist = Histogram(w[w != 0]) if np.any(w) else None
         for b in ([fb] if fb is not None else SCAN_BITS):
-            err = _error(base_scan, runner.run(scan_set, decl, weights, {name: reconstruct(w, 0.0, b, init, seed, hist)}))
+            err = _error(base_scan, runner.run(scan_set, decl, weights,
+                                               {name: reconstruct(w, 0.0, b, init, seed, hist, layer=scan_layer(name))}))
             res.trials += 1
             e["bits"][b] = err
             if err > budget:
@@ -297,8 +315,12 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         for s in ([fs] if fs is not None else SCAN_SPARSITIES):
             if not s:
                 continue
-            keep = magnitude_mask(w, s) & (w != 0)
-            err = _error(base_scan, runner.run(scan_set, decl, weights, {name: np.where(keep, w, np.zeros((), w.dtype))}))
+            lay = scan_layer(name)
+            if lay is not None:  # as the verification will build it: compensated (no rounding here)
+                pruned = pruned_compensated(w, lay, s)
+            else:
+                pruned = np.where(magnitude_mask(w, s) & (w != 0), w, np.zeros((), w.dtype))
+            err = _error(base_scan, runner.run(scan_set, decl, weights, {name: pruned}))
             res.trials += 1
             e["sparsity"][s] = err
             if err > budget:

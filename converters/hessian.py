@@ -143,14 +143,14 @@ def im2col(x: np.ndarray, layer: Layer, kernel: tuple[int, ...], rng: np.random.
     take = None
     if positions > max_rows:
         take = np.sort(rng.choice(positions, max_rows, replace=False))
-    groups = []
     cg = c // layer.group
-    for g in range(layer.group):
-        part = win[:, g * cg:(g + 1) * cg]  # N, cg, out..., kernel...
-        part = np.moveaxis(part, 1, 1 + nd)  # N, out..., cg, kernel...
-        flat = part.reshape(positions, -1)
-        groups.append(np.asarray(flat[take] if take is not None else flat, np.float64))
-    return groups
+    part = win.reshape(n, layer.group, cg, *win.shape[2:])  # N, G, cg, out..., kernel...
+    part = np.moveaxis(part, 1, 0)  # G, N, cg, out..., kernel...
+    part = np.moveaxis(part, 2, 2 + nd)  # G, N, out..., cg, kernel...
+    flat = part.reshape(layer.group, positions, -1)
+    if take is not None:
+        flat = flat[:, take]
+    return list(np.asarray(flat, np.float64))
 
 
 def accumulate(layer: Layer, x: np.ndarray, w_shape: tuple[int, ...], rng: np.random.Generator,
@@ -164,11 +164,13 @@ def accumulate(layer: Layer, x: np.ndarray, w_shape: tuple[int, ...], rng: np.ra
         if flat.shape[0] > max_rows:
             flat = flat[np.sort(rng.choice(flat.shape[0], max_rows, replace=False))]
         groups = [np.asarray(flat, np.float64)]
+    stack = np.stack(groups)  # G x rows x cols
+    prod = np.matmul(stack.transpose(0, 2, 1), stack)  # one batched product for all groups
     if not layer.h:
-        layer.h = [np.zeros((g.shape[1], g.shape[1])) for g in groups]
-    for h, g in zip(layer.h, groups):
-        h += g.T @ g
-    layer.rows_seen += groups[0].shape[0]
+        layer.h = list(np.zeros_like(prod))
+    for h, p in zip(layer.h, prod):
+        h += p
+    layer.rows_seen += stack.shape[1]
 
 
 def importance(layer: Layer, w_shape: tuple[int, ...]) -> np.ndarray:

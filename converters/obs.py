@@ -37,27 +37,36 @@ def nearest(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
 
 
 def inverse_factor(h: np.ndarray, damp: float = DEFAULT_DAMP) -> tuple[np.ndarray, np.ndarray]:
-    """(upper Cholesky factor U of (H + damping)^-1, dead-feature mask).
+    """(upper Cholesky factor U of (H + damping)^-1, dead-feature mask), for one H (cols x cols)
+    or a stack of them (groups x cols x cols, factored at once).
 
     Features that never occur (zero diagonal) get a unit diagonal: their weights change
     nothing in the output, and the factorisation stays defined.
     """
     h = np.array(h, dtype=np.float64, copy=True)
-    dead = np.diag(h) <= 0
-    h[dead, :] = 0
-    h[:, dead] = 0
-    h[dead, dead] = 1
-    mean = float(np.mean(np.diag(h))) or 1.0
-    flipped = h[::-1, ::-1]  # J H J, J the reversal: if J H J = M M^T then U = J M^-1 J is upper and U^T U = H^-1
+    single = h.ndim == 2
+    h = h[None] if single else h
+    n = h.shape[-1]
+    diag = np.einsum("gii->gi", h)
+    dead = diag <= 0
+    for g in np.flatnonzero(dead.any(axis=1)):
+        h[g][dead[g], :] = 0
+        h[g][:, dead[g]] = 0
+        h[g][dead[g], dead[g]] = 1
+    mean = np.einsum("gii->gi", h).mean(axis=1)
+    mean = np.where(mean > 0, mean, 1.0)
+    flipped = h[:, ::-1, ::-1]  # J H J, J the reversal: if J H J = M M^T then U = J M^-1 J is upper and U^T U = H^-1
+    eye = np.eye(n)
     for attempt in range(6):  # raise the damping until H is positive definite (rank-deficient X)
         try:
-            m = np.linalg.cholesky(flipped + np.eye(h.shape[0]) * damp * mean * (10 ** attempt))
+            m = np.linalg.cholesky(flipped + eye * (damp * mean * (10 ** attempt))[:, None, None])
             break
         except np.linalg.LinAlgError:
             continue
     else:  # pragma: no cover - h + I * 1e3 * mean(diag) is positive definite for any PSD h
         raise np.linalg.LinAlgError("the input second moment is not positive semi-definite")
-    return np.linalg.inv(m)[::-1, ::-1], dead  # GPTQ's factor: one Cholesky and one triangular inverse
+    u = np.linalg.inv(m)[:, ::-1, ::-1]  # GPTQ's factor: one Cholesky and one triangular inverse
+    return (u[0], dead[0]) if single else (u, dead)
 
 
 def compensate(w: np.ndarray, h: np.ndarray, codebook: np.ndarray | None = None, *, scales: np.ndarray | None = None,
@@ -65,62 +74,73 @@ def compensate(w: np.ndarray, h: np.ndarray, codebook: np.ndarray | None = None,
                damp: float = DEFAULT_DAMP) -> tuple[np.ndarray, np.ndarray | None]:
     """Prune and/or round ``w`` (rows x cols) minimising ``||X (W - Q).T||`` for ``H = X.T X``.
 
+    ``w`` may also be a stack (groups x rows x cols) with one H per group (groups x cols x cols):
+    a grouped or depthwise convolution is done in one sweep, not one per group.
     ``codebook``: sorted values the kept weights are rounded to (None: no rounding, only
     pruning); ``scales``: a per-row factor, weight ``r`` is ``scales[r] * codebook[index]``.
-    ``sparsity``: fraction of each block's weights pruned, chosen by OBS saliency as the
-    sweep goes (SparseGPT); ``keep``: a fixed mask instead (False = pruned), e.g. from a
+    ``sparsity``: fraction of each block's weights pruned (per group), chosen by OBS saliency as
+    the sweep goes (SparseGPT); ``keep``: a fixed mask instead (False = pruned), e.g. from a
     model pruned elsewhere. Returns (Q, indices or None), Q in float32, pruned weights
     exactly 0 and never counted as a codebook entry (indices there are -1).
     """
     w = np.asarray(w, dtype=np.float64)
-    rows, cols = w.shape
-    if h.shape != (cols, cols):
-        raise ValueError(f"H is {h.shape}, the layer has {cols} input features")
+    single = w.ndim == 2
+    w = w[None] if single else w
+    h = np.asarray(h)
+    h = h[None] if h.ndim == 2 else h
+    groups, rows, cols = w.shape
+    if h.shape != (groups, cols, cols):
+        raise ValueError(f"H is {h.shape[1:] if single else h.shape}, the layer has {cols} input features")
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity {sparsity} is not in [0, 1)")
     cb = None if codebook is None else np.asarray(codebook, np.float64)
     if cb is not None and (cb.ndim != 1 or cb.size == 0 or np.any(np.diff(cb) < 0)):
         raise ValueError("the codebook must be a sorted, non-empty 1-D array")
-    s = np.ones(rows) if scales is None else np.asarray(scales, np.float64).reshape(rows)
+    s = np.ones((groups, rows)) if scales is None else np.asarray(scales, np.float64).reshape(groups, rows)
     s = np.where(s == 0, 1.0, s)
     u, dead = inverse_factor(h, damp)
     work = w.copy()
-    work[:, dead] = 0
+    work[np.broadcast_to(dead[:, None, :], work.shape)] = 0
     q = np.zeros_like(work)
-    idx = None if cb is None else np.full((rows, cols), -1, np.int64)
-    fixed_mask = None if keep is None else np.asarray(keep, bool).reshape(rows, cols)
+    idx = None if cb is None else np.full(work.shape, -1, np.int64)
+    fixed_mask = None if keep is None else np.asarray(keep, bool).reshape(work.shape)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
-        w1 = work[:, i1:i2].copy()
+        w1 = work[:, :, i1:i2].copy()
         err = np.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        d = np.diag(u1)
+        u1 = u[:, i1:i2, i1:i2]
+        d = np.einsum("gii->gi", u1)  # groups x block
         if fixed_mask is not None:
-            prune = ~fixed_mask[:, i1:i2]
+            prune = ~fixed_mask[:, :, i1:i2]
         elif sparsity:
-            saliency = w1 ** 2 / d[None, :] ** 2
-            k = int(saliency.size * sparsity)
+            saliency = (w1 ** 2 / d[:, None, :] ** 2).reshape(groups, -1)
+            k = int(saliency.shape[1] * sparsity)
             prune = np.zeros(saliency.shape, bool)
             if k:
-                order = np.argsort(saliency, axis=None, kind="stable")[:k]
-                prune.flat[order] = True
+                order = np.argsort(saliency, axis=1, kind="stable")[:, :k]
+                np.put_along_axis(prune, order, True, axis=1)
+            prune = prune.reshape(w1.shape)
         else:
             prune = np.zeros(w1.shape, bool)
-        prune |= dead[None, i1:i2]
+        prune |= dead[:, None, i1:i2]
         for j in range(i2 - i1):
-            col = w1[:, j]
+            col = w1[:, :, j]
             if cb is None:
-                qc = np.where(prune[:, j], 0.0, col)
+                qc = np.where(prune[:, :, j], 0.0, col)
             else:
                 a = nearest(col / s, cb)
-                qc = np.where(prune[:, j], 0.0, cb[a] * s)
-                idx[:, i1 + j] = np.where(prune[:, j], -1, a)
-            q[:, i1 + j] = qc
-            e = (col - qc) / d[j]
-            w1[:, j:] -= np.outer(e, u1[j, j:])
-            err[:, j] = e
-        work[:, i2:] -= err @ u[i1:i2, i2:]
-    return q.astype(np.float32), idx
+                qc = np.where(prune[:, :, j], 0.0, cb[a] * s)
+                idx[:, :, i1 + j] = np.where(prune[:, :, j], -1, a)
+            q[:, :, i1 + j] = qc
+            e = (col - qc) / d[:, j][:, None]
+            w1[:, :, j:] -= e[:, :, None] * u1[:, None, j, j:]
+            err[:, :, j] = e
+        if i2 < cols:
+            work[:, :, i2:] -= np.matmul(err, u[:, i1:i2, i2:])
+    q = q.astype(np.float32)
+    if single:
+        return q[0], None if idx is None else idx[0]
+    return q, idx
 
 
 def output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:

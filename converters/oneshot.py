@@ -58,13 +58,12 @@ def share(w: np.ndarray, layer: hessian.Layer, sparsity: float, bits: int, init:
     cents = np.unique(cents.astype(cdtype)[cents.astype(cdtype) != 0]).astype(np.float64)
     if cents.size == 0:
         return np.zeros(1, cdtype), np.zeros(w.shape, np.uint8)
-    keep_parts = hessian.to_rows(np.asarray(w) != 0, layer) if fixed else [None] * len(layer.h)
-    idx_parts = []
-    for part, h, keep in zip(hessian.to_rows(w, layer), layer.h, keep_parts):
-        _, idx = obs.compensate(part, h, cents, sparsity=0.0 if fixed else sparsity,
-                                keep=None if keep is None else keep.astype(bool), damp=damping(h.shape[0], layer.rows_seen))
-        idx_parts.append(idx)
-    idx = hessian.from_rows(idx_parts, np.zeros(w.shape, np.int64), layer)
+    keep_parts = hessian.to_rows(np.asarray(w) != 0, layer) if fixed else None
+    keep = None if not fixed else np.stack(keep_parts).astype(bool)
+    _, idx = obs.compensate(np.stack(hessian.to_rows(w, layer)), np.stack(layer.h), cents,  # every group in one sweep
+                            sparsity=0.0 if fixed else sparsity, keep=keep,
+                            damp=damping(layer.h[0].shape[0], layer.rows_seen))
+    idx = hessian.from_rows(list(idx), np.zeros(w.shape, np.int64), layer)
     pruned = idx < 0
     if pruned.any():
         codebook = np.concatenate([np.zeros(1), cents]).astype(cdtype)

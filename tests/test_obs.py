@@ -201,3 +201,15 @@ def test_one_shot_sharing_of_a_model_beats_plain_compression(tmp_path):
     rel = lambda y: float(np.linalg.norm(y - ref) / np.linalg.norm(ref))  # noqa: E731
     e_plain, e_comp = rel(run(plain)), rel(run(comp))
     assert e_comp < 0.8 * e_plain, (e_comp, e_plain)
+
+
+def test_groups_in_one_sweep_equal_one_sweep_per_group():
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal((200, 9)) @ (rng.standard_normal((9, 9)) * 0.5 + np.eye(9)) for _ in range(5)]
+    hs = np.stack([x.T @ x for x in xs])
+    w = rng.standard_normal((5, 3, 9))
+    cb = np.linspace(-2, 2, 7)
+    q, idx = obs.compensate(w, hs, cb, sparsity=0.3)
+    for g in range(5):
+        qg, ig = obs.compensate(w[g], hs[g], cb, sparsity=0.3)
+        assert np.array_equal(q[g], qg) and np.array_equal(idx[g], ig)
