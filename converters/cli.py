@@ -130,6 +130,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
 @click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
+@click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, init, min_size, lossless,
               input_shapes, opset, model_factory, trust_pickle, seed, as_json, report, quiet):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file."""

@@ -101,7 +101,7 @@ def demo(output, sparsity, bits, max_accuracy_drop, report_dir, seed):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(dcformat.__version__, prog_name="dcz")
+@click.version_option(dcformat.__version__, prog_name="dcz", message="%(prog)s %(version)s")
 def cli():
     """dcz: Deep Compression model files."""
 

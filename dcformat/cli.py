@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from . import inspect as insp
+from . import __version__
 from .cliutil import _escape, check_distinct, check_output, run, times_smaller
 from .errors import DczError, first_line
 from .table import render
@@ -103,12 +103,15 @@ def _print_compare(reps: list[dict]) -> None:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), metavar="OUT",
               help="save a picture: bytes per layer by stream and weight histograms (.png, .svg or .html)")
 @click.option("--verify", is_flag=True, help="check every checksum and decode every tensor; exit 1 if anything is damaged")
+@click.version_option(__version__, prog_name="dcinspect", message="%(prog)s (dcz) %(version)s")
 def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
     """Show where the bytes of a .dcz file go, per tensor.
 
     Also reads .onnx, .safetensors and PyTorch state_dict files (their dense sizes). Give two or
     more files to compare them side by side.
     """
+    from . import inspect as insp  # numpy and the reader: not needed for --help
+
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
     if verify:
@@ -176,6 +179,7 @@ def inspect_main(argv=None):
 @click.option("--compact", is_flag=True, help="keep codebook weights as uint8 indices + codebook (Gather/DequantizeLinear)")
 @click.option("--state-dict", type=click.Path(dir_okay=False), metavar="OUT.safetensors",
               help="write every tensor to a .safetensors file (works for weights-only files)")
+@click.version_option(__version__, prog_name="dcdecode", message="%(prog)s (dcz) %(version)s")
 def dcdecode(model, output, external_data, compact, state_dict):
     """Decode a .dcz into an ONNX model (or a safetensors state_dict)."""
     from . import runtime
@@ -267,6 +271,7 @@ def _pct(times, q):
 @click.option("--compare", type=click.Path(dir_okay=False, exists=True), metavar="MODEL.onnx",
               help="run this ONNX model on the same inputs and report the differences")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of the random inputs")
+@click.version_option(__version__, prog_name="dcrun", message="%(prog)s (dcz) %(version)s")
 def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, seed):
     """Run a .dcz model in ONNX Runtime."""
     import os
