@@ -22,38 +22,116 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-COLUMNS = ["tensor", "shape", "params", "encoding", "nonzeros", "sparsity", "bits", "gap b", "gap B", "index B",
-           "codebook B", "raw B", "total B", "bits/param", "x fp32", "share"]
+COLUMNS = ["tensor", "shape", "params", "encoding", "nonzeros", "sparsity", "bits", "centroids", "gap bits", "gap B",
+           "index B", "codebook B", "raw B", "total B", "bits/param", "x fp32", "share"]
+# left out first when the terminal is narrow (the name and the essential numbers stay)
+DROP = ["nonzeros", "share", "codebook B", "raw B", "gap B", "index B", "gap bits", "bits/param", "centroids",
+        "encoding", "x fp32", "shape"]
+LEGEND = ("bits: weight-sharing bits (a codebook of up to 2^bits centroids); centroids: codebook entries stored;\n"
+          "gap bits: width of a sparse gap code; B: bytes; x fp32: times smaller than float32")
+SMALL = 64  # tensors with fewer elements share one summary row unless --all
+MAX_META_LINES = 60
 
 
 def _cells(r: dict) -> list[str]:
-    bits = "-" if r["bits"] is None else f"{r['bits']} ({r['codebook_size']})"
     return [r["name"], "x".join(map(str, r["shape"])) or "()", _fmt_int(r["params"]), r["encoding"],
-            _fmt_int(r["nonzeros"]), _fmt(r["sparsity"], ".1%"), bits, _fmt(r["gap_bits"], "d"),
+            _fmt_int(r["nonzeros"]), _fmt(r["sparsity"], ".1%"), _fmt(r["bits"], "d"),
+            _fmt(r["codebook_size"] if r["bits"] is not None else None, "d"), _fmt(r["gap_bits"], "d"),
             _fmt_int(r["gap_bytes"]), _fmt_int(r["index_bytes"]), _fmt_int(r["codebook_bytes"]), _fmt_int(r["raw_bytes"]),
             _fmt_int(r["bytes"]), _fmt(r["bits_per_param"], ".2f"), _fmt(r["ratio"], ".1f"), _fmt(r["share"], ".1%")]
 
 
-def _print_report(rep: dict, rows: list[dict]) -> None:
+def _sum_cells(label: str, rows: list[dict], size: int) -> list[str]:
+    """A row (or the footer) that adds up ``rows``: counts and bytes; no per-tensor codebook facts."""
+    params = sum(r["params"] for r in rows)
+    nz = [r["nonzeros"] for r in rows]
+    nonzeros = None if None in nz else sum(nz)
+    nbytes = sum(r["bytes"] for r in rows)
+    return [label, "", _fmt_int(params), "", _fmt_int(nonzeros),
+            _fmt(1 - nonzeros / params if params and nonzeros is not None else None, ".1%"), "", "", "",
+            *(_fmt_int(sum(r[f"{k}_bytes"] for r in rows)) for k in ("gap", "index", "codebook", "raw")),
+            _fmt_int(nbytes), _fmt(8 * nbytes / params if params else None, ".2f"),
+            _fmt(4 * params / nbytes if nbytes else None, ".1f"), _fmt(nbytes / size if size else None, ".1%")]
+
+
+def _kv_lines(value, indent: str = "  ") -> list[str]:
+    """Metadata as key/value lines: a dict indents its keys, a list of plain values is joined."""
+    if isinstance(value, dict):
+        lines = []
+        for k, v in value.items():
+            if isinstance(v, dict) and v and len(v) <= 4 and not any(isinstance(x, (dict, list)) for x in v.values()):
+                lines.append(f"{indent}{_escape(k)}: " + ", ".join(f"{_escape(a)} {_scalar(b)}" for a, b in v.items()))
+            elif isinstance(v, dict) and v:
+                lines.append(f"{indent}{_escape(k)}:")
+                lines += _kv_lines(v, indent + "  ")
+            else:
+                lines.append(f"{indent}{_escape(k)}: {_scalar(v)}")
+        return lines
+    return [f"{indent}{_scalar(value)}"]
+
+
+def _scalar(v) -> str:
+    if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+        return _escape(", ".join(_scalar(x) for x in v)) if v else "[]"
+    if isinstance(v, (dict, list)):
+        return _escape(json.dumps(v, sort_keys=True))
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10000 else str(v)
+    return _escape(v)
+
+
+META_ORDER = ("producer", "source", "source_sha256", "settings", "fidelity", "accuracy", "opset")
+
+
+def _print_metadata(meta: dict, out) -> None:
+    if not isinstance(meta, dict) or not meta:
+        return
+    keys = [k for k in META_ORDER if k in meta] + [k for k in meta if k not in META_ORDER]
+    lines = []
+    for k in keys:
+        v = meta[k]
+        label = "fidelity (measured by dcconvert)" if k == "fidelity" else k
+        if isinstance(v, dict) and v:
+            lines.append(f"  {_escape(label)}:")
+            lines += _kv_lines(v, "    ")
+        else:
+            lines.append(f"  {_escape(label)}: {_scalar(v)}")
+    for line in lines[:MAX_META_LINES]:
+        print(line, file=out)
+    if len(lines) > MAX_META_LINES:
+        print(f"  ... {len(lines) - MAX_META_LINES} more metadata lines (--json shows all)", file=out)
+
+
+def _print_report(rep: dict, rows: list[dict], group_small: bool = True) -> None:
     out = sys.stdout
     meta = rep["metadata"] or {}
     print(f"{_escape(rep['file'])}: {rep['kind']}, {rep['size']:,} bytes"
           + (f", format {rep['format_version']}" if rep["format_version"] else "")
           + ("" if rep["has_graph"] or rep["kind"] != "dcz" else ", weights only (no graph)"), file=out)
-    for key in ("producer", "source", "source_sha256", "settings", "accuracy", "opset"):
-        if key in meta:
-            v = meta[key]
-            print(f"  {key}: {_escape(json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)}", file=out)
+    _print_metadata(meta, out)
     t = rep["totals"]
-    footer = ["total", "", _fmt_int(t["params"]), "", _fmt_int(t["nonzeros"]),
-              _fmt(1 - t["nonzeros"] / t["params"] if t["params"] else None, ".1%"), "", "",
-              _fmt_int(t["gap_bytes"]), _fmt_int(t["index_bytes"]), _fmt_int(t["codebook_bytes"]), _fmt_int(t["raw_bytes"]),
-              _fmt_int(t["tensor_bytes"]), _fmt(8 * t["tensor_bytes"] / t["params"] if t["params"] else None, ".2f"),
-              _fmt(t["fp32_bytes"] / t["tensor_bytes"] if t["tensor_bytes"] else None, ".1f"),
-              _fmt(t["tensor_bytes"] / rep["size"] if rep["size"] else None, ".1%")]
+    footer = _sum_cells("total", rep["tensors"], rep["size"])
+    small = [r for r in rows if r["params"] < SMALL] if group_small else []
+    if len(small) < 2:
+        small = []
+    ids = {id(r) for r in small}
+    body = [_cells(r) for r in rows if id(r) not in ids]
+    if small:
+        body.append(_sum_cells(f"+ {len(small)} small tensors", small, rep["size"]))
     shown = "" if len(rows) == len(rep["tensors"]) else f" ({len(rows)} of {len(rep['tensors'])} shown; total is all)"
-    render(f"tensors{shown}", COLUMNS, [_cells(r) for r in rows], right=set(COLUMNS) - {"tensor", "shape", "encoding"},
-           footer=footer)
+    render(f"tensors{shown}", COLUMNS, body, right=set(COLUMNS) - {"tensor", "shape", "encoding"},
+           footer=footer, drop=DROP, more="a wider terminal, --csv or --json shows them")
+    if small:
+        print(f"+ {len(small)} small tensors: those of fewer than {SMALL} elements, summed in one row; --all lists them",
+              file=out)
+    if rep["kind"] == "dcz":
+        print(LEGEND, file=out)
     o = rep["overhead"]
     parts = ", ".join(f"{k} {v:,}" for k, v in o.items() if k != "total" and v)
     print(f"overhead: {o['total']:,} bytes" + (f" ({parts})" if parts else ""), file=out)
@@ -90,7 +168,8 @@ def _print_compare(reps: list[dict]) -> None:
         footer.append(_fmt(reps[1]["size"] / reps[0]["size"], ".3f") if reps[0]["size"] else "-")
     for i, rep in enumerate(reps):
         print(f"[{i + 1}] {_escape(rep['file'])} ({rep['kind']}, {rep['size']:,} bytes)")
-    render(None, cols, body, right=set(cols) - {"tensor"}, footer=footer)
+    drop = [c for i in range(len(reps), 0, -1) for c in (f"[{i}] bits", f"[{i}] sparsity")]
+    render(None, cols, body, right=set(cols) - {"tensor"}, footer=footer, drop=drop)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,8 +182,10 @@ def _print_compare(reps: list[dict]) -> None:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), metavar="OUT",
               help="save a picture: bytes per layer by stream and weight histograms (.png, .svg or .html)")
 @click.option("--verify", is_flag=True, help="check every checksum and decode every tensor; exit 1 if anything is damaged")
+@click.option("--all", "show_all", is_flag=True, help=f"list every tensor (by default those of fewer than {SMALL} "
+              "elements share one row)")
 @click.version_option(__version__, prog_name="dcinspect", message="%(prog)s (dcz) %(version)s")
-def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
+def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify, show_all):
     """Show where the bytes of a .dcz file go, per tensor.
 
     Also reads .onnx, .safetensors and PyTorch state_dict files (their dense sizes). Give two or
@@ -153,7 +234,8 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
         w.writerow(keys)
         for rep in reps:
             for r in insp.select(rep["tensors"], sort, top, pattern):
-                w.writerow([rep["file"] if k == "file" else "x".join(map(str, r["shape"])) if k == "shape" else r[k] for k in keys])
+                w.writerow([_escape(rep["file"]) if k == "file" else "x".join(map(str, r["shape"])) if k == "shape"
+                            else _escape(r[k]) if k == "name" else r[k] for k in keys])
         return
     if len(reps) > 1:
         for rep in reps:
@@ -161,7 +243,7 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
         _print_compare(reps)
         return
     rep = reps[0]
-    _print_report(rep, insp.select(rep["tensors"], sort, top, pattern))
+    _print_report(rep, insp.select(rep["tensors"], sort, top, pattern), group_small=not (show_all or pattern))
     if plot_out:
         click.echo(f"plot saved to {_escape(plot_out)}")
 
