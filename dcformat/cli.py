@@ -27,8 +27,9 @@ COLUMNS = ["tensor", "shape", "params", "encoding", "nonzeros", "sparsity", "bit
 # left out first when the terminal is narrow (the name and the essential numbers stay)
 DROP = ["nonzeros", "share", "codebook B", "raw B", "gap B", "index B", "gap bits", "bits/param", "centroids",
         "encoding", "x fp32", "shape"]
-LEGEND = ("bits: weight-sharing bits (a codebook of up to 2^bits centroids); centroids: codebook entries stored;\n"
-          "gap bits: width of a sparse gap code; B: bytes; x fp32: times smaller than float32")
+LEGEND = ("bits: weight-sharing bits (a codebook of up to 2^bits centroids); B: bytes\n"
+          "centroids: codebook entries; gap bits: width of a sparse gap code;\n"
+          "x fp32: times smaller than float32")
 SMALL = 64  # tensors with fewer elements share one summary row unless --all
 MAX_META_LINES = 60
 
