@@ -105,7 +105,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="the .dcz to write (default: MODEL with .dcz)")
 @click.option("--sparsity", metavar="[PATTERN=]F,...", help="fraction of weights to prune per layer, in [0, 1) "
               f"(default {cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc; 0 keeps an already pruned model), "
@@ -131,9 +131,10 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
 @click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
+@click.option("-f", "--force", is_flag=True, help="replace an existing .dcz that -o does not name (the default output)")
 @click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, init, min_size, lossless,
-              input_shapes, opset, model_factory, trust_pickle, seed, as_json, report, quiet):
+              input_shapes, opset, model_factory, trust_pickle, seed, as_json, report, quiet, force):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file."""
     if lossless and any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits)):
         raise click.UsageError("--lossless excludes --sparsity, --threshold-std, --threshold, --prune-neurons and --bits")
@@ -147,6 +148,8 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     )
     shapes = [_shape(x) for x in input_shapes]
     out = output or os.path.splitext(model)[0] + ".dcz"
+    if not output and not force and os.path.lexists(out) and os.path.exists(model):  # a file the user did not name
+        raise click.UsageError(f"{out} exists; replace it with --force, or name another output with -o")
     check_distinct({"the output": out, **({"--report": report} if report else {})}, {"the input": model})
     check_output(out)
     if report:

@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import __version__
-from .cliutil import _escape, check_distinct, check_output, run, times_smaller
+from .cliutil import _escape, check_distinct, check_output, naming, run, times_smaller
 from .errors import DczError, first_line
 from .table import render
 
@@ -174,7 +174,7 @@ def _print_compare(reps: list[dict]) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--csv", "as_csv", is_flag=True, help="print the per-tensor rows as CSV")
 @click.option("--sort", type=click.Choice(["size", "name", "ratio"]), help="order of the rows (default: file order)")
@@ -199,11 +199,11 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify, show
     if verify:
         ok_all = True
         for f in files:
-            items, ok = insp.verify_report(f)
+            items, ok, verdict = insp.verify_any(f)
             ok_all &= ok
             for what, err in items:
                 click.echo(f"{_escape(f)}: {_escape(what)}: {'ok' if err is None else 'DAMAGED: ' + _escape(err)}")
-            click.echo(f"{_escape(f)}: {'all checksums match and every tensor decodes' if ok else 'damaged'}")
+            click.echo(f"{_escape(f)}: {verdict}")
         if not ok_all:
             sys.exit(1)
         return
@@ -255,7 +255,7 @@ def inspect_main(argv=None):
 
 # ---------------------------------------------------------------- dcdecode
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="write the ONNX model here")
 @click.option("--external-data", is_flag=True,
               help="put the weights in OUTPUT.data beside the .onnx (automatic for models over 2 GB)")
@@ -286,10 +286,12 @@ def dcdecode(model, output, external_data, compact, state_dict):
                 raise click.ClickException(f"{model}: weights-only file (no graph section), there is no model to "
                                            f"write; use --state-dict OUT.safetensors for its tensors")
     if state_dict:
-        n = runtime.save_state_dict(model, state_dict)
+        with naming(model):
+            n = runtime.save_state_dict(model, state_dict)
         click.echo(f"wrote {_escape(state_dict)} ({n:,} bytes)")
     if output:
-        n, data = runtime.save_onnx(model, output, compact=compact, external_data=True if external_data else None)
+        with naming(model):
+            n, data = runtime.save_onnx(model, output, compact=compact, external_data=True if external_data else None)
         click.echo(f"wrote {_escape(output)} ({n:,} bytes)" + (f" with weights in {_escape(data)}" if data else ""))
 
 
@@ -343,12 +345,13 @@ def _pct(times, q):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="an input array (repeatable); "
               "inputs not given are made at random from the declared shapes")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="size of dynamic dimensions of random inputs")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--compact", is_flag=True, help="keep codebook weights as uint8 indices in memory")
+@click.option("--compact", is_flag=True, help="keep codebook weights as uint8 indices in memory: less memory, but "
+              "every run is slower (many times, the weights are rebuilt from the indices each run)")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="save each output as NAME.npy here")
 @click.option("--bench", type=click.IntRange(1), metavar="N", help="time load, first run and N runs (p50/p99)")
 @click.option("--compare", type=click.Path(dir_okay=False, exists=True), metavar="MODEL.onnx",
@@ -367,7 +370,14 @@ def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, s
 
     feeds = _load_inputs(inputs)
     t0 = time.perf_counter()
-    sess = runtime.InferenceSession(model, providers=[provider], compact=compact)
+    try:
+        sess = runtime.InferenceSession(model, providers=[provider], compact=compact)
+    except DczError as e:
+        if "weights-only" in str(e):  # the library's message says load_weights(); say what to do here
+            raise click.ClickException(f"{model}: a weights-only file (no graph), there is no model to run; "
+                                       f"`dcdecode {model} --state-dict OUT.safetensors` writes its tensors, "
+                                       f"`dcinspect {model}` lists them") from None
+        raise
     t_load = time.perf_counter() - t0
     given = set(feeds)
     if len(given) < len(sess.get_inputs()):
