@@ -31,7 +31,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+CWD = [ROOT]  # `python -c` puts the working directory first on sys.path: run in the checkout measured
 TOOLS = {"dcinspect": "dcformat.cli:inspect_main", "dcdecode": "dcformat.cli:decode_main",
          "dcrun": "dcformat.cli:run_main", "dcconvert": "converters.cli:main", "dcz": "converters.demo:main"}
 
@@ -42,14 +43,17 @@ def entry(spec: str, *args: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {mod} import {fn}; sys.exit({fn}())", *args]
 
 
-def wall(cmd: list[str], repeat: int) -> float:
-    """Median seconds of ``repeat`` fresh processes (after one unmeasured warm-up: disk cache, numba cache)."""
+def wall(cmd: list[str], repeat: int, allow_fail: bool = False) -> float | None:
+    """Median seconds of ``repeat`` fresh processes (after one unmeasured warm-up: disk cache, numba cache);
+    None for a command that fails where ``allow_fail`` (an option an older checkout lacks)."""
     times = []
     for i in range(repeat + 1):
         t0 = time.perf_counter()
-        p = subprocess.run(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.run(cmd, env=ENV, cwd=CWD[0], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         dt = time.perf_counter() - t0
         if p.returncode != 0:
+            if allow_fail:
+                return None
             raise SystemExit(f"{' '.join(cmd[-3:])} failed: {p.stderr.decode()[-500:]}")
         if i:
             times.append(dt)
@@ -70,7 +74,7 @@ def build_model(d: str, params_m: float) -> tuple[str, str, int]:
     net = MLP([1024, width, width, 10], seed=0)
     onnx_path, dcz_path = os.path.join(d, "model.onnx"), os.path.join(d, "model.dcz")
     onnx.save(net.to_onnx(), onnx_path)
-    subprocess.run(entry(TOOLS["dcconvert"], onnx_path, "-o", dcz_path, "-q"), env=ENV, check=True)
+    subprocess.run(entry(TOOLS["dcconvert"], onnx_path, "-o", dcz_path, "-q"), env=ENV, cwd=CWD[0], check=True)
     return onnx_path, dcz_path, sum(w.size for w in net.W) + sum(b.size for b in net.b)
 
 
@@ -90,7 +94,8 @@ def main(argv=None) -> dict:
                                    "(e.g. the main branch, for a before/after)")
     args = ap.parse_args(argv)
     if args.root:
-        ENV["PYTHONPATH"] = os.path.abspath(args.root) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        ENV["PYTHONPATH"] = os.path.abspath(args.root)
+        CWD[0] = os.path.abspath(args.root)
     res = {"python": sys.version.split()[0], "repeat": args.repeat}
 
     click_s = wall([sys.executable, "-c", "import click"], args.repeat)
@@ -98,9 +103,10 @@ def main(argv=None) -> dict:
     print(f"baseline: python -c 'import click'  {click_s * 1e3:7.1f} ms")
     for tool, spec in TOOLS.items():
         for flag in ("--help", "--version"):
-            s = wall(entry(spec, flag), args.repeat)
+            s = wall(entry(spec, flag), args.repeat, allow_fail=True)
             res[f"{tool} {flag}"] = s
-            print(f"{tool:9} {flag:9}  {s * 1e3:7.1f} ms  {s / click_s:5.2f}x import click")
+            print(f"{tool:9} {flag:9}  " + ("    (fails: no such option)" if s is None else
+                                            f"{s * 1e3:7.1f} ms  {s / click_s:5.2f}x import click"))
     res["ratio dcinspect --help / import click"] = res["dcinspect --help"] / click_s
 
     for mod in ("numpy", "onnxruntime", "onnx", "ml_dtypes", "numba"):
