@@ -217,9 +217,12 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify, show
         if len(reps) != 1:
             raise click.UsageError("--plot takes one file")
         reader = open_dcz(files[0]) if reps[0]["kind"] == "dcz" else None
+        prog = _plot_progress()
         try:
-            plot.save(reps[0], plot_out, reader)
+            plot.save(reps[0], plot_out, reader, progress=prog)
         finally:
+            if prog is not None:
+                prog.stop()
             if reader is not None:
                 reader.close()
     if as_json:
@@ -247,6 +250,27 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify, show
     _print_report(rep, insp.select(rep["tensors"], sort, top, pattern), group_small=not (show_all or pattern))
     if plot_out:
         click.echo(f"plot saved to {_escape(plot_out)}")
+
+
+def _plot_progress():
+    """On a terminal, a progress line on stderr while --plot decodes and draws (it takes seconds)."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = Progress(SpinnerColumn(), TextColumn("plot"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[what]}", markup=False), transient=True, console=Console(file=sys.stderr))
+    task = bar.add_task("plot", total=None, what="loading matplotlib")
+    bar.start()
+
+    def update(done, total, what):
+        what = _escape(what)[-60:]
+        bar.update(task, completed=done, total=total or None,
+                   what=what if not what or what.startswith("writing") else f"decoding and drawing {what}")
+
+    update.stop = bar.stop
+    return update
 
 
 def inspect_main(argv=None):
