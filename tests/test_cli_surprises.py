@@ -204,3 +204,46 @@ def test_lazy_bfloat16_and_kernels():
             "assert callable(dcformat.encode) and dcformat.FORMAT_VERSION == (1, 0)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_export_error_is_one_line_naming_the_operator():
+    from converters.torch_inputs import _export_error
+
+    torch_says = RuntimeError("Exporting the operator 'aten::cummax' to ONNX opset version 17 is not supported. "
+                              "Please feel free to request support or submit a pull request on PyTorch GitHub: "
+                              + "x" * 400 + "\n  File ...")
+    msg = _export_error("m.pt", torch_says, None)
+    assert "\n" not in msg and len(msg) < 250 and "aten::cummax" in msg and "--opset" in msg
+    other = _export_error("m.pt", RuntimeError("y" * 600), 17)
+    assert "\n" not in other and len(other) < 300 and "cannot export the model to ONNX" in other
+
+
+def test_checkpoint_dict_unwrapping_is_a_note(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from converters.cli import main
+
+    p = tmp_path / "ckpt.pt"
+    torch.save({"model": torch.nn.Linear(40, 30).state_dict(), "epoch": 3, "optimizer": {}}, p)
+    code, out, err = _run(main, [p], capsys)
+    assert code == 0, err
+    assert "note: the checkpoint is a dict: its weights come from ['model']; ignored: epoch, optimizer" in out
+
+
+def test_trust_pickle_imports_a_module_beside_the_user(tmp_path):
+    """A pickled nn.Module whose class lives in a module in the current directory loads with
+    --trust-pickle, as --model mod:fn can import it (and without the flag it is refused)."""
+    pytest.importorskip("torch")
+    (tmp_path / "mynet.py").write_text("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+                                       "        super().__init__()\n        self.fc = torch.nn.Linear(6, 3)\n"
+                                       "    def forward(self, x):\n        return self.fc(x)\n")
+    make = "import sys, torch; sys.path.insert(0, '.'); import mynet; torch.save(mynet.Net(), 'net.pt')"
+    subprocess.run([sys.executable, "-c", make], cwd=tmp_path, check=True, env=ENV)
+    (tmp_path / "bin").mkdir()  # as a console script runs: sys.path[0] is its directory, not the cwd
+    (tmp_path / "bin" / "dcconvert.py").write_text("from converters.cli import main\nmain()\n")
+    convert = [sys.executable, str(tmp_path / "bin" / "dcconvert.py"), "net.pt", "--input-shape", "1,6", "-q",
+               "-o", "net.dcz"]
+    refused = subprocess.run(convert, cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
+    assert refused.returncode == 1 and "--trust-pickle" in refused.stderr
+    ok = subprocess.run(convert + ["--trust-pickle"], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "net.dcz").exists()
