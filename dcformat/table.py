@@ -26,7 +26,7 @@ GAP = 2  # spaces between columns
 
 def _header_width(h: str) -> int:
     """A long header may wrap at its spaces ("codebook B" over two lines); a short one does not."""
-    return len(h) if len(h) <= 8 else max((len(w) for w in h.split()), default=0)
+    return len(h) if len(h) <= 9 else max((len(w) for w in h.split()), default=0)
 
 
 def wrap_name(name: str, width: int) -> str:
