@@ -52,7 +52,7 @@ def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     prog = Progress(TextColumn("compressing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[layer]}"), transient=True, console=Console(file=sys.stderr))
+                    TextColumn("{task.fields[layer]}", markup=False), transient=True, console=Console(file=sys.stderr))
     task = prog.add_task("layers", total=None, layer="")
 
     def update(done, total, name):
@@ -62,14 +62,15 @@ def _progress():
 
 
 def summary(result: dict) -> None:
-    cols = ["tensor", "shape", "params", "action", "sparsity", "bits", "encoding", "gap b", "bytes", "x fp32"]
+    cols = ["tensor", "shape", "params", "action", "sparsity", "bits", "encoding", "gap bits", "bytes", "x fp32"]
     rows = [[r["name"], "x".join(map(str, r["shape"])) or "()", f"{r['params']:,}", r["action"], f"{r['sparsity']:.1%}",
              "-" if r["bits"] is None else str(r["bits"]), r["encoding"], "-" if r["gap_bits"] is None else str(r["gap_bits"]),
              f"{r['bytes']:,}", "-" if r["ratio"] is None else f"{r['ratio']:.1f}"] for r in result["layers"]]
     t = result["totals"]
     footer = ["total", "", f"{t['params']:,}", "", f"{t['sparsity']:.1%}", "", "", "", f"{t['tensor_bytes']:,}",
               f"{t['params'] * 4 / max(t['tensor_bytes'], 1):.1f}"]
-    render(None, cols, rows, right=set(cols) - {"tensor", "shape", "action", "encoding"}, footer=footer)
+    render(None, cols, rows, right=set(cols) - {"tensor", "shape", "action", "encoding"}, footer=footer,
+           drop=["gap bits", "encoding", "action", "x fp32", "shape"], more="a wider terminal or --json shows them")
     click.echo(f"{_escape(result['source']['file'])} ({result['source']['kind']}, {result['source']['bytes']:,} bytes) -> "
                f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {times_smaller(result['ratio'])}; "
                f"{t['params']:,} parameters, {8 * result['dcz_bytes'] / max(t['params'], 1):.2f} bits/param; "
@@ -237,7 +238,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="the .dcz to write (default: MODEL with .dcz)")
 @click.option("--sparsity", metavar="[PATTERN=]F,...", help="fraction of weights to prune per layer, in [0, 1) "
               f"(default {cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc; 0 keeps an already pruned model), "
@@ -282,10 +283,12 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
 @click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
+@click.option("-f", "--force", is_flag=True, help="replace an existing .dcz that -o does not name (the default output)")
+@click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, role_overrides, compensate, init,
               min_size, lossless,
               input_shapes, opset, model_factory, trust_pickle, max_error, calibration, calibration_samples, dims, seed,
-              as_json, report, quiet):
+              as_json, report, quiet, force):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file.
 
     By default dcconvert measures what it does: it runs the original and the compressed model in
@@ -318,6 +321,8 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     )
     shapes = [_shape(x) for x in input_shapes]
     out = output or os.path.splitext(model)[0] + ".dcz"
+    if not output and not force and os.path.lexists(out) and os.path.exists(model):  # a file the user did not name
+        raise click.UsageError(f"{out} exists; replace it with --force, or name another output with -o")
     check_distinct({"the output": out, **({"--report": report} if report else {})}, {"the input": model})
     check_output(out)
     if report:

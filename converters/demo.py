@@ -68,7 +68,7 @@ def build(out: str, sparsity: float | None = 0.9, bits: int | None = 5, seed: in
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-o", "--output", default="demo.dcz", show_default=True, help="where to write the .dcz")
+@click.option("-o", "--output", help="where to write the .dcz  [default: demo.dcz]")
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True),
               help="fraction of weights pruned in every layer  [default: 0.9; chosen per layer with --max-accuracy-drop]")
 @click.option("--bits", type=click.IntRange(1, 8),
@@ -77,10 +77,17 @@ def build(out: str, sparsity: float | None = 0.9, bits: int | None = 5, seed: in
               help="pick each layer's sparsity and bits by a sensitivity scan within this accuracy budget")
 @click.option("--report-dir", type=click.Path(file_okay=False), help="write report.json and the sensitivity plots here")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1))
-def demo(output, sparsity, bits, max_accuracy_drop, report_dir, seed):
+@click.option("-f", "--force", is_flag=True, help="replace an existing demo.dcz (an output named with -o is replaced)")
+def demo(output, sparsity, bits, max_accuracy_drop, report_dir, seed, force):
     """Train, prune, quantize and Huffman-code a digits MLP; write, decode and run the .dcz."""
+    import os
+
     from .pipeline import console_progress
 
+    if output is None:
+        output = "demo.dcz"
+        if os.path.lexists(output) and not force:  # not named by the user: never replaced silently
+            raise click.UsageError(f"{output} exists; replace it with --force, or name another output with -o")
     check_output(output)
     if max_accuracy_drop is None:
         sparsity = 0.9 if sparsity is None else sparsity
@@ -101,7 +108,7 @@ def demo(output, sparsity, bits, max_accuracy_drop, report_dir, seed):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(dcformat.__version__, prog_name="dcz")
+@click.version_option(dcformat.__version__, prog_name="dcz", message="%(prog)s %(version)s")
 def cli():
     """dcz: Deep Compression model files."""
 

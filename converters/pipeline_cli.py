@@ -28,7 +28,7 @@ from .errors import ConvertError
 def print_layer_table(rows: list[dict], plan: dict | None = None, file=None) -> None:
     """The per-layer table of a written .dcz (rows from :func:`converters.pipeline.tensor_rows`)."""
     plan = plan or {}
-    cols = ["tensor", "shape", "params", "encoding", "sparsity", "bits", "codebook", "gap b", "bytes", "bits/param",
+    cols = ["tensor", "shape", "params", "encoding", "sparsity", "bits", "centroids", "gap bits", "bytes", "bits/param",
             "x fp32"]
     body = []
     for r in rows:
@@ -44,7 +44,8 @@ def print_layer_table(rows: list[dict], plan: dict | None = None, file=None) -> 
     zeros = sum(r["sparsity"] * r["params"] for r in rows)
     footer = ["total", "", f"{params:,}", "", f"{zeros / max(params, 1):.1%}", "", "", "", f"{nbytes:,}",
               f"{8 * nbytes / max(params, 1):.2f}", f"{4 * params / max(nbytes, 1):.1f}"]
-    render(None, cols, body, right=set(cols) - {"tensor", "shape", "encoding"}, file=file, footer=footer)
+    render(None, cols, body, right=set(cols) - {"tensor", "shape", "encoding"}, file=file, footer=footer,
+           drop=["gap bits", "centroids", "bits/param", "encoding", "x fp32", "shape"])
 
 
 def accuracy_lines(acc: dict, ort_acc: float | None = None) -> list[str]:

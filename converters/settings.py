@@ -28,12 +28,17 @@ class LayerSetting:
         for item in str(text).split(","):
             item = item.strip()
             if not item:
-                continue
+                raise SettingError(f"{option}: an empty item in {text!r} (two commas in a row, or one at an end)")
             pat, sep, val = item.rpartition("=")
+            if not val.strip():
+                raise SettingError(f"{option}: {item!r} has no value (give VALUE or PATTERN=VALUE)")
             try:
                 value = convert(val.strip())
             except (ValueError, TypeError) as e:
-                raise SettingError(f"{option}: {e}") from None
+                msg = str(e)
+                if msg.startswith("could not convert") or msg.startswith("invalid literal"):
+                    msg = f"{val.strip()!r} is not a number"
+                raise SettingError(f"{option}: {item!r}: {msg}") from None
             if sep:
                 if not pat.strip():
                     raise SettingError(f"{option}: empty layer pattern in {item!r}")

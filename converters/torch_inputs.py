@@ -126,11 +126,15 @@ def to_numpy(t) -> np.ndarray:
     return t.numpy().copy()
 
 
-def _state_dict_of(obj, path):
+def _state_dict_of(obj, path, notes=None):
     torch = _torch()
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
+                others = [str(k) for k in obj if k != key]
+                if notes is not None:
+                    notes.append(f"the checkpoint is a dict: its weights come from [{key!r}]"
+                                 + (f"; ignored: {', '.join(others[:6])}{', ...' if len(others) > 6 else ''}" if others else ""))
                 obj = obj[key]
                 break
         tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -165,8 +169,24 @@ def _export(module, path, input_shapes, opset, dynamo: bool = False):
                               input_names=names, output_names=["output"],
                               dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}})
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
-        raise ConvertError(f"{path}: cannot export the model to ONNX: {first_line(e)}") from None
+        raise ConvertError(_export_error(path, e, opset)) from None
     return onnx.load_from_string(buf.getvalue())
+
+
+def _export_error(path, e: BaseException, opset) -> str:
+    """One line: what failed, which operator, what to try (not torch's 500-character message)."""
+    import re
+
+    msg = first_line(e)
+    op = re.search(r"\b((?:aten|prim|onnx|quantized|torchvision)::[A-Za-z0-9_.]+)", str(e))
+    if op and ("not supported" in str(e) or "Unsupported" in str(e) or "unsupported" in str(e)):
+        return (f"{path}: cannot export the model to ONNX: operator {op.group(1)} is not supported at opset "
+                f"{opset or DEFAULT_OPSET}; try a newer --opset (up to 23), or export the model to ONNX yourself "
+                "and convert the .onnx")
+    where = f" (in {op.group(1)})" if op else ""
+    if len(msg) > 200:
+        msg = msg[:197] + "..."
+    return f"{path}: cannot export the model to ONNX{where}: {msg}; try another --opset or --input-shape"
 
 
 def _export_program(ep, path, input_shapes, opset):
@@ -201,12 +221,18 @@ def _from_model(model, path, kind) -> Source:
                   {k: v for k, v in roles.items() if k in weights}, {k: v for k, v in axes.items() if k in weights})
 
 
+def _cwd_importable() -> None:
+    """As `python -m` would: a module beside the user's files can be imported (--model, and the
+    classes of a pickled model loaded with --trust-pickle)."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+
+
 def _factory(spec: str):
     mod, sep, attr = spec.partition(":")
     if not sep or not mod or not attr:
         raise ConvertError(f"--model takes package.module:factory, got {spec!r}")
-    if os.getcwd() not in sys.path and "" not in sys.path:  # as `python -m` would: a module beside the user's files
-        sys.path.append(os.getcwd())
+    _cwd_importable()
     try:
         fn = getattr(importlib.import_module(mod), attr)
     except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or whatever the module raises
@@ -226,6 +252,8 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
         return _from_model(_export(module.eval(), path, input_shapes, opset), path, "torchscript")
     if kind == "exported-program":
         refused, ep = [], None
+        if trust_pickle:
+            _cwd_importable()
         try:
             with _quiet(), (contextlib.nullcontext([]) if trust_pickle else _pickles_refused()) as refused:
                 ep = torch.export.load(path)
@@ -248,6 +276,7 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
             if not trust_pickle:
                 raise ConvertError(_pickle_message(path)) from None
+            _cwd_importable()
             try:
                 with _quiet():
                     obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
@@ -257,7 +286,8 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
             raise ConvertError(f"{path}: not a readable PyTorch file ({msg})") from None
     if isinstance(obj, torch.nn.Module):
         return _from_model(_export(obj.eval(), path, input_shapes, opset), path, "module-pickle")
-    sd = _state_dict_of(obj, path)
+    notes = []
+    sd = _state_dict_of(obj, path, notes)
     if model_factory:
         fn = _factory(model_factory)
         try:
@@ -268,8 +298,10 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
             module.load_state_dict(sd)
         except Exception as e:  # noqa: BLE001
             raise ConvertError(f"{path}: the state_dict does not fit {model_factory}: {first_line(e)}") from None
-        return _from_model(_export(module.eval(), path, input_shapes, opset), path, "state_dict")
+        src = _from_model(_export(module.eval(), path, input_shapes, opset), path, "state_dict")
+        src.notes += notes
+        return src
     weights = {k: to_numpy(v) for k, v in sd.items()}
     roles, axes = shape_roles(weights)
     return Source(path, "state_dict", None, weights, roles, axes,
-                  notes=["weights only: no graph; pass --model package.module:factory and --input-shape to include it"])
+                  notes=notes + ["weights only: no graph; pass --model package.module:factory and --input-shape to include it"])

@@ -8,8 +8,8 @@ import sys
 
 import click
 
-from . import inspect as insp
-from .cliutil import _escape, check_distinct, check_output, run, times_smaller
+from . import __version__
+from .cliutil import _escape, check_distinct, check_output, naming, run, times_smaller
 from .errors import DczError, first_line
 from .table import render
 
@@ -22,38 +22,117 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-COLUMNS = ["tensor", "shape", "params", "encoding", "nonzeros", "sparsity", "bits", "gap b", "gap B", "index B",
-           "codebook B", "raw B", "total B", "bits/param", "x fp32", "share"]
+COLUMNS = ["tensor", "shape", "params", "encoding", "nonzeros", "sparsity", "bits", "centroids", "gap bits", "gap B",
+           "index B", "codebook B", "raw B", "total B", "bits/param", "x fp32", "share"]
+# left out first when the terminal is narrow (the name and the essential numbers stay)
+DROP = ["nonzeros", "share", "codebook B", "raw B", "gap B", "index B", "gap bits", "bits/param", "centroids",
+        "encoding", "x fp32", "shape"]
+LEGEND = ("bits: weight-sharing bits (a codebook of up to 2^bits centroids); B: bytes\n"
+          "centroids: codebook entries; gap bits: width of a sparse gap code;\n"
+          "x fp32: times smaller than float32")
+SMALL = 64  # tensors with fewer elements share one summary row unless --all
+MAX_META_LINES = 60
 
 
 def _cells(r: dict) -> list[str]:
-    bits = "-" if r["bits"] is None else f"{r['bits']} ({r['codebook_size']})"
     return [r["name"], "x".join(map(str, r["shape"])) or "()", _fmt_int(r["params"]), r["encoding"],
-            _fmt_int(r["nonzeros"]), _fmt(r["sparsity"], ".1%"), bits, _fmt(r["gap_bits"], "d"),
+            _fmt_int(r["nonzeros"]), _fmt(r["sparsity"], ".1%"), _fmt(r["bits"], "d"),
+            _fmt(r["codebook_size"] if r["bits"] is not None else None, "d"), _fmt(r["gap_bits"], "d"),
             _fmt_int(r["gap_bytes"]), _fmt_int(r["index_bytes"]), _fmt_int(r["codebook_bytes"]), _fmt_int(r["raw_bytes"]),
             _fmt_int(r["bytes"]), _fmt(r["bits_per_param"], ".2f"), _fmt(r["ratio"], ".1f"), _fmt(r["share"], ".1%")]
 
 
-def _print_report(rep: dict, rows: list[dict]) -> None:
+def _sum_cells(label: str, rows: list[dict], size: int) -> list[str]:
+    """A row (or the footer) that adds up ``rows``: counts and bytes; no per-tensor codebook facts."""
+    params = sum(r["params"] for r in rows)
+    nz = [r["nonzeros"] for r in rows]
+    nonzeros = None if None in nz else sum(nz)
+    nbytes = sum(r["bytes"] for r in rows)
+    return [label, "", _fmt_int(params), "", _fmt_int(nonzeros),
+            _fmt(1 - nonzeros / params if params and nonzeros is not None else None, ".1%"), "", "", "",
+            *(_fmt_int(sum(r[f"{k}_bytes"] for r in rows)) for k in ("gap", "index", "codebook", "raw")),
+            _fmt_int(nbytes), _fmt(8 * nbytes / params if params else None, ".2f"),
+            _fmt(4 * params / nbytes if nbytes else None, ".1f"), _fmt(nbytes / size if size else None, ".1%")]
+
+
+def _kv_lines(value, indent: str = "  ") -> list[str]:
+    """Metadata as key/value lines: a dict indents its keys, a list of plain values is joined."""
+    if isinstance(value, dict):
+        lines = []
+        for k, v in value.items():
+            if isinstance(v, dict) and v and len(v) <= 4 and not any(isinstance(x, (dict, list)) for x in v.values()):
+                lines.append(f"{indent}{_escape(k)}: " + ", ".join(f"{_escape(a)} {_scalar(b)}" for a, b in v.items()))
+            elif isinstance(v, dict) and v:
+                lines.append(f"{indent}{_escape(k)}:")
+                lines += _kv_lines(v, indent + "  ")
+            else:
+                lines.append(f"{indent}{_escape(k)}: {_scalar(v)}")
+        return lines
+    return [f"{indent}{_scalar(value)}"]
+
+
+def _scalar(v) -> str:
+    if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+        return _escape(", ".join(_scalar(x) for x in v)) if v else "[]"
+    if isinstance(v, (dict, list)):
+        return _escape(json.dumps(v, sort_keys=True))
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10000 else str(v)
+    return _escape(v)
+
+
+META_ORDER = ("producer", "source", "source_sha256", "settings", "fidelity", "accuracy", "opset")
+
+
+def _print_metadata(meta: dict, out) -> None:
+    if not isinstance(meta, dict) or not meta:
+        return
+    keys = [k for k in META_ORDER if k in meta] + [k for k in meta if k not in META_ORDER]
+    lines = []
+    for k in keys:
+        v = meta[k]
+        label = "fidelity (measured by dcconvert)" if k == "fidelity" else k
+        if isinstance(v, dict) and v:
+            lines.append(f"  {_escape(label)}:")
+            lines += _kv_lines(v, "    ")
+        else:
+            lines.append(f"  {_escape(label)}: {_scalar(v)}")
+    for line in lines[:MAX_META_LINES]:
+        print(line, file=out)
+    if len(lines) > MAX_META_LINES:
+        print(f"  ... {len(lines) - MAX_META_LINES} more metadata lines (--json shows all)", file=out)
+
+
+def _print_report(rep: dict, rows: list[dict], group_small: bool = True) -> None:
     out = sys.stdout
     meta = rep["metadata"] or {}
     print(f"{_escape(rep['file'])}: {rep['kind']}, {rep['size']:,} bytes"
           + (f", format {rep['format_version']}" if rep["format_version"] else "")
           + ("" if rep["has_graph"] or rep["kind"] != "dcz" else ", weights only (no graph)"), file=out)
-    for key in ("producer", "source", "source_sha256", "settings", "accuracy", "opset"):
-        if key in meta:
-            v = meta[key]
-            print(f"  {key}: {_escape(json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)}", file=out)
+    _print_metadata(meta, out)
     t = rep["totals"]
-    footer = ["total", "", _fmt_int(t["params"]), "", _fmt_int(t["nonzeros"]),
-              _fmt(1 - t["nonzeros"] / t["params"] if t["params"] else None, ".1%"), "", "",
-              _fmt_int(t["gap_bytes"]), _fmt_int(t["index_bytes"]), _fmt_int(t["codebook_bytes"]), _fmt_int(t["raw_bytes"]),
-              _fmt_int(t["tensor_bytes"]), _fmt(8 * t["tensor_bytes"] / t["params"] if t["params"] else None, ".2f"),
-              _fmt(t["fp32_bytes"] / t["tensor_bytes"] if t["tensor_bytes"] else None, ".1f"),
-              _fmt(t["tensor_bytes"] / rep["size"] if rep["size"] else None, ".1%")]
+    footer = _sum_cells("total", rep["tensors"], rep["size"])
+    small = [r for r in rows if r["params"] < SMALL] if group_small else []
+    if len(small) < 2:
+        small = []
+    ids = {id(r) for r in small}
+    body = [_cells(r) for r in rows if id(r) not in ids]
+    if small:
+        body.append(_sum_cells(f"+ {len(small)} small tensors", small, rep["size"]))
     shown = "" if len(rows) == len(rep["tensors"]) else f" ({len(rows)} of {len(rep['tensors'])} shown; total is all)"
-    render(f"tensors{shown}", COLUMNS, [_cells(r) for r in rows], right=set(COLUMNS) - {"tensor", "shape", "encoding"},
-           footer=footer)
+    render(f"tensors{shown}", COLUMNS, body, right=set(COLUMNS) - {"tensor", "shape", "encoding"},
+           footer=footer, drop=DROP, more="a wider terminal, --csv or --json shows them")
+    if small:
+        print(f"+ {len(small)} small tensors: those of fewer than {SMALL} elements, summed in one row; --all lists them",
+              file=out)
+    if rep["kind"] == "dcz":
+        print(LEGEND, file=out)
     o = rep["overhead"]
     parts = ", ".join(f"{k} {v:,}" for k, v in o.items() if k != "total" and v)
     print(f"overhead: {o['total']:,} bytes" + (f" ({parts})" if parts else ""), file=out)
@@ -90,11 +169,12 @@ def _print_compare(reps: list[dict]) -> None:
         footer.append(_fmt(reps[1]["size"] / reps[0]["size"], ".3f") if reps[0]["size"] else "-")
     for i, rep in enumerate(reps):
         print(f"[{i + 1}] {_escape(rep['file'])} ({rep['kind']}, {rep['size']:,} bytes)")
-    render(None, cols, body, right=set(cols) - {"tensor"}, footer=footer)
+    drop = [c for i in range(len(reps), 0, -1) for c in (f"[{i}] bits", f"[{i}] sparsity")]
+    render(None, cols, body, right=set(cols) - {"tensor"}, footer=footer, drop=drop)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--csv", "as_csv", is_flag=True, help="print the per-tensor rows as CSV")
 @click.option("--sort", type=click.Choice(["size", "name", "ratio"]), help="order of the rows (default: file order)")
@@ -103,22 +183,27 @@ def _print_compare(reps: list[dict]) -> None:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), metavar="OUT",
               help="save a picture: bytes per layer by stream and weight histograms (.png, .svg or .html)")
 @click.option("--verify", is_flag=True, help="check every checksum and decode every tensor; exit 1 if anything is damaged")
-def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
+@click.option("--all", "show_all", is_flag=True, help=f"list every tensor (by default those of fewer than {SMALL} "
+              "elements share one row)")
+@click.version_option(__version__, prog_name="dcinspect", message="%(prog)s (dcz) %(version)s")
+def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify, show_all):
     """Show where the bytes of a .dcz file go, per tensor.
 
     Also reads .onnx, .safetensors and PyTorch state_dict files (their dense sizes). Give two or
     more files to compare them side by side.
     """
+    from . import inspect as insp  # numpy and the reader: not needed for --help
+
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
     if verify:
         ok_all = True
         for f in files:
-            items, ok = insp.verify_report(f)
+            items, ok, verdict = insp.verify_any(f)
             ok_all &= ok
             for what, err in items:
                 click.echo(f"{_escape(f)}: {_escape(what)}: {'ok' if err is None else 'DAMAGED: ' + _escape(err)}")
-            click.echo(f"{_escape(f)}: {'all checksums match and every tensor decodes' if ok else 'damaged'}")
+            click.echo(f"{_escape(f)}: {verdict}")
         if not ok_all:
             sys.exit(1)
         return
@@ -132,9 +217,12 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
         if len(reps) != 1:
             raise click.UsageError("--plot takes one file")
         reader = open_dcz(files[0]) if reps[0]["kind"] == "dcz" else None
+        prog = _plot_progress()
         try:
-            plot.save(reps[0], plot_out, reader)
+            plot.save(reps[0], plot_out, reader, progress=prog)
         finally:
+            if prog is not None:
+                prog.stop()
             if reader is not None:
                 reader.close()
     if as_json:
@@ -150,7 +238,8 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
         w.writerow(keys)
         for rep in reps:
             for r in insp.select(rep["tensors"], sort, top, pattern):
-                w.writerow([rep["file"] if k == "file" else "x".join(map(str, r["shape"])) if k == "shape" else r[k] for k in keys])
+                w.writerow([_escape(rep["file"]) if k == "file" else "x".join(map(str, r["shape"])) if k == "shape"
+                            else _escape(r[k]) if k == "name" else r[k] for k in keys])
         return
     if len(reps) > 1:
         for rep in reps:
@@ -158,9 +247,30 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify):
         _print_compare(reps)
         return
     rep = reps[0]
-    _print_report(rep, insp.select(rep["tensors"], sort, top, pattern))
+    _print_report(rep, insp.select(rep["tensors"], sort, top, pattern), group_small=not (show_all or pattern))
     if plot_out:
         click.echo(f"plot saved to {_escape(plot_out)}")
+
+
+def _plot_progress():
+    """On a terminal, a progress line on stderr while --plot decodes and draws (it takes seconds)."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = Progress(SpinnerColumn(), TextColumn("plot"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[what]}", markup=False), transient=True, console=Console(file=sys.stderr))
+    task = bar.add_task("plot", total=None, what="loading matplotlib")
+    bar.start()
+
+    def update(done, total, what):
+        what = _escape(what)[-60:]
+        bar.update(task, completed=done, total=total or None,
+                   what=what if not what or what.startswith("writing") else f"decoding and drawing {what}")
+
+    update.stop = bar.stop
+    return update
 
 
 def inspect_main(argv=None):
@@ -169,13 +279,14 @@ def inspect_main(argv=None):
 
 # ---------------------------------------------------------------- dcdecode
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="write the ONNX model here")
 @click.option("--external-data", is_flag=True,
               help="put the weights in OUTPUT.data beside the .onnx (automatic for models over 2 GB)")
 @click.option("--compact", is_flag=True, help="keep codebook weights as uint8 indices + codebook (Gather/DequantizeLinear)")
 @click.option("--state-dict", type=click.Path(dir_okay=False), metavar="OUT.safetensors",
               help="write every tensor to a .safetensors file (works for weights-only files)")
+@click.version_option(__version__, prog_name="dcdecode", message="%(prog)s (dcz) %(version)s")
 def dcdecode(model, output, external_data, compact, state_dict):
     """Decode a .dcz into an ONNX model (or a safetensors state_dict)."""
     from . import runtime
@@ -199,10 +310,12 @@ def dcdecode(model, output, external_data, compact, state_dict):
                 raise click.ClickException(f"{model}: weights-only file (no graph section), there is no model to "
                                            f"write; use --state-dict OUT.safetensors for its tensors")
     if state_dict:
-        n = runtime.save_state_dict(model, state_dict)
+        with naming(model):
+            n = runtime.save_state_dict(model, state_dict)
         click.echo(f"wrote {_escape(state_dict)} ({n:,} bytes)")
     if output:
-        n, data = runtime.save_onnx(model, output, compact=compact, external_data=True if external_data else None)
+        with naming(model):
+            n, data = runtime.save_onnx(model, output, compact=compact, external_data=True if external_data else None)
         click.echo(f"wrote {_escape(output)} ({n:,} bytes)" + (f" with weights in {_escape(data)}" if data else ""))
 
 
@@ -268,7 +381,9 @@ def _model_graph(path):
         with open_dcz(path) as r:
             g = r.graph
         if g is None:
-            raise click.ClickException(f"{path}: weights-only file (no graph section): there is no model to run")
+            raise click.ClickException(f"{path}: a weights-only file (no graph), there is no model to run; "
+                                       f"`dcdecode {path} --state-dict OUT.safetensors` writes its tensors, "
+                                       f"`dcinspect {path}` lists them")
         return g, True
     try:
         return onnx.load(path, load_external_data=False), False
@@ -292,7 +407,7 @@ def _plain_session(path, provider):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="an input array (repeatable); "
               "inputs not given are synthetic, built from the declared inputs (token ids below the embedding "
               "table's rows, masks all ones, smooth images in [-1, 1])")
@@ -301,7 +416,8 @@ def _plain_session(path, provider):
 @click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
               help="size of a symbolic input dimension of synthetic inputs, e.g. --dim sequence=128 (repeatable)")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--compact", is_flag=True, help="keep codebook weights as uint8 indices in memory")
+@click.option("--compact", is_flag=True, help="keep codebook weights as uint8 indices in memory: less memory, but "
+              "every run is slower (many times, the weights are rebuilt from the indices each run)")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="save each output as NAME.npy here")
 @click.option("--bench", type=click.IntRange(1), metavar="N", help="time load, first run and N runs (p50/p99)")
 @click.option("--compare", type=click.Path(dir_okay=False, exists=True), metavar="MODEL.onnx",
@@ -315,6 +431,7 @@ def _plain_session(path, provider):
 @click.option("--min-cosine", type=float, metavar="C",
               help="with --compare: exit 1 if an output's worst-sample cosine similarity is below C")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of the synthetic inputs")
+@click.version_option(__version__, prog_name="dcrun", message="%(prog)s (dcz) %(version)s")
 def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, compare, calibration, calibration_samples,
           max_error, min_cosine, seed):
     """Run a .dcz model (or a plain .onnx model, as a baseline) in ONNX Runtime.

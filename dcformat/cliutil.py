@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 
 import click
@@ -55,16 +57,54 @@ def check_distinct(outputs: dict[str, str], inputs: dict[str, str]) -> None:
         seen[label] = path
 
 
+@contextlib.contextmanager
+def naming(path):
+    """A DczError raised inside names ``path`` (a checksum error in a tensor says which file)."""
+    try:
+        yield
+    except DczError as e:
+        if os.fspath(path) in str(e):
+            raise
+        try:
+            named = type(e)(f"{os.fspath(path)}: {e}")
+        except Exception:  # noqa: BLE001 - a subclass with another signature
+            named = DczError(f"{os.fspath(path)}: {e}")
+        raise named from None
+
+
 def fail(msg: str, code: int = 1) -> "NoReturn":  # noqa: F821
     click.echo(f"error: {_escape(msg)}", err=True)
     sys.exit(code)
 
 
+def _pipe_closed() -> "NoReturn":  # noqa: F821
+    """The reader of our stdout went away (``dcinspect --csv | head -1``): stop quietly, with the
+    status of a process ended by SIGPIPE (128 + 13), as other command-line tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    except (OSError, ValueError):
+        pass
+    sys.exit(141)
+
+
 def run(command: click.Command, argv=None, prog_name: str | None = None) -> None:
-    """Run a click command; every failure ends as one ``error: ...`` line on stderr."""
+    """Run a click command; every failure ends as one ``error: ...`` line on stderr.
+
+    Exit status: 0 done, 1 failure, 2 usage error, 130 interrupted (Ctrl-C), 141 stdout closed."""
+    if argv is None and hasattr(signal, "SIGPIPE"):  # a real command line (not a test calling in)
+        try:  # `dcinspect --csv | head -1`: end quietly as SIGPIPE ends other tools (click would exit 1)
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        except ValueError:  # not the main thread
+            pass
     try:
         rv = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except click.exceptions.Abort:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _pipe_closed()
+    except click.exceptions.Abort as e:  # click turns Ctrl-C (and EOF at a prompt) into Abort
+        if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+            fail("interrupted", 130)
         fail("aborted", 1)
     except click.UsageError as e:
         fail(e.format_message(), 2)

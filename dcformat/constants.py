@@ -6,6 +6,8 @@ every constant quoted in the spec matches the value here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 # ---------------------------------------------------------------- container
@@ -73,15 +75,9 @@ def expansion_bound(file_size: int) -> int:
     return MAX_EXPANSION * file_size + EXPANSION_SLACK
 
 # ---------------------------------------------------------------- dtypes
-# name -> (numpy dtype, itemsize); all little-endian.
-try:  # ml_dtypes comes with onnx; bfloat16 needs it
-    import ml_dtypes
-
-    _BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover
-    _BF16 = None
-
-DTYPES: dict[str, np.dtype] = {
+# name -> numpy dtype; all little-endian. bfloat16's dtype comes from ml_dtypes (installed with
+# onnx), imported on first use of that dtype only: importing it costs about a second.
+_EAGER_DTYPES: dict[str, np.dtype] = {
     "float64": np.dtype("<f8"),
     "float32": np.dtype("<f4"),
     "float16": np.dtype("<f2"),
@@ -95,12 +91,43 @@ DTYPES: dict[str, np.dtype] = {
     "uint8": np.dtype("u1"),
     "bool": np.dtype("?"),
 }
-if _BF16 is not None:
-    DTYPES["bfloat16"] = _BF16
+
+
+def _has_ml_dtypes() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ml_dtypes") is not None
+
+
+class _DtypeTable(Mapping):
+    """The format's dtype names -> numpy dtypes; bfloat16 imports ml_dtypes when first looked up."""
+
+    def __init__(self):
+        self._d = dict(_EAGER_DTYPES)
+        self._names = list(_EAGER_DTYPES) + (["bfloat16"] if _has_ml_dtypes() else [])
+
+    def __getitem__(self, name):
+        if name == "bfloat16" and name not in self._d and name in self._names:
+            import ml_dtypes
+
+            self._d[name] = np.dtype(ml_dtypes.bfloat16)
+        return self._d[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def __contains__(self, name):
+        return name in self._names
+
+
+DTYPES: Mapping[str, np.dtype] = _DtypeTable()
 
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")  # may use codebook encodings
 CODEBOOK_DTYPES = ("float32", "float16")
-ITEMSIZE = {"bfloat16": 2, **{k: v.itemsize for k, v in DTYPES.items()}}
+ITEMSIZE = {"bfloat16": 2, **{k: v.itemsize for k, v in _EAGER_DTYPES.items()}}
 
 # bit-pattern (unsigned) dtype of each float dtype, used by the decode kernels
 UINT_OF_SIZE = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
@@ -109,9 +136,9 @@ UINT_OF_SIZE = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 def dtype_name(dt) -> str:
     """The format's name of a numpy dtype (KeyError-free: raises ValueError)."""
     dt = np.dtype(dt)
-    if _BF16 is not None and dt == _BF16:
+    if dt.name == "bfloat16" and "bfloat16" in DTYPES and dt == DTYPES["bfloat16"]:  # an ml_dtypes dtype
         return "bfloat16"
-    for name, d in DTYPES.items():
+    for name, d in _EAGER_DTYPES.items():
         if d == dt.newbyteorder("<") or d == dt:
             return name
     raise ValueError(f"dtype {dt} is not supported by .dcz")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
 from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_RAW, PART_ALIGNMENT, UINT_OF_SIZE
 from .errors import TensorError
 from .records import TensorInfo
@@ -44,6 +43,7 @@ def _checked(info: TensorInfo, out: np.ndarray, where: str) -> np.ndarray:
 
 def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     """Decode one tensor from its (checksum-verified) section bytes."""
+    from . import kernels  # numba is imported when the first tensor is decoded, not at import
     where = f"tensor {info.name!r}"
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}

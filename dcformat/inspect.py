@@ -300,3 +300,34 @@ def verify_report(path) -> tuple[list[tuple[str, str | None]], bool]:
             except DczError as e:
                 items.append((f"tensor {name}", str(e)))
     return items, all(err is None for _, err in items)
+
+
+def verify_any(path) -> tuple[list[tuple[str, str | None]], bool, str]:
+    """``verify_report`` for a .dcz; for other model files what can be checked without checksums
+    (ONNX: onnx.checker and every tensor's data read; safetensors, PyTorch: every tensor read).
+    Returns the items, overall ok, and the closing sentence."""
+    try:
+        kind = sniff(path)
+    except DczError as e:
+        return [("file", str(e))], False, "damaged"
+    if kind == "dcz":
+        items, ok = verify_report(path)
+        return items, ok, "all checksums match and every tensor decodes" if ok else "damaged"
+    items = []
+    try:
+        rep = inspect_any(path)
+        items.append((f"{len(rep['tensors'])} tensors read", None))
+    except DczError as e:
+        items.append(("tensors", str(e)))
+    if kind == "onnx":
+        import onnx
+
+        try:
+            onnx.checker.check_model(os.fspath(path))
+            items.append(("onnx.checker", None))
+        except Exception as e:  # noqa: BLE001 - onnx raises several kinds
+            items.append(("onnx.checker", first_line(e)))
+    ok = all(err is None for _, err in items)
+    what = {"onnx": "an ONNX model", "safetensors": "a safetensors file", "pytorch": "a PyTorch state_dict"}[kind]
+    return items, ok, (f"{what}, readable and well-formed (it carries no checksums: only .dcz files do)" if ok
+                       else f"{what} with problems")

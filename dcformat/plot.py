@@ -26,64 +26,137 @@ def _matplotlib():
 
 def _short(name: str, n: int = 40) -> str:
     name = "".join(c if c.isprintable() else "?" for c in name)
-    return name if len(name) <= n else "…" + name[-(n - 1):]
+    if len(name) <= n:
+        return name
+    head = (n - 1) // 3  # the start says which block, the end which weight: cut the middle
+    return name[:head] + "…" + name[-(n - 1 - head):]
 
 
-def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, min_hist_params: int = 1024):
-    """A matplotlib Figure: stacked bars of stored bytes per tensor; histograms of the largest layers."""
+def _bytes_axis(ax) -> None:
+    """Bytes in units (B, kB, MB) instead of a '1e6' offset; a few ticks, so their labels never overlap."""
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    ax.xaxis.set_major_formatter(EngFormatter(unit="B", places=0, sep=" "))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, min_n_ticks=3))
+
+
+def _value_axis(ax) -> None:
+    """Weight values: at most 5 ticks with short labels ('-0.02', '5e-05', '0'), no offset text."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: "0" if v == 0 else f"{v:.2g}"))
+
+
+def _bar_rows(report: dict, max_bars: int, min_share: float = 0.005):
+    """The tensors worth a bar (the largest, each at least ``min_share`` of the stored bytes), and the
+    rest folded into one row: a model's hundred 8-byte constants must not crowd out its layers."""
+    rows = sorted(report["tensors"], key=lambda r: -r["bytes"])
+    total = sum(r["bytes"] for r in rows) or 1
+    big = [r for r in rows[:max_bars] if r["bytes"] >= min_share * total] or rows[:1]
+    rest = rows[len(big):]
+    if len(rest) == 1:
+        big, rest = big + rest, []
+    return big, rest
+
+
+def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, min_hist_params: int = 1024,
+           progress=None, rug_above: int = 24):
+    """A matplotlib Figure: stacked bars of stored bytes per tensor; histograms of the largest layers.
+
+    ``progress(done, total, what)`` is called as each histogram's tensor is decoded and drawn.
+    A layer with more than ``rug_above`` centroids shows them as a rug of ticks under its
+    histogram (a line per centroid would hide the bars)."""
     plt = _matplotlib()
-    rows = sorted(report["tensors"], key=lambda r: -r["bytes"])[:max_bars][::-1]
+    big, rest = _bar_rows(report, max_bars)
+    labels = [_short(r["name"]) for r in big]
+    stacks = {s: [r[f"{s}_bytes"] for r in big] for s in ("gap", "index", "codebook", "raw")}
+    if rest:
+        labels.append(f"{len(rest)} smaller tensors")
+        for s in stacks:
+            stacks[s].append(sum(r[f"{s}_bytes"] for r in rest))
+    labels, stacks = labels[::-1], {s: v[::-1] for s, v in stacks.items()}
     hist_rows = []
     if reader is not None:
-        big = [r for r in report["tensors"] if r["params"] >= min_hist_params and r["encoding"] != "dense"]
-        hist_rows = sorted(big, key=lambda r: -r["params"])[:max_hists]
-    ncols = 3
+        cands = [r for r in report["tensors"] if r["params"] >= min_hist_params and r["encoding"] != "dense"]
+        hist_rows = sorted(cands, key=lambda r: -r["params"])[:max_hists]
+    ncols = min(3, max(len(hist_rows), 1))
     nh = (len(hist_rows) + ncols - 1) // ncols
-    fig = plt.figure(figsize=(12, 0.32 * max(len(rows), 4) + 1.6 + 3.0 * nh), layout="constrained")
-    heights = [max(0.32 * len(rows), 1.5) + 1.2] + [3.0] * nh
-    gs = fig.add_gridspec(1 + nh, ncols, height_ratios=heights)
+    bar_h = max(0.3 * len(labels), 1.5) + 1.2
+    fig = plt.figure(figsize=(12, bar_h + 3.2 * nh + 0.4), layout="constrained")
+    gs = fig.add_gridspec(1 + nh, ncols, height_ratios=[bar_h] + [3.2] * nh)
     ax = fig.add_subplot(gs[0, :])
-    y = np.arange(len(rows))
-    left = np.zeros(len(rows))
+    y = np.arange(len(labels))
+    left = np.zeros(len(labels))
     for s in ("gap", "index", "codebook", "raw"):
-        v = np.array([r[f"{s}_bytes"] for r in rows], float)
+        v = np.array(stacks[s], float)
         if v.any():
-            ax.barh(y, v, left=left, color=COLORS[s], label=f"{s} stream" if s in ("gap", "index") else s)
+            ax.barh(y, v, left=left, color=COLORS[s], label={"gap": "gap stream (sparse positions)",
+                                                             "index": "index stream (codebook indices)",
+                                                             "codebook": "codebook", "raw": "raw values"}[s])
         left += v
-    ax.set_yticks(y, [_short(r["name"]) for r in rows], fontsize=8)
-    ax.set_xlabel("stored bytes")
+    ax.set_yticks(y, labels, fontsize=8)
+    if rest:
+        ax.get_yticklabels()[0].set_fontstyle("italic")
+    ax.set_xlabel("stored bytes", fontsize=9)
+    _bytes_axis(ax)
+    ax.tick_params(axis="x", labelsize=8)
     title = f"{os.path.basename(report['file'])}: {report['size']:,} bytes"
     if report["totals"]["params"]:
         title += f", {report['totals']['params']:,} parameters, {report['totals']['ratio']:.1f}x smaller than fp32"
     ax.set_title(title, fontsize=10, loc="left")
-    ax.legend(loc="lower right", fontsize=8)
-    for yi, r in zip(y, rows):
-        ax.text(left[yi], yi, f" {r['bytes']:,}", va="center", fontsize=7)
-    ax.margins(x=0.12)
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    total = sum(r["bytes"] for r in report["tensors"]) or 1
+    for yi in y:
+        ax.text(left[yi], yi, f"  {int(left[yi]):,} B ({left[yi] / total:.0%})", va="center", fontsize=7)
+    ax.margins(x=0.16)
+    ax.spines[["top", "right"]].set_visible(False)
     for i, r in enumerate(hist_rows):
+        if progress:
+            progress(i, len(hist_rows), r["name"])
         hax = fig.add_subplot(gs[1 + i // ncols, i % ncols])
         w = np.asarray(reader[r["name"]], dtype=np.float64).reshape(-1)
         nz = w[(w != 0) & np.isfinite(w)]
-        hax.hist(nz, bins=120, color="#4C72B0", alpha=0.85)
         info = reader.info(r["name"])
-        if info.codebook_size:
-            for c in np.unique(nz):
-                hax.axvline(c, color="#C44E52", lw=0.6, alpha=0.7)
-        hax.set_title(f"{_short(r['name'], 32)}: {r['sparsity']:.0%} zero, "
-                      f"{info.codebook_size or 'no'} centroids", fontsize=8)
+        centroids = np.unique(nz) if info.codebook_size else np.zeros(0)
+        if nz.size:
+            hax.hist(nz, bins=min(100, max(10, int(np.sqrt(nz.size)))), color="#4C72B0", alpha=0.85, zorder=2)
+        if 0 < centroids.size <= rug_above:
+            for c in centroids:
+                hax.axvline(c, color="#C44E52", lw=0.7, alpha=0.6, zorder=1)
+            how = "centroids as red lines"
+        elif centroids.size:  # a rug: one short tick per centroid, in a band of its own under the bars
+            top = hax.get_ylim()[1]
+            hax.set_ylim(-0.09 * top, top)
+            hax.plot(centroids, np.full(centroids.size, -0.045 * top), "|", color="#C44E52", ms=7, mew=0.7, zorder=3)
+            hax.axhline(0, color="#888888", lw=0.5, zorder=1)
+            how = "centroids as ticks below"
+        else:
+            how = "no codebook"
+        hax.set_title(f"{_short(r['name'], 34)}\n{r['sparsity']:.0%} zero, {info.codebook_size or 'no'} centroids "
+                      f"({how})", fontsize=8)
         hax.set_xlabel("weight value (non-zero)", fontsize=8)
         hax.set_ylabel("count", fontsize=8)
         hax.tick_params(labelsize=7)
+        if nz.size:
+            _value_axis(hax)
+        hax.spines[["top", "right"]].set_visible(False)
+    if progress:
+        progress(len(hist_rows), len(hist_rows), "")
     return fig
 
 
-def save(report: dict, out: str, reader=None) -> None:
-    """Write the plot as .png, .svg or .html (an SVG with the per-tensor table)."""
+def save(report: dict, out: str, reader=None, progress=None) -> None:
+    """Write the plot as .png, .svg or .html (an SVG with the per-tensor table).
+
+    ``progress(done, total, what)``: see :func:`figure`; called once more with what='writing'."""
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".svg", ".html", ".htm"):
         raise DczError(f"--plot: unknown picture type {ext or '(none)'}; use .png, .svg or .html")
     plt = _matplotlib()
-    fig = figure(report, reader)
+    fig = figure(report, reader, progress=progress)
+    if progress:
+        progress(1, 1, "writing " + os.path.basename(out))
     try:
         if ext in (".png", ".svg"):
             fig.savefig(out, dpi=110, metadata={"Date": None} if ext == ".svg" else None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import huffman, kernels
+from . import huffman
 from .constants import LANE_OFFSET_BYTES, PART_ALIGNMENT
 from .errors import HuffmanError
 
@@ -66,6 +66,7 @@ def estimate_stream_bytes(freqs: np.ndarray, lane_size: int) -> int:
 
 def encode_stream(symbols: np.ndarray, alphabet: int, lane_size: int) -> np.ndarray:
     """Huffman-code ``symbols`` (integers < alphabet) into a stream part (uint8 array)."""
+    from . import kernels  # numba is imported on first use, not when dcformat is
     n = symbols.size
     if n == 0:
         return np.zeros(0, np.uint8)
@@ -137,6 +138,7 @@ def parse_stream(part: np.ndarray, n: int, alphabet: int, lane_size: int, where:
 
 def raise_lane_error(status: np.ndarray, where: str, streams: tuple[tuple[str, Stream], ...]) -> None:
     """Turn the first non-zero lane status from a kernel into a HuffmanError."""
+    from . import kernels
     bad = np.flatnonzero(status)
     if bad.size == 0:
         return

@@ -54,6 +54,8 @@ def exercise(path, run, all_commands=True):
         assert rep["size"] == rep["totals"]["tensor_bytes"] + rep["overhead"]["total"]
     items, ok = insp.verify_report(path)
     assert ok == all(err is None for _, err in items)
+    items, ok, _ = insp.verify_any(path)  # what --verify reports: other model files are checked as what they are
+    assert ok == all(err is None for _, err in items)
     code, out = _cli([path, "--json"], run)
     if code == 0:
         json.loads(out)

@@ -1,0 +1,56 @@
+"""dcinspect --plot's drawing: many centroids as a rug, not a wall of lines; small tensors folded
+into one bar; bytes in units; progress reported; few, non-overlapping value ticks."""
+
+import numpy as np
+import pytest
+
+import dcformat
+from dcformat import inspect as insp
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture
+def model(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = [
+        dcformat.encode_codebook("conv2.weight", np.linspace(-0.2, 0.2, 200).astype(np.float32),
+                                 rng.integers(0, 200, (64, 32, 3, 3)), encoding="codebook-dense"),
+        dcformat.encode_codebook("fc.weight", np.linspace(-1, 1, 8).astype(np.float32) * 1e-4,
+                                 rng.integers(0, 8, (100, 200)), encoding="codebook-dense"),
+    ]
+    tensors += [dcformat.encode(f"const{i}", np.array([i + 1], np.int64)) for i in range(40)]
+    p = tmp_path / "m.dcz"
+    dcformat.write(p, tensors)
+    return p
+
+
+def test_figure_design(model):
+    from matplotlib.ticker import EngFormatter
+
+    from dcformat import plot
+
+    rep = insp.inspect_dcz(model)
+    calls = []
+    with dcformat.open(model) as r:
+        fig = plot.figure(rep, r, progress=lambda *a: calls.append(a))
+    bars, *hists = fig.axes
+    labels = [t.get_text() for t in bars.get_yticklabels()]
+    assert labels[0] == "40 smaller tensors" and set(labels[1:]) == {"conv2.weight", "fc.weight"}
+    assert isinstance(bars.xaxis.get_major_formatter(), EngFormatter)  # "12 kB", not a 1e6 offset
+    by_title = {h.get_title().split("\n")[0]: h for h in hists}
+    many, few = by_title["conv2.weight"], by_title["fc.weight"]
+    assert "ticks below" in many.get_title() and len(many.lines) <= 3  # a rug (+ the zero line), not 200 lines
+    rug = [ln for ln in many.lines if ln.get_marker() == "|"]
+    assert len(rug) == 1 and len(rug[0].get_xdata()) == 200
+    assert "red lines" in few.get_title() and len(few.lines) == 8
+    fig.canvas.draw()
+    for h in hists:  # at most 6 value ticks, labels that do not overlap
+        ticks = [t for t in h.get_xticklabels() if t.get_text()]
+        assert 2 <= len(ticks) <= 6
+        boxes = sorted((t.get_window_extent() for t in ticks), key=lambda b: b.x0)
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in ticks]
+    assert [c[:2] for c in calls] == [(0, 2), (1, 2), (2, 2)]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Start-up time of the command-line tools, as ratios against baselines measured in the same run.
+
+Each figure is the median wall time of --repeat fresh Python processes (imports included):
+
+* ``TOOL --help`` and ``TOOL --version`` for dcinspect, dcdecode, dcrun, dcconvert, dcz against
+  ``python -c "import click"`` (target for dcinspect --help: <= 2x);
+* ``dcrun model.dcz`` (import, load, one run on random inputs) against a fresh process that loads
+  the same model's .onnx into ONNX Runtime and runs it once on the same input shape
+  (target: <= 1.5x); an MLP of --params parameters, pruned and quantized by dcconvert;
+* what the dcrun start-up is made of: the import time of numpy, onnxruntime, onnx, ml_dtypes,
+  numba (each alone, in a fresh process).
+
+    .venv/bin/python tools/bench_startup.py                  # 8.4M-parameter MLP
+    .venv/bin/python tools/bench_startup.py --params 40      # about 40M parameters
+    .venv/bin/python tools/bench_startup.py --json out.json
+    .venv/bin/python tools/bench_startup.py --root ../main  # another checkout (before/after)
+
+Run from the repository root (it puts the checkout on PYTHONPATH of the child processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+CWD = [ROOT]  # `python -c` puts the working directory first on sys.path: run in the checkout measured
+TOOLS = {"dcinspect": "dcformat.cli:inspect_main", "dcdecode": "dcformat.cli:decode_main",
+         "dcrun": "dcformat.cli:run_main", "dcconvert": "converters.cli:main", "dcz": "converters.demo:main"}
+
+
+def entry(spec: str, *args: str) -> list[str]:
+    """The command a console script runs: import the function, call it (as pip's wrapper does)."""
+    mod, fn = spec.split(":")
+    return [sys.executable, "-c", f"import sys; from {mod} import {fn}; sys.exit({fn}())", *args]
+
+
+def wall(cmd: list[str], repeat: int, allow_fail: bool = False) -> float | None:
+    """Median seconds of ``repeat`` fresh processes (after one unmeasured warm-up: disk cache, numba cache);
+    None for a command that fails where ``allow_fail`` (an option an older checkout lacks)."""
+    times = []
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, env=ENV, cwd=CWD[0], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        dt = time.perf_counter() - t0
+        if p.returncode != 0:
+            if allow_fail:
+                return None
+            raise SystemExit(f"{' '.join(cmd[-3:])} failed: {p.stderr.decode()[-500:]}")
+        if i:
+            times.append(dt)
+    return statistics.median(times)
+
+
+def build_model(d: str, params_m: float) -> tuple[str, str, int]:
+    """An MLP of about ``params_m`` million parameters: model.onnx, and model.dcz by dcconvert."""
+    import onnx
+
+    from converters.mlp import MLP
+
+    width = 256
+    while True:  # [1024, w, w, 10]
+        if 1024 * width + width * width + width * 10 >= params_m * 1e6:
+            break
+        width += 256
+    net = MLP([1024, width, width, 10], seed=0)
+    onnx_path, dcz_path = os.path.join(d, "model.onnx"), os.path.join(d, "model.dcz")
+    onnx.save(net.to_onnx(), onnx_path)
+    subprocess.run(entry(TOOLS["dcconvert"], onnx_path, "-o", dcz_path, "-q"), env=ENV, cwd=CWD[0], check=True)
+    return onnx_path, dcz_path, sum(w.size for w in net.W) + sum(b.size for b in net.b)
+
+
+ORT_RUN = ("import sys, numpy as np, onnxruntime as ort\n"
+           "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+           "i = s.get_inputs()[0]\n"
+           "x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape])\n"
+           "s.run(None, {i.name: x.astype(np.float32)})\n")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=5, help="fresh processes per figure (median)")
+    ap.add_argument("--params", type=float, default=8, help="millions of parameters of the dcrun model")
+    ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--root", help="measure this checkout instead of the one holding this script "
+                                   "(e.g. the main branch, for a before/after)")
+    args = ap.parse_args(argv)
+    if args.root:
+        ENV["PYTHONPATH"] = os.path.abspath(args.root)
+        CWD[0] = os.path.abspath(args.root)
+    res = {"python": sys.version.split()[0], "repeat": args.repeat}
+
+    click_s = wall([sys.executable, "-c", "import click"], args.repeat)
+    res["import click"] = click_s
+    print(f"baseline: python -c 'import click'  {click_s * 1e3:7.1f} ms")
+    for tool, spec in TOOLS.items():
+        for flag in ("--help", "--version"):
+            s = wall(entry(spec, flag), args.repeat, allow_fail=True)
+            res[f"{tool} {flag}"] = s
+            print(f"{tool:9} {flag:9}  " + ("    (fails: no such option)" if s is None else
+                                            f"{s * 1e3:7.1f} ms  {s / click_s:5.2f}x import click"))
+    res["ratio dcinspect --help / import click"] = res["dcinspect --help"] / click_s
+
+    for mod in ("numpy", "onnxruntime", "onnx", "ml_dtypes", "numba"):
+        s = wall([sys.executable, "-c", f"import {mod}"], args.repeat)
+        res[f"import {mod}"] = s
+        print(f"import {mod:12}        {s * 1e3:7.1f} ms")
+
+    with tempfile.TemporaryDirectory() as d:
+        onnx_path, dcz_path, params = build_model(d, args.params)
+        res["params"] = params
+        res["onnx_bytes"], res["dcz_bytes"] = os.path.getsize(onnx_path), os.path.getsize(dcz_path)
+        ort_s = wall([sys.executable, "-c", ORT_RUN, onnx_path], args.repeat)
+        dcrun_s = wall(entry(TOOLS["dcrun"], dcz_path), args.repeat)
+        res.update({"ort load+run (fresh process)": ort_s, "dcrun load+run (fresh process)": dcrun_s,
+                    "ratio dcrun / ort": dcrun_s / ort_s})
+        print(f"model: MLP, {params:,} parameters, .onnx {res['onnx_bytes']:,} bytes, .dcz {res['dcz_bytes']:,} bytes")
+        print(f"ORT   load + one run of model.onnx  {ort_s * 1e3:7.1f} ms")
+        print(f"dcrun model.dcz                     {dcrun_s * 1e3:7.1f} ms  {dcrun_s / ort_s:5.2f}x ORT")
+
+    print(f"ratios: dcinspect --help / import click = {res['ratio dcinspect --help / import click']:.2f} (target <= 2); "
+          f"dcrun / ORT = {res['ratio dcrun / ort']:.2f} (target <= 1.5)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()
