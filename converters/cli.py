@@ -166,8 +166,12 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
         ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the calibration inputs", cal.run_model, src.graph,
                         originals, calib, decl)
         if s.compensate and not s.lossless:  # what each layer's inputs look like: compensated pruning and sharing
-            s.layers = _ort_call("ONNX Runtime failed while collecting the layers' inputs", hessian.for_model, src.graph,
-                                 originals, calib, decl, src.roles, s.min_size, s.seed)
+            s.layers, without = _ort_call("ONNX Runtime failed while collecting the layers' inputs", hessian.for_model,
+                                          src.graph, originals, calib, decl, src.roles, s.min_size, s.seed)
+            if without:
+                src.notes.append(f"error compensation: {len(s.layers)} of {len(s.layers) + len(without)} layers; the "
+                                 f"others saw fewer than {hessian.MIN_ROWS_PER_FEATURE} calibration rows per input "
+                                 "feature or are too wide (more --calibration-samples would include more)")
         if searching:
             fixed = {}
             if s.sparsity.default is not None or s.sparsity.patterns:

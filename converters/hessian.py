@@ -212,14 +212,16 @@ def collect(graph, weights: dict, calib: dict, decl, found: dict[str, Layer], se
 
 
 
-MAX_H_BYTES = 1 << 30  # all layers' H together (float64); the widest layers beyond it keep plain sharing
+MAX_H_BYTES = 1 << 30
+MIN_ROWS_PER_FEATURE = 4  # calibration rows (samples x positions) per input feature for a usable H  # all layers' H together (float64); the widest layers beyond it keep plain sharing
 
 
 def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: int, seed: int = 0,
-              max_bytes: int = MAX_H_BYTES) -> dict[str, Layer]:
-    """H of every compressible weight that a main-graph Gemm/MatMul/Conv multiplies with an
-    activation (at least ``min_size`` elements, at most :data:`converters.obs.MAX_COLUMNS`
-    input features), narrowest first within ``max_bytes`` of H."""
+              max_bytes: int = MAX_H_BYTES) -> tuple[dict[str, Layer], list[str]]:
+    """(layers with a usable H, names of the layers left without) for every compressible weight that
+    a main-graph Gemm/MatMul/Conv multiplies with an activation (at least ``min_size`` elements, at
+    most :data:`converters.obs.MAX_COLUMNS` input features), narrowest first within ``max_bytes``
+    of H, seen in at least MIN_ROWS_PER_FEATURE calibration rows per input feature."""
     from .obs import MAX_COLUMNS
     from .roles import COMPRESSIBLE
 
@@ -235,7 +237,11 @@ def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: in
             continue
         chosen[name] = lay
         total += cost
-    return collect(graph, weights, calib, decl, chosen, seed)
+    collect(graph, weights, calib, decl, chosen, seed)
+    # an H from fewer rows than MIN_ROWS_PER_FEATURE per input feature is mostly noise: compensating
+    # against it fits the calibration set and does worse on other inputs than plain rounding
+    usable = {n: lay for n, lay in chosen.items() if lay.rows_seen >= MIN_ROWS_PER_FEATURE * lay.h[0].shape[0]}
+    return usable, sorted(set(found) - set(usable))
 
 
 __all__ = ["Layer", "layers", "to_rows", "from_rows", "im2col", "accumulate", "importance", "collect", "for_model",

@@ -213,3 +213,21 @@ def test_groups_in_one_sweep_equal_one_sweep_per_group():
     for g in range(5):
         qg, ig = obs.compensate(w[g], hs[g], cb, sparsity=0.3)
         assert np.array_equal(q[g], qg) and np.array_equal(idx[g], ig)
+
+
+def test_layers_seen_in_too_few_rows_keep_plain_sharing():
+    """An H from fewer than MIN_ROWS_PER_FEATURE rows per feature would be fitted, not used."""
+    from dcformat import inputs as inp
+    from dcformat.graph import strip_weights
+
+    rng = np.random.default_rng(10)
+    w = (rng.standard_normal((32, 16)) * 0.1).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], [numpy_helper.from_array(w, "W")])
+    graph, weights = strip_weights(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    decl = inp.declared_inputs(graph)
+    for n, usable in ((8 * 16, True), (8, False)):  # 128 rows = 4 per feature; 8 rows
+        got, without = hessian.for_model(graph, weights, {"x": rng.standard_normal((n, 32)).astype(np.float32)}, decl,
+                                         {"W": "fc"}, min_size=1)
+        assert (list(got), without) == ((["W"], []) if usable else ([], ["W"]))
