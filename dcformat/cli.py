@@ -141,12 +141,20 @@ def _print_report(rep: dict, rows: list[dict], group_small: bool = True) -> None
           f"{times_smaller(t['ratio'], 'fp32')}", file=out)
 
 
-def _print_compare(reps: list[dict]) -> None:
+def _print_compare(reps: list[dict], sort: str | None = None, top: int | None = None) -> None:
     names = list(dict.fromkeys(r["name"] for rep in reps for r in rep["tensors"]))  # first-seen order, linear
     by_name = [{} for _ in reps]
     for rows, rep in zip(by_name, reps):
         for r in rep["tensors"]:
             rows.setdefault(r["name"], r)
+    if sort:  # by the first file that has the tensor: its bytes (largest first), name, or x fp32 (largest first)
+        def key(n):
+            r = next(rows[n] for rows in by_name if n in rows)
+            return {"size": (-r["bytes"], n), "name": (n,), "ratio": (-(r["ratio"] or 0), n)}[sort]
+
+        names.sort(key=key)
+    total = len(names)
+    names = names[:top] if top else names
     cols = ["tensor"]
     for i in range(len(reps)):
         cols += [f"[{i + 1}] bytes", f"[{i + 1}] sparsity", f"[{i + 1}] bits"]
@@ -169,6 +177,8 @@ def _print_compare(reps: list[dict]) -> None:
         footer.append(_fmt(reps[1]["size"] / reps[0]["size"], ".3f") if reps[0]["size"] else "-")
     for i, rep in enumerate(reps):
         print(f"[{i + 1}] {_escape(rep['file'])} ({rep['kind']}, {rep['size']:,} bytes)")
+    if len(names) < total:
+        print(f"{len(names)} of {total} tensors shown (--top {top}); the file sizes are of all")
     drop = [c for i in range(len(reps), 0, -1) for c in (f"[{i}] bits", f"[{i}] sparsity")]
     render(None, cols, body, right=set(cols) - {"tensor"}, footer=footer, drop=drop)
 
@@ -244,7 +254,7 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify, show
     if len(reps) > 1:
         for rep in reps:
             rep["tensors"] = insp.select(rep["tensors"], None, None, pattern)
-        _print_compare(reps)
+        _print_compare(reps, sort, top)
         return
     rep = reps[0]
     _print_report(rep, insp.select(rep["tensors"], sort, top, pattern), group_small=not (show_all or pattern))

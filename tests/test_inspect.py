@@ -127,6 +127,20 @@ def test_compare_two_files(model, tmp_path, capsys):
     assert code == 0 and "[1]" in out and "[2]/[1]" in out and "fc1.weight" in out
 
 
+def test_compare_sorts_and_cuts(model, tmp_path, capsys):
+    other = tmp_path / "o.dcz"
+    with dcformat.open(model) as r:
+        dcformat.write(other, [dcformat.encode(n, r[n], encoding="raw") for n in r])
+    rows = lambda out: [ln.split()[0] for ln in out.splitlines() if ln.split() and ln.split()[0] in  # noqa: E731
+                        ("fc1.weight", "conv.weight", "fc1.bias")]
+    code, out, _ = _run(capsys, model, other, "--sort", "size")
+    sizes = {r["name"]: r["bytes"] for r in insp.inspect_dcz(model)["tensors"]}
+    assert code == 0 and rows(out) == sorted(sizes, key=lambda n: -sizes[n])
+    code, out, _ = _run(capsys, model, other, "--sort", "name", "--top", "2")
+    assert code == 0 and rows(out) == ["conv.weight", "fc1.bias"] and "2 of 3 tensors shown" in out
+    assert f"{model.stat().st_size:,}" in out  # the footer still holds the whole file's size
+
+
 def test_verify_names_the_damaged_tensor(model, tmp_path, capsys):
     code, out, _ = _run(capsys, model, "--verify")
     assert code == 0 and "every tensor decodes" in out
