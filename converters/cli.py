@@ -62,15 +62,16 @@ def _progress():
 
 
 def summary(result: dict) -> None:
-    cols = ["tensor", "shape", "params", "action", "sparsity", "bits", "encoding", "gap bits", "bytes", "x fp32"]
-    rows = [[r["name"], "x".join(map(str, r["shape"])) or "()", f"{r['params']:,}", r["action"], f"{r['sparsity']:.1%}",
+    cols = ["tensor", "shape", "params", "role", "action", "sparsity", "bits", "encoding", "gap bits", "bytes", "x fp32"]
+    rows = [[r["name"], "x".join(map(str, r["shape"])) or "()", f"{r['params']:,}", r.get("role") or "-",
+             r["action"] + (" (OBS)" if r.get("compensated") else ""), f"{r['sparsity']:.1%}",
              "-" if r["bits"] is None else str(r["bits"]), r["encoding"], "-" if r["gap_bits"] is None else str(r["gap_bits"]),
              f"{r['bytes']:,}", "-" if r["ratio"] is None else f"{r['ratio']:.1f}"] for r in result["layers"]]
     t = result["totals"]
-    footer = ["total", "", f"{t['params']:,}", "", f"{t['sparsity']:.1%}", "", "", "", f"{t['tensor_bytes']:,}",
+    footer = ["total", "", f"{t['params']:,}", "", "", f"{t['sparsity']:.1%}", "", "", "", f"{t['tensor_bytes']:,}",
               f"{t['params'] * 4 / max(t['tensor_bytes'], 1):.1f}"]
-    render(None, cols, rows, right=set(cols) - {"tensor", "shape", "action", "encoding"}, footer=footer,
-           drop=["gap bits", "encoding", "action", "x fp32", "shape"], more="a wider terminal or --json shows them")
+    render(None, cols, rows, right=set(cols) - {"tensor", "shape", "role", "action", "encoding"}, footer=footer,
+           drop=["gap bits", "encoding", "role", "action", "x fp32", "shape"], more="a wider terminal or --json shows them")
     click.echo(f"{_escape(result['source']['file'])} ({result['source']['kind']}, {result['source']['bytes']:,} bytes) -> "
                f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {times_smaller(result['ratio'])}; "
                f"{t['params']:,} parameters, {8 * result['dcz_bytes'] / max(t['params'], 1):.2f} bits/param; "
