@@ -1,0 +1,69 @@
+"""The training loop: (re)training with masks held, optional L1 / L2 penalties; one row of figures per epoch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..errors import ConvertError
+from .loaders import batches
+from .masks import Masks, apply_masks, layers, sparsity
+from .metrics import Evaluate, _evaluate
+
+Progress = Callable[[dict], None]
+
+
+def _optimizer(params, kind: str, lr: float):
+    params = list(params)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: str = "adam", masks: Masks | None = None,
+          l1: float = 0.0, l2: float = 0.0, batch_size: int = 64, seed: int = 0, loss_fn=None,
+          evaluate: Evaluate | None = None, progress: Progress | None = None, phase: str = "train",
+          step: str | None = None) -> list[dict]:
+    """Train ``model``; with ``masks`` the masked weights get no gradient and are reset to zero
+    after every optimizer step, so they are exactly zero throughout. Returns one row per epoch."""
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    masks = masks or {}
+    params = dict(model.named_parameters())
+    regularised = [params[n] for n in layers(model)]
+    opt = _optimizer([p for p in model.parameters() if p.requires_grad], optimizer, lr)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    apply_masks(model, masks)
+    for epoch in range(epochs):
+        model.train()
+        total, n = 0.0, 0
+        for x, y in batches(data, batch_size, generator=gen):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            total += float(loss.detach()) * len(x)
+            n += len(x)
+            if l1:
+                loss = loss + l1 * sum(p.abs().sum() for p in regularised)
+            if l2:
+                loss = loss + l2 * sum((p * p).sum() for p in regularised)
+            loss.backward()
+            for name, m in masks.items():
+                g = params[name].grad
+                if g is not None:
+                    g.masked_fill_(~m, 0.0)
+            opt.step()
+            apply_masks(model, masks)
+        if not math.isfinite(total):
+            raise ConvertError(f"{phase}: the loss became {total / max(n, 1)} in epoch {epoch + 1} (training diverged); "
+                               "try a lower learning rate")
+        row = {"kind": "epoch", "phase": phase, "step": step, "epoch": epoch + 1, "epochs": epochs,
+               "loss": total / max(n, 1), "sparsity": sparsity(model),
+               "accuracy": _evaluate(model, evaluate) if evaluate else None}
+        history.append(row)
+        if progress:
+            progress(row)
+    model.eval()
+    return history
