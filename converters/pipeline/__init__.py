@@ -25,10 +25,12 @@ One file per job (this module only re-exports their public names):
 
 =============  ==========================================================================
 config.py      :class:`Settings` and the defaults
-loaders.py     how data reaches the training loop (arrays, batches)
+loaders.py     how data reaches the training loop (arrays, Datasets, DataLoaders)
 metrics.py     evaluate(model) -> float, accuracy, predictions, mean loss
+dist.py        more than one process: DDP, sums across ranks, rank 0 writes
+resume.py      the run's state after each stage, to resume an interrupted run
 masks.py       the compressible weights, magnitude / neuron masks
-train.py       the training loop with masks held
+train.py       the training loop with masks held, L1 / L2 / proximal L1
 pruning.py     stage 1: the pruning schedule with retraining; pruning curves
 share.py       stage 2: k-means weight sharing and centroid fine-tuning
 plan.py        the sensitivity scan and the per-layer planner
@@ -44,9 +46,10 @@ Needs PyTorch (``pip install 'dcz[torch]'``, torch==2.13.0); the plots need matp
 from .config import (CURVE_FRACTIONS, DEFAULT_BITS, DEFAULT_SCHEDULE, DEFAULT_SPARSITY, SCAN_BITS, SCAN_SPARSITIES,
                      Settings)
 from .export import OPSET, encode_model, export_onnx, ort_accuracy, ort_predict, tensor_rows, write_dcz
-from .loaders import batches, first_batch
+from . import dist
+from .loaders import GlobalBatches, batches, first_batch, is_arrays, is_dataset
 from .masks import Layer, Masks, apply_masks, layers, magnitude_masks, neuron_masks, sparsity
-from .metrics import Evaluate, accuracy_fn, mean_loss, predict
+from .metrics import Evaluate, accuracy_fn, mean_loss, negative_loss_fn, predict
 from .models import MLP, LeNet5, digits_mlp, lenet5, lenet300, mnist_mlp
 from .plan import Scan, choose_plan, estimate_bytes, sensitivity_scan
 from .pruning import iterative_prune, pruning_curves
@@ -58,9 +61,9 @@ from .train import Progress, train
 __all__ = [
     "CURVE_FRACTIONS", "DEFAULT_BITS", "DEFAULT_SCHEDULE", "DEFAULT_SPARSITY", "SCAN_BITS", "SCAN_SPARSITIES", "Settings",
     "OPSET", "encode_model", "export_onnx", "ort_accuracy", "ort_predict", "tensor_rows", "write_dcz",
-    "batches", "first_batch",
+    "dist", "GlobalBatches", "batches", "first_batch", "is_arrays", "is_dataset",
     "Layer", "Masks", "apply_masks", "layers", "magnitude_masks", "neuron_masks", "sparsity",
-    "Evaluate", "accuracy_fn", "mean_loss", "predict",
+    "Evaluate", "accuracy_fn", "mean_loss", "negative_loss_fn", "predict",
     "MLP", "LeNet5", "digits_mlp", "lenet5", "lenet300", "mnist_mlp",
     "Scan", "choose_plan", "estimate_bytes", "sensitivity_scan",
     "iterative_prune", "pruning_curves",

@@ -62,6 +62,8 @@ class Settings:
     optimizer: str = "adam"  # or "sgd" (momentum 0.9)
     l1: float = 0.0  # L1 penalty on the compressible weights while (re)training
     l2: float = 0.0  # L2 penalty (sum of squares) on the compressible weights
+    prox_l1: float = 0.0  # proximal L1: soft-threshold the compressible weights by lr x prox_l1 after every step
+    workers: int = 0  # DataLoader worker processes for Datasets (0: load in the training process)
     init: str = "linear"  # k-means centroid initialisation
     min_size: int = 0  # Linear/Conv weights with fewer elements are kept exact
     max_accuracy_drop: float | None = None  # points; enables the sensitivity scan and the budget check
@@ -85,12 +87,12 @@ class Settings:
             raise SettingError(f"--optimizer: {self.optimizer!r} is not adam or sgd")
         if self.init not in INITS:
             raise SettingError(f"--init: {self.init!r} is not one of {', '.join(INITS)}")
-        for name in ("epochs", "retrain_epochs", "finetune_epochs", "min_size", "max_backoff"):
+        for name in ("epochs", "retrain_epochs", "finetune_epochs", "min_size", "max_backoff", "workers"):
             if int(getattr(self, name)) < 0:
                 raise SettingError(f"--{name.replace('_', '-')}: must be >= 0")
         if self.batch_size < 1:
             raise SettingError("--batch-size: must be >= 1")
-        for name in ("lr", "l1", "l2"):
+        for name in ("lr", "l1", "l2", "prox_l1"):
             if not getattr(self, name) >= 0:
                 raise SettingError(f"--{name}: must be >= 0")
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
@@ -117,6 +119,8 @@ class Settings:
             v = getattr(self, k)
             d[k] = list(v) if isinstance(v, tuple) else v
         d["retrain_lr"], d["finetune_lr"] = self.retrain_lr_, self.finetune_lr_
+        if self.prox_l1:  # only when used, so that files written without it keep their bytes
+            d["prox_l1"] = self.prox_l1
         if self.max_accuracy_drop is not None:
             d.update(scan_sparsities=list(self.scan_sparsities), scan_bits=list(self.scan_bits),
                      scan_slack=self.scan_slack, max_backoff=self.max_backoff)

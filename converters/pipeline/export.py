@@ -3,6 +3,7 @@ run a written .dcz in ONNX Runtime."""
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
@@ -16,6 +17,7 @@ from torch import nn
 import dcformat
 
 from ..errors import ConvertError
+from .loaders import batches, is_arrays, model_device
 from .share import Quantized
 
 OPSET = 17
@@ -62,7 +64,10 @@ def _match(arrays: Mapping[str, np.ndarray], name: str, want: np.ndarray):
 
 def encode_model(model: nn.Module, quantized: Mapping[str, Quantized], input_shape, opset: int = OPSET):
     """(graph, encoded tensors, notes, bytes of the plain ONNX file): the quantized layers are stored with exactly their
-    codebooks and indices (checked against the exported initializers), the rest exactly."""
+    codebooks and indices (checked against the exported initializers), the rest exactly. A model on a GPU is exported
+    from a CPU copy."""
+    if model_device(model).type != "cpu":
+        model = copy.deepcopy(model).cpu()
     onnx_model = export_onnx(model, input_shape, opset)
     onnx_bytes = onnx_model.ByteSize()
     graph, arrays = dcformat.graph.strip_weights(onnx_model, copy=False)
@@ -113,7 +118,18 @@ def ort_predict(path, x, batch_size: int = 1024) -> np.ndarray:
     return np.concatenate(outs) if outs else np.zeros(0, np.int64)
 
 
-def ort_accuracy(path, x, y, batch_size: int = 1024) -> float:
-    """Accuracy (percent) of a .dcz run in ONNX Runtime."""
+def ort_accuracy(path, x, y=None, batch_size: int = 1024) -> float:
+    """Top-1 accuracy (percent) of a .dcz run in ONNX Runtime, over (x, y) arrays or over ``x`` alone when it is
+    a Dataset / DataLoader of (input, label)."""
+    if y is None and not is_arrays(x):
+        sess = dcformat.InferenceSession(os.fspath(path))
+        right = n = 0
+        for xb, yb in batches(x, batch_size, shuffle=False, shard=False):
+            pred = sess.run(None, {"input": np.asarray(xb.numpy() if isinstance(xb, torch.Tensor) else xb, np.float32)})[0]
+            right += int((pred.argmax(1) == np.asarray(yb).reshape(-1)).sum())
+            n += len(yb)
+        return 100.0 * right / n if n else 0.0
+    if y is None:
+        x, y = x
     y = np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y)
     return float(np.mean(ort_predict(path, x, batch_size) == y) * 100)

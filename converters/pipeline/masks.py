@@ -79,7 +79,7 @@ def magnitude_masks(model: nn.Module, targets: Mapping[str, float], masks: Masks
         if not target:
             continue
         w = params[name].detach().cpu().numpy()
-        keep = torch.from_numpy(np.ascontiguousarray(magnitude_mask(w, min(float(target), 0.9999))))
+        keep = torch.from_numpy(np.ascontiguousarray(magnitude_mask(w, min(float(target), 0.9999)))).to(params[name].device)
         masks[name] = keep & masks[name] if name in masks else keep
     return masks
 
@@ -96,7 +96,7 @@ def neuron_masks(model: nn.Module, fractions: Mapping[str, float], masks: Masks 
             continue
         lay = info[name]
         w = lay.param.detach().cpu().numpy()
-        keep = torch.from_numpy(np.ascontiguousarray(neuron_mask(w, float(frac), lay.out_axis)))
+        keep = torch.from_numpy(np.ascontiguousarray(neuron_mask(w, float(frac), lay.out_axis))).to(lay.param.device)
         masks[name] = keep & masks[name] if name in masks else keep
         if bias and lay.bias:
             rows = keep.movedim(lay.out_axis, 0).reshape(keep.shape[lay.out_axis], -1).any(1)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 
+from . import dist
 from .config import CURVE_FRACTIONS, Settings
 from .masks import Masks, apply_masks, layers, magnitude_masks, neuron_masks, sparsity
 from .metrics import Evaluate, _evaluate
@@ -15,11 +16,18 @@ from .train import Progress, train
 
 def iterative_prune(model: nn.Module, data, targets: Mapping[str, float], settings: Settings, *,
                     neurons: Mapping[str, float] | None = None, evaluate: Evaluate | None = None,
-                    progress: Progress | None = None, loss_fn=None, masks: Masks | None = None) -> tuple[Masks, list]:
+                    progress: Progress | None = None, loss_fn=None, masks: Masks | None = None,
+                    unit: str = "%", done: int = 0, history: list | None = None,
+                    on_step: Callable[[int, Masks, list], None] | None = None) -> tuple[Masks, list]:
     """Prune to ``targets`` in the steps of ``settings.schedule``, retraining with masks after each.
 
     With ``settings.separate_phases`` the conv layers go through the schedule first, then the
-    fully connected ones (the conv masks staying in force). Returns (masks, history)."""
+    fully connected ones (the conv masks staying in force). Returns (masks, history).
+
+    Resuming: with ``done`` steps already taken (``masks`` and the model as they were after step
+    ``done``, ``history`` its rows) the schedule goes on from step ``done + 1``. ``on_step(k, masks,
+    history)`` is called after every step (to save the state). In a multi-process run the masks
+    are rank 0's on every rank."""
     info = layers(model)
     neurons = dict(neurons or {})
     masks = dict(masks or {})
@@ -31,29 +39,34 @@ def iterative_prune(model: nn.Module, data, targets: Mapping[str, float], settin
         phases = [p for p in phases if p[1]]
     else:
         phases = [("all", names)]
-    history = []
+    history = list(history or [])
     k = 0
     for phase, pnames in phases:
         for frac in settings.schedule:
             k += 1
+            if k <= done:
+                continue
             step_targets = {n: targets[n] * frac for n in pnames}
             masks = neuron_masks(model, {n: neurons.get(n, 0) * frac for n in pnames}, masks)
             apply_masks(model, masks)
             masks = magnitude_masks(model, step_targets, masks)
+            dist.same_tensors(masks.values())
             apply_masks(model, masks)
             label = f"{phase} step {k}" if settings.separate_phases else f"step {k}"
             acc0 = _evaluate(model, evaluate) if evaluate else None
             rows = train(model, data, settings.retrain_epochs, lr=settings.retrain_lr_, optimizer=settings.optimizer,
                          masks=masks, l1=settings.l1, l2=settings.l2, batch_size=settings.batch_size,
                          seed=settings.seed + 1000 + k, loss_fn=loss_fn, evaluate=evaluate, progress=progress,
-                         phase="retrain", step=label)
+                         phase="retrain", step=label, prox=settings.prox_l1, workers=settings.workers)
             acc = rows[-1]["accuracy"] if rows else acc0
             event = {"kind": "stage", "phase": "prune", "step": label, "fraction": frac, "sparsity": sparsity(model),
                      "accuracy_pruned": acc0, "accuracy": acc,
                      "message": f"pruned to {sparsity(model):.1%} ({label}, {frac:.0%} of the targets): "
-                                + (f"{acc0:.2f}%, retrained {acc:.2f}%" if acc0 is not None and rows else
-                                   f"{acc:.2f}%" if acc is not None else "")}
+                                + (f"{acc0:.2f}{unit}, retrained {acc:.2f}{unit}" if acc0 is not None and rows else
+                                   f"{acc:.2f}{unit}" if acc is not None else "")}
             history.append({**event, "epochs": rows})
+            if on_step:
+                on_step(k, masks, history)
             if progress:
                 progress(event)
     return masks, history

@@ -12,7 +12,8 @@ from torch import nn
 
 from ..errors import ConvertError
 from ..quantize import quantize
-from .loaders import batches
+from . import dist
+from .loaders import batches, model_device, to_device
 from .masks import Masks, apply_masks, sparsity
 from .metrics import Evaluate, _evaluate, mean_loss
 from .train import Progress, _optimizer
@@ -49,20 +50,26 @@ def quantize_layers(model: nn.Module, bits: Mapping[str, int], init: str = "line
 def finetune_centroids(model: nn.Module, data, quantized: Mapping[str, Quantized], *, epochs: int, lr: float = 2.5e-4,
                        optimizer: str = "adam", batch_size: int = 64, seed: int = 0, loss_fn=None,
                        masks: Masks | None = None, train_others: bool = True, keep_best: bool = True,
-                       evaluate: Evaluate | None = None, progress: Progress | None = None) -> list[dict]:
+                       evaluate: Evaluate | None = None, progress: Progress | None = None,
+                       workers: int = 0) -> list[dict]:
     """Trained quantization: each centroid moves by the summed gradient of the weights sharing it.
 
     After every step the quantized weights are reset to ``codebook[indices]``; codebook
     entries equal to 0.0 (the pruned zeros) never move. With ``train_others`` the remaining
     parameters (biases, norms, small layers) train too, within ``masks``. With ``keep_best``
     the state with the lowest mean training loss (measured before and after each epoch)
-    is kept, so the loss never ends higher than it started. Updates ``quantized`` in place."""
+    is kept, so the loss never ends higher than it started. Updates ``quantized`` in place.
+
+    In a multi-process run every rank holds the same codebooks: the weight gradients are averaged
+    (DistributedDataParallel) before they are summed into the centroids, and the steps are the same."""
     loss_fn = loss_fn or nn.functional.cross_entropy
     masks = {k: v for k, v in (masks or {}).items() if k not in quantized}
     params = dict(model.named_parameters())
-    cbs = {n: torch.tensor(q.codebook, dtype=torch.float32, requires_grad=True) for n, q in quantized.items()}
-    idx = {n: torch.from_numpy(q.indices.astype(np.int64)).reshape(-1) for n, q in quantized.items()}
-    frozen = {n: torch.from_numpy(q.codebook == 0) for n, q in quantized.items()}
+    dev = model_device(model)
+    cbs = {n: torch.tensor(q.codebook, dtype=torch.float32, device=dev, requires_grad=True) for n, q in quantized.items()}
+    idx = {n: torch.from_numpy(q.indices.astype(np.int64)).reshape(-1).to(dev) for n, q in quantized.items()}
+    frozen = {n: torch.from_numpy(q.codebook == 0).to(dev) for n, q in quantized.items()}
+    net = dist.wrap(model)  # DistributedDataParallel in a multi-process run: averaged weight gradients
     others = [p for n, p in params.items() if n not in quantized and p.requires_grad] if train_others else []
     opt = _optimizer(list(cbs.values()) + others, optimizer, lr)
     gen = torch.Generator().manual_seed(seed)
@@ -85,11 +92,11 @@ def finetune_centroids(model: nn.Module, data, quantized: Mapping[str, Quantized
     for epoch in range(epochs):
         model.train()
         total, n = 0.0, 0
-        for x, y in batches(data, batch_size, generator=gen):
+        for x, y in batches(data, batch_size, generator=gen, workers=workers):
             opt.zero_grad(set_to_none=True)
             for name in quantized:
                 params[name].grad = None
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(net(to_device(x, dev)), to_device(y, dev))
             total += float(loss.detach()) * len(x)
             n += len(x)
             loss.backward()
@@ -110,6 +117,7 @@ def finetune_centroids(model: nn.Module, data, quantized: Mapping[str, Quantized
             apply_masks(model, masks)
         for name in quantized:
             params[name].grad = None
+        total, n = dist.all_sum(total, n)
         if not math.isfinite(total):
             raise ConvertError(f"finetune: the loss became {total / max(n, 1)} in epoch {epoch + 1} (training diverged); "
                                "try a lower --finetune-lr")
@@ -126,6 +134,6 @@ def finetune_centroids(model: nn.Module, data, quantized: Mapping[str, Quantized
     if keep_best and epochs:
         restore(best)
     for name, c in cbs.items():
-        quantized[name].codebook = c.detach().numpy().astype(np.float32, copy=True)
+        quantized[name].codebook = c.detach().cpu().numpy().astype(np.float32, copy=True)
     model.eval()
     return history

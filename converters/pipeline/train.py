@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import ConvertError
-from .loaders import batches
+from . import dist
+from .loaders import batches, model_device, to_device
 from .masks import Masks, apply_masks, layers, sparsity
 from .metrics import Evaluate, _evaluate
 
@@ -26,23 +27,32 @@ def _optimizer(params, kind: str, lr: float):
 def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: str = "adam", masks: Masks | None = None,
           l1: float = 0.0, l2: float = 0.0, batch_size: int = 64, seed: int = 0, loss_fn=None,
           evaluate: Evaluate | None = None, progress: Progress | None = None, phase: str = "train",
-          step: str | None = None) -> list[dict]:
+          step: str | None = None, prox: float = 0.0, workers: int = 0) -> list[dict]:
     """Train ``model``; with ``masks`` the masked weights get no gradient and are reset to zero
-    after every optimizer step, so they are exactly zero throughout. Returns one row per epoch."""
+    after every optimizer step, so they are exactly zero throughout. Returns one row per epoch.
+
+    ``l1`` / ``l2`` add penalties on the compressible weights to the loss; ``prox`` is proximal
+    L1 training instead: after every optimizer step each compressible weight is soft-thresholded
+    by ``lr x prox`` (moved towards zero, set to exactly zero when within it), which gives exact
+    zeros that the gradient of an L1 penalty never does. ``data``: see :func:`batches`. In a
+    multi-process run (torch.distributed) the model trains inside DistributedDataParallel,
+    each process on its share of every batch."""
     loss_fn = loss_fn or nn.functional.cross_entropy
     masks = masks or {}
     params = dict(model.named_parameters())
     regularised = [params[n] for n in layers(model)]
     opt = _optimizer([p for p in model.parameters() if p.requires_grad], optimizer, lr)
     gen = torch.Generator().manual_seed(seed)
+    dev = model_device(model)
+    net = dist.wrap(model)
     history = []
     apply_masks(model, masks)
     for epoch in range(epochs):
         model.train()
         total, n = 0.0, 0
-        for x, y in batches(data, batch_size, generator=gen):
+        for x, y in batches(data, batch_size, generator=gen, workers=workers):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(net(to_device(x, dev)), to_device(y, dev))
             total += float(loss.detach()) * len(x)
             n += len(x)
             if l1:
@@ -55,7 +65,12 @@ def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: s
                 if g is not None:
                     g.masked_fill_(~m, 0.0)
             opt.step()
+            if prox:
+                with torch.no_grad():
+                    for p in regularised:
+                        p.copy_(nn.functional.softshrink(p, lr * prox))
             apply_masks(model, masks)
+        total, n = dist.all_sum(total, n)
         if not math.isfinite(total):
             raise ConvertError(f"{phase}: the loss became {total / max(n, 1)} in epoch {epoch + 1} (training diverged); "
                                "try a lower learning rate")
