@@ -318,7 +318,8 @@ def image_folder(directory, size: tuple | None = None, seed: int = 0, test_fract
         raise ConvertError(f"{directory}: {len(train)} training and {len(test)} held-out images; need some of each")
     Image = _pil()
     modes, sizes = set(), collections.Counter()
-    probe = train[:: max(1, len(train) // PROBE_IMAGES)][:PROBE_IMAGES]
+    pool = train + test
+    probe = pool[:: max(1, len(pool) // PROBE_IMAGES)][:PROBE_IMAGES]
     for path, _ in probe:
         try:
             with Image.open(path) as im:
