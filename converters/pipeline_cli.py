@@ -266,10 +266,13 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
         else:
             train, val = dmod.image_folder(data, size=image_size, seed=s.seed)
             name, classes = train.name, len(train.classes)
-        if limit_train:
-            train = Limited(train, limit_train) if P.is_dataset(train) else train
-        if limit_test:
-            val = Limited(val, limit_test) if P.is_dataset(val) else val
+        for option, n, which in (("--limit-train", limit_train, "train"), ("--limit-test", limit_test, "val")):
+            ds = train if which == "train" else val
+            if n and not P.is_dataset(ds):
+                raise click.BadParameter(f"takes a Dataset; the {which} data is a {type(ds).__name__}",
+                                         param_hint=option)
+        train = Limited(train, limit_train) if limit_train else train
+        val = Limited(val, limit_test) if limit_test else val
         x0, _ = P.first_batch(train)
         sample = tuple(x0.shape[1:])
         shape = (1, *sample) if input_shape is None else tuple(input_shape)
@@ -428,6 +431,11 @@ def pipeline(model_spec, data, data_factory, image_size, output, input_shape, ch
         raise click.UsageError(str(e)) from None
     except RuntimeError as e:  # what torch raises when the model and the data do not fit
         raise ConvertError(f"--model {model_spec}: {first_line(e)}") from None
+    except ConvertError as e:  # raised in a DataLoader worker: re-raised with the worker's traceback as its text
+        text = str(e)
+        if "DataLoader worker" not in text:
+            raise
+        raise ConvertError(text.strip().splitlines()[-1].split("ConvertError: ", 1)[-1]) from None
     finally:
         P.dist.shutdown()
     if not main:

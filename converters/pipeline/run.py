@@ -78,6 +78,19 @@ def _load_quantized(saved: dict) -> dict:
                          int(q["bits"])) for n, q in saved.items()}
 
 
+def _same_codebooks(model, quantized: dict) -> None:
+    """In a multi-process run: rank 0's codebooks and indices (and so weights) on every rank."""
+    if not dist.active():
+        return
+    params = dict(model.named_parameters())
+    for name, q in quantized.items():
+        cb, ix = torch.from_numpy(q.codebook.copy()), torch.from_numpy(q.indices.astype(np.int64))
+        dist.same_tensors([cb, ix])
+        q.codebook, q.indices = cb.numpy(), ix.numpy().astype(q.indices.dtype)
+        with torch.no_grad():
+            params[name].copy_(torch.from_numpy(q.values()))
+
+
 def deep_compress(model: nn.Module, data, evaluate, settings: Settings | None = None, *, out=None,
                   input_shape=None, progress: Progress | None = None, report_dir=None, loss_fn=None,
                   source=None, dataset: str | None = None, metric: str = "accuracy", unit: str = "%",
@@ -237,6 +250,7 @@ def deep_compress(model: nn.Module, data, evaluate, settings: Settings | None = 
         pruned_acc = _evaluate(model, evaluate)
         t1 = time.perf_counter()
         quantized = quantize_layers(model, {n: plan[n]["bits"] for n in names}, s.init, s.seed)
+        _same_codebooks(model, quantized)
         quant_acc = _evaluate(model, evaluate)
         bits_used = "/".join(str(b) for b in sorted({plan[n]["bits"] for n in names}))
         _emit(progress, f"shared weights ({bits_used} bits): "
