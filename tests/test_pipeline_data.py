@@ -130,12 +130,13 @@ def _run(digits, out, state=None, progress=None, budget=False):
                            out=out, state=state, progress=progress, dataset="digits", source="test")
 
 
-@pytest.mark.parametrize("where", ["dense", "prune step 1", "finetune epoch"])
+@pytest.mark.parametrize("where", ["dense epoch 1", "dense", "prune step 1", "finetune epoch"])
 def test_resume_after_an_interruption_gives_the_same_file(digits, tmp_path, where):
     whole = tmp_path / "whole.dcz"
     _run(digits, whole)
     state, out = tmp_path / "run.state", tmp_path / "resumed.dcz"
-    stop = {"dense": _stop_at(phase="dense"), "prune step 1": _stop_at(kind="stage", step="step 1"),
+    stop = {"dense epoch 1": _stop_at(kind="epoch", phase="train", epoch=1), "dense": _stop_at(phase="dense"),
+            "prune step 1": _stop_at(kind="stage", step="step 1"),
             "finetune epoch": _stop_at(kind="epoch", phase="finetune")}[where]
     with pytest.raises(Stop):
         _run(digits, out, state, stop)
@@ -146,10 +147,11 @@ def test_resume_after_an_interruption_gives_the_same_file(digits, tmp_path, wher
     assert out.read_bytes() == whole.read_bytes()
     assert not state.exists()  # removed once the file is written
     resumed = [e["message"] for e in seen if e.get("phase") == "resume"]
-    want = {"dense": "the dense model", "prune step 1": "pruning step 1", "finetune epoch": "pruning step 2"}[where]
+    want = {"dense epoch 1": "epoch 1 of dense training", "dense": "the dense model", "prune step 1": "pruning step 1",
+            "finetune epoch": "pruning step 2"}[where]
     assert len(resumed) == 1 and resumed[0].endswith("saved after " + want)
-    if where != "dense":  # the dense training was not redone
-        assert not any(e.get("phase") == "train" for e in seen)
+    trained = [e["epoch"] for e in seen if e.get("kind") == "epoch" and e.get("phase") == "train"]
+    assert trained == ([2] if where == "dense epoch 1" else [])  # nothing done twice
 
 
 def test_resume_across_a_backoff(digits, tmp_path):

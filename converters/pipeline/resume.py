@@ -22,6 +22,13 @@ FORMAT = "dcz-pipeline-state/1"
 
 # stages in run order: (attempt, part, step); attempts count from 0
 TRAINED = (-2, 0, 0)  # the dense model, trained (if asked) and measured
+
+
+def trained_epoch(epoch: int) -> tuple:
+    """An epoch of dense training done (before TRAINED)."""
+    return (-3, 0, epoch)
+
+
 SCANNED = (-1, 0, 0)  # the sensitivity scan
 
 
@@ -35,6 +42,8 @@ def shared(attempt: int) -> tuple:
 
 def describe(stage) -> str:
     a, part, step = stage
+    if a == -3:
+        return f"epoch {step} of dense training"
     if tuple(stage) == TRAINED:
         return "the dense model"
     if tuple(stage) == SCANNED:

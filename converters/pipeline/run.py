@@ -161,14 +161,18 @@ def deep_compress(model: nn.Module, data, evaluate, settings: Settings | None = 
         _emit(progress, f"resuming from {saver.path}: saved after {resume.describe(reached)}", phase="resume")
 
     if not done(resume.TRAINED):
+        carry.update(history=history, seconds=seconds)
         if s.epochs:
             t0 = time.perf_counter()
-            _emit(progress, f"training the dense model for {s.epochs} epochs", phase="train")
+            if reached is None:
+                _emit(progress, f"training the dense model for {s.epochs} epochs", phase="train")
             history += train(model, data, s.epochs, lr=s.lr, optimizer=s.optimizer, batch_size=s.batch_size,
                              seed=s.seed, loss_fn=loss_fn, evaluate=evaluate, progress=progress, phase="train",
-                             prox=s.prox_l1, workers=s.workers)
-            seconds["train"] = time.perf_counter() - t0
-        carry.update(dense_acc=_evaluate(model, evaluate), history=history, seconds=seconds)
+                             prox=s.prox_l1, workers=s.workers, resume_from=saved.get("dense_epoch") if saved else None,
+                             on_epoch=(lambda ep: save(resume.trained_epoch(ep["epoch"]), dense_epoch=ep)) if state
+                             else None)
+            seconds["train"] = seconds.get("train", 0.0) + time.perf_counter() - t0
+        carry.update(dense_acc=_evaluate(model, evaluate))
         save(resume.TRAINED)
     dense_acc = carry["dense_acc"]
     _emit(progress, f"dense model: {metric} {dense_acc:.2f}{unit}", phase="dense", accuracy=dense_acc)

@@ -27,7 +27,8 @@ def _optimizer(params, kind: str, lr: float):
 def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: str = "adam", masks: Masks | None = None,
           l1: float = 0.0, l2: float = 0.0, batch_size: int = 64, seed: int = 0, loss_fn=None,
           evaluate: Evaluate | None = None, progress: Progress | None = None, phase: str = "train",
-          step: str | None = None, prox: float = 0.0, workers: int = 0) -> list[dict]:
+          step: str | None = None, prox: float = 0.0, workers: int = 0, resume_from: dict | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``model``; with ``masks`` the masked weights get no gradient and are reset to zero
     after every optimizer step, so they are exactly zero throughout. Returns one row per epoch.
 
@@ -36,7 +37,11 @@ def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: s
     by ``lr x prox`` (moved towards zero, set to exactly zero when within it), which gives exact
     zeros that the gradient of an L1 penalty never does. ``data``: see :func:`batches`. In a
     multi-process run (torch.distributed) the model trains inside DistributedDataParallel,
-    each process on its share of every batch."""
+    each process on its share of every batch.
+
+    ``on_epoch(state)`` is called after every epoch with what resuming needs (``epoch``, the
+    optimizer's and the shuffling generator's state, ``history``); ``resume_from=state`` (with the
+    model's weights as they were then) goes on from there exactly."""
     loss_fn = loss_fn or nn.functional.cross_entropy
     masks = masks or {}
     params = dict(model.named_parameters())
@@ -45,9 +50,13 @@ def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: s
     gen = torch.Generator().manual_seed(seed)
     dev = model_device(model)
     net = dist.wrap(model)
-    history = []
+    history, first = [], 0
+    if resume_from:
+        opt.load_state_dict(resume_from["optimizer"])
+        gen.set_state(resume_from["generator"])
+        history, first = list(resume_from["history"]), int(resume_from["epoch"])
     apply_masks(model, masks)
-    for epoch in range(epochs):
+    for epoch in range(first, epochs):
         model.train()
         total, n = 0.0, 0
         for x, y in batches(data, batch_size, generator=gen, workers=workers):
@@ -78,6 +87,9 @@ def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: s
                "loss": total / max(n, 1), "sparsity": sparsity(model),
                "accuracy": _evaluate(model, evaluate) if evaluate else None}
         history.append(row)
+        if on_epoch:
+            on_epoch({"epoch": epoch + 1, "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                      "history": history})
         if progress:
             progress(row)
     model.eval()
