@@ -1,8 +1,10 @@
 """`dcz pipeline`: train (optionally), prune with retraining, share weights with centroid
-fine-tuning and write a .dcz -- a PyTorch model built by your factory, MNIST-format data.
+fine-tuning and write a .dcz -- a PyTorch model built by your factory; data from MNIST-format IDX
+files, an .npz, a folder of images or your own (train, val) Datasets (--data-factory).
 
     dcz pipeline --model converters.pipeline:mnist_mlp --data /usr/share/datasets/fashion-mnist \\
         --epochs 5 --sparsity 'fc1*=0.95,fc2*=0.95,0.9' --bits 5 -o fashion.dcz
+    torchrun --nproc-per-node 2 -m converters.pipeline_cli --model ... --data ... -o out.dcz   # DDP, rank 0 writes
 
 PyTorch is imported only when the command runs, so ``dcz --help`` stays fast.
 """
@@ -274,13 +276,17 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
         train = Limited(train, limit_train) if limit_train else train
         val = Limited(val, limit_test) if limit_test else val
         x0, _ = P.first_batch(train)
+        if not isinstance(x0, torch.Tensor):
+            raise ConvertError(f"{name}: a batch's input is a {type(x0).__name__}; the pipeline takes one tensor per "
+                               "sample (the model's single ONNX input)")
         sample = tuple(x0.shape[1:])
         shape = (1, *sample) if input_shape is None else tuple(input_shape)
         if shape[1:] != sample:
-            if int(torch.tensor(shape[1:]).prod()) != int(torch.tensor(sample).prod()) or not P.is_dataset(train):
+            if int(torch.tensor(shape[1:]).prod()) != int(torch.tensor(sample).prod()) or not (
+                    P.is_dataset(train) and P.is_dataset(val)):
                 raise click.BadParameter(f"{'x'.join(map(str, shape))} does not hold one {'x'.join(map(str, sample))} "
-                                         f"sample of {name}", param_hint="--input-shape")
-            train, val = Reshaped(train, shape[1:]), (Reshaped(val, shape[1:]) if P.is_dataset(val) else val)
+                                         f"sample of {name} (only Datasets are reshaped)", param_hint="--input-shape")
+            train, val = Reshaped(train, shape[1:]), Reshaped(val, shape[1:])
             x0, _ = P.first_batch(train)
         probe = x0
         try:
