@@ -393,3 +393,56 @@ def test_two_processes_with_gloo_match_one(digits, tmp_path, capsys):
             if name.endswith("weight"):
                 assert len(np.unique(b[name])) == len(np.unique(a[name]))  # the same codebooks' sizes
         assert b.metadata["accuracy"]["compressed"] == pytest.approx(a.metadata["accuracy"]["compressed"], abs=2.0)
+
+
+@pytest.mark.parametrize("kind", ["arrays", "dataset"])
+def test_each_process_gets_its_share_of_every_batch(monkeypatch, kind):
+    """With 2 processes, rank r takes batch[r::2] of the batch one process would use, in the same order; in
+    training (whole) a last batch too small to split is skipped by both, in evaluation nothing is lost."""
+    x, y = torch.arange(50.0).reshape(25, 2), torch.arange(25)
+    data = (x, y) if kind == "arrays" else TD(x, y)
+
+    def run(**kw):
+        return [yb.tolist() for _, yb in P.batches(data, 8, generator=torch.Generator().manual_seed(3), **kw)]
+
+    single = run()
+    assert [len(b) for b in single] == [8, 8, 8, 1]
+    shares = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(P.dist, "rank_world", lambda rank=rank: (rank, 2))
+        shares[rank, False], shares[rank, True] = run(), run(whole=True)
+    assert shares[0, False] == [b[0::2] for b in single] and shares[1, False] == [b[1::2] for b in single[:3]]
+    assert shares[0, True] == [b[0::2] for b in single[:3]] and shares[1, True] == shares[1, False]
+    assert len(P.first_batch(data)[1]) == 2  # the probe for the input shape is never split
+
+
+def test_cli_resume_after_an_interruption(digits, tmp_path, capsys):
+    """dcz pipeline --resume: interrupted after the first pruning step, the same command writes the same file."""
+    from converters.demo import main
+    from converters.pipeline_cli import run_pipeline
+
+    np.savez(tmp_path / "d.npz", x_train=digits.x_train[:400], y_train=digits.y_train[:400],
+             x_test=digits.x_test[:100], y_test=digits.y_test[:100])
+    args = ["pipeline", "--model", "converters.pipeline:digits_mlp", "--data", str(tmp_path / "d.npz"), "--epochs", "1",
+            "--retrain-epochs", "1", "--finetune-epochs", "1", "--schedule", "0.5,1", "--threads", "1", "-q"]
+    with pytest.raises(SystemExit) as e:
+        main(args + ["-o", str(tmp_path / "whole.dcz")])
+    assert e.value.code == 0
+
+    def interrupt(message):
+        if message.startswith("pruned to"):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "resumed.dcz"
+    s = P.Settings(epochs=1, retrain_epochs=1, finetune_epochs=1, schedule=(0.5, 1.0))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(model_spec="converters.pipeline:digits_mlp", data=str(tmp_path / "d.npz"), output=str(out),
+                     settings=s, echo=interrupt, resume=True)
+    assert (tmp_path / "resumed.dcz.state").exists() and not out.exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(args[:-1] + ["-o", str(out), "--resume"])
+    assert e.value.code == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert out.read_bytes() == (tmp_path / "whole.dcz").read_bytes()
+    assert not (tmp_path / "resumed.dcz.state").exists()

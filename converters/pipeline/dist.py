@@ -72,6 +72,15 @@ def all_sum(*values: float) -> tuple[float, ...]:
     return tuple(float(v) for v in t.cpu())
 
 
+def share_of_mean(loss, n: int):
+    """A process's mean loss over its ``n`` samples, weighted so that DistributedDataParallel's average of the
+    gradients is the gradient of the mean over the whole batch even when the shares differ in size."""
+    if not active():
+        return loss
+    (total,) = all_sum(n)
+    return loss * (n * rank_world()[1] / total)
+
+
 def same_value(value: float) -> float:
     """Rank 0's value on every rank (so that every process takes the same decisions)."""
     if not active():

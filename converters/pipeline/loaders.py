@@ -39,28 +39,42 @@ class GlobalBatches(torch.utils.data.Sampler):
     under torch.distributed each process gets its share (``batch[rank::world]``) of every batch, so
     the summed gradients are those of the single-process batch."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None, shard: bool = True):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None, shard: bool = True,
+                 whole: bool = False):
         self.n, self.batch_size, self.shuffle, self.generator, self.shard = n, batch_size, shuffle, generator, shard
+        self.whole = whole
 
     def __iter__(self):
         rank, world = dist.rank_world() if self.shard else (0, 1)
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
         for s in range(0, self.n, self.batch_size):
-            idx = order[s : s + self.batch_size]
-            if world > 1:
-                idx = idx[rank::world]
-            yield idx.tolist()
+            idx = _share(order[s : s + self.batch_size], rank, world, self.whole)
+            if idx is not None:
+                yield idx.tolist()
 
     def __len__(self):
         return -(-self.n // self.batch_size)
 
 
+def _share(idx: torch.Tensor, rank: int, world: int, whole: bool):
+    """This process's part of a batch of indices, or None to skip it (an empty part; with ``whole``, a batch
+    too small for every process to get a part is skipped by all, as every process must take each step)."""
+    if world == 1:
+        return idx
+    if whole and len(idx) < world:
+        return None
+    idx = idx[rank::world]
+    return idx if len(idx) else None
+
+
 def batches(data, batch_size: int = 64, shuffle: bool = True, generator: torch.Generator | None = None,
-            shard: bool = True, workers: int = 0):
+            shard: bool = True, workers: int = 0, whole: bool = False):
     """(x, y) batches from (x, y) tensors / arrays, a map-style Dataset, or an iterable of
     (x, y, ...) batches such as a DataLoader (used as given: under torch.distributed give it a
     DistributedSampler). Arrays and Datasets are batched and shuffled here with ``generator``;
-    with ``shard`` each process of a distributed run gets its part of every batch."""
+    with ``shard`` each process of a distributed run gets its part (``batch[rank::world]``) of
+    every batch; with ``whole`` (training) a last batch smaller than the number of processes
+    is skipped."""
     rank, world = dist.rank_world() if shard else (0, 1)
     if is_arrays(data):
         x, y = _as_tensor(data[0]), _as_tensor(data[1])
@@ -70,13 +84,12 @@ def batches(data, batch_size: int = 64, shuffle: bool = True, generator: torch.G
         n = len(x)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for s in range(0, n, batch_size):
-            idx = order[s : s + batch_size]
-            if world > 1:
-                idx = idx[rank::world]
-            yield x[idx], y[idx]
+            idx = _share(order[s : s + batch_size], rank, world, whole)
+            if idx is not None:
+                yield x[idx], y[idx]
         return
     if is_dataset(data):
-        sampler = GlobalBatches(len(data), batch_size, shuffle, generator, shard)
+        sampler = GlobalBatches(len(data), batch_size, shuffle, generator, shard, whole)
         data = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=workers)
     elif isinstance(data, torch.utils.data.IterableDataset):
         data = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers)

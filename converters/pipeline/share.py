@@ -92,14 +92,14 @@ def finetune_centroids(model: nn.Module, data, quantized: Mapping[str, Quantized
     for epoch in range(epochs):
         model.train()
         total, n = 0.0, 0
-        for x, y in batches(data, batch_size, generator=gen, workers=workers):
+        for x, y in batches(data, batch_size, generator=gen, workers=workers, whole=True):
             opt.zero_grad(set_to_none=True)
             for name in quantized:
                 params[name].grad = None
             loss = loss_fn(net(to_device(x, dev)), to_device(y, dev))
             total += float(loss.detach()) * len(x)
             n += len(x)
-            loss.backward()
+            dist.share_of_mean(loss, len(x)).backward()
             for name, c in cbs.items():
                 g = params[name].grad
                 gc = torch.bincount(idx[name], weights=g.reshape(-1), minlength=c.numel()) if g is not None \

@@ -59,11 +59,12 @@ def train(model: nn.Module, data, epochs: int, *, lr: float = 1e-3, optimizer: s
     for epoch in range(first, epochs):
         model.train()
         total, n = 0.0, 0
-        for x, y in batches(data, batch_size, generator=gen, workers=workers):
+        for x, y in batches(data, batch_size, generator=gen, workers=workers, whole=True):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(to_device(x, dev)), to_device(y, dev))
             total += float(loss.detach()) * len(x)
             n += len(x)
+            loss = dist.share_of_mean(loss, len(x))
             if l1:
                 loss = loss + l1 * sum(p.abs().sum() for p in regularised)
             if l2:
