@@ -1,19 +1,26 @@
-"""Training data for the pipeline: MNIST-format IDX files and scikit-learn's 8x8 digits.
+"""Training data for the pipeline: MNIST-format IDX files, .npz arrays, folders of images, scikit-learn's digits.
 
 * :func:`read_idx` reads one IDX file (plain or gzip), checking its header against its size.
 * :func:`load_idx_dir` reads a directory in the MNIST layout (``train-images-idx3-ubyte.gz``,
   ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``;
   the files may also be uncompressed), e.g. MNIST or Fashion-MNIST.
+* :func:`load_npz` reads an ``.npz`` of ``x`` / ``y`` arrays (split here) or ``x_train`` / ``y_train`` /
+  ``x_test`` / ``y_test`` (``x_val`` / ``y_val``), never unpickling (``allow_pickle=False``), the array
+  headers checked before anything is allocated.
+* :func:`image_folder` lists a folder of class subfolders of images (or ``train/`` and ``val/`` or
+  ``test/`` folders of them) as two lazy datasets that decode each image with Pillow when asked.
 * :func:`load_digits` gives scikit-learn's bundled 8x8 digits (no download) with a fixed split.
 
 Every problem with a file raises :class:`converters.errors.ConvertError` with a one-line message.
-numpy only (scikit-learn for the digits).
+numpy only (scikit-learn for the digits, Pillow for images).
 """
 
 from __future__ import annotations
 
+import collections
 import gzip
 import os
+import zipfile
 import zlib
 from dataclasses import dataclass
 
@@ -162,8 +169,182 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
     return Dataset("digits", x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]])
 
 
+def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float) -> tuple:
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(round((1 - test_fraction) * len(x)))
+    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+
+
+def _npz_header(zf: zipfile.ZipFile, member: str, where: str) -> tuple:
+    """(shape, dtype) of one array in an .npz, read from its header, refused when it cannot be right."""
+    info = zf.getinfo(member)
+    try:
+        with zf.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f, max_header_size=10000)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError) as e:
+        raise ConvertError(f"{where}: {member} is not a .npy array ({str(e).splitlines()[0] if str(e) else e!r})") \
+            from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise ConvertError(f"{where}: {member} holds {dtype} values, not numbers")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > MAX_IDX_BYTES or nbytes > info.file_size:
+        raise ConvertError(f"{where}: {member} claims {'x'.join(map(str, shape))} {dtype} = {nbytes:,} bytes "
+                           f"in a {info.file_size:,}-byte member")
+    return shape, dtype
+
+
+def load_npz(path, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+    """An .npz of ``x`` and ``y`` (split: ``test_fraction`` held out, fixed by ``seed``), or of ``x_train``,
+    ``y_train`` and ``x_test`` / ``x_val`` with their ``y``. uint8 inputs are scaled to [0, 1], others
+    cast to float32; labels must be integers."""
+    path = os.fspath(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ConvertError(f"{path}: not an .npz file ({e})") from None
+    with zf:
+        names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+        held = "test" if {"x_test", "y_test"} <= names else "val"
+        if {"x_train", "y_train", f"x_{held}", f"y_{held}"} <= names:
+            keys = ["x_train", "y_train", f"x_{held}", f"y_{held}"]
+        elif {"x", "y"} <= names:
+            keys = ["x", "y"]
+        else:
+            raise ConvertError(f"{path}: holds {', '.join(sorted(names)) or 'no arrays'}; expected x and y, or "
+                               "x_train, y_train, x_test and y_test")
+        for k in keys:
+            _npz_header(zf, k + ".npy", path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = [z[k] for k in keys]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ConvertError(f"{path}: cannot read the arrays ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    for xs, ys, kx, ky in zip(arrays[::2], arrays[1::2], keys[::2], keys[1::2]):
+        if xs.ndim < 1 or len(xs) != len(ys) or ys.ndim != 1:
+            raise ConvertError(f"{path}: {kx} has shape {'x'.join(map(str, xs.shape))} and {ky} "
+                               f"{'x'.join(map(str, ys.shape))}; expected N samples and N labels")
+        if ys.dtype.kind not in "iub":
+            raise ConvertError(f"{path}: {ky} must hold integer class labels, not {ys.dtype}")
+        if ys.size and (ys.min() < 0 or ys.max() > 9999):
+            raise ConvertError(f"{path}: {ky} holds label {int(ys.min() if ys.min() < 0 else ys.max())}, not a class index")
+    arrays = [_scale(a) if i % 2 == 0 else a.astype(np.int64) for i, a in enumerate(arrays)]
+    if len(arrays) == 2:
+        arrays = list(_split(arrays[0], arrays[1], seed, test_fraction))
+    xtr, ytr, xte, yte = arrays
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise ConvertError(f"{path}: training samples are {'x'.join(map(str, xtr.shape[1:]))}, "
+                           f"held-out ones {'x'.join(map(str, xte.shape[1:]))}")
+    return Dataset(os.path.basename(path), xtr, ytr, xte, yte)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm")
+PROBE_IMAGES = 64  # images opened up front to settle the colour mode and the size
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConvertError("folders of images need Pillow: pip install 'dcz[images]'") from None
+    return Image
+
+
+class ImageFiles:
+    """A map-style dataset of (image, label) over image files: each item is decoded when asked, converted
+    to ``mode`` (L or RGB), resized to ``size`` (width, height) if it differs, and given as a float32
+    C x H x W array scaled to [0, 1] with an int64 label."""
+
+    def __init__(self, files: list, mode: str, size: tuple, classes: list, name: str = "images"):
+        self.files, self.mode, self.size, self.classes, self.name = files, mode, tuple(size), list(classes), name
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        path, label = self.files[i]
+        Image = _pil()
+        try:
+            with Image.open(path) as im:
+                im = im.convert(self.mode)
+                if im.size != self.size:
+                    im = im.resize(self.size, Image.BILINEAR)
+                a = np.asarray(im, dtype=np.float32) / np.float32(255)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ConvertError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        return np.ascontiguousarray(a), np.int64(label)
+
+    @property
+    def sample_shape(self) -> tuple:
+        return (1 if self.mode == "L" else 3, self.size[1], self.size[0])
+
+
+def _class_files(directory: str, classes: list | None = None) -> tuple[list, list]:
+    found = sorted(d.name for d in os.scandir(directory) if d.is_dir() and not d.name.startswith("."))
+    classes = found if classes is None else classes
+    files = []
+    for label, c in enumerate(classes):
+        sub = os.path.join(directory, c)
+        if not os.path.isdir(sub):
+            continue
+        for root, dirs, names in os.walk(sub):
+            dirs.sort()
+            files += [(os.path.join(root, n), label) for n in sorted(names)
+                      if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".")]
+    return files, classes
+
+
+def image_folder(directory, size: tuple | None = None, seed: int = 0, test_fraction: float = 0.2):
+    """(train, held-out) :class:`ImageFiles` of a folder of class subfolders of images (classes in sorted name
+    order, as torchvision's ImageFolder), split with ``test_fraction`` held out (fixed by ``seed``); or of its
+    ``train/`` and ``val/`` (or ``test/``) subfolders when it has them. ``size`` (width, height) defaults to
+    the most common size among the first images; grey images stay one channel unless some are in colour."""
+    directory = os.fspath(directory)
+    held = next((d for d in ("val", "test") if os.path.isdir(os.path.join(directory, d))), None)
+    if held and os.path.isdir(os.path.join(directory, "train")):
+        train, classes = _class_files(os.path.join(directory, "train"))
+        test, _ = _class_files(os.path.join(directory, held), classes)
+    else:
+        files, classes = _class_files(directory)
+        order = np.random.default_rng(seed).permutation(len(files))
+        cut = int(round((1 - test_fraction) * len(files)))
+        train, test = [files[i] for i in sorted(order[:cut])], [files[i] for i in sorted(order[cut:])]
+    if len(classes) < 2:
+        raise ConvertError(f"{directory}: expected class subfolders of images (or MNIST-format IDX files), found "
+                           f"{len(classes)} subfolder{'s' if len(classes) != 1 else ''}")
+    if not train or not test:
+        raise ConvertError(f"{directory}: {len(train)} training and {len(test)} held-out images; need some of each")
+    Image = _pil()
+    modes, sizes = set(), collections.Counter()
+    pool = train + test
+    probe = pool[:: max(1, len(pool) // PROBE_IMAGES)][:PROBE_IMAGES]
+    for path, _ in probe:
+        try:
+            with Image.open(path) as im:
+                modes.add(im.mode)
+                sizes[im.size] += 1
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ConvertError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    mode = "L" if modes <= {"1", "L", "I", "I;16", "F"} else "RGB"
+    size = tuple(size) if size else sizes.most_common(1)[0][0]
+    name = os.path.basename(os.path.normpath(directory)) or directory
+    return (ImageFiles(train, mode, size, classes, name), ImageFiles(test, mode, size, classes, name))
+
+
+def is_idx_dir(directory) -> bool:
+    """Whether a directory looks like the MNIST layout (any *-ubyte file) rather than a folder of images."""
+    try:
+        return any(n.endswith(("-ubyte", "-ubyte.gz")) for n in os.listdir(directory))
+    except OSError:
+        return False
+
+
 def load(spec) -> Dataset:
-    """``digits`` or a directory of MNIST-format IDX files."""
+    """``digits``, an ``.npz`` file or a directory of MNIST-format IDX files."""
     if spec == "digits":
         return load_digits()
+    if os.fspath(spec).endswith(".npz") and os.path.isfile(spec):
+        return load_npz(spec)
     return load_idx_dir(spec)

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto
 
 import dcformat
-from converters.mlp import MLP
+from numpy_mlp import MLP
 from converters.prune import magnitude_mask
 from converters.quantize import quantize
 from dcformat.cli import decode_main, run_main

@@ -132,7 +132,7 @@ def test_markup_names_print_as_text(tmp_path, capsys):
 
 
 def test_verify_accepts_a_valid_onnx_model(tmp_path, capsys):
-    from converters.mlp import MLP
+    from numpy_mlp import MLP
 
     p = tmp_path / "m.onnx"
     p.write_bytes(MLP([8, 16, 4]).to_onnx().SerializeToString())

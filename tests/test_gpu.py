@@ -13,7 +13,7 @@ import pytest
 
 import dcformat
 from models import cnn_model
-from converters.mlp import MLP
+from numpy_mlp import MLP
 from converters.prune import magnitude_mask
 from converters.quantize import quantize
 from dcformat.cli import run_main

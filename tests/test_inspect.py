@@ -163,7 +163,7 @@ def test_control_characters_are_escaped(tmp_path, capsys):
 
 
 def test_other_inputs(tmp_path, capsys):
-    from converters.mlp import MLP
+    from numpy_mlp import MLP
 
     net = MLP([8, 16, 4])
     net.W[0][:, :4] = 0
@@ -193,7 +193,7 @@ def test_pytorch_state_dict(tmp_path):
 def test_onnx_with_external_data(tmp_path, capsys):
     """The weights in m.bin are read (within the model's directory) and counted: sizes, zeros, ratio."""
     import onnx
-    from converters.mlp import MLP
+    from numpy_mlp import MLP
 
     net = MLP([8, 16, 4])
     net.W[0][:, :4] = 0

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 
 import dcformat
-from converters.mlp import MLP
+from numpy_mlp import MLP
 
 
 def test_decode_and_run_without_torch(tmp_path):

@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import dcformat
 from models import cnn_model, constants_and_if_model
-from converters.mlp import MLP
+from numpy_mlp import MLP
 from converters.prune import magnitude_mask
 from converters.quantize import quantize
 from dcformat import runtime

@@ -64,7 +64,8 @@ def build_model(d: str, params_m: float) -> tuple[str, str, int]:
     """An MLP of about ``params_m`` million parameters: model.onnx, and model.dcz by dcconvert."""
     import onnx
 
-    from converters.mlp import MLP
+    sys.path.insert(0, os.path.join(ROOT, "tests"))  # the numpy MLP the tests build models with
+    from numpy_mlp import MLP
 
     width = 256
     while True:  # [1024, w, w, 10]

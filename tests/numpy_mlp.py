@@ -1,4 +1,4 @@
-"""A small numpy MLP (Gemm + ReLU) with masked training and trained quantization.
+"""A small numpy MLP (Gemm + ReLU) with masked training and trained quantization (tests without PyTorch).
 
 Enough to show the whole Deep Compression loop on a small data set without PyTorch:
 train, prune with masks kept during retraining, share weights with k-means and fine-tune
