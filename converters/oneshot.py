@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import hessian, obs
-from .quantize import kmeans_1d
+from .quantize import centroids, kmeans_1d
 
 
 DAMP_BASE = 0.1
@@ -53,7 +53,8 @@ def share(w: np.ndarray, layer: hessian.Layer, sparsity: float, bits: int, init:
         k = int(round(flat.size * sparsity))
         if k:
             survive[np.argsort(saliency, kind="stable")[:k]] = False
-    cents = (kmeans_1d(flat[survive], 1 << bits, init=init, seed=seed, weights=imp[survive]) if survive.any()
+    pruning = not fixed or zero_share > 0
+    cents = (kmeans_1d(flat[survive], centroids(bits, pruning), init=init, seed=seed, weights=imp[survive]) if survive.any()
              else np.zeros(0))
     cents = np.unique(cents.astype(cdtype)[cents.astype(cdtype) != 0]).astype(np.float64)
     if cents.size == 0:

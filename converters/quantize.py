@@ -152,13 +152,19 @@ def kmeans_1d(values, k: int, init: str = "linear", iters: int = 30, seed: int =
     return np.unique(c[used])
 
 
+def centroids(bits: int, has_zero: bool) -> int:
+    """Non-zero centroids for ``bits``: 2**bits, but 255 at 8 bits when the zero needs an entry too, so
+    that every index still fits a byte (uint8 indices; runtime compact mode keeps them so)."""
+    return (1 << bits) - (1 if has_zero and bits == 8 else 0)
+
+
 def quantize(weights, bits: int, init: str = "linear", seed: int = 0, keep_zero: bool = True,
              hist: Histogram | None = None, importance: np.ndarray | None = None):
     """(codebook, indices) for ``weights``; zeros stay exactly zero (codebook entry 0.0).
 
     The non-zero weights share at most 2**bits centroids; when ``keep_zero`` and the
     tensor has zeros, the codebook also holds 0.0, which pruned positions index. Indices
-    are uint8 (uint16 when the codebook has 257 entries), shaped like ``weights``.
+    are uint8 (at 8 bits the zero takes one of the 256 entries), shaped like ``weights``.
     ``importance`` (weights' shape, >= 0): weighted k-means, e.g. E[x^2] of each weight's input
     feature (converters.hessian.importance), so the centroids fit the weights that matter.
     """
@@ -169,10 +175,10 @@ def quantize(weights, bits: int, init: str = "linear", seed: int = 0, keep_zero:
     nz = w != 0
     nonzero = w[nz]
     imp = None if importance is None else np.broadcast_to(importance, np.shape(weights)).reshape(-1)[nz]
-    cents = (kmeans_1d(nonzero, 1 << bits, init=init, seed=seed, hist=hist, weights=imp) if nonzero.size
-             else np.zeros(0))
-    del nz, imp
     has_zero = nonzero.size < w.size
+    cents = (kmeans_1d(nonzero, centroids(bits, has_zero and keep_zero), init=init, seed=seed, hist=hist, weights=imp)
+             if nonzero.size else np.zeros(0))
+    del nz, imp
     del nonzero
     cents = cents.astype(cdtype)
     cents = np.unique(cents[cents != 0])  # a centroid that rounds to 0 would alias pruned zeros
