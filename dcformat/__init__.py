@@ -12,7 +12,7 @@ Needs numpy, numba and onnx; never torch. The format is specified in spec/FORMAT
 from __future__ import annotations
 
 from .constants import VERSION_MAJOR, VERSION_MINOR
-from .encode import EncodedTensor, encode, encode_codebook, encode_raw
+from .encode import EncodedTensor, encode, encode_codebook, encode_float_planes, encode_raw
 from .errors import (
     ChecksumError,
     DczError,
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 FORMAT_VERSION = (VERSION_MAJOR, VERSION_MINOR)
 
 __all__ = [
-    "open", "write", "to_onnx", "load_weights", "InferenceSession", "encode", "encode_raw", "encode_codebook",
+    "open", "write", "to_onnx", "load_weights", "InferenceSession", "encode", "encode_raw", "encode_codebook", "encode_float_planes",
     "DczReader", "EncodedTensor", "TensorInfo",
     "DczError", "ProviderError", "FormatError", "VersionError", "ChecksumError", "LimitError", "TensorError", "HuffmanError", "EncodeError",
     "FORMAT_VERSION", "__version__",

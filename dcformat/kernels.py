@@ -173,11 +173,69 @@ def decode_sparse(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lan
     return status
 
 
+@njit(parallel=True, cache=True)
+def decode_planes(section, coded, starts, sizes, lane_offsets, tables, tbits, n, lane_size, width, out):
+    """Assemble the n elements of a float-planes tensor in ``out`` (unsigned, ``width`` bits).
+
+    Plane k's bytes start at ``section[starts[k]]``: N stored bytes if not ``coded[k]``, else the
+    payload (``sizes[k]`` bytes) of a Huffman stream whose lane l starts at ``lane_offsets[k, l]``,
+    decoded with ``tables[k]`` (``tbits[k]`` bits). Each byte is put in place already rotated right
+    by one bit (spec 7.4): plane 0 gives (b >> 1) | ((b & 1) << (width - 1)), plane k >= 1 gives
+    b << (8k - 1). Returns one status per lane: 0, or STATUS_* + 16 * plane for the first bad plane.
+    """
+    nl = (n + lane_size - 1) // lane_size
+    status = np.zeros(nl, dtype=np.int64)
+    nplanes = coded.size
+    top = np.uint64(width - 1)
+    one = np.uint64(1)
+    for l in prange(nl):
+        s0 = l * lane_size
+        s1 = min(n, s0 + lane_size)
+        for k in range(nplanes):
+            if k == 0:
+                shift = np.uint64(0)
+            else:
+                shift = np.uint64(8 * k - 1)
+            if coded[k]:
+                payload = section[starts[k] : starts[k] + sizes[k]]
+                size = payload.size
+                pos = lane_offsets[k, l]
+                end = lane_offsets[k, l + 1] if l + 1 < nl else size
+                tb = tbits[k]
+                mask = (1 << tb) - 1
+                table = tables[k]
+                buf = np.int64(0)
+                nbits = 0
+                for i in range(s0, s1):
+                    if nbits < tb:
+                        buf, nbits, pos = _refill(payload, pos, buf, nbits, size)
+                    e = np.int64(table[(buf >> (nbits - tb)) & mask])
+                    nbits -= e >> 9
+                    b = np.uint64(e & 255)
+                    if k == 0:
+                        out[i] = (b >> one) | ((b & one) << top)
+                    else:
+                        out[i] = out[i] | (b << shift)
+                st = _lane_end_status(payload, pos * 8 - nbits, end)
+                if st != 0 and status[l] == 0:
+                    status[l] = st + INDEX_STREAM * k
+            else:
+                base = starts[k]
+                for i in range(s0, s1):
+                    b = np.uint64(section[base + i])
+                    if k == 0:
+                        out[i] = (b >> one) | ((b & one) << top)
+                    else:
+                        out[i] = out[i] | (b << shift)
+    return status
+
+
 # Serial builds of the same loops (prange runs as range): for small tensors a parallel launch
 # costs more than the work, and a busy machine makes it worse.
 PARALLEL_MIN_SYMBOLS = 1 << 17
 decode_dense_serial = njit(cache=True)(decode_dense.py_func)
 decode_sparse_serial = njit(cache=True)(decode_sparse.py_func)
+decode_planes_serial = njit(cache=True)(decode_planes.py_func)
 encode_lanes_serial = njit(cache=True)(encode_lanes.py_func)
 lane_bits_serial = njit(cache=True)(lane_bits.py_func)
 
