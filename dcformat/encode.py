@@ -34,6 +34,7 @@ from .constants import (
     MIN_GAP_BITS,
     MIN_LANE_SIZE,
     PLANE_ALPHABET,
+    PLANE_CODE_LENGTH,
     PLANE_HUFFMAN,
     PLANE_MODES,
     PLANE_STORED,
@@ -306,12 +307,15 @@ def encode_float_planes(name: str, array, *, planes=None, lane_size: int = DEFAU
     for k in range(w):
         plane = data[k]
         if planes is None:
-            est = streams.estimate_stream_bytes(np.bincount(plane, minlength=PLANE_ALPHABET), lane_size) if n else n
+            hist = np.bincount(plane, minlength=PLANE_ALPHABET)
+            est = streams.estimate_stream_bytes(hist, lane_size, PLANE_CODE_LENGTH) if n else n
             mode = PLANE_HUFFMAN if est < n else PLANE_STORED
         else:
             mode = planes[k]
         modes.append(mode)
-        parts[f"plane{k}"] = streams.encode_stream(plane, PLANE_ALPHABET, lane_size) if mode == PLANE_HUFFMAN else plane
+        if mode == PLANE_HUFFMAN:
+            plane = streams.encode_stream(plane, PLANE_ALPHABET, lane_size, PLANE_CODE_LENGTH)
+        parts[f"plane{k}"] = plane
     return _make(name, dt, array.shape, ENC_FLOAT_PLANES, parts, lane_size=lane_size, planes=tuple(modes),
                  nonzeros=int(np.count_nonzero(array)))
 
