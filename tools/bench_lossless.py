@@ -12,9 +12,10 @@ unzipped). ZipNN runs in its own virtual environment (--zipnn-python, default
 compress mutates its input), with the model's float dtype as bytearray_dtype, the bytes padded
 with up to 3 zeros to a multiple of the itemsize (ZipNN 0.5.4 crashes on other lengths).
 
-Decode time: dcformat.load_weights(model.dcz) (every tensor decoded to a numpy array) against
-zstandard's decompress of the zstd -19 file, both in this process, best of --repeat, after one
-warm-up each; the ratio is zstd's time over ours (> 1: .dcz decodes faster). Each .dcz is
+Decode time: dcformat.load_weights(model.dcz) (open, every tensor decoded to a numpy array)
+against reading the zstd -19 file and zstandard's decompress of it, both in this process, best of
+--repeat, after one warm-up each; the ratio is zstd's time over ours (> 1: .dcz decodes faster).
+The zstd -d command (a process, output to /dev/null) is timed too. Each .dcz is
 checked to decode to the ONNX model's weights bit for bit.
 
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --work /tmp/dcz-bench-lossless
@@ -226,12 +227,18 @@ def measure(label: str, onnx_path: str, work: str, args) -> dict:
     log(f"{label}: zipnn")
     z = zipnn(args.zipnn_python, onnx_path, float_dtype(dcz))
     row["zipnn"] = z["bytes"] if z else None
-    zdata = open(zst, "rb").read()
     d = zstandard.ZstdDecompressor()
+
+    def unzstd():
+        with open(zst, "rb") as f:
+            return d.decompress(f.read())
+
     dcformat.load_weights(dcz)  # warm: numba kernels, page cache
-    d.decompress(zdata)
+    unzstd()
     row["decode_dcz_s"] = best(lambda: dcformat.load_weights(dcz), args.repeat)
-    row["decode_zstd_s"] = best(lambda: d.decompress(zdata), args.repeat)
+    row["decode_zstd_s"] = best(unzstd, args.repeat)
+    row["zstd_cli_s"] = best(lambda: subprocess.run(["zstd", "-d", "-q", "-c", zst], stdout=subprocess.DEVNULL, check=True),
+                             args.repeat)
     row["zipnn_decode_s"] = z["decode_s"] if z else None
     return row
 
@@ -242,7 +249,7 @@ def mb(n) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ["model", "ONNX", ".dcz --lossless", "zstd -19", "xz -9e", "ZipNN", ".dcz vs zstd -19",
-            "decode .dcz", "zstd -d", "decode speed vs zstd -d"]
+            "decode .dcz", "zstd -d (library)", "decode speed vs zstd -d", "zstd -d (command)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         xz = r.get("xz9e")
@@ -253,7 +260,7 @@ def table(rows: list[dict]) -> str:
             f"{mb(r['zipnn'])} ({r['onnx'] / r['zipnn']:.3f}x)" if r["zipnn"] else "—",
             f"{r['dcz'] / r['zstd19']:.3f}",
             f"{r['decode_dcz_s'] * 1e3:.1f} ms", f"{r['decode_zstd_s'] * 1e3:.1f} ms",
-            f"{r['decode_zstd_s'] / r['decode_dcz_s']:.2f}x",
+            f"{r['decode_zstd_s'] / r['decode_dcz_s']:.2f}x", f"{r['zstd_cli_s'] * 1e3:.1f} ms",
         ]) + " |")
     return "\n".join(lines)
 
