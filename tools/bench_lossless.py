@@ -84,10 +84,16 @@ def build_cnn(work: str, scale: float) -> str:
 
 
 def build_transformer(work: str, quick: bool) -> str:
-    """The transformer encoder of tools/bench.py (same seed, sizes and export settings)."""
+    """The transformer encoder of tools/bench.py (same seed, sizes and export settings), exported in a
+    child process: torch loads its own OpenMP runtime, whose spinning threads would slow this one's
+    decoding (dcformat.kernels sets OMP_WAIT_POLICY=PASSIVE, which only works if it is first)."""
     path = os.path.join(work, "transformer" + ("-quick" if quick else "") + ".onnx")
-    if os.path.exists(path):
-        return path
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, __file__, "--build-transformer", path, "1" if quick else "0"], check=True)
+    return path
+
+
+def _export_transformer(path: str, quick: bool) -> None:
     import warnings
 
     import torch
@@ -109,7 +115,6 @@ def build_transformer(work: str, quick: bool) -> str:
         torch.onnx.export(model, (torch.zeros(1, 64, d),), path, dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}})
-    return path
 
 
 def wheel_models(work: str) -> list[tuple[str, str]]:
@@ -276,7 +281,11 @@ def main(argv=None) -> int:
                     help="python of a venv with zipnn installed (default .venv-bench/bin/python if present)")
     ap.add_argument("--repeat", type=int, default=5, help="decode timings: best of this many")
     ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--build-transformer", nargs=2, metavar=("PATH", "QUICK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.build_transformer:
+        _export_transformer(args.build_transformer[0], args.build_transformer[1] == "1")
+        return 0
     args.no_xz = args.no_xz or args.quick
     os.makedirs(args.work, exist_ok=True)
     models = [("CNN " + ("(3.9M" if args.quick else "(25M") + ", random)", build_cnn(args.work, 0.125 if args.quick else 1.0)),
