@@ -312,9 +312,13 @@ def encode_float_planes(name: str, array, *, planes=None, lane_size: int = DEFAU
             mode = PLANE_HUFFMAN if est < n else PLANE_STORED
         else:
             mode = planes[k]
-        modes.append(mode)
         if mode == PLANE_HUFFMAN:
-            plane = streams.encode_stream(plane, PLANE_ALPHABET, lane_size, PLANE_CODE_LENGTH)
+            coded = streams.encode_stream(plane, PLANE_ALPHABET, lane_size, PLANE_CODE_LENGTH)
+            if planes is None and coded.size >= n:  # the estimate is within a byte per lane: measure
+                mode = PLANE_STORED
+            else:
+                plane = coded
+        modes.append(mode)
         parts[f"plane{k}"] = plane
     return _make(name, dt, array.shape, ENC_FLOAT_PLANES, parts, lane_size=lane_size, planes=tuple(modes),
                  nonzeros=int(np.count_nonzero(array)))

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import dcformat
@@ -191,6 +191,7 @@ def float_array(dtype: str, n: int, seed: int, kind: str) -> np.ndarray:
     planes=st.one_of(st.none(), st.lists(st.sampled_from(["stored", "huffman"]), min_size=8, max_size=8)),
     lane=st.sampled_from([256, 512, 16384]),
 )
+@example(dtype="float32", n=200, seed=1275991, kind="weights", planes=None, lane=256)  # estimate < n <= measured
 def test_float_planes_roundtrip(tmp_path, dtype, n, seed, kind, planes, lane):
     """Every bit pattern of every float dtype comes back exactly, whatever planes are coded."""
     a = float_array(dtype, n, seed, kind)
