@@ -13,7 +13,7 @@ import numpy as np
 # ---------------------------------------------------------------- container
 MAGIC = b"\x89DCZ\r\n\x1a\n"  # 8 bytes, PNG-style: catches text-mode and 7-bit mangling
 VERSION_MAJOR = 1  # bumped when a v1 reader could misread a new file
-VERSION_MINOR = 0  # bumped when only optional things are added
+VERSION_MINOR = 1  # bumped when only optional things are added (1.1: the float-planes encoding)
 PREAMBLE_SIZE = 24  # magic(8) major(u16) minor(u16) header_len(u32) header_crc(u32) preamble_crc(u32)
 ALIGNMENT = 8  # every section starts at a multiple of this
 PART_ALIGNMENT = 8  # every part inside a tensor section starts at a multiple of this
@@ -31,18 +31,33 @@ SECTION_KINDS = (SECTION_METADATA, SECTION_GRAPH, SECTION_TENSOR, SECTION_PADDIN
 ENC_RAW = "raw"
 ENC_CB_DENSE = "codebook-dense"
 ENC_CB_SPARSE = "codebook-sparse"
-ENCODINGS = (ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE)
+ENC_FLOAT_PLANES = "float-planes"  # 1.1: byte planes of floats, each stored or Huffman-coded
+ENCODINGS = (ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES)
+# The first minor version that defines each encoding: a writer writes the highest one its
+# tensors need, so a file that uses nothing new stays a 1.0 file (spec 2.2).
+ENCODING_MINOR = {ENC_RAW: 0, ENC_CB_DENSE: 0, ENC_CB_SPARSE: 0, ENC_FLOAT_PLANES: 1}
 
 # Parts of a tensor section, in the order they are laid out.
 PARTS = {
     ENC_RAW: ("data",),
     ENC_CB_DENSE: ("codebook", "indices"),
     ENC_CB_SPARSE: ("codebook", "lane_bases", "gaps", "indices"),
+    ENC_FLOAT_PLANES: tuple(f"plane{k}" for k in range(8)),  # the first itemsize(dtype) of these: parts_of()
 }
 
 MAX_CODEBOOK = 256  # entries in a codebook
 MIN_GAP_BITS = 1
 MAX_GAP_BITS = 8
+
+# float-planes: each byte plane is "stored" (N bytes) or "huffman" (a stream over 256 symbols)
+PLANE_STORED = "stored"
+PLANE_HUFFMAN = "huffman"
+PLANE_MODES = (PLANE_STORED, PLANE_HUFFMAN)
+PLANE_ALPHABET = 256
+# The reference encoder limits a plane's codes to this many bits (a writer's choice, not a rule):
+# the decode table has 2^this u16 entries, 4 KiB, which stays in L1 cache (2^15 entries do not),
+# for about 0.1% more bytes than optimal codes.
+PLANE_CODE_LENGTH = 11
 
 # ---------------------------------------------------------------- Huffman streams
 MAX_CODE_LENGTH = 15  # bits; one table lookup decodes a symbol
@@ -131,6 +146,13 @@ ITEMSIZE = {"bfloat16": 2, **{k: v.itemsize for k, v in _EAGER_DTYPES.items()}}
 
 # bit-pattern (unsigned) dtype of each float dtype, used by the decode kernels
 UINT_OF_SIZE = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+
+def parts_of(encoding: str, dtype: str) -> tuple[str, ...]:
+    """The part names of a tensor of this encoding and dtype, in layout order."""
+    if encoding == ENC_FLOAT_PLANES:
+        return PARTS[encoding][: ITEMSIZE[dtype]]
+    return PARTS[encoding]
 
 
 def dtype_name(dt) -> str:

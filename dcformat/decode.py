@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_RAW, PART_ALIGNMENT, UINT_OF_SIZE
-from .errors import TensorError
+from .constants import (DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, ENC_RAW, PART_ALIGNMENT, PLANE_ALPHABET,
+                        PLANE_HUFFMAN, UINT_OF_SIZE)
+from .errors import HuffmanError, TensorError
 from .records import TensorInfo
 from .streams import Stream, align, parse_stream, raise_lane_error
 
@@ -83,7 +84,50 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
             )
             raise_lane_error(status, where, (("gap", g), ("index", s)))
         return _checked(info, out.view(tdt), where).reshape(info.shape)
+    if info.encoding == ENC_FLOAT_PLANES:
+        return _checked(info, _decode_planes(info, section, parts, offs, where).view(tdt), where).reshape(info.shape)
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
+
+
+def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dict, where: str) -> np.ndarray:
+    """The bit patterns of a float-planes tensor (spec 7.4), assembled lane by lane in place."""
+    from . import kernels
+
+    n, w = info.numel, len(info.planes)
+    coded = np.array([m == PLANE_HUFFMAN for m in info.planes])
+    parsed = {}
+    for k in range(w):  # every coded plane's stream is checked before any lane is decoded (spec 11)
+        if coded[k]:
+            parsed[k] = parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
+    out = np.empty(n, UINT_OF_SIZE[w])
+    if n == 0:
+        return out
+    nl = (n + info.lane_size - 1) // info.lane_size
+    starts = np.zeros(w, np.int64)
+    sizes = np.zeros(w, np.int64)
+    lane_offsets = np.zeros((w, nl), np.int64)
+    tbits = np.zeros(w, np.int64)
+    tables = np.zeros((w, max([s.table.size for s in parsed.values()] or [1])), np.uint16)
+    for k in range(w):
+        part = parts[f"plane{k}"]
+        if k in parsed:
+            s = parsed[k]
+            part = s.payload
+            lane_offsets[k] = s.lane_offsets
+            tables[k, : s.table.size] = s.table
+            tbits[k] = s.table_bits
+        starts[k] = (s.payload_at if k in parsed else offs[f"plane{k}"]) - info.offset
+        sizes[k] = part.size
+    status = kernels.pick(kernels.decode_planes, kernels.decode_planes_serial, n)(
+        section, coded, starts, sizes, lane_offsets, tables, tbits, n, info.lane_size, 8 * w, out)
+    bad = np.flatnonzero(status)
+    if bad.size:
+        lane = int(bad[0])
+        k, code = divmod(int(status[lane]), kernels.INDEX_STREAM)
+        s = parsed[k]
+        raise HuffmanError(f"{where}: plane{k} stream lane {lane} (byte {s.payload_at + int(s.lane_offsets[lane])}): "
+                           f"{kernels.STATUS_TEXT[code]}")
+    return out
 
 
 __all__ = ["decode_tensor", "split_parts", "Stream"]

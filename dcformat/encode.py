@@ -4,8 +4,11 @@
 * :func:`encode_codebook` stores a quantized tensor given as a codebook and one index per
   element, as ``codebook-dense`` or ``codebook-sparse`` (Deep Compression's relative-index
   layout), picking the smaller -- and the gap width b -- unless told.
+* :func:`encode_float_planes` stores a float array as byte planes (sign rotated to the
+  bottom, so the top plane is the exponent), Huffman-coding each plane that gets smaller
+  (``float-planes``, format 1.1).
 * :func:`encode` takes any array, finds out whether its values come from a small set, and
-  picks the smallest of the three encodings. It is exact: decoding gives the same bits.
+  picks the smallest of the four encodings. It is exact: decoding gives the same bits.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .constants import (
     DTYPES,
     ENC_CB_DENSE,
     ENC_CB_SPARSE,
+    ENC_FLOAT_PLANES,
     ENC_RAW,
     FLOAT_DTYPES,
     ITEMSIZE,
@@ -29,9 +33,14 @@ from .constants import (
     MAX_LANE_SIZE,
     MIN_GAP_BITS,
     MIN_LANE_SIZE,
-    PARTS,
+    PLANE_ALPHABET,
+    PLANE_CODE_LENGTH,
+    PLANE_HUFFMAN,
+    PLANE_MODES,
+    PLANE_STORED,
     UINT_OF_SIZE,
     dtype_name,
+    parts_of,
 )
 from .errors import DczError, EncodeError
 from .records import TensorInfo, new_info, section_length
@@ -58,12 +67,13 @@ class EncodedTensor:
 
 
 def _make(name, dtype, shape, encoding, parts: dict[str, np.ndarray], **kw) -> EncodedTensor:
-    lengths = {k: int(parts[k].size) for k in PARTS[encoding]}
+    names = parts_of(encoding, dtype)
+    lengths = {k: int(parts[k].size) for k in names}
     try:
         info = new_info(name, dtype, shape, encoding, lengths, **kw)
     except DczError as e:
         raise EncodeError(str(e)) from None
-    return EncodedTensor(info, {k: parts[k] for k in PARTS[encoding]})
+    return EncodedTensor(info, {k: parts[k] for k in names})
 
 
 def _as_bytes(a: np.ndarray) -> np.ndarray:
@@ -263,12 +273,65 @@ def encode_codebook(
     return {ENC_RAW: raw, ENC_CB_DENSE: dense, ENC_CB_SPARSE: sparse}[best]()
 
 
+def _rotated_planes(array: np.ndarray) -> np.ndarray:
+    """(itemsize, N) uint8: byte k of each element's bit pattern rotated left by one bit (spec 7.4)."""
+    u = _bits(np.ascontiguousarray(array).reshape(-1)).astype(UINT_OF_SIZE[array.dtype.itemsize].newbyteorder("<"))
+    t = (u << 1) | (u >> (8 * u.dtype.itemsize - 1))
+    return np.ascontiguousarray(t.view(np.uint8).reshape(-1, u.dtype.itemsize).T)
+
+
+def encode_float_planes(name: str, array, *, planes=None, lane_size: int = DEFAULT_LANE_SIZE) -> EncodedTensor:
+    """Store a float array exactly as byte planes (``float-planes``, spec 7.4).
+
+    ``planes`` gives "stored" or "huffman" for each byte plane (plane 0 = lowest byte of the
+    rotated pattern, the last = the exponent byte); None codes each plane whose Huffman stream
+    is smaller than its N stored bytes.
+    """
+    name = _check_name(name)
+    lane_size = _check_lane_size(name, lane_size)
+    array = np.asarray(array)
+    try:
+        dt = dtype_name(array.dtype)
+    except ValueError as e:
+        raise EncodeError(f"tensor {name!r}: {e}") from None
+    if dt not in FLOAT_DTYPES:
+        raise EncodeError(f"tensor {name!r}: {ENC_FLOAT_PLANES} needs a float dtype, not {dt}")
+    w = ITEMSIZE[dt]
+    if planes is not None:
+        planes = tuple(planes)
+        if len(planes) != w or not all(isinstance(m, str) and m in PLANE_MODES for m in planes):
+            raise EncodeError(f"tensor {name!r}: planes must be {w} of {' / '.join(PLANE_MODES)}, got {planes!r}")
+    n = array.size
+    data = _rotated_planes(array)
+    modes, parts = [], {}
+    for k in range(w):
+        plane = data[k]
+        if planes is None:
+            hist = np.bincount(plane, minlength=PLANE_ALPHABET)
+            est = streams.estimate_stream_bytes(hist, lane_size, PLANE_CODE_LENGTH) if n else n
+            mode = PLANE_HUFFMAN if est < n else PLANE_STORED
+        else:
+            mode = planes[k]
+        if mode == PLANE_HUFFMAN:
+            coded = streams.encode_stream(plane, PLANE_ALPHABET, lane_size, PLANE_CODE_LENGTH)
+            if planes is None and coded.size >= n:  # the estimate is within a byte per lane: measure
+                mode = PLANE_STORED
+            else:
+                plane = coded
+        modes.append(mode)
+        parts[f"plane{k}"] = plane
+    return _make(name, dt, array.shape, ENC_FLOAT_PLANES, parts, lane_size=lane_size, planes=tuple(modes),
+                 nonzeros=int(np.count_nonzero(array)))
+
+
 def encode(name: str, array, *, encoding: str | None = None, lane_size: int = DEFAULT_LANE_SIZE,
            gap_bits: int | None = None) -> EncodedTensor:
     """Encode any array exactly, choosing the smallest encoding unless ``encoding`` is given.
 
     Float arrays whose values (by bit pattern) come from at most 256 distinct values, not
-    counting +0.0, may use a codebook encoding; everything else is stored raw.
+    counting +0.0, may use a codebook encoding; any float array may use float-planes (its
+    byte planes Huffman-coded where that is smaller); the smallest section wins, ties going
+    to raw and the codebook encodings. Everything else is stored raw.
     """
     name = _check_name(name)
     lane_size = _check_lane_size(name, lane_size)
@@ -281,6 +344,18 @@ def encode(name: str, array, *, encoding: str | None = None, lane_size: int = DE
         if encoding not in (None, ENC_RAW):
             raise EncodeError(f"tensor {name!r}: {encoding} needs a non-empty float tensor")
         return encode_raw(name, array)
+    if encoding == ENC_FLOAT_PLANES:
+        return encode_float_planes(name, array, lane_size=lane_size)
+    best = _encode_codebook_or_raw(name, array, dt, encoding, lane_size, gap_bits)
+    if encoding is None:
+        planes = encode_float_planes(name, array, lane_size=lane_size)
+        if PLANE_HUFFMAN in planes.info.planes and planes.nbytes < best.nbytes:
+            return planes
+    return best
+
+
+def _encode_codebook_or_raw(name, array, dt, encoding, lane_size, gap_bits) -> EncodedTensor:
+    """The smallest of raw and the codebook encodings (or the one asked for)."""
     flat = np.ascontiguousarray(array).reshape(-1)
     values, inverse = np.unique(_bits(flat), return_inverse=True)
     nonzero = values.size - int(values[0] == 0)  # +0.0 has the all-zero bit pattern

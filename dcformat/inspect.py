@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from .constants import ENC_CB_SPARSE, ENC_RAW, ITEMSIZE, PREAMBLE_SIZE, SECTION_GRAPH, SECTION_METADATA, SECTION_PADDING, SECTION_TENSOR
+from .constants import ENC_CB_SPARSE, ITEMSIZE, PREAMBLE_SIZE, SECTION_GRAPH, SECTION_METADATA, SECTION_PADDING, SECTION_TENSOR
 from .errors import DczError, FormatError, first_line
 from .reader import DczReader
 from .reader import open as open_dcz
@@ -25,15 +25,17 @@ def tensor_row(info) -> dict:
     """One tensor's accounting: ``bytes`` is its section's length (what dcconvert and the encoders
     report); the stream bytes plus ``padding_bytes`` (zeros aligning its parts) add up to it."""
     p = info.parts
+    # float-planes (1.1): Huffman-coded planes count as coded stream bytes, stored planes as raw bytes
+    coded = sum(p[f"plane{k}"] for k, m in enumerate(info.planes or ()) if m == "huffman")
     streams = {
         "gap": p.get("gaps", 0) + p.get("lane_bases", 0),
-        "index": p.get("indices", 0),
+        "index": p.get("indices", 0) + coded,
         "codebook": p.get("codebook", 0),
-        "raw": p.get("data", 0),
+        "raw": p.get("data", 0) + sum(p[f"plane{k}"] for k, m in enumerate(info.planes or ()) if m == "stored"),
     }
     total = info.nbytes
     params = info.numel
-    bits = None if info.encoding == ENC_RAW else max(1, math.ceil(math.log2(max(info.codebook_size, 1))))
+    bits = None if info.codebook_size is None else max(1, math.ceil(math.log2(max(info.codebook_size, 1))))
     return {
         "name": info.name, "shape": list(info.shape), "dtype": info.dtype, "params": params,
         "encoding": info.encoding, "nonzeros": info.nonzeros,

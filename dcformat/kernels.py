@@ -7,8 +7,18 @@ code per lane (see STATUS_*); the caller turns a non-zero status into a DczError
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from numba import njit, prange
+
+# GNU OpenMP (numba's default threading layer here) keeps its worker threads spinning after
+# each parallel region; on a machine with few, busy cores they starve the calling thread, and
+# decoding a file of many small tensors got ~40x slower (tools/bench_lossless.py). Sleeping
+# workers cost a few microseconds per parallel launch instead. Read when libgomp loads, so set
+# before the first parallel kernel runs; a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from numba import njit, prange  # noqa: E402
 
 STATUS_OK = 0
 STATUS_OVERRUN = 1  # the lane's codes run past the lane's last byte
@@ -173,11 +183,111 @@ def decode_sparse(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lan
     return status
 
 
+@njit(inline="always")
+def _plane_symbol(payload, size, table, tb, mask, b, nbits, pos):
+    """One symbol of a plane's stream: (symbol, bit buffer, bits in it, next byte)."""
+    if nbits < tb:
+        b, nbits, pos = _refill(payload, pos, b, nbits, size)
+    e = np.int64(table[(b >> (nbits - tb)) & mask])
+    return e & 255, b, nbits - (e >> 9), pos
+
+
+PLANE_GROUP = 4  # lanes decoded together by one thread: four independent bit chains hide the table's latency
+
+
+@njit(parallel=True, cache=True)
+def decode_planes(section, coded, starts, sizes, lane_offsets, tables, tbits, n, lane_size, width, out):
+    """Assemble the n elements of a float-planes tensor in ``out`` (unsigned, ``width`` = 16, 32 or 64 bits).
+
+    Plane k's bytes start at ``section[starts[k]]``: n stored bytes if not ``coded[k]``, else the
+    payload (``sizes[k]`` bytes) of a Huffman stream whose lane l starts at ``lane_offsets[k, l]``,
+    decoded with ``tables[k]`` (``tbits[k]`` bits). Each thread takes PLANE_GROUP lanes at a time:
+    each plane's slice of them is decoded (four lanes interleaved) or copied into a scratch buffer,
+    then the elements are put together and rotated right by one bit (spec 7.4), one store each.
+    Returns one status per lane: 0, or STATUS_* + 16 * plane for the lane's first bad plane.
+    """
+    nl = (n + lane_size - 1) // lane_size
+    status = np.zeros(nl, dtype=np.int64)
+    nplanes = coded.size
+    ngroups = (nl + PLANE_GROUP - 1) // PLANE_GROUP
+    for g in prange(ngroups):
+        l0 = g * PLANE_GROUP
+        l1 = min(nl, l0 + PLANE_GROUP)
+        s0 = l0 * lane_size
+        s1 = min(n, l1 * lane_size)
+        m = s1 - s0
+        buf = np.empty((nplanes, m), dtype=np.uint8)
+        for k in range(nplanes):
+            if not coded[k]:
+                buf[k, :] = section[starts[k] + s0 : starts[k] + s1]
+                continue
+            payload = section[starts[k] : starts[k] + sizes[k]]
+            size = payload.size
+            tb = tbits[k]
+            mask = (1 << tb) - 1
+            table = tables[k]
+            bk = buf[k]
+            if l1 - l0 == 4 and s1 - s0 == 4 * lane_size:  # four full lanes, interleaved
+                L = lane_size
+                p0 = lane_offsets[k, l0]
+                p1 = lane_offsets[k, l0 + 1]
+                p2 = lane_offsets[k, l0 + 2]
+                p3 = lane_offsets[k, l0 + 3]
+                b0 = b1 = b2 = b3 = np.int64(0)
+                n0 = n1 = n2 = n3 = 0
+                for j in range(L):
+                    v, b0, n0, p0 = _plane_symbol(payload, size, table, tb, mask, b0, n0, p0)
+                    bk[j] = v
+                    v, b1, n1, p1 = _plane_symbol(payload, size, table, tb, mask, b1, n1, p1)
+                    bk[L + j] = v
+                    v, b2, n2, p2 = _plane_symbol(payload, size, table, tb, mask, b2, n2, p2)
+                    bk[2 * L + j] = v
+                    v, b3, n3, p3 = _plane_symbol(payload, size, table, tb, mask, b3, n3, p3)
+                    bk[3 * L + j] = v
+                bits_end = (p0 * 8 - n0, p1 * 8 - n1, p2 * 8 - n2, p3 * 8 - n3)
+                for q in range(4):
+                    l = l0 + q
+                    end = lane_offsets[k, l + 1] if l + 1 < nl else size
+                    st = _lane_end_status(payload, bits_end[q], end)
+                    if st != 0 and status[l] == 0:
+                        status[l] = st + INDEX_STREAM * k
+            else:
+                for l in range(l0, l1):
+                    pos = lane_offsets[k, l]
+                    end = lane_offsets[k, l + 1] if l + 1 < nl else size
+                    b = np.int64(0)
+                    nbits = 0
+                    for j in range(l * lane_size - s0, min(n, (l + 1) * lane_size) - s0):
+                        v, b, nbits, pos = _plane_symbol(payload, size, table, tb, mask, b, nbits, pos)
+                        bk[j] = v
+                    st = _lane_end_status(payload, pos * 8 - nbits, end)
+                    if st != 0 and status[l] == 0:
+                        status[l] = st + INDEX_STREAM * k
+        if width == 16:
+            q0, q1 = buf[0], buf[1]
+            for j in range(m):
+                t = np.uint32(q0[j]) | (np.uint32(q1[j]) << 8)
+                out[s0 + j] = (t >> 1) | ((t & 1) << 15)
+        elif width == 32:
+            q0, q1, q2, q3 = buf[0], buf[1], buf[2], buf[3]
+            for j in range(m):
+                t = np.uint32(q0[j]) | (np.uint32(q1[j]) << 8) | (np.uint32(q2[j]) << 16) | (np.uint32(q3[j]) << 24)
+                out[s0 + j] = (t >> 1) | ((t & 1) << 31)
+        else:
+            for j in range(m):
+                t = np.uint64(0)
+                for k in range(nplanes):
+                    t |= np.uint64(buf[k, j]) << np.uint64(8 * k)
+                out[s0 + j] = (t >> np.uint64(1)) | ((t & np.uint64(1)) << np.uint64(63))
+    return status
+
+
 # Serial builds of the same loops (prange runs as range): for small tensors a parallel launch
 # costs more than the work, and a busy machine makes it worse.
 PARALLEL_MIN_SYMBOLS = 1 << 17
 decode_dense_serial = njit(cache=True)(decode_dense.py_func)
 decode_sparse_serial = njit(cache=True)(decode_sparse.py_func)
+decode_planes_serial = njit(cache=True)(decode_planes.py_func)
 encode_lanes_serial = njit(cache=True)(encode_lanes.py_func)
 lane_bits_serial = njit(cache=True)(lane_bits.py_func)
 

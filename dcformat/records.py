@@ -16,6 +16,7 @@ from .constants import (
     DTYPES,
     ENC_CB_DENSE,
     ENC_CB_SPARSE,
+    ENC_FLOAT_PLANES,
     ENC_RAW,
     ENCODINGS,
     FLOAT_DTYPES,
@@ -30,7 +31,9 @@ from .constants import (
     MIN_GAP_BITS,
     MIN_LANE_SIZE,
     PART_ALIGNMENT,
-    PARTS,
+    PLANE_MODES,
+    PLANE_STORED,
+    parts_of,
 )
 from .errors import TensorError
 from .streams import align, num_lanes
@@ -51,6 +54,7 @@ class TensorInfo:
     gap_bits: int | None = None
     nonzeros: int = 0  # elements whose value is not zero (-0.0 counts as zero, NaN does not)
     entries: int | None = None  # codebook-sparse: entries incl. fillers
+    planes: tuple[str, ...] | None = None  # float-planes: "stored" or "huffman" for each byte plane
     offset: int = 0  # file offset of the tensor's section
     nbytes: int = 0  # stored bytes (the section's length)
     extra: dict = field(default_factory=dict, compare=False)
@@ -81,13 +85,16 @@ class TensorInfo:
         """The JSON object stored in the header for this tensor (fixed key order)."""
         d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "encoding": self.encoding,
              "nonzeros": self.nonzeros}
-        if self.encoding != ENC_RAW:
+        if self.encoding in (ENC_CB_DENSE, ENC_CB_SPARSE):
             d["codebook_dtype"] = self.codebook_dtype
             d["codebook_size"] = self.codebook_size
             d["lane_size"] = self.lane_size
         if self.encoding == ENC_CB_SPARSE:
             d["gap_bits"] = self.gap_bits
             d["entries"] = self.entries
+        if self.encoding == ENC_FLOAT_PLANES:
+            d["lane_size"] = self.lane_size
+            d["planes"] = list(self.planes)
         d["parts"] = dict(self.parts)
         return d
 
@@ -104,6 +111,13 @@ def _int(d: dict, key: str, lo: int, hi: int, where: str) -> int:
     if type(v) is not int or not lo <= v <= hi:
         raise TensorError(f"{where}: '{key}' must be an integer in [{lo}, {hi}], got {v!r}")
     return v
+
+
+def _lane_size(d: dict, where: str) -> int:
+    lane = _int(d, "lane_size", MIN_LANE_SIZE, MAX_LANE_SIZE, where)
+    if lane & (lane - 1):
+        raise TensorError(f"{where}: lane_size {lane} is not a power of two")
+    return lane
 
 
 def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
@@ -130,7 +144,7 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
     if enc not in ENCODINGS:
         raise TensorError(f"{where}: unknown encoding {enc!r}")
     parts = d.get("parts")
-    names = PARTS[enc]
+    names = parts_of(enc, dtype)
     if not isinstance(parts, dict) or list(parts) != list(names):
         raise TensorError(f"{where}: 'parts' must list {', '.join(names)} in that order")
     for pname, plen in parts.items():
@@ -147,6 +161,19 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
             raise TensorError(
                 f"{where}: raw data is {parts['data']} bytes, shape {shape} of {dtype} needs {numel * ITEMSIZE[dtype]}"
             )
+    elif enc == ENC_FLOAT_PLANES:  # spec 6.1 item 10
+        if dtype not in FLOAT_DTYPES:
+            raise TensorError(f"{where}: {enc} needs a floating-point dtype, not {dtype}")
+        lane = _lane_size(d, where)
+        planes = d.get("planes")
+        if (not isinstance(planes, list) or len(planes) != ITEMSIZE[dtype]
+                or not all(isinstance(m, str) and m in PLANE_MODES for m in planes)):
+            raise TensorError(f"{where}: 'planes' must list {ITEMSIZE[dtype]} of {' / '.join(PLANE_MODES)}, "
+                              f"got {planes!r}")
+        for k, mode in enumerate(planes):
+            if mode == PLANE_STORED and parts[f"plane{k}"] != numel:
+                raise TensorError(f"{where}: stored plane{k} is {parts[f'plane{k}']} bytes, {numel} elements need {numel}")
+        kw.update(lane_size=lane, planes=tuple(planes))
     else:
         if dtype not in FLOAT_DTYPES:
             raise TensorError(f"{where}: {enc} needs a floating-point dtype, not {dtype}")
@@ -154,9 +181,7 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
         if cbd not in CODEBOOK_DTYPES:
             raise TensorError(f"{where}: codebook_dtype must be one of {CODEBOOK_DTYPES}, got {cbd!r}")
         k = _int(d, "codebook_size", 0, MAX_CODEBOOK, where)
-        lane = _int(d, "lane_size", MIN_LANE_SIZE, MAX_LANE_SIZE, where)
-        if lane & (lane - 1):
-            raise TensorError(f"{where}: lane_size {lane} is not a power of two")
+        lane = _lane_size(d, where)
         if parts["codebook"] != k * ITEMSIZE[cbd]:
             raise TensorError(f"{where}: codebook part is {parts['codebook']} bytes, {k} x {cbd} needs {k * ITEMSIZE[cbd]}")
         kw.update(codebook_dtype=cbd, codebook_size=k, lane_size=lane)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import huffman
-from .constants import LANE_OFFSET_BYTES, PART_ALIGNMENT
+from .constants import LANE_OFFSET_BYTES, MAX_CODE_LENGTH, PART_ALIGNMENT
 from .errors import HuffmanError
 
 
@@ -54,24 +54,25 @@ def unpack_lengths(packed: np.ndarray, alphabet: int) -> np.ndarray:
     return out[:alphabet], out[alphabet:]
 
 
-def estimate_stream_bytes(freqs: np.ndarray, lane_size: int) -> int:
+def estimate_stream_bytes(freqs: np.ndarray, lane_size: int, max_len: int = MAX_CODE_LENGTH) -> int:
     """Size of a stream with these symbol counts, to within one byte per lane."""
     n = int(freqs.sum())
     if n == 0:
         return 0
-    lengths = huffman.code_lengths(freqs)
+    lengths = huffman.code_lengths(freqs, max_len)
     nl = num_lanes(n, lane_size)
     return stream_prefix_bytes(freqs.size, n, lane_size) + (huffman.coded_bits(freqs, lengths) + 4 * nl) // 8
 
 
-def encode_stream(symbols: np.ndarray, alphabet: int, lane_size: int) -> np.ndarray:
-    """Huffman-code ``symbols`` (integers < alphabet) into a stream part (uint8 array)."""
+def encode_stream(symbols: np.ndarray, alphabet: int, lane_size: int, max_len: int = MAX_CODE_LENGTH) -> np.ndarray:
+    """Huffman-code ``symbols`` (integers < alphabet) into a stream part (uint8 array), codes of at
+    most ``max_len`` bits (at most MAX_CODE_LENGTH; shorter codes make a smaller decode table)."""
     from . import kernels  # numba is imported on first use, not when dcformat is
     n = symbols.size
     if n == 0:
         return np.zeros(0, np.uint8)
     freqs = np.bincount(symbols, minlength=alphabet)
-    lengths = huffman.code_lengths(freqs)
+    lengths = huffman.code_lengths(freqs, max_len)
     codes, bitlen = huffman.canonical_codes(lengths)
     lane_bytes = (kernels.pick(kernels.lane_bits, kernels.lane_bits_serial, n)(symbols, bitlen, lane_size) + 7) // 8
     starts = np.zeros(lane_bytes.size, np.int64)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .atomic import atomic_output
 from .constants import (
+    ENCODING_MINOR,
     DTYPES,
     EXPANSION_SLACK,
     GRAPH_PARSE_FACTOR,
@@ -172,7 +173,8 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
         header, placed, _ = layout(entries)
 
     with atomic_output(path, suffix=".dcz.tmp") as f:
-        f.write(preamble(header))
+        # the lowest minor version that defines every encoding used: 1.0 unless float-planes (spec 2.2)
+        f.write(preamble(header, minor=max((ENCODING_MINOR[i.encoding] for i in seen.values()), default=0)))
         f.write(header)
         for sec, (_, chunks, _) in zip(placed, sections):
             f.write(bytes(sec.offset - f.tell()))

@@ -513,7 +513,8 @@ def test_lossless_keeps_a_model_quantized_elsewhere_as_codebook(tmp_path):
     ok(src, "-o", out, "-q", "--lossless")
     with dcformat.open(out) as r:
         assert r.info("fc1.weight").encoding.startswith("codebook-")
-        assert r.info("fc2.weight").encoding == "raw"  # 32768 distinct floats
+        assert r.info("fc2.weight").encoding == "float-planes"  # 32768 distinct floats: byte planes (1.1)
+        assert r.info("fc2.weight").nbytes < w["fc2.weight"].nbytes
         assert np.array_equal(r["fc1.weight"].view(np.uint32), w["fc1.weight"].view(np.uint32))
         assert r.info("fc1.weight").nbytes < w["fc1.weight"].nbytes / 5
     # negative zeros and NaN payloads survive too

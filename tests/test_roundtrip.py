@@ -1,7 +1,8 @@
 """Round trips: encode -> write -> open -> decode gives the same bits, for any input.
 
 Property tests (hypothesis) over dtypes, shapes (0-size and scalar included), sparsity,
-codebook sizes, gap widths, encodings and lane sizes; plus the encoders' argument
+codebook sizes, gap widths, encodings and lane sizes, and float-planes over random bit patterns
+of every float dtype; plus the encoders' argument
 errors and the writer's duplicate-name, atomicity and file-mode behaviour.
 """
 
@@ -11,7 +12,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import dcformat
@@ -154,12 +155,82 @@ def test_auto_picks_the_smallest(dtype, shape, seed, k, density, lane):
     if codebook_ok(a, "codebook-sparse"):
         alternatives += [dcformat.encode("t", a, encoding="codebook-sparse", gap_bits=b, lane_size=lane)
                          for b in range(1, 9)]
+    if a.size:
+        alternatives.append(dcformat.encode("t", a, encoding="float-planes", lane_size=lane))
     slack = 8 + 4 * lanes(a.size, lane)
     for alt in alternatives:
         assert auto.nbytes <= alt.nbytes + slack, (auto.encoding, auto.info.gap_bits, alt.encoding, alt.info.gap_bits)
     if auto.encoding == "codebook-sparse":  # its gap width is as good as any other
         best = min(alt.nbytes for alt in alternatives if alt.encoding == "codebook-sparse")
         assert auto.nbytes <= best + slack
+
+
+# ---------------------------------------------------------------- float-planes (1.1): any bit pattern
+def float_array(dtype: str, n: int, seed: int, kind: str) -> np.ndarray:
+    """n elements of a float dtype: uniformly random bit patterns (every NaN payload, subnormal,
+    infinity and signed zero possible), trained-weight-like values, or weights salted with specials."""
+    rng = np.random.default_rng(seed)
+    dt = DTYPES[dtype]
+    u = UINT_OF_SIZE[dt.itemsize]
+    if kind == "bits":
+        return rng.integers(0, np.iinfo(u).max, n, dtype=u, endpoint=True).view(dt)
+    a = (rng.standard_normal(n) * rng.choice([1e-3, 0.05, 3.0])).astype(dt)
+    if kind == "special" and n:
+        special = np.array(SPECIAL[dt.itemsize], np.uint64).astype(u).view(dt)
+        at = rng.integers(0, n, max(1, n // 10))
+        a[at] = special[rng.integers(0, special.size, at.size)]
+    return a
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    n=st.one_of(st.integers(0, 40), st.integers(200, 3000)),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["bits", "weights", "special"]),
+    planes=st.one_of(st.none(), st.lists(st.sampled_from(["stored", "huffman"]), min_size=8, max_size=8)),
+    lane=st.sampled_from([256, 512, 16384]),
+)
+@example(dtype="float32", n=200, seed=1275991, kind="weights", planes=None, lane=256)  # estimate < n <= measured
+def test_float_planes_roundtrip(tmp_path, dtype, n, seed, kind, planes, lane):
+    """Every bit pattern of every float dtype comes back exactly, whatever planes are coded."""
+    a = float_array(dtype, n, seed, kind)
+    w = a.dtype.itemsize
+    modes = None if planes is None else planes[:w]
+    t = dcformat.encode_float_planes("t", a, planes=modes, lane_size=lane)
+    assert t.encoding == "float-planes" and len(t.info.planes) == w and t.info.lane_size == lane
+    if modes is not None:
+        assert list(t.info.planes) == modes
+    else:  # the encoder codes a plane only when that is smaller than storing it
+        for k, mode in enumerate(t.info.planes):
+            assert (t.info.parts[f"plane{k}"] < n) if mode == "huffman" else (t.info.parts[f"plane{k}"] == n)
+    assert t.info.nonzeros == np.count_nonzero(a)
+    out = roundtrip(tmp_path / "p.dcz", [t])
+    assert_same(out["t"], a)
+    auto = dcformat.encode("t", a, lane_size=lane)  # the automatic choice is exact too, and never above raw
+    assert auto.nbytes <= a.nbytes
+    assert_same(roundtrip(tmp_path / "a.dcz", [auto])["t"], a)
+
+
+def test_float_planes_on_weights_code_the_exponent():
+    """On weight-like float32 / bfloat16 the encoder codes the exponent plane and beats raw by >15%."""
+    rng = np.random.default_rng(3)
+    for dt in (np.float32, DTYPES["bfloat16"]):
+        a = (rng.standard_normal(50_000) * 0.02).astype(dt)
+        t = dcformat.encode("w", a)
+        assert t.encoding == "float-planes" and t.info.planes[-1] == "huffman"
+        assert t.nbytes < 0.85 * a.nbytes, (dt, t.nbytes / a.nbytes)
+
+
+def test_float_planes_argument_errors():
+    a = np.ones(10, np.float32)
+    for kwargs in (dict(planes=["huffman"] * 3), dict(planes=["raw"] * 4), dict(planes="huffman"), dict(lane_size=100)):
+        with pytest.raises(dcformat.EncodeError):
+            dcformat.encode_float_planes("t", a, **kwargs)
+    with pytest.raises(dcformat.EncodeError):
+        dcformat.encode_float_planes("t", np.arange(4, dtype=np.int32))
+    with pytest.raises(dcformat.EncodeError):
+        dcformat.encode("t", np.zeros(0, np.float32), encoding="float-planes")
 
 
 # ---------------------------------------------------------------- encode_codebook(): quantized tensors
@@ -404,7 +475,7 @@ def test_special_bit_patterns(tmp_path, dtype, pattern):
         quiet, snan = [0x7FF8000000000000, 0x7FF8000020000000, 0xFFF8000000000001], [0x7FF0000000000001]
     pats = {"neg_zero": [sign, 0], "nan_payloads": quiet + [sign, 0], "signalling": snan + quiet + [0]}[pattern]
     a = np.array(pats, dtype=np.uint64).astype(u)[np.arange(700) % len(pats)].view(dt).reshape(7, 100)
-    for enc in (None, *ENCS):
+    for enc in (None, *ENCS, "float-planes"):
         try:
             t = dcformat.encode("x", a, encoding=enc, lane_size=256)
         except dcformat.EncodeError:
@@ -431,6 +502,7 @@ def test_auto_on_small_tensors(dtype):
             best = dcformat.encode("t", a, encoding="raw").nbytes
             if n:
                 best = min(best, dcformat.encode("t", a, encoding="codebook-dense", lane_size=256).nbytes,
+                           dcformat.encode("t", a, encoding="float-planes", lane_size=256).nbytes,
                            *(dcformat.encode("t", a, encoding="codebook-sparse", gap_bits=b, lane_size=256).nbytes
                              for b in range(1, 9)))
             assert auto.nbytes <= best + 8 + 4 * lanes(n, 256), (n, pattern, auto.encoding, auto.nbytes, best)

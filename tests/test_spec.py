@@ -131,22 +131,34 @@ def test_dtype_table():
 def test_parts_table():
     rows = re.findall(r"^\|\s*`([a-z-]+)`\s*\|([^|]*)\|\s*$", section("Encodings"), re.M)
     table = {enc: tuple(re.findall(r"`([a-z_]+)`", parts)) for enc, parts in rows}
-    assert table == constants.PARTS
+    fp = dict(rows).pop(constants.ENC_FLOAT_PLANES)
+    del table[constants.ENC_FLOAT_PLANES]
+    assert table == {k: v for k, v in constants.PARTS.items() if k != constants.ENC_FLOAT_PLANES}
+    # float-planes: plane0 .. plane<w-1>, one per byte of the dtype
+    assert "`plane0`, `plane1`, ... `plane<w-1>`" in fp
+    for dt in constants.FLOAT_DTYPES:
+        w = constants.ITEMSIZE[dt]
+        assert constants.parts_of(constants.ENC_FLOAT_PLANES, dt) == tuple(f"plane{k}" for k in range(w))
+        assert f"{w} for {dt}" in fp or (dt in ("float16", "bfloat16") and "2 for float16 and bfloat16" in fp)
 
 
 def test_descriptor_table():
     """The fields of 6.1, filtered by their Encodings column, are the keys the writer writes, in the same order."""
-    rows = re.findall(r"^\|\s*`([a-z_]+)`\s*\|[^|]*\|\s*([a-z*-]+)\s*\|", section("Descriptor"), re.M)
+    rows = re.findall(r"^\|\s*`([a-z_]+)`\s*\|[^|]*\|\s*([a-z*, -]+?)\s*\|", section("Descriptor"), re.M)
+    rows = [(f, [e.strip() for e in encs.split(",")]) for f, encs in rows]
     assert [f for f, _ in rows][:5] == ["name", "dtype", "shape", "encoding", "nonzeros"]
     x = np.array([0.0, 0.5, 0.0, -1.0], np.float32)
     written = {
         "raw": dcformat.encode_raw("r", x),
         "codebook-dense": dcformat.encode("d", x, encoding="codebook-dense"),
         "codebook-sparse": dcformat.encode("s", x, encoding="codebook-sparse"),
+        "float-planes": dcformat.encode("f", x, encoding="float-planes"),
     }
+    assert set(written) == set(constants.ENCODINGS)
     for enc, t in written.items():
         assert t.encoding == enc
-        want = [f for f, encs in rows if encs == "all" or encs == enc or (encs == "codebook-*" and enc != "raw")]
+        want = [f for f, encs in rows
+                if "all" in encs or enc in encs or ("codebook-*" in encs and enc.startswith("codebook-"))]
         assert list(t.info.descriptor()) == want, enc
         assert t.info.descriptor()["nonzeros"] == 2
 
@@ -226,7 +238,18 @@ def test_schema_agrees_with_constants():
     for enc, parts in constants.PARTS.items():  # the schema lists parts in layout order too
         key = "parts_" + enc.replace("-", "_")
         assert tuple(d[key]["properties"]) == parts
-        assert tuple(d[key]["required"]) == parts
+        if enc != constants.ENC_FLOAT_PLANES:
+            assert tuple(d[key]["required"]) == parts
+    # float-planes: planes and parts per dtype (one per byte), the plane modes
+    assert tuple(t["planes"]["items"]["enum"]) == constants.PLANE_MODES
+    fp = [b for b in d["tensor"]["allOf"] if b["if"]["properties"]["encoding"]["const"] == constants.ENC_FLOAT_PLANES][0]
+    assert tuple(fp["then"]["properties"]["dtype"]["enum"]) == constants.FLOAT_DTYPES
+    for sub in fp["then"]["allOf"]:
+        cond = sub["if"]["properties"]["dtype"]
+        for dt in cond.get("enum", [cond.get("const")]):
+            w = constants.ITEMSIZE[dt]
+            assert sub["then"]["properties"]["planes"]["maxItems"] == w == sub["then"]["properties"]["planes"]["minItems"]
+            assert tuple(sub["then"]["properties"]["parts"]["required"]) == constants.parts_of(constants.ENC_FLOAT_PLANES, dt)
 
 
 def raw_inflate(stored: bytes, limit: int) -> bytes:
@@ -337,6 +360,20 @@ def sample_files(tmp_path):
     w = np.where(rng.random((4, 3)) < 0.5, 0.0, 1.25).astype(np.float32)
     files.append(("graph.dcz", [dcformat.encode("fc.weight", w)], model, {"producer": "x"}, {"fc.weight": w}))
     files.append(("empty.dcz", [], None, None, {}))
+    fp = {  # 7.4: each float dtype, auto and forced plane modes, specials, many lanes
+        "fp32": (rng.standard_normal(1000) * 0.1).astype(np.float32),
+        "fp16": (rng.standard_normal((20, 30)) * 0.1).astype(np.float16),
+        "fbf16": (rng.standard_normal(700) * 0.1).astype(np.float32).astype(constants.DTYPES["bfloat16"]),
+        "fp64": rng.standard_normal(300),
+        "fspecial": np.array([0.0, -0.0, np.inf, -np.inf, 1e-45, np.nan] * 50, np.float32),
+    }
+    fp["fspecial"].view(np.uint32)[5::6] = 0x7F812345  # signalling NaN with a payload
+    t = [dcformat.encode_float_planes(k, v, lane_size=256) for k, v in fp.items()]
+    t += [dcformat.encode_float_planes("fp32.all", fp["fp32"], planes=["huffman"] * 4, lane_size=256),
+          dcformat.encode_float_planes("fp16.none", fp["fp16"], planes=["stored"] * 2),
+          dcformat.encode_float_planes("fempty", np.zeros((0, 2), np.float32), planes=["huffman"] * 4)]
+    fp.update({"fp32.all": fp["fp32"], "fp16.none": fp["fp16"], "fempty": np.zeros((0, 2), np.float32)})
+    files.append(("planes.dcz", t, None, None, fp))
 
     out = []
     for name, tensors, graph, meta, exp in files:
@@ -383,7 +420,7 @@ def test_schema_rejects_bad_headers(validator):
     bad(lambda e: e["tensor"].update(dtype="int32"))                  # codebooks need a float dtype
     bad(lambda e: e["tensor"].update(codebook_dtype="float64"))
     bad(lambda e: e["tensor"].update(gap_bits=9))
-    bad(lambda e: e["tensor"].update(encoding="zstd"))                # unknown in 1.0
+    bad(lambda e: e["tensor"].update(encoding="zstd"))                # unknown in 1.1
     bad(lambda e: e["tensor"]["parts"].pop("lane_bases"))
     bad(lambda e: e["tensor"].update(shape=[-1]))
     bad(lambda e: e.pop("tensor"))                                    # tensor kind needs a descriptor
@@ -398,6 +435,24 @@ def test_schema_rejects_bad_headers(validator):
     bad(lambda e: e["tensor"].update(nonzeros="3"))
     bad(lambda e: e["tensor"].update(nonzeros=True))
     bad(lambda e: e["tensor"].update(nonzeros=constants.MAX_ELEMENTS + 1))
+    fp = {"name": "x", "dtype": "float32", "shape": [6], "encoding": "float-planes", "nonzeros": 5, "lane_size": 256,
+          "planes": ["stored", "stored", "stored", "huffman"], "parts": {"plane0": 6, "plane1": 6, "plane2": 6, "plane3": 138}}
+    validator.validate({"sections": [{"kind": "tensor", "length": 162, "crc32": 0, "tensor": fp}]})
+
+    def bad_fp(mutate):
+        e = json.loads(json.dumps(fp))
+        mutate(e)
+        assert not validator.is_valid({"sections": [{"kind": "tensor", "length": 162, "crc32": 0, "tensor": e}]}), e
+
+    bad_fp(lambda e: e.pop("planes"))
+    bad_fp(lambda e: e.pop("lane_size"))
+    bad_fp(lambda e: e.update(planes=["stored", "stored", "huffman"]))       # one per byte of float32
+    bad_fp(lambda e: e.update(planes=["stored", "stored", "stored", "zstd"]))
+    bad_fp(lambda e: e.update(dtype="float16"))                                 # 2 planes for float16
+    bad_fp(lambda e: e.update(dtype="int32"))
+    bad_fp(lambda e: e["parts"].pop("plane3"))
+    bad_fp(lambda e: e["parts"].update(plane4=0))
+    bad_fp(lambda e: e.update(codebook_size=2))                                 # not a float-planes key
     raw = {"name": "r", "dtype": "bool", "shape": [], "encoding": "raw", "nonzeros": 1, "parts": {"data": 1}}
     validator.validate({"sections": [{"kind": "tensor", "length": 1, "crc32": 0, "tensor": raw}]})
     no_nz = {k: v for k, v in raw.items() if k != "nonzeros"}
@@ -440,6 +495,25 @@ def test_example_sparse_tensor(tmp_path):
     np.testing.assert_array_equal(spec_decode_tensor(desc, data), want)
     with dcformat.open(path) as r:
         np.testing.assert_array_equal(r["t"], want)
+
+
+def test_example_float_planes(tmp_path):
+    """13.5: a float-planes tensor, its descriptor and section, decoded by the spec-only decoder."""
+    x = np.array([1.0, -1.0, 1.5, 0.5, 2.0, -0.0], np.float32)
+    t = dcformat.encode_float_planes("x", x, planes=["stored", "stored", "stored", "huffman"], lane_size=256)
+    desc = json.loads(example("planes-descriptor"))
+    assert t.info.descriptor() == desc and list(t.info.descriptor()) == list(desc)
+    path = tmp_path / "ex.dcz"
+    dcformat.write(path, [t])
+    file = path.read_bytes()
+    assert struct.unpack_from("<HH", file, 8) == (1, 1)  # 2.2: a file with float-planes is a 1.1 file
+    off = -(-(24 + struct.unpack_from("<I", file, 12)[0]) // 8) * 8
+    data = file[off:]
+    assert data == example_bytes("planes-section")
+    _same(spec_decode_tensor(desc, data), x)
+    assert spec_decode_stream(data[24:], 6, 256, 256) == [0x7F, 0x7F, 0x7F, 0x7E, 0x80, 0x00]
+    with dcformat.open(path) as r:
+        _same(r["x"], x)
 
 
 def test_example_whole_file(tmp_path):
@@ -545,7 +619,10 @@ def _convert(codebook: np.ndarray, dtype: str) -> np.ndarray:
 def spec_decode_tensor(desc: dict, section: bytes) -> np.ndarray:
     """Spec 7: a tensor section + its descriptor -> the array."""
     enc, dtype = desc["encoding"], desc["dtype"]
-    assert list(desc["parts"]) == list(constants.PARTS[enc])
+    if enc == "float-planes":  # 7: plane0 .. plane<w-1>, w = itemsize(dtype)
+        assert list(desc["parts"]) == [f"plane{k}" for k in range(constants.ITEMSIZE[dtype])]
+    else:
+        assert list(desc["parts"]) == list(constants.PARTS[enc])
     parts, pos = {}, 0
     for name, length in desc["parts"].items():
         start = -(-pos // 8) * 8
@@ -568,6 +645,8 @@ def _spec_decode_values(desc: dict, parts: dict[str, bytes], shape: tuple, n: in
     tdt = constants.DTYPES[dtype]
     if enc == "raw":
         return np.frombuffer(parts["data"], tdt).reshape(shape)
+    if enc == "float-planes":
+        return _spec_decode_planes(desc, parts, shape, n)
     cb = _convert(np.frombuffer(parts["codebook"], constants.DTYPES[desc["codebook_dtype"]]), dtype)
     assert cb.size == desc["codebook_size"]
     lane = desc["lane_size"]
@@ -595,13 +674,35 @@ def _spec_decode_values(desc: dict, parts: dict[str, bytes], shape: tuple, n: in
     return out.reshape(shape)
 
 
+def _spec_decode_planes(desc: dict, parts: dict[str, bytes], shape: tuple, n: int) -> np.ndarray:
+    """Spec 7.4, element by element with Python integers: planes -> rotated patterns -> bit patterns."""
+    dtype = desc["dtype"]
+    assert dtype in constants.FLOAT_DTYPES
+    w = constants.ITEMSIZE[dtype]
+    W = 8 * w
+    assert len(desc["planes"]) == w
+    t = [0] * n
+    for k, mode in enumerate(desc["planes"]):
+        part = parts[f"plane{k}"]
+        if mode == "stored":
+            assert len(part) == n
+            plane = list(part)
+        else:
+            assert mode == "huffman"
+            plane = spec_decode_stream(part, n, 256, desc["lane_size"])
+        for i in range(n):
+            t[i] |= plane[i] << (8 * k)
+    u = [(x >> 1) | ((x & 1) << (W - 1)) for x in t]  # rotate right by one bit
+    return np.array(u, dtype=constants.UINT_OF_SIZE[w]).view(constants.DTYPES[dtype]).reshape(shape)
+
+
 def spec_read(path) -> dict[str, object]:
     """Spec 2-6: check the container of a file and decode everything, using nothing of dcformat's reader."""
     data = Path(path).read_bytes()
     assert data[:8] == constants.MAGIC
     major, minor, header_len, header_crc, preamble_crc = struct.unpack_from("<HHIII", data, 8)
     assert zlib.crc32(data[:20]) == preamble_crc
-    assert (major, minor) == (1, 0)
+    assert major == 1 and minor in (0, 1)  # 2.2: 1.1 only when a tensor uses float-planes (checked below)
     assert header_len <= constants.MAX_HEADER_BYTES and 24 + header_len <= len(data)
     stored = data[24 : 24 + header_len]
     assert zlib.crc32(stored) == header_crc  # the CRC is of the stored (deflated) bytes
@@ -634,6 +735,9 @@ def spec_read(path) -> dict[str, object]:
         end = off + s["length"]
     assert end == len(data)
     assert kinds.count("metadata") <= 1 and kinds.count("graph") <= 1 and kinds.count("padding") <= 1
+    # 2.2: the reference writer writes 1.1 exactly when a tensor uses float-planes
+    uses = any(s["kind"] == "tensor" and s["tensor"]["encoding"] == "float-planes" for s in header["sections"])
+    assert minor == (1 if uses else 0)
     return out
 
 

@@ -71,7 +71,7 @@ def test_manifest_lists_every_file():
 
 
 def test_vectors_are_small():
-    assert sum(p.stat().st_size for p in VECTORS.iterdir()) < 300_000
+    assert sum(p.stat().st_size for p in VECTORS.iterdir()) < 400_000
 
 
 def test_manifest_coverage():
@@ -99,6 +99,28 @@ def test_manifest_coverage():
         total = sum(r.info(n).decoded_nbytes for n in r)
         assert constants.expansion_bound(r.file_size - r.sections[-1].length) < total <= constants.expansion_bound(r.file_size)
     assert any(v["metadata"] and len(v["tensors"]) > 1 and not v["graph"] for v in MANIFEST["vectors"])
+    # 1.1: float-planes for every float dtype, with stored and Huffman planes, specials, edges, many lanes
+    fp = [t for t in tensors if t["encoding"] == "float-planes"]
+    for dt in ("float32", "float16", "bfloat16", "float64"):
+        modes = {m for t in fp if t["dtype"] == dt for m in t["planes"]}
+        assert modes == {"stored", "huffman"}, dt
+        assert any(t["dtype"] == dt and set(t["planes"]) == {"huffman"} for t in fp), dt
+        assert any(t["dtype"] == dt and set(t["planes"]) == {"stored"} for t in fp), dt
+    assert any(0 in t["shape"] for t in fp) and any(t["shape"] == [] for t in fp)
+    assert any(t["lane_size"] == 256 and np.prod(t["shape"]) > 2 * 256 for t in fp)
+
+
+def test_format_versions():
+    """Spec 2.2: the reference writer writes 1.1 exactly when a tensor uses float-planes; the 1.0
+    vectors are still 1.0 files (their bytes are pinned by the manifest's sha256)."""
+    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1)}
+    for v in MANIFEST["vectors"]:
+        data = (VECTORS / v["file"]).read_bytes()
+        assert list(int.from_bytes(data[i : i + 2], "little") for i in (8, 10)) == v["format_version"], v["name"]
+        uses = any(t["encoding"] == "float-planes" for t in v["tensors"])
+        assert v["format_version"] == [1, 1 if uses else 0], v["name"]
+        with dcformat.open(VECTORS / v["file"]) as r:
+            assert list(r.version) == v["format_version"]
 
 
 # ---------------------------------------------------------------- (a) decoding
@@ -121,6 +143,7 @@ def test_vector_decodes_exactly(name):
             assert info.encoding == t["encoding"]
             for key in ("codebook_dtype", "codebook_size", "lane_size", "gap_bits", "entries"):
                 assert getattr(info, key) == t.get(key), key
+            assert info.planes == (tuple(t["planes"]) if "planes" in t else None)
             got = r[t["name"]]
             want = expected_array(t)
             assert got.dtype == DTYPES[t["dtype"]]
@@ -137,6 +160,19 @@ def test_special_values_kept():
         assert r.info("f32.neg_zero_only").codebook_size == 1  # -0.0 is not the sparse zero
         assert (r["f32.neg_zero_only"].view(np.uint32)[:5] == 0x80000000).all()
         assert r["f32.snan.raw"].view(np.uint32)[0] == 0x7F800001
+
+
+def test_float_planes_keep_every_bit_pattern():
+    """NaN payloads (quiet and signalling), signed zeros, infinities and subnormals come back bit for bit."""
+    gen = load_gen()
+    v = BY_NAME["float_planes_special"]
+    with dcformat.open(VECTORS / v["file"]) as r:
+        for tag, dt in (("f32", np.float32), ("f16", np.float16), ("bf16", BF16), ("f64", np.float64)):
+            want = gen._specials(dt).view(UINT_OF_SIZE[np.dtype(dt).itemsize])
+            for mode in ("huffman", "stored"):
+                got = r[f"{tag}.{mode}"].view(want.dtype)
+                assert np.array_equal(got[: want.size], want), (tag, mode)
+                assert set(r.info(f"{tag}.{mode}").planes) == {mode}
 
 
 def test_graph_vector_refers_to_its_tensors():

@@ -137,13 +137,14 @@ def _sparse_f32():
     return {"tensors": [enc("w", w, encoding="codebook-sparse")]}
 
 
-@vector("auto", "encoder's own choice (smallest) for a dense-ish, a sparse, a many-valued and an integer tensor")
+@vector("auto", "encoder's own choice (smallest) for a dense-ish, a sparse and an integer tensor, and a "
+        "many-valued float tensor stored raw (a 1.0 file: the 1.1 encoder would pick float-planes for it, see auto_v11)")
 def _auto():
-    many = (uniform(31, 300) * 2 - 1).astype(F32).reshape(20, 15)  # 300 distinct values: raw
+    many = (uniform(31, 300) * 2 - 1).astype(F32).reshape(20, 15)  # 300 distinct values
     return {"tensors": [
         enc("dense", quantized(32, (30, 30), 8, 0.9)),
         enc("sparse", quantized(33, (30, 30), 8, 0.05)),
-        enc("many_values", many),
+        enc("many_values", many, encoding="raw"),
         enc("ints", randint(34, 50, 1000).astype(np.int32)),
     ]}
 
@@ -379,6 +380,90 @@ def _metadata_only():
     return {"tensors": [], "metadata": {"note": "no tensors here", "empty": {}, "list": []}}
 
 
+# ---------------------------------------------------------------- 1.1: float-planes
+def weights(seed: int, n: int, dtype, scale: float = 0.05) -> np.ndarray:
+    """n trained-weight-like values: roughly normal (sum of 4 uniforms), scaled, in ``dtype``."""
+    u = sum(uniform(seed + j, n) for j in range(4)) - 2.0
+    return (u * scale).astype(F64).astype(dtype)
+
+
+def fplanes(name, array, planes=None, lane_size=None):
+    kw = {} if lane_size is None else {"lane_size": lane_size}
+    return dcformat.encode_float_planes(name, array, planes=planes, **kw), np.asarray(array)
+
+
+def _specials(dtype) -> np.ndarray:
+    """NaNs with payloads (quiet and signalling, both signs), +-0, +-inf, subnormals, extremes."""
+    table = {
+        F32: [0x00000000, 0x80000000, 0x7FC00000, 0xFFC00000, 0x7FC12345, 0x7F800001, 0xFFBFFFFF, 0x7F800000,
+              0xFF800000, 0x00000001, 0x807FFFFF, 0x00400000, 0x7F7FFFFF, 0xFF7FFFFF, 0x00800000, 0x3F800000],
+        F16: [0x0000, 0x8000, 0x7E00, 0xFE00, 0x7E01, 0x7C01, 0xFDFF, 0x7C00, 0xFC00, 0x0001, 0x83FF, 0x0200,
+              0x7BFF, 0xFBFF, 0x0400, 0x3C00],
+        BF16: [0x0000, 0x8000, 0x7FC0, 0xFFC0, 0x7FC1, 0x7F81, 0xFFBF, 0x7F80, 0xFF80, 0x0001, 0x807F, 0x0040,
+               0x7F7F, 0xFF7F, 0x0080, 0x3F80],
+        F64: [0x0, 0x8000000000000000, 0x7FF8000000000000, 0xFFF8000000000000, 0x7FF8000000012345,
+              0x7FF0000000000001, 0xFFF7FFFFFFFFFFFF, 0x7FF0000000000000, 0xFFF0000000000000, 0x1,
+              0x800FFFFFFFFFFFFF, 0x0008000000000000, 0x7FEFFFFFFFFFFFFF, 0xFFEFFFFFFFFFFFFF, 0x0010000000000000,
+              0x3FF0000000000000],
+    }[dtype]
+    return bits(table, dtype)
+
+
+@vector("float_planes", "float-planes (1.1) of trained-weight-like float32, float16, bfloat16 and float64 tensors: "
+        "the encoder's choice of planes (exponent plane Huffman-coded, mantissa planes stored), every plane "
+        "Huffman-coded, and a mix; lane_size 256 (many lanes) and the default")
+def _float_planes():
+    out = []
+    for dt, tag, seed in ((F32, "f32", 200), (F16, "f16", 210), (BF16, "bf16", 220), (F64, "f64", 230)):
+        w = np.dtype(dt).itemsize
+        a = weights(seed, 600, dt).reshape(20, 30)
+        out.append(fplanes(f"{tag}.auto", a, lane_size=LANE))
+        out.append(fplanes(f"{tag}.all_huffman", a, planes=["huffman"] * w, lane_size=LANE))
+        out.append(fplanes(f"{tag}.mixed", a, planes=["huffman", "stored"] * (w // 2)))
+    return {"tensors": out}
+
+
+@vector("float_planes_special", "float-planes keeping every bit pattern: NaNs with payloads and both signs "
+        "(quiet and signalling), -0.0/+0.0, infinities, subnormals, largest and smallest normals, among ordinary "
+        "values, for float32, float16, bfloat16 and float64, every plane Huffman-coded and every plane stored")
+def _float_planes_special():
+    out = []
+    for dt, tag, seed in ((F32, "f32", 240), (F16, "f16", 241), (BF16, "bf16", 242), (F64, "f64", 243)):
+        w = np.dtype(dt).itemsize
+        sp = _specials(dt)
+        a = weights(seed, 300, dt)
+        a[randint(seed, sp.size, 300)] = sp  # specials at scattered places
+        a[:sp.size] = sp  # ... and every one of them at least once
+        out.append(fplanes(f"{tag}.huffman", a, planes=["huffman"] * w, lane_size=LANE))
+        out.append(fplanes(f"{tag}.stored", a, planes=["stored"] * w))
+    return {"tensors": out}
+
+
+@vector("float_planes_edges", "float-planes edge cases: 0 elements (every part empty), a scalar, a constant "
+        "tensor (single-symbol streams: zero-bit codes, empty payloads, over 3 lanes), a tensor whose length is "
+        "a multiple of the lane size, and a last lane of one element")
+def _float_planes_edges():
+    return {"tensors": [
+        fplanes("empty", np.zeros((0, 3), F32), planes=["huffman"] * 4),
+        fplanes("scalar", np.array(-1.75, F16), planes=["huffman", "huffman"]),
+        fplanes("const", np.full(600, 0.375, F32), planes=["huffman"] * 4, lane_size=LANE),
+        fplanes("exact_lanes", weights(250, 512, BF16), planes=["stored", "huffman"], lane_size=LANE),
+        fplanes("one_more", weights(251, 257, F32), planes=["huffman"] * 4, lane_size=LANE),
+    ]}
+
+
+@vector("auto_v11", "the 1.1 encoder's own choice (dcformat.encode): float-planes for many-valued float32, "
+        "float16 and bfloat16 weights, a codebook encoding for a quantized tensor and raw for a tiny one, in one file")
+def _auto_v11():
+    return {"tensors": [
+        enc("f32", weights(260, 2000, F32).reshape(20, 100)),
+        enc("f16", weights(261, 2000, F16)),
+        enc("bf16", weights(262, 2000, BF16).reshape(2, 1000)),
+        enc("quantized", quantized(263, (30, 30), 8, 0.9)),
+        enc("tiny", weights(264, 5, F32)),
+    ]}
+
+
 # ---------------------------------------------------------------- writing
 def _expected_bytes(path: Path, arr: np.ndarray) -> None:
     """np.save of the expected array (bfloat16 as uint16 bit patterns)."""
@@ -400,15 +485,17 @@ def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
 def _tensor_entry(t, expected_file: str, expected: np.ndarray) -> dict:
     info = t.info
     d = {"name": info.name, "dtype": info.dtype, "shape": list(info.shape), "encoding": info.encoding}
-    if info.encoding != "raw":
+    if info.encoding in ("codebook-dense", "codebook-sparse"):
         d.update(codebook_dtype=info.codebook_dtype, codebook_size=info.codebook_size, lane_size=info.lane_size)
+    if info.encoding == "float-planes":
+        d.update(lane_size=info.lane_size, planes=list(info.planes))
     if info.encoding == "codebook-sparse":
         d.update(gap_bits=info.gap_bits, entries=info.entries)
     if expected_file is None:  # a large constant array: its value, not a .npy of megabytes
         d["expected_fill"] = expected.flat[0].item()
     else:
         d["expected"] = expected_file
-    if info.encoding != "raw" and info.dtype in FLOAT_DTYPES and bool(np.isnan(expected.astype(F64)).any()):
+    if info.encoding in ("codebook-dense", "codebook-sparse") and bool(np.isnan(expected.astype(F64)).any()):
         d["codebook_nans"] = True  # see the manifest's description
     if info.dtype == "bfloat16":
         d["expected_storage"] = "uint16 bit patterns"
@@ -437,6 +524,7 @@ def build_vector(out: Path, name: str, covers: str, builder) -> dict:
             entries.append(_tensor_entry(t, fname, expected))
         assert r.metadata == (spec.get("metadata") or {})
         has_graph = r.graph_bytes is not None
+        version = list(r.version)
     data = path.read_bytes()
     return {
         "name": name,
@@ -446,6 +534,7 @@ def build_vector(out: Path, name: str, covers: str, builder) -> dict:
         "sha256": hashlib.sha256(data).hexdigest(),
         "metadata": spec.get("metadata"),
         "graph": has_graph,
+        "format_version": version,
         "tensors": entries,
     }
 
@@ -461,7 +550,8 @@ def generate(out) -> dict:
         "large constant array, expected_fill: every element equals that value. "
         "Compare bit patterns. Tensors marked codebook_nans decode NaNs through a codebook of the same dtype: "
         "the reference reader copies their bits, but FORMAT.md 7.2 leaves which NaN a conversion gives "
-        "implementation-defined, so another reader may compare those elements as NaNs of the same sign.",
+        "implementation-defined, so another reader may compare those elements as NaNs of the same sign. "
+        "Each vector's format_version is the version in its preamble: 1.0 unless it uses float-planes (1.1).",
         "format_version": list(dcformat.FORMAT_VERSION),
         "vectors": vectors,
     }

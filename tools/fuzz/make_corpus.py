@@ -7,7 +7,7 @@ Seeds: the golden vectors (spec/vectors/*.dcz), the hostile-input samples and ev
 attack of tests/attacks/make_attacks.py, the regression files of tests/attacks/regressions/,
 and a few files made here to reach code the others do not: graphs with subgraphs, Constant
 nodes, sparse tensors, functions and compactable codebook weights (for to_onnx / compact
-mode / ONNX Runtime), and small .onnx, .safetensors and PyTorch files (dcinspect sniffs
+mode / ONNX Runtime), small float-planes (1.1) files of every float dtype, and small .onnx, .safetensors and PyTorch files (dcinspect sniffs
 content, so the inspect fuzzer reaches its other readers). Every seed is small (at most
 8 KiB, the -max_len the README uses). Deterministic: same code, same files.
 """
@@ -120,6 +120,48 @@ def _graph_seeds(tmp: Path) -> dict[str, bytes]:
     return out
 
 
+def _float_planes_seeds(tmp: Path) -> dict[str, bytes]:
+    """Small float-planes (1.1) files: every float dtype, stored and Huffman planes, several lanes,
+    NaN payloads, signed zeros, infinities and subnormals, an empty and a constant tensor, and a graph
+    whose weights are float-planes records (for the ONNX rebuild fuzzer)."""
+    import ml_dtypes
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(18)
+    out = {}
+    specials = {np.float32: [0x80000000, 0x7FC12345, 0xFF800001, 0x7F800000, 0x00000001, 0x807FFFFF],
+                np.float16: [0x8000, 0x7E01, 0xFC01, 0x7C00, 0x0001, 0x83FF],
+                ml_dtypes.bfloat16: [0x8000, 0x7FC1, 0xFF81, 0x7F80, 0x0001, 0x807F],
+                np.float64: [1 << 63, 0x7FF8000000012345, 0xFFF0000000000001, 0x7FF0000000000000, 1]}
+    for dt, pats in specials.items():
+        w = np.dtype(dt).itemsize
+        a = (rng.standard_normal(600 if w < 8 else 300) * 0.05).astype(dt)
+        u = a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[w])
+        u[rng.integers(0, a.size, 30)] = np.array(pats, np.uint64).astype(u.dtype)[rng.integers(0, len(pats), 30)]
+        tensors = [dcformat.encode_float_planes("all", a, planes=["huffman"] * w, lane_size=256),
+                   dcformat.encode_float_planes("auto", a[: a.size // 2], lane_size=256)]
+        if w == 4:
+            tensors += [dcformat.encode_float_planes("empty", np.zeros((0, 3), dt), planes=["huffman"] * 4),
+                        dcformat.encode_float_planes("const", np.full(300, 0.5, dt), planes=["huffman"] * 4, lane_size=256)]
+        path = tmp / "fp.dcz"
+        dcformat.write(path, tensors)
+        out[f"planes-{np.dtype(dt).name}"] = path.read_bytes()
+    # y = x @ W + B with W and B float-planes records
+    wt = (rng.standard_normal((8, 4)) * 0.1).astype(np.float32)
+    bt = (rng.standard_normal(4) * 0.1).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+                              "fp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(wt, "W"), numpy_helper.from_array(bt, "B")])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+    stripped, arrays = strip_weights(model)
+    path = tmp / "fpg.dcz"
+    dcformat.write(path, [dcformat.encode_float_planes(k, v, planes=["stored", "huffman", "stored", "huffman"],
+                                                       lane_size=256) for k, v in arrays.items()], graph=stripped)
+    out["planes-graph"] = path.read_bytes()
+    return out
+
+
 def _other_formats() -> dict[str, bytes]:
     out = {}
     from safetensors.numpy import save
@@ -157,6 +199,7 @@ def seeds(attacks: bool = True) -> dict[str, bytes]:
             except Exception as e:  # noqa: BLE001 - the attack surgery lags behind a container change
                 print(f"skipped attack {a.name}: {type(e).__name__}: {e}", file=sys.stderr)
         out.update({f"extra-{k}": v for k, v in _graph_seeds(tmp).items()})
+        out.update({f"extra-{k}": v for k, v in _float_planes_seeds(tmp).items()})
     out.update({f"extra-{k}": v for k, v in _other_formats().items()})
     reg = REPO / "tests" / "attacks" / "regressions"
     if reg.is_dir():

@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Lossless sizes and decode speed: `dcconvert --lossless` (float-planes, format 1.1) against
+zstd -19, xz -9e and ZipNN of the same ONNX file, measured side by side in one run.
+
+Models: the ~25M-parameter CNN and the transformer encoder of BENCHMARKS.md (random weights,
+built as tools/bench.py builds them), and real pretrained ONNX models shipped inside PyPI
+wheels (PP-OCRv4 det/rec and the mobile cls of rapidocr-onnxruntime, Silero VAD fp32 and
+fp16), fetched with `pip download --no-deps` into --work (nothing is installed; the wheel is
+unzipped). ZipNN runs in its own virtual environment (--zipnn-python, default
+.venv-bench/bin/python when it exists: `python3 -m venv .venv-bench &&
+.venv-bench/bin/pip install zipnn torch==2.13.0`) on a copy of the ONNX file's bytes (its
+compress mutates its input), with the model's float dtype as bytearray_dtype, the bytes padded
+with up to 3 zeros to a multiple of the itemsize (ZipNN 0.5.4 crashes on other lengths).
+
+Decode time: dcformat.load_weights(model.dcz) (open, every tensor decoded to a numpy array)
+against reading the zstd -19 file and zstandard's decompress of it, both in this process, best of
+--repeat, after one warm-up each; the ratio is zstd's time over ours (> 1: .dcz decodes faster).
+The zstd -d command (a process, output to /dev/null) is timed too. Each .dcz is
+checked to decode to the ONNX model's weights bit for bit.
+
+    PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --work /tmp/dcz-bench-lossless
+    PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --quick     # small CNN, no xz
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+T0 = time.perf_counter()
+
+WHEELS = {  # package spec -> ONNX files inside its wheel (glob, relative to the unzipped wheel)
+    "rapidocr-onnxruntime==1.4.4": ["rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+                                    "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+                                    "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"],
+    "silero-vad==6.2.3": ["silero_vad/data/silero_vad.onnx", "silero_vad/data/silero_vad_half.onnx"],
+}
+
+ZIPNN_CHILD = r"""
+import json, sys, time
+from zipnn import ZipNN
+path, dtype = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+data += bytes(-len(data) % (2 if "16" in dtype else 4))  # ZipNN crashes on a length not a multiple of the itemsize
+z = ZipNN(input_format="byte", bytearray_dtype=dtype)
+c = z.compress(bytearray(data))  # a copy: ZipNN's compress mutates its input
+t = time.perf_counter(); d = z.decompress(c); t = time.perf_counter() - t
+assert bytes(d) == data, "ZipNN round trip failed"
+print(json.dumps({"bytes": len(c), "decode_s": t}))
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def best(fn, n: int) -> float:
+    out = float("inf")
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out = min(out, time.perf_counter() - t)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ models
+def build_cnn(work: str, scale: float) -> str:
+    path = os.path.join(work, f"cnn-x{scale:g}.onnx")
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_convert.py"), "--build", path, str(scale)],
+                       check=True, capture_output=True, text=True)
+    return path
+
+
+def build_transformer(work: str, quick: bool) -> str:
+    """The transformer encoder of tools/bench.py (same seed, sizes and export settings), exported in a
+    child process: torch loads its own OpenMP runtime, whose spinning threads would slow this one's
+    decoding (dcformat.kernels sets OMP_WAIT_POLICY=PASSIVE, which only works if it is first)."""
+    path = os.path.join(work, "transformer" + ("-quick" if quick else "") + ".onnx")
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, __file__, "--build-transformer", path, "1" if quick else "0"], check=True)
+    return path
+
+
+def _export_transformer(path: str, quick: bool) -> None:
+    import warnings
+
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    d, layers, ff = (128, 2, 512) if quick else (256, 4, 1024)
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d, 8, ff, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+            elif "norm" not in name:
+                nn.init.normal_(p, std=0.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 64, d),), path, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}})
+
+
+def wheel_models(work: str) -> list[tuple[str, str]]:
+    """(label, path) of the ONNX files inside the wheels of WHEELS (downloaded once into work)."""
+    out = []
+    wdir = os.path.join(work, "wheels")
+    for spec, files in WHEELS.items():
+        name = spec.split("==")[0].replace("-", "_")
+        have = glob.glob(os.path.join(wdir, f"{name}-*.whl"))
+        if not have:
+            log(f"pip download {spec}")
+            p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", wdir, spec],
+                               capture_output=True, text=True)
+            have = glob.glob(os.path.join(wdir, f"{name}-*.whl"))
+            if p.returncode or not have:
+                log(f"  skipped: {p.stderr.strip().splitlines()[-1:] or 'no wheel'}")
+                continue
+        unz = os.path.join(work, name)
+        with zipfile.ZipFile(have[0]) as z:
+            for f in files:
+                if not os.path.exists(os.path.join(unz, f)):
+                    z.extract(f, unz)
+                out.append((f"{spec.split('==')[0]}: {os.path.basename(f)}", os.path.join(unz, f)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def compressed(cmd: list[str], src: str, dst: str) -> int:
+    """``cmd src`` to stdout into dst (a file argument: zstd then records the content size in the frame)."""
+    if not os.path.exists(dst):
+        with open(dst + ".tmp", "wb") as fo:
+            subprocess.run([*cmd, src], stdout=fo, check=True)
+        os.replace(dst + ".tmp", dst)
+    return os.path.getsize(dst)
+
+
+def float_dtype(path: str) -> str:
+    """The float dtype holding most of a model's weight bytes (for ZipNN's bytearray_dtype)."""
+    import dcformat
+
+    count: dict[str, int] = {}
+    with dcformat.open(path) as r:
+        for n in r:
+            i = r.info(n)
+            count[i.dtype] = count.get(i.dtype, 0) + i.decoded_nbytes
+    floats = {k: v for k, v in count.items() if k in ("float32", "float16", "bfloat16")}
+    return max(floats, key=floats.get) if floats else "float32"
+
+
+def zipnn(python: str | None, path: str, dtype: str) -> dict | None:
+    if not python:
+        return None
+    p = subprocess.run([python, "-c", ZIPNN_CHILD, path, dtype], capture_output=True, text=True)
+    if p.returncode:
+        log(f"  zipnn failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def same_weights(onnx_path: str, dcz_path: str) -> tuple[int, int]:
+    """(tensors, float-planes tensors); raises unless the .dcz holds the ONNX weights bit for bit."""
+    import onnx
+    from onnx import numpy_helper
+
+    import dcformat
+
+    want = {}
+
+    def walk(g):
+        for t in g.initializer:
+            want[t.name] = t
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == a.TENSOR and node.op_type == "Constant":
+                    want[node.output[0]] = a.t
+                for sub in ([a.g] if a.type == a.GRAPH else list(a.graphs)):
+                    walk(sub)
+
+    walk(onnx.load(onnx_path).graph)
+    planes = 0
+    with dcformat.open(dcz_path) as r:
+        ws = dcformat.load_weights(dcz_path)
+        for name in r:
+            planes += r.info(name).encoding == "float-planes"
+        for name, t in want.items():
+            if name not in ws:
+                continue  # kept inside the graph (e.g. a string tensor) or under another record name
+            a, b = numpy_helper.to_array(t), ws[name]
+            assert a.shape == b.shape and a.tobytes() == np.ascontiguousarray(b).tobytes(), name
+    return len(ws), planes
+
+
+def measure(label: str, onnx_path: str, work: str, args) -> dict:
+    import zstandard
+
+    import dcformat
+
+    tag = os.path.splitext(os.path.basename(onnx_path))[0]
+    dcz = os.path.join(work, f"{tag}.lossless.dcz")
+    log(f"{label}: dcconvert --lossless")
+    t = time.perf_counter()
+    exe = os.path.join(os.path.dirname(sys.executable), "dcconvert")
+    subprocess.run([exe, onnx_path, "-o", dcz, "--lossless", "-q"], check=True, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": ROOT})
+    conv_s = time.perf_counter() - t
+    ntensors, nplanes = same_weights(onnx_path, dcz)
+    row = {"model": label, "onnx": os.path.getsize(onnx_path), "dcz": os.path.getsize(dcz), "convert_s": conv_s,
+           "tensors": ntensors, "float_planes_tensors": nplanes}
+    log(f"{label}: zstd -19")
+    zst = os.path.join(work, f"{tag}.onnx.zst")
+    row["zstd19"] = compressed(["zstd", "-19", "-q", "-c", "-T1"], onnx_path, zst)
+    if not args.no_xz:
+        log(f"{label}: xz -9e")
+        row["xz9e"] = compressed(["xz", "-9e", "-c", "-T1"], onnx_path, os.path.join(work, f"{tag}.onnx.xz"))
+    log(f"{label}: zipnn")
+    z = zipnn(args.zipnn_python, onnx_path, float_dtype(dcz))
+    row["zipnn"] = z["bytes"] if z else None
+    d = zstandard.ZstdDecompressor()
+
+    def unzstd():
+        with open(zst, "rb") as f:
+            return d.decompress(f.read())
+
+    dcformat.load_weights(dcz)  # warm: numba kernels, page cache
+    unzstd()
+    row["decode_dcz_s"] = best(lambda: dcformat.load_weights(dcz), args.repeat)
+    row["decode_zstd_s"] = best(unzstd, args.repeat)
+    row["zstd_cli_s"] = best(lambda: subprocess.run(["zstd", "-d", "-q", "-c", zst], stdout=subprocess.DEVNULL, check=True),
+                             args.repeat)
+    row["zipnn_decode_s"] = z["decode_s"] if z else None
+    return row
+
+
+def mb(n) -> str:
+    return "—" if n is None else (f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB")
+
+
+def table(rows: list[dict]) -> str:
+    head = ["model", "ONNX", ".dcz --lossless", "zstd -19", "xz -9e", "ZipNN", ".dcz vs zstd -19",
+            "decode .dcz", "zstd -d (library)", "decode speed vs zstd -d", "zstd -d (command)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        xz = r.get("xz9e")
+        lines.append("| " + " | ".join([
+            r["model"], mb(r["onnx"]), f"{mb(r['dcz'])} ({r['onnx'] / r['dcz']:.3f}x)",
+            f"{mb(r['zstd19'])} ({r['onnx'] / r['zstd19']:.3f}x)",
+            f"{mb(xz)} ({r['onnx'] / xz:.3f}x)" if xz else "—",
+            f"{mb(r['zipnn'])} ({r['onnx'] / r['zipnn']:.3f}x)" if r["zipnn"] else "—",
+            f"{r['dcz'] / r['zstd19']:.3f}",
+            f"{r['decode_dcz_s'] * 1e3:.1f} ms", f"{r['decode_zstd_s'] * 1e3:.1f} ms",
+            f"{r['decode_zstd_s'] / r['decode_dcz_s']:.2f}x", f"{r['zstd_cli_s'] * 1e3:.1f} ms",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/dcz-bench-lossless", help="cache of models and compressed files")
+    ap.add_argument("--quick", action="store_true", help="a 1/8-width CNN and the small transformer; no xz")
+    ap.add_argument("--no-xz", action="store_true", help="skip xz -9e (slow on large files)")
+    ap.add_argument("--no-wheels", action="store_true", help="skip the pretrained models from PyPI wheels")
+    default_zipnn = os.path.join(ROOT, ".venv-bench", "bin", "python")
+    ap.add_argument("--zipnn-python", default=default_zipnn if os.path.exists(default_zipnn) else None,
+                    help="python of a venv with zipnn installed (default .venv-bench/bin/python if present)")
+    ap.add_argument("--repeat", type=int, default=5, help="decode timings: best of this many")
+    ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--build-transformer", nargs=2, metavar=("PATH", "QUICK"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.build_transformer:
+        _export_transformer(args.build_transformer[0], args.build_transformer[1] == "1")
+        return 0
+    args.no_xz = args.no_xz or args.quick
+    os.makedirs(args.work, exist_ok=True)
+    models = [("CNN " + ("(3.9M" if args.quick else "(25M") + ", random)", build_cnn(args.work, 0.125 if args.quick else 1.0)),
+              ("Transformer encoder (random)", build_transformer(args.work, args.quick))]
+    if not args.no_wheels:
+        models += wheel_models(args.work)
+    rows = [measure(label, path, args.work, args) for label, path in models]
+    print(table(rows))
+    smaller = all(r["dcz"] < r["zstd19"] for r in rows)
+    faster = all(r["decode_dcz_s"] <= r["decode_zstd_s"] for r in rows)
+    print(f"\nsmaller than zstd -19 on every model: {smaller}; decodes no slower than zstd -d on every model: {faster}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
