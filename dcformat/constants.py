@@ -56,7 +56,7 @@ PLANE_MODES = (PLANE_STORED, PLANE_HUFFMAN)
 PLANE_ALPHABET = 256
 # The reference encoder limits a plane's codes to this many bits (a writer's choice, not a rule):
 # the decode table has 2^this u16 entries, 4 KiB, which stays in L1 cache (2^15 entries do not),
-# for about 0.1% more bytes than optimal codes.
+# for about 0.02% more bytes than 15-bit codes (measured on PP-OCRv4 det/rec and a transformer).
 PLANE_CODE_LENGTH = 11
 
 # ---------------------------------------------------------------- Huffman streams
