@@ -278,8 +278,9 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             if err > budget:
                 break
         del hist
+        shareable = any(v <= budget for v in e["bits"].values())
         for s in ([fs] if fs is not None else SCAN_SPARSITIES):
-            if not s:
+            if not s or not shareable:  # every option shares weights: no bits within budget, nothing to prune
                 continue
             keep = magnitude_mask(w, s) & (w != 0)
             err = _error(base_scan, runner.run(scan_set, decl, weights, {name: np.where(keep, w, np.zeros((), w.dtype))}))
