@@ -380,3 +380,33 @@ def test_compare_with_calibration_file_and_plain_onnx_bench(models, lossy, tmp_p
     assert "bench (cpu, plain ONNX): load" in out
     code, _, err = _cli(run_main, [lossy, "--max-error", "0.1"], capsys)
     assert code == 2 and "--compare" in err
+
+
+def test_constant_node_weights_are_searched(tmp_path, capsys):
+    """Weights held in main-graph Constant nodes (as Paddle2ONNX exports them) are candidates too."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((32, 64)) / 6).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w, "W")),
+             helper.make_node("MatMul", ["x", "W"], ["y"])]
+    g = helper.make_graph(nodes, "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "c.onnx")
+    code, out, err = _cli(convert_main, [tmp_path / "c.onnx", "-o", tmp_path / "c.dcz", "--json", "--max-error", "0.05"],
+                          capsys)
+    assert code == 0, err
+    rep = json.loads(out)
+    assert [r["action"] for r in rep["layers"]] == ["pruned+shared"]
+    assert rep["fidelity"]["max_rel_l2"] <= 0.05 and rep["search"]["trials"] > 2
+
+
+def test_search_runner_matches_the_plain_model(models):
+    """The scan's session (weights fed as inputs) gives the original model's outputs."""
+    from converters import budget, sources
+
+    src = sources.load(models / "mlp.onnx")
+    decl = inp.declared_inputs(src.graph)
+    calib = inp.synthetic_inputs(decl, 4)
+    r = budget.Runner(src.graph, src.weights, ["fc0.weight", "fc1.weight"])
+    got = r.run(calib, decl, src.weights)["logits"]
+    ref = run_all(models / "mlp.onnx", [inp.sample_feeds(calib, decl, i) for i in range(4)])["logits"]
+    assert fidelity.compare({"y": ref}, {"y": got})["max_rel_l2"] < 1e-6
