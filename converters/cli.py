@@ -149,9 +149,18 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
     fid, search_rec = None, None
     if src.graph is not None:
         decl, calib, cdesc = cal.calibration(src.graph, calibration, calibration_samples, dims, s.seed)
-        ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the calibration inputs", cal.run_model, src.graph,
-                        originals, calib, decl)
-        if searching:
+        try:
+            ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the "
+                            f"{'synthetic ' if cdesc['synthetic'] else ''}calibration inputs", cal.run_model, src.graph,
+                            originals, calib, decl)
+        except ConvertError as e:
+            hint = ("; give real inputs with --calibration or sizes with --dim NAME=VALUE" if cdesc["synthetic"] else "")
+            if searching:  # nothing to measure against: no safe choice can be made
+                raise ConvertError(f"{e}{hint}") from None
+            ref, unmeasured = None, f"{e}{hint}"
+        if ref is None:
+            pass
+        elif searching:
             fixed = {}
             if s.sparsity.default is not None or s.sparsity.patterns:
                 fixed["fixed_sparsity"] = lambda n: s.sparsity.get(n)
@@ -174,7 +183,10 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
     tensors, rows = cmp.compress(src, s, progress, recon)
     params = sum(r["params"] for r in rows)
     nonzeros = sum(r["nonzeros"] for r in rows)
-    if src.graph is not None:
+    if src.graph is not None and ref is None:
+        fid = {"schema": fidelity.SCHEMA, "measured": False, "reason": unmeasured,
+               "tensor_snr_db": cal.tensor_snr(originals, recon), "warning": True}
+    elif src.graph is not None:
         new = _ort_call("ONNX Runtime cannot run the compressed model", cal.run_model, src.graph, recon, calib, decl)
         m = fidelity.compare(ref, new)
         fid = {"schema": fidelity.SCHEMA, "measured": True, "metric": fidelity.METRIC,
@@ -330,6 +342,8 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
 def fidelity_warning(fid: dict, manual: bool) -> str:
     from .calibrate import DEFAULT_MAX_ERROR, WARN_COSINE
 
+    if not fid.get("measured"):
+        return f"fidelity not measured: {fid.get('reason')}"
     budget = fid.get("budget") or DEFAULT_MAX_ERROR
     cos = fid.get("min_cosine")
     msg = (f"the compressed model's outputs differ from the original's: relative L2 error {float(fid['max_rel_l2']):.3g} "

@@ -410,3 +410,23 @@ def test_search_runner_matches_the_plain_model(models):
     got = r.run(calib, decl, src.weights)["logits"]
     ref = run_all(models / "mlp.onnx", [inp.sample_feeds(calib, decl, i) for i in range(4)])["logits"]
     assert fidelity.compare({"y": ref}, {"y": got})["max_rel_l2"] < 1e-6
+
+
+def test_model_that_synthetic_inputs_cannot_run(tmp_path, capsys):
+    """A reshape only some sequence lengths fit: the search refuses (no safe choice without measuring) and says
+    how to help; explicit settings go on with a warning that nothing was measured."""
+    w = np.random.default_rng(0).standard_normal((48, 64)).astype(np.float32)
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["x2"]), helper.make_node("MatMul", ["x2", "W"], ["y"])]
+    g = helper.make_graph(nodes, "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([-1, 48], np.int64), "shape")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    out = tmp_path / "r.dcz"
+    code, _, err = _cli(convert_main, [tmp_path / "r.onnx", "-o", out], capsys)
+    assert code == 1 and not out.exists()
+    one_line_error(err, "synthetic calibration inputs", "--calibration", "--dim")
+    code, _, err = _cli(convert_main, [tmp_path / "r.onnx", "-o", out, "-q", "--bits", "8", "--sparsity", "0"], capsys)
+    assert code == 0 and out.exists() and "warning: fidelity not measured" in err
+    code, stdout, err = _cli(convert_main, [tmp_path / "r.onnx", "-o", out, "--dim", "L=96", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["fidelity"]["calibration"]["inputs"]["x"]["shape"] == [16, 96]
