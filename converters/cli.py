@@ -235,15 +235,17 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="the .dcz to write (default: MODEL with .dcz)")
-@click.option("--sparsity", metavar="[PATTERN=]F,...", help="fraction of weights to prune per layer, in [0, 1) "
-              f"(default {cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc; 0 keeps an already pruned model), "
-              "e.g. 0.9 or 'fc*=0.92,conv*=0.6'")
+@click.option("--sparsity", metavar="[PATTERN=]F,...", help="fraction of weights to prune per layer, in [0, 1), "
+              "e.g. 0.9 or 'fc*=0.92,conv*=0.6' (0 keeps an already pruned model). Without any pruning/bits flag "
+              "dcconvert chooses within --max-error; once one is given, layers it leaves unset get "
+              f"{cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc, 0 embedding")
 @click.option("--threshold-std", metavar="[PATTERN=]Q,...", help="also prune weights below Q x the layer's standard deviation")
 @click.option("--threshold", metavar="[PATTERN=]T,...", help="also prune weights with |w| <= T")
 @click.option("--prune-neurons", metavar="[PATTERN=]F,...",
               help="prune this fraction of whole output neurons / conv filters (smallest L2 norm); shapes are kept")
 @click.option("--bits", metavar="[PATTERN=]B,...", help="weight-sharing bits 1..8 (codebook of 2**B centroids; "
-              f"default {cmp.DEFAULT_BITS['conv']} conv, {cmp.DEFAULT_BITS['fc']} fc)")
+              f"when set explicitly, unset layers get {cmp.DEFAULT_BITS['conv']} conv, {cmp.DEFAULT_BITS['fc']} fc, "
+              f"{cmp.DEFAULT_BITS['embedding']} embedding)")
 @click.option("--init", type=click.Choice(INITS), default="linear", show_default=True, help="k-means centroid initialisation")
 @click.option("--min-size", type=click.IntRange(0), default=cmp.DEFAULT_MIN_SIZE, show_default=True,
               help="tensors with fewer elements are stored exactly (biases, norms and small tensors always are)")
