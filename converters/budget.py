@@ -30,8 +30,9 @@ from .quantize import Histogram, quantize
 SCAN_SPARSITIES = (0.1, 0.25, 0.5, 0.75)
 SCAN_BITS = (8, 7, 6, 5, 4, 3, 2)
 SEARCH_DTYPES = ("float32", "float16", "float64")
-PLAN_SHARE = 0.7  # the plan aims at this share of the budget: the additive model is approximate
-VERIFY_SHARE = 0.9  # the verified whole-model error must be within this share (held-out inputs vary)
+PLAN_SHARE = 0.5  # the plan aims at this share of the budget: the additive model is approximate
+VERIFY_SHARE = 0.6  # the verified error on the calibration set must be within this share: held-out inputs
+# of small calibration sets measured up to ~2.5x higher (tools/bench_real_models.py)
 SCAN_SAMPLES = 8  # calibration samples used by the scan (all of them for verification)
 
 
@@ -312,8 +313,9 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             if err > budget:
                 break
         del hist
+        shareable = any(v <= budget for v in e["bits"].values())
         for s in ([fs] if fs is not None else SCAN_SPARSITIES):
-            if not s:
+            if not s or not shareable:  # every option shares weights: no bits within budget, nothing to prune
                 continue
             lay = scan_layer(name)
             if lay is not None:  # as the verification will build it: compensated (no rounding here)

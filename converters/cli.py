@@ -164,16 +164,25 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
     fid, search_rec = None, None
     if src.graph is not None:
         decl, calib, cdesc = cal.calibration(src.graph, calibration, calibration_samples, dims, s.seed)
-        ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the calibration inputs", cal.run_model, src.graph,
-                        originals, calib, decl)
-        if s.compensate and not s.lossless:  # what each layer's inputs look like: compensated pruning and sharing
+        try:
+            ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the "
+                            f"{'synthetic ' if cdesc['synthetic'] else ''}calibration inputs", cal.run_model, src.graph,
+                            originals, calib, decl)
+        except ConvertError as e:
+            hint = ("; give real inputs with --calibration or sizes with --dim NAME=VALUE" if cdesc["synthetic"] else "")
+            if searching:  # nothing to measure against: no safe choice can be made
+                raise ConvertError(f"{e}{hint}") from None
+            ref, unmeasured = None, f"{e}{hint}"
+        if ref is not None and s.compensate and not s.lossless:  # the layers' inputs: compensated pruning and sharing
             s.layers, without = _ort_call("ONNX Runtime failed while collecting the layers' inputs", hessian.for_model,
                                           src.graph, originals, calib, decl, src.roles, s.min_size, s.seed)
             if without:
                 src.notes.append(f"error compensation: {len(s.layers)} of {len(s.layers) + len(without)} layers; the "
                                  f"others saw fewer than {hessian.MIN_ROWS_PER_FEATURE} calibration rows per input "
                                  "feature or are too wide (more --calibration-samples would include more)")
-        if searching:
+        if ref is None:
+            pass
+        elif searching:
             fixed = {}
             if s.sparsity.default is not None or s.sparsity.patterns:
                 fixed["fixed_sparsity"] = lambda n: s.sparsity.get(n)
@@ -196,7 +205,10 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
     tensors, rows = cmp.compress(src, s, progress, recon)
     params = sum(r["params"] for r in rows)
     nonzeros = sum(r["nonzeros"] for r in rows)
-    if src.graph is not None:
+    if src.graph is not None and ref is None:
+        fid = {"schema": fidelity.SCHEMA, "measured": False, "reason": unmeasured,
+               "tensor_snr_db": cal.tensor_snr(originals, recon), "warning": True}
+    elif src.graph is not None:
         new = _ort_call("ONNX Runtime cannot run the compressed model", cal.run_model, src.graph, recon, calib, decl)
         m = fidelity.compare(ref, new)
         fid = {"schema": fidelity.SCHEMA, "measured": True, "metric": fidelity.METRIC,
@@ -245,15 +257,17 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="the .dcz to write (default: MODEL with .dcz)")
-@click.option("--sparsity", metavar="[PATTERN=]F,...", help="fraction of weights to prune per layer, in [0, 1) "
-              f"(default {cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc; 0 keeps an already pruned model), "
-              "e.g. 0.9 or 'fc*=0.92,conv*=0.6'")
+@click.option("--sparsity", metavar="[PATTERN=]F,...", help="fraction of weights to prune per layer, in [0, 1), "
+              "e.g. 0.9 or 'fc*=0.92,conv*=0.6' (0 keeps an already pruned model). Without any pruning/bits flag "
+              "dcconvert chooses within --max-error; once one is given, layers it leaves unset get "
+              f"{cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc, 0 embedding")
 @click.option("--threshold-std", metavar="[PATTERN=]Q,...", help="also prune weights below Q x the layer's standard deviation")
 @click.option("--threshold", metavar="[PATTERN=]T,...", help="also prune weights with |w| <= T")
 @click.option("--prune-neurons", metavar="[PATTERN=]F,...",
               help="prune this fraction of whole output neurons / conv filters (smallest L2 norm); shapes are kept")
 @click.option("--bits", metavar="[PATTERN=]B,...", help="weight-sharing bits 1..8 (codebook of 2**B centroids; "
-              f"default {cmp.DEFAULT_BITS['conv']} conv, {cmp.DEFAULT_BITS['fc']} fc)")
+              f"when set explicitly, unset layers get {cmp.DEFAULT_BITS['conv']} conv, {cmp.DEFAULT_BITS['fc']} fc, "
+              f"{cmp.DEFAULT_BITS['embedding']} embedding)")
 @click.option("--role", "role_overrides", metavar="PATTERN=ROLE,...",
               help="what a tensor is, overriding what its consumers say: conv, fc, embedding (compressed), "
                    "norm, bias, analytic, other (stored exactly); e.g. 'stft.*=analytic,lm_head.weight=fc'")
@@ -363,6 +377,8 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
 def fidelity_warning(fid: dict, manual: bool) -> str:
     from .calibrate import DEFAULT_MAX_ERROR, WARN_COSINE
 
+    if not fid.get("measured"):
+        return f"fidelity not measured: {fid.get('reason')}"
     budget = fid.get("budget") or DEFAULT_MAX_ERROR
     cos = fid.get("min_cosine")
     msg = (f"the compressed model's outputs differ from the original's: relative L2 error {float(fid['max_rel_l2']):.3g} "

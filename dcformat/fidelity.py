@@ -14,6 +14,22 @@ sample i, y'_i: the compressed model's, both flattened, in float64):
 
 The model's error (what ``--max-error`` bounds) is the largest ``rel_l2`` over its outputs.
 Non-finite elements (NaN, inf in either output) are left out of the sums and counted.
+
+dcconvert stores the record in the .dcz metadata under the key ``"fidelity"`` (schema 1; JSON,
+infinities written as the string "inf")::
+
+    {"schema": 1, "measured": true, "metric": "rel_l2", "metric_text": "...",
+     "calibration": {"source": "synthetic" | PATH, "synthetic": bool, "samples": N, "seed": int (synthetic),
+                     "inputs": {name: {"dtype", "shape", "table_rows" (if traced)}}},
+     "budget": E | null (explicit settings), "within_budget": bool | null,
+     "max_rel_l2": float, "worst_output": name, "min_cosine": float | null,
+     "outputs": {name: {"shape" (one sample), "samples", "shape_mismatch", "rel_l2", "cosine_mean",
+                        "cosine_min", "max_abs", "top1" | null, "top1_positions" | null, "nonfinite"}},
+     "search": {"trials", "verified_error", "backoffs": [{"layer", "from", "to", "error_before"}]} (budget search),
+     "warning": bool}
+
+and for weights-only inputs ``{"schema": 1, "measured": false, "reason": "...",
+"tensor_snr_db": {name: dB}}``.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ def test_state_dict_is_weights_only(models, tmp_path, key):
         assert dec[k].shape == tuple(t.shape) and dec[k].dtype == t.numpy().dtype, k
         assert np.array_equal(dec[k], t.numpy()), k
     # compressed: 2-D fc1 pruned and shared; conv (216 < --min-size), biases, BatchNorm statistics exact
-    ok(models["files"][key], "-o", out, "-q")
+    ok(models["files"][key], "-o", out, "-q", "--sparsity", "0.5", "--bits", "5")
     dec = dcformat.load_weights(out)
     assert {k: v.shape for k, v in dec.items()} == {k: tuple(v.shape) for k, v in sd.items()}
     fc1 = dec["fc1.weight"]

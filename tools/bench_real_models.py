@@ -38,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, ".venv-bench")
 SITE = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages"))
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+REUSE = False
 WORDS = ("the quick brown fox jumps over lazy dog model file format compressed weights runtime pruning "
          "sharing huffman codebook layer tensor budget error signal text line invoice total amount date "
          "number 2026 12 345 67.89 ONNX PP-OCR Deep Compression").split()
@@ -192,14 +193,20 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
     t = time.perf_counter()
     quantize_dynamic(constants_as_initializers(src, out, key), p, weight_type=QuantType.QInt8)
     res["int8"] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
-    for name, extra in (("lossless", ["--lossless"]), ("default", ["--calibration", calib_path])):
+    for name, extra in (("lossless", ["--lossless"]), ("default", [])):
         p = os.path.join(out, f"{key}.{name}.dcz")
+        if REUSE and os.path.exists(p + ".json"):  # --reuse: converted by an earlier run with the same settings
+            with open(p + ".json") as f:
+                res[name] = json.load(f)
+            continue
         t = time.perf_counter()
-        r = run_cli([src, "-o", p, "--json", *extra])
+        r = run_cli([src, "-o", p, "--json", "--calibration", calib_path, *extra])
         if r.returncode:
             raise SystemExit(f"dcconvert failed on {src}: {r.stderr.strip()}")
         res[name] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t,
                      "report": json.loads(r.stdout)}
+        with open(p + ".json", "w") as f:
+            json.dump(res[name], f)
     return res
 
 
@@ -346,7 +353,10 @@ def main(argv=None):
     ap.add_argument("--only", default="det,rec,cls,vad,magika")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "dcz-bench-real"), help="work folder")
     ap.add_argument("--json", dest="json_out", help="also write the results here")
+    ap.add_argument("--reuse", action="store_true", help="reuse conversions an earlier run left in --out")
     a = ap.parse_args(argv)
+    global REUSE
+    REUSE = a.reuse
     os.makedirs(a.out, exist_ok=True)
     keys = a.only.split(",")
     files = magika_files()
