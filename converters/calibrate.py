@@ -21,13 +21,23 @@ def calibration(graph, path=None, samples: int | None = None, dims: dict | None 
         calib = inp.load_calibration(path, decl, samples)
         desc = {"source": str(path), "synthetic": False}
     else:
-        n = samples or inp.DEFAULT_SAMPLES
+        n = samples or synthetic_count(decl, dims)
         calib = inp.synthetic_inputs(decl, n, seed, dims)
         desc = {"source": "synthetic", "synthetic": True, "seed": seed}
     desc["samples"] = inp.num_samples(calib, decl)
     desc["inputs"] = {d.name: {"dtype": str(calib[d.name].dtype), "shape": list(calib[d.name].shape),
                                **({"table_rows": d.table_rows} if d.table_rows else {})} for d in decl}
     return decl, calib, desc
+
+
+SYNTHETIC_BYTES = 64 << 20  # default synthetic sets stay about this small (at least 2 samples)
+
+
+def synthetic_count(decl, dims=None) -> int:
+    """16 samples, fewer where one sample's inputs are large (a 40 MB input gets 2)."""
+    shapes = inp.sample_shapes(decl, dims)
+    one = sum(int(np.prod(shapes[d.name][0])) * np.dtype(d.dtype or np.float32).itemsize for d in decl)
+    return int(min(inp.DEFAULT_SAMPLES, max(2, SYNTHETIC_BYTES // max(one, 1))))
 
 
 def run_model(graph, weights: dict, calib: dict, decl) -> dict:

@@ -430,3 +430,13 @@ def test_model_that_synthetic_inputs_cannot_run(tmp_path, capsys):
     code, stdout, err = _cli(convert_main, [tmp_path / "r.onnx", "-o", out, "--dim", "L=96", "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["fidelity"]["calibration"]["inputs"]["x"]["shape"] == [16, 96]
+
+
+@pytest.mark.parametrize("main", [convert_main, run_main])
+@pytest.mark.parametrize("dim", ["sequence", "sequence=0", "=4", "sequence=x"])
+def test_bad_dim(models, tmp_path, capsys, main, dim):
+    extra = ["-o", tmp_path / "o.dcz"] if main is convert_main else []
+    code, _, err = _cli(main, [models / "tok.onnx", *extra, "--dim", dim], capsys)
+    assert code == 2
+    one_line_error(err, "--dim")
+    assert not (tmp_path / "o.dcz").exists()
