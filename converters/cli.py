@@ -68,13 +68,13 @@ def summary(result: dict) -> None:
         click.echo(f"note: {_escape(note)}")
 
 
-def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=False, model_factory=None, opset=None,
-            progress=None) -> dict:
+def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=False, model_factory=None, opset=None,
+            progress=None, trust_pickle=False) -> dict:
     """Convert one file; returns the report (also used by --json and --report)."""
     from . import sources
 
     t0 = time.perf_counter()
-    src = sources.load(src_path, input_shapes=input_shapes, trust_pickle=trust_pickle, model_factory=model_factory,
+    src = sources.load(src_path, input_shapes=input_shapes, trust_code=trust_code or trust_pickle, model_factory=model_factory,
                        opset=opset)
     names = list(src.weights)
     for setting in s.all():
@@ -123,15 +123,19 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
               help="input shape for exporting TorchScript / nn.Module / --model to ONNX (repeat per input; batch stays dynamic)")
 @click.option("--opset", type=click.IntRange(7, 23), help="ONNX opset for exported PyTorch models")
 @click.option("--model", "model_factory", metavar="PKG.MODULE:FACTORY",
-              help="build the model with this function (imports and runs your code) so a state_dict gets its graph")
-@click.option("--trust-pickle", is_flag=True, help="allow loading a pickled nn.Module: THIS RUNS CODE FROM THE FILE; "
-              "only for files you trust")
+              help="build the model with this function so a state_dict gets its graph (imports and runs that "
+              "module: needs --trust-code)")
+@click.option("--trust-code", "--trust-pickle", "trust_code", is_flag=True,
+              help="allow the loaders that RUN CODE FROM THE FILE, to get a graph: torch.load(weights_only=False) "
+              "for pickled nn.Modules, torch.jit.load for TorchScript (its __setstate__ can read and write files), "
+              "torch.export.load for .pt2 (evaluates shape expressions as Python), and --model's import. Without "
+              "it TorchScript and .pt2 give their weights only. Only for files you trust")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="seed of random centroid initialisations")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of the table")
 @click.option("--report", type=click.Path(dir_okay=False), help="also save the JSON report to this file")
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, init, min_size, lossless,
-              input_shapes, opset, model_factory, trust_pickle, seed, as_json, report, quiet):
+              input_shapes, opset, model_factory, trust_code, seed, as_json, report, quiet):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file."""
     if lossless and any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits)):
         raise click.UsageError("--lossless excludes --sparsity, --threshold-std, --threshold, --prune-neurons and --bits")
@@ -153,7 +157,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     if prog:
         prog.start()
     try:
-        result = convert(model, out, s, input_shapes=shapes, trust_pickle=trust_pickle, model_factory=model_factory,
+        result = convert(model, out, s, input_shapes=shapes, trust_code=trust_code, model_factory=model_factory,
                          opset=opset, progress=update)
     finally:
         if prog:
