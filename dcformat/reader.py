@@ -1,11 +1,16 @@
-"""Reading .dcz files: memory-mapped, checked up front, tensors decoded lazily."""
+"""Reading .dcz files: checked up front, tensors read and decoded lazily.
+
+Section bytes are read with positioned reads (``os.pread``) of a descriptor held open, not
+through a memory map: a file truncated while open (``cp other.dcz path`` does that) then gives
+short reads, a :class:`FormatError`, where a map would kill the process with SIGBUS.
+"""
 
 from __future__ import annotations
 
 import builtins
 import json
-import mmap
 import os
+import threading
 import zlib
 from collections.abc import Iterator, Mapping
 
@@ -71,18 +76,45 @@ class DczReader(Mapping):
     def __init__(self, path, *, max_decoded_bytes: int | None = None):
         self.path = os.fspath(path)
         self.closed = False
+        self._f = None
+        self._lock = threading.Lock()  # for platforms without os.pread (seek + read)
         try:
-            with builtins.open(self.path, "rb") as f:
-                self.file_size = os.fstat(f.fileno()).st_size
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.file_size else None
+            self._f = builtins.open(self.path, "rb")
         except IsADirectoryError:
             raise FormatError(f"{self.path}: is a directory, not a .dcz file") from None
-        self._buf = np.frombuffer(self._mm, np.uint8) if self._mm is not None else np.zeros(0, np.uint8)
         try:
+            self.file_size = os.fstat(self._f.fileno()).st_size
             self._parse(max_decoded_bytes)
         except BaseException:
             self.close()
             raise
+
+    def _read(self, offset: int, length: int) -> np.ndarray:
+        """``length`` bytes at ``offset`` (read-only array); FormatError if the file no longer holds them."""
+        if self.closed or self._f is None:
+            raise DczError(f"{self.path}: the reader is closed")
+        parts, pos, left = [], offset, length
+        try:
+            while left > 0:
+                if hasattr(os, "pread"):
+                    chunk = os.pread(self._f.fileno(), min(left, 1 << 30), pos)
+                else:
+                    with self._lock:
+                        self._f.seek(pos)
+                        chunk = self._f.read(min(left, 1 << 30))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                pos += len(chunk)
+                left -= len(chunk)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read bytes {offset}..{offset + length - 1}: "
+                              f"{e.strerror or e}") from None
+        if left:
+            raise FormatError(f"{self.path}: bytes {offset}..{offset + length - 1} are missing: the file shrank "
+                              f"to {pos} bytes while open (was {self.file_size}; was it overwritten?)")
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return np.frombuffer(data, np.uint8)
 
     # ------------------------------------------------------------------ structure
     def _inflate(self, data, cap: int, factor: int, what: str) -> bytes:
@@ -101,6 +133,7 @@ class DczReader(Mapping):
         size = self.file_size
         if size == 0:
             raise FormatError(f"{self.path}: not a .dcz file (empty)")
+        self._buf = self._read(0, min(size, PREAMBLE_SIZE))  # then the preamble and the stored header
         if bytes(self._buf[:8]) != MAGIC[:size]:
             raise FormatError(f"{self.path}: not a .dcz file (bad magic at byte 0)")
         if size < PREAMBLE_SIZE:
@@ -113,6 +146,7 @@ class DczReader(Mapping):
         self.version = (major, minor)
         if hlen > MAX_HEADER_BYTES or PREAMBLE_SIZE + hlen > size:
             raise LimitError(f"{self.path}: header length {hlen} exceeds the file or the limit (byte 12)")
+        self._buf = self._read(0, PREAMBLE_SIZE + hlen)
         stored = bytes(self._buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
         if zlib.crc32(stored) != hcrc:
             raise ChecksumError(f"{self.path}: header checksum mismatch (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
@@ -148,7 +182,7 @@ class DczReader(Mapping):
             if off + length > size:
                 raise FormatError(f"{self.path}: {where} ({kind}): bytes {off}..{off + length - 1} run past the end of "
                                   f"the {size}-byte file (is the file truncated?)")
-            if self._buf[end:off].any():
+            if off > end and self._read(end, off - end).any():
                 raise FormatError(f"{where}: non-zero padding in bytes {end}..{off - 1}")
             end = off + length
             sec = Section(kind, off, length, crc, e.get("tensor"))
@@ -164,6 +198,8 @@ class DczReader(Mapping):
                 if once[kind] is not None:
                     raise FormatError(f"{where}: a second {kind} section")
                 once[kind] = sec
+                if kind == SECTION_PADDING:
+                    self._check_zeros(sec, where)
             # padding and other kinds (added by later minor versions) are skipped; they are still checksummed
         self._meta_section, self._graph_section = once[SECTION_METADATA], once[SECTION_GRAPH]
         if end != size:
@@ -176,6 +212,14 @@ class DczReader(Mapping):
                 f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it"
             )
 
+    def _check_zeros(self, sec: Section, where: str) -> None:
+        """A padding section holds zeros only (spec 5.4): nothing can hide in it."""
+        for pos in range(sec.offset, sec.offset + sec.length, 1 << 24):
+            chunk = self._read(pos, min(1 << 24, sec.offset + sec.length - pos))
+            if chunk.any():
+                first = pos + int(np.flatnonzero(chunk)[0])
+                raise FormatError(f"{where} (padding): non-zero byte at {first}; padding must be all zeros")
+
     def _inflated(self, sec: Section, what: str, factor: int) -> bytes:
         """A DEFLATE-stored section (metadata, graph), checksummed and inflated within its limits."""
         data = self._section_bytes(sec, what)
@@ -184,7 +228,7 @@ class DczReader(Mapping):
     def _section_bytes(self, sec: Section, what: str) -> np.ndarray:
         if self.closed:
             raise DczError(f"{self.path}: the reader is closed")
-        data = self._buf[sec.offset : sec.offset + sec.length]
+        data = self._read(sec.offset, sec.length)
         if zlib.crc32(data) != sec.crc32:
             raise ChecksumError(f"{what}: checksum mismatch in section at bytes {sec.offset}..{sec.offset + sec.length - 1}")
         return data
@@ -274,12 +318,9 @@ class DczReader(Mapping):
     def close(self) -> None:
         self.closed = True
         self._buf = np.zeros(0, np.uint8)
-        if getattr(self, "_mm", None) is not None:
-            try:
-                self._mm.close()
-            except BufferError:  # an array still views the map; it is freed with that array
-                pass
-            self._mm = None
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
     def __enter__(self):
         return self
@@ -292,7 +333,7 @@ class DczReader(Mapping):
 
 
 def open(path, *, max_decoded_bytes: int | None = None) -> DczReader:  # noqa: A001 - mirrors builtins.open
-    """Open a .dcz file for reading (memory-mapped; tensors decode when indexed).
+    """Open a .dcz file for reading (tensors are read and decoded when indexed).
 
     Anything wrong with the file's contents raises a :class:`DczError` (a ValueError), here
     or when a tensor, the metadata or the graph is read; a path that cannot be opened raises

@@ -97,6 +97,20 @@ def _check_graph(gbytes: bytes, model, infos: dict) -> int:
     return total
 
 
+def _check_tensor(t: EncodedTensor) -> None:
+    """What a reader refuses in a tensor's contents, refused before writing: a name that is not UTF-8 text,
+    bool data other than bytes 0 and 1."""
+    try:
+        t.name.encode("utf-8")
+    except (UnicodeEncodeError, AttributeError):
+        raise EncodeError(f"tensor name {t.name!r} is not valid Unicode text (a lone surrogate?)") from None
+    if t.info.dtype == "bool" and "data" in t.parts:
+        data = np.asarray(t.parts["data"]).view(np.uint8)
+        if data.size and data.max() > 1:
+            raise EncodeError(f"tensor {t.name!r}: bool data holds bytes other than 0 and 1 (readers refuse it); "
+                              "pass np.asarray(a, bool) or a.view(np.uint8) != 0")
+
+
 def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
     """Lay out the sections, with a padding section at the end (spec 5.4) if the file would
     otherwise be too small for its expansion bound to cover ``decoded`` bytes and the parse
@@ -152,6 +166,8 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
             raise EncodeError(f"expected an EncodedTensor, got {type(t).__name__}")
         if t.name in seen:
             raise EncodeError(f"duplicate tensor name {t.name!r}")
+        if checked:
+            _check_tensor(t)
         seen[t.name] = t.info
         sections.append((SECTION_TENSOR, _chunks(t.parts.values()), t.info.descriptor()))
     if len(sections) + 1 > MAX_SECTIONS:
