@@ -89,6 +89,54 @@ def iter_all_tensors(model) -> Iterator[tuple[str, object, bool]]:
         yield from graph(ti.algorithm, f"training_info {i} algorithm > ", False)
 
 
+def graph_objects(model, limit: int | None = None) -> int:
+    """How many objects a consumer builds for ``model`` (spec/FORMAT.md section 10): graphs, nodes,
+    node inputs and outputs, attributes, tensors and sparse tensors, graph inputs, outputs and value
+    infos, functions and their parts, training bindings. Stops counting once past ``limit``, so the
+    cost of counting is bounded by the limit, not by the graph."""
+    n = 0
+    graphs = [model.graph]
+    node_lists = []
+    for f in model.functions:
+        n += 1 + len(f.input) + len(f.output) + len(f.attribute) + len(f.attribute_proto) + len(f.value_info)
+        node_lists.append(f.node)
+        for a in f.attribute_proto:
+            n += len(a.tensors) + len(a.sparse_tensors) + len(a.graphs)
+            graphs.extend(a.graphs)
+            if a.HasField("g"):
+                graphs.append(a.g)
+    for ti in model.training_info:
+        n += 1 + len(ti.initialization_binding) + len(ti.update_binding)
+        graphs += [ti.initialization, ti.algorithm]
+    over = limit is not None
+    while graphs or node_lists:
+        if graphs:
+            g = graphs.pop()
+            n += (1 + len(g.node) + len(g.initializer) + len(g.sparse_initializer) + len(g.input) + len(g.output)
+                  + len(g.value_info) + len(g.quantization_annotation))
+            ns = g.node
+        else:
+            ns = node_lists.pop()
+            n += len(ns)
+        if over and n > limit:
+            return n
+        for node in ns:
+            n += len(node.input) + len(node.output)
+            attrs = node.attribute
+            if attrs:
+                n += len(attrs)
+                for a in attrs:
+                    n += len(a.tensors) + len(a.sparse_tensors) + len(a.graphs)
+                    graphs.extend(a.graphs)
+                    if a.HasField("g"):
+                        graphs.append(a.g)
+                    if a.HasField("t") or a.HasField("sparse_tensor"):
+                        n += 1
+            if over and n > limit:
+                return n
+    return n
+
+
 def check_references(model) -> None:
     """Raise FormatError unless every EXTERNAL tensor of ``model`` is a reference to a tensor record
     in a place where records are filled in (spec/FORMAT.md 5.2): nothing may point outside the file.

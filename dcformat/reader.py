@@ -19,6 +19,7 @@ import numpy as np
 from .constants import (
     ALIGNMENT,
     EXPANSION_SLACK,
+    GRAPH_OBJECT_COST,
     GRAPH_PARSE_FACTOR,
     JSON_PARSE_FACTOR,
     MAGIC,
@@ -26,6 +27,7 @@ from .constants import (
     MAX_HEADER_BYTES,
     MAX_SECTIONS,
     PREAMBLE_SIZE,
+    SECTION_COST,
     SECTION_GRAPH,
     SECTION_METADATA,
     SECTION_PADDING,
@@ -160,6 +162,11 @@ class DczReader(Mapping):
         entries = header["sections"]
         if len(entries) > MAX_SECTIONS:
             raise LimitError(f"header: {len(entries)} sections exceed the limit of {MAX_SECTIONS}")
+        limit = max_decoded_bytes if max_decoded_bytes is not None else expansion_bound(size)
+        if len(entries) * SECTION_COST > limit:
+            raise LimitError(f"header: {len(entries)} sections, more than {limit // SECTION_COST} (the limit of "
+                             f"{limit} bytes / SECTION_COST {SECTION_COST}; {MAX_EXPANSION} x file size + "
+                             f"{EXPANSION_SLACK}); pass max_decoded_bytes to raise it")
         self.sections: list[Section] = []
         self.tensors: dict[str, TensorInfo] = {}
         self._tensor_sections: dict[str, Section] = {}
@@ -204,7 +211,6 @@ class DczReader(Mapping):
         self._meta_section, self._graph_section = once[SECTION_METADATA], once[SECTION_GRAPH]
         if end != size:
             raise FormatError(f"{self.path}: {size - end} bytes after the last section (byte {end})")
-        limit = max_decoded_bytes if max_decoded_bytes is not None else expansion_bound(size)
         self.max_decoded_bytes = limit
         if decoded > limit:
             raise LimitError(
@@ -288,13 +294,18 @@ class DczReader(Mapping):
         import onnx
         from google.protobuf.message import DecodeError
 
-        from .graph import check_references, referenced_bytes
+        from .graph import check_references, graph_objects, referenced_bytes
 
         model = onnx.ModelProto()
         try:  # protobuf refuses messages nested more than 100 deep (DecodeError)
             model.ParseFromString(data)
         except (DecodeError, RuntimeError, ValueError) as e:
             raise FormatError(f"graph: not a valid ONNX ModelProto ({e})") from None
+        most = self.max_decoded_bytes // GRAPH_OBJECT_COST
+        if (n := graph_objects(model, most)) > most:
+            raise LimitError(f"graph: more than {most} objects (nodes, attributes, tensors ...: at least {n}), the "
+                             f"limit of {self.max_decoded_bytes} bytes / GRAPH_OBJECT_COST {GRAPH_OBJECT_COST} "
+                             f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it")
         check_references(model)
         total = referenced_bytes(model, {name: info.decoded_nbytes for name, info in self.tensors.items()})
         if total > self.max_decoded_bytes:

@@ -11,12 +11,14 @@ from .atomic import atomic_output
 from .constants import (
     DTYPES,
     EXPANSION_SLACK,
+    GRAPH_OBJECT_COST,
     GRAPH_PARSE_FACTOR,
     JSON_PARSE_FACTOR,
     MAX_EXPANSION,
     MAX_HEADER_BYTES,
     MAX_SECTIONS,
     PART_ALIGNMENT,
+    SECTION_COST,
     SECTION_GRAPH,
     SECTION_METADATA,
     SECTION_PADDING,
@@ -58,13 +60,13 @@ def _graph_bytes(graph) -> tuple[bytes | None, object]:
     return serialize(deterministic=True), graph
 
 
-def _check_graph(gbytes: bytes, model, infos: dict) -> int:
+def _check_graph(gbytes: bytes, model, infos: dict) -> tuple[int, int]:
     """Refuse a graph that names a tensor the file will not hold, or that holds inline the weights
     also written as records (a model not passed through strip_weights); returns the decoded bytes
-    its references name, once per reference (spec 5.2)."""
+    its references name, once per reference (spec 5.2), and its objects (spec 10)."""
     from onnx import helper
 
-    from .graph import iter_tensors, reference
+    from .graph import graph_objects, iter_tensors, reference
 
     if model is None:
         import onnx
@@ -94,7 +96,7 @@ def _check_graph(gbytes: bytes, model, infos: dict) -> int:
                 raise EncodeError(f"graph: {where} expects {want} {tuple(t.dims)}, tensor {name!r} is "
                                   f"{info.dtype} {tuple(info.shape)}")
             total += info.decoded_nbytes
-    return total
+    return total, graph_objects(model)
 
 
 def _check_tensor(t: EncodedTensor) -> None:
@@ -121,7 +123,7 @@ def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
         header, placed, text_len = layout(entries + extra)
         if text_len > MAX_HEADER_BYTES:
             raise EncodeError(f"the header would be {text_len} bytes of JSON, more than MAX_HEADER_BYTES ({MAX_HEADER_BYTES})")
-        need = max([decoded, JSON_PARSE_FACTOR * text_len] + [f * n for f, n in texts])
+        need = max([decoded, JSON_PARSE_FACTOR * text_len, SECTION_COST * len(placed)] + [f * n for f, n in texts])
         short = -(-(need - EXPANSION_SLACK) // MAX_EXPANSION) - file_size(header, placed)  # bound(size) >= need
         if short <= 0:
             best = header, placed, pad
@@ -180,7 +182,8 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
                                   f"beyond {EXPANSION_SLACK} bytes; readers refuse to inflate that much")
         decoded = sum(info.decoded_nbytes for info in seen.values())
         if gbytes is not None:
-            decoded = max(decoded, _check_graph(gbytes, model, seen))
+            referenced, objects = _check_graph(gbytes, model, seen)
+            decoded = max(decoded, referenced, GRAPH_OBJECT_COST * objects)
         header, placed, npad = _padded_layout(entries, decoded, texts)
         if npad:
             sections.append((SECTION_PADDING, [bytes(npad)], None))
