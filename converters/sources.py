@@ -158,6 +158,18 @@ def load_onnx(path) -> Source:
     return Source(os.fspath(path), "onnx", graph, weights, roles, axes)
 
 
+def _safetensors_dtypes(path) -> list[str]:
+    """The dtypes a safetensors header names that numpy lacks (for the error message)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(n, 100 << 20)))
+        found = sorted({e["dtype"] for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [d for d in found if d.startswith(("F8", "F6", "F4", "E8", "C"))] or found
+
+
 def load_safetensors(path) -> Source:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -165,7 +177,11 @@ def load_safetensors(path) -> Source:
     try:
         weights = load_file(os.fspath(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ConvertError(f"{path}: not a readable safetensors file ({e})") from None
+        raise ConvertError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
+    except (AttributeError, TypeError, KeyError) as e:  # a dtype numpy has no name for: F8_E4M3 ...
+        dtypes = _safetensors_dtypes(path)
+        raise ConvertError(f"{path}: a safetensors dtype numpy cannot hold ({', '.join(dtypes) or first_line(e)}); "
+                           "dcz stores float64/32/16, bfloat16 and integer/bool tensors") from None
     roles, axes = shape_roles(weights)
     return Source(os.fspath(path), "safetensors", None, dict(weights), roles, axes,
                   notes=["weights only: no graph (decode gives back a state_dict)"])

@@ -185,6 +185,37 @@ def reference(t) -> str | None:
     return entries.get(GRAPH_TENSOR_KEY)
 
 
+def _to_array(t, where: str) -> np.ndarray:
+    """numpy_helper.to_array, with a hostile TensorProto (unknown data_type, dims that do not fit its data,
+    absurd dims) a FormatError instead of a KeyError, a ValueError from reshape or a huge allocation."""
+    import math
+
+    from onnx import helper, numpy_helper
+
+    from .constants import MAX_ELEMENTS, MAX_RANK
+    from .errors import first_line
+
+    what = f"{where}: tensor {t.name!r}"
+    dims = list(t.dims)
+    if len(dims) > MAX_RANK or any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+        raise FormatError(f"{what}: bad dims {dims[:8]}{' ...' if len(dims) > 8 else ''}")
+    try:
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+    except (KeyError, TypeError, ValueError):
+        raise FormatError(f"{what}: unknown data_type {t.data_type}") from None
+    n = math.prod(dims)
+    if t.raw_data and dt.itemsize and dt.kind != "V" and len(t.raw_data) != n * dt.itemsize \
+            and t.data_type not in _SUB_BYTE:
+        raise FormatError(f"{what}: {len(t.raw_data)} bytes of raw_data for {n} elements of {dt} (dims {dims})")
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError) as e:
+        raise FormatError(f"{what}: its data does not fit its dims and data_type ({first_line(e)})") from None
+
+
+_SUB_BYTE = (21, 22, 25, 26, 23)  # UINT4, INT4, FLOAT4E2M1, ... : packed two per byte
+
+
 def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None, copy: bool = True):
     """Copy of ``model`` with tensor data replaced by references; returns (model, {name: array}).
 
@@ -203,7 +234,7 @@ def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None, 
     for where, t in _named(model.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
             continue
-        arr = numpy_helper.to_array(t)
+        arr = _to_array(t, where)
         if keep is not None and keep(t.name, arr):
             continue
         name = t.name

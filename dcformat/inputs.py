@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import DczError
@@ -30,6 +32,9 @@ def concrete_shape(shape, batch: int) -> list[int]:
     return out
 
 
+MAX_RANDOM_INPUT_BYTES = 1 << 30
+
+
 def random_inputs(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -38,6 +43,10 @@ def random_inputs(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarra
         if dt is None:
             raise InputError(f"cannot make a random input of type {i.type} for {i.name!r}; give it with --input")
         shape = concrete_shape(i.shape, batch)
+        nbytes = math.prod(shape) * np.dtype(dt).itemsize
+        if nbytes > MAX_RANDOM_INPUT_BYTES:  # a shape like [2^62, 2^62]: numpy would raise "array is too big"
+            raise InputError(f"input {i.name!r} declares {list(shape)}: {nbytes:,} bytes, more than a random input "
+                             f"may take ({MAX_RANDOM_INPUT_BYTES >> 20} MiB); give it with --input NAME=FILE.npy")
         if np.dtype(dt).kind == "f":
             feeds[i.name] = rng.standard_normal(shape).astype(dt)
         elif np.dtype(dt).kind == "b":
