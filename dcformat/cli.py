@@ -299,7 +299,8 @@ def dcrun(model, inputs, batch, provider, compact, output_dir, bench, compare, s
         y = np.asarray(y)
         desc = f"output {_escape(name)}: {y.dtype} {list(y.shape)}"
         if y.size and y.dtype.kind == "f":
-            desc += f" min {float(y.min()):.4g} max {float(y.max()):.4g} mean {float(y.mean()):.4g}"
+            with np.errstate(all="ignore"):  # the mean of large values overflows: inf, without a RuntimeWarning
+                desc += f" min {float(y.min()):.4g} max {float(y.max()):.4g} mean {float(y.mean()):.4g}"
         if y.ndim == 2 and y.shape[1] > 1:
             desc += f"; top-1 of first rows: {y.argmax(1)[:8].tolist()}"
         click.echo(desc)

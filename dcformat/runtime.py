@@ -302,7 +302,9 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
     p = prepare(path, compact=compact)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     if sess_options is None:
-        so.log_severity_level = 3  # errors only: not a warning per initializer that is also a graph input
+        # fatal only: not a warning per initializer that is also a graph input, nor ANSI-coloured error lines
+        # beside the exception that says the same (and becomes the CLI's one error line)
+        so.log_severity_level = 4
     if p.compacted and sess_options is None:
         # ORT's CPU arena would keep the weights each run rebuilds (full size) for good after the first run
         so.enable_cpu_mem_arena = False

@@ -229,3 +229,34 @@ def test_decode_writes_nothing_when_the_model_cannot_be_rebuilt(tmp_path, capsys
     code, _, err = cli(decode_main, [path, "-o", tmp_path / "x.onnx", "--state-dict", tmp_path / "y.safetensors"],
                        capsys)
     assert code == 1 and sorted(os.listdir(tmp_path)) == ["w.dcz"], err
+
+
+def _graph_dcz(path, nodes, inputs, outputs, inits=()):
+    g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    dcformat.write(path, [], graph=helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    return path
+
+
+def test_dcrun_stderr_holds_only_the_error_line(tmp_path):
+    """No ORT log lines (ANSI-coloured) beside the error, no numpy RuntimeWarning beside the outputs:
+    as a subprocess, to see the real file descriptor 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dcrun = Path(sys.executable).parent / "dcrun"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    shape = numpy_helper.from_array(np.array([7, 5], np.int64), "shape")
+    bad = _graph_dcz(tmp_path / "bad.dcz", [helper.make_node("Reshape", ["x", "shape"], ["y"])], [x], [y], [shape])
+    big = numpy_helper.from_array(np.full((2, 3), 3e38, np.float32), "big")
+    huge = _graph_dcz(tmp_path / "huge.dcz", [helper.make_node("Add", ["x", "big"], ["s"]),
+                                              helper.make_node("Identity", ["s"], ["y"])], [x], [y], [big])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([str(dcrun), str(bad)], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 1
+    one_line_error(p.stderr, "Reshape")
+    assert "\x1b[" not in p.stderr
+    p = subprocess.run([str(dcrun), str(huge)], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert "mean inf" in p.stdout or "mean 3" in p.stdout, p.stdout
