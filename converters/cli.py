@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -168,8 +169,10 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         try:
             with atomic_output(report) as f:
                 f.write(json.dumps(result, indent=1, default=str).encode())
-        except OSError as e:
-            raise ConvertError(f"cannot write report {report}: {e.strerror or e}") from None
+        except OSError as e:  # all or nothing: the .dcz just written goes too
+            with contextlib.suppress(OSError):
+                os.unlink(out)
+            raise ConvertError(f"cannot write report {report}: {e.strerror or e} (nothing written)") from None
     if as_json:
         click.echo(json.dumps(result, indent=1, default=str))
     elif not quiet:

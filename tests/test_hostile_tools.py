@@ -260,3 +260,24 @@ def test_dcrun_stderr_holds_only_the_error_line(tmp_path):
     p = subprocess.run([str(dcrun), str(huge)], capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0 and p.stderr == "", p.stderr
     assert "mean inf" in p.stdout or "mean 3" in p.stdout, p.stdout
+
+
+def test_failing_report_leaves_no_dcz(tmp_path, capsys, monkeypatch):
+    """dcconvert --report on a full disk: the report cannot be written, and the .dcz does not stay behind."""
+    import dcformat.atomic as atomic
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_model(numpy_helper.from_array(np.ones((3, 4), np.float32), "w")), src)
+    real, calls = atomic.os.fsync, []
+
+    def fail_second(fd):  # the .dcz, then the report
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fail_second)
+    code, _, err = cli(dcconvert, [src, "-o", tmp_path / "m.dcz", "--report", tmp_path / "r.json", "-q"], capsys)
+    assert code == 1
+    one_line_error(err, "r.json", "No space left on device")
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
