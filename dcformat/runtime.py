@@ -344,7 +344,11 @@ def save_onnx(src, out, compact: bool = False, external_data: bool | None = None
     from .atomic import atomic_output
 
     p = prepare(src, compact=compact, external=True)
-    total = sum(a.nbytes for a in p.external.values()) + p.model.ByteSize()
+    inline = p.model.ByteSize()  # what stays in the .onnx whatever the external data holds
+    if inline >= ONNX_PROTO_LIMIT:  # e.g. a large record referenced from Constant nodes, filled in each time
+        raise DczError(f"{os.fspath(out)}: the model's graph alone would be {inline:,} bytes, over protobuf's 2 GB "
+                       "limit for an .onnx file (its weights can go to external data, this cannot); nothing written")
+    total = sum(a.nbytes for a in p.external.values()) + inline
     if external_data is None:
         external_data = total >= ONNX_PROTO_LIMIT - (64 << 20)
     out = os.fspath(out)

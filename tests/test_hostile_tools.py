@@ -281,3 +281,18 @@ def test_failing_report_leaves_no_dcz(tmp_path, capsys, monkeypatch):
     assert code == 1
     one_line_error(err, "r.json", "No space left on device")
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+def test_decode_over_the_protobuf_limit_is_refused_cleanly(small_dcz, tmp_path, capsys, monkeypatch):
+    """A graph too big for one protobuf even with external data (protobuf's 2 GB, here lowered): a one-line
+    error before anything is written, not protobuf's EncodeError after the weights file."""
+    from dcformat import runtime
+
+    monkeypatch.setattr(runtime, "ONNX_PROTO_LIMIT", 64)
+    out = tmp_path / "o"
+    out.mkdir()
+    for extra in ([], ["--external-data"]):
+        code, _, err = cli(decode_main, [small_dcz, "-o", out / "m.onnx", *extra], capsys)
+        assert code == 1
+        one_line_error(err, "2 GB", "nothing written")
+        assert os.listdir(out) == []
