@@ -42,6 +42,9 @@ from .records import TensorInfo, parse_descriptor
 from .streams import align
 
 
+SCRATCH_BYTES = 64 << 20  # tensor sections up to this size are read into a reused per-thread buffer
+
+
 def _parse_json(data: bytes, what: str):
     def no_duplicates(pairs):
         d = {}
@@ -80,6 +83,7 @@ class DczReader(Mapping):
         self.closed = False
         self._f = None
         self._lock = threading.Lock()  # for platforms without os.pread (seek + read)
+        self._scratch = threading.local()  # per-thread buffer for tensor sections up to SCRATCH_BYTES
         try:
             self._f = builtins.open(self.path, "rb")
         except IsADirectoryError:
@@ -90,6 +94,31 @@ class DczReader(Mapping):
         except BaseException:
             self.close()
             raise
+
+    def _read_scratch(self, offset: int, length: int) -> np.ndarray:
+        """Like :meth:`_read`, into a buffer this thread reuses (valid until its next call)."""
+        if self.closed or self._f is None:
+            raise DczError(f"{self.path}: the reader is closed")
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None or len(buf) < length:
+            buf = self._scratch.buf = bytearray(max(length, 1 << 16))
+        view = memoryview(buf)[:length]
+        got = 0
+        try:
+            while got < length:
+                n = os.preadv(self._f.fileno(), [view[got:]], offset + got) if hasattr(os, "preadv") else 0
+                if not hasattr(os, "preadv"):
+                    return self._read(offset, length)
+                if n == 0:
+                    break
+                got += n
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read bytes {offset}..{offset + length - 1}: "
+                              f"{e.strerror or e}") from None
+        if got < length:
+            raise FormatError(f"{self.path}: bytes {offset}..{offset + length - 1} are missing: the file shrank "
+                              f"to {offset + got} bytes while open (was {self.file_size}; was it overwritten?)")
+        return np.frombuffer(buf, np.uint8, length)
 
     def _read(self, offset: int, length: int) -> np.ndarray:
         """``length`` bytes at ``offset`` (read-only array); FormatError if the file no longer holds them."""
@@ -231,10 +260,10 @@ class DczReader(Mapping):
         data = self._section_bytes(sec, what)
         return self._inflate(data, expansion_bound(sec.length), factor, f"{what} (bytes {sec.offset}..{sec.offset + sec.length - 1})")
 
-    def _section_bytes(self, sec: Section, what: str) -> np.ndarray:
+    def _section_bytes(self, sec: Section, what: str, scratch: bool = False) -> np.ndarray:
         if self.closed:
             raise DczError(f"{self.path}: the reader is closed")
-        data = self._read(sec.offset, sec.length)
+        data = self._read_scratch(sec.offset, sec.length) if scratch else self._read(sec.offset, sec.length)
         if zlib.crc32(data) != sec.crc32:
             raise ChecksumError(f"{what}: checksum mismatch in section at bytes {sec.offset}..{sec.offset + sec.length - 1}")
         return data
@@ -254,7 +283,10 @@ class DczReader(Mapping):
         info = self.tensors.get(name)
         if info is None:
             raise KeyError(name)
-        return decode_tensor(info, self._section_bytes(self._tensor_sections[name], f"tensor {name!r}"))
+        sec = self._tensor_sections[name]
+        scratch = sec.length <= SCRATCH_BYTES  # read into this thread's buffer: no fresh pages per tensor
+        data = self._section_bytes(sec, f"tensor {name!r}", scratch=scratch)
+        return decode_tensor(info, data)  # a new array: nothing refers to the scratch buffer afterwards
 
     def info(self, name: str) -> TensorInfo:
         """The record of one tensor (encoding, stored bytes, parts ...), without decoding it."""
@@ -329,6 +361,7 @@ class DczReader(Mapping):
     def close(self) -> None:
         self.closed = True
         self._buf = np.zeros(0, np.uint8)
+        self._scratch = threading.local()
         if self._f is not None:
             self._f.close()
             self._f = None
