@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -134,9 +135,9 @@ def _ort_call(what, fn, *args, **kw):
         raise ConvertError(f"{what}: {first_line(e)}") from None
 
 
-def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=False, model_factory=None, opset=None,
+def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=False, model_factory=None, opset=None,
             progress=None, calibration=None, calibration_samples=None, dims=None, max_error=None, manual=False,
-            echo=None) -> dict:
+            echo=None, trust_pickle=False) -> dict:
     """Convert one file; returns the report (also used by --json and --report).
 
     ``manual``: explicit pruning/bits flags were given (exact choices, no search unless ``max_error``)."""
@@ -147,7 +148,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
     from . import hessian, sources
 
     t0 = time.perf_counter()
-    src = sources.load(src_path, input_shapes=input_shapes, trust_pickle=trust_pickle, model_factory=model_factory,
+    src = sources.load(src_path, input_shapes=input_shapes, trust_code=trust_code or trust_pickle, model_factory=model_factory,
                        opset=opset)
     names = list(src.weights)
     from .roles import apply_overrides
@@ -282,9 +283,13 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
               help="input shape for exporting TorchScript / nn.Module / --model to ONNX (repeat per input; batch stays dynamic)")
 @click.option("--opset", type=click.IntRange(7, 23), help="ONNX opset for exported PyTorch models")
 @click.option("--model", "model_factory", metavar="PKG.MODULE:FACTORY",
-              help="build the model with this function (imports and runs your code) so a state_dict gets its graph")
-@click.option("--trust-pickle", is_flag=True, help="allow loading a pickled nn.Module: THIS RUNS CODE FROM THE FILE; "
-              "only for files you trust")
+              help="build the model with this function so a state_dict gets its graph (imports and runs that "
+              "module: needs --trust-code)")
+@click.option("--trust-code", "--trust-pickle", "trust_code", is_flag=True,
+              help="allow the loaders that RUN CODE FROM THE FILE, to get a graph: torch.load(weights_only=False) "
+              "for pickled nn.Modules, torch.jit.load for TorchScript (its __setstate__ can read and write files), "
+              "torch.export.load for .pt2 (evaluates shape expressions as Python), and --model's import. Without "
+              "it TorchScript and .pt2 give their weights only. Only for files you trust")
 @click.option("--max-error", type=float, metavar="E",
               help="error budget: the largest relative L2 output error ||y - y'|| / ||y|| (over all calibration samples, "
               "worst graph output) the compressed model may have; dcconvert chooses each layer's sparsity and bits "
@@ -306,7 +311,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_pickle=F
 @click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, role_overrides, compensate, init,
               min_size, lossless,
-              input_shapes, opset, model_factory, trust_pickle, max_error, calibration, calibration_samples, dims, seed,
+              input_shapes, opset, model_factory, trust_code, max_error, calibration, calibration_samples, dims, seed,
               as_json, report, quiet, force):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file.
 
@@ -350,7 +355,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     if prog:
         prog.start()
     try:
-        result = convert(model, out, s, input_shapes=shapes, trust_pickle=trust_pickle, model_factory=model_factory,
+        result = convert(model, out, s, input_shapes=shapes, trust_code=trust_code, model_factory=model_factory,
                          opset=opset, progress=update, calibration=calibration, calibration_samples=calibration_samples,
                          dims=dim_values, max_error=max_error, manual=manual,
                          echo=None if quiet or as_json else lambda m: click.echo(m, err=True))
@@ -363,8 +368,10 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         try:
             with atomic_output(report) as f:
                 f.write(json.dumps(result, indent=1, default=str).encode())
-        except OSError as e:
-            raise ConvertError(f"cannot write report {report}: {e.strerror or e}") from None
+        except OSError as e:  # all or nothing: the .dcz just written goes too
+            with contextlib.suppress(OSError):
+                os.unlink(out)
+            raise ConvertError(f"cannot write report {report}: {e.strerror or e} (nothing written)") from None
     if as_json:
         click.echo(json.dumps(result, indent=1, default=str))
     elif not quiet:

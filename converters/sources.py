@@ -1,5 +1,5 @@
 """Inputs of dcconvert, recognised by content: ONNX, PyTorch (state_dict, TorchScript,
-torch.export .pt2, nn.Module pickles with --trust-pickle) and safetensors.
+torch.export .pt2, nn.Module pickles with --trust-code) and safetensors.
 
 Every input becomes a :class:`Source`: the model graph (ONNX, weights replaced by
 references) or None for weights-only files, the weights as numpy arrays, and what each
@@ -108,6 +108,18 @@ def load_onnx(path) -> Source:
     return Source(os.fspath(path), "onnx", graph, weights, roles, axes)
 
 
+def _safetensors_dtypes(path) -> list[str]:
+    """The dtypes a safetensors header names that numpy lacks (for the error message)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(n, 100 << 20)))
+        found = sorted({e["dtype"] for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [d for d in found if d.startswith(("F8", "F6", "F4", "E8", "C"))] or found
+
+
 def load_safetensors(path) -> Source:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -115,15 +127,21 @@ def load_safetensors(path) -> Source:
     try:
         weights = load_file(os.fspath(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ConvertError(f"{path}: not a readable safetensors file ({e})") from None
+        raise ConvertError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
+    except (AttributeError, TypeError, KeyError) as e:  # a dtype numpy has no name for: F8_E4M3 ...
+        dtypes = _safetensors_dtypes(path)
+        raise ConvertError(f"{path}: a safetensors dtype numpy cannot hold ({', '.join(dtypes) or first_line(e)}); "
+                           "dcz stores float64/32/16, bfloat16 and integer/bool tensors") from None
     roles, axes = shape_roles(weights)
     return Source(os.fspath(path), "safetensors", None, dict(weights), roles, axes,
                   notes=["weights only: no graph (decode gives back a state_dict)"])
 
 
-def load(path, *, input_shapes=None, trust_pickle: bool = False, model_factory: str | None = None,
-         opset: int | None = None) -> Source:
-    """Load any supported input as a Source."""
+def load(path, *, input_shapes=None, trust_code: bool = False, model_factory: str | None = None,
+         opset: int | None = None, trust_pickle: bool = False) -> Source:
+    """Load any supported input as a Source. Code from the file (or ``model_factory``'s module) runs only with
+    ``trust_code`` (``trust_pickle`` is its old name): see spec/SECURITY.md."""
+    trust_code = trust_code or trust_pickle
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(2, "No such file or directory", path)
@@ -133,15 +151,18 @@ def load(path, *, input_shapes=None, trust_pickle: bool = False, model_factory: 
     if kind in ("onnx", "safetensors"):
         src = load_onnx(path) if kind == "onnx" else load_safetensors(path)
         given = [flag for flag, v in (("--input-shape", input_shapes), ("--model", model_factory), ("--opset", opset),
-                                      ("--trust-pickle", trust_pickle)) if v]
+                                      ("--trust-code", trust_code)) if v]
         if given:
             src.notes.append(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to PyTorch inputs; "
                              f"ignored for this {'ONNX' if kind == 'onnx' else 'safetensors'} file")
     else:
         from . import torch_inputs
 
-        src = torch_inputs.load(path, kind, input_shapes=input_shapes, trust_pickle=trust_pickle,
+        src = torch_inputs.load(path, kind, input_shapes=input_shapes, trust_code=trust_code,
                                 model_factory=model_factory, opset=opset)
+    for name, a in src.weights.items():  # bool bytes other than 0/1 (safetensors, ONNX raw_data): as numpy's truth
+        if a.dtype == np.bool_ and a.size and a.view(np.uint8).max() > 1:
+            src.weights[name] = a.view(np.uint8) != 0
     mark_analytic(src.roles, src.weights)  # one rule for every format: a fixed transform is no learned filter
     src.sha256 = file_sha256(path)
     src.size = os.path.getsize(path)

@@ -1,10 +1,21 @@
 """PyTorch inputs: state_dicts, TorchScript, torch.export programs, nn.Module pickles.
 
-Nothing here unpickles arbitrary objects unless the user passed ``--trust-pickle``: state
-dicts are read with ``torch.load(weights_only=True)``, TorchScript with ``torch.jit.load``
-(TorchScript's restricted archive reader), exported programs with ``torch.export.load`` with
-its pickle loaders held to weights only (:func:`_pickles_refused`). Models are exported to
-ONNX with their batch dimension dynamic; what the exporters print is kept off the terminal.
+Nothing here runs code from a file unless the user passed ``--trust-code`` (alias
+``--trust-pickle``); spec/SECURITY.md has the model per input kind:
+
+* state dicts: ``torch.load(weights_only=True)``, after the archive's declared sizes are
+  checked (:func:`converters.torch_archive.check_zip_size`);
+* TorchScript and torch.export ``.pt2`` archives: their tensors, read by
+  :mod:`converters.torch_archive` (zipfile, JSON, a restricted unpickler: nothing from the
+  file runs), giving a weights-only Source. Only with the flag are they loaded by
+  ``torch.jit.load`` (runs the archive's TorchScript, ``__setstate__`` included) or
+  ``torch.export.load`` (evaluates the archive's shape expressions with sympy, which runs
+  Python; unpickles its objects), so their graphs can be exported to ONNX;
+* whole pickled nn.Modules (``torch.load(weights_only=False)``) and ``--model
+  package.module:factory`` (imports and calls Python code): only with the flag.
+
+Models are exported to ONNX with their batch dimension dynamic; what the exporters print is
+kept off the terminal.
 """
 
 from __future__ import annotations
@@ -13,7 +24,6 @@ import contextlib
 import importlib
 import io
 import os
-import pickle
 import sys
 import tempfile
 import warnings
@@ -36,9 +46,21 @@ def _torch():
     return torch
 
 
+TRUST_FLAG = "--trust-code"
+
+
 def _pickle_message(path) -> str:
     return (f"{path}: a pickled Python object (such as a whole nn.Module), not a plain state_dict; loading it "
-            "runs code from the file. If you trust the file, pass --trust-pickle")
+            f"runs code from the file. If you trust the file, pass {TRUST_FLAG}: it unpickles the file with "
+            "torch.load(weights_only=False), which can run any Python code")
+
+
+TORCHSCRIPT_NOTE = ("weights only: the TorchScript archive's tensors were read without running it; its graph needs "
+                    f"{TRUST_FLAG} (with --input-shape), which loads it with torch.jit.load: that runs the archive's "
+                    "TorchScript code (its __setstate__ methods, which can read and write files)")
+PT2_NOTE = ("weights only: the torch.export archive's weights were read without loading it; its graph needs "
+            f"{TRUST_FLAG}, which loads it with torch.export.load: that evaluates the archive's shape expressions "
+            "as Python (sympy) and unpickles its objects, so it can run any code")
 
 
 @contextlib.contextmanager
@@ -66,54 +88,6 @@ def _quiet():
     finally:
         for copy in saved:
             os.close(copy)
-
-
-@contextlib.contextmanager
-def _pickles_refused():
-    """Hold ``torch.export.load`` to weights-only unpickling; yields a list that gets an entry
-    for each object refused.
-
-    A .pt2 archive holds pickles (example inputs, tensors, opaque constants) that
-    torch.export.load reads with ``torch.load(weights_only=False)`` (also as a fallback after
-    a weights-only attempt fails) or ``pickle.loads``: a crafted archive would run code.
-    """
-    torch = _torch()
-    refused: list[str] = []
-    real_load = torch.load
-
-    def weights_only_load(f, *args, **kwargs):
-        kwargs["weights_only"] = True
-        try:
-            return real_load(f, *args, **kwargs)
-        except pickle.UnpicklingError as e:
-            if "weights only" in str(e).lower() or "weights_only" in str(e):
-                refused.append(first_line(e))
-            raise
-
-    class RefusingPickle:
-        def __getattr__(self, name):
-            return getattr(pickle, name)
-
-        def loads(self, *args, **kwargs):
-            refused.append("pickle.loads")
-            raise pickle.UnpicklingError("dcconvert: refusing to unpickle an object of a .pt2 archive")
-
-        load = loads
-
-    try:
-        from torch.export.pt2_archive import _package
-    except ImportError:  # another torch layout: torch.load is still held to weights only
-        _package = None
-    real_pickle = getattr(_package, "pickle", None)
-    torch.load = weights_only_load
-    if real_pickle is not None:
-        _package.pickle = RefusingPickle()
-    try:
-        yield refused
-    finally:
-        torch.load = real_load
-        if real_pickle is not None:
-            _package.pickle = real_pickle
 
 
 def to_numpy(t) -> np.ndarray:
@@ -240,41 +214,57 @@ def _factory(spec: str):
     return fn
 
 
-def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=None, opset=None) -> Source:
-    torch = _torch()
+def load(path, kind, *, input_shapes=None, trust_code=False, model_factory=None, opset=None,
+         trust_pickle=False) -> Source:
+    """The Source of a PyTorch file; ``trust_code`` (``trust_pickle`` is its old name) allows the loaders that
+    run code from the file (or, with ``model_factory``, the named module)."""
+    from . import torch_archive
+
+    trust_code = trust_code or trust_pickle
     path = os.fspath(path)
+    if model_factory and not trust_code:
+        raise ConvertError(f"--model {model_factory} imports and runs Python code ({model_factory.partition(':')[0]}); "
+                           f"if you trust it, pass {TRUST_FLAG} as well")
+    if kind in ("torchscript", "exported-program") and not trust_code:
+        weights = (torch_archive.torchscript_tensors if kind == "torchscript" else torch_archive.pt2_tensors)(path)
+        if not weights:
+            raise ConvertError(f"{path}: the archive holds no tensors readable without running it; {TRUST_FLAG} "
+                               "would load it with " + ("torch.jit.load, running its TorchScript code"
+                                                        if kind == "torchscript" else
+                                                        "torch.export.load, which can run code from the file"))
+        roles, axes = shape_roles(weights)
+        notes = [TORCHSCRIPT_NOTE if kind == "torchscript" else PT2_NOTE]
+        if input_shapes or opset:
+            notes.append(f"--input-shape and --opset apply to the graph: ignored without {TRUST_FLAG}")
+        return Source(path, kind, None, weights, roles, axes, notes=notes)
+    torch = _torch()
     if kind == "torchscript":
         try:
             with _quiet():
-                module = torch.jit.load(path, map_location="cpu")
+                module = torch.jit.load(path, map_location="cpu")  # runs the archive's code: the user trusts it
         except Exception as e:  # noqa: BLE001
             raise ConvertError(f"{path}: a damaged TorchScript archive ({first_line(e)})") from None
         return _from_model(_export(module.eval(), path, input_shapes, opset), path, "torchscript")
     if kind == "exported-program":
-        refused, ep = [], None
-        if trust_pickle:
-            _cwd_importable()
+        _cwd_importable()  # its pickles may name classes of modules beside the user's files
         try:
-            with _quiet(), (contextlib.nullcontext([]) if trust_pickle else _pickles_refused()) as refused:
-                ep = torch.export.load(path)
+            with _quiet():
+                ep = torch.export.load(path)  # evaluates shape expressions, unpickles: the user trusts the file
         except Exception as e:  # noqa: BLE001
-            if not refused:
-                raise ConvertError(f"{path}: a damaged torch.export archive ({first_line(e)})") from None
-        if refused:
-            raise ConvertError(f"{path}: the torch.export archive holds pickled Python objects; loading them runs code "
-                               "from the file. If you trust the file, pass --trust-pickle")
+            raise ConvertError(f"{path}: a damaged torch.export archive ({first_line(e)})") from None
         model, note = _export_program(ep, path, input_shapes, opset)
         src = _from_model(model, path, "exported-program")
         src.notes += [note] if note else []
         return src
     # torch.save pickles: weights only unless the user trusts the file
+    _check_declared_size(path)
     try:
         with _quiet():
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
         msg = first_line(e)
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            if not trust_pickle:
+            if not trust_code:
                 raise ConvertError(_pickle_message(path)) from None
             _cwd_importable()
             try:
@@ -304,4 +294,20 @@ def load(path, kind, *, input_shapes=None, trust_pickle=False, model_factory=Non
     weights = {k: to_numpy(v) for k, v in sd.items()}
     roles, axes = shape_roles(weights)
     return Source(path, "state_dict", None, weights, roles, axes,
-                  notes=notes + ["weights only: no graph; pass --model package.module:factory and --input-shape to include it"])
+                  notes=notes + ["weights only: no graph; pass --model package.module:factory, --input-shape and "
+                         f"{TRUST_FLAG} (it imports your module) to include it"])
+
+
+def _check_declared_size(path) -> None:
+    """A zip checkpoint's declared contents within the converter's bound, before torch inflates them."""
+    import zipfile
+
+    from .torch_archive import check_zip_size
+
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            check_zip_size(path, z, os.path.getsize(path))
+    except zipfile.BadZipFile as e:
+        raise ConvertError(f"{path}: a damaged zip archive ({e})") from None

@@ -319,14 +319,15 @@ def dcdecode(model, output, external_data, compact, state_dict):
             if r.graph_bytes is None:
                 raise click.ClickException(f"{model}: weights-only file (no graph section), there is no model to "
                                            f"write; use --state-dict OUT.safetensors for its tensors")
-    if state_dict:
-        with naming(model):
-            n = runtime.save_state_dict(model, state_dict)
-        click.echo(f"wrote {_escape(state_dict)} ({n:,} bytes)")
+    # the model first: rebuilding it is what can fail (its graph, protobuf's 2 GB limit) before anything is written
     if output:
         with naming(model):
             n, data = runtime.save_onnx(model, output, compact=compact, external_data=True if external_data else None)
         click.echo(f"wrote {_escape(output)} ({n:,} bytes)" + (f" with weights in {_escape(data)}" if data else ""))
+    if state_dict:
+        with naming(model):
+            n = runtime.save_state_dict(model, state_dict)
+        click.echo(f"wrote {_escape(state_dict)} ({n:,} bytes)")
 
 
 def decode_main(argv=None):
@@ -503,15 +504,30 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
         y = np.asarray(y)
         desc = f"output {_escape(name)}: {y.dtype} {list(y.shape)}"
         if y.size and y.dtype.kind == "f":
-            desc += f" min {float(y.min()):.4g} max {float(y.max()):.4g} mean {float(y.mean()):.4g}"
+            with np.errstate(all="ignore"):  # the mean of large values overflows: inf, without a RuntimeWarning
+                desc += f" min {float(y.min()):.4g} max {float(y.max()):.4g} mean {float(y.mean()):.4g}"
         if y.ndim == 2 and y.shape[1] > 1:
             desc += f"; top-1 of first rows: {y.argmax(1)[:8].tolist()}"
         click.echo(desc)
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
+        from .atomic import atomic_output
+
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+        except OSError as e:
+            raise click.ClickException(f"--output-dir: cannot create {output_dir}: {e.strerror or e}") from None
+        used = set()
         for name, y in zip(names, outs):
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "output"
-            np.save(os.path.join(output_dir, safe + ".npy"), np.asarray(y), allow_pickle=False)
+            while safe in used:  # two names that map to one file name
+                safe += "_"
+            used.add(safe)
+            path = os.path.join(output_dir, safe + ".npy")
+            try:
+                with atomic_output(path, suffix=".npy.tmp") as f:  # complete or absent, even on a full disk
+                    np.save(f, np.asarray(y), allow_pickle=False)
+            except OSError as e:
+                raise click.ClickException(f"cannot write output {name!r} to {path}: {e.strerror or e}") from None
         click.echo(f"outputs saved in {_escape(output_dir)}")
     failed = False
     if compare:

@@ -83,6 +83,13 @@ EXPANSION_SLACK = 16 << 20
 # graph to (expansion bound) / GRAPH_PARSE_FACTOR: a small file cannot parse into gigabytes.
 JSON_PARSE_FACTOR = 32
 GRAPH_PARSE_FACTOR = 128
+# Counts, which cost time and memory out of proportion to their bytes (an empty NodeProto is 2
+# bytes of graph and ~1 kB in ONNX Runtime; a header entry ~20 us to check): a file's sections
+# times SECTION_COST, and its graph's objects (graphs, nodes, node inputs and outputs,
+# attributes, tensors, value infos, functions; FORMAT.md section 10) times GRAPH_OBJECT_COST,
+# are each at most its expansion bound.
+SECTION_COST = 16384
+GRAPH_OBJECT_COST = 4096
 
 
 def expansion_bound(file_size: int) -> int:

@@ -89,6 +89,54 @@ def iter_all_tensors(model) -> Iterator[tuple[str, object, bool]]:
         yield from graph(ti.algorithm, f"training_info {i} algorithm > ", False)
 
 
+def graph_objects(model, limit: int | None = None) -> int:
+    """How many objects a consumer builds for ``model`` (spec/FORMAT.md section 10): graphs, nodes,
+    node inputs and outputs, attributes, tensors and sparse tensors, graph inputs, outputs and value
+    infos, functions and their parts, training bindings. Stops counting once past ``limit``, so the
+    cost of counting is bounded by the limit, not by the graph."""
+    n = 0
+    graphs = [model.graph]
+    node_lists = []
+    for f in model.functions:
+        n += 1 + len(f.input) + len(f.output) + len(f.attribute) + len(f.attribute_proto) + len(f.value_info)
+        node_lists.append(f.node)
+        for a in f.attribute_proto:
+            n += len(a.tensors) + len(a.sparse_tensors) + len(a.graphs)
+            graphs.extend(a.graphs)
+            if a.HasField("g"):
+                graphs.append(a.g)
+    for ti in model.training_info:
+        n += 1 + len(ti.initialization_binding) + len(ti.update_binding)
+        graphs += [ti.initialization, ti.algorithm]
+    over = limit is not None
+    while graphs or node_lists:
+        if graphs:
+            g = graphs.pop()
+            n += (1 + len(g.node) + len(g.initializer) + len(g.sparse_initializer) + len(g.input) + len(g.output)
+                  + len(g.value_info) + len(g.quantization_annotation))
+            ns = g.node
+        else:
+            ns = node_lists.pop()
+            n += len(ns)
+        if over and n > limit:
+            return n
+        for node in ns:
+            n += len(node.input) + len(node.output)
+            attrs = node.attribute
+            if attrs:
+                n += len(attrs)
+                for a in attrs:
+                    n += len(a.tensors) + len(a.sparse_tensors) + len(a.graphs)
+                    graphs.extend(a.graphs)
+                    if a.HasField("g"):
+                        graphs.append(a.g)
+                    if a.HasField("t") or a.HasField("sparse_tensor"):
+                        n += 1
+            if over and n > limit:
+                return n
+    return n
+
+
 def check_references(model) -> None:
     """Raise FormatError unless every EXTERNAL tensor of ``model`` is a reference to a tensor record
     in a place where records are filled in (spec/FORMAT.md 5.2): nothing may point outside the file.
@@ -195,6 +243,37 @@ def record_names(model) -> list[str]:
     return names
 
 
+def _to_array(t, where: str) -> np.ndarray:
+    """numpy_helper.to_array, with a hostile TensorProto (unknown data_type, dims that do not fit its data,
+    absurd dims) a FormatError instead of a KeyError, a ValueError from reshape or a huge allocation."""
+    import math
+
+    from onnx import helper, numpy_helper
+
+    from .constants import MAX_ELEMENTS, MAX_RANK
+    from .errors import first_line
+
+    what = f"{where}: tensor {t.name!r}"
+    dims = list(t.dims)
+    if len(dims) > MAX_RANK or any(d < 0 for d in dims) or math.prod(dims) > MAX_ELEMENTS:
+        raise FormatError(f"{what}: bad dims {dims[:8]}{' ...' if len(dims) > 8 else ''}")
+    try:
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+    except (KeyError, TypeError, ValueError):
+        raise FormatError(f"{what}: unknown data_type {t.data_type}") from None
+    n = math.prod(dims)
+    if t.raw_data and dt.itemsize and dt.kind != "V" and len(t.raw_data) != n * dt.itemsize \
+            and t.data_type not in _SUB_BYTE:
+        raise FormatError(f"{what}: {len(t.raw_data)} bytes of raw_data for {n} elements of {dt} (dims {dims})")
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError) as e:
+        raise FormatError(f"{what}: its data does not fit its dims and data_type ({first_line(e)})") from None
+
+
+_SUB_BYTE = (21, 22, 25, 26, 23)  # UINT4, INT4, FLOAT4E2M1, ... : packed two per byte
+
+
 def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None, copy: bool = True):
     """Copy of ``model`` with tensor data replaced by references; returns (model, {name: array}).
 
@@ -215,7 +294,7 @@ def strip_weights(model, keep: Callable[[str, np.ndarray], bool] | None = None, 
     for (_, _, t, is_init), name in zip(_walk(model.graph), names):
         if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
             continue
-        arr = numpy_helper.to_array(t)
+        arr = _to_array(t, f"record {name!r}")
         if keep is not None and keep(name, arr):
             continue
         if not is_init:

@@ -9,6 +9,7 @@ batch, axis: sample i is ``a[i:i+1]``) or rank R + 1 (an extra samples axis: sam
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ def concrete_shape(shape, batch: int) -> list[int]:
     return out
 
 
+MAX_RANDOM_INPUT_BYTES = 1 << 30
+
+
 def random_inputs(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -49,6 +53,10 @@ def random_inputs(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarra
         if dt is None:
             raise InputError(f"cannot make a random input of type {i.type} for {i.name!r}; give it with --input")
         shape = concrete_shape(i.shape, batch)
+        nbytes = math.prod(shape) * np.dtype(dt).itemsize
+        if nbytes > MAX_RANDOM_INPUT_BYTES:  # a shape like [2^62, 2^62]: numpy would raise "array is too big"
+            raise InputError(f"input {i.name!r} declares {list(shape)}: {nbytes:,} bytes, more than a random input "
+                             f"may take ({MAX_RANDOM_INPUT_BYTES >> 20} MiB); give it with --input NAME=FILE.npy")
         if np.dtype(dt).kind == "f":
             feeds[i.name] = rng.standard_normal(shape).astype(dt)
         elif np.dtype(dt).kind == "b":
@@ -250,6 +258,11 @@ def synthetic_inputs(decl: list[Declared], samples: int = DEFAULT_SAMPLES, seed:
                              "or --calibration")
         shape, batched = shapes[d.name]
         full = [samples * shape[0], *shape[1:]] if batched else [samples, *shape]
+        nbytes = math.prod(full) * np.dtype(d.dtype).itemsize
+        if nbytes > MAX_RANDOM_INPUT_BYTES:  # a shape like [2^62, 2^62]: numpy would raise "array is too big"
+            raise InputError(f"input {d.name!r} declares {d.shape}: {samples} synthetic sample(s) of {shape} are "
+                             f"{nbytes:,} bytes, more than a synthetic input may take ({MAX_RANDOM_INPUT_BYTES >> 20} "
+                             "MiB); give it with --input NAME=FILE.npy or --calibration, or sizes with --dim")
         out[d.name] = _values(d, full, rng)
     return out
 

@@ -24,12 +24,17 @@ def _matplotlib():
     return plt
 
 
+def _plain(text: str) -> str:
+    """Text matplotlib shows as it is: ``$`` starts mathtext (``$\\frac{$`` would raise a ParseException)."""
+    return text.replace("$", r"\$")
+
+
 def _short(name: str, n: int = 40) -> str:
     name = "".join(c if c.isprintable() else "?" for c in name)
-    if len(name) <= n:
-        return name
-    head = (n - 1) // 3  # the start says which block, the end which weight: cut the middle
-    return name[:head] + "…" + name[-(n - 1 - head):]
+    if len(name) > n:
+        head = (n - 1) // 3  # the start says which block, the end which weight: cut the middle
+        name = name[:head] + "…" + name[-(n - 1 - head):]
+    return _plain(name)
 
 
 def _bytes_axis(ax) -> None:
@@ -101,7 +106,7 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
     ax.set_xlabel("stored bytes", fontsize=9)
     _bytes_axis(ax)
     ax.tick_params(axis="x", labelsize=8)
-    title = f"{os.path.basename(report['file'])}: {report['size']:,} bytes"
+    title = f"{_plain(os.path.basename(report['file']))}: {report['size']:,} bytes"
     if report["totals"]["params"]:
         title += f", {report['totals']['params']:,} parameters, {report['totals']['ratio']:.1f}x smaller than fp32"
     ax.set_title(title, fontsize=10, loc="left")
@@ -117,9 +122,13 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
         hax = fig.add_subplot(gs[1 + i // ncols, i % ncols])
         w = np.asarray(reader[r["name"]], dtype=np.float64).reshape(-1)
         nz = w[(w != 0) & np.isfinite(w)]
+        span_ok = not nz.size or np.isfinite(float(nz.max()) - float(nz.min()))  # +-1.7e308: the bins overflow
+        if not span_ok:
+            hax.text(0.5, 0.5, "values span more than\nthe float64 range", ha="center", va="center",
+                     transform=hax.transAxes, fontsize=8)
         info = reader.info(r["name"])
         centroids = np.unique(nz) if info.codebook_size else np.zeros(0)
-        if nz.size:
+        if nz.size and span_ok:
             hax.hist(nz, bins=min(100, max(10, int(np.sqrt(nz.size)))), color="#4C72B0", alpha=0.85, zorder=2)
         if 0 < centroids.size <= rug_above:
             for c in centroids:
@@ -138,7 +147,7 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
         hax.set_xlabel("weight value (non-zero)", fontsize=8)
         hax.set_ylabel("count", fontsize=8)
         hax.tick_params(labelsize=7)
-        if nz.size:
+        if nz.size and span_ok:
             _value_axis(hax)
         hax.spines[["top", "right"]].set_visible(False)
     if progress:
@@ -147,33 +156,53 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
 
 
 def save(report: dict, out: str, reader=None, progress=None) -> None:
-    """Write the plot as .png, .svg or .html (an SVG with the per-tensor table).
+    """Write the plot as .png, .svg or .html (an SVG with the per-tensor table), atomically: the file
+    appears complete or not at all (a full disk leaves nothing).
 
     ``progress(done, total, what)``: see :func:`figure`; called once more with what='writing'."""
+    from .atomic import atomic_output
+
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".svg", ".html", ".htm"):
         raise DczError(f"--plot: unknown picture type {ext or '(none)'}; use .png, .svg or .html")
     plt = _matplotlib()
-    fig = figure(report, reader, progress=progress)
-    if progress:
-        progress(1, 1, "writing " + os.path.basename(out))
     try:
-        if ext in (".png", ".svg"):
-            fig.savefig(out, dpi=110, metadata={"Date": None} if ext == ".svg" else None)
-            return
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-        head = "".join(f"<th>{h}</th>" for h in ("tensor", "shape", "params", "encoding", "sparsity", "bytes", "x fp32"))
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-                r["name"], "x".join(map(str, r["shape"])), f"{r['params']:,}", r["encoding"],
-                "-" if r["sparsity"] is None else f"{r['sparsity']:.1%}", f"{r['bytes']:,}",
-                "-" if r["ratio"] is None else f"{r['ratio']:.1f}")) + "</tr>"
-            for r in report["tensors"])
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(f"<!doctype html><meta charset='utf-8'><title>{html.escape(report['file'])}</title>"
-                    f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}"
-                    f"td:first-child{{text-align:left}}</style>{buf.getvalue()}"
-                    f"<table><tr>{head}</tr>{body}</table>")
-    finally:
-        plt.close(fig)
+        fig = figure(report, reader, progress=progress)
+        if progress:
+            progress(1, 1, "writing " + os.path.basename(out))
+        try:
+            buf = io.BytesIO()
+            if ext in (".png", ".svg"):
+                fig.savefig(buf, format=ext[1:], dpi=110, metadata={"Date": None} if ext == ".svg" else None)
+                data = buf.getvalue()
+            else:
+                text = io.StringIO()
+                fig.savefig(text, format="svg", metadata={"Date": None})
+                data = _html(report, text.getvalue()).encode("utf-8")
+        finally:
+            plt.close(fig)
+    except DczError:
+        raise
+    except (ValueError, RuntimeError, OverflowError, MemoryError) as e:  # matplotlib's own errors
+        from .errors import first_line
+
+        raise DczError(f"--plot: cannot draw the plot: {first_line(e)}") from None
+    try:
+        with atomic_output(out, suffix=ext + ".tmp") as f:
+            f.write(data)
+    except OSError as e:
+        raise DczError(f"--plot: cannot write {out}: {e.strerror or e}") from None
+
+
+def _html(report: dict, svg: str) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("tensor", "shape", "params", "encoding", "sparsity", "bytes", "x fp32"))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+            r["name"], "x".join(map(str, r["shape"])), f"{r['params']:,}", r["encoding"],
+            "-" if r["sparsity"] is None else f"{r['sparsity']:.1%}", f"{r['bytes']:,}",
+            "-" if r["ratio"] is None else f"{r['ratio']:.1f}")) + "</tr>"
+        for r in report["tensors"])
+    return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(report['file'])}</title>"
+            f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}"
+            f"td:first-child{{text-align:left}}</style>{svg}"
+            f"<table><tr>{head}</tr>{body}</table>")

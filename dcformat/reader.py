@@ -1,11 +1,16 @@
-"""Reading .dcz files: memory-mapped, checked up front, tensors decoded lazily."""
+"""Reading .dcz files: checked up front, tensors read and decoded lazily.
+
+Section bytes are read with positioned reads (``os.pread``) of a descriptor held open, not
+through a memory map: a file truncated while open (``cp other.dcz path`` does that) then gives
+short reads, a :class:`FormatError`, where a map would kill the process with SIGBUS.
+"""
 
 from __future__ import annotations
 
 import builtins
 import json
-import mmap
 import os
+import threading
 import zlib
 from collections.abc import Iterator, Mapping
 
@@ -14,6 +19,7 @@ import numpy as np
 from .constants import (
     ALIGNMENT,
     EXPANSION_SLACK,
+    GRAPH_OBJECT_COST,
     GRAPH_PARSE_FACTOR,
     JSON_PARSE_FACTOR,
     MAGIC,
@@ -21,6 +27,7 @@ from .constants import (
     MAX_HEADER_BYTES,
     MAX_SECTIONS,
     PREAMBLE_SIZE,
+    SECTION_COST,
     SECTION_GRAPH,
     SECTION_METADATA,
     SECTION_PADDING,
@@ -33,6 +40,9 @@ from .decode import decode_tensor
 from .errors import ChecksumError, DczError, FormatError, LimitError, VersionError
 from .records import TensorInfo, parse_descriptor
 from .streams import align
+
+
+SCRATCH_BYTES = 64 << 20  # tensor sections up to this size are read into a reused per-thread buffer
 
 
 def _parse_json(data: bytes, what: str):
@@ -71,18 +81,71 @@ class DczReader(Mapping):
     def __init__(self, path, *, max_decoded_bytes: int | None = None):
         self.path = os.fspath(path)
         self.closed = False
+        self._f = None
+        self._lock = threading.Lock()  # for platforms without os.pread (seek + read)
+        self._scratch = threading.local()  # per-thread buffer for tensor sections up to SCRATCH_BYTES
         try:
-            with builtins.open(self.path, "rb") as f:
-                self.file_size = os.fstat(f.fileno()).st_size
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.file_size else None
+            self._f = builtins.open(self.path, "rb")
         except IsADirectoryError:
             raise FormatError(f"{self.path}: is a directory, not a .dcz file") from None
-        self._buf = np.frombuffer(self._mm, np.uint8) if self._mm is not None else np.zeros(0, np.uint8)
         try:
+            self.file_size = os.fstat(self._f.fileno()).st_size
             self._parse(max_decoded_bytes)
         except BaseException:
             self.close()
             raise
+
+    def _read_scratch(self, offset: int, length: int) -> np.ndarray:
+        """Like :meth:`_read`, into a buffer this thread reuses (valid until its next call)."""
+        if self.closed or self._f is None:
+            raise DczError(f"{self.path}: the reader is closed")
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None or len(buf) < length:
+            buf = self._scratch.buf = bytearray(max(length, 1 << 16))
+        view = memoryview(buf)[:length]
+        got = 0
+        try:
+            while got < length:
+                n = os.preadv(self._f.fileno(), [view[got:]], offset + got) if hasattr(os, "preadv") else 0
+                if not hasattr(os, "preadv"):
+                    return self._read(offset, length)
+                if n == 0:
+                    break
+                got += n
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read bytes {offset}..{offset + length - 1}: "
+                              f"{e.strerror or e}") from None
+        if got < length:
+            raise FormatError(f"{self.path}: bytes {offset}..{offset + length - 1} are missing: the file shrank "
+                              f"to {offset + got} bytes while open (was {self.file_size}; was it overwritten?)")
+        return np.frombuffer(buf, np.uint8, length)
+
+    def _read(self, offset: int, length: int) -> np.ndarray:
+        """``length`` bytes at ``offset`` (read-only array); FormatError if the file no longer holds them."""
+        if self.closed or self._f is None:
+            raise DczError(f"{self.path}: the reader is closed")
+        parts, pos, left = [], offset, length
+        try:
+            while left > 0:
+                if hasattr(os, "pread"):
+                    chunk = os.pread(self._f.fileno(), min(left, 1 << 30), pos)
+                else:
+                    with self._lock:
+                        self._f.seek(pos)
+                        chunk = self._f.read(min(left, 1 << 30))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                pos += len(chunk)
+                left -= len(chunk)
+        except OSError as e:
+            raise FormatError(f"{self.path}: cannot read bytes {offset}..{offset + length - 1}: "
+                              f"{e.strerror or e}") from None
+        if left:
+            raise FormatError(f"{self.path}: bytes {offset}..{offset + length - 1} are missing: the file shrank "
+                              f"to {pos} bytes while open (was {self.file_size}; was it overwritten?)")
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return np.frombuffer(data, np.uint8)
 
     # ------------------------------------------------------------------ structure
     def _inflate(self, data, cap: int, factor: int, what: str) -> bytes:
@@ -101,6 +164,7 @@ class DczReader(Mapping):
         size = self.file_size
         if size == 0:
             raise FormatError(f"{self.path}: not a .dcz file (empty)")
+        self._buf = self._read(0, min(size, PREAMBLE_SIZE))  # then the preamble and the stored header
         if bytes(self._buf[:8]) != MAGIC[:size]:
             raise FormatError(f"{self.path}: not a .dcz file (bad magic at byte 0)")
         if size < PREAMBLE_SIZE:
@@ -113,6 +177,7 @@ class DczReader(Mapping):
         self.version = (major, minor)
         if hlen > MAX_HEADER_BYTES or PREAMBLE_SIZE + hlen > size:
             raise LimitError(f"{self.path}: header length {hlen} exceeds the file or the limit (byte 12)")
+        self._buf = self._read(0, PREAMBLE_SIZE + hlen)
         stored = bytes(self._buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
         if zlib.crc32(stored) != hcrc:
             raise ChecksumError(f"{self.path}: header checksum mismatch (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
@@ -126,6 +191,11 @@ class DczReader(Mapping):
         entries = header["sections"]
         if len(entries) > MAX_SECTIONS:
             raise LimitError(f"header: {len(entries)} sections exceed the limit of {MAX_SECTIONS}")
+        limit = max_decoded_bytes if max_decoded_bytes is not None else expansion_bound(size)
+        if len(entries) * SECTION_COST > limit:
+            raise LimitError(f"header: {len(entries)} sections, more than {limit // SECTION_COST} (the limit of "
+                             f"{limit} bytes / SECTION_COST {SECTION_COST}; {MAX_EXPANSION} x file size + "
+                             f"{EXPANSION_SLACK}); pass max_decoded_bytes to raise it")
         self.sections: list[Section] = []
         self.tensors: dict[str, TensorInfo] = {}
         self._tensor_sections: dict[str, Section] = {}
@@ -148,7 +218,7 @@ class DczReader(Mapping):
             if off + length > size:
                 raise FormatError(f"{self.path}: {where} ({kind}): bytes {off}..{off + length - 1} run past the end of "
                                   f"the {size}-byte file (is the file truncated?)")
-            if self._buf[end:off].any():
+            if off > end and self._read(end, off - end).any():
                 raise FormatError(f"{where}: non-zero padding in bytes {end}..{off - 1}")
             end = off + length
             sec = Section(kind, off, length, crc, e.get("tensor"))
@@ -164,11 +234,12 @@ class DczReader(Mapping):
                 if once[kind] is not None:
                     raise FormatError(f"{where}: a second {kind} section")
                 once[kind] = sec
+                if kind == SECTION_PADDING:
+                    self._check_zeros(sec, where)
             # padding and other kinds (added by later minor versions) are skipped; they are still checksummed
         self._meta_section, self._graph_section = once[SECTION_METADATA], once[SECTION_GRAPH]
         if end != size:
             raise FormatError(f"{self.path}: {size - end} bytes after the last section (byte {end})")
-        limit = max_decoded_bytes if max_decoded_bytes is not None else expansion_bound(size)
         self.max_decoded_bytes = limit
         if decoded > limit:
             raise LimitError(
@@ -176,15 +247,23 @@ class DczReader(Mapping):
                 f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it"
             )
 
+    def _check_zeros(self, sec: Section, where: str) -> None:
+        """A padding section holds zeros only (spec 5.4): nothing can hide in it."""
+        for pos in range(sec.offset, sec.offset + sec.length, 1 << 24):
+            chunk = self._read(pos, min(1 << 24, sec.offset + sec.length - pos))
+            if chunk.any():
+                first = pos + int(np.flatnonzero(chunk)[0])
+                raise FormatError(f"{where} (padding): non-zero byte at {first}; padding must be all zeros")
+
     def _inflated(self, sec: Section, what: str, factor: int) -> bytes:
         """A DEFLATE-stored section (metadata, graph), checksummed and inflated within its limits."""
         data = self._section_bytes(sec, what)
         return self._inflate(data, expansion_bound(sec.length), factor, f"{what} (bytes {sec.offset}..{sec.offset + sec.length - 1})")
 
-    def _section_bytes(self, sec: Section, what: str) -> np.ndarray:
+    def _section_bytes(self, sec: Section, what: str, scratch: bool = False) -> np.ndarray:
         if self.closed:
             raise DczError(f"{self.path}: the reader is closed")
-        data = self._buf[sec.offset : sec.offset + sec.length]
+        data = self._read_scratch(sec.offset, sec.length) if scratch else self._read(sec.offset, sec.length)
         if zlib.crc32(data) != sec.crc32:
             raise ChecksumError(f"{what}: checksum mismatch in section at bytes {sec.offset}..{sec.offset + sec.length - 1}")
         return data
@@ -204,7 +283,10 @@ class DczReader(Mapping):
         info = self.tensors.get(name)
         if info is None:
             raise KeyError(name)
-        return decode_tensor(info, self._section_bytes(self._tensor_sections[name], f"tensor {name!r}"))
+        sec = self._tensor_sections[name]
+        scratch = sec.length <= SCRATCH_BYTES  # read into this thread's buffer: no fresh pages per tensor
+        data = self._section_bytes(sec, f"tensor {name!r}", scratch=scratch)
+        return decode_tensor(info, data)  # a new array: nothing refers to the scratch buffer afterwards
 
     def info(self, name: str) -> TensorInfo:
         """The record of one tensor (encoding, stored bytes, parts ...), without decoding it."""
@@ -244,13 +326,18 @@ class DczReader(Mapping):
         import onnx
         from google.protobuf.message import DecodeError
 
-        from .graph import check_references, referenced_bytes
+        from .graph import check_references, graph_objects, referenced_bytes
 
         model = onnx.ModelProto()
         try:  # protobuf refuses messages nested more than 100 deep (DecodeError)
             model.ParseFromString(data)
         except (DecodeError, RuntimeError, ValueError) as e:
             raise FormatError(f"graph: not a valid ONNX ModelProto ({e})") from None
+        most = self.max_decoded_bytes // GRAPH_OBJECT_COST
+        if (n := graph_objects(model, most)) > most:
+            raise LimitError(f"graph: more than {most} objects (nodes, attributes, tensors ...: at least {n}), the "
+                             f"limit of {self.max_decoded_bytes} bytes / GRAPH_OBJECT_COST {GRAPH_OBJECT_COST} "
+                             f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it")
         check_references(model)
         total = referenced_bytes(model, {name: info.decoded_nbytes for name, info in self.tensors.items()})
         if total > self.max_decoded_bytes:
@@ -274,12 +361,10 @@ class DczReader(Mapping):
     def close(self) -> None:
         self.closed = True
         self._buf = np.zeros(0, np.uint8)
-        if getattr(self, "_mm", None) is not None:
-            try:
-                self._mm.close()
-            except BufferError:  # an array still views the map; it is freed with that array
-                pass
-            self._mm = None
+        self._scratch = threading.local()
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
     def __enter__(self):
         return self
@@ -292,7 +377,7 @@ class DczReader(Mapping):
 
 
 def open(path, *, max_decoded_bytes: int | None = None) -> DczReader:  # noqa: A001 - mirrors builtins.open
-    """Open a .dcz file for reading (memory-mapped; tensors decode when indexed).
+    """Open a .dcz file for reading (tensors are read and decoded when indexed).
 
     Anything wrong with the file's contents raises a :class:`DczError` (a ValueError), here
     or when a tensor, the metadata or the graph is read; a path that cannot be opened raises

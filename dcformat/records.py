@@ -127,6 +127,10 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
     name = d.get("name")
     if not isinstance(name, str) or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise TensorError(f"{where}: tensor name must be a string of at most {MAX_NAME_BYTES} bytes")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (\ud800 in the JSON): no UTF-8 text, no ONNX name
+        raise TensorError(f"{where}: tensor name {name!r} is not valid Unicode text (a lone surrogate)") from None
     where = f"tensor {name!r} ({where})"
     dtype = d.get("dtype")
     if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is unhashable

@@ -16,6 +16,7 @@ to ONNX Runtime with the decoded arrays as external initializers, used in place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -344,7 +345,9 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
     p = prepare(path, compact=compact)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     if sess_options is None:
-        so.log_severity_level = 3  # errors only: not a warning per initializer that is also a graph input
+        # fatal only: not a warning per initializer that is also a graph input, nor ANSI-coloured error lines
+        # beside the exception that says the same (and becomes the CLI's one error line)
+        so.log_severity_level = 4
     if p.compacted and sess_options is None:
         # ORT's CPU arena would keep the weights each run rebuilds (full size) for good after the first run
         so.enable_cpu_mem_arena = False
@@ -385,15 +388,29 @@ def save_onnx(src, out, compact: bool = False, external_data: bool | None = None
     from .atomic import atomic_output
 
     p = prepare(src, compact=compact, external=True)
-    total = sum(a.nbytes for a in p.external.values()) + p.model.ByteSize()
+    inline = p.model.ByteSize()  # what stays in the .onnx whatever the external data holds
+    if inline >= ONNX_PROTO_LIMIT:  # e.g. a large record referenced from Constant nodes, filled in each time
+        raise DczError(f"{os.fspath(out)}: the model's graph alone would be {inline:,} bytes, over protobuf's 2 GB "
+                       "limit for an .onnx file (its weights can go to external data, this cannot); nothing written")
+    total = sum(a.nbytes for a in p.external.values()) + inline
     if external_data is None:
         external_data = total >= ONNX_PROTO_LIMIT - (64 << 20)
     out = os.fspath(out)
+    directory = os.path.dirname(os.path.abspath(out))
+    base = os.path.basename(out)
     data_name = None
     by_name = {t.name: t for t in p.model.graph.initializer}
     if external_data:
-        data_name = os.path.basename(out) + ".data"
-        with atomic_output(os.path.join(os.path.dirname(os.path.abspath(out)), data_name)) as f:
+        # the pair stays consistent: the weights go to a new file named by their digest, the new .onnx names it,
+        # and only then are the weights files of an earlier decode removed (a crash leaves the old pair or the new)
+        import hashlib
+
+        h = hashlib.sha256(p.model.SerializeToString(deterministic=True))  # same pair <=> same name
+        for name, arr in p.external.items():
+            h.update(name.encode("utf-8", "surrogatepass") + b"\0")
+            h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        data_name = f"{base}.{h.hexdigest()[:16]}.data"
+        with atomic_output(os.path.join(directory, data_name)) as f:
             for name, arr in p.external.items():
                 f.write(bytes(-f.tell() % 64))
                 t = by_name[name]
@@ -406,9 +423,21 @@ def save_onnx(src, out, compact: bool = False, external_data: bool | None = None
     else:
         for name, arr in p.external.items():
             by_name[name].CopyFrom(numpy_helper.from_array(arr, name))
-    data = p.model.SerializeToString(deterministic=True)
+        if p.model.ByteSize() >= ONNX_PROTO_LIMIT:  # several references to one large record, inlined
+            raise DczError(f"{out}: the model would be {p.model.ByteSize():,} bytes, over protobuf's 2 GB limit for "
+                           "one .onnx file; pass --external-data (weights in a file beside it)")
+    try:
+        data = p.model.SerializeToString(deterministic=True)
+    except Exception as e:  # noqa: BLE001 - protobuf's EncodeError (message too large), ValueError
+        raise DczError(f"{out}: cannot serialize the model ({first_line(e)}); pass --external-data") from None
     with atomic_output(out) as f:
         f.write(data)
+    import re
+
+    for old in os.listdir(directory):  # weights files of earlier decodes to this .onnx, now unreferenced
+        if old != data_name and (old == base + ".data" or re.fullmatch(re.escape(base) + r"\.[0-9a-f]{16}\.data", old)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, old))
     return len(data), data_name
 
 

@@ -12,12 +12,14 @@ from .constants import (
     ENCODING_MINOR,
     DTYPES,
     EXPANSION_SLACK,
+    GRAPH_OBJECT_COST,
     GRAPH_PARSE_FACTOR,
     JSON_PARSE_FACTOR,
     MAX_EXPANSION,
     MAX_HEADER_BYTES,
     MAX_SECTIONS,
     PART_ALIGNMENT,
+    SECTION_COST,
     SECTION_GRAPH,
     SECTION_METADATA,
     SECTION_PADDING,
@@ -59,13 +61,13 @@ def _graph_bytes(graph) -> tuple[bytes | None, object]:
     return serialize(deterministic=True), graph
 
 
-def _check_graph(gbytes: bytes, model, infos: dict) -> int:
+def _check_graph(gbytes: bytes, model, infos: dict) -> tuple[int, int]:
     """Refuse a graph that names a tensor the file will not hold, or that holds inline the weights
     also written as records (a model not passed through strip_weights); returns the decoded bytes
-    its references name, once per reference (spec 5.2)."""
+    its references name, once per reference (spec 5.2), and its objects (spec 10)."""
     from onnx import helper
 
-    from .graph import iter_tensors, reference
+    from .graph import graph_objects, iter_tensors, reference
 
     if model is None:
         import onnx
@@ -95,7 +97,21 @@ def _check_graph(gbytes: bytes, model, infos: dict) -> int:
                 raise EncodeError(f"graph: {where} expects {want} {tuple(t.dims)}, tensor {name!r} is "
                                   f"{info.dtype} {tuple(info.shape)}")
             total += info.decoded_nbytes
-    return total
+    return total, graph_objects(model)
+
+
+def _check_tensor(t: EncodedTensor) -> None:
+    """What a reader refuses in a tensor's contents, refused before writing: a name that is not UTF-8 text,
+    bool data other than bytes 0 and 1."""
+    try:
+        t.name.encode("utf-8")
+    except (UnicodeEncodeError, AttributeError):
+        raise EncodeError(f"tensor name {t.name!r} is not valid Unicode text (a lone surrogate?)") from None
+    if t.info.dtype == "bool" and "data" in t.parts:
+        data = np.asarray(t.parts["data"]).view(np.uint8)
+        if data.size and data.max() > 1:
+            raise EncodeError(f"tensor {t.name!r}: bool data holds bytes other than 0 and 1 (readers refuse it); "
+                              "pass np.asarray(a, bool) or a.view(np.uint8) != 0")
 
 
 def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
@@ -108,7 +124,7 @@ def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
         header, placed, text_len = layout(entries + extra)
         if text_len > MAX_HEADER_BYTES:
             raise EncodeError(f"the header would be {text_len} bytes of JSON, more than MAX_HEADER_BYTES ({MAX_HEADER_BYTES})")
-        need = max([decoded, JSON_PARSE_FACTOR * text_len] + [f * n for f, n in texts])
+        need = max([decoded, JSON_PARSE_FACTOR * text_len, SECTION_COST * len(placed)] + [f * n for f, n in texts])
         short = -(-(need - EXPANSION_SLACK) // MAX_EXPANSION) - file_size(header, placed)  # bound(size) >= need
         if short <= 0:
             best = header, placed, pad
@@ -153,6 +169,8 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
             raise EncodeError(f"expected an EncodedTensor, got {type(t).__name__}")
         if t.name in seen:
             raise EncodeError(f"duplicate tensor name {t.name!r}")
+        if checked:
+            _check_tensor(t)
         seen[t.name] = t.info
         sections.append((SECTION_TENSOR, _chunks(t.parts.values()), t.info.descriptor()))
     if len(sections) + 1 > MAX_SECTIONS:
@@ -165,7 +183,8 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
                                   f"beyond {EXPANSION_SLACK} bytes; readers refuse to inflate that much")
         decoded = sum(info.decoded_nbytes for info in seen.values())
         if gbytes is not None:
-            decoded = max(decoded, _check_graph(gbytes, model, seen))
+            referenced, objects = _check_graph(gbytes, model, seen)
+            decoded = max(decoded, referenced, GRAPH_OBJECT_COST * objects)
         header, placed, npad = _padded_layout(entries, decoded, texts)
         if npad:
             sections.append((SECTION_PADDING, [bytes(npad)], None))

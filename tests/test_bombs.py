@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import dcformat
+from dcformat import LimitError
 from dcformat.constants import EXPANSION_SLACK, MAX_EXPANSION
 
 sys.path.insert(0, str(Path(__file__).parent / "attacks"))
@@ -303,7 +304,7 @@ def _compressed_bombs(tmp_path, warm, which):
     stored compressed, megabytes to parse. Such a bomb is refused (LimitError) as it inflates; a file
     whose text is just under its limit, (expansion bound) / parse factor, opens and parses, and in
     both cases what it costs stays within the bound."""
-    from dcformat.constants import GRAPH_PARSE_FACTOR, JSON_PARSE_FACTOR
+    from dcformat.constants import GRAPH_OBJECT_COST, JSON_PARSE_FACTOR
 
     def make(kind, n):  # n empty containers: "[]," of JSON, or empty NodeProtos (2 bytes) of a graph
         path = tmp_path / f"{kind}{n}.dcz"
@@ -316,7 +317,8 @@ def _compressed_bombs(tmp_path, warm, which):
         one = ma.bomb_dense([1], 1 << 24)  # header: unknown keys of a descriptor are ignored, but parsed
         return assemble(path, [("tensor", one.payloads[0], dict(one.entries[0]["tensor"], x=junk))])
 
-    factor, per_item = {"graph": (GRAPH_PARSE_FACTOR, 2), "metadata": (JSON_PARSE_FACTOR, 3), "header": (JSON_PARSE_FACTOR, 3)}, {}
+    # a graph of empty nodes meets the object count (1 per node) long before the parse limit (2 bytes per node)
+    factor, per_item = {"graph": (GRAPH_OBJECT_COST, 1), "metadata": (JSON_PARSE_FACTOR, 3), "header": (JSON_PARSE_FACTOR, 3)}, {}
     files = {}
     for kind in which:
         f, size = factor[kind]
@@ -377,3 +379,55 @@ def test_many_sections_open_and_verify_in_linear_time(tmp_path):
     once(paths[0])
     t = [min(x) for x in zip(*[(once(paths[0]), once(paths[1])) for _ in range(5)])]  # interleaved: same load
     assert t[1] <= 3 * t[0] + 0.1, t
+
+
+def test_graph_object_count_is_bounded(tmp_path):
+    """A graph within its parse limit but holding more objects (empty nodes, empty attributes, empty
+    training graphs) than (expansion bound) / GRAPH_OBJECT_COST is a LimitError when read: ONNX Runtime
+    builds ~1 kB per empty node, and the checks walk every object. Counting stops at the limit."""
+    from dcformat.constants import GRAPH_OBJECT_COST, GRAPH_PARSE_FACTOR
+    from dcformat.graph import graph_objects
+
+    empty_attr = ma._field(5, b"")  # NodeProto.attribute: an empty AttributeProto
+    cases = {
+        "nodes": ma._field(7, ma._field(1, b"") * 50_000),  # ModelProto.graph: 50k empty NodeProtos
+        "attributes": ma._field(7, ma._field(1, empty_attr * 30_000)),  # one node, 30k empty attributes
+        "training": ma._field(20, ma._field(1, b"")) * 20_000,  # ModelProto.training_info: empty ones
+    }
+    for name, graph in cases.items():
+        path = _graph_file(tmp_path / f"{name}.dcz", graph)
+        b = bound(path)
+        assert len(graph) <= b // GRAPH_PARSE_FACTOR, name  # within the parse limit: the count refuses it
+        with dcformat.open(path) as r, pytest.raises(LimitError, match="GRAPH_OBJECT_COST"):
+            r.graph
+        import onnx
+
+        m = onnx.ModelProto.FromString(graph)
+        assert graph_objects(m) > b // GRAPH_OBJECT_COST
+        assert graph_objects(m, limit=10) <= 10 + 50_001  # early exit: at most one list past the limit
+    # the same with the caller's larger bound opens
+    path = tmp_path / "nodes.dcz"
+    with dcformat.open(path, max_decoded_bytes=1 << 40) as r:
+        assert len(r.graph.graph.node) == 50_000
+
+
+def test_section_count_is_bounded(tmp_path):
+    """2^16 empty tensor entries deflate to a few kB of header; each costs a check at open: more than
+    (expansion bound) / SECTION_COST sections is a LimitError before any entry is checked. The writer
+    pads a file with many sections so that it stays readable."""
+    from dcformat.constants import SECTION_COST
+
+    empty = dcformat.encode_raw("t", np.zeros(0, np.int8)).info.descriptor()
+    n = 1 << 16
+    sections = [("tensor", b"", dict(empty, name=f"t{i}")) for i in range(n)]
+    # 400 kB of an unknown section kind: enough file for the header's JSON (parse limit), not for the count
+    sections.append(("x-future", np.random.default_rng(0).bytes(400_000), None))
+    path = assemble(tmp_path / "many.dcz", sections)
+    assert path.stat().st_size * 1024 < n * SECTION_COST
+    with pytest.raises(LimitError, match="SECTION_COST"):
+        dcformat.open(path)
+    # the writer pays for its sections with padding: 2^12 tiny tensors open with the default bound
+    path = tmp_path / "written.dcz"
+    dcformat.write(path, [dcformat.encode_raw(f"t{i}", np.zeros(1, np.int8)) for i in range(1 << 12)])
+    with dcformat.open(path) as r:
+        assert len(r) == 1 << 12 and any(s.kind == "padding" for s in r.sections)

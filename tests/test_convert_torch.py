@@ -144,9 +144,9 @@ def test_graph_inputs_run_in_onnx_runtime(models, tmp_path, monkeypatch, kind):
     f = models["files"]
     monkeypatch.syspath_prepend(str(models["dir"]))
     src, extra = {
-        "ts": (f["ts"], ["--input-shape", "1,3,8,8"]),
-        "pt2": (f["pt2"], []),
-        "factory": (f["sd"], ["--model", "tiny_models:make", "--input-shape", "1,3,8,8"]),
+        "ts": (f["ts"], ["--input-shape", "1,3,8,8", "--trust-code"]),
+        "pt2": (f["pt2"], ["--trust-code"]),
+        "factory": (f["sd"], ["--model", "tiny_models:make", "--input-shape", "1,3,8,8", "--trust-code"]),
         "module": (f["module"], ["--trust-pickle", "--input-shape", "1,3,8,8"]),
     }[kind]
     out = tmp_path / "m.dcz"
@@ -170,7 +170,7 @@ def test_torchscript_compressed(models, tmp_path):
     """Default pruning and sharing on an exported graph: fc1 found as a fully connected layer, still runs."""
     out = tmp_path / "c.dcz"
     report = tmp_path / "r.json"
-    ok(models["files"]["ts"], "-o", out, "-q", "--input-shape", "1,3,8,8", "--report", report, "--bits", "4", "--min-size", "1024")
+    ok(models["files"]["ts"], "-o", out, "-q", "--input-shape", "1,3,8,8", "--trust-code", "--report", report, "--bits", "4", "--min-size", "1024")
     rows = [r for r in json.loads(report.read_text())["layers"] if r["params"] == 64 * 288]
     assert len(rows) == 1 and rows[0]["action"] == "pruned+shared" and rows[0]["role"] == "fc"
     assert rows[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -286,9 +286,9 @@ def _evil_files(d: Path, pt2: Path) -> dict[str, tuple[Path, Path]]:
     return {k: (v, marker(k)) for k, v in out.items()}
 
 
-REFUSED = ["zip", "legacy", "plain-pt", "plain-bin", "proto0", "pt2-inputs", "pt2-weights", "module", "unexportable",
-           "factory-fails", "factory-missing"]
-SUBPROCESS = {"zip", "pt2-inputs", "unexportable"}  # the rest run in-process (one PyTorch import)
+REFUSED = ["zip", "legacy", "plain-pt", "plain-bin", "proto0", "pt2-weights", "module", "unexportable",
+           "factory-fails", "factory-missing", "factory-untrusted"]
+SUBPROCESS = {"zip", "pt2-weights", "unexportable"}  # the rest run in-process (one PyTorch import)
 
 
 @pytest.fixture(scope="module")
@@ -297,15 +297,18 @@ def refused_runs(models, tmp_path_factory):
     directory), the others in-process. Returns {case: (exit code, stdout, stderr, directory)} and the hostile files."""
     base = tmp_path_factory.mktemp("refused")
     evil = _evil_files(base, models["files"]["pt2"])
-    env = {**os.environ, "PYTHONPATH": str(models["dir"])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(models["dir"]), os.environ.get("PYTHONPATH")) if p)}
     jobs = []
     for case in REFUSED:
         d = base / case
         d.mkdir()
         argv = {"module": [models["files"]["module"], "--input-shape", "1,3,8,8"],
-                "unexportable": [models["files"]["unexportable"], "--input-shape", "2,4"],
-                "factory-fails": [models["files"]["sd"], "--model", "tiny_models:broken", "--input-shape", "1,3,8,8"],
-                "factory-missing": [models["files"]["sd"], "--model", "tiny_models:nope", "--input-shape", "1,3,8,8"],
+                "unexportable": [models["files"]["unexportable"], "--input-shape", "2,4", "--trust-code"],
+                "factory-fails": [models["files"]["sd"], "--model", "tiny_models:broken", "--input-shape", "1,3,8,8",
+                                  "--trust-code"],
+                "factory-missing": [models["files"]["sd"], "--model", "tiny_models:nope", "--input-shape", "1,3,8,8",
+                                    "--trust-code"],
+                "factory-untrusted": [models["files"]["sd"], "--model", "tiny_models:make", "--input-shape", "1,3,8,8"],
                 }.get(case) or [evil[case][0]]
         jobs.append((case, d, [str(a) for a in (*argv, "-o", d / "out.dcz")]))
     results, running = {}, []
@@ -375,8 +378,9 @@ def test_refused_one_line_error(refused_runs, case):
 def test_refused_messages(refused_runs):
     results, evil = refused_runs
     err = {case: r[2] for case, r in results.items()}
-    for case in ("zip", "legacy", "plain-pt", "plain-bin", "module", "pt2-inputs", "pt2-weights"):
-        assert "--trust-pickle" in err[case], (case, err[case])
+    for case in ("zip", "legacy", "plain-pt", "plain-bin", "module", "pt2-weights", "factory-untrusted"):
+        assert "--trust-code" in err[case], (case, err[case])
+    assert "imports and runs Python code" in err["factory-untrusted"]
     assert "unknown format" in err["proto0"]
     assert "cannot export the model to ONNX" in err["unexportable"] and "cummax" in err["unexportable"]
     assert "cannot build" in err["factory-fails"] and "nope" in err["factory-missing"]
@@ -401,3 +405,18 @@ def test_trust_pickle_loads_a_module(models, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main([str(models["files"]["module"]), "-o", str(tmp_path / "m.dcz"), "--trust-pickle"])
     assert e.value.code == 1 and not (tmp_path / "m.dcz").exists()
+
+
+def test_pt2_with_pickled_inputs_is_read_weights_only(refused_runs, models, tmp_path):
+    """A .pt2 whose example inputs are a code-running pickle: without --trust-code its weights are read from
+    the weight files (the pickle is never opened), the .dcz is weights-only and the marker is not created."""
+    _, evil = refused_runs
+    f, marker = evil["pt2-inputs"]
+    out = tmp_path / "w.dcz"
+    ok(f, "-o", out, "-q", "--lossless")
+    assert not marker.exists()
+    with dcformat.open(out) as r:
+        assert r.graph_bytes is None and r.metadata["source"]["kind"] == "exported-program"
+    dec = dcformat.load_weights(out)
+    for k, t in models["sd"].items():
+        assert np.array_equal(dec[k], t.numpy()), k

@@ -504,3 +504,70 @@ def test_section_inflate_limit(samples, tmp_path, monkeypatch, kind):
     with dcformat.open(path, max_decoded_bytes=1 << 30) as r:
         with pytest.raises(LimitError, match=f"{kind} .*inflates to more than"):
             read(r)
+
+
+# ============================================================================ red-team review (issue 14)
+
+
+@time_limit(60)
+def test_file_truncated_while_open_is_an_error_not_sigbus(samples, tmp_path):
+    """`cp other.dcz path` over an open file shrinks it: the next tensor access is a FormatError (in a
+    subprocess, so that a SIGBUS would show as a signal exit, not kill the test run)."""
+    import subprocess
+
+    path = tmp_path / "victim.dcz"  # tensors pages past the first: a map would fault there
+    dcformat.write(path, [dcformat.encode_raw("small", np.arange(4, dtype=np.float32)),
+                          dcformat.encode_raw("big", np.arange(1 << 16, dtype=np.float32))])
+    script = f"""
+import os, dcformat
+r = dcformat.open({str(path)!r})
+names = list(r)
+os.truncate({str(path)!r}, 100)  # what cp of a smaller file does to the inode
+try:
+    r[names[-1]]
+except dcformat.DczError as e:
+    print("DczError:", e)
+try:
+    r.verify()
+except dcformat.DczError as e:
+    print("DczError:", e)
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                                         os.environ.get("PYTHONPATH", "")])})
+    assert p.returncode == 0, (p.returncode, p.stderr)  # -7 would be SIGBUS
+    lines = p.stdout.splitlines()
+    assert len(lines) == 2 and all("shrank" in line for line in lines), p.stdout
+
+
+def test_writer_refuses_what_readers_refuse(tmp_path):
+    """Bool bytes other than 0/1 and names that are not UTF-8 text never reach a file."""
+    from dcformat.encode import EncodedTensor
+    from dcformat.errors import EncodeError
+
+    t = dcformat.encode_raw("mask", np.array([1, 0, 1], bool))
+    bad = EncodedTensor(t.info, {"data": np.array([1, 2, 255], np.uint8)})
+    with pytest.raises(EncodeError, match="bool data holds bytes other than 0 and 1"):
+        dcformat.write(tmp_path / "b.dcz", [bad])
+    with pytest.raises(EncodeError, match="lone surrogate"):
+        dcformat.encode_raw("w\ud800", np.zeros(3, np.float32))
+    assert not list(tmp_path.iterdir())
+    # the unchecked writer (for test files) still writes them, and the reader refuses them
+    dcformat.write(tmp_path / "u.dcz", [bad], checked=False)
+    with dcformat.open(tmp_path / "u.dcz") as r, pytest.raises(dcformat.TensorError, match="bool"):
+        r["mask"]
+
+
+def test_threads_share_a_reader(tmp_path):
+    """Sections are read into per-thread buffers: threads decoding from one reader get the right arrays."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    want = {f"t{i}": rng.standard_normal(1000 + 97 * i).astype(np.float32) for i in range(24)}
+    path = tmp_path / "threads.dcz"
+    dcformat.write(path, [dcformat.encode_raw(k, v) for k, v in want.items()])
+    with dcformat.open(path) as r:
+        names = list(want) * 8
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda n: (n, r[n]), names))
+    assert all(np.array_equal(a, want[n]) for n, a in got)

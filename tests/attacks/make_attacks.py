@@ -1991,6 +1991,36 @@ def _(d):
     return d.build()
 
 
+# ============================================================================ red-team review (issue 14)
+
+
+@attack("padding-section-holds-a-script", "raw", FormatError, ("padding", "non-zero byte", "all zeros"))
+def _(d):
+    # spec 5.4: a padding section MUST be zero; with a valid CRC a shell script passed verify()
+    d.header["sections"].append({"kind": "padding", "length": 0, "crc32": 0})
+    d.payloads.append(b"#!/bin/sh\ntouch /tmp/pwned\n" + bytes(100))
+    return d.build()
+
+
+@attack("padding-section-zeros", "raw", None, "", stage="ok")
+def _(d):
+    d.header["sections"].append({"kind": "padding", "length": 0, "crc32": 0})
+    d.payloads.append(bytes(4096))
+    return d.build()
+
+
+@attack("tensor-name-lone-surrogate", "raw", TensorError, ("lone surrogate", "mask\\ud800"))
+def _(d):
+    d.desc("raw.mask")["name"] = "mask\ud800"  # the header is ASCII JSON: the escape decodes to a lone surrogate
+    return d.build()
+
+
+@attack("tensor-name-surrogate-pair-ok", "raw", None, "", stage="ok")
+def _(d):
+    d.desc("raw.mask")["name"] = "mask\U0001f600"  # a real character outside the BMP: valid
+    return d.build()
+
+
 # ============================================================================ writing them
 
 
