@@ -260,9 +260,9 @@ def synthetic_inputs(decl: list[Declared], samples: int = DEFAULT_SAMPLES, seed:
         full = [samples * shape[0], *shape[1:]] if batched else [samples, *shape]
         nbytes = math.prod(full) * np.dtype(d.dtype).itemsize
         if nbytes > MAX_RANDOM_INPUT_BYTES:  # a shape like [2^62, 2^62]: numpy would raise "array is too big"
-            raise InputError(f"input {d.name!r} declares {d.shape}: {samples} synthetic sample(s) of {shape} are "
-                             f"{nbytes:,} bytes, more than a synthetic input may take ({MAX_RANDOM_INPUT_BYTES >> 20} "
-                             "MiB); give it with --input NAME=FILE.npy or --calibration, or sizes with --dim")
+            raise InputError(f"input {d.name!r} declares {d.shape}: {samples} synthetic sample(s) would be {nbytes:,} "
+                             f"bytes, more than a synthetic input may take ({MAX_RANDOM_INPUT_BYTES >> 20} MiB); give it "
+                             "with --input NAME=FILE.npy or --calibration, or sizes with --dim")
         out[d.name] = _values(d, full, rng)
     return out
 

@@ -129,7 +129,7 @@ def test_dcrun_on_a_huge_declared_input(tmp_path, capsys):
     dcformat.write(path, [], graph=helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     code, _, err = cli(run_main, [path], capsys)
     assert code == 1
-    one_line_error(err, "--input", "more than a random input may take")
+    one_line_error(err, "--input", "more than a synthetic input may take")
 
 
 def _enospc(monkeypatch):
