@@ -1,4 +1,4 @@
-"""dcformat: the .dcz compressed-model format -- encoders, writer, memory-mapped reader.
+"""dcformat: the .dcz compressed-model format -- encoders, writer, lazy reader.
 
 Needs numpy, numba and onnx (imported when first used); never torch. The format is specified in spec/FORMAT.md.
 
