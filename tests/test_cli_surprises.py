@@ -231,7 +231,8 @@ def test_checkpoint_dict_unwrapping_is_a_note(tmp_path, capsys):
 
 def test_trust_pickle_imports_a_module_beside_the_user(tmp_path):
     """A pickled nn.Module whose class lives in a module in the current directory loads with
-    --trust-pickle, as --model mod:fn can import it (and without the flag it is refused)."""
+    --trust-code (and its old name --trust-pickle), as --model mod:fn can import it (and without
+    the flag it is refused, naming the flag)."""
     pytest.importorskip("torch")
     (tmp_path / "mynet.py").write_text("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
                                        "        super().__init__()\n        self.fc = torch.nn.Linear(6, 3)\n"
@@ -243,7 +244,8 @@ def test_trust_pickle_imports_a_module_beside_the_user(tmp_path):
     convert = [sys.executable, str(tmp_path / "bin" / "dcconvert.py"), "net.pt", "--input-shape", "1,6", "-q",
                "-o", "net.dcz"]
     refused = subprocess.run(convert, cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
-    assert refused.returncode == 1 and "--trust-pickle" in refused.stderr
-    ok = subprocess.run(convert + ["--trust-pickle"], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
-    assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "net.dcz").exists()
+    assert refused.returncode == 1 and "--trust-code" in refused.stderr
+    for flag in ("--trust-code", "--trust-pickle"):
+        ok = subprocess.run(convert + [flag], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
+        assert ok.returncode == 0, ok.stderr
+        assert (tmp_path / "net.dcz").exists()
