@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sparsity", type=float, default=0.0)
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--samples", type=int, default=4, help="calibration samples for the per-layer comparison")
+    ap.add_argument("--layers-only", action="store_true", help="only the per-layer comparison (no conversions)")
     args = ap.parse_args(argv)
     models = args.models or [p for p in fetch(args.cache) if os.path.basename(p).split("-", 2)[-1] in DEFAULT]
     print(f"per layer, {args.sparsity:.0%} pruned and {args.bits} bits: median relative output error over the layers")
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
         e0, e1, n, took = layer_errors(path, args.sparsity, args.bits, args.samples)
         print(f"  {os.path.basename(path):52s} {n:3d} layers  plain {e0:.4g}  compensated {e1:.4g}  "
               f"({e0 / max(e1, 1e-30):.1f}x lower; {took:.1f} s)")
+    if args.layers_only:
+        return 0
     print("dcconvert defaults (error budget 0.01, 16 synthetic samples): --no-compensate against --compensate")
     with tempfile.TemporaryDirectory() as tmp:
         for path in models:
