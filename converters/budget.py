@@ -233,43 +233,10 @@ def _options(name: str, n: int, itemsize: int, e: dict, limit: float, fixed_s=No
 
 
 def choose(options: dict, target: float) -> dict:
-    """Per layer the option minimising total bytes with sum(err2) <= target**2 (Lagrangian + greedy)."""
-    cap = target * target
+    """Per layer the option minimising total bytes with sum(err2) <= target**2 (converters.knapsack)."""
+    from .knapsack import plan
 
-    def pick(lam):
-        return {n: min(o, key=lambda c: (c["bytes"] + lam * c["err2"], c["err2"])) for n, o in options.items()}
-
-    def total(plan):
-        return sum(c["err2"] for c in plan.values())
-
-    lo, hi = 0.0, 1.0
-    while total(pick(hi)) > cap and hi < 1e30:
-        lo, hi = hi, hi * 10
-    for _ in range(80):
-        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
-        if total(pick(mid)) <= cap:
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo <= 1e-9 * hi:
-            break
-    plan = pick(hi)
-    while True:  # spend what is left on the most bytes saved per unit of error
-        spare = cap - total(plan)
-        best, gain = None, 0.0
-        for n, opts in options.items():
-            cur = plan[n]
-            for c in opts:
-                saved = cur["bytes"] - c["bytes"]
-                extra = c["err2"] - cur["err2"]
-                if saved > 0 and extra <= spare:
-                    score = saved / max(extra, 1e-30)
-                    if score > gain:
-                        best, gain = (n, c), score
-        if best is None:
-            break
-        plan[best[0]] = best[1]
-    return plan
+    return plan(options, "err2", target * target)
 
 
 def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: int, init: str = "linear",

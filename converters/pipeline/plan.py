@@ -103,39 +103,8 @@ def choose_plan(scan: Scan, budget: float, fixed_sparsity: Mapping[str, float] |
                 opts.append({"sparsity": float(s), "bits": int(b), "drop": ds + db, "bytes": estimate_bytes(n, s, b)})
         options[name] = opts
 
-    def pick(lam):
-        return {n: min(o, key=lambda c: (c["bytes"] + lam * c["drop"], c["drop"], -c["bits"], c["sparsity"]))
-                for n, o in options.items()}
+    from ..knapsack import plan as knapsack
 
-    def total(plan):
-        return sum(c["drop"] for c in plan.values())
-
-    lo, hi = 0.0, 1.0
-    while total(pick(hi)) > budget and hi < 1e15:
-        lo, hi = hi, hi * 10
-    for _ in range(60):
-        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
-        if total(pick(mid)) <= budget:
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo <= 1e-9 * hi:
-            break
-    plan = pick(hi)
-    # greedy: spend what is left of the budget on the best bytes saved per point of drop
-    while True:
-        spare = budget - total(plan)
-        best, gain = None, 0.0
-        for n, opts in options.items():
-            cur = plan[n]
-            for c in opts:
-                saved = cur["bytes"] - c["bytes"]
-                extra = c["drop"] - cur["drop"]
-                if saved > 0 and extra <= spare + 1e-12:
-                    score = saved / max(extra, 1e-6)
-                    if score > gain:
-                        best, gain = (n, c), score
-        if best is None:
-            break
-        plan[best[0]] = best[1]
+    plan = knapsack(options, "drop", budget, tiebreak=lambda c: (-c["bits"], c["sparsity"]), price_limit=1e15,
+                    iterations=60, slack=1e-12, min_cost=1e-6)
     return {n: dict(c) for n, c in plan.items()}
