@@ -22,19 +22,7 @@ from converters.cli import main as convert_main
 from dcformat import fidelity
 from dcformat import inputs as inp
 from dcformat.cli import run_main
-
-
-def _cli(main, argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_line_error(err, *needles):
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
+from clitools import cli as _cli, one_line_error
 
 
 def mlp(path, seed=0, dims=(32, 256, 128, 10)):

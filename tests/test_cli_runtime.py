@@ -20,6 +20,7 @@ from converters.prune import magnitude_mask
 from converters.quantize import quantize
 from dcformat.cli import decode_main, run_main
 from dcformat.graph import strip_weights
+from clitools import cli, one_line_error
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 BIN = Path(sys.executable).parent
@@ -50,20 +51,6 @@ def files(tmp_path_factory):
     data[sec.offset + sec.length // 2] ^= 0x01
     (d / "damaged.dcz").write_bytes(bytes(data))
     return d
-
-
-def cli(main, argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def assert_one_line_error(err, *needles):
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, err
 
 
 def reference(files, x):
@@ -124,14 +111,14 @@ def test_wrong_input_shape_or_dtype(files, tmp_path, capsys, arr, needle):
     np.save(tmp_path / "a.npy", arr)
     code, out, err = cli(run_main, [files / "model.dcz", "--input", f"input={tmp_path / 'a.npy'}"], capsys)
     assert code == 1
-    assert_one_line_error(err, needle, EXPECTS)
+    one_line_error(err, needle, EXPECTS)
 
 
 def test_wrong_input_name(files, tmp_path, capsys):
     np.save(tmp_path / "a.npy", np.zeros((2, 64), np.float32))
     code, _, err = cli(run_main, [files / "model.dcz", "--input", f"image={tmp_path / 'a.npy'}"], capsys)
     assert code == 1
-    assert_one_line_error(err, "unknown input 'image'", EXPECTS)
+    one_line_error(err, "unknown input 'image'", EXPECTS)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -147,43 +134,43 @@ def test_wrong_input_name(files, tmp_path, capsys):
 def test_bad_flags_exit_2(files, capsys, argv, needle):
     code, _, err = cli(run_main, [files / "model.dcz", *argv], capsys)
     assert code == 2
-    assert_one_line_error(err, needle)
+    one_line_error(err, needle)
 
 
 def test_input_that_is_not_npy_and_missing_compare(files, tmp_path, capsys):
     (tmp_path / "x.txt").write_text("1 2 3\n")
     code, _, err = cli(run_main, [files / "model.dcz", "--input", f"input={tmp_path / 'x.txt'}"], capsys)
     assert code == 2
-    assert_one_line_error(err, "not a .npy file")
+    one_line_error(err, "not a .npy file")
     code, out, err = cli(run_main, [files / "model.dcz", "--compare", tmp_path / "missing.onnx"], capsys)
     assert code == 2 and out == ""  # refused before the model runs
-    assert_one_line_error(err, "missing.onnx")
+    one_line_error(err, "missing.onnx")
 
 
 def test_npz_input_is_refused(files, tmp_path, capsys):
     np.savez(tmp_path / "a.npz", input=np.zeros((1, 64), np.float32))
     code, _, err = cli(run_main, [files / "model.dcz", "--input", f"input={tmp_path / 'a.npz'}"], capsys)
     assert code == 2
-    assert_one_line_error(err, ".npz")
+    one_line_error(err, ".npz")
 
 
 def test_missing_and_damaged_model(files, capsys):
     code, _, err = cli(run_main, [files / "nothere.dcz"], capsys)
     assert code == 1
-    assert_one_line_error(err, "nothere.dcz")
+    one_line_error(err, "nothere.dcz")
     code, out, err = cli(run_main, [files / "damaged.dcz", "--bench", 3], capsys)
     assert code == 1 and out == ""
-    assert_one_line_error(err, "checksum", "fc2.weight")
+    one_line_error(err, "checksum", "fc2.weight")
     code, _, err = cli(run_main, [files / "damaged.dcz", "--compact"], capsys)
     assert code == 1
-    assert_one_line_error(err, "checksum")
+    one_line_error(err, "checksum")
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="onnxruntime here has CUDAExecutionProvider (tests/test_gpu.py covers it)")
 def test_cuda_without_onnxruntime_gpu(files, capsys):
     code, out, err = cli(run_main, [files / "model.dcz", "--provider", "cuda"], capsys)
     assert code == 1 and out == ""
-    assert_one_line_error(err, "onnxruntime-gpu", "CUDAExecutionProvider")
+    one_line_error(err, "onnxruntime-gpu", "CUDAExecutionProvider")
 
 
 def test_model_that_fails_when_run(tmp_path, capsys):
@@ -195,7 +182,7 @@ def test_model_that_fails_when_run(tmp_path, capsys):
     dcformat.write(tmp_path / "d.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=graph)
     code, out, err = cli(run_main, [tmp_path / "d.dcz"], capsys)  # random input: D = 1
     assert code == 1
-    assert_one_line_error(err, "cannot run the model")
+    one_line_error(err, "cannot run the model")
 
 
 def test_compare_with_a_different_model(files, tmp_path, capsys):
@@ -203,11 +190,11 @@ def test_compare_with_a_different_model(files, tmp_path, capsys):
     onnx.save(other, tmp_path / "other.onnx")
     code, _, err = cli(run_main, [files / "model.dcz", "--compare", tmp_path / "other.onnx"], capsys)
     assert code == 1
-    assert_one_line_error(err, "pixels")
+    one_line_error(err, "pixels")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     code, _, err = cli(run_main, [files / "model.dcz", "--compare", tmp_path / "junk.onnx"], capsys)
     assert code == 1
-    assert_one_line_error(err, "cannot load")
+    one_line_error(err, "cannot load")
 
 
 # ------------------------------------------------------------------------------------------ dcdecode
@@ -251,7 +238,7 @@ def test_decode_external_data(files, tmp_path, capsys):
 def test_decode_needs_an_output(files, capsys):
     code, _, err = cli(decode_main, [files / "model.dcz"], capsys)
     assert code == 2
-    assert_one_line_error(err, "-o", "--state-dict")
+    one_line_error(err, "-o", "--state-dict")
     code, _, err = cli(decode_main, [files / "model.dcz", "--compact"], capsys)
     assert code == 2
 
@@ -259,7 +246,7 @@ def test_decode_needs_an_output(files, capsys):
 def test_decode_failure_leaves_no_file(files, tmp_path, capsys):
     code, out, err = cli(decode_main, [files / "damaged.dcz", "-o", tmp_path / "m.onnx"], capsys)
     assert code == 1
-    assert_one_line_error(err, "checksum")
+    one_line_error(err, "checksum")
     assert os.listdir(tmp_path) == []
     (tmp_path / "keep.onnx").write_bytes(b"previous")
     code, _, _ = cli(decode_main, [files / "damaged.dcz", "-o", tmp_path / "keep.onnx", "--external-data"], capsys)
@@ -268,7 +255,7 @@ def test_decode_failure_leaves_no_file(files, tmp_path, capsys):
     assert os.listdir(tmp_path) == ["keep.onnx"]
     code, _, err = cli(decode_main, [files / "model.dcz", "-o", tmp_path / "no" / "dir" / "m.onnx"], capsys)
     assert code == 1
-    assert_one_line_error(err)
+    one_line_error(err)
 
 
 def test_decode_never_overwrites_its_input(files, tmp_path, capsys):
@@ -280,7 +267,7 @@ def test_decode_never_overwrites_its_input(files, tmp_path, capsys):
                       (dcz, ["-o", tmp_path / "m.onnx", "--state-dict", tmp_path / "m.onnx"])):
         code, _, err = cli(decode_main, [src, *argv], capsys)
         assert code == 2, argv
-        assert_one_line_error(err, "would overwrite")
+        one_line_error(err, "would overwrite")
         assert src.read_bytes() == (files / "model.dcz").read_bytes()
     assert sorted(os.listdir(tmp_path)) == ["k.data", "k.dcz"]
 
@@ -289,7 +276,7 @@ def test_decode_into_a_missing_directory_names_it(files, tmp_path, capsys):
     for flag in ("-o", "--state-dict"):
         code, _, err = cli(decode_main, [files / "model.dcz", flag, tmp_path / "nodir" / "x"], capsys)
         assert code == 1
-        assert_one_line_error(err, "cannot write", f"directory {tmp_path / 'nodir'} does not exist")
+        one_line_error(err, "cannot write", f"directory {tmp_path / 'nodir'} does not exist")
         assert ".tmp" not in err
 
 
@@ -297,7 +284,7 @@ def test_decode_into_a_missing_directory_names_it(files, tmp_path, capsys):
 def test_seed_out_of_range_is_a_usage_error(files, capsys, seed):
     code, _, err = cli(run_main, [files / "model.dcz", "--seed", seed], capsys)
     assert code == 2
-    assert_one_line_error(err, "--seed")
+    one_line_error(err, "--seed")
 
 
 def test_random_scalar_inputs(tmp_path, capsys):
@@ -328,20 +315,20 @@ def test_console_scripts(files, tmp_path):
     assert "bench (cpu)" in r.stdout
     r = subprocess.run([BIN / "dcrun", files / "damaged.dcz"], capture_output=True, text=True, env=env)
     assert r.returncode == 1 and r.stdout == ""
-    assert_one_line_error(r.stderr, "checksum")
+    one_line_error(r.stderr, "checksum")
     r = subprocess.run([BIN / "dcdecode", files / "model.dcz"], capture_output=True, text=True, env=env)
     assert r.returncode == 2
-    assert_one_line_error(r.stderr)
+    one_line_error(r.stderr)
 
 
 def test_decode_weights_only_file(tmp_path, capsys):
     dcformat.write(tmp_path / "w.dcz", [dcformat.encode("a", np.arange(6, dtype=np.float32))])
     code, _, err = cli(decode_main, [tmp_path / "w.dcz", "-o", tmp_path / "w.onnx"], capsys)
     assert code == 1
-    assert_one_line_error(err, "weights-only", "--state-dict")
+    one_line_error(err, "weights-only", "--state-dict")
     assert not (tmp_path / "w.onnx").exists()
     code, out, _ = cli(decode_main, [tmp_path / "w.dcz", "--state-dict", tmp_path / "w.safetensors"], capsys)
     assert code == 0 and (tmp_path / "w.safetensors").exists()
     code, _, err = cli(run_main, [tmp_path / "w.dcz"], capsys)
     assert code == 1
-    assert_one_line_error(err, "weights-only")
+    one_line_error(err, "weights-only")

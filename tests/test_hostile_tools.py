@@ -22,19 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 import dcformat
 from converters.cli import main as dcconvert
 from dcformat.cli import decode_main, inspect_main, run_main
-
-
-def cli(main, argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_line_error(err, *needles):
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
+from clitools import cli, one_line_error
 
 
 def _model(init, inputs=(), node=None):
