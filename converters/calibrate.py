@@ -12,8 +12,13 @@ DEFAULT_MAX_ERROR = 0.01  # 1% relative L2 output error: conservative, the defau
 WARN_COSINE = 0.999  # explicit settings: a worst-sample cosine below this (or error over the budget) warns
 
 
-def calibration(graph, path=None, samples: int | None = None, dims: dict | None = None, seed: int = 0):
-    """(declared inputs, calibration set, description) for an ONNX graph."""
+SIZE_SCALES = (2, 4, 8, 0.5, 0.25)  # tried in turn when the model does not run on the default synthetic sizes
+
+
+def calibration(graph, path=None, samples: int | None = None, dims: dict | None = None, seed: int = 0,
+                scale: float = 1.0):
+    """(declared inputs, calibration set, description) for an ONNX graph (``scale``: of the synthetic
+    inputs' default sizes of symbolic dims)."""
     decl = inp.declared_inputs(graph)
     if not decl:
         return decl, {}, {"source": "none (the model takes no inputs)", "samples": 1, "synthetic": False}
@@ -21,9 +26,9 @@ def calibration(graph, path=None, samples: int | None = None, dims: dict | None 
         calib = inp.load_calibration(path, decl, samples)
         desc = {"source": str(path), "synthetic": False}
     else:
-        n = samples or synthetic_count(decl, dims)
-        calib = inp.synthetic_inputs(decl, n, seed, dims)
-        desc = {"source": "synthetic", "synthetic": True, "seed": seed}
+        n = samples or synthetic_count(decl, dims, scale)
+        calib = inp.synthetic_inputs(decl, n, seed, dims, scale)
+        desc = {"source": "synthetic", "synthetic": True, "seed": seed, **({"size_scale": scale} if scale != 1 else {})}
     desc["samples"] = inp.num_samples(calib, decl)
     desc["inputs"] = {d.name: {"dtype": str(calib[d.name].dtype), "shape": list(calib[d.name].shape),
                                **({"table_rows": d.table_rows} if d.table_rows else {})} for d in decl}
@@ -33,9 +38,9 @@ def calibration(graph, path=None, samples: int | None = None, dims: dict | None 
 SYNTHETIC_BYTES = 64 << 20  # default synthetic sets stay about this small (at least 2 samples)
 
 
-def synthetic_count(decl, dims=None) -> int:
+def synthetic_count(decl, dims=None, scale: float = 1.0) -> int:
     """16 samples, fewer where one sample's inputs are large (a 40 MB input gets 2)."""
-    shapes = inp.sample_shapes(decl, dims)
+    shapes = inp.sample_shapes(decl, dims, scale)
     one = sum(int(np.prod(shapes[d.name][0])) * np.dtype(d.dtype or np.float32).itemsize for d in decl)
     return int(min(inp.DEFAULT_SAMPLES, max(2, SYNTHETIC_BYTES // max(one, 1))))
 

@@ -170,10 +170,22 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                             f"{'synthetic ' if cdesc['synthetic'] else ''}calibration inputs", cal.run_model, src.graph,
                             originals, calib, decl)
         except ConvertError as e:
-            hint = ("; give real inputs with --calibration or sizes with --dim NAME=VALUE" if cdesc["synthetic"] else "")
-            if searching:  # nothing to measure against: no safe choice can be made
-                raise ConvertError(f"{e}{hint}") from None
-            ref, unmeasured = None, f"{e}{hint}"
+            ref, first = None, e
+            if cdesc["synthetic"]:  # the default sizes may not suit the model (an audio frame, a fixed text-line height)
+                for scale in cal.SIZE_SCALES:
+                    decl, calib, cdesc = cal.calibration(src.graph, None, calibration_samples, dims, s.seed, scale)
+                    try:
+                        ref = cal.run_model(src.graph, originals, calib, decl)
+                    except Exception:  # noqa: BLE001 - ONNX Runtime's own errors: try the next size
+                        continue
+                    src.notes.append(f"synthetic inputs: symbolic sizes x{scale:g} of the defaults (on those the model "
+                                     f"did not run: {str(first)[:160]}); --dim NAME=VALUE sets them")
+                    break
+            if ref is None:
+                hint = ("; give real inputs with --calibration or sizes with --dim NAME=VALUE" if cdesc["synthetic"] else "")
+                if searching:  # nothing to measure against: no safe choice can be made
+                    raise ConvertError(f"{first}{hint}") from None
+                unmeasured = f"{first}{hint}"
         if ref is not None and s.compensate and not s.lossless:  # the layers' inputs: compensated pruning and sharing
             s.layers, without = _ort_call("ONNX Runtime failed while collecting the layers' inputs", hessian.for_model,
                                           src.graph, originals, calib, decl, src.roles, s.min_size, s.seed)

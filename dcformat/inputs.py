@@ -185,10 +185,12 @@ def _batch_names(decl: list[Declared]) -> set:
     return {d.shape[0] for d in decl if d.shape and isinstance(d.shape[0], str)}
 
 
-def sample_shapes(decl: list[Declared], dims: dict | None = None) -> dict[str, tuple[list[int], bool]]:
+def sample_shapes(decl: list[Declared], dims: dict | None = None, scale: float = 1.0) -> dict[str, tuple[list[int], bool]]:
     """Per input: (shape of one sample, batched) -- batched when the first axis is symbolic (the
-    samples then lie along it), else the calibration arrays get an extra samples axis."""
+    samples then lie along it), else the calibration arrays get an extra samples axis. ``scale``
+    multiplies the default sizes of symbolic dims (not the batch, not ``dims``)."""
     dims = dict(dims or {})
+    image, seq, other = (max(1, round(v * scale)) for v in (IMAGE_DIM, SEQUENCE_DIM, OTHER_DIM))
     batch = _batch_names(decl)
     out = {}
     for d in decl:
@@ -204,11 +206,11 @@ def sample_shapes(decl: list[Declared], dims: dict | None = None) -> dict[str, t
             elif len(d.shape) == 4 and k == 1:
                 shape.append(3)
             elif len(d.shape) == 4 and k >= 2:
-                shape.append(IMAGE_DIM)
+                shape.append(image)
             elif v is not None and _SEQ.search(v) or len(d.shape) in (2, 3) and k == 1 and d.table_rows:
-                shape.append(SEQUENCE_DIM)
+                shape.append(seq)
             else:
-                shape.append(OTHER_DIM)
+                shape.append(other)
         out[d.name] = (shape, batched)
     return out
 
@@ -244,13 +246,13 @@ def _values(d: Declared, shape: list[int], rng) -> np.ndarray:
 
 
 def synthetic_inputs(decl: list[Declared], samples: int = DEFAULT_SAMPLES, seed: int = 0,
-                     dims: dict | None = None) -> dict[str, np.ndarray]:
+                     dims: dict | None = None, scale: float = 1.0) -> dict[str, np.ndarray]:
     """A deterministic calibration set of ``samples`` samples built from the declared inputs:
     symbolic dims get small sizes (sequences 32, image sides 224, others 16, or ``dims[name]``);
     integer inputs that index an embedding table take values below its row count; attention
     masks are all ones; 4-D float inputs are smooth images in [-1, 1]; recurrent states zeros."""
     rng = np.random.default_rng(seed)
-    shapes = sample_shapes(decl, dims)
+    shapes = sample_shapes(decl, dims, scale)
     out = {}
     for d in decl:
         if d.dtype is None:

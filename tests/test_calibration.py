@@ -428,3 +428,26 @@ def test_bad_dim(models, tmp_path, capsys, main, dim):
     assert code == 2
     one_line_error(err, "--dim")
     assert not (tmp_path / "o.dcz").exists()
+
+
+def test_synthetic_sizes_are_probed_when_the_defaults_do_not_run(tmp_path, capsys):
+    """A reflect Pad of 40 needs a frame longer than the 32 a symbolic sequence dim gets by default:
+    dcconvert tries larger (then smaller) sizes, says which it used, and measures on those."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode="reflect"),
+             helper.make_node("ReduceMean", ["p"], ["m"], axes=[1], keepdims=1),
+             helper.make_node("MatMul", ["m", "W"], ["y"])]
+    g = helper.make_graph(nodes, "audio", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "frame"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 600])],
+                          [numpy_helper.from_array(np.array([0, 40, 0, 40], np.int64), "pads"),
+                           numpy_helper.from_array(rng.standard_normal((1, 600)).astype(np.float32), "W")])
+    path = tmp_path / "audio.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    code, stdout, err = _cli(convert_main, [path, "-o", tmp_path / "a.dcz", "--json"], capsys)
+    assert code == 0, err
+    rep = json.loads(stdout)
+    assert rep["fidelity"]["measured"] and rep["fidelity"]["calibration"]["size_scale"] == 2
+    assert any("symbolic sizes x2" in n for n in rep["source"]["notes"])
+    assert rep["fidelity"]["calibration"]["inputs"]["x"]["shape"][1] == 64
