@@ -12,7 +12,7 @@ DEFAULT_MAX_ERROR = 0.01  # 1% relative L2 output error: conservative, the defau
 WARN_COSINE = 0.999  # explicit settings: a worst-sample cosine below this (or error over the budget) warns
 
 
-SIZE_SCALES = (2, 4, 8, 0.5, 0.25)  # tried in turn when the model does not run on the default synthetic sizes
+SIZE_SCALES = inp.SIZE_SCALES  # tried in turn when the model does not run on the default synthetic sizes
 
 
 def calibration(graph, path=None, samples: int | None = None, dims: dict | None = None, seed: int = 0,

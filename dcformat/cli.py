@@ -487,18 +487,37 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
     ort_decl = {i.name for i in sess.get_inputs()}
     decl = [d for d in decl if d.name in ort_decl] or inp.declared_from_session(sess)
     given = set(feeds)
-    if len(given) < len(sess.get_inputs()):
-        synth = inp.synthetic_inputs([d for d in decl if d.name not in given], batch, seed, dim_values)
-        one = inp.sample_feeds(synth, [d for d in decl if d.name not in given], 0, batch)
-        for k, v in one.items():
-            feeds.setdefault(k, v)
-    inp.check_inputs(sess, feeds)
+    missing = [d for d in decl if d.name not in given]
+    # the default synthetic sizes may not suit the model (an audio frame, a fixed text-line height): try others
+    scales = (1.0, *inp.SIZE_SCALES) if missing else (1.0,)
+    first = None
+    for k, scale in enumerate(scales):
+        trial = dict(feeds)
+        if missing:
+            synth = inp.synthetic_inputs(missing, batch, seed, dim_values, scale)
+            for name, v in inp.sample_feeds(synth, missing, 0, batch).items():
+                trial.setdefault(name, v)
+        inp.check_inputs(sess, trial)
+        t0 = time.perf_counter()
+        try:
+            outs = _ort("ONNX Runtime cannot run the model", sess.run, None, trial)
+        except click.ClickException as e:
+            first = first or e
+            if k == len(scales) - 1:
+                if missing:
+                    raise click.ClickException(f"{first.format_message()}; give inputs with --input NAME=FILE.npy "
+                                               "or sizes with --dim NAME=VALUE") from None
+                raise first from None
+            continue
+        t_first = time.perf_counter() - t0
+        break
+    feeds = trial
+    if scale != 1:
+        click.echo(f"note: synthetic inputs at x{scale:g} the default sizes of symbolic dims (the defaults did not "
+                   "run); --dim NAME=VALUE sets them")
     for i in sess.get_inputs():
         src = "given" if i.name in given else "synthetic"
         click.echo(f"input  {_escape(i.name)}: {feeds[i.name].dtype} {list(feeds[i.name].shape)} ({src})")
-    t0 = time.perf_counter()
-    outs = _ort("ONNX Runtime cannot run the model", sess.run, None, feeds)
-    t_first = time.perf_counter() - t0
     names = [o.name for o in sess.get_outputs()]
     for name, y in zip(names, outs):
         y = np.asarray(y)

@@ -94,6 +94,7 @@ ONNX_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16,
 SEQUENCE_DIM = 32  # symbolic sequence/length dims
 IMAGE_DIM = 224  # symbolic height/width of 4-D (image) inputs
 OTHER_DIM = 16  # any other symbolic dim but the batch
+SIZE_SCALES = (2, 4, 8, 0.5, 0.25)  # of the sizes above, tried in turn when a model does not run on them
 DEFAULT_SAMPLES = 16
 _SEQ = re.compile(r"seq|len|token|time|step|word|frame|chunk", re.I)
 _PASS = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Slice", "Transpose", "Clip",

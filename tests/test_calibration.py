@@ -430,9 +430,8 @@ def test_bad_dim(models, tmp_path, capsys, main, dim):
     assert not (tmp_path / "o.dcz").exists()
 
 
-def test_synthetic_sizes_are_probed_when_the_defaults_do_not_run(tmp_path, capsys):
-    """A reflect Pad of 40 needs a frame longer than the 32 a symbolic sequence dim gets by default:
-    dcconvert tries larger (then smaller) sizes, says which it used, and measures on those."""
+def _audio_model(path):
+    """y = mean(reflect-pad(x, 40)) @ W: runs only on frames longer than 40 samples."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(11)
@@ -443,11 +442,23 @@ def test_synthetic_sizes_are_probed_when_the_defaults_do_not_run(tmp_path, capsy
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 600])],
                           [numpy_helper.from_array(np.array([0, 40, 0, 40], np.int64), "pads"),
                            numpy_helper.from_array(rng.standard_normal((1, 600)).astype(np.float32), "W")])
-    path = tmp_path / "audio.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_synthetic_sizes_are_probed_when_the_defaults_do_not_run(tmp_path, capsys):
+    """A reflect Pad of 40 needs a frame longer than the 32 a symbolic sequence dim gets by default:
+    dcconvert tries larger (then smaller) sizes, says which it used, and measures on those; so does dcrun."""
+    path = _audio_model(tmp_path / "audio.onnx")
     code, stdout, err = _cli(convert_main, [path, "-o", tmp_path / "a.dcz", "--json"], capsys)
     assert code == 0, err
     rep = json.loads(stdout)
     assert rep["fidelity"]["measured"] and rep["fidelity"]["calibration"]["size_scale"] == 2
     assert any("symbolic sizes x2" in n for n in rep["source"]["notes"])
     assert rep["fidelity"]["calibration"]["inputs"]["x"]["shape"][1] == 64
+    for model in (path, tmp_path / "a.dcz"):
+        code, stdout, err = _cli(run_main, [model], capsys)
+        assert code == 0, err
+        assert "x2 the default sizes" in stdout and "input  x: float32 [1, 64] (synthetic)" in stdout
+    code, _, err = _cli(run_main, [path, "--dim", "frame=8"], capsys)  # sizes the user fixed are not probed away
+    assert code == 1 and "--dim NAME=VALUE" in err and err.startswith("error: ")
