@@ -174,15 +174,18 @@ def test_cuda_without_onnxruntime_gpu(files, capsys):
 
 
 def test_model_that_fails_when_run(tmp_path, capsys):
-    """A dynamic dimension the model cannot take: ORT's run error becomes one line, exit 1."""
-    net = MLP([8, 4], seed=0)
+    """A dynamic dimension the model cannot take (7 features: no synthetic size tried is 7): ORT's run
+    error becomes one line, exit 1, saying how to give the inputs."""
+    net = MLP([7, 4], seed=0)
     model = net.to_onnx()
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "D"
     graph, arrays = strip_weights(model)
     dcformat.write(tmp_path / "d.dcz", [dcformat.encode(k, v) for k, v in arrays.items()], graph=graph)
-    code, out, err = cli(run_main, [tmp_path / "d.dcz"], capsys)  # random input: D = 1
+    code, out, err = cli(run_main, [tmp_path / "d.dcz"], capsys)
     assert code == 1
-    one_line_error(err, "cannot run the model")
+    one_line_error(err, "cannot run the model", "--dim NAME=VALUE")
+    code, out, err = cli(run_main, [tmp_path / "d.dcz", "--dim", "D=7"], capsys)
+    assert code == 0 and "[1, 7] (synthetic)" in out
 
 
 def test_compare_with_a_different_model(files, tmp_path, capsys):
