@@ -83,6 +83,14 @@ def _as_bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
+def _dtype(name: str, array: np.ndarray) -> str:
+    """The format's dtype name of ``array`` (EncodeError naming the tensor when it has none)."""
+    try:
+        return dtype_name(array.dtype)
+    except ValueError as e:
+        raise EncodeError(f"tensor {name!r}: {e}") from None
+
+
 def _check_name(name) -> str:
     if not isinstance(name, str):
         raise EncodeError(f"tensor name must be a str, got {type(name).__name__}")
@@ -101,10 +109,7 @@ def _check_lane_size(name: str, lane_size) -> int:
 def encode_raw(name: str, array) -> EncodedTensor:
     """Store ``array`` as little-endian bytes of its own dtype."""
     array = np.asarray(array)
-    try:
-        dt = dtype_name(array.dtype)
-    except ValueError as e:
-        raise EncodeError(f"tensor {name!r}: {e}") from None
+    dt = _dtype(name, array)
     return _make(_check_name(name), dt, array.shape, ENC_RAW, {"data": _as_bytes(array)},
                  nonzeros=int(np.count_nonzero(array)))
 
@@ -290,10 +295,7 @@ def encode_float_planes(name: str, array, *, planes=None, lane_size: int = DEFAU
     name = _check_name(name)
     lane_size = _check_lane_size(name, lane_size)
     array = np.asarray(array)
-    try:
-        dt = dtype_name(array.dtype)
-    except ValueError as e:
-        raise EncodeError(f"tensor {name!r}: {e}") from None
+    dt = _dtype(name, array)
     if dt not in FLOAT_DTYPES:
         raise EncodeError(f"tensor {name!r}: {ENC_FLOAT_PLANES} needs a float dtype, not {dt}")
     w = ITEMSIZE[dt]
@@ -336,10 +338,7 @@ def encode(name: str, array, *, encoding: str | None = None, lane_size: int = DE
     name = _check_name(name)
     lane_size = _check_lane_size(name, lane_size)
     array = np.asarray(array)
-    try:
-        dt = dtype_name(array.dtype)
-    except ValueError as e:
-        raise EncodeError(f"tensor {name!r}: {e}") from None
+    dt = _dtype(name, array)
     if encoding == ENC_RAW or dt not in FLOAT_DTYPES or array.size == 0:
         if encoding not in (None, ENC_RAW):
             raise EncodeError(f"tensor {name!r}: {encoding} needs a non-empty float tensor")

@@ -38,7 +38,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-T0 = time.perf_counter()
+
+from bench import best, log  # noqa: E402 - the timer and progress line of tools/bench.py
 
 WHEELS = {  # package spec -> ONNX files inside its wheel (glob, relative to the unzipped wheel)
     "rapidocr-onnxruntime==1.4.4": ["rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
@@ -59,19 +60,6 @@ t = time.perf_counter(); d = z.decompress(c); t = time.perf_counter() - t
 assert bytes(d) == data, "ZipNN round trip failed"
 print(json.dumps({"bytes": len(c), "decode_s": t}))
 """
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def best(fn, n: int) -> float:
-    out = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - t)
-    return out
 
 
 # ------------------------------------------------------------------------------------------ models
