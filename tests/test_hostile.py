@@ -12,7 +12,6 @@ import os
 import random
 import shutil
 import sys
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -29,12 +28,14 @@ from dcformat.constants import EXPANSION_SLACK, MAX_EXPANSION
 
 sys.path.insert(0, str(Path(__file__).parent / "attacks"))
 import make_attacks as ma  # noqa: E402
+from workcount import count_calls  # noqa: E402
 
-DEFAULT_TIME_LIMIT = 5.0  # seconds per test; the exhaustive tests take ~1 s on 2 idle cores, allow for load
+HANG_LIMIT = 60.0  # seconds per test before the run is killed with tracebacks (a hang, not a slow test)
+WORK_PER_ATTACK = 100_000  # calls (tests/workcount.py) one crafted file may cost, end to end
 
 
 def time_limit(seconds: float):
-    """Give a test a longer time budget than DEFAULT_TIME_LIMIT."""
+    """Give a test a longer hang limit than HANG_LIMIT."""
 
     def deco(fn):
         fn.time_limit = seconds
@@ -44,15 +45,13 @@ def time_limit(seconds: float):
 
 
 @pytest.fixture(autouse=True)
-def _time_guard(request):
-    """Fail a test that takes too long; kill the run (with tracebacks) if one hangs outright."""
-    limit = getattr(request.function, "time_limit", DEFAULT_TIME_LIMIT)
+def _hang_guard(request):
+    """Kill the run (with tracebacks) if a test hangs outright. Speed itself is not asserted here:
+    wall-clock limits fail on a loaded machine; the tests count work (tests/workcount.py) instead."""
+    limit = getattr(request.function, "time_limit", HANG_LIMIT)
     faulthandler.dump_traceback_later(4 * limit + 60, exit=True)
-    t0 = time.perf_counter()
     yield
-    elapsed = time.perf_counter() - t0
     faulthandler.cancel_dump_traceback_later()
-    assert elapsed < limit, f"{request.node.name} took {elapsed:.1f} s (limit {limit} s)"
 
 
 @pytest.fixture(scope="module")
@@ -367,14 +366,15 @@ def test_bomb_rejected_before_any_allocation(samples, tmp_path):
     assert path.stat().st_size < 8192
     tracemalloc.start()
     try:
-        t0 = time.perf_counter()
-        with pytest.raises(LimitError, match="decoded bytes"):
-            dcformat.open(path)
-        elapsed = time.perf_counter() - t0
+        def attempt():
+            with pytest.raises(LimitError, match="decoded bytes"):
+                dcformat.open(path)
+
+        work, _ = count_calls(attempt)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 0.5
+    assert work < 20_000, work
     assert peak < 2 << 20, f"opening the bomb allocated {peak} bytes"
 
 
@@ -418,14 +418,19 @@ def test_max_decoded_bytes_override(samples, tmp_path):
 
 @time_limit(20)
 def test_crafted_files_fail_fast(attack_files):
-    """Every crafted file, end to end, in well under a second on average."""
-    t0 = time.perf_counter()
-    for a in ma.ATTACKS:
+    """Every crafted file, end to end, costs little work: a bounded number of calls (the worst, a graph whose
+    references amplify one record, about 23,000; the mean about 300), however it was crafted."""
+    def attack(a):
         try:
             read_all(attack_files[a.name], **a.open_kwargs)
         except DczError:
             pass
-    assert (time.perf_counter() - t0) / len(ma.ATTACKS) < 0.05
+
+    attack(ma.ATTACKS[0])  # warm: kernels compiled
+    work = {a.name: count_calls(attack, a)[0] for a in ma.ATTACKS}
+    worst = max(work, key=work.get)
+    print(f"calls per attack: mean {sum(work.values()) / len(work):.0f}, worst {worst} {work[worst]}")
+    assert work[worst] < WORK_PER_ATTACK, (worst, work[worst])
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
