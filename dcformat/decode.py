@@ -57,7 +57,8 @@ def scale_values(flat: np.ndarray, scales: np.ndarray, inner: int, dtype: str, f
         kernels.pick(kernels.scale_rows, kernels.scale_rows_serial, flat.size)(flat, scales, inner, first_row)
     if dtype == "float32":
         return flat
-    out = flat.astype(DTYPES[dtype])  # float64: exact; float16/bfloat16: round to nearest even
+    with np.errstate(over="ignore"):  # float64: exact; float16/bfloat16: round to nearest even, past the range to inf
+        out = flat.astype(DTYPES[dtype])
     if dtype != "float64":  # a product may round to a zero of either sign
         out[out == 0] = 0
     return out

@@ -271,7 +271,7 @@ def _quantized(name, codebook, indices, shape, dtype, encoding, gap_bits, codebo
         q.scales = sc.astype(DTYPES[q.sdt])
     if not np.isfinite(q.scales).all():
         c = int(np.flatnonzero(~np.isfinite(q.scales))[0])
-        raise EncodeError(f"tensor {name!r}: scale {c} is {sc[c]!r}, not a finite {q.sdt}")
+        raise EncodeError(f"tensor {name!r}: scale {c} is {float(sc[c])}, not a finite {q.sdt}")
     return q
 
 
