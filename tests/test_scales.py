@@ -432,3 +432,39 @@ def test_compact_mode_keeps_scaled_float16_tensors_full(tmp_path):
     dcformat.write(tmp_path / "w.dcz", [t])
     with dcformat.open(tmp_path / "w.dcz") as r:
         assert runtime.decode_indices(r, "w") is None
+
+
+# ---------------------------------------------------------------- dcinspect
+def test_dcinspect_shows_per_channel_scales(tmp_path, capsys):
+    from dcformat import cli
+    from dcformat.inspect import inspect_dcz
+
+    rng = np.random.default_rng(8)
+    ts = [dcformat.encode_codebook("conv", np.linspace(-1, 1, 16), rng.integers(0, 16, (32, 8, 3, 3)),
+                                   scales=np.linspace(0.5, 2, 32), scale_dtype="float16", encoding="codebook-dense"),
+          dcformat.encode_codebook("fc", [0.0, 0.5, -1.0], rng.integers(0, 3, (20, 30)), scales=np.ones(30),
+                                   scale_axis=1, encoding="codebook-sparse"),
+          dcformat.encode_codebook("plain", [0.5, -1.0], rng.integers(0, 2, (20, 30)), encoding="codebook-dense")]
+    path = tmp_path / "s.dcz"
+    dcformat.write(path, ts)
+    rep = inspect_dcz(path)
+    rows = {r["name"]: r for r in rep["tensors"]}
+    assert rep["format_version"] == "1.2"
+    assert (rows["conv"]["scale_axis"], rows["conv"]["scale_count"], rows["conv"]["scale_dtype"],
+            rows["conv"]["scale_bytes"]) == (0, 32, "float16", 64)
+    assert (rows["fc"]["scale_axis"], rows["fc"]["scale_count"], rows["fc"]["scale_dtype"]) == (1, 30, "float32")
+    assert rows["plain"]["scale_axis"] is None and rows["plain"]["scale_bytes"] is None
+    for r in rows.values():  # streams + padding = the section; the scales count as codebook bytes
+        assert sum(r[f"{k}_bytes"] for k in ("gap", "index", "codebook", "raw")) + r["padding_bytes"] == r["bytes"]
+    assert rows["conv"]["codebook_bytes"] == 16 * 4 + 64 and rows["conv"]["padding_bytes"] == 0
+    assert cli._centroids(rows["conv"]) == "16x32@0" and cli._centroids(rows["plain"]) == "2"
+    with pytest.raises(SystemExit) as e:
+        cli.inspect_main([str(path), "--all"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "16x32@0" in out and "3x30@1" not in out and "2x30@1" in out  # the sparse codebook holds the non-zeros
+    assert "per-channel scales: 2 tensors (30 float32 + 32 float16 values, 184 bytes)" in out
+    with pytest.raises(SystemExit):
+        cli.inspect_main([str(path), "--json"])
+    js = __import__("json").loads(capsys.readouterr().out)
+    assert {r["name"]: r["scale_count"] for r in js["tensors"]} == {"conv": 32, "fc": 30, "plain": None}
