@@ -189,14 +189,14 @@ def _scales_seeds(tmp: Path) -> dict[str, bytes]:
         dcformat.write(path, tensors)
         out[f"scales-{dtype}"] = path.read_bytes()
     # y = x @ W + B with W a scaled codebook record (compact: Cast, Gather, Mul, Add)
-    w_idx = rng.integers(0, 4, (16, 8))
+    w_idx = rng.integers(0, 4, (32, 40))  # past runtime.COMPACT_MIN_ELEMENTS: compacted
     w_cb = np.array([0.0, -0.5, 0.25, 1.0], np.float32)
-    w_sc = np.linspace(-2, 2, 8).astype(np.float32)
+    w_sc = np.linspace(-2, 2, 40).astype(np.float32)
     wt = (w_cb[w_idx] * w_sc).astype(np.float32)
-    bt = (rng.standard_normal(8) * 0.1).astype(np.float32)
+    bt = (rng.standard_normal(40) * 0.1).astype(np.float32)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
-                              "sc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                              "sc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
                               [numpy_helper.from_array(wt, "W"), numpy_helper.from_array(bt, "B")])
     model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
     stripped, arrays = strip_weights(model)
