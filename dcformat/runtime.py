@@ -4,6 +4,9 @@ Full mode gives every weight back as the array the converter decided on. Compact
 codebook-coded weights as uint8 indices plus their codebook, with a Gather (or, for a
 uniform codebook, a DequantizeLinear) that rebuilds the weight when the model runs: the
 model held in memory is about 4x smaller and the rebuilt weights are the same bit for bit.
+A float32 record with per-channel scales (format 1.2) is rebuilt by the Gather, then a Mul by
+the scales (a broadcast initializer) and, where some product is -0.0, an Add of 0.0: exactly
+spec 7.5's arithmetic, which ONNX Runtime's float32 Mul and Add compute bit for bit.
 The outputs are not always bit-identical to full mode: ONNX Runtime pre-packs constant
 Gemm/MatMul weights (and lays out constant Conv weights as NCHWc at ORT_ENABLE_ALL), which
 changes the summation order; a weight computed in the graph takes the plain kernels. With
