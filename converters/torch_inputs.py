@@ -277,14 +277,12 @@ def _bind(module, examples, path):
     for i, sa in enumerate(unnamed[len(free):]):
         bound[f"*{i}"] = sa  # beyond the named arguments: *args
     for p in params:
-        if p.name not in bound:
-            if p.required:
-                kind = "" if p.kind == "any" else f" ({p.type})"
-                raise ConvertError(f"{path}: the model's {sig} needs argument {p.name!r}{kind}: give it with "
-                                   f"{_hint(p)}" + ("" if p.kind != "other" else "; dcconvert passes tensors and "
-                                                    "int/float/bool constants"))
-            continue
-        s, a = bound[p.name]
+        if p.name not in bound and not p.required:
+            continue  # its default
+        if p.name not in bound and p.kind != "other":
+            kind = "" if p.kind == "any" else f" ({p.type})"
+            raise ConvertError(f"{path}: the model's {sig} needs argument {p.name!r}{kind}: give it with {_hint(p)}")
+        s, a = bound.get(p.name, (None, None))
         is_value = s is not None and s.kind == "value"
         if p.kind == "other":
             raise ConvertError(f"{path}: argument {p.name!r} of the model's {sig} is {p.type}: dcconvert passes "

@@ -1,0 +1,199 @@
+"""PyTorch exports with named, typed example inputs (issue 19): --input NAME:SHAPE[:DTYPE],
+NAME=VALUE constants for int/float/bool arguments (a TorchScript VAD whose forward takes
+(x, sr: int)), a BERT-style nn.Module built by --model with three int64 inputs passed by keyword,
+an .npz of example inputs, and the first sample of --calibration. Models are built here."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import dcformat  # noqa: E402
+from clitools import cli, one_line_error  # noqa: E402
+from converters.cli import main  # noqa: E402
+
+MODELS_PY = '''
+from typing import List
+
+import torch
+from torch import nn
+
+
+class Vad(nn.Module):
+    """forward(x, sr: int): the sample rate picks the branch (as Silero VAD's does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(64, 8)
+        self.b = nn.Linear(32, 8)
+
+    def forward(self, x, sr: int):
+        if sr == 16000:
+            return torch.sigmoid(self.a(x))
+        return torch.sigmoid(self.b(x[:, :32])) * 0.5
+
+
+class Listy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, sizes: List[int]):
+        return self.fc(x) * float(len(sizes))
+
+
+class TinyBert(nn.Module):
+    """Word + position + token-type embeddings, one masked self-attention layer, masked mean pooling
+    (attention written out: nn.MultiheadAttention's traced shapes would fix the batch and length)."""
+
+    def __init__(self, vocab=300, dim=32, types=2, max_len=64):
+        super().__init__()
+        self.word = nn.Embedding(vocab, dim)
+        self.position = nn.Embedding(max_len, dim)
+        self.token_type = nn.Embedding(types, dim)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, 16)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        pos = torch.cumsum(torch.ones_like(input_ids), 1) - 1
+        h = self.word(input_ids) + self.position(pos)
+        if token_type_ids is not None:
+            h = h + self.token_type(token_type_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        scores = self.q(h) @ self.k(h).transpose(1, 2) / h.shape[-1] ** 0.5
+        scores = scores.masked_fill(attention_mask.unsqueeze(1) == 0, -1e4)
+        h = self.norm(h + torch.softmax(scores, -1) @ self.v(h))
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return self.out((h * m).sum(1) / m.sum(1))
+
+
+def bert():
+    torch.manual_seed(0)
+    return TinyBert().eval()
+'''
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("torch-inputs")
+    (d / "tiny_inputs.py").write_text(MODELS_PY)
+    sys.path.insert(0, str(d))
+    try:
+        import tiny_inputs
+    finally:
+        sys.path.remove(str(d))
+    torch.manual_seed(0)
+    vad = tiny_inputs.Vad().eval()
+    torch.jit.save(torch.jit.script(vad), d / "vad.pt")
+    torch.jit.save(torch.jit.script(tiny_inputs.Listy()), d / "listy.pt")
+    net = tiny_inputs.bert()
+    torch.save(net.state_dict(), d / "bert.pt")
+    return {"dir": d, "vad": vad, "bert": net, "module": tiny_inputs}
+
+
+def _out(path, feeds):
+    sess = dcformat.InferenceSession(path)
+    return sess.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("sr", [16000, 8000])
+def test_torchscript_int_argument_is_a_constant(files, tmp_path, capsys, sr):
+    """forward(x, sr: int) exports with sr as a constant: the graph takes x alone, keeps only the
+    branch sr chose (TorchScript folds the other away), and gives torch's outputs at any batch."""
+    out = tmp_path / "v.dcz"
+    code, stdout, err = cli(main, [files["dir"] / "vad.pt", "-o", out, "--trust-code", "--input", "x:1x64",
+                                   "--input", f"sr:int={sr}", "--lossless"], capsys)
+    assert code == 0, err
+    assert f"sr={sr} (constant)" in stdout
+    sess = dcformat.InferenceSession(out)
+    assert [i.name for i in sess.get_inputs()] == ["x"]
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = files["vad"](torch.from_numpy(x), sr).numpy()
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+    names = set(dcformat.load_weights(out))
+    kept, dropped = ("a", "b") if sr == 16000 else ("b", "a")
+    assert f"{kept}.weight" in names and f"{dropped}.weight" not in names  # names as in the state_dict
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--input-shape", "1,64"], ["argument 'sr' (int)", "--input sr=16000"]),  # was a PyTorch INTERNAL ASSERT
+    (["--input", "x:1x64", "--input", "sr:1x1"], ["'sr'", "is int, not a tensor", "--input sr="]),
+    (["--input", "x:1x64", "--input", "sr=0.5"], ["'sr'", "is an int"]),
+    (["--input", "x:1x64", "--input", "sr=16000", "--input", "rate=3"], ["no argument 'rate'", "forward(x: Tensor, sr: int)"]),
+    ([], ["needs example inputs", "--input", "forward(x: Tensor, sr: int)"]),
+])
+def test_torchscript_argument_errors_are_one_line(files, tmp_path, capsys, argv, needles):
+    out = tmp_path / "v.dcz"
+    code, _, err = cli(main, [files["dir"] / "vad.pt", "-o", out, "--trust-code", "--lossless", *argv], capsys)
+    assert code == 1 and not out.exists()
+    one_line_error(err, *needles)
+
+
+def test_unsupported_argument_type_is_named(files, tmp_path, capsys):
+    code, _, err = cli(main, [files["dir"] / "listy.pt", "-o", tmp_path / "l.dcz", "--trust-code", "--input",
+                              "x:1x4"], capsys)
+    assert code == 1
+    one_line_error(err, "'sizes'", "List[int]", "torch.onnx.export")
+
+
+def test_bert_from_a_factory_with_typed_keyword_inputs(files, tmp_path, capsys, monkeypatch):
+    """--model builds a BERT-style module; three int64 inputs given by name, the sequence dim named
+    dynamic: the graph takes them by name and dtype and matches torch at another batch and length."""
+    monkeypatch.syspath_prepend(str(files["dir"]))
+    out = tmp_path / "b.dcz"
+    spec = "1xsequence=16:int64"
+    code, stdout, err = cli(main, [files["dir"] / "bert.pt", "-o", out, "--trust-code", "--model", "tiny_inputs:bert",
+                                   "--input", f"input_ids:{spec}", "--input", f"token_type_ids:{spec}",
+                                   "--input", f"attention_mask:{spec}", "--lossless", "-q"], capsys)
+    assert code == 0, err
+    sess = dcformat.InferenceSession(out)
+    got = {i.name: (i.type, i.shape) for i in sess.get_inputs()}
+    assert got == {n: ("tensor(int64)", ["batch", "sequence"]) for n in ("input_ids", "attention_mask", "token_type_ids")}
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 300, (2, 9))
+    types = rng.integers(0, 2, (2, 9))
+    mask = np.ones((2, 9), np.int64)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        want = files["bert"](torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                             token_type_ids=torch.from_numpy(types)).numpy()
+    y = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)
+    with dcformat.open(out) as r:
+        fid = r.metadata["fidelity"]
+    cal = fid["calibration"]
+    assert cal["inputs"]["input_ids"] == {"dtype": "int64", "shape": [16, 16], "table_rows": 300}  # sequence 16
+    assert cal["inputs"]["token_type_ids"]["table_rows"] == 2 and fid["max_rel_l2"] == 0
+
+
+def test_bert_example_inputs_from_npz_and_calibration(files, tmp_path, capsys, monkeypatch):
+    """An .npz of example arrays (optional arguments left out keep their defaults), or with no
+    --input the first sample of --calibration; a missing required argument is one line."""
+    monkeypatch.syspath_prepend(str(files["dir"]))
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 300, (4, 12))
+    np.savez(tmp_path / "ex.npz", input_ids=ids[:1])
+    base = [files["dir"] / "bert.pt", "--trust-code", "--model", "tiny_inputs:bert", "--lossless", "-q"]
+    code, _, err = cli(main, [*base, "-o", tmp_path / "a.dcz", "--input", tmp_path / "ex.npz"], capsys)
+    assert code == 0, err
+    sess = dcformat.InferenceSession(tmp_path / "a.dcz")
+    assert [i.name for i in sess.get_inputs()] == ["input_ids"]
+    with torch.no_grad():
+        want = files["bert"](torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(sess.run(None, {"input_ids": ids})[0], want, rtol=1e-4, atol=1e-5)
+    np.savez(tmp_path / "cal.npz", input_ids=ids, attention_mask=np.ones_like(ids))
+    code, _, err = cli(main, [*base, "-o", tmp_path / "c.dcz", "--calibration", tmp_path / "cal.npz"], capsys)
+    assert code == 0, err
+    with dcformat.open(tmp_path / "c.dcz") as r:
+        cal = r.metadata["fidelity"]["calibration"]
+    assert cal["samples"] == 4 and not cal["synthetic"] and set(cal["inputs"]) == {"input_ids", "attention_mask"}
+    code, _, err = cli(main, [*base, "-o", tmp_path / "m.dcz", "--input", "attention_mask:1x8:int64"], capsys)
+    assert code == 1 and not (tmp_path / "m.dcz").exists()
+    one_line_error(err, "needs argument 'input_ids'", "--input input_ids:1x128:int64")
