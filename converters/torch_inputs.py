@@ -486,17 +486,23 @@ def _export_error(path, e: BaseException, opset, consts=None) -> str:
     if "INTERNAL ASSERT" in msg and "param_count_list" in msg:  # fewer example inputs than forward's arguments
         return (f"{path}: cannot export the model to ONNX: it was given fewer example inputs than its forward takes; "
                 "name each argument with --input NAME:SHAPE[:DTYPE] or NAME=VALUE")
-    op = re.search(r"\b((?:aten|prim|onnx|quantized|torchvision)::[A-Za-z0-9_.]+)", str(e))
+    ops = re.findall(r"\b((?:aten|prim|onnx|quantized|torchvision)::[A-Za-z0-9_.]+)", str(e))
+    ops = [o for o in ops if o.startswith("aten::")] + [o for o in ops if o != "onnx::Constant"]  # the op, not its input
+    op = ops[0] if ops else None
     if op and ("not supported" in str(e) or "Unsupported" in str(e) or "unsupported" in str(e)):
-        return (f"{path}: cannot export the model to ONNX: operator {op.group(1)} is not supported at opset "
+        return (f"{path}: cannot export the model to ONNX: operator {op} is not supported at opset "
                 f"{opset or DEFAULT_OPSET}; try a newer --opset (up to 23), or export the model to ONNX yourself "
                 "and convert the .onnx")
-    where = f" (in {op.group(1)})" if op else ""
-    if len(msg) > 200:
-        msg = msg[:197] + "..."
+    where = f" (in {op})" if op else ""
+    msg = msg.split("  [Caused by")[0].strip()  # the exporter's dump of the TorchScript value
+    if "does NOT support" in msg:
+        where = ""
+    if len(msg) > 150:
+        msg = msg[:147] + "..."
     const = f" (with the constant{'s' if len(consts) > 1 else ''} {', '.join(f'{k}={_shown(v)}' for k, v in consts.items())})" \
         if consts else ""
-    return f"{path}: cannot export the model to ONNX{where}{const}: {msg}; try another --opset or other --input values"
+    return (f"{path}: cannot export the model to ONNX{where}{const}: {msg}; try another --opset or --input, or "
+            "torch.onnx.export it yourself and convert the .onnx")
 
 
 def _export_program(ep, path, input_shapes, opset, inputs=None):
