@@ -392,6 +392,26 @@ def _bound_script(module, tensor_names, consts, keywords: bool):
         return torch.jit.script(mod.DczBound(module))
 
 
+def _bound_module(module, tensor_names, consts, params, keywords: bool):
+    """An nn.Module whose forward takes only the tensors and calls ``module`` with the constants."""
+    torch = _torch()
+
+    class DczBound(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            setattr(self, _BOUND, m)
+
+        def forward(self, *tensors):
+            given = dict(zip(tensor_names, tensors))
+            m = getattr(self, _BOUND)
+            if keywords:
+                return m(**given, **consts)
+            full = [given[n] if n in given else consts[n] if n in consts else p.default for n, p in params.items()]
+            return m(*full, *(t for k, t in given.items() if k.startswith("*")))
+
+    return DczBound(module)
+
+
 def _strip_prefix(model, prefix: str) -> None:
     """Rename the initializers ``prefix.NAME`` to ``NAME`` everywhere they are used (subgraphs too)."""
     from onnx import AttributeProto
@@ -442,20 +462,21 @@ def _export(module, path, input_shapes, opset, dynamo: bool = False, inputs=None
     buf = io.BytesIO()
     try:
         with _quiet():
-            if script and (consts or not in_order):
+            wrapped = script and (consts or not in_order) or not script and bool(consts)
+            if script and wrapped:
                 target, args, kwargs = _bound_script(module, list(tensors), consts, keywords), tuple(values), None
-            elif script or not keywords:
-                target, args, kwargs = module, tuple(values), None
-                if params is None and consts:
+            elif wrapped:  # traced: Python numbers given to forward would become graph inputs, so close over them
+                if params is None:
                     raise ConvertError(f"{path}: the model's forward arguments cannot be read, so constants "
                                        f"({', '.join(consts)}) cannot be placed; give tensors only")
-                if params is not None and (consts or not in_order):  # positional: skipped ones get their defaults
-                    full = []
-                    for n, p in (params or {}).items():
-                        full.append(tensors[n][0] if n in tensors else consts[n] if n in consts else p.default)
+                target, args, kwargs = _bound_module(module, list(tensors), consts, params, keywords), tuple(values), None
+            elif script or not keywords:
+                target, args, kwargs = module, tuple(values), None
+                if params is not None and not in_order:  # positional: skipped ones get their defaults
+                    full = [tensors[n][0] if n in tensors else p.default for n, p in params.items()]
                     args = tuple(full) + tuple(t for k, (t, _) in tensors.items() if k.startswith("*"))
             else:
-                target, args, kwargs = module, (), {**{k: t for k, (t, _) in tensors.items()}, **consts}
+                target, args, kwargs = module, (), {k: t for k, (t, _) in tensors.items()}
             torch.onnx.export(target, args, buf, kwargs=kwargs, dynamo=False, opset_version=opset or DEFAULT_OPSET,
                               input_names=names, output_names=["output"],
                               dynamic_axes={**axes, "output": {0: "batch"}})
@@ -464,7 +485,7 @@ def _export(module, path, input_shapes, opset, dynamo: bool = False, inputs=None
     except Exception as e:  # noqa: BLE001 - the exporter raises many kinds
         raise ConvertError(_export_error(path, e, opset, consts)) from None
     model = onnx.load_from_string(buf.getvalue())
-    if script and (consts or not in_order):
+    if wrapped:
         _strip_prefix(model, _BOUND + ".")
     if notes is not None and not legacy:
         notes.append(f"exported to ONNX with example inputs {desc}" + ("; constants are part of the graph" if consts

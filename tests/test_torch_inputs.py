@@ -31,10 +31,19 @@ class Vad(nn.Module):
         self.a = nn.Linear(64, 8)
         self.b = nn.Linear(32, 8)
 
-    def forward(self, x, sr: int):
+    def forward(self, x, sr: int, gain: float = 1.0, clip: bool = False):
         if sr == 16000:
-            return torch.sigmoid(self.a(x))
-        return torch.sigmoid(self.b(x[:, :32])) * 0.5
+            y = torch.sigmoid(self.a(x))
+        else:
+            y = torch.sigmoid(self.b(x[:, :32])) * 0.5
+        if clip:
+            y = torch.clamp(y, 0.25, 0.75)
+        return y * gain
+
+
+def vad():
+    torch.manual_seed(0)
+    return Vad().eval()
 
 
 class Listy(nn.Module):
@@ -88,9 +97,9 @@ def files(tmp_path_factory):
         import tiny_inputs
     finally:
         sys.path.remove(str(d))
-    torch.manual_seed(0)
-    vad = tiny_inputs.Vad().eval()
+    vad = tiny_inputs.vad()
     torch.jit.save(torch.jit.script(vad), d / "vad.pt")
+    torch.save(vad.state_dict(), d / "vad_sd.pt")
     torch.jit.save(torch.jit.script(tiny_inputs.Listy()), d / "listy.pt")
     net = tiny_inputs.bert()
     torch.save(net.state_dict(), d / "bert.pt")
@@ -102,20 +111,27 @@ def _out(path, feeds):
     return sess.run(None, feeds)[0]
 
 
-@pytest.mark.parametrize("sr", [16000, 8000])
-def test_torchscript_int_argument_is_a_constant(files, tmp_path, capsys, sr):
-    """forward(x, sr: int) exports with sr as a constant: the graph takes x alone, keeps only the
-    branch sr chose (TorchScript folds the other away), and gives torch's outputs at any batch."""
+@pytest.mark.parametrize("sr, extra, kwargs, how", [
+    (16000, [], {}, "ts"),
+    (8000, ["--input", "clip=true", "--input", "gain:float=0.5"], {"clip": True, "gain": 0.5}, "ts"),
+    (16000, ["--input", "gain=2"], {"gain": 2.0}, "factory"),  # an nn.Module traced: the same constants
+])
+def test_int_float_bool_arguments_are_constants(files, tmp_path, capsys, monkeypatch, sr, extra, kwargs, how):
+    """forward(x, sr: int, gain: float = 1.0, clip: bool = False) exports with the given arguments as
+    constants: the graph takes x alone, keeps only the branch sr chose (TorchScript folds the other
+    away), and gives torch's outputs at any batch; arguments left out keep their defaults."""
+    monkeypatch.syspath_prepend(str(files["dir"]))
     out = tmp_path / "v.dcz"
-    code, stdout, err = cli(main, [files["dir"] / "vad.pt", "-o", out, "--trust-code", "--input", "x:1x64",
-                                   "--input", f"sr:int={sr}", "--lossless"], capsys)
+    src = [files["dir"] / "vad.pt"] if how == "ts" else [files["dir"] / "vad_sd.pt", "--model", "tiny_inputs:vad"]
+    code, stdout, err = cli(main, [*src, "-o", out, "--trust-code", "--input", "x:1x64", "--input", f"sr:int={sr}",
+                                   *extra, "--lossless"], capsys)
     assert code == 0, err
     assert f"sr={sr} (constant)" in stdout
     sess = dcformat.InferenceSession(out)
     assert [i.name for i in sess.get_inputs()] == ["x"]
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
     with torch.no_grad():
-        want = files["vad"](torch.from_numpy(x), sr).numpy()
+        want = files["vad"](torch.from_numpy(x), sr, **kwargs).numpy()
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
     names = set(dcformat.load_weights(out))
     kept, dropped = ("a", "b") if sr == 16000 else ("b", "a")
@@ -126,8 +142,9 @@ def test_torchscript_int_argument_is_a_constant(files, tmp_path, capsys, sr):
     (["--input-shape", "1,64"], ["argument 'sr' (int)", "--input sr=16000"]),  # was a PyTorch INTERNAL ASSERT
     (["--input", "x:1x64", "--input", "sr:1x1"], ["'sr'", "is int, not a tensor", "--input sr="]),
     (["--input", "x:1x64", "--input", "sr=0.5"], ["'sr'", "is an int"]),
-    (["--input", "x:1x64", "--input", "sr=16000", "--input", "rate=3"], ["no argument 'rate'", "forward(x: Tensor, sr: int)"]),
-    ([], ["needs example inputs", "--input", "forward(x: Tensor, sr: int)"]),
+    (["--input", "x:1x64", "--input", "sr=16000", "--input", "rate=3"], ["no argument 'rate'", "forward(x: Tensor, sr: int,"]),
+    (["--input", "x:1x64", "--input", "sr=16000", "--input", "clip=2"], ["'clip'", "is a bool"]),
+    ([], ["needs example inputs", "--input", "forward(x: Tensor, sr: int, gain: float, clip: bool)"]),
 ])
 def test_torchscript_argument_errors_are_one_line(files, tmp_path, capsys, argv, needles):
     out = tmp_path / "v.dcz"
