@@ -599,7 +599,7 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
     failed = False
     if compare:
         failed = _compare(sess, names, decl, compare, provider, given, feeds, calibration, calibration_samples,
-                          dim_values, seed, max_error, min_cosine)
+                          dim_values, seed, max_error, min_cosine, sizes=(scale, tie))
     if bench:
         times = []
         for _ in range(bench):
@@ -615,8 +615,9 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
 
 
 def _compare(sess, names, decl, compare, provider, given, feeds, calibration, samples, dims, seed, max_error,
-             min_cosine) -> bool:
-    """Run both models on the calibration set and print the metrics; True when the gate fails."""
+             min_cosine, sizes=(1.0, False)) -> bool:
+    """Run both models on the calibration set and print the metrics; True when the gate fails.
+    ``sizes``: (scale, tie) of synthetic inputs the model ran on (dcformat.inputs.probe_sizes)."""
     import numpy as np
 
     from . import fidelity
@@ -639,7 +640,7 @@ def _compare(sess, names, decl, compare, provider, given, feeds, calibration, sa
         cdecl, what = decl, _escape(calibration)
     else:
         n = samples or inp.DEFAULT_SAMPLES
-        calib = inp.synthetic_inputs(decl, n, seed, dims)
+        calib = inp.synthetic_inputs(decl, n, seed, dims, sizes[0], bool(sizes[1]))
         cdecl, what = decl, "synthetic inputs"
     if given and all(a.ndim == 0 for a in calib.values()):
         cdecl = decl

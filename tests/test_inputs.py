@@ -187,6 +187,10 @@ def test_dcconvert_finds_sizes_for_the_vad(vad, tmp_path, capsys):
     assert rep["fidelity"]["measured"] and cal["size_scale"] == 16 and cal["tied_to_batch"]
     assert cal["inputs"]["input"]["shape"][1] == 256 and cal["inputs"]["state"]["shape"][1:] == [2, 1, 8]
     assert any("tied to the batch" in n and "x16" in n for n in rep["source"]["notes"])
+    # the gate compares on the same probed sizes
+    code, out, err = cli(run_main, [tmp_path / "v.dcz", "--compare", vad, "--max-error", "0.05"], capsys)
+    assert code == 0, err
+    assert "compare with" in out and "on 16 samples (synthetic inputs)" in out and "within tolerance" in out
 
 
 def test_dcconvert_input_fixes_onnx_calibration(vad, tmp_path, capsys, monkeypatch):
