@@ -350,7 +350,7 @@ def _examples(module, specs, calibration, path):
         named = dict(spec.dim_names) if spec is not None else {}
         axes = {**({0: "batch"} if arr.ndim and "batch" not in named.values() else {}), **named}
         for k, dn in axes.items():
-            if k > 0 or dn != "batch":
+            if dn != "batch":  # the batch of a calibration sample is 1
                 dims[dn] = int(arr.shape[k])
         tensors[name] = (t, axes)
         desc.append(f"{name} {arr.dtype} {list(arr.shape)}" + (" (synthetic)" if spec is not None and spec.kind == "shape"

@@ -214,3 +214,30 @@ def test_bert_example_inputs_from_npz_and_calibration(files, tmp_path, capsys, m
     code, _, err = cli(main, [*base, "-o", tmp_path / "m.dcz", "--input", "attention_mask:1x8:int64"], capsys)
     assert code == 1 and not (tmp_path / "m.dcz").exists()
     one_line_error(err, "needs argument 'input_ids'", "--input input_ids:1x128:int64")
+
+
+def test_dynamic_axes_from_named_dims():
+    """Dim 0 is the dynamic batch unless another dim is named batch (a recurrent state); named dims
+    are dynamic and their sizes go to the synthetic calibration inputs."""
+    from converters.torch_inputs import _examples
+    from dcformat.inputs import parse_inputs
+
+    class Rnn(torch.nn.Module):
+        def forward(self, x, state):
+            return x.sum() + state.sum()
+
+    tensors, consts, _, legacy, dims, _ = _examples(Rnn(), parse_inputs(["x:1xframe=512", "state:2xbatch=1x128"]),
+                                                    None, "m.pt")
+    assert tensors["x"][1] == {0: "batch", 1: "frame"} and tensors["state"][1] == {1: "batch"}
+    assert dims == {"frame": 512} and not consts and not legacy
+    assert tuple(tensors["state"][0].shape) == (2, 1, 128) and tensors["x"][0].dtype == torch.float32
+
+
+def test_hostile_example_files_are_refused(files, tmp_path, capsys):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    for spec, needle in ((f"x={tmp_path / 'obj.npy'}", "pickled"), (str(tmp_path / "empty.npz"), "is empty")):
+        code, _, err = cli(main, [files["dir"] / "vad.pt", "-o", tmp_path / "v.dcz", "--trust-code", "--input", spec,
+                                  "--input", "sr=16000"], capsys)
+        assert code == 1 and not (tmp_path / "v.dcz").exists()
+        one_line_error(err, needle)
