@@ -241,3 +241,21 @@ def test_hostile_example_files_are_refused(files, tmp_path, capsys):
                                   "--input", "sr=16000"], capsys)
         assert code == 1 and not (tmp_path / "v.dcz").exists()
         one_line_error(err, needle)
+
+
+def test_pt2_takes_example_tensors_not_constants(tmp_path, capsys):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU()).eval()
+    ep = torch.export.export(net, (torch.zeros(2, 4),))
+    torch.export.save(ep, tmp_path / "n.pt2")
+    np.savez(tmp_path / "ex.npz", x=np.ones((2, 4), np.float32))  # a static program: its own batch
+    code, _, err = cli(main, [tmp_path / "n.pt2", "-o", tmp_path / "n.dcz", "--trust-code", "--input",
+                              tmp_path / "ex.npz", "--lossless", "-q"], capsys)
+    assert code == 0, err
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_out(tmp_path / "n.dcz", {dcformat.InferenceSession(tmp_path / "n.dcz").get_inputs()[0].name: x}),
+                               want, rtol=1e-5, atol=1e-6)
+    code, _, err = cli(main, [tmp_path / "n.pt2", "-o", tmp_path / "m.dcz", "--trust-code", "--input", "k=3"], capsys)
+    assert code == 1 and not (tmp_path / "m.dcz").exists()
+    one_line_error(err, "fixes its constant arguments")
