@@ -231,10 +231,16 @@ def _expand(specs, calibration, path):
     out = []
     try:
         if not specs and calibration is not None:
-            if os.path.isdir(calibration):
-                return []
-            got = inp._read_array(calibration, "--calibration")
-            items = got.items() if isinstance(got, dict) else [(None, got)]
+            if os.path.isdir(calibration):  # as --calibration reads one: an .npy is the input its stem names
+                items = {}
+                for f in sorted(f for f in os.listdir(calibration) if f.endswith((".npz", ".npy"))):
+                    got = inp._read_array(os.path.join(calibration, f), "--calibration")
+                    for k, a in (got.items() if isinstance(got, dict) else [(os.path.splitext(f)[0], got)]):
+                        items.setdefault(k, a)
+                items = items.items()
+            else:
+                got = inp._read_array(calibration, "--calibration")
+                items = got.items() if isinstance(got, dict) else [(None, got)]
             return [(k, None, a[:1] if a.ndim else a) for k, a in items]
         for spec in specs:
             if spec.kind == "file":
@@ -412,12 +418,9 @@ def _bound_module(module, tensor_names, consts, params, keywords: bool):
     return DczBound(module)
 
 
-def _strip_prefix(model, prefix: str) -> None:
-    """Rename the initializers ``prefix.NAME`` to ``NAME`` everywhere they are used (subgraphs too)."""
+def _rename(model, ren: dict) -> None:
+    """Rename values (initializers, graph inputs/outputs, node inputs/outputs) everywhere, subgraphs too."""
     from onnx import AttributeProto
-
-    names = {t.name for t in model.graph.initializer}
-    ren = {n: n[len(prefix):] for n in names if n.startswith(prefix) and n[len(prefix):] not in names}
 
     def walk(g):
         for t in g.initializer:
@@ -425,18 +428,40 @@ def _strip_prefix(model, prefix: str) -> None:
         for vi in (*g.input, *g.output, *g.value_info):
             vi.name = ren.get(vi.name, vi.name)
         for node in g.node:
-            for k, x in enumerate(node.input):
-                if x in ren:
-                    node.input[k] = ren[x]
-            for a in node.attribute:
-                if a.type == AttributeProto.GRAPH:
-                    walk(a.g)
-                elif a.type == AttributeProto.GRAPHS:
-                    for sub in a.graphs:
+            for xs in (node.input, node.output):
+                for k, x in enumerate(xs):
+                    if x in ren:
+                        xs[k] = ren[x]
+            for at in node.attribute:
+                if at.type == AttributeProto.GRAPH:
+                    walk(at.g)
+                elif at.type == AttributeProto.GRAPHS:
+                    for sub in at.graphs:
                         walk(sub)
 
     if ren:
         walk(model.graph)
+
+
+def _strip_prefix(model, prefix: str) -> None:
+    """Rename the initializers ``prefix.NAME`` to ``NAME`` everywhere they are used."""
+    names = {t.name for t in model.graph.initializer}
+    _rename(model, {n: n[len(prefix):] for n in names if n.startswith(prefix) and n[len(prefix):] not in names})
+
+
+def _name_outputs(model) -> None:
+    """A model returning several tensors: its outputs after the first are output1, output2, ... (the
+    exporter names them by number), where those names are free and the value is computed by a node."""
+    g = model.graph
+    taken = {n for node in g.node for n in (*node.input, *node.output)} | {t.name for t in g.initializer} | {
+        i.name for i in g.input}
+    produced = {n for node in g.node for n in node.output}
+    ren = {}
+    for k, o in enumerate(g.output[1:], 1):
+        new = f"output{k}"
+        if o.name in produced and new not in taken and o.name not in {i.name for i in g.input}:
+            ren[o.name] = new
+    _rename(model, ren)
 
 
 def _export(module, path, input_shapes, opset, dynamo: bool = False, inputs=None, calibration=None, notes=None,
@@ -487,6 +512,7 @@ def _export(module, path, input_shapes, opset, dynamo: bool = False, inputs=None
     model = onnx.load_from_string(buf.getvalue())
     if wrapped:
         _strip_prefix(model, _BOUND + ".")
+    _name_outputs(model)
     if notes is not None and not legacy:
         notes.append(f"exported to ONNX with example inputs {desc}" + ("; constants are part of the graph" if consts
                                                                         else ""))

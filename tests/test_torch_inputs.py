@@ -82,6 +82,18 @@ class TinyBert(nn.Module):
         return self.out((h * m).sum(1) / m.sum(1))
 
 
+class Cell(nn.Module):
+    """forward(x, state) -> (y, new state): a recurrent step with the batch in the state's middle dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, state):
+        h = torch.tanh(self.fc(x) + state.sum(0))
+        return h, torch.stack([h, state[0]])
+
+
 def bert():
     torch.manual_seed(0)
     return TinyBert().eval()
@@ -101,9 +113,11 @@ def files(tmp_path_factory):
     torch.jit.save(torch.jit.script(vad), d / "vad.pt")
     torch.save(vad.state_dict(), d / "vad_sd.pt")
     torch.jit.save(torch.jit.script(tiny_inputs.Listy()), d / "listy.pt")
+    cell = tiny_inputs.Cell().eval()
+    torch.jit.save(torch.jit.script(cell), d / "cell.pt")
     net = tiny_inputs.bert()
     torch.save(net.state_dict(), d / "bert.pt")
-    return {"dir": d, "vad": vad, "bert": net, "module": tiny_inputs}
+    return {"dir": d, "vad": vad, "bert": net, "cell": cell, "module": tiny_inputs}
 
 
 def _out(path, feeds):
@@ -259,3 +273,38 @@ def test_pt2_takes_example_tensors_not_constants(tmp_path, capsys):
     code, _, err = cli(main, [tmp_path / "n.pt2", "-o", tmp_path / "m.dcz", "--trust-code", "--input", "k=3"], capsys)
     assert code == 1 and not (tmp_path / "m.dcz").exists()
     one_line_error(err, "fixes its constant arguments")
+
+
+def test_recurrent_state_with_its_batch_in_the_middle(files, tmp_path, capsys):
+    """A state [2, batch, 4] (dim 1 named batch) and a tuple output: both outputs named, the graph runs at
+    another batch and matches torch; --input gives the examples, --calibration (a directory) the samples."""
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    rng = np.random.default_rng(4)
+    np.save(cal / "x.npy", rng.standard_normal((5, 4)).astype(np.float32))
+    np.save(cal / "state.npy", np.zeros((5, 2, 1, 4), np.float32))  # a fixed first axis: an extra samples axis
+    out = tmp_path / "c.dcz"
+    code, _, err = cli(main, [files["dir"] / "cell.pt", "-o", out, "--trust-code", "--input", "x:1x4",
+                              "--input", "state:2xbatch=1x4", "--lossless", "-q", "--calibration", cal], capsys)
+    assert code == 0, err
+    with dcformat.open(out) as r:
+        assert r.metadata["fidelity"]["calibration"]["samples"] == 5
+    sess = dcformat.InferenceSession(out)
+    assert [o.name for o in sess.get_outputs()] == ["output", "output1"]
+    assert [i.shape for i in sess.get_inputs()] == [["batch", 4], [2, "batch", 4]]
+    x, st = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((2, 3, 4)).astype(np.float32)
+    with torch.no_grad():
+        want = [t.numpy() for t in files["cell"](torch.from_numpy(x), torch.from_numpy(st))]
+    for got, w in zip(sess.run(None, {"x": x, "state": st}), want):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_examples_from_a_calibration_directory(tmp_path):
+    """No --input: the first sample (along the first axis) of each --calibration array, named by its
+    .npz key or its .npy file's stem."""
+    from converters.torch_inputs import _expand
+
+    np.save(tmp_path / "x.npy", np.arange(10, dtype=np.float32).reshape(5, 2))
+    np.savez(tmp_path / "more.npz", mask=np.ones((5, 2), np.int64))
+    got = {n: a for n, _, a in _expand([], str(tmp_path), "m.pt")}
+    assert set(got) == {"x", "mask"} and got["x"].tolist() == [[0, 1]] and got["mask"].shape == (1, 2)
