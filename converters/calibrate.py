@@ -16,9 +16,9 @@ SIZE_SCALES = inp.SIZE_SCALES  # tried in turn when the model does not run on th
 
 
 def calibration(graph, path=None, samples: int | None = None, dims: dict | None = None, seed: int = 0,
-                scale: float = 1.0):
-    """(declared inputs, calibration set, description) for an ONNX graph (``scale``: of the synthetic
-    inputs' default sizes of symbolic dims)."""
+                scale: float = 1.0, tie: bool = False, fixed: dict | None = None):
+    """(declared inputs, calibration set, description) for an ONNX graph (``scale``, ``tie``: of the
+    synthetic inputs' sizes, see dcformat.inputs.sample_shapes; ``fixed``: input name -> constant value)."""
     decl = inp.declared_inputs(graph)
     if not decl:
         return decl, {}, {"source": "none (the model takes no inputs)", "samples": 1, "synthetic": False}
@@ -26,9 +26,10 @@ def calibration(graph, path=None, samples: int | None = None, dims: dict | None 
         calib = inp.load_calibration(path, decl, samples)
         desc = {"source": str(path), "synthetic": False}
     else:
-        n = samples or synthetic_count(decl, dims, scale)
-        calib = inp.synthetic_inputs(decl, n, seed, dims, scale)
-        desc = {"source": "synthetic", "synthetic": True, "seed": seed, **({"size_scale": scale} if scale != 1 else {})}
+        n = samples or synthetic_count(decl, dims, scale, tie)
+        calib = inp.synthetic_inputs(decl, n, seed, dims, scale, tie, fixed)
+        desc = {"source": "synthetic", "synthetic": True, "seed": seed, **({"size_scale": scale} if scale != 1 else {}),
+                **({"tied_to_batch": True} if tie else {})}
     desc["samples"] = inp.num_samples(calib, decl)
     desc["inputs"] = {d.name: {"dtype": str(calib[d.name].dtype), "shape": list(calib[d.name].shape),
                                **({"table_rows": d.table_rows} if d.table_rows else {})} for d in decl}
@@ -38,11 +39,21 @@ def calibration(graph, path=None, samples: int | None = None, dims: dict | None 
 SYNTHETIC_BYTES = 64 << 20  # default synthetic sets stay about this small (at least 2 samples)
 
 
-def synthetic_count(decl, dims=None, scale: float = 1.0) -> int:
+def synthetic_count(decl, dims=None, scale: float = 1.0, tie: bool = False) -> int:
     """16 samples, fewer where one sample's inputs are large (a 40 MB input gets 2)."""
-    shapes = inp.sample_shapes(decl, dims, scale)
+    shapes = inp.sample_shapes(decl, dims, scale, tie)
     one = sum(int(np.prod(shapes[d.name][0])) * np.dtype(d.dtype or np.float32).itemsize for d in decl)
     return int(min(inp.DEFAULT_SAMPLES, max(2, SYNTHETIC_BYTES // max(one, 1))))
+
+
+def probe(graph, weights: dict, dims: dict | None = None, seed: int = 0, fixed: dict | None = None):
+    """(scale, tie, error on the defaults) of the first synthetic sizes the model runs on, one sample
+    each in one ONNX Runtime session (dcformat.inputs.probe_sizes); scale None when none runs."""
+    from .budget import Runner
+
+    decl = inp.declared_inputs(graph)
+    r = Runner(graph, weights)
+    return inp.probe_sizes(lambda feeds: r.session.run(r.output_names, feeds), decl, dims, seed, fixed)
 
 
 def run_model(graph, weights: dict, calib: dict, decl) -> dict:

@@ -137,10 +137,12 @@ def _ort_call(what, fn, *args, **kw):
 
 def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=False, model_factory=None, opset=None,
             progress=None, calibration=None, calibration_samples=None, dims=None, max_error=None, manual=False,
-            echo=None, trust_pickle=False) -> dict:
+            echo=None, trust_pickle=False, inputs=None) -> dict:
     """Convert one file; returns the report (also used by --json and --report).
 
-    ``manual``: explicit pruning/bits flags were given (exact choices, no search unless ``max_error``)."""
+    ``manual``: explicit pruning/bits flags were given (exact choices, no search unless ``max_error``).
+    ``inputs``: ``--input`` specs (dcformat.inputs.InputSpec): a PyTorch export's example inputs; for
+    an ONNX model, constants and sizes of its synthetic calibration inputs."""
     from dcformat import fidelity
 
     from . import budget as bud
@@ -149,7 +151,13 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 
     t0 = time.perf_counter()
     src = sources.load(src_path, input_shapes=input_shapes, trust_code=trust_code or trust_pickle, model_factory=model_factory,
-                       opset=opset)
+                       opset=opset, inputs=inputs, calibration=calibration)
+    fixed = None
+    if inputs and src.kind == "onnx":  # --input NAME=VALUE / NAME:SHAPE: the synthetic calibration inputs
+        from dcformat.inputs import calibration_hints, declared_inputs
+
+        fixed, given_dims = calibration_hints(inputs, declared_inputs(src.graph))
+        dims = {**given_dims, **(dims or {})}
     names = list(src.weights)
     from .roles import apply_overrides
 
@@ -164,23 +172,28 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
     limit = max_error if max_error is not None else cal.DEFAULT_MAX_ERROR
     fid, search_rec = None, None
     if src.graph is not None:
-        decl, calib, cdesc = cal.calibration(src.graph, calibration, calibration_samples, dims, s.seed)
+        dims = {**src.dims, **(dims or {})}  # sizes of dims the example inputs named, unless --dim sets them
+        decl, calib, cdesc = cal.calibration(src.graph, calibration, calibration_samples, dims, s.seed, fixed=fixed)
         try:
             ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the "
                             f"{'synthetic ' if cdesc['synthetic'] else ''}calibration inputs", cal.run_model, src.graph,
                             originals, calib, decl)
         except ConvertError as e:
             ref, first = None, e
-            if cdesc["synthetic"]:  # the default sizes may not suit the model (an audio frame, a fixed text-line height)
-                for scale in cal.SIZE_SCALES:
-                    decl, calib, cdesc = cal.calibration(src.graph, None, calibration_samples, dims, s.seed, scale)
+            if cdesc["synthetic"]:  # the default sizes may not suit the model (an audio frame, a recurrent state)
+                scale, tie, _ = cal.probe(src.graph, originals, dims, s.seed, fixed)
+                if scale is not None and (scale, tie) != (1.0, False):
+                    decl, calib, cdesc = cal.calibration(src.graph, None, calibration_samples, dims, s.seed, scale, tie,
+                                                         fixed)
                     try:
                         ref = cal.run_model(src.graph, originals, calib, decl)
-                    except Exception:  # noqa: BLE001 - ONNX Runtime's own errors: try the next size
-                        continue
-                    src.notes.append(f"synthetic inputs: symbolic sizes x{scale:g} of the defaults (on those the model "
-                                     f"did not run: {str(first)[:160]}); --dim NAME=VALUE sets them")
-                    break
+                    except Exception:  # noqa: BLE001 - ONNX Runtime's own errors
+                        ref = None
+                if ref is not None:
+                    from dcformat.inputs import describe_sizes
+
+                    src.notes.append(f"synthetic inputs: {describe_sizes(scale, tie)} (on the defaults the model did "
+                                     f"not run: {str(first)[:160]}); --dim NAME=VALUE sets them")
             if ref is None:
                 hint = ("; give real inputs with --calibration or sizes with --dim NAME=VALUE" if cdesc["synthetic"] else "")
                 if searching:  # nothing to measure against: no safe choice can be made
@@ -291,8 +304,17 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.option("--min-size", type=click.IntRange(0), default=cmp.DEFAULT_MIN_SIZE, show_default=True,
               help="tensors with fewer elements are stored exactly (biases, norms and small tensors always are)")
 @click.option("--lossless", is_flag=True, help="no pruning, no quantization: decoding gives bit-identical weights")
+@click.option("--input", "inputs", multiple=True, metavar="SPEC",
+              help="an example input for exporting TorchScript / nn.Module / --model to ONNX, named as forward's "
+              "argument (repeatable): NAME:SHAPE[:DTYPE] (input_ids:1x128:int64; DTYPE a numpy/ONNX name, default "
+              "float32; values as synthetic calibration inputs: ids below the embedding rows, masks ones; dim 0 is "
+              "the dynamic batch, or name dynamic dims: 1xsequence=128), NAME=VALUE or NAME:int|float|bool=VALUE (an "
+              "int/float/bool argument such as sr=16000, a constant of the exported graph), NAME=FILE.npy, or "
+              "FILE.npz (arrays by name). Without it the first sample of --calibration. For ONNX models NAME=VALUE "
+              "and NAME:SHAPE fix synthetic calibration inputs")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="D,D,...",
-              help="input shape for exporting TorchScript / nn.Module / --model to ONNX (repeat per input; batch stays dynamic)")
+              help="deprecated form of --input: an unnamed float32 input of this shape (repeat per input; batch stays "
+              "dynamic)")
 @click.option("--opset", type=click.IntRange(7, 23), help="ONNX opset for exported PyTorch models")
 @click.option("--model", "model_factory", metavar="PKG.MODULE:FACTORY",
               help="build the model with this function so a state_dict gets its graph (imports and runs that "
@@ -323,8 +345,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, role_overrides, compensate, init,
               min_size, lossless,
-              input_shapes, opset, model_factory, trust_code, max_error, calibration, calibration_samples, dims, seed,
-              as_json, report, quiet, force):
+              inputs, input_shapes, opset, model_factory, trust_code, max_error, calibration, calibration_samples, dims,
+              seed, as_json, report, quiet, force):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file.
 
     By default dcconvert measures what it does: it runs the original and the compressed model in
@@ -340,12 +362,16 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     if max_error is not None and any(x is not None for x in (threshold_std, threshold, prune_neurons)):
         raise click.UsageError("--max-error chooses the pruning itself: it excludes --threshold-std, --threshold and "
                                "--prune-neurons (--sparsity/--bits fix those choices for the layers they match)")
-    from dcformat.inputs import parse_dims
+    from dcformat.inputs import parse_dims, parse_inputs
 
     try:
         dim_values = parse_dims(dims)
     except dcformat.DczError as e:
         raise click.BadParameter(str(e).split(", got ")[-1], param_hint="--dim") from None
+    try:
+        input_specs = parse_inputs(inputs)
+    except dcformat.DczError as e:
+        raise click.UsageError(str(e)) from None
     manual = any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits))
     s = cmp.Settings(
         sparsity=_layer("--sparsity", sparsity, st.fraction),
@@ -367,7 +393,8 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
     if prog:
         prog.start()
     try:
-        result = convert(model, out, s, input_shapes=shapes, trust_code=trust_code, model_factory=model_factory,
+        result = convert(model, out, s, input_shapes=shapes, inputs=input_specs, trust_code=trust_code,
+                         model_factory=model_factory,
                          opset=opset, progress=update, calibration=calibration, calibration_samples=calibration_samples,
                          dims=dim_values, max_error=max_error, manual=manual,
                          echo=None if quiet or as_json else lambda m: click.echo(m, err=True))

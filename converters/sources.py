@@ -37,6 +37,7 @@ class Source:
     sha256: str = ""
     size: int = 0
     notes: list[str] = field(default_factory=list)
+    dims: dict[str, int] = field(default_factory=dict)  # symbolic dims the example inputs named -> their sizes
 
 
 def file_sha256(path) -> str:
@@ -138,9 +139,11 @@ def load_safetensors(path) -> Source:
 
 
 def load(path, *, input_shapes=None, trust_code: bool = False, model_factory: str | None = None,
-         opset: int | None = None, trust_pickle: bool = False) -> Source:
+         opset: int | None = None, trust_pickle: bool = False, inputs=None, calibration=None) -> Source:
     """Load any supported input as a Source. Code from the file (or ``model_factory``'s module) runs only with
-    ``trust_code`` (``trust_pickle`` is its old name): see spec/SECURITY.md."""
+    ``trust_code`` (``trust_pickle`` is its old name): see spec/SECURITY.md. ``inputs``: parsed ``--input``
+    specs (dcformat.inputs.InputSpec), the example inputs of a PyTorch export (else the first sample of
+    ``calibration``)."""
     trust_code = trust_code or trust_pickle
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -151,7 +154,8 @@ def load(path, *, input_shapes=None, trust_code: bool = False, model_factory: st
     if kind in ("onnx", "safetensors"):
         src = load_onnx(path) if kind == "onnx" else load_safetensors(path)
         given = [flag for flag, v in (("--input-shape", input_shapes), ("--model", model_factory), ("--opset", opset),
-                                      ("--trust-code", trust_code)) if v]
+                                      ("--trust-code", trust_code),
+                                      ("--input", kind == "safetensors" and inputs)) if v]
         if given:
             src.notes.append(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to PyTorch inputs; "
                              f"ignored for this {'ONNX' if kind == 'onnx' else 'safetensors'} file")
@@ -159,7 +163,7 @@ def load(path, *, input_shapes=None, trust_code: bool = False, model_factory: st
         from . import torch_inputs
 
         src = torch_inputs.load(path, kind, input_shapes=input_shapes, trust_code=trust_code,
-                                model_factory=model_factory, opset=opset)
+                                model_factory=model_factory, opset=opset, inputs=inputs, calibration=calibration)
     for name, a in src.weights.items():  # bool bytes other than 0/1 (safetensors, ONNX raw_data): as numpy's truth
         if a.dtype == np.bool_ and a.size and a.view(np.uint8).max() > 1:
             src.weights[name] = a.view(np.uint8) != 0

@@ -364,31 +364,72 @@ def decode_main(argv=None):
 
 
 # ---------------------------------------------------------------- dcrun
-def _load_inputs(specs) -> dict:
+def _load_inputs(texts) -> tuple[dict, list]:
+    """(arrays read from the files --input names, by input name; None for an unnamed .npy) and the
+    shape/value specs, resolved once the model's inputs are known (:func:`_resolve_inputs`)."""
     import numpy as np
 
-    paths = {}
+    from . import inputs as inp
+
+    try:
+        specs = inp.parse_inputs(texts)
+    except DczError as e:
+        raise click.UsageError(str(e)) from None
+    feeds, later = {}, [s for s in specs if s.kind != "file"]
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise click.UsageError(f"--input takes NAME=file.npy, got {spec!r}")
-        if name in paths:
-            raise click.UsageError(f"--input {name} is given twice")
-        paths[name] = path
-    feeds = {}
-    for name, path in paths.items():
+        if spec.kind != "file":
+            continue
+        name, path = spec.name, spec.path
+        what = f"--input {name}" if name else f"--input {path}"
         try:
             with open(path, "rb") as f:
                 head = f.read(6)
-            if not head.startswith((b"\x93NUMPY", b"PK\x03\x04")):  # .npy, or .npz (refused below)
-                raise ValueError("not a .npy file: those start with \\x93NUMPY")
+            if not head.startswith((b"\x93NUMPY", b"PK\x03\x04")):  # .npy, or .npz
+                raise ValueError("not a .npy file: those start with \\x93NUMPY" if name else
+                                 "not an .npy or .npz file")
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise click.UsageError(f"--input {name}: cannot read {path!r} as .npy ({e})") from None
+            raise click.UsageError(f"{what}: cannot read {path!r} as .npy ({e})") from None
+        except Exception as e:  # noqa: BLE001 - zipfile's errors on a damaged .npz
+            raise click.UsageError(f"{what}: cannot read {path!r} ({first_line(e)})") from None
         if not isinstance(arr, np.ndarray):  # an .npz archive
-            arr.close()
-            raise click.UsageError(f"--input {name}: {path!r} is an .npz archive; give one array saved with numpy.save")
-        feeds[name] = arr
+            with arr:
+                if name:
+                    raise click.UsageError(f"{what}: {path!r} is an .npz archive; give one array saved with "
+                                           "numpy.save, or the .npz alone (--input FILE.npz)")
+                try:
+                    got = {k: arr[k] for k in arr.files}
+                except (ValueError, OSError, EOFError) as e:
+                    raise click.UsageError(f"{what}: cannot read {path!r} ({first_line(e)})") from None
+        else:
+            got = {name: arr}
+        for k, v in got.items():
+            if k in feeds or any(s.name == k for s in later):
+                raise click.UsageError(f"--input {k} is given twice")
+            feeds[k] = v
+    return feeds, later
+
+
+def _resolve_inputs(feeds: dict, later: list, decl, batch: int, seed: int) -> dict:
+    """The arrays of --input NAME:SHAPE[:DTYPE] (synthetic values of that shape) and NAME=VALUE (the
+    declared shape filled with VALUE), and an unnamed .npy's input name."""
+    from . import inputs as inp
+
+    by = {d.name: d for d in decl}
+    if None in feeds:
+        if len(decl) != 1:
+            raise click.UsageError(f"--input: one unnamed .npy but the model takes {len(decl)} inputs "
+                                   f"({', '.join(by)}); give NAME=file.npy or an .npz")
+        feeds[decl[0].name] = feeds.pop(None)
+    for k, spec in enumerate(later):
+        d = by.get(spec.name)
+        if d is None:
+            raise inp.InputError(f"unknown input {spec.name!r}: the model expects "
+                                 f"{'; '.join(f'{x.name}: {x.type_name} {x.shape}' for x in decl)}")
+        if spec.kind == "value":
+            d = inp.Declared(d.name, d.dtype, [batch if i == 0 and not isinstance(v, int) else v if isinstance(v, int)
+                                               else 1 for i, v in enumerate(d.shape)], d.table_rows, d.type_name)
+        feeds[spec.name] = inp.example_array(spec, d, seed + k)
     return feeds
 
 
@@ -437,7 +478,7 @@ def _plain_session(path, provider):
     from . import runtime
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: errors become one line (the size probe expects some)
     try:
         return ort.InferenceSession(path, sess_options=so, providers=runtime.resolve_providers([provider]))
     except runtime.ProviderError:
@@ -448,9 +489,11 @@ def _plain_session(path, provider):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model", type=click.Path())
-@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="an input array (repeatable); "
-              "inputs not given are synthetic, built from the declared inputs (token ids below the embedding "
-              "table's rows, masks all ones, smooth images in [-1, 1])")
+@click.option("--input", "inputs", multiple=True, metavar="SPEC", help="an input (repeatable): NAME=FILE.npy, "
+              "FILE.npz (arrays by input name), NAME=VALUE (the declared shape filled with VALUE, e.g. sr=16000) or "
+              "NAME:SHAPE[:DTYPE] (synthetic values of that shape, e.g. input_ids:1x128); inputs not given are "
+              "synthetic, built from the declared inputs (token ids below the embedding table's rows, masks all "
+              "ones, smooth images in [-1, 1])")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="samples along the batch axis of synthetic inputs")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=VALUE",
@@ -498,7 +541,7 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
         dim_values = inp.parse_dims(dims)
     except DczError as e:
         raise click.BadParameter(str(e).split(", got ")[-1], param_hint="--dim") from None
-    feeds = _load_inputs(inputs)
+    feeds, later = _load_inputs(inputs)
     if not os.path.isfile(model):
         raise click.ClickException(f"{model}: no such file")
     graph, is_dcz = _model_graph(model)
@@ -515,15 +558,19 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
     decl = inp.declared_inputs(graph)
     ort_decl = {i.name for i in sess.get_inputs()}
     decl = [d for d in decl if d.name in ort_decl] or inp.declared_from_session(sess)
+    feeds = _resolve_inputs(feeds, later, decl, batch, seed)
     given = set(feeds)
     missing = [d for d in decl if d.name not in given]
-    # the default synthetic sizes may not suit the model (an audio frame, a fixed text-line height): try others
-    scales = (1.0, *inp.SIZE_SCALES) if missing else (1.0,)
+    # the default synthetic sizes may not suit the model (an audio frame, a recurrent state): try others
+    cands = list(inp.size_candidates(decl)) if missing else [(1.0, False)]
+    # a given input's batch is the batch of the synthetic ones (and of the states tied to it)
+    batch = next((feeds[d.name].shape[0] for d in decl if d.name in feeds and d.shape and not isinstance(d.shape[0], int)
+                  and feeds[d.name].ndim == len(d.shape)), batch)
     first = None
-    for k, scale in enumerate(scales):
+    for k, (scale, tie) in enumerate(cands):
         trial = dict(feeds)
         if missing:
-            synth = inp.synthetic_inputs(missing, batch, seed, dim_values, scale)
+            synth = inp.synthetic_inputs(missing, batch, seed, dim_values, scale, batch if tie else 0)
             for name, v in inp.sample_feeds(synth, missing, 0, batch).items():
                 trial.setdefault(name, v)
         inp.check_inputs(sess, trial)
@@ -532,7 +579,7 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
             outs = _ort("ONNX Runtime cannot run the model", sess.run, None, trial)
         except click.ClickException as e:
             first = first or e
-            if k == len(scales) - 1:
+            if k == len(cands) - 1:
                 if missing:
                     raise click.ClickException(f"{first.format_message()}; give inputs with --input NAME=FILE.npy "
                                                "or sizes with --dim NAME=VALUE") from None
@@ -541,9 +588,10 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
         t_first = time.perf_counter() - t0
         break
     feeds = trial
-    if scale != 1:
-        click.echo(f"note: synthetic inputs at x{scale:g} the default sizes of symbolic dims (the defaults did not "
-                   "run); --dim NAME=VALUE sets them")
+    if (scale, tie) != (1.0, False):
+        what = f"at x{scale:g} the default sizes of symbolic dims" if scale != 1 else "at the default sizes"
+        click.echo(f"note: synthetic inputs {what}" + ("; unnamed dims of fixed-first-axis inputs (states) tied to "
+                   "the batch" if tie else "") + " (the defaults did not run); --dim NAME=VALUE sets them")
     for i in sess.get_inputs():
         src = "given" if i.name in given else "synthetic"
         click.echo(f"input  {_escape(i.name)}: {feeds[i.name].dtype} {list(feeds[i.name].shape)} ({src})")
@@ -580,7 +628,7 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
     failed = False
     if compare:
         failed = _compare(sess, names, decl, compare, provider, given, feeds, calibration, calibration_samples,
-                          dim_values, seed, max_error, min_cosine)
+                          dim_values, seed, max_error, min_cosine, sizes=(scale, tie))
     if bench:
         times = []
         for _ in range(bench):
@@ -596,8 +644,9 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
 
 
 def _compare(sess, names, decl, compare, provider, given, feeds, calibration, samples, dims, seed, max_error,
-             min_cosine) -> bool:
-    """Run both models on the calibration set and print the metrics; True when the gate fails."""
+             min_cosine, sizes=(1.0, False)) -> bool:
+    """Run both models on the calibration set and print the metrics; True when the gate fails.
+    ``sizes``: (scale, tie) of synthetic inputs the model ran on (dcformat.inputs.probe_sizes)."""
     import numpy as np
 
     from . import fidelity
@@ -620,7 +669,7 @@ def _compare(sess, names, decl, compare, provider, given, feeds, calibration, sa
         cdecl, what = decl, _escape(calibration)
     else:
         n = samples or inp.DEFAULT_SAMPLES
-        calib = inp.synthetic_inputs(decl, n, seed, dims)
+        calib = inp.synthetic_inputs(decl, n, seed, dims, sizes[0], bool(sizes[1]))
         cdecl, what = decl, "synthetic inputs"
     if given and all(a.ndim == 0 for a in calib.values()):
         cdecl = decl

@@ -94,7 +94,8 @@ ONNX_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16,
 SEQUENCE_DIM = 32  # symbolic sequence/length dims
 IMAGE_DIM = 224  # symbolic height/width of 4-D (image) inputs
 OTHER_DIM = 16  # any other symbolic dim but the batch
-SIZE_SCALES = (2, 4, 8, 0.5, 0.25)  # of the sizes above, tried in turn when a model does not run on them
+SIZE_SCALES = (2, 4, 8, 0.5, 0.25, 16, 32)  # of the sizes above, tried in turn when a model does not run on them
+MAX_IMAGE_SCALE = 8  # image sides stop at 8 x 224; the larger scales are for 1-D signals (audio frames)
 DEFAULT_SAMPLES = 16
 _SEQ = re.compile(r"seq|len|token|time|step|word|frame|chunk", re.I)
 _PASS = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Slice", "Transpose", "Clip",
@@ -186,12 +187,16 @@ def _batch_names(decl: list[Declared]) -> set:
     return {d.shape[0] for d in decl if d.shape and isinstance(d.shape[0], str)}
 
 
-def sample_shapes(decl: list[Declared], dims: dict | None = None, scale: float = 1.0) -> dict[str, tuple[list[int], bool]]:
+def sample_shapes(decl: list[Declared], dims: dict | None = None, scale: float = 1.0,
+                  tie: bool = False) -> dict[str, tuple[list[int], bool]]:
     """Per input: (shape of one sample, batched) -- batched when the first axis is symbolic (the
     samples then lie along it), else the calibration arrays get an extra samples axis. ``scale``
-    multiplies the default sizes of symbolic dims (not the batch, not ``dims``)."""
+    multiplies the default sizes of symbolic dims (not the batch, not ``dims``; image sides at most
+    x8). ``tie``: the unnamed dims of an input whose first axis is fixed (a recurrent state
+    [layers, batch, hidden]) are the batch: ``tie`` (True: 1, one sample's batch)."""
     dims = dict(dims or {})
-    image, seq, other = (max(1, round(v * scale)) for v in (IMAGE_DIM, SEQUENCE_DIM, OTHER_DIM))
+    image = max(1, round(IMAGE_DIM * min(scale, MAX_IMAGE_SCALE)))
+    seq, other = (max(1, round(v * scale)) for v in (SEQUENCE_DIM, OTHER_DIM))
     batch = _batch_names(decl)
     out = {}
     for d in decl:
@@ -204,6 +209,8 @@ def sample_shapes(decl: list[Declared], dims: dict | None = None, scale: float =
                 shape.append(dims[v])
             elif k == 0 and batched or v in batch:
                 shape.append(1)
+            elif tie and v is None and not batched:
+                shape.append(int(tie))  # True: 1, the batch of one sample; dcrun ties to its --batch
             elif len(d.shape) == 4 and k == 1:
                 shape.append(3)
             elif len(d.shape) == 4 and k >= 2:
@@ -247,13 +254,17 @@ def _values(d: Declared, shape: list[int], rng) -> np.ndarray:
 
 
 def synthetic_inputs(decl: list[Declared], samples: int = DEFAULT_SAMPLES, seed: int = 0,
-                     dims: dict | None = None, scale: float = 1.0) -> dict[str, np.ndarray]:
+                     dims: dict | None = None, scale: float = 1.0, tie: bool = False,
+                     fixed: dict | None = None) -> dict[str, np.ndarray]:
     """A deterministic calibration set of ``samples`` samples built from the declared inputs:
     symbolic dims get small sizes (sequences 32, image sides 224, others 16, or ``dims[name]``);
     integer inputs that index an embedding table take values below its row count; attention
-    masks are all ones; 4-D float inputs are smooth images in [-1, 1]; recurrent states zeros."""
+    masks are all ones; 4-D float inputs are smooth images in [-1, 1]; recurrent states zeros.
+    ``scale``/``tie``: see :func:`sample_shapes`. ``fixed``: input name -> a value every sample
+    takes (``--input sr=16000``)."""
     rng = np.random.default_rng(seed)
-    shapes = sample_shapes(decl, dims, scale)
+    shapes = sample_shapes(decl, dims, scale, tie)
+    fixed = fixed or {}
     out = {}
     for d in decl:
         if d.dtype is None:
@@ -266,8 +277,48 @@ def synthetic_inputs(decl: list[Declared], samples: int = DEFAULT_SAMPLES, seed:
             raise InputError(f"input {d.name!r} declares {d.shape}: {samples} synthetic sample(s) would be {nbytes:,} "
                              f"bytes, more than a synthetic input may take ({MAX_RANDOM_INPUT_BYTES >> 20} MiB); give it "
                              "with --input NAME=FILE.npy or --calibration, or sizes with --dim")
+        if d.name in fixed:
+            out[d.name] = np.full(full, fixed[d.name], np.dtype(d.dtype))
+            continue
         out[d.name] = _values(d, full, rng)
     return out
+
+
+def size_candidates(decl: list[Declared]):
+    """(scale, tie) of synthetic sizes to try in turn: the defaults first, then each of
+    SIZE_SCALES; at each scale, also with a fixed-first-axis input's unnamed dims tied to the batch
+    (only where some input has such dims)."""
+    tieable = any(d.shape and isinstance(d.shape[0], int) and None in d.shape for d in decl) and any(
+        d.shape and not isinstance(d.shape[0], int) for d in decl)
+    for scale in (1.0, *SIZE_SCALES):
+        yield scale, False
+        if tieable:
+            yield scale, True
+
+
+def probe_sizes(run_one, decl: list[Declared], dims: dict | None = None, seed: int = 0, fixed: dict | None = None):
+    """The first (scale, tie) of :func:`size_candidates` on which ``run_one(feeds)`` (one synthetic
+    sample) does not raise, and the exception of the defaults; (None, None, error) when none runs."""
+    first = None
+    for scale, tie in size_candidates(decl):
+        try:
+            feeds = sample_feeds(synthetic_inputs(decl, 1, seed, dims, scale, tie, fixed), decl, 0)
+            run_one(feeds)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's own errors: try the next size
+            first = first or e
+            continue
+        return scale, tie, first
+    return None, None, first
+
+
+def describe_sizes(scale: float, tie: bool) -> str:
+    """How the probed synthetic sizes differ from the defaults, for a note."""
+    parts = [f"symbolic sizes x{scale:g} of the defaults"] if scale != 1 else []
+    if tie:
+        parts.append("unnamed dims of fixed-first-axis inputs (states) tied to the batch")
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------ calibration files
@@ -429,3 +480,220 @@ def run_set(session, calib: dict, decl: list[Declared], chunk: int = 8, feeds_ex
         for nm, y in zip(names, outs):
             res.setdefault(nm, []).append(np.asarray(y))
     return res
+
+
+# ------------------------------------------------------------------ --input specs (dcconvert and dcrun)
+
+INPUT_SYNTAX = ("NAME:SHAPE[:DTYPE] (e.g. input_ids:1x128:int64), NAME=VALUE or NAME:TYPE=VALUE for a constant "
+                "(sr=16000, sr:int=16000), NAME=file.npy, or file.npz (arrays keyed by input name)")
+SCALAR_TYPES = ("int", "float", "bool")
+_DTYPE_ALIASES = {  # ONNX and PyTorch names numpy does not read the same way; "float" is float32 as in both
+    "float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int64", "short": "int16",
+    "byte": "uint8", "char": "int8", "boolean": "bool", "f32": "float32", "f64": "float64", "f16": "float16",
+    "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8", "bf16": "bfloat16",
+}
+_NUMPY_DTYPES = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16",
+                 "uint8", "bool")
+_SPEC_NAME = re.compile(r"[^:=\s][^:=]*")
+_DIM = re.compile(r"(?:([A-Za-z_][\w.]*)=)?(\d+)")
+
+
+def parse_dtype(text: str):
+    """A numpy dtype from a numpy, ONNX (FLOAT, INT64, tensor(int64)) or PyTorch (torch.long, half) name;
+    None when it is none of them."""
+    t = text.strip()
+    m = re.fullmatch(r"tensor\((\w+)\)", t, re.I)
+    t = (m.group(1) if m else t).lower().removeprefix("torch.")
+    t = _DTYPE_ALIASES.get(t, t)
+    if t == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if t in _NUMPY_DTYPES:
+        return np.dtype(t)
+    return None
+
+
+@dataclass
+class InputSpec:
+    """One ``--input``: exactly one of ``shape`` (NAME:SHAPE[:DTYPE]), ``value`` (NAME=VALUE, a constant),
+    ``path`` (NAME=FILE.npy; FILE.npz with no name)."""
+
+    text: str
+    name: str | None = None
+    shape: tuple | None = None  # example shape
+    dim_names: dict = field(default_factory=dict)  # axis -> symbolic name: dynamic in exported graphs
+    dtype: object = None  # numpy dtype, None: the model's (or float32 for exports)
+    value: object = None  # a Python int / float / bool
+    value_type: str | None = None  # "int", "float", "bool", a dtype name, or None (inferred)
+    path: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "value" if self.value is not None else "file" if self.path is not None else "shape"
+
+
+def _literal(text: str, typ: str | None, spec: str, option: str):
+    """The Python value of VALUE (as ``typ`` when given); None when it is no literal (then a file)."""
+    t = text.strip()
+    low = t.lower()
+    kind = None if typ is None else {"bool": "b", "int": "i", "float": "f"}.get(typ) or parse_dtype(typ).kind
+    if kind == "b" or kind is None and low in ("true", "false"):
+        if low in ("true", "1", "false", "0"):
+            return low in ("true", "1")
+        raise InputError(f"{option} {spec}: {t!r} is not a bool (true or false)")
+    if kind in (None, "i", "u"):
+        try:
+            return int(t)
+        except ValueError:
+            if kind is not None:
+                raise InputError(f"{option} {spec}: {t!r} is not an integer") from None
+    try:
+        return float(t)
+    except ValueError:
+        if kind is not None:
+            raise InputError(f"{option} {spec}: {t!r} is not a number") from None
+        return None
+
+
+def parse_input(text: str, option: str = "--input") -> InputSpec:
+    """One ``--input`` item (see INPUT_SYNTAX); raises InputError with one line."""
+    spec = str(text)
+    bad = f"{option} takes {INPUT_SYNTAX}; got {spec!r}"
+    if "=" not in spec and ":" not in spec:
+        if spec.lower().endswith((".npz", ".npy")):
+            return InputSpec(spec, path=spec)
+        raise InputError(bad)
+    cut = min(i for i in (spec.find(":"), spec.find("=")) if i >= 0)
+    name, sep, rest = spec[:cut], spec[cut], spec[cut + 1:]
+    if not _SPEC_NAME.fullmatch(name):
+        raise InputError(bad)
+    typ = None
+    if sep == ":":
+        head, eq, tail = rest.partition("=")
+        if eq and (head in SCALAR_TYPES or parse_dtype(head) is not None) and ":" not in tail:
+            typ, sep, rest = head, "=", tail  # NAME:TYPE=VALUE
+    if sep == "=":
+        if not rest:
+            raise InputError(bad)
+        value = _literal(rest, typ, spec, option)
+        if value is None:
+            if typ is not None:
+                raise InputError(f"{option} {spec}: {rest!r} is not a {typ} value")
+            return InputSpec(spec, name, path=rest)  # NAME=FILE.npy
+        if typ is not None and typ not in SCALAR_TYPES:
+            typ = parse_dtype(typ).name
+        return InputSpec(spec, name, value=value, value_type=typ)
+    shape_text, colon, dtype_text = rest.rpartition(":") if rest.count(":") else (rest, "", "")
+    if not colon:
+        shape_text, dtype_text = rest, ""
+    dtype = None
+    if dtype_text:
+        dtype = parse_dtype(dtype_text)
+        if dtype is None:
+            raise InputError(f"{option} {spec}: unknown dtype {dtype_text!r} (a numpy or ONNX name: float32, int64, "
+                             "bool, FLOAT16, ...)")
+    shape, dim_names = parse_shape(shape_text, spec, option)
+    return InputSpec(spec, name, shape=shape, dim_names=dim_names, dtype=dtype)
+
+
+def parse_shape(text: str, spec: str = "", option: str = "--input") -> tuple[tuple, dict]:
+    """``1x128`` (or ``1,128``; ``()`` or nothing for a scalar); a dim may be named, ``1xsequence=128``:
+    (dims, {axis: name})."""
+    t = text.strip()
+    if t in ("", "()", "[]", "scalar"):
+        return (), {}
+    parts = re.split(r"(?<=\d)x|,", t)
+    dims, names = [], {}
+    for k, p in enumerate(parts):
+        m = _DIM.fullmatch(p.strip())
+        if not m or int(m.group(2)) <= 0:
+            raise InputError(f"{option} {spec or text}: {text!r} is not a shape like 1x3x224x224 (positive sizes, "
+                             "x between them; name a dynamic dim as 1xsequence=128)")
+        dims.append(int(m.group(2)))
+        if m.group(1):
+            names[k] = m.group(1)
+    if math.prod(dims) > MAX_RANDOM_INPUT_BYTES // 8:
+        raise InputError(f"{option} {spec or text}: {math.prod(dims):,} elements, more than an example input may "
+                         f"have here ({MAX_RANDOM_INPUT_BYTES // 8:,})")
+    return tuple(dims), names
+
+
+def parse_inputs(texts, option: str = "--input") -> list[InputSpec]:
+    """Every ``--input`` item; a name given twice is an InputError."""
+    specs = [parse_input(t, option) for t in texts or ()]
+    seen = set()
+    for s in specs:
+        if s.name is not None:
+            if s.name in seen:
+                raise InputError(f"{option} {s.name} is given twice")
+            seen.add(s.name)
+    return specs
+
+
+def read_spec_arrays(spec: InputSpec, option: str = "--input") -> dict:
+    """The arrays of a file spec: {name: array} for NAME=FILE.npy; an .npz's arrays, or {None: array}
+    for an unnamed .npy."""
+    got = _read_array(spec.path, f"{option} {spec.text}")
+    if isinstance(got, dict):
+        if spec.name is not None:
+            raise InputError(f"{option} {spec.text}: {spec.path} is an .npz archive; give one array saved with "
+                             "numpy.save, or the .npz alone (--input FILE.npz)")
+        if not got:
+            raise InputError(f"{option} {spec.text}: {spec.path} holds no arrays")
+        return got
+    return {spec.name: got}
+
+
+def example_array(spec: InputSpec, d: Declared | None, seed: int = 0, table_rows: int | None = None) -> np.ndarray:
+    """The array of a shape or value spec: values as the synthetic builder makes them (ids below the
+    table they index, masks ones), or the constant filling the declared shape (symbolic dims 1)."""
+    dtype = spec.dtype
+    if dtype is None and spec.value_type not in (None, *SCALAR_TYPES):
+        dtype = np.dtype(spec.value_type)
+    if dtype is None:
+        dtype = np.dtype(d.dtype) if d is not None and d.dtype is not None else None
+    if spec.kind == "value":
+        if dtype is None:
+            dtype = np.dtype({bool: np.bool_, int: np.int64, float: np.float32}[type(spec.value)])
+        if dtype.kind in "iu" and isinstance(spec.value, float) and not float(spec.value).is_integer():
+            raise InputError(f"--input {spec.text}: {spec.value!r} is not an integer, and {spec.name!r} is {dtype}")
+        shape = [] if d is None else [s if isinstance(s, int) else 1 for s in d.shape]
+        try:
+            return np.full(shape, spec.value, dtype)
+        except (OverflowError, ValueError) as e:
+            raise InputError(f"--input {spec.text}: {first_line(e)}") from None
+    dtype = dtype or np.dtype(np.float32)
+    rows = table_rows if table_rows is not None else d.table_rows if d is not None else None
+    name = spec.name or (d.name if d is not None else "input")
+    rank = len(spec.shape)
+    decl = Declared(name, dtype, list(d.shape) if d is not None and len(d.shape) == rank else [None] * rank, rows)
+    return _values(decl, list(spec.shape), np.random.default_rng(seed))
+
+
+def calibration_hints(specs, decl: list[Declared], option: str = "--input") -> tuple[dict, dict]:
+    """(fixed values, dims) that ``--input`` specs give an ONNX model's synthetic calibration inputs:
+    NAME=VALUE fixes an input's value, NAME:SHAPE sets the sizes of its symbolic dims (not the batch)."""
+    by = {d.name: d for d in decl}
+    expect = f"the model takes {'; '.join(f'{d.name}: {d.type_name} {d.shape}' for d in decl)}"
+    fixed, dims = {}, {}
+    for s in specs:
+        if s.kind == "file":
+            raise InputError(f"{option} {s.text}: example arrays are for PyTorch exports; give an ONNX model's inputs "
+                             "with --calibration FILE.npz")
+        d = by.get(s.name)
+        if d is None:
+            raise InputError(f"{option} {s.text}: the model has no input {s.name!r}; {expect}")
+        if s.kind == "value":
+            fixed[s.name] = example_array(s, Declared(d.name, d.dtype, [], d.table_rows, d.type_name))[()]
+            continue
+        if s.dtype is not None and d.dtype is not None and np.dtype(s.dtype) != np.dtype(d.dtype):
+            raise InputError(f"{option} {s.text}: {s.name!r} is {d.type_name}, not {s.dtype}; {expect}")
+        if len(s.shape) != len(d.shape) or any(isinstance(v, int) and v != g for v, g in zip(d.shape, s.shape)):
+            raise InputError(f"{option} {s.text}: {s.name!r} has shape {d.shape}, not {list(s.shape)}; {expect}")
+        for k, (v, g) in enumerate(zip(d.shape, s.shape)):
+            if isinstance(v, str) and not (k == 0 and v in _batch_names(decl)):
+                if dims.get(v, g) != g:
+                    raise InputError(f"{option} {s.text}: dim {v!r} is {dims[v]} in another --input")
+                dims[v] = g
+    return fixed, dims
