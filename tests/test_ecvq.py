@@ -131,3 +131,46 @@ def test_strength_parsing():
     s = LayerSetting.parse("--ecvq", "fc1*=4,1", parse_strength, DEFAULT_STRENGTH)
     assert s.get("fc1.weight") == 4.0 and s.get("conv.weight") == 1.0
     assert LayerSetting.parse("--ecvq", None, parse_strength, DEFAULT_STRENGTH).get("x") == DEFAULT_STRENGTH
+
+
+@pytest.mark.parametrize("value", ["abc", "-2", "fc*=nan", "fc*="])
+def test_cli_bad_strength_is_one_line(value, tmp_path, capsys):
+    from clitools import cli, one_line_error
+    from converters.cli import main
+
+    code, _, err = cli(main, [tmp_path / "missing.onnx", "--ecvq", value], capsys)
+    assert code == 2
+    one_line_error(err, "--ecvq")
+
+
+def test_pipeline_strength_setting():
+    pytest.importorskip("torch")
+    from converters import pipeline as P
+
+    s = P.Settings(ecvq="fc1*=4,1")
+    assert s.ecvq.get("fc1.weight") == 4.0 and s.ecvq.get("fc2.weight") == 1.0
+    assert P.Settings().ecvq.get("fc1.weight") == DEFAULT_STRENGTH
+    assert P.Settings().describe()["ecvq"] == DEFAULT_STRENGTH
+    with pytest.raises(SettingError) as e:
+        P.Settings(ecvq="x")
+    assert "\n" not in str(e.value) and "--ecvq" in str(e.value)
+
+
+def test_pipeline_sharing_uses_the_strength():
+    torch = pytest.importorskip("torch")
+    from converters import pipeline as P
+
+    torch.manual_seed(0)
+    model = P.MLP((64, 128, 10))
+    w = dict(model.named_parameters())["fc1.weight"]
+    with torch.no_grad():
+        w.mul_((w.abs() > w.abs().quantile(0.8)).float())  # pruned 80%
+    base = w.detach().clone()
+    q0 = P.quantize_layers(model, {"fc1.weight": 5}, strength=0.0)["fc1.weight"]
+    with torch.no_grad():
+        w.copy_(base)
+    q8 = P.quantize_layers(model, {"fc1.weight": 5}, strength={"fc1.weight": 8.0})["fc1.weight"]
+    cb0, i0 = quantize(base.numpy(), 5)
+    assert np.array_equal(q0.codebook, cb0.astype(np.float32)) and np.array_equal(q0.indices, i0)
+    assert np.array_equal(dict(model.named_parameters())["fc1.weight"].detach().numpy(), q8.values())
+    assert stored(q8.codebook, q8.indices, base.shape).nbytes < stored(q0.codebook, q0.indices, base.shape).nbytes
