@@ -486,9 +486,11 @@ def main(argv=None) -> int:
         res["models"].append(m)
     res["seconds"] = time.perf_counter() - t0
     for m in res["models"]:
-        for p in m["dcz"]:
+        for p in m["dcz"]:  # per-layer rows only in the breakdown: keeps the JSON small
             p.pop("path", None)
-    json.dump(res, open(os.path.join(args.out, "ecvq.json"), "w"), indent=1, default=str)
+            p["layers"] = [{k: r[k] for k in ("name", "bytes")} | ({"ecvq": r["ecvq"]} if r.get("ecvq") else {})
+                           for r in p["layers"]]
+    json.dump(res, open(os.path.join(args.out, "ecvq.json"), "w"), separators=(",", ":"), default=str)
     plot(res, os.path.join(args.out, "ecvq.png"))
     open(os.path.join(args.out, "README.md"), "w").write(render(res))
     log(f"wrote {args.out}/README.md, ecvq.json, ecvq.png in {res['seconds']:.0f} s")
