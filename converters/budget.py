@@ -61,19 +61,24 @@ def pruned_compensated(w: np.ndarray, layer, sparsity: float) -> np.ndarray:
 
 
 def reconstruct(w: np.ndarray, sparsity: float, bits: int, init: str = "linear", seed: int = 0,
-                hist: Histogram | None = None, layer=None) -> np.ndarray:
+                hist: Histogram | None = None, layer=None, strength: float = 0.0) -> np.ndarray:
     """What compress_tensor stores for ``w`` at (sparsity, bits), decoded: same masks, same k-means
     (``layer``: its calibration inputs are known, so the error-compensated one-shot sharing)."""
     if layer is not None:
         from .oneshot import share
 
-        cb, idx = share(w, layer, sparsity, bits, init, seed)
+        cb, idx = share(w, layer, sparsity, bits, init, seed, strength=strength)
         return cb.astype(w.dtype)[idx]
     keep = w != 0
     if sparsity:
         keep &= magnitude_mask(w, sparsity)
     pruned = np.where(keep, w, np.zeros((), w.dtype))
-    cb, idx = quantize(pruned, bits, init=init, seed=seed, hist=hist if not sparsity else None)
+    if strength:  # entropy-constrained sharing, as compress_tensor does it
+        from .ecvq import ecvq
+
+        cb, idx = ecvq(pruned, bits, strength, init=init, seed=seed)
+    else:
+        cb, idx = quantize(pruned, bits, init=init, seed=seed, hist=hist if not sparsity else None)
     return cb.astype(w.dtype)[idx]
 
 
@@ -241,13 +246,15 @@ def choose(options: dict, target: float) -> dict:
 
 def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: int, init: str = "linear",
            seed: int = 0, fixed_sparsity=None, fixed_bits=None, progress=None, echo=None,
-           layers: dict | None = None) -> tuple[Search, dict]:
+           layers: dict | None = None, strength=None) -> tuple[Search, dict]:
     """Scan, plan and verify; returns (the Search record, {name: why it stays raw}).
 
     ``layers`` (name -> converters.hessian.Layer with H): those weights are built error-compensated
     for verification (and by compress_tensor); the scan measures plain pruning and sharing, whose
-    errors are the larger, so the plan stays on the safe side."""
+    errors are the larger, so the plan stays on the safe side. ``strength(name)``: the layer's ECVQ strength
+    (converters.ecvq), used where the layers are built as compress_tensor will build them."""
     layers = layers or {}
+    strength = strength or (lambda name: 0.0)
 
     def scan_layer(name):
         return layers.get(name) if SCAN_COMPENSATED else None
@@ -274,7 +281,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         hist = Histogram(w[w != 0]) if np.any(w) else None
         for b in ([fb] if fb is not None else SCAN_BITS):
             err = _error(base_scan, runner.run(scan_set, decl, weights,
-                                               {name: reconstruct(w, 0.0, b, init, seed, hist, layer=scan_layer(name))}))
+                                               {name: reconstruct(w, 0.0, b, init, seed, hist, layer=scan_layer(name),
+                                                                                 strength=strength(name))}))
             res.trials += 1
             e["bits"][b] = err
             if err > budget:
@@ -308,7 +316,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         if c["bits"] is None:
             recon.pop(name, None)
         else:
-            recon[name] = reconstruct(weights[name], c["sparsity"], c["bits"], init, seed, layer=layers.get(name))
+            recon[name] = reconstruct(weights[name], c["sparsity"], c["bits"], init, seed, layer=layers.get(name),
+                                      strength=strength(name))
 
     for name in cands:
         rebuild(name)

@@ -19,6 +19,8 @@ from . import compress as cmp
 from . import settings as st
 from .errors import ConvertError
 from .calibrate import DEFAULT_MAX_ERROR
+from .ecvq import DEFAULT_STRENGTH as DEFAULT_ECVQ
+from .ecvq import parse_strength
 from .quantize import INITS
 
 
@@ -38,9 +40,9 @@ def _roles(text):
         raise click.BadParameter(str(e), param_hint="--role") from None
 
 
-def _layer(option, text, convert):
+def _layer(option, text, convert, default=None):
     try:
-        return st.LayerSetting.parse(option, text, convert)
+        return st.LayerSetting.parse(option, text, convert, default)
     except st.SettingError as e:
         raise click.BadParameter(str(e).split(": ", 1)[-1], param_hint=option) from None
 
@@ -216,7 +218,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                 fixed["fixed_bits"] = lambda n: s.bits.get(n)
             search_rec, reasons = _ort_call("ONNX Runtime failed during the error-budget search", bud.search,
                                             src.graph, originals, calib, decl, limit, min_size=s.min_size, init=s.init,
-                                            seed=s.seed, progress=progress, echo=echo, layers=s.layers, **fixed)
+                                            seed=s.seed, progress=progress, echo=echo, layers=s.layers,
+                                            strength=s.ecvq.get, **fixed)
             s.plan, s.reasons = search_rec.plan, reasons
     else:
         if calibration is not None or max_error is not None:
@@ -284,7 +287,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="the .dcz to write (default: MODEL with .dcz)")
 @click.option("--sparsity", metavar="[PATTERN=]F,...", help="fraction of weights to prune per layer, in [0, 1), "
-              "e.g. 0.9 or 'fc*=0.92,conv*=0.6' (0 keeps an already pruned model). Without any pruning/bits flag "
+              "e.g. 0.9 or 'fc*=0.92,conv*=0.6' (0 keeps an already pruned model; --ecvq may still zero its smallest "
+              "weights, --ecvq 0 does not). Without any pruning/bits flag "
               "dcconvert chooses within --max-error; once one is given, layers it leaves unset get "
               f"{cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc, 0 embedding")
 @click.option("--threshold-std", metavar="[PATTERN=]Q,...", help="also prune weights below Q x the layer's standard deviation")
@@ -294,6 +298,11 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.option("--bits", metavar="[PATTERN=]B,...", help="weight-sharing bits 1..8 (codebook of 2**B centroids; "
               f"when set explicitly, unset layers get {cmp.DEFAULT_BITS['conv']} conv, {cmp.DEFAULT_BITS['fc']} fc, "
               f"{cmp.DEFAULT_BITS['embedding']} embedding)")
+@click.option("--ecvq", metavar="[PATTERN=]S,...",
+              help="entropy-constrained weight sharing strength S >= 0 per layer: each weight takes the centroid "
+              "minimising its error + S x (the plain k-means error per weight) x its code length in bits, so rare "
+              "centroids empty and small weights may be pruned where their position and index cost more than they "
+              f"are worth; 0 is plain k-means (default {DEFAULT_ECVQ:g}; 1-5 saves more bytes at more error)")
 @click.option("--role", "role_overrides", metavar="PATTERN=ROLE,...",
               help="what a tensor is, overriding what its consumers say: conv, fc, embedding (compressed), "
                    "norm, bias, analytic, other (stored exactly); e.g. 'stft.*=analytic,lm_head.weight=fc'")
@@ -343,7 +352,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
 @click.option("-f", "--force", is_flag=True, help="replace an existing .dcz that -o does not name (the default output)")
 @click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
-def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, role_overrides, compensate, init,
+def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, ecvq, role_overrides, compensate, init,
               min_size, lossless,
               inputs, input_shapes, opset, model_factory, trust_code, max_error, calibration, calibration_samples, dims,
               seed, as_json, report, quiet, force):
@@ -379,6 +388,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         threshold=_layer("--threshold", threshold, st.nonneg),
         prune_neurons=_layer("--prune-neurons", prune_neurons, st.fraction),
         bits=_layer("--bits", bits, st.bits),
+        ecvq=_layer("--ecvq", ecvq, parse_strength, DEFAULT_ECVQ),
         init=init, min_size=min_size, lossless=lossless, seed=seed, roles=_roles(role_overrides), compensate=compensate,
     )
     shapes = [_shape(x) for x in input_shapes]

@@ -9,8 +9,9 @@ import numpy as np
 
 import dcformat
 
+from . import ecvq as _ecvq
 from .prune import magnitude_mask, threshold_mask
-from .quantize import CHUNK, quantize
+from .quantize import CHUNK
 from .roles import COMPRESSIBLE
 from .settings import LayerSetting
 
@@ -28,6 +29,7 @@ class Settings:
     threshold: LayerSetting = field(default_factory=lambda: LayerSetting("--threshold"))
     prune_neurons: LayerSetting = field(default_factory=lambda: LayerSetting("--prune-neurons"))
     bits: LayerSetting = field(default_factory=lambda: LayerSetting("--bits"))
+    ecvq: LayerSetting = field(default_factory=lambda: LayerSetting("--ecvq", _ecvq.DEFAULT_STRENGTH))
     init: str = "linear"
     min_size: int = DEFAULT_MIN_SIZE
     lossless: bool = False
@@ -39,7 +41,7 @@ class Settings:
     compensate: bool = True  # with a graph and calibration inputs, collect the layers' H for that
 
     def all(self) -> list[LayerSetting]:
-        return [self.sparsity, self.threshold_std, self.threshold, self.prune_neurons, self.bits]
+        return [self.sparsity, self.threshold_std, self.threshold, self.prune_neurons, self.bits, self.ecvq]
 
     def describe(self) -> dict:
         d = {s.option.lstrip("-").replace("-", "_"): s.describe() for s in self.all()}
@@ -183,7 +185,9 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
         if layer is not None:  # calibration inputs known: error-compensated pruning and sharing
             from .oneshot import share
 
-            codebook, indices = share(w, layer, target or 0.0, b, init=s.init, seed=s.seed)
+            lam = s.ecvq.get(name)
+            codebook, indices = share(w, layer, target or 0.0, b, init=s.init, seed=s.seed, strength=lam)
+            row["ecvq"] = {"strength": lam, "codebook_only": True}
             del w
         else:
             keep = w != 0
@@ -197,7 +201,10 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
                 keep &= neuron_mask(w, f, axis)
             pruned = np.where(keep, w, np.zeros((), w.dtype))
             del keep, w  # compress() hands over its only reference: the layer's float copy goes now
-            codebook, indices = quantize(pruned, b, init=s.init, seed=s.seed)
+            lam = s.ecvq.get(name)
+            ecvq_info = {}
+            codebook, indices = _ecvq.ecvq(pruned, b, lam, init=s.init, seed=s.seed, info=ecvq_info)
+            row["ecvq"] = ecvq_info or {"strength": lam}
             del pruned
         recon = codebook.astype(pruned_dtype(dtype))[indices] if keep_recon else None
         encoding, gap_bits = choose_layout(codebook, indices, dtype) if indices.size else (None, None)

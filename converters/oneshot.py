@@ -35,10 +35,11 @@ def damping(cols: int, rows: int) -> float:
 
 
 def share(w: np.ndarray, layer: hessian.Layer, sparsity: float, bits: int, init: str = "linear",
-          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+          seed: int = 0, strength: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(codebook, indices) of ``w`` pruned to ``sparsity`` and shared to ``2**bits`` centroids with
     error compensation. Weights that are zero already stay zero; with ``sparsity`` at or below
-    their share, the existing zeros are the mask (a model pruned elsewhere keeps its pattern)."""
+    their share, the existing zeros are the mask (a model pruned elsewhere keeps its pattern).
+    ``strength`` > 0: the codebook is entropy-constrained (converters.ecvq, importance-weighted) instead of k-means."""
     if not layer.h:
         raise ValueError(f"{layer.weight}: no calibration inputs were collected for this layer")
     cdtype = w.dtype if w.dtype.kind == "f" else np.dtype(np.float32)
@@ -54,8 +55,14 @@ def share(w: np.ndarray, layer: hessian.Layer, sparsity: float, bits: int, init:
         if k:
             survive[np.argsort(saliency, kind="stable")[:k]] = False
     pruning = not fixed or zero_share > 0
-    cents = (kmeans_1d(flat[survive], centroids(bits, pruning), init=init, seed=seed, weights=imp[survive]) if survive.any()
-             else np.zeros(0))
+    if strength and survive.any():  # ECVQ's codebook: fewer, rate-aware centroids; rounding stays compensated
+        from .ecvq import ecvq
+
+        cents, _ = ecvq(flat[survive], bits, strength, init=init, seed=seed, keep_zero=False, importance=imp[survive])
+        cents = cents.astype(np.float64)
+    if not (strength and survive.any()) or cents.size > centroids(bits, pruning):
+        cents = (kmeans_1d(flat[survive], centroids(bits, pruning), init=init, seed=seed, weights=imp[survive])
+                 if survive.any() else np.zeros(0))
     cents = np.unique(cents.astype(cdtype)[cents.astype(cdtype) != 0]).astype(np.float64)
     if cents.size == 0:
         return np.zeros(1, cdtype), np.zeros(w.shape, np.uint8)

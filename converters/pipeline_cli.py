@@ -344,6 +344,9 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
 @click.option("--sparsity", metavar="[PATTERN=]F,...", help="target fraction of pruned weights per layer "
               "(default 0.9 fc, 0.6 conv), e.g. 0.9 or 'fc3*=0.7,0.92'; patterns match parameter names")
 @click.option("--bits", metavar="[PATTERN=]B,...", help="weight-sharing bits 1..8 per layer (default 5 fc, 8 conv)")
+@click.option("--ecvq", metavar="[PATTERN=]S,...",
+              help="entropy-constrained weight sharing strength per layer (as dcconvert --ecvq; 0: plain k-means; "
+                   "default 0.5)")
 @click.option("--prune-neurons", metavar="[PATTERN=]F,...",
               help="also prune this fraction of whole output neurons / filters (smallest L2 norm; shapes kept)")
 @click.option("--schedule", default="0.5,0.75,0.9,1", show_default=True, metavar="F,...",
@@ -384,7 +387,7 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
               help="where to train; auto: the GPU if there is one (under torchrun: cuda:LOCAL_RANK)")
 @click.option("-q", "--quiet", is_flag=True, help="only the result lines")
 def pipeline(model_spec, data, data_factory, image_size, output, input_shape, checkpoint, epochs, retrain_epochs,
-             finetune_epochs, sparsity, bits, prune_neurons, schedule, separate_phases, max_accuracy_drop, lr, retrain_lr,
+             finetune_epochs, sparsity, bits, ecvq, prune_neurons, schedule, separate_phases, max_accuracy_drop, lr, retrain_lr,
              finetune_lr, batch_size, optimizer, l1, l2, prox_l1, init, min_size, scan_sparsities, scan_bits, report_dir,
              limit_train, limit_test, seed, threads, resume, workers, device, quiet):
     """Deep Compression with training data: prune + retrain, share weights + fine-tune centroids, write OUTPUT.
@@ -418,7 +421,7 @@ def pipeline(model_spec, data, data_factory, image_size, output, input_shape, ch
     device = _device(device)
     P.dist.init_from_env(device)
     try:
-        s = P.Settings(sparsity=sparsity, bits=bits, prune_neurons=prune_neurons, schedule=_floats(schedule),
+        s = P.Settings(sparsity=sparsity, bits=bits, ecvq=ecvq, prune_neurons=prune_neurons, schedule=_floats(schedule),
                        separate_phases=separate_phases, epochs=(0 if checkpoint else 5) if epochs is None else epochs,
                        retrain_epochs=retrain_epochs, finetune_epochs=finetune_epochs, lr=lr, retrain_lr=retrain_lr,
                        finetune_lr=finetune_lr, batch_size=batch_size, optimizer=optimizer, l1=l1, l2=l2, init=init,

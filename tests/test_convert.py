@@ -376,14 +376,26 @@ def test_zeros_stay_zero_and_sparsity_zero_prunes_nothing(tmp_path):
     src = tmp_path / "z.onnx"
     w = build_net(src, zeros={"fc1.weight": 0.6, "fc2.weight": 0.2, "conv2.weight": 0.4})
     out = tmp_path / "z.dcz"
-    ok(src, "-o", out, "-q", "--sparsity", "0")
+    ok(src, "-o", out, "-q", "--sparsity", "0", "--ecvq", "0")
     dec = weights(out)
     for name in ("fc1.weight", "fc2.weight", "conv2.weight"):
         was_zero = w[name] == 0
         assert np.all(dec[name].view(np.uint32)[was_zero] == 0), name  # exactly +0.0
         assert np.count_nonzero(dec[name]) == np.count_nonzero(w[name]), name  # nothing more pruned
+    # entropy-constrained sharing (on by default) may prune more, but only the smallest weights of each sign:
+    # the zero's cell is one interval around 0
+    ok(src, "-o", out, "-q", "--sparsity", "0")
+    dec = weights(out)
+    for name in ("fc1.weight", "fc2.weight", "conv2.weight"):
+        a, d = w[name], dec[name]
+        assert np.all(d.view(np.uint32)[a == 0] == 0), name
+        gone, kept = (a != 0) & (d == 0), d != 0
+        for sign in (1, -1):
+            g, k = sign * a[gone & (sign * a > 0)], sign * a[kept & (sign * a > 0)]
+            if g.size:
+                assert g.max() <= k.min(), name
     # with a 50% fc target the existing 60% zeros of fc1 count towards it: nothing more goes
-    ok(src, "-o", out, "-q", "--sparsity", "fc*=0.5,conv*=0.3")
+    ok(src, "-o", out, "-q", "--sparsity", "fc*=0.5,conv*=0.3", "--ecvq", "0")
     dec = weights(out)
     assert np.count_nonzero(dec["fc1.weight"]) == np.count_nonzero(w["fc1.weight"])
     assert np.all(dec["fc2.weight"][w["fc2.weight"] == 0] == 0)
@@ -461,7 +473,7 @@ def test_prune_neurons(net, tmp_path):
     conv2 filters; shapes stay."""
     src, w = net
     out = tmp_path / "n.dcz"
-    ok(src, "-o", out, "-q", "--sparsity", "0", "--prune-neurons", "0.25", "--min-size", "1000")
+    ok(src, "-o", out, "-q", "--sparsity", "0", "--prune-neurons", "0.25", "--min-size", "1000", "--ecvq", "0")
     dec = weights(out)
     for name, axis in (("fc1.weight", 0), ("fc2.weight", 1), ("fc3.weight", 1), ("conv2.weight", 0)):
         a = dec[name]

@@ -449,6 +449,13 @@ def write_readme(out_dir: str, entries: list, study: dict | None, curves: dict |
               "`dcformat.InferenceSession` (ONNX Runtime) on the test images; it equals the PyTorch model's.", ""]
     lines += ["ratio = parameters x 4 bytes / `.dcz` file bytes (the whole file: weights, biases stored exactly, "
               "graph, header and metadata). The paper's ratios are on MNIST.", ""]
+    strengths = sorted({str(e["settings"].get("ecvq")) for e in entries if e.get("settings", {}).get("ecvq") is not None})
+    if strengths:
+        lines += [f"Weight sharing is entropy-constrained (`converters/ecvq.py`, strength {', '.join(strengths)}): each "
+                  "weight takes the centroid minimising its squared error plus strength x the plain k-means error x "
+                  "its Huffman code length, iterated with the centroid update and the code rebuild, then the "
+                  "centroids are fine-tuned as in the paper. `tools/bench_ecvq.py` compares it with plain k-means "
+                  "and with NNCodec.", ""]
     lines += ["| model | dense acc | compressed acc | drop | params | .dcz bytes | ratio | paper's ratio | "
               "pruned (per layer) | bits | epochs used (dense / pruning steps x retraining / fine-tuning) | paper's epochs |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]

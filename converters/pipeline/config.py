@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..ecvq import DEFAULT_STRENGTH, parse_strength
 from ..quantize import INITS
 from ..settings import LayerSetting, SettingError, fraction
 
@@ -49,6 +50,7 @@ class Settings:
 
     sparsity: object = None  # target fraction of zero weights per layer; None: DEFAULT_SPARSITY by role
     bits: object = None  # weight-sharing bits per layer; None: DEFAULT_BITS by role
+    ecvq: object = None  # entropy-constrained sharing strength per layer (converters.ecvq); None: DEFAULT_STRENGTH
     prune_neurons: object = None  # fraction of whole output neurons / filters to prune per layer
     schedule: tuple = DEFAULT_SCHEDULE  # pruning steps as fractions of the target (last is 1.0)
     separate_phases: bool = False  # prune conv layers first, then fully connected ones
@@ -76,6 +78,9 @@ class Settings:
     def __post_init__(self):
         self.sparsity = _setting("--sparsity", self.sparsity, fraction)
         self.bits = _setting("--bits", self.bits, _bits)
+        self.ecvq = _setting("--ecvq", self.ecvq, parse_strength)
+        if self.ecvq.default is None:
+            self.ecvq.default = DEFAULT_STRENGTH
         self.prune_neurons = _setting("--prune-neurons", self.prune_neurons, fraction)
         sched = [float(s) for s in self.schedule]
         if not sched or any(not 0 < s <= 1 for s in sched) or sorted(sched) != sched:
@@ -112,7 +117,7 @@ class Settings:
 
     def describe(self) -> dict:
         d = {}
-        for k in ("sparsity", "bits", "prune_neurons"):
+        for k in ("sparsity", "bits", "ecvq", "prune_neurons"):
             d[k] = getattr(self, k).describe()
         for k in ("schedule", "separate_phases", "epochs", "retrain_epochs", "finetune_epochs", "lr", "batch_size",
                   "optimizer", "l1", "l2", "init", "min_size", "max_accuracy_drop", "seed"):

@@ -128,7 +128,7 @@ def deep_compress(model: nn.Module, data, evaluate, settings: Settings | None = 
     if not info:
         raise ConvertError("the model has no nn.Linear / nn.Conv weights to compress")
     names = list(info)
-    for st in (s.sparsity, s.bits, s.prune_neurons):
+    for st in (s.sparsity, s.bits, s.ecvq, s.prune_neurons):
         for pat, _ in st.patterns:
             if not any(fnmatch.fnmatchcase(n, pat) for n in names):
                 raise SettingError(f"{st.option}: pattern {pat!r} matches no layer (layers: {', '.join(names)})")
@@ -253,7 +253,8 @@ def deep_compress(model: nn.Module, data, evaluate, settings: Settings | None = 
                                       history=hist0, on_step=on_step if state else None)
         pruned_acc = _evaluate(model, evaluate)
         t1 = time.perf_counter()
-        quantized = quantize_layers(model, {n: plan[n]["bits"] for n in names}, s.init, s.seed)
+        quantized = quantize_layers(model, {n: plan[n]["bits"] for n in names}, s.init, s.seed,
+                                    strength={n: s.ecvq.get(n) for n in names})
         _same_codebooks(model, quantized)
         quant_acc = _evaluate(model, evaluate)
         bits_used = "/".join(str(b) for b in sorted({plan[n]["bits"] for n in names}))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConvertError
-from ..quantize import quantize
+from ..ecvq import ecvq
 from . import dist
 from .loaders import batches, model_device, to_device
 from .masks import Masks, apply_masks, sparsity
@@ -30,8 +30,12 @@ class Quantized:
         return self.codebook[self.indices]
 
 
-def quantize_layers(model: nn.Module, bits: Mapping[str, int], init: str = "linear", seed: int = 0) -> dict[str, Quantized]:
-    """k-means weight sharing of each named layer; the model's weights become ``codebook[indices]``."""
+def quantize_layers(model: nn.Module, bits: Mapping[str, int], init: str = "linear", seed: int = 0,
+                    strength: Mapping[str, float] | float = 0.0) -> dict[str, Quantized]:
+    """k-means weight sharing of each named layer; the model's weights become ``codebook[indices]``.
+
+    ``strength`` (one number, or one per layer): entropy-constrained weight sharing (converters.ecvq) at that
+    strength; 0 is plain k-means (the paper's)."""
     params = dict(model.named_parameters())
     out = {}
     for name, b in bits.items():
@@ -39,7 +43,8 @@ def quantize_layers(model: nn.Module, bits: Mapping[str, int], init: str = "line
         w = p.detach().cpu().numpy()
         if not np.isfinite(w).all():
             raise ConvertError(f"{name}: holds NaN or infinite weights; cannot share them")
-        cb, idx = quantize(w, int(b), init=init, seed=seed)
+        lam = strength.get(name, 0.0) if isinstance(strength, Mapping) else strength
+        cb, idx = ecvq(w, int(b), float(lam), init=init, seed=seed)
         cb = cb.astype(np.float32)
         out[name] = Quantized(cb, idx, int(b))
         with torch.no_grad():
