@@ -89,6 +89,11 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
 
 
+def decode_batch(batch) -> dict[str, np.ndarray]:
+    """``{info.name: decode_tensor(info, section)}`` for a list of (record, checksum-verified section bytes)."""
+    return {info.name: decode_tensor(info, section) for info, section in batch}
+
+
 def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dict, where: str) -> np.ndarray:
     """The bit patterns of a float-planes tensor (spec 7.4), assembled lane by lane in place."""
     from . import kernels
@@ -130,4 +135,4 @@ def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dic
     return out
 
 
-__all__ = ["decode_tensor", "split_parts", "Stream"]
+__all__ = ["decode_tensor", "decode_batch", "split_parts", "Stream"]
