@@ -44,7 +44,6 @@ def _checked(info: TensorInfo, out: np.ndarray, where: str) -> np.ndarray:
 
 def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     """Decode one tensor from its (checksum-verified) section bytes."""
-    from . import kernels  # numba is imported when the first tensor is decoded, not at import
     where = f"tensor {info.name!r}"
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
@@ -60,6 +59,8 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
         s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
         out = np.empty(n, udt)
         if n:
+            from . import kernels  # numba is imported when a kernel first runs, not at import
+
             status = kernels.pick(kernels.decode_dense, kernels.decode_dense_serial, n)(
                 s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size, _values(info, parts["codebook"], False), out
             )
@@ -77,6 +78,8 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
                 raise TensorError(f"{where}: a lane base is past the tensor's {n} elements (byte {offs['lane_bases']})")
         out = np.zeros(n, udt)
         if m:
+            from . import kernels
+
             status = kernels.pick(kernels.decode_sparse, kernels.decode_sparse_serial, m)(
                 g.payload, g.lane_offsets, g.table, g.table_bits,
                 s.payload, s.lane_offsets, s.table, s.table_bits,
@@ -89,9 +92,50 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
 
 
+NUMPY_MAX_SYMBOLS = 1 << 22  # a larger batch takes the numba kernels (4M symbols: ~0.5 s of numpy lockstep)
+NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels takes (2 cores)
+_numpy_budget = [NUMBA_START_S]  # seconds of numpy decoding this process may still spend instead
+
+
 def decode_batch(batch) -> dict[str, np.ndarray]:
-    """``{info.name: decode_tensor(info, section)}`` for a list of (record, checksum-verified section bytes)."""
-    return {info.name: decode_tensor(info, section) for info, section in batch}
+    """``{info.name: decode_tensor(info, section)}`` for a list of (record, checksum-verified section bytes).
+
+    Until numba is loaded, a batch goes to the numpy decoder (dcformat/npdecode.py, the same
+    bytes): for a small model that is faster than starting numba. Once this process has spent
+    about what starting numba costs (NUMBA_START_S) in it, numba is started (a process that keeps
+    loading models pays at most twice the better choice). DCZ_DECODER=numpy or =numba forces one.
+    """
+    import os
+    import sys
+    import time
+
+    mode = os.environ.get("DCZ_DECODER", "")
+    if mode not in ("numpy", "numba"):
+        symbols = sum(_symbols(info) for info, _ in batch)
+        mode = "numba" if ("dcformat.kernels" in sys.modules or symbols > NUMPY_MAX_SYMBOLS
+                           or _numpy_budget[0] <= 0) else "numpy"
+        if symbols == 0:
+            mode = "numpy"  # nothing to decode with a kernel: do not start numba for raw tensors
+    if mode == "numba":
+        return {info.name: decode_tensor(info, section) for info, section in batch}
+    from .npdecode import decode_tensors
+
+    t0 = time.perf_counter()
+    try:
+        return decode_tensors(batch)
+    finally:
+        _numpy_budget[0] -= time.perf_counter() - t0
+
+
+def _symbols(info: TensorInfo) -> int:
+    """Huffman-coded symbols of a tensor (what the lane decoders go through)."""
+    if info.encoding == ENC_CB_DENSE:
+        return info.numel
+    if info.encoding == ENC_CB_SPARSE:
+        return 2 * (info.entries or 0)
+    if info.encoding == ENC_FLOAT_PLANES:
+        return info.numel * sum(m == PLANE_HUFFMAN for m in info.planes)
+    return 0
 
 
 def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dict, where: str) -> np.ndarray:
