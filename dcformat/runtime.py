@@ -310,7 +310,8 @@ def load_weights(src) -> dict:
     """All tensors of a .dcz file as a dict name -> numpy array (works for weights-only files)."""
     reader, owned = _reader(src)
     try:
-        return {name: reader[name] for name in reader}
+        arrays = reader.decode_many(list(reader))  # read in runs, decoded together
+        return {name: arrays[name] for name in reader}
     finally:
         if owned:
             reader.close()
