@@ -16,7 +16,7 @@ def split_parts(info: TensorInfo, section: np.ndarray, where: str) -> dict[str, 
     out, pos = {}, 0
     for name, length in info.parts.items():
         start = align(pos, PART_ALIGNMENT)
-        if section[pos:start].any():
+        if start != pos and section[pos:start].any():
             raise TensorError(f"{where}: non-zero padding before part {name!r} at byte {info.offset + pos}")
         out[name] = section[start : start + length]
         pos = start + length
@@ -93,6 +93,7 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
 
 
 NUMPY_MAX_SYMBOLS = 1 << 22  # a larger batch takes the numba kernels (4M symbols: ~0.5 s of numpy lockstep)
+NUMPY_MAX_STEPS = 1 << 14  # nor longer lanes (the default lane size): the numpy decoder takes a step per symbol
 NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels takes (2 cores)
 _numpy_budget = [NUMBA_START_S]  # seconds of numpy decoding this process may still spend instead
 
@@ -112,8 +113,9 @@ def decode_batch(batch) -> dict[str, np.ndarray]:
     mode = os.environ.get("DCZ_DECODER", "")
     if mode not in ("numpy", "numba"):
         symbols = sum(_symbols(info) for info, _ in batch)
+        steps = max((min(info.lane_size, info.numel) for info, _ in batch if _symbols(info)), default=0)
         mode = "numba" if ("dcformat.kernels" in sys.modules or symbols > NUMPY_MAX_SYMBOLS
-                           or _numpy_budget[0] <= 0) else "numpy"
+                           or steps > NUMPY_MAX_STEPS or _numpy_budget[0] <= 0) else "numpy"
         if symbols == 0:
             mode = "numpy"  # nothing to decode with a kernel: do not start numba for raw tensors
     if mode == "numba":
