@@ -44,7 +44,7 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
     tables = [s.table for s, _, _ in jobs]
     toffs = np.zeros(k + 1, np.int64)
     np.cumsum([t.size for t in tables], out=toffs[1:])
-    table = np.concatenate(tables).astype(np.int64)
+    table = np.concatenate(tables).astype(np.uint16)
     lane_pos, lane_lim, lane_cnt, lane_tb, lane_toff = [], [], [], [], []
     for i, (s, n, lane_size) in enumerate(jobs):
         at = int(pstart[i])
@@ -82,15 +82,21 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
         byte = p >> 3
         np.minimum(byte, lim[:a0], out=byte)
         w = win[byte].astype(np.int64)  # arithmetic shifts: the bits kept below are the same
-        off = p & 7
-        base = p - off
+        sh = sh0 = rs[:a0] - (p & 7)  # w >> sh puts the next code's bits lowest; sh0: all a0 lanes
+        m, t = mask[:a0], toff[:a0]
+        idx = np.empty(a0, np.int64)
         for q in range(min(per_window, steps - j)):
             a = int(active[j + q])
-            e = table[((w[:a] >> (rs[:a] - off[:a])) & mask[:a]) + toff[:a]]
+            if a < a0:  # lanes that have all their symbols drop out (the rest are a prefix)
+                w, sh, m, t, idx = w[:a], sh[:a], m[:a], t[:a], idx[:a]
+            np.right_shift(w, sh, out=idx)
+            idx &= m
+            idx += t
             r0 = int(row[j + q])
-            out[r0 : r0 + a] = e
-            off[:a] += e >> 9
-        pos[:a0] = base + off
+            e = out[r0 : r0 + a]
+            table.take(idx, out=e)
+            sh -= e >> 9
+        pos[:a0] = p - (p & 7) + (rs[:a0] - sh0)
         j += per_window
     # back to stream order
     ends = np.empty(nlanes, np.int64)

@@ -221,7 +221,7 @@ def test_path_choice(monkeypatch):
     monkeypatch.setattr(decode, "_symbols", lambda info: 10)
     monkeypatch.setattr(decode, "_numpy_budget", [1.0])
     monkeypatch.delitem(sys.modules, "dcformat.kernels", raising=False)
-    batch = [(type("I", (), {"name": "x"})(), None)]
+    batch = [(type("I", (), {"name": "x", "lane_size": 256, "numel": 1000})(), None)]
     decode.decode_batch(batch)
     decode._numpy_budget[0] = 0.0
     decode.decode_batch(batch)
