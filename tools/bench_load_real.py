@@ -11,6 +11,8 @@ classifier (magika). Each is converted twice: ``--lossless`` and ``--sparsity 0.
 
     .venv/bin/python tools/bench_load_real.py                 # all models
     .venv/bin/python tools/bench_load_real.py model.onnx ...  # your own files
+    .venv/bin/python tools/bench_load_real.py --keep /tmp/dcz                  # keep the .dcz files, reuse them
+    .venv/bin/python tools/bench_load_real.py --keep /tmp/dcz --root ../base   # the same files, another checkout
 """
 
 from __future__ import annotations
@@ -79,13 +81,17 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--keep", metavar="DIR", help="keep the converted .dcz files here and reuse those already there "
                                                   "(a rerun measures without converting again)")
+    ap.add_argument("--root", help="import dcformat from this checkout instead (a before/after on the same files)")
     ap.add_argument("--variant", choices=sorted(VARIANTS), action="append", help="only these variants (repeatable)")
     args = ap.parse_args(argv)
+    if args.root:
+        sys.path.insert(0, os.path.abspath(args.root))
 
     import onnxruntime as ort
 
     import dcformat
 
+    print(f"dcformat from {os.path.dirname(os.path.dirname(os.path.abspath(dcformat.__file__)))}")
     models = args.models or fetch(args.cache)
     cpu = ["CPUExecutionProvider"]
     so = ort.SessionOptions()
