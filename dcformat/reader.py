@@ -47,11 +47,13 @@ SCRATCH_BYTES = 64 << 20  # tensor sections up to this size are read into a reus
 
 def _parse_json(data: bytes, what: str):
     def no_duplicates(pairs):
-        d = {}
-        for k, v in pairs:
-            if k in d:
-                raise FormatError(f"{what}: duplicate key {k!r}")
-            d[k] = v
+        d = dict(pairs)  # one C call per object (a header holds one per tensor, and its parts)
+        if len(d) != len(pairs):
+            seen = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise FormatError(f"{what}: duplicate key {k!r}")
+                seen.add(k)
         return d
 
     def reject_constant(name):
