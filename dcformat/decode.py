@@ -92,7 +92,9 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
 
 
-NUMPY_MAX_SYMBOLS = 1 << 22  # a larger batch takes the numba kernels (4M symbols: ~0.5 s of numpy lockstep)
+# a larger batch takes the numba kernels: 16M symbols take ~0.7 s of numpy lockstep on 2 cores (~0.15 s of
+# steps, ~35 ns per symbol), about what starting numba takes; ~10 bytes per symbol of scratch memory
+NUMPY_MAX_SYMBOLS = 1 << 24
 NUMPY_MAX_STEPS = 1 << 14  # nor longer lanes (the default lane size): the numpy decoder takes a step per symbol
 NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels takes (2 cores)
 _numpy_budget = [NUMBA_START_S]  # seconds of numpy decoding this process may still spend instead

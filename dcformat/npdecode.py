@@ -110,9 +110,10 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
         lanes = place[first : first + nl]
         syms = np.empty(n, np.uint16)
         full = nl if n == nl * lane_size else nl - 1
-        if full:
-            idx = row[:lane_size, None] + lanes[None, :full]
-            syms[: full * lane_size] = out[idx].T.reshape(-1)
+        for c in range(0, full, 64):  # 64 lanes at a time: the index array stays small
+            c1 = min(full, c + 64)
+            idx = row[:lane_size, None] + lanes[None, c:c1]
+            syms[c * lane_size : c1 * lane_size] = out[idx].T.reshape(-1)
         if full < nl:
             c = n - full * lane_size
             syms[full * lane_size :] = out[row[:c] + lanes[-1]]
