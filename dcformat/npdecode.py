@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, PLANE_ALPHABET, PLANE_HUFFMAN, UINT_OF_SIZE
+from .errors import DczError, HuffmanError, TensorError
+from .streams import parse_stream, raise_lane_error
+
 STATUS_OVERRUN, STATUS_UNDERRUN, STATUS_PADDING, STATUS_OUT_OF_TENSOR, STATUS_BASE_MISMATCH = 1, 2, 3, 4, 5
 INDEX_STREAM = 16  # as kernels.INDEX_STREAM
 STATUS_TEXT = {  # as kernels.STATUS_TEXT (tests/test_npdecode.py checks), here to be read without numba
@@ -201,10 +205,7 @@ def planes(parsed, decoded, section, coded, starts, n, lane_size, width, out) ->
 def decode_tensors(batch) -> dict[str, np.ndarray]:
     """decode.decode_tensor for each (record, checksum-verified section) of ``batch``, with the lanes of
     all their streams decoded together; the same arrays, and the same first error, as decoding them in turn."""
-    from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, PLANE_ALPHABET, PLANE_HUFFMAN, UINT_OF_SIZE
-    from .decode import _checked, _values, decode_tensor, split_parts
-    from .errors import DczError, HuffmanError, TensorError
-    from .streams import parse_stream, raise_lane_error
+    from .decode import decode_tensor
 
     jobs: list = []
     finish: list = []  # (name, array, or a function of the decoded streams that returns it)
@@ -213,10 +214,7 @@ def decode_tensors(batch) -> dict[str, np.ndarray]:
         try:
             enc, n = info.encoding, info.numel
             if enc == ENC_CB_DENSE and n or enc == ENC_CB_SPARSE and info.entries or enc == ENC_FLOAT_PLANES and n:
-                finish.append((info.name, _prepare(info, section, jobs, DTYPES, UINT_OF_SIZE, ENC_CB_DENSE,
-                                                   ENC_CB_SPARSE, PLANE_ALPHABET, PLANE_HUFFMAN, _checked, _values,
-                                                   split_parts, parse_stream, raise_lane_error, TensorError,
-                                                   HuffmanError)))
+                finish.append((info.name, _prepare(info, section, jobs)))
             else:  # raw, or nothing to decode: no kernel runs
                 finish.append((info.name, decode_tensor(info, section)))
         except DczError as e:  # what decoding in turn would raise, once the tensors before it are decoded
@@ -231,10 +229,10 @@ def decode_tensors(batch) -> dict[str, np.ndarray]:
     return out
 
 
-def _prepare(info, section, jobs, DTYPES, UINT_OF_SIZE, ENC_CB_DENSE, ENC_CB_SPARSE, PLANE_ALPHABET,  # noqa: N803
-             PLANE_HUFFMAN, _checked, _values, split_parts, parse_stream, raise_lane_error, TensorError, HuffmanError):
-    """Parse one tensor's streams (as decode_tensor does), queue them in ``jobs``; returns the function
-    that builds the tensor from the decoded streams."""
+def _prepare(info, section, jobs):
+    """Parse one tensor's streams (as decode.decode_tensor does), queue them in ``jobs``; returns the
+    function that builds the tensor from the decoded streams (and raises what the kernels' statuses say)."""
+    from .decode import _checked, _values, split_parts
     where = f"tensor {info.name!r}"
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
