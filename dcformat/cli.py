@@ -451,8 +451,6 @@ def _pct(times, q):
 
 def _model_graph(path):
     """(onnx.ModelProto graph for the input builder, is_dcz) of a .dcz or plain .onnx file."""
-    import onnx
-
     from .constants import MAGIC
     from .reader import open as open_dcz
 
@@ -466,6 +464,8 @@ def _model_graph(path):
                                        f"`dcdecode {path} --state-dict OUT.safetensors` writes its tensors, "
                                        f"`dcinspect {path}` lists them")
         return g, True
+    import onnx
+
     try:
         return onnx.load(path, load_external_data=False), False
     except Exception as e:  # noqa: BLE001 - protobuf and onnx raise many kinds

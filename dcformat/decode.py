@@ -16,7 +16,7 @@ def split_parts(info: TensorInfo, section: np.ndarray, where: str) -> dict[str, 
     out, pos = {}, 0
     for name, length in info.parts.items():
         start = align(pos, PART_ALIGNMENT)
-        if section[pos:start].any():
+        if start != pos and section[pos:start].any():
             raise TensorError(f"{where}: non-zero padding before part {name!r} at byte {info.offset + pos}")
         out[name] = section[start : start + length]
         pos = start + length
@@ -51,9 +51,17 @@ def scale_values(flat: np.ndarray, scales: np.ndarray, inner: int, dtype: str, f
     scale in binary32 (round to nearest even), a zero product +0.0, then converted to ``dtype`` (a zero
     the conversion makes is +0.0 too). ``flat`` is whole rows of ``inner`` elements, the first of them
     row ``first_row`` of the tensor (row r belongs to channel r % len(scales)); returns the array in ``dtype``."""
-    from . import kernels
+    import sys
 
-    if flat.size:
+    if flat.size and first_row == 0 and "dcformat.kernels" not in sys.modules:
+        # numba not started (a small model on the numpy decoder, dcformat/npdecode.py): the same binary32
+        # products by numpy, in place, channels on the middle axis of (outer, channels, inner)
+        v = flat.reshape(-1, scales.size, inner)
+        np.multiply(v, scales[None, :, None], out=v)
+        flat[flat == 0] = 0  # a zero product is +0.0
+    elif flat.size:
+        from . import kernels
+
         if inner < kernels.SCALE_BLOCK_ROWS and flat.size >= 2 * scales.size * inner:  # short rows, many periods
             pattern = np.roll(np.repeat(scales, inner), -(first_row % scales.size) * inner)
             pattern = np.tile(pattern, -(-1024 // pattern.size))  # whole periods, at least 1024 elements
@@ -85,7 +93,6 @@ def _checked(info: TensorInfo, out: np.ndarray, where: str) -> np.ndarray:
 
 def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     """Decode one tensor from its (checksum-verified) section bytes."""
-    from . import kernels  # numba is imported when the first tensor is decoded, not at import
     where = f"tensor {info.name!r}"
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
@@ -106,6 +113,8 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
         s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
         out = np.empty(n, udt)
         if n:
+            from . import kernels  # numba is imported when a kernel first runs, not at import
+
             status = kernels.pick(kernels.decode_dense, kernels.decode_dense_serial, n)(
                 s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size,
                 _values(info, parts["codebook"], False, vdt), out
@@ -125,6 +134,8 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
                 raise TensorError(f"{where}: a lane base is past the tensor's {n} elements (byte {offs['lane_bases']})")
         out = np.zeros(n, udt)
         if m:
+            from . import kernels
+
             status = kernels.pick(kernels.decode_sparse, kernels.decode_sparse_serial, m)(
                 g.payload, g.lane_offsets, g.table, g.table_bits,
                 s.payload, s.lane_offsets, s.table, s.table_bits,
@@ -136,6 +147,58 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     if info.encoding == ENC_FLOAT_PLANES:
         return _checked(info, _decode_planes(info, section, parts, offs, where).view(tdt), where).reshape(info.shape)
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
+
+
+# a larger batch takes the numba kernels. Measured (fresh `dcrun`, 2 shared cores): a 10.8M-symbol MLP
+# loads in about the same time either way (2.8-3.4 s numpy, 3.0-3.7 s numba), the PP-OCR classifier
+# (0.3M symbols) ~1 s sooner with numpy (1.6 s, against 2.4-2.9 s); the numpy decoder takes ~10 bytes of
+# scratch memory per symbol
+NUMPY_MAX_SYMBOLS = 1 << 23
+NUMPY_MAX_STEPS = 1 << 14  # nor longer lanes (the default lane size): the numpy decoder takes a step per symbol
+NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels takes (2 cores)
+_numpy_budget = [NUMBA_START_S]  # seconds of numpy decoding this process may still spend instead
+
+
+def decode_batch(batch) -> dict[str, np.ndarray]:
+    """``{info.name: decode_tensor(info, section)}`` for a list of (record, checksum-verified section bytes).
+
+    Until numba is loaded, a batch goes to the numpy decoder (dcformat/npdecode.py, the same
+    bytes): for a small model that is faster than starting numba. Once this process has spent
+    about what starting numba costs (NUMBA_START_S) in it, numba is started (a process that keeps
+    loading models pays at most twice the better choice). DCZ_DECODER=numpy or =numba forces one.
+    """
+    import os
+    import sys
+    import time
+
+    mode = os.environ.get("DCZ_DECODER", "")
+    if mode not in ("numpy", "numba"):
+        symbols = sum(_symbols(info) for info, _ in batch)
+        steps = max((min(info.lane_size, info.numel) for info, _ in batch if _symbols(info)), default=0)
+        mode = "numba" if ("dcformat.kernels" in sys.modules or symbols > NUMPY_MAX_SYMBOLS
+                           or steps > NUMPY_MAX_STEPS or _numpy_budget[0] <= 0) else "numpy"
+        if symbols == 0:
+            mode = "numpy"  # nothing to decode with a kernel: do not start numba for raw tensors
+    if mode == "numba":
+        return {info.name: decode_tensor(info, section) for info, section in batch}
+    from .npdecode import decode_tensors
+
+    t0 = time.perf_counter()
+    try:
+        return decode_tensors(batch)
+    finally:
+        _numpy_budget[0] -= time.perf_counter() - t0
+
+
+def _symbols(info: TensorInfo) -> int:
+    """Huffman-coded symbols of a tensor (what the lane decoders go through)."""
+    if info.encoding == ENC_CB_DENSE:
+        return info.numel
+    if info.encoding == ENC_CB_SPARSE:
+        return 2 * (info.entries or 0)
+    if info.encoding == ENC_FLOAT_PLANES:
+        return info.numel * sum(m == PLANE_HUFFMAN for m in info.planes)
+    return 0
 
 
 def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dict, where: str) -> np.ndarray:
@@ -179,4 +242,4 @@ def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dic
     return out
 
 
-__all__ = ["decode_tensor", "split_parts", "Stream"]
+__all__ = ["decode_tensor", "decode_batch", "split_parts", "Stream"]

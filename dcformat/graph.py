@@ -15,25 +15,24 @@ import numpy as np
 
 from .constants import GRAPH_LOCATION, GRAPH_LOCATION_KEY, GRAPH_TENSOR_KEY
 from .errors import FormatError, TensorError
+from .onnxproto import ATTR_GRAPH, ATTR_GRAPHS, ATTR_TENSOR, ATTR_TENSORS, EXTERNAL
 
 
 def iter_tensors(graph, path: str = "") -> Iterator[tuple[str, object]]:
     """(where, TensorProto) for every tensor held in ``graph`` and its subgraphs."""
-    import onnx
-
     for t in graph.initializer:
         yield f"{path}initializer {t.name!r}", t
     for node in graph.node:
         for attr in node.attribute:
             where = f"{path}node {node.name or node.op_type!r} attribute {attr.name!r}"
-            if attr.type == onnx.AttributeProto.TENSOR:
+            if attr.type == ATTR_TENSOR:
                 yield where, attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
+            elif attr.type == ATTR_TENSORS:
                 for t in attr.tensors:
                     yield where, t
-            elif attr.type == onnx.AttributeProto.GRAPH:
+            elif attr.type == ATTR_GRAPH:
                 yield from iter_tensors(attr.g, f"{where} > ")
-            elif attr.type == onnx.AttributeProto.GRAPHS:
+            elif attr.type == ATTR_GRAPHS:
                 for g in attr.graphs:
                     yield from iter_tensors(g, f"{where} > ")
 
@@ -46,21 +45,19 @@ def iter_all_tensors(model) -> Iterator[tuple[str, object, bool]]:
     fields of attributes whatever their declared type. ``fillable`` is true for the places
     :func:`iter_tensors` visits, where a reference to a tensor record is filled in.
     """
-    import onnx
-
     def attribute(a, where, ctx):
         if a.HasField("t"):
-            yield where, a.t, ctx and a.type == onnx.AttributeProto.TENSOR
+            yield where, a.t, ctx and a.type == ATTR_TENSOR
         for t in a.tensors:
-            yield where, t, ctx and a.type == onnx.AttributeProto.TENSORS
+            yield where, t, ctx and a.type == ATTR_TENSORS
         if a.HasField("sparse_tensor"):
             yield from sparse(a.sparse_tensor, f"{where} sparse tensor")
         for st in a.sparse_tensors:
             yield from sparse(st, f"{where} sparse tensor")
         if a.HasField("g"):
-            yield from graph(a.g, f"{where} > ", ctx and a.type == onnx.AttributeProto.GRAPH)
+            yield from graph(a.g, f"{where} > ", ctx and a.type == ATTR_GRAPH)
         for g in a.graphs:
-            yield from graph(g, f"{where} > ", ctx and a.type == onnx.AttributeProto.GRAPHS)
+            yield from graph(g, f"{where} > ", ctx and a.type == ATTR_GRAPHS)
 
     def sparse(st, where):
         yield f"{where} {st.values.name!r} (values)", st.values, False
@@ -141,13 +138,11 @@ def check_references(model) -> None:
     """Raise FormatError unless every EXTERNAL tensor of ``model`` is a reference to a tensor record
     in a place where records are filled in (spec/FORMAT.md 5.2): nothing may point outside the file.
     Every tensor name must be valid UTF-8 (a protobuf string)."""
-    import onnx
-
     try:
         for where, t, fillable in iter_all_tensors(model):
             if not isinstance(t.name, str):  # protobuf hands out a string field that is not UTF-8 as bytes
                 raise FormatError(f"graph: {where}: tensor name {t.name!r} is not valid UTF-8")
-            if t.data_location != onnx.TensorProto.EXTERNAL:
+            if t.data_location != EXTERNAL:
                 continue
             name = reference(t)
             if name is None:
@@ -175,7 +170,7 @@ def referenced_bytes(model, sizes: Mapping[str, int]) -> int:
 
 def reference(t) -> str | None:
     """The record name a TensorProto refers to, or None if it holds its own data."""
-    if t.data_location != _EXTERNAL:
+    if t.data_location != EXTERNAL:
         return None
     location = record = None
     for e in t.external_data:  # as a dict of the entries would: the last of a repeated key counts
@@ -186,7 +181,70 @@ def reference(t) -> str | None:
     return record if location == GRAPH_LOCATION else None
 
 
-_EXTERNAL = 1  # onnx.TensorProto.EXTERNAL (DataLocation); reference() runs once per tensor per load
+
+def scan_references(model) -> list[tuple]:
+    """Check ``model`` as :func:`check_references` does, and return its references, in one walk:
+    ``(TensorProto, record name, node, in_main)`` for every tensor that refers to a record, in the
+    order of :func:`iter_tensors`; ``node`` is the main-graph node whose TENSOR attribute holds it
+    (None for initializers and inside subgraphs), ``in_main`` is true for a main-graph initializer.
+
+    This is the walk a load makes (the reader's checks, then filling in): where a check fails,
+    :func:`check_references` walks again to name the place in its error.
+    """
+    refs: list[tuple] = []
+    try:
+        ok = _scan_graph(model.graph, True, True, refs)
+        if ok and (len(model.functions) or len(model.training_info)):  # rare: the full walk checks those
+            check_references(model)
+    except RecursionError:
+        raise FormatError("graph: subgraphs are nested too deeply") from None
+    if not ok:
+        check_references(model)  # raises, naming the place
+        raise FormatError("graph: a tensor refers to external data that is not a tensor record")  # pragma: no cover
+    return refs
+
+
+def _scan_tensor(t, fillable: bool, node, in_main: bool, refs: list) -> bool:
+    if type(t.name) is not str:  # not valid UTF-8
+        return False
+    if t.data_location != EXTERNAL:
+        return True
+    name = reference(t)
+    if name is None or not fillable:
+        return False
+    refs.append((t, name, node, in_main))
+    return True
+
+
+def _scan_sparse(st) -> bool:
+    return (type(st.values.name) is str and type(st.indices.name) is str
+            and st.values.data_location != EXTERNAL and st.indices.data_location != EXTERNAL)
+
+
+def _scan_graph(g, fillable: bool, main: bool, refs: list) -> bool:
+    """The walk of :func:`scan_references` over one graph; False where check_references would raise."""
+    ok = True
+    for t in g.initializer:
+        ok &= _scan_tensor(t, fillable, None, main, refs)
+    for st in g.sparse_initializer:
+        ok &= _scan_sparse(st)
+    for node in g.node:
+        for a in node.attribute:
+            typ = a.type
+            if a.HasField("t"):
+                ok &= _scan_tensor(a.t, fillable and typ == ATTR_TENSOR, node if main else None, False, refs)
+            for t in a.tensors:
+                ok &= _scan_tensor(t, fillable and typ == ATTR_TENSORS, None, False, refs)
+            if a.HasField("sparse_tensor"):
+                ok &= _scan_sparse(a.sparse_tensor)
+            for st in a.sparse_tensors:
+                ok &= _scan_sparse(st)
+            if a.HasField("g"):
+                ok &= _scan_graph(a.g, fillable and typ == ATTR_GRAPH, False, refs)
+            for sub in a.graphs:
+                ok &= _scan_graph(sub, fillable and typ == ATTR_GRAPHS, False, refs)
+    return bool(ok)
+
 
 
 def _walk(graph, prefix: str = ""):
@@ -195,22 +253,20 @@ def _walk(graph, prefix: str = ""):
     (``""`` in the main graph, ``"If_0.else_branch/"`` inside one); the default name of a
     tensor is its own name, or for an unnamed one the output of its Constant node, or
     ``<node>.<attribute>`` (``.<k>`` for the k-th of a tensors attribute)."""
-    import onnx
-
     for t in graph.initializer:
         yield prefix, t.name, t, True
     for i, node in enumerate(graph.node):
         label = node.name or f"{node.op_type}_{i}"
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
+            if attr.type == ATTR_TENSOR:
                 base = node.output[0] if node.op_type == "Constant" and node.output and node.output[0] else f"{label}.{attr.name}"
                 yield prefix, attr.t.name or base, attr.t, False
-            elif attr.type == onnx.AttributeProto.TENSORS:
+            elif attr.type == ATTR_TENSORS:
                 for k, t in enumerate(attr.tensors):
                     yield prefix, t.name or f"{label}.{attr.name}.{k}", t, False
-            elif attr.type == onnx.AttributeProto.GRAPH:
+            elif attr.type == ATTR_GRAPH:
                 yield from _walk(attr.g, f"{prefix}{label}.{attr.name}/")
-            elif attr.type == onnx.AttributeProto.GRAPHS:
+            elif attr.type == ATTR_GRAPHS:
                 for k, g in enumerate(attr.graphs):
                     yield from _walk(g, f"{prefix}{label}.{attr.name}.{k}/")
 

@@ -89,18 +89,21 @@ def canonical_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def decode_table(lengths: np.ndarray) -> tuple[np.ndarray, int]:
     """Lookup table indexed by the next ``bits`` bits of a stream.
 
-    Entry = (code length << 9) | symbol. Assumes ``validate_lengths`` passed.
+    Entry = (code length << 9) | symbol. Assumes ``validate_lengths`` passed: the code is
+    complete, so the symbols in canonical order (by length, then value) fill the table in
+    consecutive runs of 2^(bits - length) entries, built here with one np.repeat.
     """
-    codes, bitlen = canonical_codes(lengths)
+    lengths = np.asarray(lengths, dtype=np.uint8)
     used = np.flatnonzero(lengths)
     if used.size == 1:
         return np.array([int(used[0])], dtype=np.uint16), 0
-    bits = int(bitlen.max())
-    table = np.zeros(1 << bits, dtype=np.uint16)
-    for s in used.tolist():
-        ln = int(bitlen[s])
-        start = int(codes[s]) << (bits - ln)
-        table[start : start + (1 << (bits - ln))] = (ln << _SYM_BITS) | s
+    ln = lengths[used].astype(np.int64)
+    order = np.lexsort((used, ln))  # canonical order
+    ln, sym = ln[order], used[order]
+    bits = int(ln[-1])
+    table = np.repeat(((ln << _SYM_BITS) | sym).astype(np.uint16), 1 << (bits - ln))
+    if table.size != 1 << bits:  # pragma: no cover - validate_lengths rules this out
+        raise HuffmanError("code lengths do not form a complete code")
     return table, bits
 
 

@@ -48,11 +48,13 @@ SCRATCH_BYTES = 64 << 20  # tensor sections up to this size are read into a reus
 
 def _parse_json(data: bytes, what: str):
     def no_duplicates(pairs):
-        d = {}
-        for k, v in pairs:
-            if k in d:
-                raise FormatError(f"{what}: duplicate key {k!r}")
-            d[k] = v
+        d = dict(pairs)  # one C call per object (a header holds one per tensor, and its parts)
+        if len(d) != len(pairs):
+            seen = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise FormatError(f"{what}: duplicate key {k!r}")
+                seen.add(k)
         return d
 
     def reject_constant(name):
@@ -301,6 +303,47 @@ class DczReader(Mapping):
         data = self._section_bytes(sec, f"tensor {name!r}", scratch=scratch)
         return decode_tensor(info, data)  # a new array: nothing refers to the scratch buffer afterwards
 
+    def decode_many(self, names) -> dict[str, np.ndarray]:
+        """``{name: self[name]}`` for these tensors (each checksummed and decoded as ``self[name]``
+        does), reading neighbouring sections together: one positioned read per run of up to
+        SCRATCH_BYTES of the file instead of one per tensor (a model of many small tensors)."""
+        from .decode import decode_batch
+
+        secs = sorted((self._tensor_sections[n].offset, n) for n in dict.fromkeys(names) if self._check_name(n))
+        out: dict[str, np.ndarray] = {}
+        i = 0
+        while i < len(secs):
+            start = secs[i][0]
+            j = i
+            while j < len(secs):  # sections tile the file: a run of them is one span
+                sec = self._tensor_sections[secs[j][1]]
+                if sec.offset + sec.length - start > SCRATCH_BYTES and j > i:
+                    break
+                j += 1
+            last = self._tensor_sections[secs[j - 1][1]]
+            span = last.offset + last.length - start
+            if span > SCRATCH_BYTES:  # one large tensor: as self[name] reads it
+                out[secs[i][1]] = self[secs[i][1]]
+                i += 1
+                continue
+            buf = self._read_scratch(start, span)
+            batch = []
+            for _, name in secs[i:j]:
+                sec = self._tensor_sections[name]
+                data = buf[sec.offset - start : sec.offset - start + sec.length]
+                if zlib.crc32(data) != sec.crc32:
+                    raise ChecksumError(f"tensor {name!r}: checksum mismatch in section at bytes "
+                                        f"{sec.offset}..{sec.offset + sec.length - 1}")
+                batch.append((self.tensors[name], data))
+            out.update(decode_batch(batch))  # new arrays: nothing refers to the scratch buffer afterwards
+            i = j
+        return out
+
+    def _check_name(self, name) -> bool:
+        if name not in self.tensors:
+            raise KeyError(name)
+        return True
+
     def info(self, name: str) -> TensorInfo:
         """The record of one tensor (encoding, stored bytes, parts ...), without decoding it."""
         return self.tensors[name]
@@ -333,15 +376,21 @@ class DczReader(Mapping):
         refers to, counted once per reference (a model rebuilt from it holds that many
         bytes), obey the same expansion limit as the tensors (LimitError).
         """
+        got = self._graph_refs()
+        return None if got is None else got[0]
+
+    def _graph_refs(self):
+        """(the checked graph, its references as :func:`dcformat.graph.scan_references` lists them),
+        or None: what :attr:`graph` checks, for a caller that goes on to fill the references in."""
         data = self.graph_bytes
         if data is None:
             return None
-        import onnx
         from google.protobuf.message import DecodeError
 
-        from .graph import check_references, graph_objects, referenced_bytes
+        from .graph import graph_objects, scan_references
+        from .onnxproto import ModelProto
 
-        model = onnx.ModelProto()
+        model = ModelProto()
         try:  # protobuf refuses messages nested more than 100 deep (DecodeError)
             model.ParseFromString(data)
         except (DecodeError, RuntimeError, ValueError) as e:
@@ -351,15 +400,16 @@ class DczReader(Mapping):
             raise LimitError(f"graph: more than {most} objects (nodes, attributes, tensors ...: at least {n}), the "
                              f"limit of {self.max_decoded_bytes} bytes / GRAPH_OBJECT_COST {GRAPH_OBJECT_COST} "
                              f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it")
-        check_references(model)
-        total = referenced_bytes(model, {name: info.decoded_nbytes for name, info in self.tensors.items()})
+        refs = scan_references(model)
+        tensors = self.tensors
+        total = sum(tensors[r[1]].decoded_nbytes for r in refs if r[1] in tensors)  # once per reference
         if total > self.max_decoded_bytes:
             raise LimitError(
                 f"graph: its tensors refer to {total} decoded bytes of records (once per reference), more than the "
                 f"limit of {self.max_decoded_bytes} ({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass "
                 "max_decoded_bytes to raise it"
             )
-        return model
+        return model, refs
 
     def verify(self) -> None:
         """Check every section's checksum and decode every tensor; raises DczError on the first problem."""

@@ -29,7 +29,7 @@ import numpy as np
 from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE
 from .decode import split_parts
 from .errors import DczError, FormatError, TensorError, first_line
-from .graph import fill_weights, iter_tensors, reference
+from .onnxproto import DEFAULT, EXTERNAL, ONNX_DTYPE_NAMES, np_dtype_to_onnx
 from .reader import DczReader
 from .reader import open as open_dcz
 
@@ -200,104 +200,68 @@ def _not_compactable(info, placed: bool, nrefs: int, is_input: bool, opset: int)
 
 
 def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
-    """Decode a .dcz into a ModelProto; large weights stay aside as arrays when ``external``."""
-    import onnx
-    from onnx import helper, numpy_helper
+    """Decode a .dcz into a ModelProto; large weights stay aside as arrays when ``external``.
 
+    One walk of the graph: the reader's check of its references (:meth:`DczReader._graph_refs`)
+    lists them, and they are filled in from that list; the records are read and decoded together
+    (:meth:`DczReader.decode_many`). Without ``compact`` the onnx package is not imported.
+    """
     reader, owned = _reader(src)
     try:
-        model = reader.graph
-        if model is None:
+        got = reader._graph_refs()
+        if got is None:
             raise FormatError(f"{reader.path}: weights-only file (no graph section); use load_weights() instead")
+        model, scanned = got
         out = Prepared(model)
         main = {t.name: t for t in model.graph.initializer}
-        refs = {}
-        for where, t in iter_tensors(model.graph):
-            if t.data_location == onnx.TensorProto.EXTERNAL and reference(t) is None:
-                raise FormatError(f"graph: {where} refers to external data outside the .dcz file, which is not allowed")
-            name = reference(t)
-            if name is not None:
-                refs.setdefault(name, []).append(t)
-        inline: dict[str, np.ndarray] = {}
+        refs: dict[str, list] = {}
+        for t, name, node, _ in scanned:
+            refs.setdefault(name, []).append((t, node))
         new_nodes, removed, removed_nodes = [], set(), set()
         graph_inputs = {i.name for i in model.graph.input}
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        constants = {}  # record name -> main-graph Constant node whose value refers to it
         graph_outputs = {o.name for o in model.graph.output}
-        if compact or external:
-            for node in model.graph.node:
-                if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-                    ref = reference(node.attribute[0].t)
-                    if ref is not None and node.output and node.output[0] and node.output[0] not in graph_outputs:
-                        constants[ref] = node
+        tensors = reader.tensors
+        plan = []  # (record name, its protos, in_main, Constant node or None, record)
         for name, protos in refs.items():
-            if name not in reader:
+            info = tensors.get(name)
+            if info is None:
                 raise FormatError(f"graph: a tensor refers to {name!r}, which the file does not hold")
-            proto = protos[0]
+            proto, node = protos[0]
             in_main = len(protos) == 1 and main.get(proto.name) is proto
-            node = constants.get(name) if len(protos) == 1 and not in_main else None
-            info = reader.info(name)
-            for t in protos:  # arrays handed to ORT as external initializers are not checked by fill_weights
-                want = _np_dtype(t.data_type)
-                if want is None or np.dtype(want) != DTYPES[info.dtype] or tuple(t.dims) != tuple(info.shape):
-                    raise TensorError(f"graph: tensor {t.name!r} expects {want} {tuple(t.dims)}, "
+            if not (len(protos) == 1 and not in_main and node is not None and (compact or external)
+                    and node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"
+                    and node.output and node.output[0] and node.output[0] not in graph_outputs):
+                node = None  # a main-graph Constant node whose value is the record: it can become an initializer
+            shape = info.shape
+            for t, _ in protos:  # arrays handed to ORT as external initializers are not checked elsewhere
+                if ONNX_DTYPE_NAMES.get(t.data_type) != info.dtype or tuple(t.dims) != shape:
+                    raise TensorError(f"graph: tensor {t.name!r} expects {_np_dtype(t.data_type)} {tuple(t.dims)}, "
                                       f"tensor {name!r} is {info.dtype} {tuple(info.shape)}")
-            why = compact and info.encoding in (ENC_CB_DENSE, ENC_CB_SPARSE) and _not_compactable(
-                info, in_main or node is not None, len(protos), proto.name in graph_inputs and in_main, opset)
-            if compact and info.encoding in (ENC_CB_DENSE, ENC_CB_SPARSE) and not why:
-                got = decode_indices(reader, name)
-                if got is None:
-                    why = (f"per-channel scales on a {info.dtype} tensor" if info.scaled
-                           else f"more than {COMPACT_MAX_VALUES} values")
-                else:
-                    values, idx = got.values, got.indices
-                    target = proto.name if in_main else node.output[0]  # the value the graph reads
-                    ti, tc = target + COMPACT_SUFFIX_INDEX, target + COMPACT_SUFFIX_CODEBOOK
-                    uni = _uniform(values) if values.dtype == np.float32 and opset >= 10 and got.scales is None else None
-                    if in_main:
-                        removed.add(id(proto))  # taken out in one pass below: remove() is linear, so a loop of them quadratic
-                    else:
-                        removed_nodes.add(id(node))  # the Constant node: the Gather/DequantizeLinear now makes its output
-                    if uni is not None:
-                        scale, zp = uni
-                        model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), tc + "_scale"),
-                                                        numpy_helper.from_array(np.array(zp, np.uint8), tc + "_zero_point")])
-                        new_nodes.append(helper.make_node("DequantizeLinear", [ti, tc + "_scale", tc + "_zero_point"],
-                                                          [target], name=target + "::dcz_dequantize"))
-                    else:
-                        model.graph.initializer.append(numpy_helper.from_array(values, tc))
-                        gathered = target if got.scales is None else target + "::dcz_unscaled"
-                        new_nodes += [
-                            helper.make_node("Cast", [ti], [ti + "_i32"], to=onnx.TensorProto.INT32, name=ti + "::cast"),
-                            helper.make_node("Gather", [tc, ti + "_i32"], [gathered], axis=0, name=target + "::dcz_gather"),
-                        ]
-                        if got.scales is not None:  # spec 7.5: times the channel's scale in float32, zeros +0.0
-                            ts = target + COMPACT_SUFFIX_SCALES
-                            model.graph.initializer.append(numpy_helper.from_array(got.scales, ts))
-                            scaled = target + "::dcz_scaled" if got.needs_plus_zero else target
-                            new_nodes.append(helper.make_node("Mul", [gathered, ts], [scaled], name=target + "::dcz_scale"))
-                            if got.needs_plus_zero:  # -0.0 + 0.0 = +0.0; any other value is unchanged
-                                model.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32),
-                                                                                       ts + "_zero"))
-                                new_nodes.append(helper.make_node("Add", [scaled, ts + "_zero"], [target],
-                                                                  name=target + "::dcz_plus_zero"))
-                    _external_stub(model, ti, idx)
-                    out.external[ti] = idx
-                    out.compacted.append(name)
-                    continue
-            if why:
-                out.kept[name] = why
-            arr = reader[name]
-            if external and in_main and _ortvalue_ok(arr):
-                out.external[proto.name] = arr
-            elif external and node is not None and _ortvalue_ok(arr):
+            plan.append((name, protos, in_main, node, info))
+        decoded = {}
+        if compact:
+            decoded = _compact(reader, model, out, plan, graph_inputs, opset, new_nodes, removed, removed_nodes)
+        arrays = reader.decode_many([p[0] for p in plan if p[0] not in decoded])
+        for name, protos, in_main, node, info in plan:
+            if name in decoded:
+                continue
+            arr = arrays[name]
+            big = external and info.dtype in _ORT_FLOATS and info.decoded_nbytes >= EXTERNAL_MIN_BYTES
+            if big and in_main:
+                out.external[protos[0][0].name] = arr
+            elif big and node is not None:
                 # a Constant node's weight becomes an initializer ONNX Runtime uses in place (it turns Constant
                 # nodes into initializers itself): not copied into the serialized graph, not parsed back
                 _external_stub(model, node.output[0], arr)
                 removed_nodes.add(id(node))
                 out.external[node.output[0]] = arr
             else:
-                inline[name] = arr
+                data = arr.tobytes()
+                for t, _ in protos:
+                    del t.external_data[:]
+                    t.data_location = DEFAULT
+                    t.raw_data = data
         if removed:
             kept = [t for t in model.graph.initializer if id(t) not in removed]
             del model.graph.initializer[:]
@@ -306,39 +270,90 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
             nodes = [n for n in model.graph.node if id(n) not in removed_nodes]
             del model.graph.node[:]
             model.graph.node.extend(new_nodes + nodes)
-        fill_weights(model, inline, only_listed=True)
         return out
     finally:
         if owned:
             reader.close()
 
 
-def _np_dtype(data_type: int):
-    from onnx import helper
+_ORT_FLOATS = ("float32", "float16", "float64")  # dtypes an OrtValue can take from numpy (not bfloat16)
 
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(data_type))
-    except (KeyError, TypeError, ValueError):
-        return None
+
+def _compact(reader, model, out, plan, graph_inputs, opset, new_nodes, removed, removed_nodes) -> dict:
+    """Compact mode: codebook-coded records become uint8 indices and a Gather/DequantizeLinear; returns
+    the records so handled (name -> None)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    done = {}
+    for name, protos, in_main, node, info in plan:
+        if info.encoding not in (ENC_CB_DENSE, ENC_CB_SPARSE):
+            continue
+        proto = protos[0][0]
+        why = _not_compactable(info, in_main or node is not None, len(protos), proto.name in graph_inputs and in_main,
+                               opset)
+        if not why:
+            got = decode_indices(reader, name)
+            if got is None:
+                why = (f"per-channel scales on a {info.dtype} tensor" if info.scaled
+                       else f"more than {COMPACT_MAX_VALUES} values")
+            else:
+                values, idx = got.values, got.indices
+                target = proto.name if in_main else node.output[0]  # the value the graph reads
+                ti, tc = target + COMPACT_SUFFIX_INDEX, target + COMPACT_SUFFIX_CODEBOOK
+                uni = _uniform(values) if values.dtype == np.float32 and opset >= 10 and got.scales is None else None
+                if in_main:
+                    removed.add(id(proto))  # taken out in one pass: remove() is linear, so a loop of them quadratic
+                else:
+                    removed_nodes.add(id(node))  # the Constant node: the Gather/DequantizeLinear now makes its output
+                if uni is not None:
+                    scale, zp = uni
+                    model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), tc + "_scale"),
+                                                    numpy_helper.from_array(np.array(zp, np.uint8), tc + "_zero_point")])
+                    new_nodes.append(helper.make_node("DequantizeLinear", [ti, tc + "_scale", tc + "_zero_point"],
+                                                      [target], name=target + "::dcz_dequantize"))
+                else:
+                    model.graph.initializer.append(numpy_helper.from_array(values, tc))
+                    gathered = target if got.scales is None else target + "::dcz_unscaled"
+                    new_nodes += [
+                        helper.make_node("Cast", [ti], [ti + "_i32"], to=onnx.TensorProto.INT32, name=ti + "::cast"),
+                        helper.make_node("Gather", [tc, ti + "_i32"], [gathered], axis=0, name=target + "::dcz_gather"),
+                    ]
+                    if got.scales is not None:  # spec 7.5: times the channel's scale in float32, zeros +0.0
+                        ts = target + COMPACT_SUFFIX_SCALES
+                        model.graph.initializer.append(numpy_helper.from_array(got.scales, ts))
+                        scaled = target + "::dcz_scaled" if got.needs_plus_zero else target
+                        new_nodes.append(helper.make_node("Mul", [gathered, ts], [scaled], name=target + "::dcz_scale"))
+                        if got.needs_plus_zero:  # -0.0 + 0.0 = +0.0; any other value is unchanged
+                            model.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32),
+                                                                                   ts + "_zero"))
+                            new_nodes.append(helper.make_node("Add", [scaled, ts + "_zero"], [target],
+                                                              name=target + "::dcz_plus_zero"))
+                _external_stub(model, ti, idx)
+                out.external[ti] = idx
+                out.compacted.append(name)
+                done[name] = None
+                continue
+        out.kept[name] = why
+    return done
+
+
+def _np_dtype(data_type: int):
+    """The numpy dtype of an ONNX data_type the format holds, else None (for messages)."""
+    name = ONNX_DTYPE_NAMES.get(data_type)
+    return None if name is None or name not in DTYPES else DTYPES[name]
 
 
 EXTERNAL_MIN_BYTES = 4096  # smaller tensors (shape constants ...) go in the graph: ORT reads those while resolving it
 
 
-def _ortvalue_ok(arr: np.ndarray) -> bool:
-    return arr.dtype.kind == "f" and arr.dtype.name != "bfloat16" and arr.nbytes >= EXTERNAL_MIN_BYTES
-
-
 def _external_stub(model, name: str, arr: np.ndarray) -> None:
     """Declare an initializer whose data ONNX Runtime gets from add_external_initializers."""
-    import onnx
-    from onnx import helper
-
     t = model.graph.initializer.add()
     t.name = name
-    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.data_type = np_dtype_to_onnx(arr.dtype)
     t.dims.extend(arr.shape)
-    t.data_location = onnx.TensorProto.EXTERNAL
+    t.data_location = EXTERNAL
     e = t.external_data.add()
     e.key, e.value = "location", "dcz"
     e = t.external_data.add()
@@ -361,7 +376,8 @@ def load_weights(src) -> dict:
     """All tensors of a .dcz file as a dict name -> numpy array (works for weights-only files)."""
     reader, owned = _reader(src)
     try:
-        return {name: reader[name] for name in reader}
+        arrays = reader.decode_many(list(reader))  # read in runs, decoded together
+        return {name: arrays[name] for name in reader}
     finally:
         if owned:
             reader.close()

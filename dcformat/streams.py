@@ -139,15 +139,15 @@ def parse_stream(part: np.ndarray, n: int, alphabet: int, lane_size: int, where:
 
 def raise_lane_error(status: np.ndarray, where: str, streams: tuple[tuple[str, Stream], ...]) -> None:
     """Turn the first non-zero lane status from a kernel into a HuffmanError."""
-    from . import kernels
+    from .npdecode import INDEX_STREAM, STATUS_TEXT  # the kernels' codes (numba not imported for them)
     bad = np.flatnonzero(status)
     if bad.size == 0:
         return
     lane = int(bad[0])
     code = int(status[lane])
     name, stream = streams[0]
-    if code >= kernels.INDEX_STREAM:
-        code -= kernels.INDEX_STREAM
+    if code >= INDEX_STREAM:
+        code -= INDEX_STREAM
         name, stream = streams[1]
     at = stream.payload_at + int(stream.lane_offsets[lane])
-    raise HuffmanError(f"{where}: {name} stream lane {lane} (byte {at}): {kernels.STATUS_TEXT[code]}")
+    raise HuffmanError(f"{where}: {name} stream lane {lane} (byte {at}): {STATUS_TEXT[code]}")

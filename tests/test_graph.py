@@ -143,4 +143,4 @@ def test_record_names_are_stable_and_unique():
 def test_reference_reads_the_onnx_enum():
     from dcformat import graph
 
-    assert graph._EXTERNAL == onnx.TensorProto.EXTERNAL
+    assert graph.EXTERNAL == onnx.TensorProto.EXTERNAL

@@ -1,0 +1,305 @@
+"""Lane decoding in numpy: the results of kernels.py's decoders, bit for bit, without numba.
+
+Starting numba in a fresh process costs 1-2 s (its import, then loading each cached kernel),
+more than decoding a small model takes. This decoder takes the lanes of every Huffman stream
+of many tensors at once and advances all of them in lockstep, one numpy operation per step
+over all lanes: a step costs a few microseconds whatever the number of lanes, so a batch of
+small tensors, or a few large ones, decodes in about (longest lane) x (a few us) plus a few
+ns per symbol. :mod:`dcformat.decode` picks it for a batch when numba is not imported yet
+and the batch is small enough (``decode.NUMPY_MAX_SYMBOLS``).
+
+Reads follow the kernels: a lane may read ahead into the next lane's bytes, past its payload
+it sees zero bits; the same status codes per lane (kernels.STATUS_*), so a broken file gets
+the same error from either decoder (tests/test_npdecode.py checks both on the hostile files).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .constants import DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, PLANE_ALPHABET, PLANE_HUFFMAN, UINT_OF_SIZE
+from .errors import DczError, HuffmanError, TensorError
+from .streams import parse_stream, raise_lane_error
+
+STATUS_OVERRUN, STATUS_UNDERRUN, STATUS_PADDING, STATUS_OUT_OF_TENSOR, STATUS_BASE_MISMATCH = 1, 2, 3, 4, 5
+INDEX_STREAM = 16  # as kernels.INDEX_STREAM
+STATUS_TEXT = {  # as kernels.STATUS_TEXT (tests/test_npdecode.py checks), here to be read without numba
+    STATUS_OVERRUN: "codes run past the end of the lane",
+    STATUS_UNDERRUN: "the lane has unused trailing bytes",
+    STATUS_PADDING: "padding bits after the last code are not zero",
+    STATUS_OUT_OF_TENSOR: "a gap points past the end of the tensor",
+    STATUS_BASE_MISMATCH: "the lane does not end where the next lane's base says",
+}
+WINDOW_BITS = 64  # a step reads 8 bytes: up to 7 bits of offset and then whole codes
+
+
+def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Decode the symbols of many streams together.
+
+    ``jobs``: (streams.Stream, n symbols, lane_size) each, n > 0. Returns, for each, the
+    decode-table entries of its n symbols (uint16: ``(length << 9) | symbol``) and the bit
+    position (from the start of its payload) where each lane's codes end.
+    """
+    k = len(jobs)
+    sizes = [s.payload.size for s, _, _ in jobs]
+    pstart = np.zeros(k + 1, np.int64)
+    np.cumsum(np.asarray(sizes, np.int64) + 8, out=pstart[1:])  # 8 zero bytes after each payload
+    buf = np.zeros(int(pstart[-1]) + 8, np.uint8)
+    tables = [s.table for s, _, _ in jobs]
+    toffs = np.zeros(k + 1, np.int64)
+    np.cumsum([t.size for t in tables], out=toffs[1:])
+    table = np.concatenate(tables).astype(np.uint16)
+    lane_pos, lane_lim, lane_cnt, lane_tb, lane_toff = [], [], [], [], []
+    for i, (s, n, lane_size) in enumerate(jobs):
+        at = int(pstart[i])
+        buf[at : at + sizes[i]] = s.payload
+        nl = s.lane_offsets.size
+        lane_pos.append((at + s.lane_offsets) * 8)
+        cnt = np.full(nl, lane_size, np.int64)
+        cnt[-1] = n - (nl - 1) * lane_size
+        lane_cnt.append(cnt)
+        lane_lim.append(np.full(nl, at + sizes[i], np.int64))
+        lane_tb.append(np.full(nl, s.table_bits, np.int64))
+        lane_toff.append(np.full(nl, toffs[i], np.int64))
+    cnt = np.concatenate(lane_cnt)
+    order = np.argsort(-cnt, kind="stable")  # longest lanes first: the lanes still going are a prefix
+    cnt = cnt[order]
+    pos = np.concatenate(lane_pos)[order]
+    lim = np.concatenate(lane_lim)[order]
+    tb = np.concatenate(lane_tb)[order]
+    toff = np.concatenate(lane_toff)[order]
+    rs = WINDOW_BITS - tb
+    mask = (np.int64(1) << tb) - 1
+    nlanes = cnt.size
+    steps = int(cnt[0])
+    # active[j]: lanes with more than j symbols; symbol j of the lane in sorted place r is out[row[j] + r]
+    active = nlanes - np.searchsorted(cnt[::-1], np.arange(steps), side="right")
+    row = np.zeros(steps + 1, np.int64)
+    np.cumsum(active, out=row[1:])
+    out = np.empty(int(row[-1]), np.uint16)
+    per_window = max(1, (WINDOW_BITS - 7) // max(1, int(tb.max())))
+    win = np.ndarray((buf.size - 7,), ">u8", buf, 0, (1,))  # the 8 bytes from each byte on, big-endian
+    j = 0
+    while j < steps:
+        a0 = int(active[j])
+        p = pos[:a0]
+        byte = p >> 3
+        np.minimum(byte, lim[:a0], out=byte)
+        w = win[byte].astype(np.int64)  # arithmetic shifts: the bits kept below are the same
+        sh = sh0 = rs[:a0] - (p & 7)  # w >> sh puts the next code's bits lowest; sh0: all a0 lanes
+        m, t = mask[:a0], toff[:a0]
+        idx = np.empty(a0, np.int64)
+        for q in range(min(per_window, steps - j)):
+            a = int(active[j + q])
+            if a < a0:  # lanes that have all their symbols drop out (the rest are a prefix)
+                w, sh, m, t, idx = w[:a], sh[:a], m[:a], t[:a], idx[:a]
+            np.right_shift(w, sh, out=idx)
+            idx &= m
+            idx += t
+            r0 = int(row[j + q])
+            e = out[r0 : r0 + a]
+            table.take(idx, out=e)
+            sh -= e >> 9
+        pos[:a0] = p - (p & 7) + (rs[:a0] - sh0)
+        j += per_window
+    # back to stream order
+    ends = np.empty(nlanes, np.int64)
+    ends[order] = pos
+    place = np.empty(nlanes, np.int64)
+    place[order] = np.arange(nlanes)
+    results = []
+    first = 0
+    for i, (s, n, lane_size) in enumerate(jobs):
+        nl = s.lane_offsets.size
+        lanes = place[first : first + nl]
+        syms = np.empty(n, np.uint16)
+        full = nl if n == nl * lane_size else nl - 1
+        for c in range(0, full, 64):  # 64 lanes at a time: the index array stays small
+            c1 = min(full, c + 64)
+            idx = row[:lane_size, None] + lanes[None, c:c1]
+            syms[c * lane_size : c1 * lane_size] = out[idx].T.reshape(-1)
+        if full < nl:
+            c = n - full * lane_size
+            syms[full * lane_size :] = out[row[:c] + lanes[-1]]
+        results.append((syms, ends[first : first + nl] - int(pstart[i]) * 8))
+        first += nl
+    return results
+
+
+def lane_end_status(payload: np.ndarray, bit: np.ndarray, lane_offsets: np.ndarray) -> np.ndarray:
+    """kernels._lane_end_status for every lane: did it end exactly at its last byte, zero-padded?"""
+    nl = lane_offsets.size
+    end = np.empty(nl, np.int64)
+    end[:-1] = lane_offsets[1:]
+    end[-1] = payload.size
+    endbit = end * 8
+    st = np.zeros(nl, np.int64)
+    partial = bit < endbit
+    if partial.any():
+        rem = 8 - (bit & 7)
+        at = np.minimum(bit >> 3, max(payload.size - 1, 0))
+        byte = payload[at].astype(np.int64) if payload.size else np.zeros(nl, np.int64)
+        st[partial & ((byte & ((np.int64(1) << rem) - 1)) != 0)] = STATUS_PADDING
+    st[endbit - bit >= 8] = STATUS_UNDERRUN
+    st[bit > endbit] = STATUS_OVERRUN
+    return st
+
+
+def dense(decoded, s, values, out) -> np.ndarray:
+    """kernels.decode_dense from decode_streams' result for stream ``s``: out[i] = values[symbol i]; the lane statuses."""
+    syms, ends = decoded
+    out[:] = values[syms & 511]
+    return lane_end_status(s.payload, ends, s.lane_offsets)
+
+
+def sparse(gdec, idec, g, s, m, lane_size, bases, numel, values, out) -> np.ndarray:
+    """kernels.decode_sparse from decode_streams' results for the gap and index streams."""
+    gsyms, gends = gdec
+    isyms, iends = idec
+    nl = g.lane_offsets.size
+    lane = np.arange(m, dtype=np.int64) // lane_size
+    step = (gsyms & 511).astype(np.int64) + 1
+    # position of entry i: its lane's base + the gaps and entries before it in the lane, + its gap
+    csum = np.cumsum(step)
+    first = np.arange(nl, dtype=np.int64) * lane_size
+    before = np.concatenate(([0], csum[first[1:] - 1])) if nl > 1 else np.zeros(1, np.int64)
+    p = csum - before[lane] + bases[lane] - 1
+    st = np.zeros(nl, np.int64)
+    past = p >= numel
+    if past.any():
+        st[np.unique(lane[past])] = STATUS_OUT_OF_TENSOR
+    gst = lane_end_status(g.payload, gends, g.lane_offsets)
+    ist = lane_end_status(s.payload, iends, s.lane_offsets)
+    last = np.minimum(first + lane_size, m) - 1
+    mismatch = np.zeros(nl, bool)
+    mismatch[:-1] = p[last[:-1]] + 1 != bases[1:]
+    st = np.where(st != 0, st, np.where(gst != 0, gst, np.where(ist != 0, ist + INDEX_STREAM,
+                                                                np.where(mismatch, STATUS_BASE_MISMATCH, 0))))
+    if not st.any():
+        out[p] = values[isyms & 511]
+    return st
+
+
+def planes(parsed, decoded, section, coded, starts, n, lane_size, width, out) -> np.ndarray:
+    """kernels.decode_planes from decode_streams' results for the coded planes (``parsed``: plane -> Stream)."""
+    nplanes = coded.size
+    nl = (n + lane_size - 1) // lane_size
+    status = np.zeros(nl, np.int64)
+    t = np.empty((n, nplanes), np.uint8)  # element i's bytes, plane 0 first: little-endian t
+    for k in range(nplanes):
+        if coded[k]:
+            syms, ends = decoded[k]
+            s = parsed[k]
+            st = lane_end_status(s.payload, ends, s.lane_offsets)
+            status = np.where((status == 0) & (st != 0), st + INDEX_STREAM * k, status)
+            t[:, k] = syms  # the symbol is the entry's low byte (entry & 255)
+        else:
+            t[:, k] = section[starts[k] : starts[k] + n]
+    u = t.view(out.dtype).reshape(n)  # rotate right by one bit within the width (spec 7.4)
+    np.right_shift(u, 1, out=out)
+    out |= u << np.array(width - 1, out.dtype)
+    return status
+
+
+# ---------------------------------------------------------------- tensors
+def decode_tensors(batch) -> dict[str, np.ndarray]:
+    """decode.decode_tensor for each (record, checksum-verified section) of ``batch``, with the lanes of
+    all their streams decoded together; the same arrays, and the same first error, as decoding them in turn."""
+    from .decode import decode_tensor
+
+    jobs: list = []
+    finish: list = []  # (name, array, or a function of the decoded streams that returns it)
+    error = None
+    for info, section in batch:
+        try:
+            enc, n = info.encoding, info.numel
+            if enc == ENC_CB_DENSE and n or enc == ENC_CB_SPARSE and info.entries or enc == ENC_FLOAT_PLANES and n:
+                finish.append((info.name, _prepare(info, section, jobs)))
+            else:  # raw, or nothing to decode: no kernel runs
+                finish.append((info.name, decode_tensor(info, section)))
+        except DczError as e:  # what decoding in turn would raise, once the tensors before it are decoded
+            error = e
+            break
+    decoded = decode_streams(jobs) if jobs else []
+    out = {}
+    for name, item in finish:
+        out[name] = item(decoded) if callable(item) else item
+    if error is not None:
+        raise error
+    return out
+
+
+def _prepare(info, section, jobs):
+    """Parse one tensor's streams (as decode.decode_tensor does), queue them in ``jobs``; returns the
+    function that builds the tensor from the decoded streams (and raises what the kernels' statuses say)."""
+    from .decode import _checked, _values, apply_scales, read_scales, split_parts
+    where = f"tensor {info.name!r}"
+    parts = split_parts(info, section, where)
+    offs = {k: info.offset + v for k, v in info.part_offsets().items()}
+    tdt = DTYPES[info.dtype]
+    n = info.numel
+    udt = UINT_OF_SIZE[tdt.itemsize]
+    first = len(jobs)
+    scales, vdt = None, None
+    if info.scaled:  # unscaled float32 values first, then the scales (spec 7.5), as decode_tensor does
+        scales = read_scales(info, parts["scales"], where, offs["scales"])
+        udt, vdt = np.dtype("<u4"), "float32"
+
+    def result(out):
+        return out.view(tdt) if scales is None else apply_scales(info, out.view(np.float32), scales)
+    if info.encoding == ENC_CB_DENSE:
+        s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
+        jobs.append((s, n, info.lane_size))
+        values = _values(info, parts["codebook"], False, vdt)
+
+        def dense_done(decoded):
+            out = np.empty(n, udt)
+            raise_lane_error(dense(decoded[first], s, values, out), where, (("index", s),))
+            return _checked(info, result(out), where).reshape(info.shape)
+
+        return dense_done
+    if info.encoding == ENC_CB_SPARSE:
+        m = info.entries
+        g = parse_stream(parts["gaps"], m, 1 << info.gap_bits, info.lane_size, where, offs["gaps"])
+        s = parse_stream(parts["indices"], m, info.index_alphabet, info.lane_size, where, offs["indices"])
+        bases = parts["lane_bases"].view("<u8")
+        if bases.size:
+            if bases[0] != 0:
+                raise TensorError(f"{where}: the first lane base must be 0 (byte {offs['lane_bases']})")
+            if int(bases.max()) > n:
+                raise TensorError(f"{where}: a lane base is past the tensor's {n} elements (byte {offs['lane_bases']})")
+        jobs += [(g, m, info.lane_size), (s, m, info.lane_size)]
+        values = _values(info, parts["codebook"], True, vdt)
+
+        def sparse_done(decoded):
+            out = np.zeros(n, udt)
+            st = sparse(decoded[first], decoded[first + 1], g, s, m, info.lane_size, bases.astype(np.int64), n, values, out)
+            raise_lane_error(st, where, (("gap", g), ("index", s)))
+            return _checked(info, result(out), where).reshape(info.shape)
+
+        return sparse_done
+    w = len(info.planes)
+    coded = np.array([mode == PLANE_HUFFMAN for mode in info.planes])
+    parsed, index = {}, {}
+    for k in range(w):  # every coded plane's stream is checked before any lane is decoded (spec 11)
+        if coded[k]:
+            parsed[k] = parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
+    for k, st in parsed.items():
+        index[k] = len(jobs)
+        jobs.append((st, n, info.lane_size))
+    starts = np.array([offs[f"plane{k}"] - info.offset for k in range(w)], np.int64)
+
+    def planes_done(decoded):
+        out = np.empty(n, UINT_OF_SIZE[w])
+        status = planes(parsed, {k: decoded[i] for k, i in index.items()}, section, coded, starts, n, info.lane_size,
+                        8 * w, out)
+        bad = np.flatnonzero(status)
+        if bad.size:
+            lane = int(bad[0])
+            k, code = divmod(int(status[lane]), INDEX_STREAM)
+            st = parsed[k]
+            raise HuffmanError(f"{where}: plane{k} stream lane {lane} (byte {st.payload_at + int(st.lane_offsets[lane])}): "
+                               f"{STATUS_TEXT[code]}")
+        return _checked(info, out.view(tdt), where).reshape(info.shape)
+
+    return planes_done

@@ -1,0 +1,263 @@
+"""The load path: the numpy lane decoders (dcformat/npdecode.py) against the numba kernels, batched
+reads, the one-walk reference scan, ONNX classes without the onnx package, decode tables.
+
+Both decoders must give the same bytes for every valid tensor and the same first error (class and
+message) for every damaged one: a file must not load under one and fail under the other.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dcformat
+from dcformat import DczError, decode, huffman, npdecode
+from dcformat.encode import encode, encode_codebook, encode_float_planes
+
+sys.path.insert(0, str(Path(__file__).parent / "attacks"))
+import make_attacks as ma  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+
+
+def _tensors(seed=0):
+    """Tensors of every encoding and dtype, lane sizes 256/1024, sizes around lane boundaries."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, n in enumerate([1, 255, 256, 257, 1000, 2048, 5000]):
+        lane = 256 if i % 2 else 1024
+        for dt in (np.float32, np.float16, np.float64):
+            w = (rng.standard_normal(n) * 0.05).astype(dt)
+            out.append(encode_float_planes(f"fp{i}.{np.dtype(dt).name}", w, lane_size=lane))
+        k = int(rng.integers(1, 40))
+        cb = np.sort(rng.standard_normal(k)).astype(np.float32)
+        idx = rng.integers(0, k, n)
+        out.append(encode_codebook(f"dense{i}", cb, idx, (n,), encoding="codebook-dense", lane_size=lane))
+        sparse = np.where(rng.random(n) < 0.3, cb[idx], 0).astype(np.float32)
+        if not sparse.any():
+            sparse[0] = 1.0
+        vals, inv = np.unique(sparse, return_inverse=True)
+        out.append(encode_codebook(f"sparse{i}", vals, inv, (n,), encoding="codebook-sparse", lane_size=lane,
+                                   gap_bits=int(rng.integers(1, 6))))
+        out.append(encode(f"raw{i}", rng.integers(-5, 5, n).astype(np.int32)))
+    for i, (shape, axis) in enumerate([((6, 50), 0), ((4, 3, 70), 1), ((300, 5), 1), ((9, 2, 3, 3), 0)]):
+        n = int(np.prod(shape))
+        cb = np.sort(rng.standard_normal(12)).astype(np.float32)
+        idx = rng.integers(0, 12, n)
+        scales = (rng.standard_normal(shape[axis]) * 4).astype(np.float32)
+        scales[0] = -scales[0]  # a negative channel: its zeros must stay +0.0
+        for dt in ("float32", "float16"):
+            out.append(encode_codebook(f"scaled_dense{i}.{dt}", cb, idx, shape, dt, encoding="codebook-dense",
+                                       lane_size=256, scales=scales, scale_axis=axis))
+            cbz = np.concatenate([[0.0], cb[1:]]).astype(np.float32)  # entry 0 is the zero symbol
+            out.append(encode_codebook(f"scaled_sparse{i}.{dt}", cbz, idx, shape, dt, encoding="codebook-sparse",
+                                       lane_size=256, scales=scales, scale_axis=axis, gap_bits=3))
+    out.append(encode_codebook("empty_sparse", np.ones(1, np.float32), np.zeros(0, np.int64), (0,),
+                               encoding="codebook-sparse"))
+    out.append(encode_codebook("zeros_sparse", np.zeros(1, np.float32), np.zeros(300, np.int64), (300,),
+                               encoding="codebook-sparse"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    path = tmp_path_factory.mktemp("np") / "all.dcz"
+    dcformat.write(path, _tensors())
+    return path
+
+
+def _numba(path):
+    """Every tensor decoded in turn by the numba kernels (reader[name]): arrays, or the first error."""
+    try:
+        with dcformat.open(path) as r:
+            return {n: r[n] for n in r}
+    except DczError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def _numpy(path):
+    try:
+        with dcformat.open(path) as r:
+            sections = [(r.info(n), r._section_bytes(r._tensor_sections[n], f"tensor {n!r}")) for n in r]
+            return npdecode.decode_tensors(sections)
+    except DczError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+                                        and a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_numpy_decoder_gives_the_kernels_bytes(sample):
+    a, b = _numba(sample), _numpy(sample)
+    assert not isinstance(a, str), a
+    assert _same(a, b)
+    encodings = {dcformat.open(sample).info(n).encoding for n in a}
+    assert encodings == {"raw", "codebook-dense", "codebook-sparse", "float-planes"}
+
+
+def test_decode_many_either_way(sample, monkeypatch):
+    want = _numba(sample)
+    for mode in ("numpy", "numba"):
+        monkeypatch.setenv("DCZ_DECODER", mode)
+        with dcformat.open(sample) as r:
+            got = r.decode_many(list(r)[::-1])  # any order
+        assert _same(want, got), mode
+
+
+def test_damaged_tensors_fail_alike(sample, tmp_path):
+    """Random damage to tensor sections, checksums fixed: both decoders accept, or raise the same error."""
+    base = ma.Dcz.load(sample)
+    tensors = [i for i, e in enumerate(base.entries) if e["kind"] == "tensor" and e["length"]]
+    rng = random.Random("npdecode-fuzz")
+    path = tmp_path / "fuzz.dcz"
+    outcomes = {"ok": 0, "rejected": 0}
+    for trial in range(150):
+        d = base.copy()
+        for i in rng.sample(tensors, rng.choice([1, 1, 2, 3])):
+            p = bytearray(d.payloads[i])
+            for _ in range(rng.choice([1, 2, 8])):
+                p[rng.randrange(len(p))] = rng.randrange(256)
+            d.payloads[i] = bytes(p)
+        path.write_bytes(d.build())
+        a, b = _numba(path), _numpy(path)
+        assert _same(a, b), f"trial {trial}: numba {a if isinstance(a, str) else 'ok'} / numpy {b if isinstance(b, str) else 'ok'}"
+        outcomes["rejected" if isinstance(a, str) else "ok"] += 1
+    assert outcomes["rejected"] > 50
+
+
+def test_status_codes_match_the_kernels():
+    from dcformat import kernels
+
+    assert npdecode.STATUS_TEXT == kernels.STATUS_TEXT
+    assert npdecode.INDEX_STREAM == kernels.INDEX_STREAM
+    assert (npdecode.STATUS_OVERRUN, npdecode.STATUS_UNDERRUN, npdecode.STATUS_PADDING, npdecode.STATUS_OUT_OF_TENSOR,
+            npdecode.STATUS_BASE_MISMATCH) == (kernels.STATUS_OVERRUN, kernels.STATUS_UNDERRUN, kernels.STATUS_PADDING,
+                                               kernels.STATUS_OUT_OF_TENSOR, kernels.STATUS_BASE_MISMATCH)
+
+
+def _decode_table_loop(lengths):
+    """The decode table built symbol by symbol (the reference the np.repeat version must equal)."""
+    codes, bitlen = huffman.canonical_codes(lengths)
+    used = np.flatnonzero(lengths)
+    if used.size == 1:
+        return np.array([int(used[0])], dtype=np.uint16), 0
+    bits = int(bitlen.max())
+    table = np.zeros(1 << bits, dtype=np.uint16)
+    for s in used.tolist():
+        ln = int(bitlen[s])
+        start = int(codes[s]) << (bits - ln)
+        table[start : start + (1 << (bits - ln))] = (ln << 9) | s
+    return table, bits
+
+
+def test_decode_table_matches_the_symbol_loop():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        a = int(rng.integers(1, 300))
+        f = rng.integers(0, 1000, a) * (rng.random(a) < 0.7)
+        f[int(rng.integers(a))] += 1
+        lengths = huffman.code_lengths(f, int(rng.integers(9, 16)))
+        t1, b1 = _decode_table_loop(lengths)
+        t2, b2 = huffman.decode_table(lengths)
+        assert b1 == b2 and t1.dtype == t2.dtype and np.array_equal(t1, t2)
+
+
+def test_onnx_classes_are_onnx_own_and_dtypes_agree():
+    code = ("import sys; from dcformat import onnxproto as p; m = p.ModelProto(); assert 'onnx' not in sys.modules; "
+            "import onnx; assert type(m) is onnx.ModelProto and p.pb2().TensorProto is onnx.TensorProto; "
+            "from onnx import helper; import numpy as np; from dcformat.constants import DTYPES; "
+            "assert all(np.dtype(helper.tensor_dtype_to_np_dtype(k)) == DTYPES[v] for k, v in p.ONNX_DTYPE_NAMES.items()); "
+            "assert (p.EXTERNAL, p.DEFAULT) == (onnx.TensorProto.EXTERNAL, onnx.TensorProto.DEFAULT); "
+            "A = onnx.AttributeProto; assert (p.ATTR_TENSOR, p.ATTR_GRAPH, p.ATTR_TENSORS, p.ATTR_GRAPHS) == "
+            "(A.TENSOR, A.GRAPH, A.TENSORS, A.GRAPHS)")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+
+
+def test_scan_lists_what_iter_tensors_refers_to(tmp_path):
+    """The one walk lists the references iter_tensors + reference find, in their order."""
+    from onnx import TensorProto, helper
+
+    from dcformat.graph import iter_tensors, reference, scan_references, strip_weights
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], np.arange(4, dtype=np.float32))
+    c = helper.make_node("Constant", [], ["c"], value=helper.make_tensor("", TensorProto.FLOAT, [2],
+                                                                         np.ones(2, np.float32)))
+    then = helper.make_graph([helper.make_node("Constant", [], ["t"], value=helper.make_tensor(
+        "", TensorProto.FLOAT, [3], np.ones(3, np.float32)))], "then", [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])])
+    cond = helper.make_node("If", ["b"], ["o"], then_branch=then, else_branch=then)
+    g = helper.make_graph([c, cond], "g", [helper.make_tensor_value_info("b", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("o", TensorProto.FLOAT, [3])], [w])
+    model, _ = strip_weights(helper.make_model(g))
+    got = [(t.name, name, node is not None, main) for t, name, node, main in scan_references(model)]
+    want = [(t.name, reference(t)) for _, t in iter_tensors(model.graph) if reference(t)]
+    assert [x[:2] for x in got] == want and len(want) == 4
+    assert [x[2:] for x in got] == [(False, True), (True, False), (False, False), (False, False)]
+
+
+def test_dcrun_of_a_small_model_imports_neither_onnx_nor_numba(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import onnx
+    from numpy_mlp import MLP
+
+    path_onnx, path_dcz = tmp_path / "m.onnx", tmp_path / "m.dcz"
+    onnx.save(MLP([64, 300, 10], seed=0).to_onnx(), path_onnx)
+    subprocess.run([sys.executable, "-c", "import sys; from converters.cli import main; sys.exit(main())",
+                    str(path_onnx), "-o", str(path_dcz), "-q", "--sparsity", "0.5", "--bits", "5"],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=subprocess.DEVNULL)
+    code = ("import sys, atexit; atexit.register(lambda: print('IMPORTED', 'onnx' in sys.modules, 'numba' in sys.modules)); "
+            "from dcformat.cli import run_main; run_main([sys.argv[1]])")
+    env = {k: v for k, v in os.environ.items() if k != "DCZ_DECODER"}
+    p = subprocess.run([sys.executable, "-c", code, str(path_dcz)], capture_output=True, text=True,
+                       env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert "output" in p.stdout, p.stdout + p.stderr
+    assert "IMPORTED False False" in p.stdout, p.stdout
+
+
+def test_path_choice(monkeypatch):
+    """The numpy decoder until numba is loaded or its budget is spent; DCZ_DECODER forces one."""
+    monkeypatch.delenv("DCZ_DECODER", raising=False)
+    calls = []
+    monkeypatch.setattr(npdecode, "decode_tensors", lambda batch: calls.append("numpy") or {})
+    monkeypatch.setattr(decode, "decode_tensor", lambda i, s: calls.append("numba"))
+    monkeypatch.setattr(decode, "_symbols", lambda info: 10)
+    monkeypatch.setattr(decode, "_numpy_budget", [1.0])
+    monkeypatch.delitem(sys.modules, "dcformat.kernels", raising=False)
+    batch = [(type("I", (), {"name": "x", "lane_size": 256, "numel": 1000})(), None)]
+    decode.decode_batch(batch)
+    decode._numpy_budget[0] = 0.0
+    decode.decode_batch(batch)
+    decode._numpy_budget[0] = 1.0
+    monkeypatch.setenv("DCZ_DECODER", "numba")
+    decode.decode_batch(batch)
+    assert calls == ["numpy", "numba", "numba"]
+
+
+def test_scales_without_numba_give_the_kernels_bytes(sample):
+    """A fresh process on the numpy decoder applies per-channel scales by numpy (numba never started):
+    the same bytes as the numba kernels' decode in this process."""
+    code = ("import sys, numpy as np, dcformat\n"
+            "with dcformat.open(sys.argv[1]) as r:\n"
+            "    names = [n for n in r if n.startswith('scaled')]\n"
+            "    got = r.decode_many(names)\n"
+            "assert 'dcformat.kernels' not in sys.modules\n"
+            "np.savez(sys.argv[2], **got)\n")
+    out = sample.parent / "scaled_numpy.npz"
+    subprocess.run([sys.executable, "-c", code, str(sample), str(out)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT), "DCZ_DECODER": "numpy"}, cwd=ROOT)
+    got = np.load(out)
+    ref = _numba(sample)
+    assert len(got.files) == 16
+    for name in got.files:
+        assert got[name].dtype == ref[name].dtype and got[name].shape == ref[name].shape
+        assert got[name].tobytes() == ref[name].tobytes(), name
