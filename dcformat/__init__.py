@@ -28,7 +28,7 @@ from .errors import (
 # The rest is imported on first use (PEP 562), so that ``import dcformat`` -- and every
 # command's --help -- does not pay for numba, onnx and onnxruntime it may never need.
 _LAZY = {
-    "encode": "encode", "encode_raw": "encode", "encode_codebook": "encode", "encode_float_planes": "encode",
+    "encode": "encode", "encode_raw": "encode", "encode_codebook": "encode", "encode_float_planes": "encode", "encode_lzma": "encode",
     "EncodedTensor": "encode",
     "DczReader": "reader", "open": "reader", "TensorInfo": "records", "write": "writer",
     "InferenceSession": "runtime", "ProviderError": "runtime", "load_weights": "runtime", "to_onnx": "runtime",
@@ -76,7 +76,7 @@ sys.modules[__name__].__class__ = _Package
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "write", "to_onnx", "load_weights", "InferenceSession", "encode", "encode_raw", "encode_codebook", "encode_float_planes",
+    "open", "write", "to_onnx", "load_weights", "InferenceSession", "encode", "encode_raw", "encode_codebook", "encode_float_planes", "encode_lzma",
     "DczReader", "EncodedTensor", "TensorInfo",
     "DczError", "ProviderError", "FormatError", "VersionError", "ChecksumError", "LimitError", "TensorError", "HuffmanError", "EncodeError",
     "FORMAT_VERSION", "__version__",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import (DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, ENC_RAW, PART_ALIGNMENT, PLANE_ALPHABET,
-                        PLANE_HUFFMAN, UINT_OF_SIZE)
+from .constants import (DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, ENC_LZMA, ENC_RAW, LZMA_MIN_DICT,
+                        PART_ALIGNMENT, PLANE_ALPHABET, PLANE_HUFFMAN, UINT_OF_SIZE)
 from .errors import HuffmanError, TensorError
 from .records import TensorInfo
 from .streams import Stream, align, parse_stream, raise_lane_error
@@ -49,8 +49,11 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
     tdt = DTYPES[info.dtype]
-    if info.encoding == ENC_RAW:
-        out = parts["data"].view(tdt).copy()
+    if info.encoding in (ENC_RAW, ENC_LZMA):
+        if info.encoding == ENC_RAW:
+            out = parts["data"].view(tdt).copy()
+        else:
+            out = _inflate_lzma(info, parts["data"], where, offs["data"]).view(tdt)
         if info.dtype == "bool" and out.view(np.uint8).max(initial=0) > 1:
             raise TensorError(f"{where}: bool data holds a byte other than 0 or 1 (byte {offs['data']})")
         return _checked(info, out, where).reshape(info.shape)
@@ -87,6 +90,31 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     if info.encoding == ENC_FLOAT_PLANES:
         return _checked(info, _decode_planes(info, section, parts, offs, where).view(tdt), where).reshape(info.shape)
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
+
+
+def _inflate_lzma(info: TensorInfo, data: np.ndarray, where: str, at: int) -> np.ndarray:
+    """The raw bytes of an lzma tensor (spec 7.5): one complete LZMA2 stream, decoded with a
+    dictionary of max(LZMA_MIN_DICT, decoded bytes), giving exactly the decoded bytes and ending
+    at the end of the part. Never produces more than the declared bytes."""
+    import lzma
+
+    want = info.decoded_nbytes
+    d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2,
+                                                          "dict_size": max(LZMA_MIN_DICT, want)}])
+    span = f"bytes {at}..{at + data.size - 1}"
+    try:
+        out = d.decompress(data, max_length=want)
+        if len(out) == want and not d.eof and d.decompress(b"", max_length=1):
+            raise TensorError(f"{where}: lzma data ({span}) decodes to more than the {want} bytes of the tensor")
+    except lzma.LZMAError as e:
+        raise TensorError(f"{where}: lzma data ({span}) is not a valid LZMA2 stream ({e})") from None
+    if len(out) != want:
+        raise TensorError(f"{where}: lzma data ({span}) decodes to {len(out)} bytes, the tensor has {want}")
+    if not d.eof:
+        raise TensorError(f"{where}: lzma data ({span}) ends before its end marker")
+    if d.unused_data:
+        raise TensorError(f"{where}: {len(d.unused_data)} bytes after the end of the lzma stream ({span})")
+    return np.frombuffer(bytearray(out), np.uint8)
 
 
 def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dict, where: str) -> np.ndarray:

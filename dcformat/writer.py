@@ -107,7 +107,7 @@ def _check_tensor(t: EncodedTensor) -> None:
         t.name.encode("utf-8")
     except (UnicodeEncodeError, AttributeError):
         raise EncodeError(f"tensor name {t.name!r} is not valid Unicode text (a lone surrogate?)") from None
-    if t.info.dtype == "bool" and "data" in t.parts:
+    if t.info.dtype == "bool" and t.info.encoding == "raw":  # encode_lzma checks its input the same way
         data = np.asarray(t.parts["data"]).view(np.uint8)
         if data.size and data.max() > 1:
             raise EncodeError(f"tensor {t.name!r}: bool data holds bytes other than 0 and 1 (readers refuse it); "

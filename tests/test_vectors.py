@@ -108,17 +108,21 @@ def test_manifest_coverage():
         assert any(t["dtype"] == dt and set(t["planes"]) == {"stored"} for t in fp), dt
     assert any(0 in t["shape"] for t in fp) and any(t["shape"] == [] for t in fp)
     assert any(t["lane_size"] == 256 and np.prod(t["shape"]) > 2 * 256 for t in fp)
+    # 1.3: lzma for float and integer dtypes and bool, a scalar, and chosen by the encoder for an analytic table
+    lz = [t for t in tensors if t["encoding"] == "lzma"]
+    assert {"float32", "float16", "bfloat16", "float64", "int64", "uint8", "bool"} <= {t["dtype"] for t in lz}
+    assert any(t["shape"] == [] for t in lz)
 
 
 def test_format_versions():
-    """Spec 2.2: the reference writer writes 1.1 exactly when a tensor uses float-planes; the 1.0
-    vectors are still 1.0 files (their bytes are pinned by the manifest's sha256)."""
-    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1)}
+    """Spec 2.2: the reference writer writes 1.3 when a tensor uses lzma, else 1.1 when one uses float-planes;
+    the 1.0 vectors are still 1.0 files (their bytes are pinned by the manifest's sha256)."""
+    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1), (1, 3)}
     for v in MANIFEST["vectors"]:
         data = (VECTORS / v["file"]).read_bytes()
         assert list(int.from_bytes(data[i : i + 2], "little") for i in (8, 10)) == v["format_version"], v["name"]
-        uses = any(t["encoding"] == "float-planes" for t in v["tensors"])
-        assert v["format_version"] == [1, 1 if uses else 0], v["name"]
+        used = {t["encoding"] for t in v["tensors"]}
+        assert v["format_version"] == [1, 3 if "lzma" in used else 1 if "float-planes" in used else 0], v["name"]
         with dcformat.open(VECTORS / v["file"]) as r:
             assert list(r.version) == v["format_version"]
 
