@@ -118,43 +118,43 @@ def _inflate_lzma(info: TensorInfo, data: np.ndarray, where: str, at: int) -> np
 
 
 def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dict, where: str) -> np.ndarray:
-    """The bit patterns of a float-planes tensor (spec 7.4), assembled lane by lane in place."""
+    """The bit patterns of a float-planes tensor (spec 7.4), assembled lane by lane in place.
+
+    Every coded plane's stream header is checked before any lane is decoded (spec 11), by one
+    compiled call (kernels.parse_plane_streams); when it finds a problem, the plane is parsed again
+    by streams.parse_stream, whose error names it."""
     from . import kernels
 
     n, w = info.numel, len(info.planes)
-    coded = np.array([m == PLANE_HUFFMAN for m in info.planes])
-    parsed = {}
-    for k in range(w):  # every coded plane's stream is checked before any lane is decoded (spec 11)
-        if coded[k]:
-            parsed[k] = parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
     out = np.empty(n, UINT_OF_SIZE[w])
     if n == 0:
+        for k, mode in enumerate(info.planes):  # a stream of 0 symbols must be empty
+            if mode == PLANE_HUFFMAN:
+                parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
         return out
+    coded = np.array([m == PLANE_HUFFMAN for m in info.planes])
     nl = (n + info.lane_size - 1) // info.lane_size
-    starts = np.zeros(w, np.int64)
-    sizes = np.zeros(w, np.int64)
+    starts = np.array([offs[f"plane{k}"] - info.offset for k in range(w)], np.int64)
+    sizes = np.array([parts[f"plane{k}"].size for k in range(w)], np.int64)
     lane_offsets = np.zeros((w, nl), np.int64)
+    tables = np.empty((w, 1 << kernels.PLANE_TABLE_BITS), np.uint16)
     tbits = np.zeros(w, np.int64)
-    tables = np.zeros((w, max([s.table.size for s in parsed.values()] or [1])), np.uint16)
-    for k in range(w):
-        part = parts[f"plane{k}"]
-        if k in parsed:
-            s = parsed[k]
-            part = s.payload
-            lane_offsets[k] = s.lane_offsets
-            tables[k, : s.table.size] = s.table
-            tbits[k] = s.table_bits
-        starts[k] = (s.payload_at if k in parsed else offs[f"plane{k}"]) - info.offset
-        sizes[k] = part.size
+    pstarts = np.zeros(w, np.int64)
+    psizes = np.zeros(w, np.int64)
+    bad = kernels.parse_plane_streams(section, coded, starts, sizes, n, info.lane_size, lane_offsets, tables, tbits,
+                                      pstarts, psizes)
+    if bad:
+        k = bad - 1
+        parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
+        raise HuffmanError(f"{where}: plane{k} stream at byte {offs[f'plane{k}']} is invalid")  # pragma: no cover
     status = kernels.pick(kernels.decode_planes, kernels.decode_planes_serial, n)(
-        section, coded, starts, sizes, lane_offsets, tables, tbits, n, info.lane_size, 8 * w, out)
+        section, coded, pstarts, psizes, lane_offsets, tables, tbits, n, info.lane_size, 8 * w, out)
     bad = np.flatnonzero(status)
     if bad.size:
         lane = int(bad[0])
         k, code = divmod(int(status[lane]), kernels.INDEX_STREAM)
-        s = parsed[k]
-        raise HuffmanError(f"{where}: plane{k} stream lane {lane} (byte {s.payload_at + int(s.lane_offsets[lane])}): "
-                           f"{kernels.STATUS_TEXT[code]}")
+        at = info.offset + int(pstarts[k]) + int(lane_offsets[k, lane])
+        raise HuffmanError(f"{where}: plane{k} stream lane {lane} (byte {at}): {kernels.STATUS_TEXT[code]}")
     return out
 
 
