@@ -138,17 +138,18 @@ def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dic
     sizes = np.array([parts[f"plane{k}"].size for k in range(w)], np.int64)
     lane_offsets = np.zeros((w, nl), np.int64)
     tables = np.empty((w, 1 << kernels.PLANE_TABLE_BITS), np.uint16)
+    pairs = np.empty((w, 1 << kernels.PAIR_MAX_BITS), np.uint32)
     tbits = np.zeros(w, np.int64)
     pstarts = np.zeros(w, np.int64)
     psizes = np.zeros(w, np.int64)
-    bad = kernels.parse_plane_streams(section, coded, starts, sizes, n, info.lane_size, lane_offsets, tables, tbits,
-                                      pstarts, psizes)
+    bad = kernels.parse_plane_streams(section, coded, starts, sizes, n, info.lane_size, lane_offsets, tables, pairs,
+                                      tbits, pstarts, psizes)
     if bad:
         k = bad - 1
         parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
         raise HuffmanError(f"{where}: plane{k} stream at byte {offs[f'plane{k}']} is invalid")  # pragma: no cover
     status = kernels.pick(kernels.decode_planes, kernels.decode_planes_serial, n)(
-        section, coded, pstarts, psizes, lane_offsets, tables, tbits, n, info.lane_size, 8 * w, out)
+        section, coded, pstarts, psizes, lane_offsets, tables, pairs, tbits, n, info.lane_size, 8 * w, out)
     bad = np.flatnonzero(status)
     if bad.size:
         lane = int(bad[0])

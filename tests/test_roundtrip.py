@@ -260,6 +260,32 @@ def test_lzma_is_chosen_for_a_dft_basis_and_not_for_weights():
     assert dcformat.encode("w", w).encoding == "float-planes"
 
 
+FIB = np.array([1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597])  # 4180 in all
+
+
+@pytest.mark.parametrize("max_len", [11, 12, 13, 15])
+@pytest.mark.parametrize("n", [7, 300, 1027, 4180])
+def test_float_planes_decoder_paths(tmp_path, monkeypatch, max_len, n):
+    """The decoder's paths, each against the plain bytes: codes of at most 12 bits use the two-codes
+    table (kernels.PAIR_MAX_BITS), longer ones one code at a time; groups of four full lanes are
+    interleaved, other lanes (and every lane's last few codes) decoded alone. Fibonacci symbol counts
+    give the longest codes a length limit allows (other writers may use codes up to 15 bits)."""
+    import importlib
+
+    from dcformat.streams import parse_stream
+
+    monkeypatch.setattr(importlib.import_module("dcformat.encode"), "PLANE_CODE_LENGTH", max_len)
+    rng = np.random.default_rng(max_len * 1000 + n)
+    planes = np.stack([rng.permutation(np.repeat(np.arange(FIB.size) * 13 + k, FIB))[:n] for k in range(4)])
+    r = planes.astype(np.uint32)
+    r = r[0] | (r[1] << 8) | (r[2] << 16) | (r[3] << 24)  # the rotated patterns (spec 7.4) whose planes these are
+    a = ((r >> 1) | ((r & 1) << 31)).view(np.float32)
+    t = dcformat.encode_float_planes("t", a, planes=["huffman"] * 4, lane_size=256)
+    bits = {parse_stream(t.parts[f"plane{k}"], n, 256, 256, "t", 0).table_bits for k in range(4)}
+    assert max(bits) == (max_len if n == 4180 else max(bits))  # the longest codes the limit allows
+    assert_same(roundtrip(tmp_path / "p.dcz", [t])["t"], a)
+
+
 def test_float_planes_on_weights_code_the_exponent():
     """On weight-like float32 / bfloat16 the encoder codes the exponent plane and beats raw by >15%."""
     rng = np.random.default_rng(3)
