@@ -260,6 +260,7 @@ def parse_plane_streams(section, coded, starts, sizes, n, lane_size, lane_offset
             if lengths[single] != 1:
                 return 1 + k
             table[0] = single
+            pairs[k, 0] = single | (1 << 16)  # one symbol of 0 bits per (0-bit) window
             tbits[k] = 0
             continue
         if kraft != 1 << 15:

@@ -286,6 +286,17 @@ def test_float_planes_decoder_paths(tmp_path, monkeypatch, max_len, n):
     assert_same(roundtrip(tmp_path / "p.dcz", [t])["t"], a)
 
 
+@pytest.mark.parametrize("n", [5, 300, 4 * 256, 9 * 256 + 3])
+def test_float_planes_single_symbol_planes(tmp_path, n):
+    """A plane of one byte value is a single-symbol stream (0-bit codes, empty payload) in the pair
+    table path too, in interleaved groups of four lanes and in lone lanes (a regression: the pair
+    table was left unfilled for such a plane, and decoding never advanced)."""
+    a = np.full(n, 0.375, np.float32)
+    a[::7] = -0.375  # the sign lands in plane 0: one symbol in planes 1-3 only
+    t = dcformat.encode_float_planes("c", a, planes=["huffman"] * 4, lane_size=256)
+    assert_same(roundtrip(tmp_path / "c.dcz", [t])["c"], a)
+
+
 def test_float_planes_on_weights_code_the_exponent():
     """On weight-like float32 / bfloat16 the encoder codes the exponent plane and beats raw by >15%."""
     rng = np.random.default_rng(3)
