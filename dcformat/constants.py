@@ -13,7 +13,7 @@ import numpy as np
 # ---------------------------------------------------------------- container
 MAGIC = b"\x89DCZ\r\n\x1a\n"  # 8 bytes, PNG-style: catches text-mode and 7-bit mangling
 VERSION_MAJOR = 1  # bumped when a v1 reader could misread a new file
-VERSION_MINOR = 2  # bumped when only optional things are added (1.1: the float-planes encoding; 1.2: per-channel scales)
+VERSION_MINOR = 3  # bumped when only optional things are added (1.1: the float-planes encoding; 1.2: per-channel scales; 1.3: lzma)
 PREAMBLE_SIZE = 24  # magic(8) major(u16) minor(u16) header_len(u32) header_crc(u32) preamble_crc(u32)
 ALIGNMENT = 8  # every section starts at a multiple of this
 PART_ALIGNMENT = 8  # every part inside a tensor section starts at a multiple of this
@@ -32,10 +32,11 @@ ENC_RAW = "raw"
 ENC_CB_DENSE = "codebook-dense"
 ENC_CB_SPARSE = "codebook-sparse"
 ENC_FLOAT_PLANES = "float-planes"  # 1.1: byte planes of floats, each stored or Huffman-coded
-ENCODINGS = (ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES)
+ENC_LZMA = "lzma"  # 1.3: the raw bytes as one raw LZMA2 stream (xz's LZMA2 filter, no container)
+ENCODINGS = (ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, ENC_LZMA)
 # The first minor version that defines each encoding: a writer writes the highest one its
 # tensors need, so a file that uses nothing new stays a 1.0 file (spec 2.2).
-ENCODING_MINOR = {ENC_RAW: 0, ENC_CB_DENSE: 0, ENC_CB_SPARSE: 0, ENC_FLOAT_PLANES: 1}
+ENCODING_MINOR = {ENC_RAW: 0, ENC_CB_DENSE: 0, ENC_CB_SPARSE: 0, ENC_FLOAT_PLANES: 1, ENC_LZMA: 3}
 # 1.2: a codebook-coded tensor may carry one scale per slice along one axis (spec 7.5):
 # element = scale[c] * codebook[index]; the record then has a "scales" part right after "codebook".
 SCALES_MINOR = 2
@@ -46,6 +47,7 @@ PARTS = {
     ENC_CB_DENSE: ("codebook", "indices"),
     ENC_CB_SPARSE: ("codebook", "lane_bases", "gaps", "indices"),
     ENC_FLOAT_PLANES: tuple(f"plane{k}" for k in range(8)),  # the first itemsize(dtype) of these: parts_of()
+    ENC_LZMA: ("data",),
 }
 
 # the parts of a codebook-coded tensor with per-channel scales (1.2, spec 7.5): "scales" after "codebook"
@@ -67,6 +69,11 @@ PLANE_ALPHABET = 256
 # the decode table has 2^this u16 entries, 4 KiB, which stays in L1 cache (2^15 entries do not),
 # for about 0.02% more bytes than 15-bit codes (measured on PP-OCRv4 det/rec and a transformer).
 PLANE_CODE_LENGTH = 11
+
+# lzma (1.3): a decoder decodes the stream with an LZMA2 dictionary of max(LZMA_MIN_DICT, decoded bytes)
+# bytes (every match refers to bytes already decoded), so its memory follows the declared size.
+LZMA_MIN_DICT = 1 << 12  # liblzma's smallest dictionary
+LZMA_MAX_BYTES = 1 << 30  # decoded bytes of an lzma tensor, at most
 
 # ---------------------------------------------------------------- Huffman streams
 MAX_CODE_LENGTH = 15  # bits; one table lookup decodes a symbol

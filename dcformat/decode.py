@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import (DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, ENC_RAW, PART_ALIGNMENT, PLANE_ALPHABET,
-                        PLANE_HUFFMAN, UINT_OF_SIZE)
+from .constants import (DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, ENC_LZMA, ENC_RAW, LZMA_MIN_DICT,
+                        PART_ALIGNMENT, PLANE_ALPHABET, PLANE_HUFFMAN, UINT_OF_SIZE)
 from .errors import HuffmanError, TensorError
 from .records import TensorInfo
 from .streams import Stream, align, parse_stream, raise_lane_error
@@ -97,8 +97,11 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
     tdt = DTYPES[info.dtype]
-    if info.encoding == ENC_RAW:
-        out = parts["data"].view(tdt).copy()
+    if info.encoding in (ENC_RAW, ENC_LZMA):
+        if info.encoding == ENC_RAW:
+            out = parts["data"].view(tdt).copy()
+        else:
+            out = _inflate_lzma(info, parts["data"], where, offs["data"]).view(tdt)
         if info.dtype == "bool" and out.view(np.uint8).max(initial=0) > 1:
             raise TensorError(f"{where}: bool data holds a byte other than 0 or 1 (byte {offs['data']})")
         return _checked(info, out, where).reshape(info.shape)
@@ -199,46 +202,70 @@ def _symbols(info: TensorInfo) -> int:
     if info.encoding == ENC_FLOAT_PLANES:
         return info.numel * sum(m == PLANE_HUFFMAN for m in info.planes)
     return 0
+def _inflate_lzma(info: TensorInfo, data: np.ndarray, where: str, at: int) -> np.ndarray:
+    """The raw bytes of an lzma tensor (spec 7.6): one complete LZMA2 stream, decoded with a
+    dictionary of max(LZMA_MIN_DICT, decoded bytes), giving exactly the decoded bytes and ending
+    at the end of the part. Never produces more than the declared bytes."""
+    import lzma
+
+    want = info.decoded_nbytes
+    d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2,
+                                                          "dict_size": max(LZMA_MIN_DICT, want)}])
+    span = f"bytes {at}..{at + data.size - 1}"
+    try:
+        out = d.decompress(data, max_length=want)
+        if len(out) == want and not d.eof and d.decompress(b"", max_length=1):
+            raise TensorError(f"{where}: lzma data ({span}) decodes to more than the {want} bytes of the tensor")
+    except lzma.LZMAError as e:
+        raise TensorError(f"{where}: lzma data ({span}) is not a valid LZMA2 stream ({e})") from None
+    if len(out) != want:
+        raise TensorError(f"{where}: lzma data ({span}) decodes to {len(out)} bytes, the tensor has {want}")
+    if not d.eof:
+        raise TensorError(f"{where}: lzma data ({span}) ends before its end marker")
+    if d.unused_data:
+        raise TensorError(f"{where}: {len(d.unused_data)} bytes after the end of the lzma stream ({span})")
+    return np.frombuffer(bytearray(out), np.uint8)
 
 
 def _decode_planes(info: TensorInfo, section: np.ndarray, parts: dict, offs: dict, where: str) -> np.ndarray:
-    """The bit patterns of a float-planes tensor (spec 7.4), assembled lane by lane in place."""
+    """The bit patterns of a float-planes tensor (spec 7.4), assembled lane by lane in place.
+
+    Every coded plane's stream header is checked before any lane is decoded (spec 11), by one
+    compiled call (kernels.parse_plane_streams); when it finds a problem, the plane is parsed again
+    by streams.parse_stream, whose error names it."""
     from . import kernels
 
     n, w = info.numel, len(info.planes)
-    coded = np.array([m == PLANE_HUFFMAN for m in info.planes])
-    parsed = {}
-    for k in range(w):  # every coded plane's stream is checked before any lane is decoded (spec 11)
-        if coded[k]:
-            parsed[k] = parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
     out = np.empty(n, UINT_OF_SIZE[w])
     if n == 0:
+        for k, mode in enumerate(info.planes):  # a stream of 0 symbols must be empty
+            if mode == PLANE_HUFFMAN:
+                parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
         return out
+    coded = np.array([m == PLANE_HUFFMAN for m in info.planes])
     nl = (n + info.lane_size - 1) // info.lane_size
-    starts = np.zeros(w, np.int64)
-    sizes = np.zeros(w, np.int64)
+    starts = np.array([offs[f"plane{k}"] - info.offset for k in range(w)], np.int64)
+    sizes = np.array([parts[f"plane{k}"].size for k in range(w)], np.int64)
     lane_offsets = np.zeros((w, nl), np.int64)
+    tables = np.empty((w, 1 << kernels.PLANE_TABLE_BITS), np.uint16)
+    pairs = np.empty((w, 1 << kernels.PAIR_MAX_BITS), np.uint32)
     tbits = np.zeros(w, np.int64)
-    tables = np.zeros((w, max([s.table.size for s in parsed.values()] or [1])), np.uint16)
-    for k in range(w):
-        part = parts[f"plane{k}"]
-        if k in parsed:
-            s = parsed[k]
-            part = s.payload
-            lane_offsets[k] = s.lane_offsets
-            tables[k, : s.table.size] = s.table
-            tbits[k] = s.table_bits
-        starts[k] = (s.payload_at if k in parsed else offs[f"plane{k}"]) - info.offset
-        sizes[k] = part.size
+    pstarts = np.zeros(w, np.int64)
+    psizes = np.zeros(w, np.int64)
+    bad = kernels.parse_plane_streams(section, coded, starts, sizes, n, info.lane_size, lane_offsets, tables, pairs,
+                                      tbits, pstarts, psizes)
+    if bad:
+        k = bad - 1
+        parse_stream(parts[f"plane{k}"], n, PLANE_ALPHABET, info.lane_size, where, offs[f"plane{k}"])
+        raise HuffmanError(f"{where}: plane{k} stream at byte {offs[f'plane{k}']} is invalid")  # pragma: no cover
     status = kernels.pick(kernels.decode_planes, kernels.decode_planes_serial, n)(
-        section, coded, starts, sizes, lane_offsets, tables, tbits, n, info.lane_size, 8 * w, out)
+        section, coded, pstarts, psizes, lane_offsets, tables, pairs, tbits, n, info.lane_size, 8 * w, out)
     bad = np.flatnonzero(status)
     if bad.size:
         lane = int(bad[0])
         k, code = divmod(int(status[lane]), kernels.INDEX_STREAM)
-        s = parsed[k]
-        raise HuffmanError(f"{where}: plane{k} stream lane {lane} (byte {s.payload_at + int(s.lane_offsets[lane])}): "
-                           f"{kernels.STATUS_TEXT[code]}")
+        at = info.offset + int(pstarts[k]) + int(lane_offsets[k, lane])
+        raise HuffmanError(f"{where}: plane{k} stream lane {lane} (byte {at}): {kernels.STATUS_TEXT[code]}")
     return out
 
 

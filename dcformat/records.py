@@ -17,11 +17,13 @@ from .constants import (
     ENC_CB_DENSE,
     ENC_CB_SPARSE,
     ENC_FLOAT_PLANES,
+    ENC_LZMA,
     ENC_RAW,
     ENCODINGS,
     FLOAT_DTYPES,
     ITEMSIZE,
     LANE_BASE_BYTES,
+    LZMA_MAX_BYTES,
     MAX_CODEBOOK,
     MAX_ELEMENTS,
     MAX_GAP_BITS,
@@ -198,6 +200,12 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
             raise TensorError(
                 f"{where}: raw data is {parts['data']} bytes, shape {shape} of {dtype} needs {numel * ITEMSIZE[dtype]}"
             )
+    elif enc == ENC_LZMA:  # spec 7.6
+        if numel * ITEMSIZE[dtype] > LZMA_MAX_BYTES:
+            raise TensorError(f"{where}: {enc} tensor of {numel * ITEMSIZE[dtype]} decoded bytes, more than "
+                              f"LZMA_MAX_BYTES {LZMA_MAX_BYTES}")
+        if parts["data"] == 0:
+            raise TensorError(f"{where}: {enc} data is empty (an LZMA2 stream has at least its end marker)")
     elif enc == ENC_FLOAT_PLANES:  # spec 6.1 item 10
         if dtype not in FLOAT_DTYPES:
             raise TensorError(f"{where}: {enc} needs a floating-point dtype, not {dtype}")

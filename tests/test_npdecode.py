@@ -18,7 +18,7 @@ import pytest
 
 import dcformat
 from dcformat import DczError, decode, huffman, npdecode
-from dcformat.encode import encode, encode_codebook, encode_float_planes
+from dcformat.encode import encode, encode_codebook, encode_float_planes, encode_lzma, encode_raw
 
 sys.path.insert(0, str(Path(__file__).parent / "attacks"))
 import make_attacks as ma  # noqa: E402
@@ -45,7 +45,8 @@ def _tensors(seed=0):
         vals, inv = np.unique(sparse, return_inverse=True)
         out.append(encode_codebook(f"sparse{i}", vals, inv, (n,), encoding="codebook-sparse", lane_size=lane,
                                    gap_bits=int(rng.integers(1, 6))))
-        out.append(encode(f"raw{i}", rng.integers(-5, 5, n).astype(np.int32)))
+        out.append(encode_raw(f"raw{i}", rng.integers(-5, 5, n).astype(np.int32)))
+        out.append(encode_lzma(f"lzma{i}", np.repeat(rng.standard_normal(8).astype(np.float32), -(-n // 8))[:n]))
     for i, (shape, axis) in enumerate([((6, 50), 0), ((4, 3, 70), 1), ((300, 5), 1), ((9, 2, 3, 3), 0)]):
         n = int(np.prod(shape))
         cb = np.sort(rng.standard_normal(12)).astype(np.float32)
@@ -102,7 +103,7 @@ def test_numpy_decoder_gives_the_kernels_bytes(sample):
     assert not isinstance(a, str), a
     assert _same(a, b)
     encodings = {dcformat.open(sample).info(n).encoding for n in a}
-    assert encodings == {"raw", "codebook-dense", "codebook-sparse", "float-planes"}
+    assert encodings == {"raw", "codebook-dense", "codebook-sparse", "float-planes", "lzma"}
 
 
 def test_decode_many_either_way(sample, monkeypatch):

@@ -1,7 +1,7 @@
 """Round trips: encode -> write -> open -> decode gives the same bits, for any input.
 
 Property tests (hypothesis) over dtypes, shapes (0-size and scalar included), sparsity,
-codebook sizes, gap widths, encodings and lane sizes, and float-planes over random bit patterns
+codebook sizes, gap widths, encodings and lane sizes, and float-planes and lzma over random bit patterns
 of every float dtype; plus the encoders' argument
 errors and the writer's duplicate-name, atomicity and file-mode behaviour.
 """
@@ -115,7 +115,7 @@ def codebook_ok(a: np.ndarray, encoding: str) -> bool:
     k=st.integers(1, 300),
     density=densities,
     values=st.sampled_from(["nice", "special", "bits"]),
-    encoding=st.sampled_from([None, None, *ENCS]),
+    encoding=st.sampled_from([None, None, *ENCS, "lzma"]),
     gap_bits=st.one_of(st.none(), st.integers(1, 8)),
     lane=st.sampled_from([256, 1024]),
 )
@@ -130,7 +130,7 @@ def test_encode_roundtrip(tmp_path, dtype, shape, seed, k, density, values, enco
         assert t.encoding == encoding
     if t.encoding == "codebook-sparse" and gap_bits is not None:
         assert t.info.gap_bits == gap_bits
-    if t.encoding != "raw":
+    if t.encoding not in ("raw", "lzma"):
         assert t.info.lane_size == lane
     out = roundtrip(tmp_path / "t.dcz", [t])
     assert_same(out["t"], a)
@@ -210,6 +210,91 @@ def test_float_planes_roundtrip(tmp_path, dtype, n, seed, kind, planes, lane):
     auto = dcformat.encode("t", a, lane_size=lane)  # the automatic choice is exact too, and never above raw
     assert auto.nbytes <= a.nbytes
     assert_same(roundtrip(tmp_path / "a.dcz", [auto])["t"], a)
+
+
+# ---------------------------------------------------------------- lzma (1.3): any dtype, any bit pattern
+@settings(max_examples=120, **SETTINGS)
+@given(
+    dtype=st.sampled_from(ALL_DTYPES),
+    n=st.one_of(st.integers(0, 40), st.integers(200, 5000)),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["bits", "repeats", "special"]),
+    shape2=st.booleans(),
+)
+def test_lzma_roundtrip(tmp_path, dtype, n, seed, kind, shape2):
+    """Every bit pattern of every dtype comes back exactly through lzma, forced or chosen by encode()."""
+    rng = np.random.default_rng(seed)
+    dt = DTYPES[dtype]
+    u = UINT_OF_SIZE.get(dt.itemsize, np.dtype(np.uint8))
+    if dtype == "bool":
+        a = rng.integers(0, 2, n).astype(bool)
+    elif dtype in FLOAT_DTYPES and kind != "repeats":
+        a = float_array(dtype, n, seed, "bits" if kind == "bits" else "special")
+    else:
+        a = rng.integers(0, np.iinfo(u).max, n, dtype=u, endpoint=True).view(dt)
+    if kind == "repeats" and n:  # a few random patterns, repeated in runs: what lzma is chosen for
+        a = np.tile(a[: max(1, n // 16)], 16)[:n] if dtype != "bool" else a
+    if shape2 and n % 2 == 0 and n:
+        a = a.reshape(2, -1)
+    t = dcformat.encode_lzma("t", a)
+    assert t.encoding == "lzma" and t.info.nonzeros == np.count_nonzero(a) and t.info.shape == a.shape
+    assert_same(roundtrip(tmp_path / "z.dcz", [t])["t"], a)
+    auto = dcformat.encode("t", a)
+    assert auto.nbytes <= a.nbytes
+    if auto.encoding == "lzma":  # chosen only when it saves a tenth and 64 bytes
+        assert auto.nbytes <= 0.9 * a.nbytes - 64
+    assert_same(roundtrip(tmp_path / "a.dcz", [auto])["t"], a)
+
+
+def test_lzma_is_chosen_for_a_dft_basis_and_not_for_weights():
+    """encode() picks lzma for an analytic table (a windowed DFT basis: many values, repeated in runs) and
+    keeps float-planes for trained-weight-like values, where the probe says LZMA2 cannot win."""
+    n = 128
+    win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+    ang = np.outer(np.arange(n // 2 + 1), np.arange(n)) * (2 * np.pi / n)
+    basis = np.concatenate([win * np.cos(ang), -win * np.sin(ang)]).astype(np.float32)
+    t = dcformat.encode("basis", basis)
+    assert t.encoding == "lzma"
+    assert t.nbytes < 0.5 * dcformat.encode("basis", basis, encoding="float-planes").nbytes
+    w = (np.random.default_rng(5).standard_normal(basis.size) * 0.02).astype(np.float32)
+    assert dcformat.encode("w", w).encoding == "float-planes"
+
+
+FIB = np.array([1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597])  # 4180 in all
+
+
+@pytest.mark.parametrize("max_len", [11, 12, 13, 15])
+@pytest.mark.parametrize("n", [7, 300, 1027, 4180])
+def test_float_planes_decoder_paths(tmp_path, monkeypatch, max_len, n):
+    """The decoder's paths, each against the plain bytes: codes of at most 12 bits use the two-codes
+    table (kernels.PAIR_MAX_BITS), longer ones one code at a time; groups of four full lanes are
+    interleaved, other lanes (and every lane's last few codes) decoded alone. Fibonacci symbol counts
+    give the longest codes a length limit allows (other writers may use codes up to 15 bits)."""
+    import importlib
+
+    from dcformat.streams import parse_stream
+
+    monkeypatch.setattr(importlib.import_module("dcformat.encode"), "PLANE_CODE_LENGTH", max_len)
+    rng = np.random.default_rng(max_len * 1000 + n)
+    planes = np.stack([rng.permutation(np.repeat(np.arange(FIB.size) * 13 + k, FIB))[:n] for k in range(4)])
+    r = planes.astype(np.uint32)
+    r = r[0] | (r[1] << 8) | (r[2] << 16) | (r[3] << 24)  # the rotated patterns (spec 7.4) whose planes these are
+    a = ((r >> 1) | ((r & 1) << 31)).view(np.float32)
+    t = dcformat.encode_float_planes("t", a, planes=["huffman"] * 4, lane_size=256)
+    bits = {parse_stream(t.parts[f"plane{k}"], n, 256, 256, "t", 0).table_bits for k in range(4)}
+    assert max(bits) == (max_len if n == 4180 else max(bits))  # the longest codes the limit allows
+    assert_same(roundtrip(tmp_path / "p.dcz", [t])["t"], a)
+
+
+@pytest.mark.parametrize("n", [5, 300, 4 * 256, 9 * 256 + 3])
+def test_float_planes_single_symbol_planes(tmp_path, n):
+    """A plane of one byte value is a single-symbol stream (0-bit codes, empty payload) in the pair
+    table path too, in interleaved groups of four lanes and in lone lanes (a regression: the pair
+    table was left unfilled for such a plane, and decoding never advanced)."""
+    a = np.full(n, 0.375, np.float32)
+    a[::7] = -0.375  # the sign lands in plane 0: one symbol in planes 1-3 only
+    t = dcformat.encode_float_planes("c", a, planes=["huffman"] * 4, lane_size=256)
+    assert_same(roundtrip(tmp_path / "c.dcz", [t])["c"], a)
 
 
 def test_float_planes_on_weights_code_the_exponent():

@@ -257,7 +257,7 @@ def test_versions_written(tmp_path):
     path = _scaled_file(tmp_path)
     assert path.read_bytes()[8:12] == bytes([1, 0, SCALES_MINOR, 0])
     with dcformat.open(path) as r:
-        assert r.version == (1, 2) and VERSION_MINOR == 2
+        assert r.version == (1, 2) and VERSION_MINOR >= 2
         assert r["scaled"].shape == (4, 8)
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import re
 import struct
@@ -164,6 +165,7 @@ def test_descriptor_table():
         "codebook-dense": dcformat.encode("d", x, encoding="codebook-dense"),
         "codebook-sparse": dcformat.encode("s", x, encoding="codebook-sparse"),
         "float-planes": dcformat.encode("f", x, encoding="float-planes"),
+        "lzma": dcformat.encode("z", x, encoding="lzma"),
     }
     assert set(written) == set(constants.ENCODINGS)
     for enc, t in written.items():
@@ -326,6 +328,14 @@ def _rng_sparse(rng, n, density, k):
     return idx
 
 
+def _dft_basis(k: int, n: int) -> np.ndarray:
+    """A Hann-windowed DFT basis (k cosine rows, k sine rows), as an STFT layer stores it: the kind
+    of analytic table that only LZ-style coding (lzma) compresses well."""
+    win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+    ang = np.outer(np.arange(k), np.arange(n)) * (2 * np.pi / n)
+    return np.concatenate([win * np.cos(ang), -win * np.sin(ang)]).astype(np.float32)
+
+
 def sample_files(tmp_path):
     """(path, {name: expected array}) for files covering all encodings, metadata and a graph."""
     rng = np.random.default_rng(7)
@@ -409,6 +419,13 @@ def sample_files(tmp_path):
             sc_exp[name] = dcformat.codebook_values(sc_cb, sc_idx, dtype=dt, scales=scales[axis], scale_axis=axis,
                                                     scale_dtype=sdt, codebook_dtype="float32")
     files.append(("scaled.dcz", t, None, None, sc_exp))
+    basis = _dft_basis(32, 128)  # 7.6: many values, repeated in long runs
+    lz = {"basis": basis, "fp16": fp["fp16"], "i64": np.arange(-300, 300, dtype=np.int64), "bool": np.arange(500) % 3 == 0,
+          "scalar": np.float64(-0.0)}
+    t = [dcformat.encode_lzma(k, v) for k, v in lz.items()] + [dcformat.encode("basis.auto", basis)]
+    assert t[-1].encoding == "lzma"
+    lz["basis.auto"] = basis
+    files.append(("lzma.dcz", t, None, None, lz))
 
     out = []
     for name, tensors, graph, meta, exp in files:
@@ -725,6 +742,15 @@ def _spec_decode_values(desc: dict, parts: dict[str, bytes], shape: tuple, n: in
         return np.frombuffer(parts["data"], tdt).reshape(shape)
     if enc == "float-planes":
         return _spec_decode_planes(desc, parts, shape, n)
+    if enc == "lzma":  # 7.6: one raw LZMA2 stream, dictionary max(4 KiB, S), exactly S bytes, nothing after it
+        s = n * constants.ITEMSIZE[dtype]
+        assert s <= constants.LZMA_MAX_BYTES and len(parts["data"]) >= 1
+        d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": max(4096, s)}])
+        data = d.decompress(parts["data"])
+        assert len(data) == s and d.eof and not d.unused_data
+        out = np.frombuffer(data, tdt).reshape(shape)
+        assert dtype != "bool" or set(data) <= {0, 1}
+        return out
     scaled = "scale_axis" in desc or "scale_dtype" in desc
     cb = _convert(np.frombuffer(parts["codebook"], constants.DTYPES[desc["codebook_dtype"]]),
                   "float32" if scaled else dtype)  # 7.5: unscaled values in binary32
@@ -815,7 +841,7 @@ def spec_read(path) -> dict[str, object]:
     assert data[:8] == constants.MAGIC
     major, minor, header_len, header_crc, preamble_crc = struct.unpack_from("<HHIII", data, 8)
     assert zlib.crc32(data[:20]) == preamble_crc
-    assert major == 1 and minor in (0, 1, 2)  # 2.2: the lowest minor that defines what the file uses (checked below)
+    assert major == 1 and minor in (0, 1, 2, 3)  # 2.2: the lowest minor that defines what the file uses (checked below)
     assert header_len <= constants.MAX_HEADER_BYTES and 24 + header_len <= len(data)
     stored = data[24 : 24 + header_len]
     assert zlib.crc32(stored) == header_crc  # the CRC is of the stored (deflated) bytes
@@ -848,11 +874,12 @@ def spec_read(path) -> dict[str, object]:
         end = off + s["length"]
     assert end == len(data)
     assert kinds.count("metadata") <= 1 and kinds.count("graph") <= 1 and kinds.count("padding") <= 1
-    # 2.2: the reference writer writes 1.2 when a tensor has per-channel scales, else 1.1 when one uses float-planes
+    # 2.2: the reference writer writes 1.3 when a tensor uses lzma, else 1.2 when one has per-channel scales,
+    # else 1.1 when one uses float-planes, else 1.0
     tensors = [s["tensor"] for s in header["sections"] if s["kind"] == "tensor"]
-    planes = any(t["encoding"] == "float-planes" for t in tensors)
+    used = {t["encoding"] for t in tensors}
     scaled = any("scale_axis" in t for t in tensors)
-    assert minor == (2 if scaled else 1 if planes else 0)
+    assert minor == (3 if "lzma" in used else 2 if scaled else 1 if "float-planes" in used else 0)
     return out
 
 

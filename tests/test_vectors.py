@@ -71,7 +71,7 @@ def test_manifest_lists_every_file():
 
 
 def test_vectors_are_small():
-    assert sum(p.stat().st_size for p in VECTORS.iterdir()) < 400_000
+    assert sum(p.stat().st_size for p in VECTORS.iterdir()) < 500_000  # 1.0-1.3: about 440 kB
 
 
 def test_manifest_coverage():
@@ -115,19 +115,24 @@ def test_manifest_coverage():
     assert {t["dtype"] for t in sc} == {"float32", "float16", "bfloat16", "float64"}
     assert {0, 1} <= {t["scale_axis"] for t in sc}
     assert any(0 in t["shape"] for t in sc) and any(t["lane_size"] == 256 and np.prod(t["shape"]) > 2 * 256 for t in sc)
+    # 1.3: lzma for float and integer dtypes and bool, a scalar, and chosen by the encoder for an analytic table
+    lz = [t for t in tensors if t["encoding"] == "lzma"]
+    assert {"float32", "float16", "bfloat16", "float64", "int64", "uint8", "bool"} <= {t["dtype"] for t in lz}
+    assert any(t["shape"] == [] for t in lz)
 
 
 def test_format_versions():
-    """Spec 2.2: the reference writer writes 1.2 when a tensor has per-channel scales, else 1.1 when
-    one uses float-planes; the 1.0 and 1.1 vectors are still 1.0 and 1.1 files (their bytes are pinned
-    by the manifest's sha256)."""
-    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1), (1, 2)}
+    """Spec 2.2: the reference writer writes 1.3 when a tensor uses lzma, else 1.2 when one has per-channel
+    scales, else 1.1 when one uses float-planes; the older vectors keep their versions (their bytes are
+    pinned by the manifest's sha256)."""
+    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1), (1, 2), (1, 3)}
     for v in MANIFEST["vectors"]:
         data = (VECTORS / v["file"]).read_bytes()
         assert list(int.from_bytes(data[i : i + 2], "little") for i in (8, 10)) == v["format_version"], v["name"]
-        uses = any(t["encoding"] == "float-planes" for t in v["tensors"])
+        used = {t["encoding"] for t in v["tensors"]}
         scaled = any("scale_axis" in t for t in v["tensors"])
-        assert v["format_version"] == [1, 2 if scaled else 1 if uses else 0], v["name"]
+        assert v["format_version"] == [1, 3 if "lzma" in used else 2 if scaled else 1 if "float-planes" in used
+                                       else 0], v["name"]
         with dcformat.open(VECTORS / v["file"]) as r:
             assert list(r.version) == v["format_version"]
 

@@ -14,12 +14,15 @@ with up to 3 zeros to a multiple of the itemsize (ZipNN 0.5.4 crashes on other l
 
 Decode time: dcformat.load_weights(model.dcz) (open, every tensor decoded to a numpy array)
 against reading the zstd -19 file and zstandard's decompress of it, both in this process, best of
---repeat, after one warm-up each; the ratio is zstd's time over ours (> 1: .dcz decodes faster).
+--repeat alternating runs, after one warm-up each; the ratio is zstd's time over ours (> 1: .dcz
+decodes faster). *of which open* is dcformat.open + close alone (header inflated, parsed, every
+record checked: a per-tensor cost, no tensor data read).
 The zstd -d command (a process, output to /dev/null) is timed too. Each .dcz is
 checked to decode to the ONNX model's weights bit for bit.
 
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --work /tmp/dcz-bench-lossless
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --quick     # small CNN, no xz
+    PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --per-tensor model.onnx  # which tensors lose
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from bench import best, log  # noqa: E402 - the timer and progress line of tools/bench.py
+from bench_load_real import best_pair  # noqa: E402 - alternating runs: a loaded machine slows both alike
 
 WHEELS = {  # package spec -> ONNX files inside its wheel (glob, relative to the unzipped wheel)
     "rapidocr-onnxruntime==1.4.4": ["rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
@@ -195,6 +199,55 @@ def same_weights(onnx_path: str, dcz_path: str) -> tuple[int, int]:
     return len(ws), planes
 
 
+def onnx_tensors(onnx_path: str) -> dict:
+    """name -> array of every initializer and Constant tensor of an ONNX file, subgraphs included."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = {}
+
+    def walk(g):
+        for t in g.initializer:
+            out[t.name] = numpy_helper.to_array(t)
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == a.TENSOR and node.op_type == "Constant":
+                    out[node.output[0]] = numpy_helper.to_array(a.t)
+                for sub in ([a.g] if a.type == a.GRAPH else list(a.graphs)):
+                    walk(sub)
+
+    walk(onnx.load(onnx_path).graph)
+    return out
+
+
+def per_tensor(onnx_path: str, top: int) -> None:
+    """Each tensor's section as dcformat.encode makes it against zstd -19 of the tensor's bytes, the
+    largest tensors first, and how many zstd beats: which tensors lose, and by how much."""
+    import zstandard
+
+    import dcformat
+
+    z = zstandard.ZstdCompressor(level=19)
+    rows = []
+    for name, a in onnx_tensors(onnx_path).items():
+        if a.size == 0 or a.dtype == object:
+            continue
+        e = dcformat.encode(name, a)
+        fp = dcformat.encode(name, a, encoding="float-planes").nbytes if a.dtype.kind == "f" else None
+        distinct = np.unique(np.ascontiguousarray(a).view(f"u{a.itemsize}")).size if a.dtype.kind == "f" else None
+        rows.append((e.nbytes - len(z.compress(np.ascontiguousarray(a).tobytes())), name, str(a.dtype), a.size, distinct,
+                     a.nbytes, e.encoding, e.nbytes, fp))
+    rows.sort(key=lambda r: (-r[5], r[1]))
+    print("| tensor | dtype | elements | distinct | raw B | encoding | .dcz B | float-planes B | zstd -19 B | .dcz / zstd |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
+    for loss, name, dt, n, distinct, raw, enc, nb, fp in rows[:top]:
+        print(f"| {name} | {dt} | {n} | {distinct if distinct is not None else '—'} | {raw} | {enc} | {nb} | "
+              f"{fp if fp is not None else '—'} | {nb - loss} | {nb / (nb - loss):.3f} |")
+    print(f"\n{len(rows)} tensors: .dcz sections {sum(r[7] for r in rows)} B, zstd -19 per tensor "
+          f"{sum(r[7] - r[0] for r in rows)} B, raw {sum(r[5] for r in rows)} B; "
+          f"zstd smaller on {sum(r[0] > 0 for r in rows)}")
+
+
 def measure(label: str, onnx_path: str, work: str, args) -> dict:
     import zstandard
 
@@ -226,10 +279,9 @@ def measure(label: str, onnx_path: str, work: str, args) -> dict:
         with open(zst, "rb") as f:
             return d.decompress(f.read())
 
-    dcformat.load_weights(dcz)  # warm: numba kernels, page cache
-    unzstd()
-    row["decode_dcz_s"] = best(lambda: dcformat.load_weights(dcz), args.repeat)
-    row["decode_zstd_s"] = best(unzstd, args.repeat)
+    # best of --repeat alternating runs (after a warm-up of each: numba kernels, page cache)
+    row["decode_dcz_s"], row["decode_zstd_s"] = best_pair(lambda: dcformat.load_weights(dcz), unzstd, args.repeat)
+    row["open_dcz_s"] = best(lambda: dcformat.open(dcz).close(), args.repeat)
     row["zstd_cli_s"] = best(lambda: subprocess.run(["zstd", "-d", "-q", "-c", zst], stdout=subprocess.DEVNULL, check=True),
                              args.repeat)
     row["zipnn_decode_s"] = z["decode_s"] if z else None
@@ -242,7 +294,7 @@ def mb(n) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ["model", "ONNX", ".dcz --lossless", "zstd -19", "xz -9e", "ZipNN", ".dcz vs zstd -19",
-            "decode .dcz", "zstd -d (library)", "decode speed vs zstd -d", "zstd -d (command)"]
+            "decode .dcz", "of which open", "zstd -d (library)", "decode speed vs zstd -d", "zstd -d (command)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         xz = r.get("xz9e")
@@ -252,7 +304,7 @@ def table(rows: list[dict]) -> str:
             f"{mb(xz)} ({r['onnx'] / xz:.3f}x)" if xz else "—",
             f"{mb(r['zipnn'])} ({r['onnx'] / r['zipnn']:.3f}x)" if r["zipnn"] else "—",
             f"{r['dcz'] / r['zstd19']:.3f}",
-            f"{r['decode_dcz_s'] * 1e3:.1f} ms", f"{r['decode_zstd_s'] * 1e3:.1f} ms",
+            f"{r['decode_dcz_s'] * 1e3:.1f} ms", f"{r['open_dcz_s'] * 1e3:.1f} ms", f"{r['decode_zstd_s'] * 1e3:.1f} ms",
             f"{r['decode_zstd_s'] / r['decode_dcz_s']:.2f}x", f"{r['zstd_cli_s'] * 1e3:.1f} ms",
         ]) + " |")
     return "\n".join(lines)
@@ -269,10 +321,15 @@ def main(argv=None) -> int:
                     help="python of a venv with zipnn installed (default .venv-bench/bin/python if present)")
     ap.add_argument("--repeat", type=int, default=5, help="decode timings: best of this many")
     ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--per-tensor", metavar="ONNX", help="only: each tensor of this ONNX file, .dcz against zstd -19")
+    ap.add_argument("--top", type=int, default=10, help="--per-tensor: rows to print")
     ap.add_argument("--build-transformer", nargs=2, metavar=("PATH", "QUICK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.build_transformer:
         _export_transformer(args.build_transformer[0], args.build_transformer[1] == "1")
+        return 0
+    if args.per_tensor:
+        per_tensor(args.per_tensor, args.top)
         return 0
     args.no_xz = args.no_xz or args.quick
     os.makedirs(args.work, exist_ok=True)

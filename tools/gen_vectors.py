@@ -552,6 +552,41 @@ def _per_channel_edges():
     out.append(scaled("middle_axis", levels(5), randint(320, 60, 5), (3, 4, 5), F32, channel_scales(321, 4), 1,
                       "codebook-sparse", "float16", lane_size=LANE))
     return {"tensors": out}
+def table(seed: int, rows: int, n: int) -> np.ndarray:
+    """An analytic-table-like float32 tensor (a windowed DFT basis's structure, exactly): element (k, i) is
+    win[i] * c[(k * i) % n], both float32, so few values repeat in long, shifted runs (IEEE products:
+    the same bits everywhere, unlike a library's cos)."""
+    win = uniform(seed, n).astype(F32)
+    c = (uniform(seed + 1, n) * 2 - 1).astype(F32)
+    k, i = np.meshgrid(np.arange(rows), np.arange(n), indexing="ij")
+    return win[i] * c[(k * i) % n]
+
+
+def lz(name, array):
+    return dcformat.encode_lzma(name, array), np.asarray(array)
+
+
+@vector("lzma", "lzma (1.3): the raw bytes as one LZMA2 stream, for an analytic table chosen by dcformat.encode "
+        "itself (about 4x smaller than float-planes), and forced for every dtype family: float16 with every "
+        "special bit pattern (NaN payloads, -0.0, infinities, subnormals), bfloat16, float64, int64, uint8, bool "
+        "and a scalar")
+def _lzma():
+    f16 = weights(270, 300, F16)
+    sp = _specials(F16)
+    f16[:sp.size] = sp
+    basis = table(271, 48, 96)
+    t = dcformat.encode("basis", basis)
+    assert t.encoding == "lzma", t.encoding
+    return {"tensors": [
+        (t, basis),
+        lz("f16.special", f16),
+        lz("bf16", weights(272, 500, BF16).reshape(5, 100)),
+        lz("f64", weights(273, 64, F64)),
+        lz("i64", np.repeat(randint(274, 40, 7), 9) - 3),
+        lz("u8", np.tile(np.arange(0, 250, 7, dtype=np.uint8), 20)),
+        lz("bool", (randint(275, 333, 3) == 0).reshape(3, 111)),
+        lz("scalar", np.array(-0.0, F32)),
+    ]}
 
 
 # ---------------------------------------------------------------- writing
@@ -643,8 +678,8 @@ def generate(out) -> dict:
         "Compare bit patterns. Tensors marked codebook_nans decode NaNs through a codebook of the same dtype: "
         "the reference reader copies their bits, but FORMAT.md 7.2 leaves which NaN a conversion gives "
         "implementation-defined, so another reader may compare those elements as NaNs of the same sign. "
-        "Each vector's format_version is the version in its preamble: 1.0 unless it uses float-planes (1.1) "
-        "or per-channel scales (1.2).",
+        "Each vector's format_version is the version in its preamble: 1.3 if it uses lzma, else 1.2 if it has "
+        "per-channel scales, else 1.1 if it uses float-planes, else 1.0.",
         "format_version": list(dcformat.FORMAT_VERSION),
         "vectors": vectors,
     }

@@ -9,7 +9,7 @@ and a few files made here to reach code the others do not: graphs with subgraphs
 nodes, sparse tensors, functions and compactable codebook weights (for to_onnx / compact
 mode / ONNX Runtime), small float-planes (1.1) files of every float dtype, small files with per-channel
 scales (1.2: dense and sparse, float32/float16 scales, every float dtype, edge arithmetic, a graph whose
-compact mode takes Gather + Mul + Add), and small .onnx, .safetensors and PyTorch files (dcinspect sniffs
+compact mode takes Gather + Mul + Add), small lzma (1.3) files, and small .onnx, .safetensors and PyTorch files (dcinspect sniffs
 content, so the inspect fuzzer reaches its other readers). Every seed is small (at most
 8 KiB, the -max_len the README uses). Deterministic: same code, same files.
 """
@@ -205,6 +205,32 @@ def _scales_seeds(tmp: Path) -> dict[str, bytes]:
                                                    lane_size=256),
                           dcformat.encode("B", arrays["B"])], graph=stripped)
     out["scales-graph"] = path.read_bytes()
+def _lzma_seeds(tmp: Path) -> dict[str, bytes]:
+    """Small lzma (1.3) files: float32 with repeating values (the encoder's own choice), float16 with NaN
+    payloads and signed zeros, int64, bool and a scalar, and a graph whose weight is an lzma record."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(13)
+    table = np.tile(np.linspace(-1, 1, 40, dtype=np.float32), 20)
+    f16 = (rng.standard_normal(300) * 0.05).astype(np.float16)
+    f16.view(np.uint16)[::37] = [0x8000, 0x7E01, 0xFC01, 0x7C00, 0x0001, 0x83FF, 0x8000, 0x7E01, 0xFC01][: f16[::37].size]
+    tensors = [dcformat.encode("table", table), dcformat.encode_lzma("f16", f16),
+               dcformat.encode_lzma("i64", np.repeat(np.arange(-5, 5, dtype=np.int64), 30)),
+               dcformat.encode_lzma("bool", np.arange(200) % 3 == 0), dcformat.encode_lzma("scalar", np.float32(-0.0))]
+    assert tensors[0].encoding == "lzma"
+    path = tmp / "lz.dcz"
+    dcformat.write(path, tensors)
+    out = {"lzma": path.read_bytes()}
+    wt = np.tile(np.array([0.5, -0.25, 0.125, 1.0], np.float32), (8, 1))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "lz",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(wt, "W")])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+    stripped, arrays = strip_weights(model)
+    path = tmp / "lzg.dcz"
+    dcformat.write(path, [dcformat.encode_lzma(k, v) for k, v in arrays.items()], graph=stripped)
+    out["lzma-graph"] = path.read_bytes()
     return out
 
 
@@ -247,6 +273,7 @@ def seeds(attacks: bool = True) -> dict[str, bytes]:
         out.update({f"extra-{k}": v for k, v in _graph_seeds(tmp).items()})
         out.update({f"extra-{k}": v for k, v in _float_planes_seeds(tmp).items()})
         out.update({f"extra-{k}": v for k, v in _scales_seeds(tmp).items()})
+        out.update({f"extra-{k}": v for k, v in _lzma_seeds(tmp).items()})
     out.update({f"extra-{k}": v for k, v in _other_formats().items()})
     reg = REPO / "tests" / "attacks" / "regressions"
     if reg.is_dir():
