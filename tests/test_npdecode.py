@@ -18,7 +18,7 @@ import pytest
 
 import dcformat
 from dcformat import DczError, decode, huffman, npdecode
-from dcformat.encode import encode, encode_codebook, encode_float_planes, encode_lzma, encode_raw
+from dcformat.encode import encode_codebook, encode_float_planes, encode_lzma, encode_raw
 
 sys.path.insert(0, str(Path(__file__).parent / "attacks"))
 import make_attacks as ma  # noqa: E402
