@@ -13,7 +13,7 @@ import numpy as np
 # ---------------------------------------------------------------- container
 MAGIC = b"\x89DCZ\r\n\x1a\n"  # 8 bytes, PNG-style: catches text-mode and 7-bit mangling
 VERSION_MAJOR = 1  # bumped when a v1 reader could misread a new file
-VERSION_MINOR = 1  # bumped when only optional things are added (1.1: the float-planes encoding)
+VERSION_MINOR = 2  # bumped when only optional things are added (1.1: the float-planes encoding; 1.2: per-channel scales)
 PREAMBLE_SIZE = 24  # magic(8) major(u16) minor(u16) header_len(u32) header_crc(u32) preamble_crc(u32)
 ALIGNMENT = 8  # every section starts at a multiple of this
 PART_ALIGNMENT = 8  # every part inside a tensor section starts at a multiple of this
@@ -36,6 +36,9 @@ ENCODINGS = (ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES)
 # The first minor version that defines each encoding: a writer writes the highest one its
 # tensors need, so a file that uses nothing new stays a 1.0 file (spec 2.2).
 ENCODING_MINOR = {ENC_RAW: 0, ENC_CB_DENSE: 0, ENC_CB_SPARSE: 0, ENC_FLOAT_PLANES: 1}
+# 1.2: a codebook-coded tensor may carry one scale per slice along one axis (spec 7.5):
+# element = scale[c] * codebook[index]; the record then has a "scales" part right after "codebook".
+SCALES_MINOR = 2
 
 # Parts of a tensor section, in the order they are laid out.
 PARTS = {
@@ -43,6 +46,12 @@ PARTS = {
     ENC_CB_DENSE: ("codebook", "indices"),
     ENC_CB_SPARSE: ("codebook", "lane_bases", "gaps", "indices"),
     ENC_FLOAT_PLANES: tuple(f"plane{k}" for k in range(8)),  # the first itemsize(dtype) of these: parts_of()
+}
+
+# the parts of a codebook-coded tensor with per-channel scales (1.2, spec 7.5): "scales" after "codebook"
+SCALED_PARTS = {
+    ENC_CB_DENSE: ("codebook", "scales", "indices"),
+    ENC_CB_SPARSE: ("codebook", "scales", "lane_bases", "gaps", "indices"),
 }
 
 MAX_CODEBOOK = 256  # entries in a codebook
@@ -149,16 +158,19 @@ DTYPES: Mapping[str, np.dtype] = _DtypeTable()
 
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")  # may use codebook encodings
 CODEBOOK_DTYPES = ("float32", "float16")
+SCALE_DTYPES = ("float32", "float16")  # of per-channel scales (1.2)
 ITEMSIZE = {"bfloat16": 2, **{k: v.itemsize for k, v in _EAGER_DTYPES.items()}}
 
 # bit-pattern (unsigned) dtype of each float dtype, used by the decode kernels
 UINT_OF_SIZE = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
 
-def parts_of(encoding: str, dtype: str) -> tuple[str, ...]:
-    """The part names of a tensor of this encoding and dtype, in layout order."""
+def parts_of(encoding: str, dtype: str, scaled: bool = False) -> tuple[str, ...]:
+    """The part names of a tensor of this encoding and dtype (with per-channel scales or not), in layout order."""
     if encoding == ENC_FLOAT_PLANES:
         return PARTS[encoding][: ITEMSIZE[dtype]]
+    if scaled and encoding in SCALED_PARTS:
+        return SCALED_PARTS[encoding]
     return PARTS[encoding]
 
 

@@ -23,15 +23,50 @@ def split_parts(info: TensorInfo, section: np.ndarray, where: str) -> dict[str, 
     return out
 
 
-def _values(info: TensorInfo, codebook: np.ndarray, zero_first: bool) -> np.ndarray:
-    """Bit patterns of the decoded values of each index symbol, in the tensor's dtype."""
-    tdt = DTYPES[info.dtype]
+def _values(info: TensorInfo, codebook: np.ndarray, zero_first: bool, dtype: str | None = None) -> np.ndarray:
+    """Bit patterns of the decoded values of each index symbol, in the tensor's dtype (or ``dtype``)."""
+    tdt = DTYPES[dtype or info.dtype]
     vals = codebook.view(DTYPES[info.codebook_dtype]).astype(tdt)
     if zero_first:
         vals = np.concatenate([np.zeros(1, tdt), vals])
     if vals.size == 0:  # no symbols can occur; keep the kernel's array non-empty
         vals = np.zeros(1, tdt)
     return vals.view(UINT_OF_SIZE[tdt.itemsize])
+
+
+def read_scales(info: TensorInfo, part: np.ndarray, where: str, at: int) -> np.ndarray:
+    """The per-channel scales of a scaled record as float32 (exact), checked finite (spec 7.5)."""
+    stored = part.view(DTYPES[info.scale_dtype])
+    scales = stored.astype(np.float32)
+    bad = ~np.isfinite(scales)
+    if bad.any():
+        c = int(np.flatnonzero(bad)[0])
+        raise TensorError(f"{where}: scale {c} is {scales[c]} (byte {at + c * stored.itemsize}); "
+                          "per-channel scales must be finite")
+    return scales
+
+
+def scale_values(flat: np.ndarray, scales: np.ndarray, inner: int, dtype: str, first_row: int = 0) -> np.ndarray:
+    """Spec 7.5 on unscaled float32 values ``flat`` (scaled in place): each element times its channel's
+    scale in binary32 (round to nearest even), a zero product +0.0, then converted to ``dtype`` (a zero
+    the conversion makes is +0.0 too). ``flat`` is whole rows of ``inner`` elements, the first of them
+    row ``first_row`` of the tensor (row r belongs to channel r % len(scales)); returns the array in ``dtype``."""
+    from . import kernels
+
+    if flat.size:
+        kernels.pick(kernels.scale_rows, kernels.scale_rows_serial, flat.size)(flat, scales, inner, first_row)
+    if dtype == "float32":
+        return flat
+    out = flat.astype(DTYPES[dtype])  # float64: exact; float16/bfloat16: round to nearest even
+    if dtype != "float64":  # a product may round to a zero of either sign
+        out[out == 0] = 0
+    return out
+
+
+def apply_scales(info: TensorInfo, flat: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """A scaled record's unscaled float32 values (all of them, in place) -> the tensor's values (spec 7.5)."""
+    inner = int(np.prod(info.shape[info.scale_axis + 1 :], dtype=np.int64))
+    return scale_values(flat, scales, max(inner, 1), info.dtype)
 
 
 def _checked(info: TensorInfo, out: np.ndarray, where: str) -> np.ndarray:
@@ -56,15 +91,22 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
         return _checked(info, out, where).reshape(info.shape)
     n = info.numel
     udt = UINT_OF_SIZE[tdt.itemsize]
+    scales = None
+    if info.scaled:  # decode the unscaled float32 values, then scale them in place (spec 7.5)
+        scales = read_scales(info, parts["scales"], where, offs["scales"])
+        udt = np.dtype("<u4")
+    vdt = "float32" if info.scaled else None
     if info.encoding == ENC_CB_DENSE:
         s = parse_stream(parts["indices"], n, info.index_alphabet, info.lane_size, where, offs["indices"])
         out = np.empty(n, udt)
         if n:
             status = kernels.pick(kernels.decode_dense, kernels.decode_dense_serial, n)(
-                s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size, _values(info, parts["codebook"], False), out
+                s.payload, s.lane_offsets, s.table, s.table_bits, n, info.lane_size,
+                _values(info, parts["codebook"], False, vdt), out
             )
             raise_lane_error(status, where, (("index", s),))
-        return _checked(info, out.view(tdt), where).reshape(info.shape)
+        res = out.view(tdt) if scales is None else apply_scales(info, out.view(np.float32), scales)
+        return _checked(info, res, where).reshape(info.shape)
     if info.encoding == ENC_CB_SPARSE:
         m = info.entries
         g = parse_stream(parts["gaps"], m, 1 << info.gap_bits, info.lane_size, where, offs["gaps"])
@@ -80,10 +122,11 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
             status = kernels.pick(kernels.decode_sparse, kernels.decode_sparse_serial, m)(
                 g.payload, g.lane_offsets, g.table, g.table_bits,
                 s.payload, s.lane_offsets, s.table, s.table_bits,
-                m, info.lane_size, bases.astype(np.int64), n, _values(info, parts["codebook"], True), out,
+                m, info.lane_size, bases.astype(np.int64), n, _values(info, parts["codebook"], True, vdt), out,
             )
             raise_lane_error(status, where, (("gap", g), ("index", s)))
-        return _checked(info, out.view(tdt), where).reshape(info.shape)
+        res = out.view(tdt) if scales is None else apply_scales(info, out.view(np.float32), scales)
+        return _checked(info, res, where).reshape(info.shape)
     if info.encoding == ENC_FLOAT_PLANES:
         return _checked(info, _decode_planes(info, section, parts, offs, where).view(tdt), where).reshape(info.shape)
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)

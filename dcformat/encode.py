@@ -38,6 +38,7 @@ from .constants import (
     PLANE_HUFFMAN,
     PLANE_MODES,
     PLANE_STORED,
+    SCALE_DTYPES,
     UINT_OF_SIZE,
     dtype_name,
     parts_of,
@@ -67,7 +68,7 @@ class EncodedTensor:
 
 
 def _make(name, dtype, shape, encoding, parts: dict[str, np.ndarray], **kw) -> EncodedTensor:
-    names = parts_of(encoding, dtype)
+    names = parts_of(encoding, dtype, kw.get("scale_axis") is not None)
     lengths = {k: int(parts[k].size) for k in names}
     try:
         info = new_info(name, dtype, shape, encoding, lengths, **kw)
@@ -125,41 +126,91 @@ def _gap_layout(positions: np.ndarray, b: int):
     return gaps & ((1 << b) - 1), gaps >> b
 
 
-def _sparse_estimate(positions, sym, k, b, lane_size, cb_bytes) -> int:
-    rem, fill = _gap_layout(positions, b)
-    nfill = int(fill.sum())
-    m = positions.size + nfill
-    ghist = np.bincount(rem, minlength=1 << b)
-    ghist[(1 << b) - 1] += nfill
-    ihist = np.bincount(sym, minlength=k + 1)
-    ihist[0] += nfill
-    return section_length({
-        "codebook": cb_bytes,
-        "lane_bases": 8 * streams.num_lanes(m, lane_size),
-        "gaps": streams.estimate_stream_bytes(ghist, lane_size),
-        "indices": streams.estimate_stream_bytes(ihist, lane_size),
-    })
+ESTIMATE_CHUNK = 1 << 20  # elements the size estimate looks at at once: its memory stays ~20 MB whatever the tensor
 
 
-def encode_codebook(
-    name: str,
-    codebook,
-    indices,
-    shape=None,
-    dtype: str = "float32",
-    *,
-    encoding: str | None = None,
-    gap_bits: int | None = None,
-    codebook_dtype: str | None = None,
-    lane_size: int = DEFAULT_LANE_SIZE,
-) -> EncodedTensor:
-    """Encode a quantized tensor: element i is ``codebook[indices[i]]`` cast to ``dtype``.
+@dataclass(frozen=True)
+class CodebookEstimate:
+    """What :func:`estimate_codebook_bytes` found: the section bytes of each possible encoding.
 
-    ``encoding`` is ``"codebook-dense"``, ``"codebook-sparse"``, ``"raw"`` or None for the
-    smallest. In ``codebook-sparse`` the elements whose value is +0.0 are not stored
-    (the gaps between the others are); ``gap_bits`` (1..8) is chosen when None.
-    ``codebook_dtype`` defaults to float16 for float16 tensors, float32 otherwise.
+    ``sizes`` maps ``"raw"``, ``"codebook-dense"`` and ``"codebook-sparse"`` (those that can hold the
+    tensor) to their estimated section bytes: raw, codebooks, scales and lane bases exactly, each Huffman
+    stream to within one byte per lane (``lane_size`` symbols). ``gap_bits`` is the gap width
+    codebook-sparse would use (the one asked for, else the smallest estimate's); ``encoding`` is the one
+    ``encode_codebook`` would write (the one asked for, else the smallest estimate; ties go to
+    codebook-dense, then codebook-sparse, then raw); ``nbytes`` is its estimate.
     """
+
+    sizes: dict
+    gap_bits: int
+    encoding: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.sizes[self.encoding]
+
+
+@dataclass
+class _Quantized:
+    """encode_codebook's arguments, checked and converted."""
+
+    name: str
+    dtype: str
+    shape: tuple
+    cbd: str
+    cb: np.ndarray  # the codebook as stored (codebook dtype)
+    idx: np.ndarray  # flat uint8/uint16 indices
+    lane_size: int
+    gap_bits: int | None
+    encoding: str | None
+    axis: int | None = None  # per-channel scales (1.2): axis, dtype, the scales as stored
+    sdt: str | None = None
+    scales: np.ndarray | None = None
+
+    @property
+    def inner(self) -> int:
+        """Elements per row of one channel (the product of the dimensions after the scale axis)."""
+        return max(1, int(np.prod(self.shape[self.axis + 1 :], dtype=np.int64)))
+
+    @property
+    def scale_bytes(self) -> int:
+        return 0 if self.axis is None else self.scales.size * ITEMSIZE[self.sdt]
+
+    def values(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The decoded elements start..stop (start a multiple of ``inner`` when scaled), in the tensor's dtype."""
+        from .decode import scale_values
+
+        idx = self.idx[start:stop]
+        if self.axis is None:
+            return self.cb.astype(DTYPES[self.dtype])[idx]
+        return scale_values(self.cb.astype(np.float32)[idx], self.scales.astype(np.float32), self.inner, self.dtype,
+                            start // self.inner)
+
+    def sparse_codebook(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the entries codebook-sparse stores, symbol of each codebook entry: 0 for the zero symbol).
+
+        Unscaled, an entry whose decoded value is +0.0 is the zero symbol; scaled, any entry that is zero
+        (either sign): it decodes to +0.0 whatever the scale (spec 7.5)."""
+        if self.axis is None:
+            is_zero = _bits(self.cb.astype(DTYPES[self.dtype])) == 0
+        else:
+            is_zero = self.cb.astype(np.float32) == 0
+        keep = np.flatnonzero(~is_zero)
+        remap = np.zeros(self.cb.size, np.uint16)
+        remap[keep] = np.arange(1, keep.size + 1)
+        return self.cb[keep], remap
+
+    def symbols(self, remap: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Sparse index symbols of elements start..stop, 0 where the element decodes to +0.0."""
+        sym = remap[self.idx[start:stop]]
+        if self.axis is not None:
+            v = self.values(start, stop)
+            sym[_bits(v) == 0] = 0  # a zero scale (or a product that underflows) makes +0.0: not stored
+        return sym
+
+
+def _quantized(name, codebook, indices, shape, dtype, encoding, gap_bits, codebook_dtype, lane_size,
+               scales, scale_axis, scale_dtype) -> _Quantized:
     name = _check_name(name)
     lane_size = _check_lane_size(name, lane_size)
     if dtype not in FLOAT_DTYPES:
@@ -167,7 +218,6 @@ def encode_codebook(
     cbd = codebook_dtype or ("float16" if dtype == "float16" else "float32")
     if cbd not in CODEBOOK_DTYPES:
         raise EncodeError(f"tensor {name!r}: codebook_dtype must be one of {CODEBOOK_DTYPES}")
-    tdt = DTYPES[dtype]
     try:
         cb = np.asarray(codebook, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -194,88 +244,208 @@ def encode_codebook(
         raise EncodeError(f"tensor {name!r}: gap_bits must be in [{MIN_GAP_BITS}, {MAX_GAP_BITS}]")
     if encoding not in (None, ENC_RAW, ENC_CB_DENSE, ENC_CB_SPARSE):
         raise EncodeError(f"tensor {name!r}: unknown encoding {encoding!r}")
+    q = _Quantized(name, dtype, shape, cbd, cb, idx, lane_size, None if gap_bits is None else int(gap_bits), encoding)
+    if scales is None:
+        if scale_dtype is not None:
+            raise EncodeError(f"tensor {name!r}: scale_dtype {scale_dtype!r} given without scales")
+        return q
+    nd = len(shape)
+    if not nd:
+        raise EncodeError(f"tensor {name!r}: a scalar has no axis for per-channel scales")
+    if (not isinstance(scale_axis, (int, np.integer)) or isinstance(scale_axis, bool)
+            or not -nd <= scale_axis < nd):
+        raise EncodeError(f"tensor {name!r}: scale_axis must be an integer in [{-nd}, {nd}) for shape {shape}, "
+                          f"got {scale_axis!r}")
+    q.axis = int(scale_axis) % nd
+    q.sdt = scale_dtype or "float32"
+    if q.sdt not in SCALE_DTYPES:
+        raise EncodeError(f"tensor {name!r}: scale_dtype must be one of {SCALE_DTYPES}, got {scale_dtype!r}")
+    try:
+        sc = np.asarray(scales, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise EncodeError(f"tensor {name!r}: the scales are not an array of numbers ({e})") from None
+    if sc.ndim != 1 or sc.size != shape[q.axis]:
+        raise EncodeError(f"tensor {name!r}: scales must be one-dimensional with shape[{q.axis}] = {shape[q.axis]} "
+                          f"values, got shape {sc.shape}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        q.scales = sc.astype(DTYPES[q.sdt])
+    if not np.isfinite(q.scales).all():
+        c = int(np.flatnonzero(~np.isfinite(q.scales))[0])
+        raise EncodeError(f"tensor {name!r}: scale {c} is {sc[c]!r}, not a finite {q.sdt}")
+    return q
 
-    # sparse view: codebook entries whose decoded value is +0.0 become the zero symbol
-    cbt = cb.astype(tdt)
-    is_zero = _bits(cbt) == 0
-    keep = np.flatnonzero(~is_zero)
-    remap = np.zeros(cb.size, np.uint16)
-    remap[keep] = np.arange(1, keep.size + 1)
-    nz_cb = cb[keep]
-    counts = np.bincount(idx, minlength=cb.size)
-    nonzeros = int(counts[cbt != 0].sum())
 
-    def raw():
-        return encode_raw(name, cbt[idx].reshape(shape))
+def _estimate(q: _Quantized) -> CodebookEstimate:
+    """Section bytes of each encoding, from histograms taken over chunks of the indices."""
+    n, lane = q.idx.size, q.lane_size
+    nz_cb, remap = q.sparse_codebook()
+    k = nz_cb.size
+    bits = range(MIN_GAP_BITS, MAX_GAP_BITS + 1) if q.gap_bits is None else (q.gap_bits,)
+    counts = np.zeros(q.cb.size, np.int64)
+    ihist = np.zeros(k + 1, np.int64)
+    ghist = {b: np.zeros(1 << b, np.int64) for b in bits}
+    nfill = dict.fromkeys(bits, 0)
+    nnz, last = 0, -1
+    step = ESTIMATE_CHUNK if q.axis is None else max(1, ESTIMATE_CHUNK // q.inner) * q.inner  # whole rows
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        counts += np.bincount(q.idx[start:stop], minlength=q.cb.size)
+        sym = q.symbols(remap, start, stop)
+        ihist += np.bincount(sym, minlength=k + 1)
+        pos = np.flatnonzero(sym) + start
+        if pos.size:
+            gaps = np.diff(pos, prepend=last) - 1
+            last, nnz = int(pos[-1]), nnz + pos.size
+            for b in bits:
+                ghist[b] += np.bincount(gaps & ((1 << b) - 1), minlength=1 << b)
+                nfill[b] += int((gaps >> b).sum())
+    sb = q.scale_bytes
 
-    def dense():
+    def sparse_size(b):
+        g = ghist[b].copy()
+        g[(1 << b) - 1] += nfill[b]
+        ih = ihist.copy()
+        ih[0] = nfill[b]  # the zero symbol: fillers only
+        m = nnz + nfill[b]
+        parts = {"codebook": k * ITEMSIZE[q.cbd], "scales": sb, "lane_bases": 8 * streams.num_lanes(m, lane),
+                 "gaps": streams.estimate_stream_bytes(g, lane), "indices": streams.estimate_stream_bytes(ih, lane)}
+        if q.axis is None:
+            del parts["scales"]
+        return section_length(parts)
+
+    sparse = {b: sparse_size(b) for b in bits}
+    gap_bits = min(sparse, key=lambda b: (sparse[b], b))
+    dense = {"codebook": q.cb.size * ITEMSIZE[q.cbd], "scales": sb, "indices": streams.estimate_stream_bytes(counts, lane)}
+    if q.axis is None:
+        del dense["scales"]
+    sizes = {ENC_RAW: n * ITEMSIZE[q.dtype], ENC_CB_DENSE: section_length(dense), ENC_CB_SPARSE: sparse[gap_bits]}
+    if q.cb.size > MAX_CODEBOOK:
+        del sizes[ENC_CB_DENSE]
+    if k > MAX_CODEBOOK:
+        del sizes[ENC_CB_SPARSE]
+    best = q.encoding or min(sizes, key=lambda e: (sizes[e], e))
+    if best == ENC_CB_DENSE and best not in sizes:
+        raise EncodeError(f"tensor {q.name!r}: codebook-dense allows {MAX_CODEBOOK} codebook entries, got {q.cb.size}")
+    if best == ENC_CB_SPARSE and best not in sizes:
+        raise EncodeError(f"tensor {q.name!r}: {k} non-zero codebook entries, at most {MAX_CODEBOOK} allowed")
+    return CodebookEstimate(sizes, gap_bits, best)
+
+
+def estimate_codebook_bytes(
+    codebook,
+    indices,
+    shape=None,
+    dtype: str = "float32",
+    *,
+    encoding: str | None = None,
+    gap_bits: int | None = None,
+    codebook_dtype: str | None = None,
+    lane_size: int = DEFAULT_LANE_SIZE,
+    scales=None,
+    scale_axis: int = 0,
+    scale_dtype: str | None = None,
+) -> CodebookEstimate:
+    """The section bytes :func:`encode_codebook` would write for the same arguments, without encoding.
+
+    Takes exactly ``encode_codebook``'s arguments (less the name) and returns a :class:`CodebookEstimate`:
+    ``.sizes`` per encoding, ``.encoding`` (what ``encode_codebook`` picks: it makes the same estimate),
+    ``.gap_bits`` and ``.nbytes``. Exact for raw, the codebook, the per-channel scales (``shape[scale_axis]``
+    values of ``scale_dtype``) and the lane bases; each Huffman stream to within a byte per lane (16384
+    symbols by default), from symbol histograms: no Huffman coding is done. Memory stays ~20 MB whatever
+    the size of ``indices`` (histograms are taken over chunks). A file's bytes are its sections' plus about
+    200 bytes of header JSON per tensor (deflated) and up to 7 bytes of alignment padding.
+    """
+    q = _quantized("estimate", codebook, indices, shape, dtype, encoding, gap_bits, codebook_dtype, lane_size,
+                   scales, scale_axis, scale_dtype)
+    return _estimate(q)
+
+
+def encode_codebook(
+    name: str,
+    codebook,
+    indices,
+    shape=None,
+    dtype: str = "float32",
+    *,
+    encoding: str | None = None,
+    gap_bits: int | None = None,
+    codebook_dtype: str | None = None,
+    lane_size: int = DEFAULT_LANE_SIZE,
+    scales=None,
+    scale_axis: int = 0,
+    scale_dtype: str | None = None,
+) -> EncodedTensor:
+    """Encode a quantized tensor: element i is ``codebook[indices[i]]`` cast to ``dtype``.
+
+    ``encoding`` is ``"codebook-dense"``, ``"codebook-sparse"``, ``"raw"`` or None for the
+    smallest (by :func:`estimate_codebook_bytes`). In ``codebook-sparse`` the elements whose value
+    is +0.0 are not stored (the gaps between the others are); ``gap_bits`` (1..8) is chosen when None.
+    ``codebook_dtype`` defaults to float16 for float16 tensors, float32 otherwise.
+
+    ``scales`` (format 1.2, spec 7.5): one value per slice along ``scale_axis`` (``shape[scale_axis]``
+    values, stored as ``scale_dtype``: "float32", the default, or "float16"); element i of channel c is
+    then ``scales[c] * codebook[indices[i]]``, computed in float32 (round to nearest even) from the
+    stored scale and codebook entry and converted to ``dtype``; a zero is always +0.0. ``raw`` stores
+    those values. The file is then a 1.2 file (older readers refuse the record, never misread it).
+    """
+    q = _quantized(name, codebook, indices, shape, dtype, encoding, gap_bits, codebook_dtype, lane_size,
+                   scales, scale_axis, scale_dtype)
+    name, shape, dtype, cbd, cb, idx, lane_size = q.name, q.shape, q.dtype, q.cbd, q.cb, q.idx, q.lane_size
+    scaled = {} if q.axis is None else {"scale_axis": q.axis, "scale_dtype": q.sdt}
+    scale_part = {} if q.axis is None else {"scales": _as_bytes(q.scales)}
+    choice = None if (encoding in (ENC_RAW, ENC_CB_DENSE) or (encoding == ENC_CB_SPARSE and q.gap_bits is not None)) \
+        else _estimate(q)
+    encoding = q.encoding or choice.encoding
+    values = q.values() if (encoding == ENC_RAW or q.axis is not None) else None
+
+    if encoding == ENC_RAW:
+        return encode_raw(name, values.reshape(shape))
+    if q.axis is None:
+        counts = np.bincount(idx, minlength=cb.size)
+        nonzeros = int(counts[cb.astype(DTYPES[dtype]) != 0].sum())
+    else:
+        nonzeros = int(np.count_nonzero(values))
+    if encoding == ENC_CB_DENSE:
         if cb.size > MAX_CODEBOOK:
             raise EncodeError(f"tensor {name!r}: codebook-dense allows {MAX_CODEBOOK} codebook entries, got {cb.size}")
         return _make(
             name, dtype, shape, ENC_CB_DENSE,
-            {"codebook": _as_bytes(cb), "indices": streams.encode_stream(idx, cb.size, lane_size)},
-            codebook_dtype=cbd, codebook_size=int(cb.size), lane_size=lane_size, nonzeros=nonzeros,
+            {"codebook": _as_bytes(cb), **scale_part, "indices": streams.encode_stream(idx, cb.size, lane_size)},
+            codebook_dtype=cbd, codebook_size=int(cb.size), lane_size=lane_size, nonzeros=nonzeros, **scaled,
         )
-
-    if encoding == ENC_RAW:
-        return raw()
-    if encoding == ENC_CB_DENSE:
-        return dense()
-
+    nz_cb, remap = q.sparse_codebook()
+    if nz_cb.size > MAX_CODEBOOK:
+        raise EncodeError(f"tensor {name!r}: {nz_cb.size} non-zero codebook entries, at most {MAX_CODEBOOK} allowed")
     sym = remap[idx]
+    if q.axis is not None:
+        sym[_bits(values) == 0] = 0
     positions = np.flatnonzero(sym)
     sym = sym[positions]
-    cb_bytes = nz_cb.size * ITEMSIZE[cbd]
-    if gap_bits is None:
-        sizes = {b: _sparse_estimate(positions, sym, nz_cb.size, b, lane_size, cb_bytes)
-                 for b in range(MIN_GAP_BITS, MAX_GAP_BITS + 1)}
-        gap_bits = min(sizes, key=lambda b: (sizes[b], b))
-    gap_bits = int(gap_bits)
-
-    def sparse():
-        if nz_cb.size > MAX_CODEBOOK:
-            raise EncodeError(f"tensor {name!r}: {nz_cb.size} non-zero codebook entries, at most {MAX_CODEBOOK} allowed")
-        b = gap_bits
-        rem, fill = _gap_layout(positions, b)
-        m = positions.size + int(fill.sum())
-        at = np.arange(positions.size) + np.cumsum(fill)  # entry number of each real element
-        gsym = np.full(m, (1 << b) - 1, np.uint8)
-        gsym[at] = rem
-        isym = np.zeros(m, np.uint16 if nz_cb.size > 255 else np.uint8)
-        isym[at] = sym
-        nl = streams.num_lanes(m, lane_size)
-        bases = np.zeros(nl, "<u8")
-        if nl > 1:
-            epos = np.cumsum(gsym.astype(np.int64) + 1)  # positions consumed after each entry
-            bases[1:] = epos[np.arange(1, nl) * lane_size - 1]
-        return _make(
-            name, dtype, shape, ENC_CB_SPARSE,
-            {
-                "codebook": _as_bytes(nz_cb),
-                "lane_bases": bases.view(np.uint8),
-                "gaps": streams.encode_stream(gsym, 1 << b, lane_size),
-                "indices": streams.encode_stream(isym, nz_cb.size + 1, lane_size),
-            },
-            codebook_dtype=cbd, codebook_size=int(nz_cb.size), lane_size=lane_size, gap_bits=b, entries=m,
-            nonzeros=nonzeros,
-        )
-
-    if encoding == ENC_CB_SPARSE:
-        return sparse()
-    # auto: estimate all three, encode the smallest
-    hist = counts
-    est = {
-        ENC_RAW: idx.size * ITEMSIZE[dtype],
-        ENC_CB_DENSE: section_length({"codebook": cb.size * ITEMSIZE[cbd],
-                                      "indices": streams.estimate_stream_bytes(hist, lane_size)}),
-        ENC_CB_SPARSE: _sparse_estimate(positions, sym, nz_cb.size, gap_bits, lane_size, cb_bytes),
-    }
-    if cb.size > MAX_CODEBOOK:
-        del est[ENC_CB_DENSE]
-    if nz_cb.size > MAX_CODEBOOK:
-        del est[ENC_CB_SPARSE]
-    best = min(est, key=lambda e: (est[e], e))
-    return {ENC_RAW: raw, ENC_CB_DENSE: dense, ENC_CB_SPARSE: sparse}[best]()
+    b = q.gap_bits if q.gap_bits is not None else choice.gap_bits
+    rem, fill = _gap_layout(positions, b)
+    m = positions.size + int(fill.sum())
+    at = np.arange(positions.size) + np.cumsum(fill)  # entry number of each real element
+    gsym = np.full(m, (1 << b) - 1, np.uint8)
+    gsym[at] = rem
+    isym = np.zeros(m, np.uint16 if nz_cb.size > 255 else np.uint8)
+    isym[at] = sym
+    nl = streams.num_lanes(m, lane_size)
+    bases = np.zeros(nl, "<u8")
+    if nl > 1:
+        epos = np.cumsum(gsym.astype(np.int64) + 1)  # positions consumed after each entry
+        bases[1:] = epos[np.arange(1, nl) * lane_size - 1]
+    return _make(
+        name, dtype, shape, ENC_CB_SPARSE,
+        {
+            "codebook": _as_bytes(nz_cb),
+            **scale_part,
+            "lane_bases": bases.view(np.uint8),
+            "gaps": streams.encode_stream(gsym, 1 << b, lane_size),
+            "indices": streams.encode_stream(isym, nz_cb.size + 1, lane_size),
+        },
+        codebook_dtype=cbd, codebook_size=int(nz_cb.size), lane_size=lane_size, gap_bits=b, entries=m,
+        nonzeros=nonzeros, **scaled,
+    )
 
 
 def _rotated_planes(array: np.ndarray) -> np.ndarray:

@@ -282,6 +282,23 @@ def decode_planes(section, coded, starts, sizes, lane_offsets, tables, tbits, n,
     return status
 
 
+@njit(parallel=True, cache=True)
+def scale_rows(out, scales, inner, first_row):
+    """Per-channel scales in place (spec 7.5): float32 ``out`` (C order) is rows of ``inner`` elements, row r
+    of channel (first_row + r) % scales.size; each element becomes out * scale (binary32, round to nearest
+    even), and a zero product becomes +0.0."""
+    channels = scales.size
+    rows = out.size // inner
+    for r in prange(rows):
+        s = scales[(first_row + r) % channels]
+        base = r * inner
+        for j in range(inner):
+            v = out[base + j] * s
+            if v == 0:
+                v = np.float32(0.0)
+            out[base + j] = v
+
+
 # Serial builds of the same loops (prange runs as range): for small tensors a parallel launch
 # costs more than the work, and a busy machine makes it worse.
 PARALLEL_MIN_SYMBOLS = 1 << 17
@@ -290,6 +307,7 @@ decode_sparse_serial = njit(cache=True)(decode_sparse.py_func)
 decode_planes_serial = njit(cache=True)(decode_planes.py_func)
 encode_lanes_serial = njit(cache=True)(encode_lanes.py_func)
 lane_bits_serial = njit(cache=True)(lane_bits.py_func)
+scale_rows_serial = njit(cache=True)(scale_rows.py_func)
 
 
 def pick(parallel_kernel, serial_kernel, n: int):

@@ -33,11 +33,12 @@ from .constants import (
     SECTION_PADDING,
     SECTION_TENSOR,
     VERSION_MAJOR,
+    VERSION_MINOR,
     expansion_bound,
 )
 from .container import PREAMBLE, Section, inflate
 from .decode import decode_tensor
-from .errors import ChecksumError, DczError, FormatError, LimitError, VersionError
+from .errors import ChecksumError, DczError, FormatError, LimitError, TensorError, VersionError
 from .records import TensorInfo, parse_descriptor
 from .streams import align
 
@@ -77,6 +78,11 @@ class DczReader(Mapping):
             w = r["fc1.weight"]        # numpy array, original dtype and shape
             r.info("fc1.weight")       # TensorInfo: encoding, stored bytes, parts ...
     """
+
+    # The minor version this reader implements (spec 2.2): what later ones add is unknown to it. A tensor
+    # record it cannot parse in a file of a later minor version is a VersionError (the file needs a newer
+    # reader), not a TensorError. (A subclass with a lower MINOR reads exactly as that older reader.)
+    MINOR = VERSION_MINOR
 
     def __init__(self, path, *, max_decoded_bytes: int | None = None):
         self.path = os.fspath(path)
@@ -224,7 +230,14 @@ class DczReader(Mapping):
             sec = Section(kind, off, length, crc, e.get("tensor"))
             self.sections.append(sec)
             if kind == SECTION_TENSOR:
-                info = parse_descriptor(sec.tensor, off, length, where)
+                try:
+                    info = parse_descriptor(sec.tensor, off, length, where, self.MINOR)
+                except TensorError as e:
+                    if minor <= self.MINOR:
+                        raise
+                    raise VersionError(f"{self.path}: {e} -- the file is version {major}.{minor} and this reader "
+                                       f"reads what {VERSION_MAJOR}.{self.MINOR} defines; a newer dcformat may "
+                                       "read it") from None
                 if info.name in self.tensors:
                     raise FormatError(f"{where}: duplicate tensor name {info.name!r}")
                 self.tensors[info.name] = info

@@ -31,8 +31,12 @@ from .constants import (
     MIN_GAP_BITS,
     MIN_LANE_SIZE,
     PART_ALIGNMENT,
+    ENCODING_MINOR,
     PLANE_MODES,
     PLANE_STORED,
+    SCALE_DTYPES,
+    SCALES_MINOR,
+    VERSION_MINOR,
     parts_of,
 )
 from .errors import TensorError
@@ -55,6 +59,8 @@ class TensorInfo:
     nonzeros: int = 0  # elements whose value is not zero (-0.0 counts as zero, NaN does not)
     entries: int | None = None  # codebook-sparse: entries incl. fillers
     planes: tuple[str, ...] | None = None  # float-planes: "stored" or "huffman" for each byte plane
+    scale_axis: int | None = None  # 1.2, codebook-*: the axis along which each slice has its own scale
+    scale_dtype: str | None = None  # 1.2: "float32" or "float16", the stored scales' type
     offset: int = 0  # file offset of the tensor's section
     nbytes: int = 0  # stored bytes (the section's length)
     extra: dict = field(default_factory=dict, compare=False)
@@ -66,6 +72,21 @@ class TensorInfo:
     @property
     def decoded_nbytes(self) -> int:
         return self.numel * ITEMSIZE[self.dtype]
+
+    @property
+    def scaled(self) -> bool:
+        """Whether this codebook-coded tensor carries per-channel scales (1.2, spec 7.5)."""
+        return self.scale_axis is not None
+
+    @property
+    def scale_count(self) -> int:
+        """Number of scales: the length of the tensor along ``scale_axis`` (0 when not scaled)."""
+        return self.shape[self.scale_axis] if self.scaled else 0
+
+    @property
+    def minor(self) -> int:
+        """The lowest minor version that defines this record (spec 2.2)."""
+        return max(ENCODING_MINOR[self.encoding], SCALES_MINOR if self.scaled else 0)
 
     @property
     def index_alphabet(self) -> int:
@@ -92,6 +113,9 @@ class TensorInfo:
         if self.encoding == ENC_CB_SPARSE:
             d["gap_bits"] = self.gap_bits
             d["entries"] = self.entries
+        if self.scaled:
+            d["scale_axis"] = self.scale_axis
+            d["scale_dtype"] = self.scale_dtype
         if self.encoding == ENC_FLOAT_PLANES:
             d["lane_size"] = self.lane_size
             d["planes"] = list(self.planes)
@@ -120,8 +144,13 @@ def _lane_size(d: dict, where: str) -> int:
     return lane
 
 
-def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
-    """Check a tensor descriptor against the format's rules and its section's length."""
+def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSION_MINOR) -> TensorInfo:
+    """Check a tensor descriptor against the format's rules and its section's length.
+
+    ``minor`` is the minor version the caller implements: what later minor versions added is
+    unknown to it (an encoding is refused, a key ignored), exactly as a reader of that version
+    would see the record.
+    """
     if not isinstance(d, dict):
         raise TensorError(f"{where}: tensor descriptor must be an object")
     name = d.get("name")
@@ -145,10 +174,14 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
     if numel > MAX_ELEMENTS:
         raise TensorError(f"{where}: shape {shape} has more than {MAX_ELEMENTS} elements")
     enc = d.get("encoding")
-    if enc not in ENCODINGS:
+    if not isinstance(enc, str) or enc not in ENCODINGS or ENCODING_MINOR[enc] > minor:
         raise TensorError(f"{where}: unknown encoding {enc!r}")
+    # 1.2: a codebook-coded record with per-channel scales names its axis and the scales' dtype, and has a
+    # "scales" part; a 1.1 reader ignores the keys and refuses the record by its parts (never misreads it)
+    scaled = (minor >= SCALES_MINOR and enc in (ENC_CB_DENSE, ENC_CB_SPARSE)
+              and ("scale_axis" in d or "scale_dtype" in d))
     parts = d.get("parts")
-    names = parts_of(enc, dtype)
+    names = parts_of(enc, dtype, scaled)
     if not isinstance(parts, dict) or list(parts) != list(names):
         raise TensorError(f"{where}: 'parts' must list {', '.join(names)} in that order")
     for pname, plen in parts.items():
@@ -201,6 +234,18 @@ def parse_descriptor(d, offset: int, length: int, where: str) -> TensorInfo:
                     f"{LANE_BASE_BYTES * num_lanes(m, lane)}"
                 )
             kw.update(gap_bits=b, entries=m)
+        if scaled:  # spec 6.1 item 11
+            sdt = d.get("scale_dtype")
+            if not isinstance(sdt, str) or sdt not in SCALE_DTYPES:
+                raise TensorError(f"{where}: scale_dtype must be one of {SCALE_DTYPES}, got {sdt!r}")
+            if not shape:
+                raise TensorError(f"{where}: a scalar has no axis for per-channel scales")
+            axis = _int(d, "scale_axis", 0, len(shape) - 1, where)
+            want = shape[axis] * ITEMSIZE[sdt]
+            if parts["scales"] != want:
+                raise TensorError(f"{where}: scales part is {parts['scales']} bytes, {shape[axis]} x {sdt} (shape[{axis}] "
+                                  f"of {shape}) needs {want}")
+            kw.update(scale_axis=axis, scale_dtype=sdt)
     return TensorInfo(
         name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset, nbytes=length,
         nonzeros=nonzeros, **kw

@@ -9,7 +9,6 @@ import numpy as np
 
 from .atomic import atomic_output
 from .constants import (
-    ENCODING_MINOR,
     DTYPES,
     EXPANSION_SLACK,
     GRAPH_OBJECT_COST,
@@ -107,6 +106,10 @@ def _check_tensor(t: EncodedTensor) -> None:
         t.name.encode("utf-8")
     except (UnicodeEncodeError, AttributeError):
         raise EncodeError(f"tensor name {t.name!r} is not valid Unicode text (a lone surrogate?)") from None
+    if t.info.scaled:
+        scales = np.asarray(t.parts["scales"]).view(DTYPES[t.info.scale_dtype])
+        if not np.isfinite(scales).all():
+            raise EncodeError(f"tensor {t.name!r}: a per-channel scale is not finite (readers refuse it)")
     if t.info.dtype == "bool" and "data" in t.parts:
         data = np.asarray(t.parts["data"]).view(np.uint8)
         if data.size and data.max() > 1:
@@ -192,8 +195,9 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
         header, placed, _ = layout(entries)
 
     with atomic_output(path, suffix=".dcz.tmp") as f:
-        # the lowest minor version that defines every encoding used: 1.0 unless float-planes (spec 2.2)
-        f.write(preamble(header, minor=max((ENCODING_MINOR[i.encoding] for i in seen.values()), default=0)))
+        # the lowest minor version that defines everything the records use: 1.0 unless float-planes (1.1)
+        # or per-channel scales (1.2) (spec 2.2)
+        f.write(preamble(header, minor=max((i.minor for i in seen.values()), default=0)))
         f.write(header)
         for sec, (_, chunks, _) in zip(placed, sections):
             f.write(bytes(sec.offset - f.tell()))

@@ -129,7 +129,15 @@ def test_dtype_table():
 
 
 def test_parts_table():
-    rows = re.findall(r"^\|\s*`([a-z-]+)`\s*\|([^|]*)\|\s*$", section("Encodings"), re.M)
+    text = section("Encodings")
+    plain, scaled = text.split("| scaled encoding", 1)  # 7: the table of parts, then that of scaled records (1.2)
+    rows = re.findall(r"^\|\s*`([a-z-]+)`\s*\|([^|]*)\|\s*$", scaled, re.M)
+    assert {enc: tuple(re.findall(r"`([a-z_]+)`", parts)) for enc, parts in rows} == constants.SCALED_PARTS
+    for enc, parts in constants.SCALED_PARTS.items():
+        assert constants.parts_of(enc, "float32", scaled=True) == parts
+        assert tuple(p for p in parts if p != "scales") == constants.PARTS[enc]  # scales after codebook, nothing else
+        assert parts[1] == "scales"
+    rows = re.findall(r"^\|\s*`([a-z-]+)`\s*\|([^|]*)\|\s*$", plain, re.M)
     table = {enc: tuple(re.findall(r"`([a-z_]+)`", parts)) for enc, parts in rows}
     fp = dict(rows).pop(constants.ENC_FLOAT_PLANES)
     del table[constants.ENC_FLOAT_PLANES]
@@ -144,8 +152,11 @@ def test_parts_table():
 
 def test_descriptor_table():
     """The fields of 6.1, filtered by their Encodings column, are the keys the writer writes, in the same order."""
-    rows = re.findall(r"^\|\s*`([a-z_]+)`\s*\|[^|]*\|\s*([a-z*, -]+?)\s*\|", section("Descriptor"), re.M)
+    rows = re.findall(r"^\|\s*`([a-z_]+)`\s*\|[^|]*\|\s*([a-z*, ()-]+?)\s*\|", section("Descriptor"), re.M)
     rows = [(f, [e.strip() for e in encs.split(",")]) for f, encs in rows]
+    scaled_fields = [f for f, encs in rows if encs == ["codebook-* (scaled)"]]
+    assert scaled_fields == ["scale_axis", "scale_dtype"]
+    rows = [(f, encs) for f, encs in rows if f not in scaled_fields]
     assert [f for f, _ in rows][:5] == ["name", "dtype", "shape", "encoding", "nonzeros"]
     x = np.array([0.0, 0.5, 0.0, -1.0], np.float32)
     written = {
@@ -161,6 +172,10 @@ def test_descriptor_table():
                 if "all" in encs or enc in encs or ("codebook-*" in encs and enc.startswith("codebook-"))]
         assert list(t.info.descriptor()) == want, enc
         assert t.info.descriptor()["nonzeros"] == 2
+        if enc.startswith("codebook-"):  # 1.2: the scaled fields come after the encoding's own, before parts
+            s = dcformat.encode_codebook("s", [0.5, -1.0], [0, 1, 1, 0], encoding=enc, scales=[2.0, 0.5, 1.0, 3.0])
+            assert list(s.info.descriptor()) == want[:-1] + scaled_fields + ["parts"], enc
+            assert list(s.info.descriptor()["parts"]) == list(constants.SCALED_PARTS[enc])
 
 
 def test_nonzeros_as_specified():
@@ -235,6 +250,11 @@ def test_schema_agrees_with_constants():
     assert set(d["section"]["properties"]) == {"kind", "length", "crc32", "tensor"}
     assert d["section"]["additionalProperties"] is False
     assert schema["additionalProperties"] is False
+    assert tuple(t["scale_dtype"]["enum"]) == constants.SCALE_DTYPES
+    assert t["scale_axis"]["maximum"] == constants.MAX_RANK - 1
+    for enc, parts in constants.SCALED_PARTS.items():
+        key = "parts_" + enc.replace("-", "_") + "_scaled"
+        assert tuple(d[key]["properties"]) == parts == tuple(d[key]["required"])
     for enc, parts in constants.PARTS.items():  # the schema lists parts in layout order too
         key = "parts_" + enc.replace("-", "_")
         assert tuple(d[key]["properties"]) == parts
@@ -621,6 +641,8 @@ def spec_decode_tensor(desc: dict, section: bytes) -> np.ndarray:
     enc, dtype = desc["encoding"], desc["dtype"]
     if enc == "float-planes":  # 7: plane0 .. plane<w-1>, w = itemsize(dtype)
         assert list(desc["parts"]) == [f"plane{k}" for k in range(constants.ITEMSIZE[dtype])]
+    elif enc.startswith("codebook-") and ("scale_axis" in desc or "scale_dtype" in desc):  # 7.5: scales after codebook
+        assert list(desc["parts"]) == [*constants.PARTS[enc][:1], "scales", *constants.PARTS[enc][1:]]
     else:
         assert list(desc["parts"]) == list(constants.PARTS[enc])
     parts, pos = {}, 0
@@ -647,8 +669,43 @@ def _spec_decode_values(desc: dict, parts: dict[str, bytes], shape: tuple, n: in
         return np.frombuffer(parts["data"], tdt).reshape(shape)
     if enc == "float-planes":
         return _spec_decode_planes(desc, parts, shape, n)
-    cb = _convert(np.frombuffer(parts["codebook"], constants.DTYPES[desc["codebook_dtype"]]), dtype)
+    scaled = "scale_axis" in desc or "scale_dtype" in desc
+    cb = _convert(np.frombuffer(parts["codebook"], constants.DTYPES[desc["codebook_dtype"]]),
+                  "float32" if scaled else dtype)  # 7.5: unscaled values in binary32
     assert cb.size == desc["codebook_size"]
+    if scaled:
+        unscaled = _spec_decode_codebook(dict(desc, dtype="float32"), parts, cb, shape, n)
+        return _spec_scale(desc, parts["scales"], unscaled, shape)
+    return _spec_decode_codebook(desc, parts, cb, shape, n)
+
+
+def _spec_scale(desc: dict, part: bytes, unscaled: np.ndarray, shape: tuple) -> np.ndarray:
+    """Spec 7.5 element by element: the product in binary32 (computed exactly in binary64, rounded once
+    to binary32), a zero +0.0, converted to the dtype, a zero +0.0."""
+    a, sdt = desc["scale_axis"], desc["scale_dtype"]
+    assert sdt in ("float32", "float16") and type(a) is int and 0 <= a < len(shape)
+    c_count = shape[a]
+    scales = np.frombuffer(part, constants.DTYPES[sdt])
+    assert scales.size == c_count and all(math.isfinite(float(v)) for v in scales)
+    r = math.prod(shape[a + 1 :])
+    tdt = constants.DTYPES[desc["dtype"]]
+    out = []
+    for i, x in enumerate(unscaled.reshape(-1).tolist()):
+        sigma = float(scales[(i // r) % c_count])
+        with np.errstate(over="ignore", invalid="ignore"):
+            p = np.float32(sigma * x)  # binary64 product of two binary32 values is exact
+        if p == 0:
+            p = np.float32(0.0)
+        e = np.array([p], np.float32).astype(tdt)
+        if e[0] == 0:
+            e = np.zeros(1, tdt)
+        out.append(e)
+    return (np.concatenate(out) if out else np.zeros(0, tdt)).reshape(shape)
+
+
+def _spec_decode_codebook(desc: dict, parts: dict[str, bytes], cb: np.ndarray, shape: tuple, n: int) -> np.ndarray:
+    enc, dtype = desc["encoding"], desc["dtype"]
+    tdt = constants.DTYPES[dtype]
     lane = desc["lane_size"]
     if enc == "codebook-dense":
         sym = spec_decode_stream(parts["indices"], n, cb.size, lane)
@@ -702,7 +759,7 @@ def spec_read(path) -> dict[str, object]:
     assert data[:8] == constants.MAGIC
     major, minor, header_len, header_crc, preamble_crc = struct.unpack_from("<HHIII", data, 8)
     assert zlib.crc32(data[:20]) == preamble_crc
-    assert major == 1 and minor in (0, 1)  # 2.2: 1.1 only when a tensor uses float-planes (checked below)
+    assert major == 1 and minor in (0, 1, 2)  # 2.2: the lowest minor that defines what the file uses (checked below)
     assert header_len <= constants.MAX_HEADER_BYTES and 24 + header_len <= len(data)
     stored = data[24 : 24 + header_len]
     assert zlib.crc32(stored) == header_crc  # the CRC is of the stored (deflated) bytes
@@ -735,9 +792,11 @@ def spec_read(path) -> dict[str, object]:
         end = off + s["length"]
     assert end == len(data)
     assert kinds.count("metadata") <= 1 and kinds.count("graph") <= 1 and kinds.count("padding") <= 1
-    # 2.2: the reference writer writes 1.1 exactly when a tensor uses float-planes
-    uses = any(s["kind"] == "tensor" and s["tensor"]["encoding"] == "float-planes" for s in header["sections"])
-    assert minor == (1 if uses else 0)
+    # 2.2: the reference writer writes 1.2 when a tensor has per-channel scales, else 1.1 when one uses float-planes
+    tensors = [s["tensor"] for s in header["sections"] if s["kind"] == "tensor"]
+    planes = any(t["encoding"] == "float-planes" for t in tensors)
+    scaled = any("scale_axis" in t for t in tensors)
+    assert minor == (2 if scaled else 1 if planes else 0)
     return out
 
 

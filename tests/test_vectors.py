@@ -111,14 +111,16 @@ def test_manifest_coverage():
 
 
 def test_format_versions():
-    """Spec 2.2: the reference writer writes 1.1 exactly when a tensor uses float-planes; the 1.0
-    vectors are still 1.0 files (their bytes are pinned by the manifest's sha256)."""
-    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1)}
+    """Spec 2.2: the reference writer writes 1.2 when a tensor has per-channel scales, else 1.1 when
+    one uses float-planes; the 1.0 and 1.1 vectors are still 1.0 and 1.1 files (their bytes are pinned
+    by the manifest's sha256)."""
+    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1), (1, 2)}
     for v in MANIFEST["vectors"]:
         data = (VECTORS / v["file"]).read_bytes()
         assert list(int.from_bytes(data[i : i + 2], "little") for i in (8, 10)) == v["format_version"], v["name"]
         uses = any(t["encoding"] == "float-planes" for t in v["tensors"])
-        assert v["format_version"] == [1, 1 if uses else 0], v["name"]
+        scaled = any("scale_axis" in t for t in v["tensors"])
+        assert v["format_version"] == [1, 2 if scaled else 1 if uses else 0], v["name"]
         with dcformat.open(VECTORS / v["file"]) as r:
             assert list(r.version) == v["format_version"]
 

@@ -464,6 +464,96 @@ def _auto_v11():
     ]}
 
 
+def scaled_expected(codebook, idx, shape, dtype, scales, axis, codebook_dtype=F32, scale_dtype=F32) -> np.ndarray:
+    """What a reader must decode from a record with per-channel scales (FORMAT.md 7.5), computed here with
+    numpy alone: float32(scale) * float32(codebook entry) in binary32, a zero product +0.0, converted to
+    the tensor's dtype, a zero that makes +0.0."""
+    cb = np.asarray(codebook, F64).astype(codebook_dtype).astype(F32)
+    sc = np.asarray(scales, F64).astype(scale_dtype).astype(F32)
+    bshape = [1] * len(shape)
+    bshape[axis] = -1
+    with np.errstate(over="ignore"):  # a product may overflow to infinity (per_channel_edges)
+        p = cb[np.asarray(idx).reshape(shape)] * sc.reshape(bshape)
+    assert p.dtype == F32
+    p[p == 0] = 0
+    out = p.astype(dtype)
+    out[out == 0] = 0
+    return out
+
+
+def scaled(name, codebook, idx, shape, dtype, scales, axis, encoding, scale_dtype="float32", **kw):
+    t = dcformat.encode_codebook(name, codebook, idx, shape, np.dtype(dtype).name if dtype != BF16 else "bfloat16",
+                                 encoding=encoding, scales=scales, scale_axis=axis, scale_dtype=scale_dtype, **kw)
+    cbd = F16 if t.info.codebook_dtype == "float16" else F32
+    return t, scaled_expected(codebook, idx, shape, dtype, scales, axis, cbd, F16 if scale_dtype == "float16" else F32)
+
+
+def channel_scales(seed: int, c: int) -> np.ndarray:
+    """c per-channel scales over four orders of magnitude, both signs (BN-folded channels' ranges differ that
+    much), exactly representable in float16."""
+    e = randint(seed, c, 14) - 10  # 2^-10 .. 2^3
+    m = 1 + randint(seed + 1, c, 64) / 64.0
+    sign = np.where(uniform(seed + 2, c) < 0.2, -1.0, 1.0)
+    return (sign * m * 2.0 ** e).astype(F32)
+
+
+@vector("per_channel", "per-channel scales (1.2, FORMAT.md 7.5): codebook-dense and codebook-sparse float32 "
+        "tensors with float32 and float16 scales along axis 0 (a 4-D conv weight, a matrix) and along the last axis, "
+        "negative and zero scales, many lanes (lane_size 256); float16, bfloat16 and float64 tensors with scales "
+        "(product in float32, then converted)")
+def _per_channel():
+    out = []
+    k = 16
+    cb = levels(k) * 4  # a shared codebook of normalised values
+    conv = (24, 3, 3, 3)  # 24 output channels
+    n = int(np.prod(conv))
+    sc = channel_scales(300, 24)
+    sc[5] = 0.0  # a channel pruned away
+    idx = randint(301, n, k)
+    for sdt in ("float32", "float16"):
+        out.append(scaled(f"conv.dense.{sdt}", cb, idx, conv, F32, sc, 0, "codebook-dense", sdt, lane_size=LANE))
+    sp_cb = np.append(cb, 0.0)  # index k is the codebook's 0.0: the sparse zero
+    sp_idx = np.where(uniform(302, n) < 0.3, idx, k)
+    for sdt in ("float32", "float16"):
+        out.append(scaled(f"conv.sparse.{sdt}", sp_cb, sp_idx, conv, F32, sc, 0, "codebook-sparse", sdt,
+                          lane_size=LANE))
+    mat = (40, 64)  # scales along the last axis (input features), float16 scales
+    midx = np.where(uniform(303, 2560) < 0.5, randint(304, 2560, k), k)
+    out.append(scaled("mat.sparse.axis1", sp_cb, midx, mat, F32, channel_scales(305, 64), 1, "codebook-sparse",
+                      "float16", gap_bits=2))
+    out.append(scaled("mat.dense.axis1", cb, randint(306, 2560, k), mat, F32, channel_scales(307, 64), 1,
+                      "codebook-dense"))
+    for dt, tag in ((F16, "f16"), (BF16, "bf16"), (F64, "f64")):  # product in float32, then converted
+        out.append(scaled(f"{tag}.dense", cb, randint(310, 600, k), (12, 50), dt, channel_scales(311, 12), 0,
+                          "codebook-dense", codebook_dtype="float32"))
+        out.append(scaled(f"{tag}.sparse", sp_cb, np.where(uniform(312, 600) < 0.2, randint(313, 600, k), k),
+                          (12, 50), dt, channel_scales(314, 50), 1, "codebook-sparse", codebook_dtype="float32"))
+    return {"tensors": out}
+
+
+@vector("per_channel_edges", "per-channel scales at the edges of the arithmetic: codebook entries +0.0 and -0.0 "
+        "under negative scales (+0.0), products that underflow to zero (+0.0) or to subnormals, that overflow to "
+        "infinity, a float16 tensor whose products round to float16 zero (+0.0); 0 elements (no scales); one channel "
+        "of one element; a middle axis of a 3-D tensor")
+def _per_channel_edges():
+    out = []
+    cb = np.array([0.0, -0.0, 1.0, -1.0, 3e38, 1e-38, -2.5], F32)
+    sc = np.array([-1.0, 2.0, -1e-10, 1e-8, 0.5, -3.0], F32)
+    idx = np.tile(np.arange(7), 6)
+    for e in ("codebook-dense", "codebook-sparse"):
+        out.append(scaled(f"edges.{e}", cb, idx, (6, 7), F32, sc, 0, e))
+    out.append(scaled("f16.underflow", np.array([1e-4, -1e-4, 0.5], F32), np.tile([0, 1, 2], 4), (4, 3), F16,
+                      np.array([1e-3, -1e-3, 1.0, -1.0], F32), 0, "codebook-dense", codebook_dtype="float32"))
+    out.append(scaled("empty", cb, np.zeros(0, int), (0, 4), F32, np.zeros(0, F32), 0, "codebook-sparse"))
+    out.append(scaled("empty_cols", cb, np.zeros(0, int), (3, 0), F32, np.array([1.0, 2.0, 3.0], F32), 0,
+                      "codebook-dense"))
+    out.append(scaled("one", np.array([0.75], F32), np.zeros(1, int), (1,), F32, np.array([-4.0], F32), 0,
+                      "codebook-dense"))
+    out.append(scaled("middle_axis", levels(5), randint(320, 60, 5), (3, 4, 5), F32, channel_scales(321, 4), 1,
+                      "codebook-sparse", "float16", lane_size=LANE))
+    return {"tensors": out}
+
+
 # ---------------------------------------------------------------- writing
 def _expected_bytes(path: Path, arr: np.ndarray) -> None:
     """np.save of the expected array (bfloat16 as uint16 bit patterns)."""
@@ -491,6 +581,8 @@ def _tensor_entry(t, expected_file: str, expected: np.ndarray) -> dict:
         d.update(lane_size=info.lane_size, planes=list(info.planes))
     if info.encoding == "codebook-sparse":
         d.update(gap_bits=info.gap_bits, entries=info.entries)
+    if info.scaled:
+        d.update(scale_axis=info.scale_axis, scale_dtype=info.scale_dtype)
     if expected_file is None:  # a large constant array: its value, not a .npy of megabytes
         d["expected_fill"] = expected.flat[0].item()
     else:
@@ -551,7 +643,8 @@ def generate(out) -> dict:
         "Compare bit patterns. Tensors marked codebook_nans decode NaNs through a codebook of the same dtype: "
         "the reference reader copies their bits, but FORMAT.md 7.2 leaves which NaN a conversion gives "
         "implementation-defined, so another reader may compare those elements as NaNs of the same sign. "
-        "Each vector's format_version is the version in its preamble: 1.0 unless it uses float-planes (1.1).",
+        "Each vector's format_version is the version in its preamble: 1.0 unless it uses float-planes (1.1) "
+        "or per-channel scales (1.2).",
         "format_version": list(dcformat.FORMAT_VERSION),
         "vectors": vectors,
     }
