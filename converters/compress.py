@@ -224,8 +224,11 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
             from .perchannel import decode
 
             recon = decode(codebook, indices, scales, scale_axis, pruned_dtype(dtype))
-        encoding, gap_bits = choose_layout(codebook, indices, dtype) if indices.size else (None, None)
-        extra = {} if scales is None else {"scales": scales, "scale_axis": scale_axis}
+        if scales is None:
+            encoding, gap_bits = choose_layout(codebook, indices, dtype) if indices.size else (None, None)
+            extra = {}
+        else:  # the encoder's own estimate (dcformat.encode.estimate_codebook_bytes) counts the scales
+            encoding, gap_bits, extra = None, None, {"scales": scales, "scale_axis": scale_axis}
         enc = dcformat.encode_codebook(name, codebook, indices, shape, dtype, encoding=encoding, gap_bits=gap_bits,
                                        **extra)
         del indices

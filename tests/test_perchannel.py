@@ -118,3 +118,101 @@ def test_channel_axis_follows_the_layer_and_skips_tiny_channels():
     assert budget.channel_axis(w, hessian.Layer("w", "Gemm", "x", trans_b=True), 1) == 0
     assert budget.channel_axis(np.ones(64, np.float32), None, 0) is None
     assert budget.channel_axis(np.ones((64, 2), np.float32), None, 0) is None  # 2 weights per scale
+
+
+# ------------------------------------------------------------------------- end to end (format v1.2 records)
+
+
+def _wide_cnn(path, seed=0):
+    """Conv-Relu-MaxPool-Conv-Mul-Relu-Flatten-Gemm whose second conv looks BN-folded: its filters'
+    ranges 16x apart, a per-channel Mul after it (stored exactly) undoing them, so a narrow filter
+    carries as much of the output as a wide one."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    r2 = np.geomspace(1 / 16, 1.0, 32)
+    rng.shuffle(r2)
+    weights = {"conv1.weight": (rng.standard_normal((16, 3, 3, 3)) / np.sqrt(27)).astype(np.float32),
+               "conv1.bias": np.zeros(16, np.float32),
+               "conv2.weight": (rng.standard_normal((32, 16, 3, 3)) * r2[:, None, None, None] / 12).astype(np.float32),
+               "conv2.bias": np.zeros(32, np.float32),
+               "inv_range": (1 / r2).reshape(32, 1, 1).astype(np.float32),
+               "fc.weight": (rng.standard_normal((10, 2048)) / 45).astype(np.float32),
+               "fc.bias": np.zeros(10, np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "conv2.weight", "conv2.bias"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["c2", "inv_range"], ["m2"]),
+        helper.make_node("Relu", ["m2"], ["r2"]),
+        helper.make_node("Flatten", ["r2"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "fc.weight", "fc.bias"], ["logits"], transB=1),
+    ]
+    g = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                          [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return weights
+
+
+def _convert(args, capsys):
+    import json
+
+    from clitools import cli
+    from converters.cli import main
+
+    code, out, err = cli(main, [*args, "--json"], capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_dcconvert_writes_per_channel_records_that_decode_and_run(tmp_path, capsys):
+    import dcformat
+
+    weights = _wide_cnn(tmp_path / "cnn.onnx")
+    out = tmp_path / "cnn.dcz"
+    rep = _convert([tmp_path / "cnn.onnx", "-o", out, "--bits", "conv2.weight=4,fc.weight=8", "--sparsity", "0", "--channel-scales", "on",
+                    "--calibration-samples", "8"], capsys)
+    rows = {r["name"]: r for r in rep["layers"]}
+    assert rows["conv2.weight"]["scales"] == rows["fc.weight"]["scales"] == "channel"
+    assert rows["conv1.weight"]["reason"].startswith("small")
+    with dcformat.open(out) as r:  # format 1.2 records: conv filters and Gemm (transB) rows carry scales
+        assert r.info("conv2.weight").scale_axis == 0 and r.info("fc.weight").scale_axis == 0
+        assert r.info("conv1.weight").scale_axis is None
+    got = dcformat.load_weights(out)
+    for name in ("conv2.weight",):
+        w, q = weights[name], got[name]
+        assert q.shape == w.shape and q.dtype == np.float32
+        # each filter is its own scale times one shared 16-entry codebook
+        norm = q.reshape(q.shape[0], -1) / np.abs(q.reshape(q.shape[0], -1)).max(axis=1, keepdims=True)
+        assert np.unique(np.round(norm, 5)).size <= 16 * 2
+        rel = np.linalg.norm((w - q).reshape(w.shape[0], -1), axis=1) / np.linalg.norm(w.reshape(w.shape[0], -1), axis=1)
+        assert rel.max() < 0.25  # every channel kept, the narrow ones too
+    # per tensor at the same bits loses the narrow filters; per channel is the more accurate file
+    rep2 = _convert([tmp_path / "cnn.onnx", "-o", tmp_path / "t.dcz", "--bits", "conv2.weight=4,fc.weight=8", "--sparsity", "0",
+                     "--channel-scales", "off", "--calibration-samples", "8"], capsys)
+    assert rep["fidelity"]["max_rel_l2"] < rep2["fidelity"]["max_rel_l2"] / 2
+    # the file runs in ONNX Runtime: its outputs are the graph's on the decoded weights, and closer to the
+    # original's than the per-tensor file's
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    ref = ort.InferenceSession(str(tmp_path / "cnn.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = dcformat.InferenceSession(out).run(None, {"x": x})[0]
+    y_tensor = dcformat.InferenceSession(tmp_path / "t.dcz").run(None, {"x": x})[0]
+    assert np.linalg.norm(y - ref) < np.linalg.norm(y_tensor - ref) / 2
+
+
+def test_default_budget_picks_per_channel_for_wide_range_filters(tmp_path, capsys):
+    _wide_cnn(tmp_path / "cnn.onnx")
+    rep = _convert([tmp_path / "cnn.onnx", "-o", tmp_path / "a.dcz", "--max-error", "0.02", "--calibration-samples", "8"],
+                   capsys)
+    rows = {r["name"]: r for r in rep["layers"]}
+    assert rep["fidelity"]["within_budget"] is True
+    assert rows["conv2.weight"]["action"] == "pruned+shared" and rows["conv2.weight"]["scales"] == "channel"
+    off = _convert([tmp_path / "cnn.onnx", "-o", tmp_path / "b.dcz", "--max-error", "0.02", "--channel-scales", "off",
+                    "--calibration-samples", "8"], capsys)
+    assert all(r.get("scales") != "channel" for r in off["layers"])
+    assert rep["dcz_bytes"] < off["dcz_bytes"]
