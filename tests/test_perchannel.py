@@ -216,3 +216,21 @@ def test_default_budget_picks_per_channel_for_wide_range_filters(tmp_path, capsy
                     "--calibration-samples", "8"], capsys)
     assert all(r.get("scales") != "channel" for r in off["layers"])
     assert rep["dcz_bytes"] < off["dcz_bytes"]
+
+
+def test_embedding_rows_and_matmul_columns_get_the_scales(tmp_path, capsys):
+    import dcformat
+    from test_calibration import token_model
+
+    token_model(tmp_path / "tok.onnx")
+    out = tmp_path / "tok.dcz"
+    rep = _convert([tmp_path / "tok.onnx", "-o", out, "--bits", "5", "--sparsity", "0", "--channel-scales", "on",
+                    "--calibration-samples", "4"], capsys)
+    rows = {r["name"]: r for r in rep["layers"]}
+    assert rows["emb.weight"]["scales"] == rows["head.weight"]["scales"] == "channel"
+    with dcformat.open(out) as r:
+        assert r.info("emb.weight").scale_axis == 0  # a Gather table: one scale per row (token)
+        assert r.info("head.weight").scale_axis == 1  # MatMul's B is [in, out]: per output column
+        emb = r["emb.weight"]
+    # each row is its scale times codebook entries: at most 32 distinct values per row once divided out
+    assert max(np.unique(row / np.abs(row).max()).size for row in emb) <= 32

@@ -209,6 +209,14 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
             print(f"[{key}] ORT {name}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
             continue
         res[name] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
+    p = os.path.join(out, f"{key}.int8-static-per-channel.onnx")
+    t = time.perf_counter()
+    try:  # ORT's per-channel int8 for convolutions: static QDQ, calibrated on the same inputs as dcconvert
+        static_per_channel(plain, p, calib_path)
+        session(p)
+        res["int8 static per-channel"] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
+    except Exception as e:  # noqa: BLE001
+        print(f"[{key}] ORT static per-channel int8: {str(e).splitlines()[0][:200]}", file=sys.stderr)
     runs = [("lossless", ["--lossless"]), ("default", [])]
     runs += [(f"max-error {b:g}", ["--max-error", str(b)]) for b in BUDGETS]
     runs += EXTRA
@@ -227,6 +235,32 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
         with open(p + ".json", "w") as f:
             json.dump(res[name], f)
     return res
+
+
+def static_per_channel(src: str, dst: str, calib_path: str) -> None:
+    """onnxruntime.quantization.quantize_static, QDQ format, int8 weights with one scale per output
+    channel (per_channel=True), activations calibrated (MinMax) on the calibration samples."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from dcformat import inputs as inp
+
+    decl = inp.declared_inputs(onnx.load(src, load_external_data=False))
+    with np.load(calib_path) as z:
+        calib = {k: z[k] for k in z.files}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= inp.num_samples(calib, decl):
+                return None
+            self.i += 1
+            return inp.sample_feeds(calib, decl, self.i - 1)
+
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8)
 
 
 def constants_as_initializers(src: str, out: str, key: str) -> str:
