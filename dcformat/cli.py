@@ -34,10 +34,35 @@ SMALL = 64  # tensors with fewer elements share one summary row unless --all
 MAX_META_LINES = 60
 
 
+def _centroids(r: dict) -> str:
+    """Codebook entries; with per-channel scales (1.2) 'KxC@a': K centroids, times C scales along axis a."""
+    if r["bits"] is None:
+        return "-"
+    if r.get("scale_axis") is not None:
+        return f"{r['codebook_size']}x{r['scale_count']}@{r['scale_axis']}"
+    return _fmt(r["codebook_size"], "d")
+
+
+SCALES_LEGEND = "KxC@a: K centroids scaled per channel, C scales along axis a (in codebook B)"
+
+
+def _scales_note(rows: list[dict]) -> str | None:
+    """One line on the per-channel scales of these rows (count, dtypes, bytes), or None if none has them."""
+    scaled = [r for r in rows if r.get("scale_axis") is not None]
+    if not scaled:
+        return None
+    by_dtype = {}
+    for r in scaled:
+        by_dtype[r["scale_dtype"]] = by_dtype.get(r["scale_dtype"], 0) + r["scale_count"]
+    kinds = " + ".join(f"{_fmt_int(n)} {dt}" for dt, n in sorted(by_dtype.items(), key=lambda kv: kv[0] != "float32"))
+    return (f"per-channel scales: {len(scaled)} tensor{'s' * (len(scaled) != 1)} ({kinds} values, "
+            f"{_fmt_int(sum(r['scale_bytes'] for r in scaled))} bytes)")
+
+
 def _cells(r: dict) -> list[str]:
     return [r["name"], "x".join(map(str, r["shape"])) or "()", _fmt_int(r["params"]), r["encoding"],
             _fmt_int(r["nonzeros"]), _fmt(r["sparsity"], ".1%"), _fmt(r["bits"], "d"),
-            _fmt(r["codebook_size"] if r["bits"] is not None else None, "d"), _fmt(r["gap_bits"], "d"),
+            _centroids(r), _fmt(r["gap_bits"], "d"),
             _fmt_int(r["gap_bytes"]), _fmt_int(r["index_bytes"]), _fmt_int(r["codebook_bytes"]), _fmt_int(r["raw_bytes"]),
             _fmt_int(r["bytes"]), _fmt(r["bits_per_param"], ".2f"), _fmt(r["ratio"], ".1f"), _fmt(r["share"], ".1%")]
 
@@ -133,6 +158,10 @@ def _print_report(rep: dict, rows: list[dict], group_small: bool = True) -> None
               file=out)
     if rep["kind"] == "dcz":
         print(LEGEND, file=out)
+        note = _scales_note(rep["tensors"])
+        if note:
+            print(SCALES_LEGEND, file=out)
+            print(note, file=out)
     o = rep["overhead"]
     parts = ", ".join(f"{k} {v:,}" for k, v in o.items() if k != "total" and v)
     print(f"overhead: {o['total']:,} bytes" + (f" ({parts})" if parts else ""), file=out)
@@ -244,7 +273,7 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify, show
         w = csv.writer(sys.stdout)
         keys = ["file", "name", "shape", "dtype", "params", "encoding", "nonzeros", "sparsity", "codebook_size", "bits",
                 "gap_bits", "entries", "gap_bytes", "index_bytes", "codebook_bytes", "raw_bytes", "bytes",
-                "bits_per_param", "ratio", "share"]
+                "bits_per_param", "ratio", "share", "scale_axis", "scale_count", "scale_dtype", "scale_bytes"]
         w.writerow(keys)
         for rep in reps:
             for r in insp.select(rep["tensors"], sort, top, pattern):

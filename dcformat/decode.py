@@ -54,10 +54,16 @@ def scale_values(flat: np.ndarray, scales: np.ndarray, inner: int, dtype: str, f
     from . import kernels
 
     if flat.size:
-        kernels.pick(kernels.scale_rows, kernels.scale_rows_serial, flat.size)(flat, scales, inner, first_row)
+        if inner < kernels.SCALE_BLOCK_ROWS and flat.size >= 2 * scales.size * inner:  # short rows, many periods
+            pattern = np.roll(np.repeat(scales, inner), -(first_row % scales.size) * inner)
+            pattern = np.tile(pattern, -(-1024 // pattern.size))  # whole periods, at least 1024 elements
+            kernels.pick(kernels.scale_periodic, kernels.scale_periodic_serial, flat.size)(flat, pattern)
+        else:
+            kernels.pick(kernels.scale_rows, kernels.scale_rows_serial, flat.size)(flat, scales, inner, first_row)
     if dtype == "float32":
         return flat
-    out = flat.astype(DTYPES[dtype])  # float64: exact; float16/bfloat16: round to nearest even
+    with np.errstate(over="ignore"):  # float64: exact; float16/bfloat16: round to nearest even, past the range to inf
+        out = flat.astype(DTYPES[dtype])
     if dtype != "float64":  # a product may round to a zero of either sign
         out[out == 0] = 0
     return out

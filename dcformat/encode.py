@@ -200,10 +200,41 @@ class _Quantized:
         remap[keep] = np.arange(1, keep.size + 1)
         return self.cb[keep], remap
 
+    def scale_zeros(self) -> bool:
+        """Whether some channel's scale turns a non-zero codebook entry into +0.0 (a zero scale, a product
+        that underflows in float32 or in the tensor's dtype). When none does, an element decodes to zero
+        exactly when its codebook entry is zero, and nothing needs computing per element."""
+        if self.axis is None:
+            return False
+        if not hasattr(self, "_scale_zeros"):
+            from .decode import scale_values
+
+            cb32 = self.cb.astype(np.float32)
+            table = np.tile(cb32, self.scales.size)  # channel c's decoded codebook: row c, as spec 7.5 computes it
+            table = scale_values(table, self.scales.astype(np.float32), max(cb32.size, 1), self.dtype)
+            made = (_bits(table) == 0).reshape(self.scales.size, cb32.size) & (cb32 != 0)
+            self._scale_zeros = bool(made.any())
+        return self._scale_zeros
+
+    def nonzeros(self) -> int:
+        """Elements that do not decode to zero (spec 6.1), without decoding them when it can."""
+        counts = np.bincount(self.idx, minlength=self.cb.size)
+        if self.axis is None:
+            return int(counts[self.cb.astype(DTYPES[self.dtype]) != 0].sum())
+        if not self.scale_zeros():
+            return int(counts[self.cb.astype(np.float32) != 0].sum())
+        return sum(int(np.count_nonzero(self.values(a, b))) for a, b in self.row_chunks())
+
+    def row_chunks(self):
+        """(start, stop) of chunks of whole rows of about ESTIMATE_CHUNK elements."""
+        n = self.idx.size
+        step = ESTIMATE_CHUNK if self.axis is None else max(1, ESTIMATE_CHUNK // self.inner) * self.inner
+        return [(a, min(n, a + step)) for a in range(0, n, step)]
+
     def symbols(self, remap: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Sparse index symbols of elements start..stop, 0 where the element decodes to +0.0."""
         sym = remap[self.idx[start:stop]]
-        if self.axis is not None:
+        if self.scale_zeros():
             v = self.values(start, stop)
             sym[_bits(v) == 0] = 0  # a zero scale (or a product that underflows) makes +0.0: not stored
         return sym
@@ -271,7 +302,7 @@ def _quantized(name, codebook, indices, shape, dtype, encoding, gap_bits, codebo
         q.scales = sc.astype(DTYPES[q.sdt])
     if not np.isfinite(q.scales).all():
         c = int(np.flatnonzero(~np.isfinite(q.scales))[0])
-        raise EncodeError(f"tensor {name!r}: scale {c} is {sc[c]!r}, not a finite {q.sdt}")
+        raise EncodeError(f"tensor {name!r}: scale {c} is {float(sc[c])}, not a finite {q.sdt}")
     return q
 
 
@@ -286,9 +317,7 @@ def _estimate(q: _Quantized) -> CodebookEstimate:
     ghist = {b: np.zeros(1 << b, np.int64) for b in bits}
     nfill = dict.fromkeys(bits, 0)
     nnz, last = 0, -1
-    step = ESTIMATE_CHUNK if q.axis is None else max(1, ESTIMATE_CHUNK // q.inner) * q.inner  # whole rows
-    for start in range(0, n, step):
-        stop = min(n, start + step)
+    for start, stop in q.row_chunks():  # whole rows when scaled
         counts += np.bincount(q.idx[start:stop], minlength=q.cb.size)
         sym = q.symbols(remap, start, stop)
         ihist += np.bincount(sym, minlength=k + 1)
@@ -396,15 +425,9 @@ def encode_codebook(
     choice = None if (encoding in (ENC_RAW, ENC_CB_DENSE) or (encoding == ENC_CB_SPARSE and q.gap_bits is not None)) \
         else _estimate(q)
     encoding = q.encoding or choice.encoding
-    values = q.values() if (encoding == ENC_RAW or q.axis is not None) else None
-
     if encoding == ENC_RAW:
-        return encode_raw(name, values.reshape(shape))
-    if q.axis is None:
-        counts = np.bincount(idx, minlength=cb.size)
-        nonzeros = int(counts[cb.astype(DTYPES[dtype]) != 0].sum())
-    else:
-        nonzeros = int(np.count_nonzero(values))
+        return encode_raw(name, q.values().reshape(shape))
+    nonzeros = q.nonzeros()
     if encoding == ENC_CB_DENSE:
         if cb.size > MAX_CODEBOOK:
             raise EncodeError(f"tensor {name!r}: codebook-dense allows {MAX_CODEBOOK} codebook entries, got {cb.size}")
@@ -416,9 +439,7 @@ def encode_codebook(
     nz_cb, remap = q.sparse_codebook()
     if nz_cb.size > MAX_CODEBOOK:
         raise EncodeError(f"tensor {name!r}: {nz_cb.size} non-zero codebook entries, at most {MAX_CODEBOOK} allowed")
-    sym = remap[idx]
-    if q.axis is not None:
-        sym[_bits(values) == 0] = 0
+    sym = q.symbols(remap)
     positions = np.flatnonzero(sym)
     sym = sym[positions]
     b = q.gap_bits if q.gap_bits is not None else choice.gap_bits

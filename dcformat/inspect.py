@@ -30,7 +30,7 @@ def tensor_row(info) -> dict:
     streams = {
         "gap": p.get("gaps", 0) + p.get("lane_bases", 0),
         "index": p.get("indices", 0) + coded,
-        "codebook": p.get("codebook", 0),
+        "codebook": p.get("codebook", 0) + p.get("scales", 0),  # 1.2: per-channel scales are codebook bytes
         "raw": p.get("data", 0) + sum(p[f"plane{k}"] for k, m in enumerate(info.planes or ()) if m == "stored"),
     }
     total = info.nbytes
@@ -42,6 +42,9 @@ def tensor_row(info) -> dict:
         "sparsity": 1 - info.nonzeros / params if params else 0.0,
         "codebook_size": info.codebook_size, "bits": bits,
         "gap_bits": info.gap_bits, "entries": info.entries,
+        # 1.2: per-channel scales (spec 7.5): the axis, how many, their dtype and bytes (None when not scaled)
+        "scale_axis": info.scale_axis, "scale_count": info.scale_count if info.scaled else None,
+        "scale_dtype": info.scale_dtype, "scale_bytes": p.get("scales") if info.scaled else None,
         "fillers": info.entries - info.nonzeros if info.encoding == ENC_CB_SPARSE else None,
         **{f"{k}_bytes": v for k, v in streams.items()},
         "padding_bytes": total - sum(streams.values()),
@@ -97,6 +100,7 @@ def _dense_row(name, shape, dtype: str, nbytes: int, nonzeros: int | None) -> di
         "name": name, "shape": list(shape), "dtype": dtype, "params": params, "encoding": "dense",
         "nonzeros": nonzeros, "sparsity": (1 - nonzeros / params) if params and nonzeros is not None else None,
         "codebook_size": None, "bits": None, "gap_bits": None, "entries": None, "fillers": None,
+        "scale_axis": None, "scale_count": None, "scale_dtype": None, "scale_bytes": None,
         "gap_bytes": 0, "index_bytes": 0, "codebook_bytes": 0, "raw_bytes": nbytes, "padding_bytes": 0, "bytes": nbytes,
         "bits_per_param": 8 * nbytes / params if params else 0.0, "ratio": params * 4 / nbytes if nbytes else None,
     }

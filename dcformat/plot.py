@@ -127,7 +127,8 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
             hax.text(0.5, 0.5, "values span more than\nthe float64 range", ha="center", va="center",
                      transform=hax.transAxes, fontsize=8)
         info = reader.info(r["name"])
-        centroids = np.unique(nz) if info.codebook_size else np.zeros(0)
+        # with per-channel scales (1.2) the values are centroid x scale: no shared set of lines to draw
+        centroids = np.unique(nz) if info.codebook_size and not info.scaled else np.zeros(0)
         if nz.size and span_ok:
             hax.hist(nz, bins=min(100, max(10, int(np.sqrt(nz.size)))), color="#4C72B0", alpha=0.85, zorder=2)
         if 0 < centroids.size <= rug_above:
@@ -141,7 +142,7 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
             hax.axhline(0, color="#888888", lw=0.5, zorder=1)
             how = "centroids as ticks below"
         else:
-            how = "no codebook"
+            how = f"x {info.scale_count} scales, axis {info.scale_axis}" if info.scaled else "no codebook"
         hax.set_title(f"{_short(r['name'], 34)}\n{r['sparsity']:.0%} zero, {info.codebook_size or 'no'} centroids "
                       f"({how})", fontsize=8)
         hax.set_xlabel("weight value (non-zero)", fontsize=8)

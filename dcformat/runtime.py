@@ -4,6 +4,9 @@ Full mode gives every weight back as the array the converter decided on. Compact
 codebook-coded weights as uint8 indices plus their codebook, with a Gather (or, for a
 uniform codebook, a DequantizeLinear) that rebuilds the weight when the model runs: the
 model held in memory is about 4x smaller and the rebuilt weights are the same bit for bit.
+A float32 record with per-channel scales (format 1.2) is rebuilt by the Gather, then a Mul by
+the scales (a broadcast initializer) and, where some product is -0.0, an Add of 0.0: exactly
+spec 7.5's arithmetic, which ONNX Runtime's float32 Mul and Add compute bit for bit.
 The outputs are not always bit-identical to full mode: ONNX Runtime pre-packs constant
 Gemm/MatMul weights (and lays out constant Conv weights as NCHWc at ORT_ENABLE_ALL), which
 changes the summation order; a weight computed in the graph takes the plain kernels. With
@@ -40,6 +43,7 @@ PROVIDER_PACKAGES = {"CUDAExecutionProvider": "onnxruntime-gpu", "TensorrtExecut
 COMPACT_MIN_ELEMENTS = 1024  # smaller tensors stay dense in compact mode: a Gather would cost more than it saves
 COMPACT_SUFFIX_INDEX = "::dcz_index"
 COMPACT_SUFFIX_CODEBOOK = "::dcz_codebook"
+COMPACT_SUFFIX_SCALES = "::dcz_scales"
 
 
 def _reader(src) -> tuple[DczReader, bool]:
@@ -48,18 +52,60 @@ def _reader(src) -> tuple[DczReader, bool]:
     return open_dcz(src), True
 
 
-def decode_indices(reader: DczReader, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(values, uint8 indices) of a codebook-coded tensor: tensor == values[indices].
+@dataclass
+class Indexed:
+    """A codebook-coded tensor as compact mode keeps it: ``values[indices]``, times ``scales`` along
+    ``axis`` for a record with per-channel scales (spec 7.5).
 
-    ``values`` is in the tensor's dtype; for codebook-sparse its entry 0 is the zero.
-    None when the tensor is not codebook-coded or needs more than 256 values.
+    ``values`` is in the tensor's dtype (float32, unscaled, when scaled), sorted ascending; for
+    codebook-sparse one entry is the zero. ``indices`` are uint8, in the tensor's shape.
+    """
+
+    values: np.ndarray
+    indices: np.ndarray
+    scales: np.ndarray | None = None  # float32, shape [1, .., C, .., 1]: broadcasts along ``axis``
+    axis: int | None = None
+
+    def __iter__(self):  # (values, indices), as decode_indices gave before scales existed
+        if self.scales is not None:
+            raise TypeError("a tensor with per-channel scales is not values[indices]: use .rebuild()")
+        return iter((self.values, self.indices))
+
+    @property
+    def needs_plus_zero(self) -> bool:
+        """Whether some product is -0.0, which spec 7.5 makes +0.0 (compact mode then adds 0.0)."""
+        if self.scales is None:
+            return False
+        with np.errstate(over="ignore", invalid="ignore"):
+            p = self.scales.reshape(-1, 1) * self.values.reshape(1, -1)
+        return bool(np.any((p == 0) & np.signbit(p)))
+
+    def rebuild(self) -> np.ndarray:
+        """The tensor, computed as compact mode's ONNX graph computes it: Gather, then (scaled) Mul by the
+        scales and Add 0.0 in float32 -- which is spec 7.5's arithmetic."""
+        g = self.values[self.indices]
+        if self.scales is None:
+            return g
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = g * self.scales
+            return out + np.float32(0.0) if self.needs_plus_zero else out
+
+
+def decode_indices(reader: DczReader, name: str) -> Indexed | None:
+    """The values, uint8 indices (and per-channel scales) of a codebook-coded tensor, as an :class:`Indexed`:
+    the tensor is ``.rebuild()``, ``values[indices]`` when not scaled.
+
+    None when the tensor is not codebook-coded or needs more than 256 values, or has per-channel scales
+    and a dtype other than float32 (compact mode rebuilds those in float32 only).
     """
     from . import kernels
-    from .decode import _values
+    from .decode import _values, read_scales
     from .streams import parse_stream, raise_lane_error
 
     info = reader.info(name)
     if info.encoding not in (ENC_CB_DENSE, ENC_CB_SPARSE) or info.index_alphabet > 256 or info.numel == 0:
+        return None
+    if info.scaled and info.dtype != "float32":
         return None
     sec = reader._section_bytes(reader._tensor_sections[name], f"tensor {name!r}")
     where = f"tensor {name!r}"
@@ -67,6 +113,7 @@ def decode_indices(reader: DczReader, name: str) -> tuple[np.ndarray, np.ndarray
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
     n = info.numel
     sparse = info.encoding == ENC_CB_SPARSE
+    scales = read_scales(info, parts["scales"], where, offs["scales"]) if info.scaled else None
     values = _values(info, parts["codebook"], sparse).view(DTYPES[info.dtype])
     # indices refer to the values sorted ascending, so that a uniform codebook is a plain
     # (q - zero_point) * scale whatever order the file lists it in (codebook-sparse puts the zero first)
@@ -91,11 +138,18 @@ def decode_indices(reader: DczReader, name: str) -> tuple[np.ndarray, np.ndarray
             raise_lane_error(kernels.pick(kernels.decode_sparse, kernels.decode_sparse_serial, m)(
                 g.payload, g.lane_offsets, g.table, g.table_bits, s.payload, s.lane_offsets, s.table, s.table_bits,
                 m, info.lane_size, bases.astype(np.int64), n, table, out), where, (("gap", g), ("index", s)))
-    zeros = np.flatnonzero(values == 0)  # +0.0 and -0.0 (sorted: adjacent)
-    found = n - sum(int(np.count_nonzero(out == z)) for z in zeros)  # no bincount: it copies to intp
+    got = Indexed(values, out.reshape(info.shape))
+    if scales is not None:
+        shape = [1] * len(info.shape)
+        shape[info.scale_axis] = -1
+        got.scales, got.axis = scales.reshape(shape), info.scale_axis
+        found = int(np.count_nonzero(got.rebuild()))
+    else:
+        zeros = np.flatnonzero(values == 0)  # +0.0 and -0.0 (sorted: adjacent)
+        found = n - sum(int(np.count_nonzero(out == z)) for z in zeros)  # no bincount: it copies to intp
     if found != info.nonzeros:
         raise FormatError(f"{where}: decodes to {found} non-zero elements, the record declares {info.nonzeros}")
-    return values, out.reshape(info.shape)
+    return got
 
 
 def _uniform(values: np.ndarray) -> tuple[np.float32, np.uint8] | None:
@@ -193,12 +247,13 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
             if compact and info.encoding in (ENC_CB_DENSE, ENC_CB_SPARSE) and not why:
                 got = decode_indices(reader, name)
                 if got is None:
-                    why = f"more than {COMPACT_MAX_VALUES} values"
+                    why = (f"per-channel scales on a {info.dtype} tensor" if info.scaled
+                           else f"more than {COMPACT_MAX_VALUES} values")
                 else:
-                    values, idx = got
+                    values, idx = got.values, got.indices
                     target = proto.name if in_main else node.output[0]  # the value the graph reads
                     ti, tc = target + COMPACT_SUFFIX_INDEX, target + COMPACT_SUFFIX_CODEBOOK
-                    uni = _uniform(values) if values.dtype == np.float32 and opset >= 10 else None
+                    uni = _uniform(values) if values.dtype == np.float32 and opset >= 10 and got.scales is None else None
                     if in_main:
                         removed.add(id(proto))  # taken out in one pass below: remove() is linear, so a loop of them quadratic
                     else:
@@ -211,10 +266,21 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
                                                           [target], name=target + "::dcz_dequantize"))
                     else:
                         model.graph.initializer.append(numpy_helper.from_array(values, tc))
+                        gathered = target if got.scales is None else target + "::dcz_unscaled"
                         new_nodes += [
                             helper.make_node("Cast", [ti], [ti + "_i32"], to=onnx.TensorProto.INT32, name=ti + "::cast"),
-                            helper.make_node("Gather", [tc, ti + "_i32"], [target], axis=0, name=target + "::dcz_gather"),
+                            helper.make_node("Gather", [tc, ti + "_i32"], [gathered], axis=0, name=target + "::dcz_gather"),
                         ]
+                        if got.scales is not None:  # spec 7.5: times the channel's scale in float32, zeros +0.0
+                            ts = target + COMPACT_SUFFIX_SCALES
+                            model.graph.initializer.append(numpy_helper.from_array(got.scales, ts))
+                            scaled = target + "::dcz_scaled" if got.needs_plus_zero else target
+                            new_nodes.append(helper.make_node("Mul", [gathered, ts], [scaled], name=target + "::dcz_scale"))
+                            if got.needs_plus_zero:  # -0.0 + 0.0 = +0.0; any other value is unchanged
+                                model.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32),
+                                                                                       ts + "_zero"))
+                                new_nodes.append(helper.make_node("Add", [scaled, ts + "_zero"], [target],
+                                                                  name=target + "::dcz_plus_zero"))
                     _external_stub(model, ti, idx)
                     out.external[ti] = idx
                     out.compacted.append(name)

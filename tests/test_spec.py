@@ -517,6 +517,26 @@ def test_example_sparse_tensor(tmp_path):
         np.testing.assert_array_equal(r["t"], want)
 
 
+def test_example_scaled_tensor(tmp_path):
+    """13.6: a codebook-dense tensor with float16 per-channel scales (1.2), byte for byte."""
+    t = dcformat.encode_codebook("w", [0.5, -1.0], [[0, 1, 0], [1, 1, 0]], encoding="codebook-dense", lane_size=256,
+                                 scales=[2.0, -0.5], scale_dtype="float16")
+    desc = json.loads(example("scaled-descriptor"))
+    assert t.info.descriptor() == desc and list(t.info.descriptor()) == list(desc)
+    path = tmp_path / "ex.dcz"
+    dcformat.write(path, [t])
+    file = path.read_bytes()
+    assert struct.unpack_from("<HH", file, 8) == (1, 2)  # 2.2: a file with scales is a 1.2 file
+    s = read_header(path)["sections"][0]
+    off = -(-(24 + struct.unpack_from("<I", file, 12)[0]) // 8) * 8
+    data = file[off : off + s["length"]]
+    assert data == example_bytes("scaled-section")
+    want = np.array([[1.0, -2.0, 1.0], [0.5, 0.5, -0.25]], np.float32)
+    _same(spec_decode_tensor(desc, data), want)
+    with dcformat.open(path) as r:
+        _same(r["w"], want)
+
+
 def test_example_float_planes(tmp_path):
     """13.5: a float-planes tensor, its descriptor and section, decoded by the spec-only decoder."""
     x = np.array([1.0, -1.0, 1.5, 0.5, 2.0, -0.0], np.float32)

@@ -83,6 +83,9 @@ def model(tmp_path):
             tensors.append(dcformat.encode(n, rng.standard_normal(96).astype(np.float32), encoding="raw"))
     tensors.append(dcformat.encode_codebook("embed.weight", np.linspace(-1, 1, 256).astype(np.float32),
                                             rng.integers(0, 256, (3000, 96)), encoding="codebook-dense"))
+    tensors.append(dcformat.encode_codebook("conv.weight", np.linspace(-1, 1, 16).astype(np.float32),  # 1.2: scaled
+                                            rng.integers(0, 16, (256, 3, 3, 3)), scales=np.linspace(0.1, 2, 256),
+                                            scale_dtype="float16", encoding="codebook-dense"))
     for n in MARKUP_NAMES:
         tensors.append(dcformat.encode(n, rng.standard_normal(80).astype(np.float32), encoding="raw"))
     for i in range(5):  # LayerNorm-sized: summed in one row

@@ -108,6 +108,13 @@ def test_manifest_coverage():
         assert any(t["dtype"] == dt and set(t["planes"]) == {"stored"} for t in fp), dt
     assert any(0 in t["shape"] for t in fp) and any(t["shape"] == [] for t in fp)
     assert any(t["lane_size"] == 256 and np.prod(t["shape"]) > 2 * 256 for t in fp)
+    # 1.2: per-channel scales, dense and sparse, float32 and float16 scales, every float dtype, not only axis 0
+    sc = [t for t in tensors if "scale_axis" in t]
+    assert {(t["encoding"], t["scale_dtype"]) for t in sc} == {(e, d) for e in ("codebook-dense", "codebook-sparse")
+                                                              for d in ("float32", "float16")}
+    assert {t["dtype"] for t in sc} == {"float32", "float16", "bfloat16", "float64"}
+    assert {0, 1} <= {t["scale_axis"] for t in sc}
+    assert any(0 in t["shape"] for t in sc) and any(t["lane_size"] == 256 and np.prod(t["shape"]) > 2 * 256 for t in sc)
 
 
 def test_format_versions():

@@ -37,10 +37,12 @@ INTERESTING_VALUES = INTERESTING_INTS + [
     "float32", "float16", "bfloat16", "float64", "int8", "uint8", "int64", "bool", "raw", "codebook-dense",
     "codebook-sparse", "tensor", "graph", "metadata", "future-kind", "a" * 5000,
     "float-planes", "stored", "huffman", ["stored", "huffman"], ["huffman"] * 4, ["stored"] * 8,  # 1.1
+    "scales", 31, 32,  # 1.2: per-channel scales (scale_axis, scale_dtype)
 ]
 KEYS = ["name", "dtype", "shape", "encoding", "nonzeros", "codebook_dtype", "codebook_size", "lane_size", "gap_bits",
         "entries", "parts", "data", "codebook", "indices", "gaps", "lane_bases", "kind", "offset", "length", "crc32",
-        "tensor", "sections", "producer", "planes", "plane0", "plane1", "plane3", "plane7"]
+        "tensor", "sections", "producer", "planes", "plane0", "plane1", "plane3", "plane7",
+        "scale_axis", "scale_dtype", "scales"]
 U64_VALUES = [0, 1, 2, 7, 8, 255, 256, 4096, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**63, 2**64 - 1]
 
 

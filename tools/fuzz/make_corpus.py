@@ -7,7 +7,9 @@ Seeds: the golden vectors (spec/vectors/*.dcz), the hostile-input samples and ev
 attack of tests/attacks/make_attacks.py, the regression files of tests/attacks/regressions/,
 and a few files made here to reach code the others do not: graphs with subgraphs, Constant
 nodes, sparse tensors, functions and compactable codebook weights (for to_onnx / compact
-mode / ONNX Runtime), small float-planes (1.1) files of every float dtype, and small .onnx, .safetensors and PyTorch files (dcinspect sniffs
+mode / ONNX Runtime), small float-planes (1.1) files of every float dtype, small files with per-channel
+scales (1.2: dense and sparse, float32/float16 scales, every float dtype, edge arithmetic, a graph whose
+compact mode takes Gather + Mul + Add), and small .onnx, .safetensors and PyTorch files (dcinspect sniffs
 content, so the inspect fuzzer reaches its other readers). Every seed is small (at most
 8 KiB, the -max_len the README uses). Deterministic: same code, same files.
 """
@@ -162,6 +164,50 @@ def _float_planes_seeds(tmp: Path) -> dict[str, bytes]:
     return out
 
 
+def _scales_seeds(tmp: Path) -> dict[str, bytes]:
+    """Small files with per-channel scales (1.2): dense and sparse, float32 and float16 scales, each float
+    dtype, scales along the first, middle and last axis, zero/negative/subnormal/huge scales, several lanes,
+    and a graph whose scaled weights compact mode rebuilds with Gather, Mul and Add (for the ONNX rebuild
+    fuzzer)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(19)
+    out = {}
+    cb = np.array([0.0, -0.0, -1.0, 0.5, 2.0, 1e-30, 3e38], np.float32)
+    for dtype in ("float32", "float16", "bfloat16", "float64"):
+        tensors = []
+        for enc, shape, axis, sdt in (("codebook-dense", (12, 30), 0, "float32"), ("codebook-sparse", (12, 30), 1, "float16"),
+                                      ("codebook-sparse", (4, 5, 30), 1, "float32"), ("codebook-dense", (3, 2, 50), 2, "float16")):
+            n = int(np.prod(shape))
+            idx = np.where(rng.random(n) < 0.5, 0, rng.integers(2, 5, n)) if enc == "codebook-sparse" else rng.integers(0, 7, n)
+            sc = (rng.standard_normal(shape[axis]) * 2).astype(np.float32)
+            sc[0], sc[-1] = 0.0, -1e-39 if sdt == "float32" else -6e-8
+            tensors.append(dcformat.encode_codebook(f"{enc}.{len(shape)}d.{axis}", cb, idx.reshape(shape), dtype=dtype, encoding=enc,
+                                                    scales=sc, scale_axis=axis, scale_dtype=sdt, lane_size=256,
+                                                    codebook_dtype="float32"))
+        path = tmp / "sc.dcz"
+        dcformat.write(path, tensors)
+        out[f"scales-{dtype}"] = path.read_bytes()
+    # y = x @ W + B with W a scaled codebook record (compact: Cast, Gather, Mul, Add)
+    w_idx = rng.integers(0, 4, (32, 40))  # past runtime.COMPACT_MIN_ELEMENTS: compacted
+    w_cb = np.array([0.0, -0.5, 0.25, 1.0], np.float32)
+    w_sc = np.linspace(-2, 2, 40).astype(np.float32)
+    wt = (w_cb[w_idx] * w_sc).astype(np.float32)
+    bt = (rng.standard_normal(40) * 0.1).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+                              "sc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 40])],
+                              [numpy_helper.from_array(wt, "W"), numpy_helper.from_array(bt, "B")])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+    stripped, arrays = strip_weights(model)
+    path = tmp / "scg.dcz"
+    dcformat.write(path, [dcformat.encode_codebook("W", w_cb, w_idx, scales=w_sc, scale_axis=1, encoding="codebook-sparse",
+                                                   lane_size=256),
+                          dcformat.encode("B", arrays["B"])], graph=stripped)
+    out["scales-graph"] = path.read_bytes()
+    return out
+
+
 def _other_formats() -> dict[str, bytes]:
     out = {}
     from safetensors.numpy import save
@@ -200,6 +246,7 @@ def seeds(attacks: bool = True) -> dict[str, bytes]:
                 print(f"skipped attack {a.name}: {type(e).__name__}: {e}", file=sys.stderr)
         out.update({f"extra-{k}": v for k, v in _graph_seeds(tmp).items()})
         out.update({f"extra-{k}": v for k, v in _float_planes_seeds(tmp).items()})
+        out.update({f"extra-{k}": v for k, v in _scales_seeds(tmp).items()})
     out.update({f"extra-{k}": v for k, v in _other_formats().items()})
     reg = REPO / "tests" / "attacks" / "regressions"
     if reg.is_dir():
