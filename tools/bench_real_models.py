@@ -245,7 +245,14 @@ def static_per_channel(src: str, dst: str, calib_path: str) -> None:
 
     from dcformat import inputs as inp
 
-    decl = inp.declared_inputs(onnx.load(src, load_external_data=False))
+    m = onnx.load(src)
+    decl = inp.declared_inputs(m)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-axis DequantizeLinear needs opset 13
+        from onnx import version_converter
+
+        src = dst + ".opset13.onnx"
+        onnx.save(version_converter.convert_version(m, 13), src)
     with np.load(calib_path) as z:
         calib = {k: z[k] for k in z.files}
 
