@@ -353,8 +353,9 @@ print(json.dumps(texts))
 """
 
 
-def ocr_task(models: dict, out: str, n: int = 12) -> dict:
-    """OCR text of the full pipeline on ``n`` rendered pages for each variant (all three models swapped)."""
+def ocr_task(models: dict, out: str, n: int = 12, mixes: dict | None = None) -> dict:
+    """OCR text of the full pipeline on ``n`` rendered pages for each variant (all three models swapped);
+    ``mixes``: {row name: {"det": variant, "rec": variant, "cls": variant}}, rows mixing variants."""
     imgs = []
     truth = []
     for i in range(n):
@@ -364,9 +365,10 @@ def ocr_task(models: dict, out: str, n: int = 12) -> dict:
         page_image(lines, 480, 9000 + i).save(p)
         imgs.append(p)
     texts = {}
-    names = [n for n in models["det"] if all(n in models[k] for k in ("rec", "cls"))]
-    for name in names:
-        cfg = {k: decoded_onnx(models[k][name], out, k, name.replace(" ", "-")) for k in ("det", "rec", "cls")}
+    rows = {n: dict.fromkeys(("det", "rec", "cls"), n) for n in models["det"] if all(n in models[k] for k in ("rec", "cls"))}
+    rows.update(mixes or {})
+    for name, pick in rows.items():
+        cfg = {k: decoded_onnx(models[k][pick[k]], out, k, pick[k].replace(" ", "-")) for k in ("det", "rec", "cls")}
         cfg["images"] = imgs
         r = subprocess.run([os.path.join(VENV, "bin", "python"), "-c", OCR_WORKER, json.dumps(cfg)],
                            capture_output=True, text=True)
@@ -419,6 +421,8 @@ def main(argv=None):
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",
                     help="a dcconvert row with these flags, e.g. 'per-tensor=--channel-scales off'")
     ap.add_argument("--no-ocr", action="store_true", help="skip the OCR pipeline task")
+    ap.add_argument("--ocr-mix", action="append", default=[], metavar="NAME=det:VARIANT,rec:VARIANT,cls:VARIANT",
+                    help="an OCR pipeline row mixing variants, e.g. 'det 0.05=det:max-error 0.05,rec:default,cls:default'")
     a = ap.parse_args(argv)
     global REUSE
     REUSE = a.reuse
@@ -458,7 +462,8 @@ def main(argv=None):
         elif key == "magika":
             results[key]["task"] = magika_task(v, magika_sets(files))
     if all(k in models for k in ("det", "rec", "cls")) and not a.no_ocr:
-        results["ocr"] = {"label": "PP-OCR pipeline (det+cls+rec)", "task": ocr_task(models, a.out)}
+        results["ocr"] = {"label": "PP-OCR pipeline (det+cls+rec)", "task": ocr_task(models, a.out, mixes={
+            m.split("=", 1)[0]: dict(kv.split(":", 1) for kv in m.split("=", 1)[1].split(",")) for m in a.ocr_mix})}
     table(results)
     if a.json_out:
         with open(a.json_out, "w") as f:
