@@ -43,6 +43,7 @@ VENV = os.path.join(ROOT, ".venv-bench")
 SITE = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages"))
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 REUSE = False
+REUSE_ONLY = False
 WORDS = ("the quick brown fox jumps over lazy dog model file format compressed weights runtime pruning "
          "sharing huffman codebook layer tensor budget error signal text line invoice total amount date "
          "number 2026 12 345 67.89 ONNX PP-OCR Deep Compression").split()
@@ -202,6 +203,9 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
     for name, per_channel in (("int8", False), ("int8 per-channel", True)):
         p = os.path.join(out, f"{key}.{name.replace(' ', '-')}.onnx")
         t = time.perf_counter()
+        if REUSE and os.path.exists(p):
+            res[name] = {"path": p, "bytes": os.path.getsize(p), "seconds": 0.0}
+            continue
         try:
             quantize_dynamic(plain, p, weight_type=QuantType.QInt8, per_channel=per_channel)
             session(p)  # ORT runs what it wrote
@@ -211,12 +215,15 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
         res[name] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
     p = os.path.join(out, f"{key}.int8-static-per-channel.onnx")
     t = time.perf_counter()
-    try:  # ORT's per-channel int8 for convolutions: static QDQ, calibrated on the same inputs as dcconvert
-        static_per_channel(plain, p, calib_path)
-        session(p)
-        res["int8 static per-channel"] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
-    except Exception as e:  # noqa: BLE001
-        print(f"[{key}] ORT static per-channel int8: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+    if REUSE and os.path.exists(p):
+        res["int8 static per-channel"] = {"path": p, "bytes": os.path.getsize(p), "seconds": 0.0}
+    else:
+        try:  # ORT's per-channel int8 for convolutions: static QDQ, calibrated on the same inputs as dcconvert
+            static_per_channel(plain, p, calib_path)
+            session(p)
+            res["int8 static per-channel"] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
+        except Exception as e:  # noqa: BLE001
+            print(f"[{key}] ORT static per-channel int8: {str(e).splitlines()[0][:200]}", file=sys.stderr)
     runs = [("lossless", ["--lossless"]), ("default", [])]
     runs += [(f"max-error {b:g}", ["--max-error", str(b)]) for b in BUDGETS]
     runs += EXTRA
@@ -225,6 +232,8 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
         if REUSE and os.path.exists(p + ".json"):  # --reuse: converted by an earlier run with the same settings
             with open(p + ".json") as f:
                 res[name] = json.load(f)
+            continue
+        if REUSE_ONLY:  # --reuse-only: rows not converted by an earlier run are left out
             continue
         t = time.perf_counter()
         r = run_cli([src, "-o", p, "--json", "--calibration", calib_path, *extra])
@@ -416,7 +425,9 @@ def main(argv=None):
     ap.add_argument("--only", default="det,rec,cls,vad,magika")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "dcz-bench-real"), help="work folder")
     ap.add_argument("--json", dest="json_out", help="also write the results here")
-    ap.add_argument("--reuse", action="store_true", help="reuse conversions an earlier run left in --out")
+    ap.add_argument("--reuse", action="store_true", help="reuse conversions an earlier run left in --out (int8 ones too; "
+                    "their seconds are then 0)")
+    ap.add_argument("--reuse-only", action="store_true", help="--reuse, and leave out the rows no earlier run converted")
     ap.add_argument("--budgets", default="", help="more dcconvert rows at these --max-error values, e.g. 0.02,0.05")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",
                     help="a dcconvert row with these flags, e.g. 'per-tensor=--channel-scales off'")
@@ -424,8 +435,8 @@ def main(argv=None):
     ap.add_argument("--ocr-mix", action="append", default=[], metavar="NAME=det:VARIANT,rec:VARIANT,cls:VARIANT",
                     help="an OCR pipeline row mixing variants, e.g. 'det 0.05=det:max-error 0.05,rec:default,cls:default'")
     a = ap.parse_args(argv)
-    global REUSE
-    REUSE = a.reuse
+    global REUSE, REUSE_ONLY
+    REUSE, REUSE_ONLY = a.reuse or a.reuse_only, a.reuse_only
     BUDGETS[:] = [float(x) for x in a.budgets.split(",") if x]
     EXTRA[:] = [(e.split("=", 1)[0], e.split("=", 1)[1].split()) for e in a.extra]
     os.makedirs(a.out, exist_ok=True)
