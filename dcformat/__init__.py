@@ -30,6 +30,7 @@ from .errors import (
 _LAZY = {
     "encode": "encode", "encode_raw": "encode", "encode_codebook": "encode", "encode_float_planes": "encode",
     "EncodedTensor": "encode", "estimate_codebook_bytes": "encode", "CodebookEstimate": "encode",
+    "codebook_values": "encode",
     "DczReader": "reader", "open": "reader", "TensorInfo": "records", "write": "writer",
     "InferenceSession": "runtime", "ProviderError": "runtime", "load_weights": "runtime", "to_onnx": "runtime",
 }
@@ -77,7 +78,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "open", "write", "to_onnx", "load_weights", "InferenceSession", "encode", "encode_raw", "encode_codebook", "encode_float_planes",
-    "estimate_codebook_bytes", "CodebookEstimate",
+    "estimate_codebook_bytes", "CodebookEstimate", "codebook_values",
     "DczReader", "EncodedTensor", "TensorInfo",
     "DczError", "ProviderError", "FormatError", "VersionError", "ChecksumError", "LimitError", "TensorError", "HuffmanError", "EncodeError",
     "FORMAT_VERSION", "__version__",

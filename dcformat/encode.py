@@ -182,7 +182,8 @@ class _Quantized:
 
         idx = self.idx[start:stop]
         if self.axis is None:
-            return self.cb.astype(DTYPES[self.dtype])[idx]
+            with np.errstate(over="ignore"):  # a float32 entry past float16's range converts to inf (spec 7.2)
+                return self.cb.astype(DTYPES[self.dtype])[idx]
         return scale_values(self.cb.astype(np.float32)[idx], self.scales.astype(np.float32), self.inner, self.dtype,
                             start // self.inner)
 
@@ -387,6 +388,26 @@ def estimate_codebook_bytes(
     q = _quantized("estimate", codebook, indices, shape, dtype, encoding, gap_bits, codebook_dtype, lane_size,
                    scales, scale_axis, scale_dtype)
     return _estimate(q)
+
+
+def codebook_values(
+    codebook,
+    indices,
+    shape=None,
+    dtype: str = "float32",
+    *,
+    codebook_dtype: str | None = None,
+    scales=None,
+    scale_axis: int = 0,
+    scale_dtype: str | None = None,
+) -> np.ndarray:
+    """The array a reader decodes from ``encode_codebook`` with the same arguments, bit for bit, without
+    encoding: ``codebook[indices]`` stored as ``codebook_dtype`` and converted to ``dtype``; with
+    ``scales``, times each channel's stored scale in float32 (spec 7.5; zeros +0.0). For measuring what
+    quantization does to a model before writing it."""
+    q = _quantized("values", codebook, indices, shape, dtype, None, None, codebook_dtype, DEFAULT_LANE_SIZE,
+                   scales, scale_axis, scale_dtype)
+    return q.values().reshape(q.shape)
 
 
 def encode_codebook(

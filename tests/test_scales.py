@@ -136,6 +136,10 @@ def test_unscaled_records_and_files_are_unchanged(tmp_path):
         assert "scale_axis" not in a.info.descriptor() and not a.info.scaled and a.info.minor == 0
         dcformat.write(tmp_path / "u.dcz", [a])
         assert (tmp_path / "u.dcz").read_bytes()[8:12] == b"\x01\x00\x00\x00"  # 1.0
+        with dcformat.open(tmp_path / "u.dcz") as r:
+            assert np.array_equal(bits(dcformat.codebook_values(cb, idx)), bits(r["w"]))
+    half = dcformat.codebook_values([1e-30, 0.5, 70000.0], [[0, 1, 2]], dtype="float16", codebook_dtype="float32")
+    assert half.dtype == np.float16 and bits(half).tolist() == [[0, 0x3800, 0x7C00]]
 
 
 def test_estimate_matches_encoding(tmp_path):
@@ -355,6 +359,10 @@ def test_property_roundtrip_bit_exact(tmp_path, case):
         got = r["w"]  # the reader checks nonzeros against the decoded values
     assert got.dtype == want.dtype and got.shape == want.shape
     assert np.array_equal(bits(got), bits(want))
+    values = dcformat.codebook_values(case["codebook"], case["indices"], case["shape"], case["dtype"],
+                                      scales=case["scales"], scale_axis=case["axis"], scale_dtype=sdt,
+                                      codebook_dtype=cbd)
+    assert values.dtype == want.dtype and np.array_equal(bits(values), bits(want))
 
 
 # ---------------------------------------------------------------- compact mode

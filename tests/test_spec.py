@@ -394,6 +394,21 @@ def sample_files(tmp_path):
           dcformat.encode_float_planes("fempty", np.zeros((0, 2), np.float32), planes=["huffman"] * 4)]
     fp.update({"fp32.all": fp["fp32"], "fp16.none": fp["fp16"], "fempty": np.zeros((0, 2), np.float32)})
     files.append(("planes.dcz", t, None, None, fp))
+    # 7.5 (1.2): per-channel scales, dense and sparse, both scale dtypes, several axes and dtypes, many lanes
+    sc_cb = np.array([0.0, -0.0, 0.25, -1.5, 3.0, 1e-30], np.float32)
+    sc_idx = np.where(rng.random((20, 3, 50)) < 0.4, rng.integers(2, 6, (20, 3, 50)), rng.integers(0, 2, (20, 3, 50)))
+    scales = {0: (rng.standard_normal(20) * 4).astype(np.float32), 1: np.array([0.0, -2.0, 1e-20], np.float32),
+              2: np.exp(rng.uniform(-9, 9, 50)).astype(np.float32)}
+    t, sc_exp = [], {}
+    for enc in ("codebook-dense", "codebook-sparse"):
+        for axis, dt, sdt in ((0, "float32", "float32"), (1, "float16", "float16"), (2, "float64", "float32"),
+                              (2, "bfloat16", "float16")):
+            name = f"{enc}.{axis}.{dt}.{sdt}"
+            t.append(dcformat.encode_codebook(name, sc_cb, sc_idx, dtype=dt, encoding=enc, scales=scales[axis],
+                                              scale_axis=axis, scale_dtype=sdt, codebook_dtype="float32", lane_size=256))
+            sc_exp[name] = dcformat.codebook_values(sc_cb, sc_idx, dtype=dt, scales=scales[axis], scale_axis=axis,
+                                                    scale_dtype=sdt, codebook_dtype="float32")
+    files.append(("scaled.dcz", t, None, None, sc_exp))
 
     out = []
     for name, tensors, graph, meta, exp in files:
@@ -473,6 +488,27 @@ def test_schema_rejects_bad_headers(validator):
     bad_fp(lambda e: e["parts"].pop("plane3"))
     bad_fp(lambda e: e["parts"].update(plane4=0))
     bad_fp(lambda e: e.update(codebook_size=2))                                 # not a float-planes key
+    sc = json.loads(example("scaled-descriptor"))  # 1.2: per-channel scales
+    validator.validate({"sections": [{"kind": "tensor", "length": 33, "crc32": 0, "tensor": sc}]})
+    sparse_sc = dict(good, scale_axis=0, scale_dtype="float32",
+                     parts={"codebook": 8, "scales": 40, "lane_bases": 8, "gaps": 17, "indices": 17})
+    validator.validate({"sections": [{"kind": "tensor", "length": 105, "crc32": 0, "tensor": sparse_sc}]})
+
+    def bad_sc(mutate, base=sc):
+        e = json.loads(json.dumps(base))
+        mutate(e)
+        assert not validator.is_valid({"sections": [{"kind": "tensor", "length": 33, "crc32": 0, "tensor": e}]}), e
+
+    bad_sc(lambda e: e.pop("scale_dtype"))                                      # both keys or neither
+    bad_sc(lambda e: e.pop("scale_axis"))
+    bad_sc(lambda e: e.update(scale_dtype="float64"))
+    bad_sc(lambda e: e.update(scale_axis=-1))
+    bad_sc(lambda e: e.update(scale_axis=32))
+    bad_sc(lambda e: e["parts"].pop("scales"))                                  # a scaled record has the part
+    bad_sc(lambda e: (e.pop("scale_axis"), e.pop("scale_dtype")))               # ... and only a scaled one
+    bad_sc(lambda e: e.update(parts={"scales": 4, "codebook": 8, "indices": 17}) or e["parts"].pop("codebook"))
+    bad_sc(lambda e: e["parts"].pop("lane_bases"), sparse_sc)
+    bad_fp(lambda e: e.update(scale_axis=0, scale_dtype="float32"))             # not a float-planes key
     raw = {"name": "r", "dtype": "bool", "shape": [], "encoding": "raw", "nonzeros": 1, "parts": {"data": 1}}
     validator.validate({"sections": [{"kind": "tensor", "length": 1, "crc32": 0, "tensor": raw}]})
     no_nz = {k: v for k, v in raw.items() if k != "nonzeros"}
