@@ -234,3 +234,17 @@ def test_embedding_rows_and_matmul_columns_get_the_scales(tmp_path, capsys):
         emb = r["emb.weight"]
     # each row is its scale times codebook entries: at most 32 distinct values per row once divided out
     assert max(np.unique(row / np.abs(row).max()).size for row in emb) <= 32
+
+
+def test_the_simulated_decode_is_the_readers_bit_for_bit():
+    import dcformat
+
+    rng = np.random.default_rng(7)
+    w = np.where(rng.random((24, 40)) < 0.2, 0, _wide_range_layer(rng, rows=24, cols=40)).astype(np.float32)
+    for axis in (0, 1):
+        cb, idx, s = perchannel.share(w, axis, 0.0, 5)
+        ours = perchannel.decode(cb, idx, s, axis, np.float32)
+        ref = dcformat.codebook_values(cb, idx, w.shape, "float32", scales=s, scale_axis=axis)
+        assert np.array_equal(ours.view(np.uint32), np.asarray(ref, np.float32).view(np.uint32))
+        enc = dcformat.encode_codebook("w", cb, idx, w.shape, "float32", scales=s, scale_axis=axis)
+        assert enc.info.scale_axis == axis
