@@ -61,9 +61,16 @@ def pruned_compensated(w: np.ndarray, layer, sparsity: float) -> np.ndarray:
 
 
 def reconstruct(w: np.ndarray, sparsity: float, bits: int, init: str = "linear", seed: int = 0,
-                hist: Histogram | None = None, layer=None, strength: float = 0.0) -> np.ndarray:
+                hist: Histogram | None = None, layer=None, strength: float = 0.0,
+                scale_axis: int | None = None) -> np.ndarray:
     """What compress_tensor stores for ``w`` at (sparsity, bits), decoded: same masks, same k-means
-    (``layer``: its calibration inputs are known, so the error-compensated one-shot sharing)."""
+    (``layer``: its calibration inputs are known, so the error-compensated one-shot sharing;
+    ``scale_axis``: one scale per channel along it, converters.perchannel)."""
+    if scale_axis is not None:
+        from . import perchannel
+
+        cb, idx, sc = perchannel.share(w, scale_axis, sparsity, bits, layer=layer, init=init, seed=seed)
+        return perchannel.decode(cb, idx, sc, scale_axis, w.dtype)
     if layer is not None:
         from .oneshot import share
 
@@ -178,8 +185,8 @@ def _error(ref, got) -> float:
 @dataclass
 class Search:
     budget: float
-    errors: dict = field(default_factory=dict)  # name -> {"sparsity": {s: e}, "bits": {b: e}}
-    plan: dict = field(default_factory=dict)  # name -> {"sparsity", "bits"} or None (raw)
+    errors: dict = field(default_factory=dict)  # name -> {"sparsity": {s: e}, "bits": {b: e}, "channel_bits": {b: e}}
+    plan: dict = field(default_factory=dict)  # name -> {"sparsity", "bits", "scale_axis"} or None (raw)
     verified: float | None = None
     backoffs: list = field(default_factory=list)
     trials: int = 0
@@ -189,7 +196,9 @@ class Search:
         return {"budget": self.budget, "metric": fidelity.METRIC, "trials": self.trials,
                 "verified_error": self.verified, "backoffs": self.backoffs, "seconds": round(self.seconds, 2),
                 "scan": {n: {"sparsity": {str(k): v for k, v in e["sparsity"].items()},
-                             "bits": {str(k): v for k, v in e["bits"].items()}} for n, e in self.errors.items()}}
+                             "bits": {str(k): v for k, v in e["bits"].items()},
+                             "channel_bits": {str(k): v for k, v in e.get("channel_bits", {}).items()}}
+                         for n, e in self.errors.items()}}
 
 
 def candidates(graph, weights: dict, min_size: int) -> tuple[list[str], dict]:
@@ -220,20 +229,30 @@ def candidates(graph, weights: dict, min_size: int) -> tuple[list[str], dict]:
     return cands, reasons
 
 
-def _options(name: str, n: int, itemsize: int, e: dict, limit: float, fixed_s=None, fixed_b=None) -> list[dict]:
-    """Settings of one layer with their predicted squared error and estimated bytes; raw first."""
-    opts = [{"sparsity": None, "bits": None, "err2": 0.0, "bytes": float(n * itemsize)}]
+def _options(name: str, n: int, itemsize: int, e: dict, limit: float, fixed_s=None, fixed_b=None,
+             channels: int = 0, scale_axis: int | None = None) -> list[dict]:
+    """Settings of one layer with their predicted squared error and estimated bytes; raw first.
+    Per-channel settings (``e["channel_bits"]``: one scale per channel along ``scale_axis``) cost
+    the plain estimate plus ``channels`` scales (converters.perchannel.estimate_bytes)."""
+    from .perchannel import estimate_bytes as channel_bytes
+
+    opts = [{"sparsity": None, "bits": None, "scale_axis": None, "err2": 0.0, "bytes": float(n * itemsize)}]
     ss = {0.0: 0.0, **{s: v for s, v in e["sparsity"].items() if v <= limit}}
     bb = {b: v for b, v in e["bits"].items() if v <= limit}
     if fixed_s is not None:
         ss = {fixed_s: e["sparsity"].get(fixed_s, 0.0)}
     if fixed_b is not None:
         bb = {fixed_b: e["bits"].get(fixed_b, 0.0)}
+    cb = {b: v for b, v in e.get("channel_bits", {}).items() if v <= limit}
+    if fixed_b is not None and fixed_b in e.get("channel_bits", {}):
+        cb = {fixed_b: e["channel_bits"][fixed_b]}
     for s, es in ss.items():
-        for b, eb in bb.items():
-            est = estimate_bytes(n, s, b)
-            if est < n * itemsize or fixed_s is not None or fixed_b is not None:
-                opts.append({"sparsity": float(s), "bits": int(b), "err2": es * es + eb * eb, "bytes": est})
+        for kind, table in ((None, bb), (scale_axis, cb)):
+            for b, eb in table.items():
+                est = estimate_bytes(n, s, b) if kind is None else channel_bytes(n, s, b, channels)
+                if est < n * itemsize or fixed_s is not None or fixed_b is not None:
+                    opts.append({"sparsity": float(s), "bits": int(b), "scale_axis": kind, "err2": es * es + eb * eb,
+                                 "bytes": est})
     return opts
 
 
@@ -246,8 +265,13 @@ def choose(options: dict, target: float) -> dict:
 
 def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: int, init: str = "linear",
            seed: int = 0, fixed_sparsity=None, fixed_bits=None, progress=None, echo=None,
-           layers: dict | None = None, strength=None) -> tuple[Search, dict]:
+           layers: dict | None = None, strength=None, axes: dict | None = None,
+           channel_scales: str = "auto") -> tuple[Search, dict]:
     """Scan, plan and verify; returns (the Search record, {name: why it stays raw}).
+
+    ``axes`` (name -> output axis, converters.roles): with ``channel_scales`` "auto" every layer is
+    also scanned with one scale per output channel (converters.perchannel) and the plan picks per
+    layer whichever of the two is smaller at its error; "on": per-channel only, "off": never.
 
     ``layers`` (name -> converters.hessian.Layer with H): those weights are built error-compensated
     for verification (and by compress_tensor); the scan measures plain pruning and sharing, whose
@@ -278,8 +302,10 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         w = weights[name]
         e = {"sparsity": {}, "bits": {}}
         fs, fb = fixed_sparsity(name), fixed_bits(name)
-        hist = Histogram(w[w != 0]) if np.any(w) else None
-        for b in ([fb] if fb is not None else SCAN_BITS):
+        ax = channel_axis(w, layers.get(name), (axes or {}).get(name, 0)) if channel_scales != "off" else None
+        plain = ax is None or channel_scales != "on"  # "on": per-channel wherever a tensor has channels
+        hist = Histogram(w[w != 0]) if np.any(w) and plain else None
+        for b in ([fb] if fb is not None else SCAN_BITS) if plain else ():
             err = _error(base_scan, runner.run(scan_set, decl, weights,
                                                {name: reconstruct(w, 0.0, b, init, seed, hist, layer=scan_layer(name),
                                                                                  strength=strength(name))}))
@@ -288,7 +314,16 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             if err > budget:
                 break
         del hist
-        shareable = any(v <= budget for v in e["bits"].values())
+        if ax is not None:
+            e["channel_bits"] = {}
+            for b in ([fb] if fb is not None else SCAN_BITS):
+                err = _error(base_scan, runner.run(scan_set, decl, weights, {
+                    name: reconstruct(w, 0.0, b, init, seed, layer=scan_layer(name), scale_axis=ax)}))
+                res.trials += 1
+                e["channel_bits"][b] = err
+                if err > budget:
+                    break
+        shareable = any(v <= budget for v in list(e["bits"].values()) + list(e.get("channel_bits", {}).values()))
         for s in ([fs] if fs is not None else SCAN_SPARSITIES):
             if not s or not shareable:  # every option shares weights: no bits within budget, nothing to prune
                 continue
@@ -303,7 +338,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             if err > budget:
                 break
         res.errors[name] = e
-        options[name] = _options(name, w.size, w.dtype.itemsize, e, budget, fs, fb)
+        options[name] = _options(name, w.size, w.dtype.itemsize, e, budget, fs, fb,
+                                 channels=0 if ax is None else w.shape[ax], scale_axis=ax)
         if progress:
             progress(i + 1, len(cands), name)
     plan = choose(options, PLAN_SHARE * budget)
@@ -317,7 +353,7 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             recon.pop(name, None)
         else:
             recon[name] = reconstruct(weights[name], c["sparsity"], c["bits"], init, seed, layer=layers.get(name),
-                                      strength=strength(name))
+                                      strength=strength(name), scale_axis=c["scale_axis"])
 
     for name in cands:
         rebuild(name)
@@ -345,15 +381,36 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         if c["bits"] is None:
             res.plan[name] = None
             e = res.errors[name]
-            cheapest = min(list(e["bits"].values()) or [math.inf])
-            reasons[name] = (f"error budget: 8-bit sharing alone gives {e['bits'].get(8, cheapest):.3g} "
-                             f"(budget {budget:g})" if all(v > budget * PLAN_SHARE for v in e["bits"].values())
+            shared = list(e["bits"].values()) + list(e.get("channel_bits", {}).values())
+            best8 = min([v for v in (e["bits"].get(8), e.get("channel_bits", {}).get(8)) if v is not None]
+                        or [min(shared or [math.inf])])
+            reasons[name] = (f"error budget: 8-bit sharing alone gives {best8:.3g} "
+                             f"(budget {budget:g})" if all(v > budget * PLAN_SHARE for v in shared)
                              else "error budget: compressing it saved too little for the error it added")
         else:
-            res.plan[name] = {"sparsity": c["sparsity"], "bits": c["bits"]}
+            res.plan[name] = {"sparsity": c["sparsity"], "bits": c["bits"], "scale_axis": c["scale_axis"]}
     res.seconds = time.perf_counter() - t0
     return res, reasons
 
 
 def _label(c) -> str:
-    return "raw" if c["bits"] is None else f"{c['sparsity']:.0%} pruned, {c['bits']} bits"
+    if c["bits"] is None:
+        return "raw"
+    return f"{c['sparsity']:.0%} pruned, {c['bits']} bits" + (" per channel" if c.get("scale_axis") is not None else "")
+
+
+MIN_CHANNEL_SIZE = 4  # elements per channel below which a scale each costs more than it can save
+
+
+def channel_axis(w: np.ndarray, layer, axis: int) -> int | None:
+    """The axis of ``w``'s per-channel scales, or None where a tensor has no channels to scale: the
+    rows of its Layer (converters.perchannel.layer_axis) when it has one, else its output ``axis``
+    (converters.roles: a Conv's filters, MatMul's columns, an embedding table's rows)."""
+    from .perchannel import layer_axis
+
+    if w.ndim < 2:
+        return None
+    ax = layer_axis(layer, w.ndim) if layer is not None else axis % w.ndim
+    if w.shape[ax] < 2 or w.size // w.shape[ax] < MIN_CHANNEL_SIZE:
+        return None
+    return ax

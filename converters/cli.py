@@ -65,16 +65,19 @@ def _progress():
 
 
 def summary(result: dict) -> None:
-    cols = ["tensor", "shape", "params", "role", "action", "sparsity", "bits", "encoding", "gap bits", "bytes", "x fp32"]
+    cols = ["tensor", "shape", "params", "role", "action", "sparsity", "bits", "scales", "encoding", "gap bits", "bytes",
+            "x fp32"]
     rows = [[r["name"], "x".join(map(str, r["shape"])) or "()", f"{r['params']:,}", r.get("role") or "-",
              r["action"] + (" (OBS)" if r.get("compensated") else ""), f"{r['sparsity']:.1%}",
-             "-" if r["bits"] is None else str(r["bits"]), r["encoding"], "-" if r["gap_bits"] is None else str(r["gap_bits"]),
+             "-" if r["bits"] is None else str(r["bits"]), r.get("scales") or "-", r["encoding"],
+             "-" if r["gap_bits"] is None else str(r["gap_bits"]),
              f"{r['bytes']:,}", "-" if r["ratio"] is None else f"{r['ratio']:.1f}"] for r in result["layers"]]
     t = result["totals"]
-    footer = ["total", "", f"{t['params']:,}", "", "", f"{t['sparsity']:.1%}", "", "", "", f"{t['tensor_bytes']:,}",
+    footer = ["total", "", f"{t['params']:,}", "", "", f"{t['sparsity']:.1%}", "", "", "", "", f"{t['tensor_bytes']:,}",
               f"{t['params'] * 4 / max(t['tensor_bytes'], 1):.1f}"]
-    render(None, cols, rows, right=set(cols) - {"tensor", "shape", "role", "action", "encoding"}, footer=footer,
-           drop=["gap bits", "encoding", "role", "action", "x fp32", "shape"], more="a wider terminal or --json shows them")
+    render(None, cols, rows, right=set(cols) - {"tensor", "shape", "role", "action", "scales", "encoding"}, footer=footer,
+           drop=["gap bits", "encoding", "role", "action", "x fp32", "shape", "scales"],
+           more="a wider terminal or --json shows them")
     click.echo(f"{_escape(result['source']['file'])} ({result['source']['kind']}, {result['source']['bytes']:,} bytes) -> "
                f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {times_smaller(result['ratio'])}; "
                f"{t['params']:,} parameters, {8 * result['dcz_bytes'] / max(t['params'], 1):.2f} bits/param; "
@@ -219,7 +222,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
             search_rec, reasons = _ort_call("ONNX Runtime failed during the error-budget search", bud.search,
                                             src.graph, originals, calib, decl, limit, min_size=s.min_size, init=s.init,
                                             seed=s.seed, progress=progress, echo=echo, layers=s.layers,
-                                            strength=s.ecvq.get, **fixed)
+                                            strength=s.ecvq.get, axes=src.out_axes,
+                                            channel_scales=s.channel_scales, **fixed)
             s.plan, s.reasons = search_rec.plan, reasons
     else:
         if calibration is not None or max_error is not None:
@@ -309,6 +313,11 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.option("--compensate/--no-compensate", default=True, show_default=True,
               help="with a graph: prune and share each Conv/Gemm/MatMul weight knowing its inputs on the calibration "
                    "set (importance-weighted codebook, OBS/GPTQ error compensation), not by magnitude alone")
+@click.option("--channel-scales", type=click.Choice(("auto", "on", "off")), default="auto", show_default=True,
+              help="one scale per output channel (W[c] = scale[c] x codebook[index]; Conv filters, Gemm/MatMul "
+                   "output columns, embedding rows): auto lets the --max-error search pick it per layer where it "
+                   "makes the file smaller; on uses it for every shared tensor with channels, explicit --bits too; "
+                   "off keeps one codebook per tensor (format 1.0/1.1 files)")
 @click.option("--init", type=click.Choice(INITS), default="linear", show_default=True, help="k-means centroid initialisation")
 @click.option("--min-size", type=click.IntRange(0), default=cmp.DEFAULT_MIN_SIZE, show_default=True,
               help="tensors with fewer elements are stored exactly (biases, norms and small tensors always are)")
@@ -352,7 +361,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.option("-q", "--quiet", is_flag=True, help="no table, no progress bar")
 @click.option("-f", "--force", is_flag=True, help="replace an existing .dcz that -o does not name (the default output)")
 @click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
-def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, ecvq, role_overrides, compensate, init,
+def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, ecvq, role_overrides, compensate,
+              channel_scales, init,
               min_size, lossless,
               inputs, input_shapes, opset, model_factory, trust_code, max_error, calibration, calibration_samples, dims,
               seed, as_json, report, quiet, force):
@@ -390,6 +400,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         bits=_layer("--bits", bits, st.bits),
         ecvq=_layer("--ecvq", ecvq, parse_strength, DEFAULT_ECVQ),
         init=init, min_size=min_size, lossless=lossless, seed=seed, roles=_roles(role_overrides), compensate=compensate,
+        channel_scales=channel_scales,
     )
     shapes = [_shape(x) for x in input_shapes]
     out = output or os.path.splitext(model)[0] + ".dcz"

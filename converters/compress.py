@@ -39,6 +39,7 @@ class Settings:
     roles: list = field(default_factory=list)  # --role overrides: (pattern, role), first match wins
     layers: dict = field(default_factory=dict)  # name -> converters.hessian.Layer: share error-compensated
     compensate: bool = True  # with a graph and calibration inputs, collect the layers' H for that
+    channel_scales: str = "auto"  # per-channel scales: "auto" (the budget search picks), "on", "off"
 
     def all(self) -> list[LayerSetting]:
         return [self.sparsity, self.threshold_std, self.threshold, self.prune_neurons, self.bits, self.ecvq]
@@ -48,6 +49,7 @@ class Settings:
         d.update(init=self.init, min_size=self.min_size, lossless=self.lossless, seed=self.seed,
                  default_bits=DEFAULT_BITS, default_sparsity=DEFAULT_SPARSITY)
         d["compensate"] = self.compensate
+        d["channel_scales"] = self.channel_scales
         if self.roles:
             d["role"] = dict(self.roles)
         return d
@@ -182,7 +184,22 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
         b = chosen["bits"] if chosen else s.bits.get(name, DEFAULT_BITS[role])
         q, t, f = s.threshold_std.get(name), s.threshold.get(name), s.prune_neurons.get(name)
         layer = s.layers.get(name) if not (q or t or f) else None  # thresholds and neurons: plain masks
-        if layer is not None:  # calibration inputs known: error-compensated pruning and sharing
+        if chosen:
+            scale_axis = chosen.get("scale_axis")
+        elif s.channel_scales == "on" and not (q or t or f):
+            from .budget import channel_axis
+
+            scale_axis = channel_axis(w, layer, axis)
+        else:
+            scale_axis = None
+        scales = None
+        if scale_axis is not None:  # one scale per output channel (format v1.2)
+            from . import perchannel
+
+            codebook, indices, scales = perchannel.share(w, scale_axis, target or 0.0, b, layer=layer, init=s.init,
+                                                         seed=s.seed)
+            del w
+        elif layer is not None:  # calibration inputs known: error-compensated pruning and sharing
             from .oneshot import share
 
             lam = s.ecvq.get(name)
@@ -206,11 +223,24 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
             codebook, indices = _ecvq.ecvq(pruned, b, lam, init=s.init, seed=s.seed, info=ecvq_info)
             row["ecvq"] = ecvq_info or {"strength": lam}
             del pruned
-        recon = codebook.astype(pruned_dtype(dtype))[indices] if keep_recon else None
-        encoding, gap_bits = choose_layout(codebook, indices, dtype) if indices.size else (None, None)
-        enc = dcformat.encode_codebook(name, codebook, indices, shape, dtype, encoding=encoding, gap_bits=gap_bits)
+        if not keep_recon:
+            recon = None
+        elif scales is None:
+            recon = codebook.astype(pruned_dtype(dtype))[indices]
+        else:
+            from .perchannel import decode
+
+            recon = decode(codebook, indices, scales, scale_axis, pruned_dtype(dtype))
+        if scales is None:
+            encoding, gap_bits = choose_layout(codebook, indices, dtype) if indices.size else (None, None)
+            extra = {}
+        else:  # the encoder's own estimate (dcformat.encode.estimate_codebook_bytes) counts the scales
+            encoding, gap_bits, extra = None, None, {"scales": scales, "scale_axis": scale_axis}
+        enc = dcformat.encode_codebook(name, codebook, indices, shape, dtype, encoding=encoding, gap_bits=gap_bits,
+                                       **extra)
         del indices
-        row.update(action="pruned+shared", bits=b, target_sparsity=target, compensated=layer is not None)
+        row.update(action="pruned+shared", bits=b, target_sparsity=target, compensated=layer is not None,
+                   scales="channel" if scales is not None else "tensor")
     row.update(
         encoding=enc.encoding, nonzeros=enc.info.nonzeros,
         sparsity=1 - enc.info.nonzeros / params if params else 0.0,

@@ -678,8 +678,8 @@ def test_table_when_piped(net, tmp_path):
     src, w = net
     out = tmp_path / "p.dcz"
     p = run(src, "-o", out, "--max-error", "0.05")
-    assert p.returncode == 0 and p.stderr == ""
-    assert "\x1b" not in p.stdout and "\r" not in p.stdout
+    assert p.returncode == 0 and all(ln.startswith("budget: ") for ln in p.stderr.splitlines())  # back-offs only
+    assert "\x1b" not in p.stdout and "\x1b" not in p.stderr and "\r" not in p.stdout
     lines = p.stdout.splitlines()
     assert lines[0].split()[:3] == ["tensor", "shape", "params"]
     assert sum(1 for ln in lines if ln.split() and ln.split()[0] in w) == len(w)

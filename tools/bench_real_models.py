@@ -1,5 +1,6 @@
 """Real pretrained models nobody here wrote, converted without retraining: size, measured fidelity and
-a task-level result for ORT's dynamic int8, `dcconvert --lossless` and `dcconvert` with its defaults.
+a task-level result for ORT's dynamic int8 (per tensor, and per channel where ORT offers it),
+`dcconvert --lossless` and `dcconvert` with its defaults (plus looser budgets with --budgets).
 
 Models (all shipped inside PyPI wheels; never used in CI):
   * PP-OCRv4 text detector, recognizer and the v2 direction classifier (rapidocr-onnxruntime)
@@ -12,6 +13,9 @@ Setup (once; a separate venv beside the test venv, git-ignored):
     .venv-bench/bin/pip install --no-deps silero-vad magika   # only their model files are used
 Run (from the repository root, with the project's venv):
     PYTHONPATH=$PWD .venv/bin/python tools/bench_real_models.py [--only det,rec,cls,vad,magika] [--out DIR]
+        [--budgets 0.02,0.05] [--extra NAME=FLAGS ...]
+(--budgets: more dcconvert rows at those --max-error values; --extra: a row of dcconvert with those
+flags, e.g. --extra "per-tensor=--channel-scales off". "x int8" is ORT int8's bytes over the row's.)
 
 Calibration inputs are built here from data like the models' own (rendered text images and lines
 with PIL, a synthetic voiced/unvoiced signal, real files of this machine); fidelity is measured on
@@ -39,6 +43,7 @@ VENV = os.path.join(ROOT, ".venv-bench")
 SITE = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages"))
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 REUSE = False
+REUSE_ONLY = False
 WORDS = ("the quick brown fox jumps over lazy dog model file format compressed weights runtime pruning "
          "sharing huffman codebook layer tensor budget error signal text line invoice total amount date "
          "number 2026 12 345 67.89 ONNX PP-OCR Deep Compression").split()
@@ -184,20 +189,51 @@ def run_cli(args, **kw):
                           capture_output=True, text=True, env=env, **kw)
 
 
+BUDGETS: list[float] = []
+EXTRA: list[tuple[str, list[str]]] = []
+
+
 def variants(key: str, src: str, calib_path: str, out: str) -> dict:
-    """{variant: {"path", "bytes", "seconds", "report"}} for int8, lossless and the default."""
+    """{variant: {"path", "bytes", "seconds", "report"}} for int8 (per tensor and per channel), lossless,
+    the default and the rows of --budgets / --extra."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     res = {"fp32": {"path": src, "bytes": os.path.getsize(src), "seconds": 0.0}}
-    p = os.path.join(out, f"{key}.int8.onnx")
+    plain = constants_as_initializers(src, out, key)
+    for name, per_channel in (("int8", False), ("int8 per-channel", True)):
+        p = os.path.join(out, f"{key}.{name.replace(' ', '-')}.onnx")
+        t = time.perf_counter()
+        if REUSE and os.path.exists(p):
+            res[name] = {"path": p, "bytes": os.path.getsize(p), "seconds": 0.0}
+            continue
+        try:
+            quantize_dynamic(plain, p, weight_type=QuantType.QInt8, per_channel=per_channel)
+            session(p)  # ORT runs what it wrote
+        except Exception as e:  # noqa: BLE001 - where ORT does not offer it, the row says so
+            print(f"[{key}] ORT {name}: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+            continue
+        res[name] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
+    p = os.path.join(out, f"{key}.int8-static-per-channel.onnx")
     t = time.perf_counter()
-    quantize_dynamic(constants_as_initializers(src, out, key), p, weight_type=QuantType.QInt8)
-    res["int8"] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
-    for name, extra in (("lossless", ["--lossless"]), ("default", [])):
-        p = os.path.join(out, f"{key}.{name}.dcz")
+    if REUSE and os.path.exists(p):
+        res["int8 static per-channel"] = {"path": p, "bytes": os.path.getsize(p), "seconds": 0.0}
+    else:
+        try:  # ORT's per-channel int8 for convolutions: static QDQ, calibrated on the same inputs as dcconvert
+            static_per_channel(plain, p, calib_path)
+            session(p)
+            res["int8 static per-channel"] = {"path": p, "bytes": os.path.getsize(p), "seconds": time.perf_counter() - t}
+        except Exception as e:  # noqa: BLE001
+            print(f"[{key}] ORT static per-channel int8: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+    runs = [("lossless", ["--lossless"]), ("default", [])]
+    runs += [(f"max-error {b:g}", ["--max-error", str(b)]) for b in BUDGETS]
+    runs += EXTRA
+    for name, extra in runs:
+        p = os.path.join(out, f"{key}.{name.replace(' ', '-')}.dcz")
         if REUSE and os.path.exists(p + ".json"):  # --reuse: converted by an earlier run with the same settings
             with open(p + ".json") as f:
                 res[name] = json.load(f)
+            continue
+        if REUSE_ONLY:  # --reuse-only: rows not converted by an earlier run are left out
             continue
         t = time.perf_counter()
         r = run_cli([src, "-o", p, "--json", "--calibration", calib_path, *extra])
@@ -208,6 +244,39 @@ def variants(key: str, src: str, calib_path: str, out: str) -> dict:
         with open(p + ".json", "w") as f:
             json.dump(res[name], f)
     return res
+
+
+def static_per_channel(src: str, dst: str, calib_path: str) -> None:
+    """onnxruntime.quantization.quantize_static, QDQ format, int8 weights with one scale per output
+    channel (per_channel=True), activations calibrated (MinMax) on the calibration samples."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from dcformat import inputs as inp
+
+    m = onnx.load(src)
+    decl = inp.declared_inputs(m)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # per-axis DequantizeLinear needs opset 13
+        from onnx import version_converter
+
+        src = dst + ".opset13.onnx"
+        onnx.save(version_converter.convert_version(m, 13), src)
+    with np.load(calib_path) as z:
+        calib = {k: z[k] for k in z.files}
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= inp.num_samples(calib, decl):
+                return None
+            self.i += 1
+            return inp.sample_feeds(calib, decl, self.i - 1)
+
+    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8)
 
 
 def constants_as_initializers(src: str, out: str, key: str) -> str:
@@ -293,8 +362,9 @@ print(json.dumps(texts))
 """
 
 
-def ocr_task(models: dict, out: str, n: int = 12) -> dict:
-    """OCR text of the full pipeline on ``n`` rendered pages for each variant (all three models swapped)."""
+def ocr_task(models: dict, out: str, n: int = 12, mixes: dict | None = None) -> dict:
+    """OCR text of the full pipeline on ``n`` rendered pages for each variant (all three models swapped);
+    ``mixes``: {row name: {"det": variant, "rec": variant, "cls": variant}}, rows mixing variants."""
     imgs = []
     truth = []
     for i in range(n):
@@ -304,8 +374,10 @@ def ocr_task(models: dict, out: str, n: int = 12) -> dict:
         page_image(lines, 480, 9000 + i).save(p)
         imgs.append(p)
     texts = {}
-    for name in ("fp32", "int8", "lossless", "default"):
-        cfg = {k: decoded_onnx(models[k][name], out, k, name) for k in ("det", "rec", "cls")}
+    rows = {n: dict.fromkeys(("det", "rec", "cls"), n) for n in models["det"] if all(n in models[k] for k in ("rec", "cls"))}
+    rows.update(mixes or {})
+    for name, pick in rows.items():
+        cfg = {k: decoded_onnx(models[k][pick[k]], out, k, pick[k].replace(" ", "-")) for k in ("det", "rec", "cls")}
         cfg["images"] = imgs
         r = subprocess.run([os.path.join(VENV, "bin", "python"), "-c", OCR_WORKER, json.dumps(cfg)],
                            capture_output=True, text=True)
@@ -353,10 +425,20 @@ def main(argv=None):
     ap.add_argument("--only", default="det,rec,cls,vad,magika")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "dcz-bench-real"), help="work folder")
     ap.add_argument("--json", dest="json_out", help="also write the results here")
-    ap.add_argument("--reuse", action="store_true", help="reuse conversions an earlier run left in --out")
+    ap.add_argument("--reuse", action="store_true", help="reuse conversions an earlier run left in --out (int8 ones too; "
+                    "their seconds are then 0)")
+    ap.add_argument("--reuse-only", action="store_true", help="--reuse, and leave out the rows no earlier run converted")
+    ap.add_argument("--budgets", default="", help="more dcconvert rows at these --max-error values, e.g. 0.02,0.05")
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",
+                    help="a dcconvert row with these flags, e.g. 'per-tensor=--channel-scales off'")
+    ap.add_argument("--no-ocr", action="store_true", help="skip the OCR pipeline task")
+    ap.add_argument("--ocr-mix", action="append", default=[], metavar="NAME=det:VARIANT,rec:VARIANT,cls:VARIANT",
+                    help="an OCR pipeline row mixing variants, e.g. 'det 0.05=det:max-error 0.05,rec:default,cls:default'")
     a = ap.parse_args(argv)
-    global REUSE
-    REUSE = a.reuse
+    global REUSE, REUSE_ONLY
+    REUSE, REUSE_ONLY = a.reuse or a.reuse_only, a.reuse_only
+    BUDGETS[:] = [float(x) for x in a.budgets.split(",") if x]
+    EXTRA[:] = [(e.split("=", 1)[0], e.split("=", 1)[1].split()) for e in a.extra]
     os.makedirs(a.out, exist_ok=True)
     keys = a.only.split(",")
     files = magika_files()
@@ -382,14 +464,17 @@ def main(argv=None):
                       if name in fid else {}),
                    **({"calib_rel_l2": x["report"]["fidelity"]["max_rel_l2"],
                        "shared": sum(r["action"] == "pruned+shared" for r in x["report"]["layers"]),
-                       "tensors": len(x["report"]["layers"])} if "report" in x else {})}
+                       "per_channel": sum(r.get("scales") == "channel" for r in x["report"]["layers"]),
+                       "tensors": len(x["report"]["layers"]),
+                       "convert_seconds": round(x["report"]["seconds"], 1)} if "report" in x else {})}
             for name, x in v.items()}}
         if key == "vad":
             results[key]["task"] = vad_task(v)
         elif key == "magika":
             results[key]["task"] = magika_task(v, magika_sets(files))
-    if all(k in models for k in ("det", "rec", "cls")):
-        results["ocr"] = {"label": "PP-OCR pipeline (det+cls+rec)", "task": ocr_task(models, a.out)}
+    if all(k in models for k in ("det", "rec", "cls")) and not a.no_ocr:
+        results["ocr"] = {"label": "PP-OCR pipeline (det+cls+rec)", "task": ocr_task(models, a.out, mixes={
+            m.split("=", 1)[0]: dict(kv.split(":", 1) for kv in m.split("=", 1)[1].split(",")) for m in a.ocr_mix})}
     table(results)
     if a.json_out:
         with open(a.json_out, "w") as f:
@@ -409,24 +494,28 @@ def _task_text(key, res, name) -> str:
 
 
 def table(results: dict) -> None:
-    print("| model | variant | bytes | x fp32 | rel. L2 (held-out) | min cosine | calib. rel. L2 | tensors shared | task | seconds |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("| model | variant | bytes | x fp32 | x int8 | rel. L2 (held-out) | min cosine | calib. rel. L2 "
+          "| tensors shared (per-channel) | task | seconds |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for key, res in results.items():
         if key == "ocr":
             continue
         fp = res["variants"]["fp32"]["bytes"]
+        i8 = res["variants"].get("int8", {}).get("bytes")
         for name, v in res["variants"].items():
             cos = v.get("held_out_min_cosine")
+            shared = "-" if "shared" not in v else f"{v['shared']}/{v['tensors']} ({v.get('per_channel', 0)})"
+            x8 = "-" if not i8 else f"{i8 / v['bytes']:.2f}"
             print(f"| {res['label']} | {name} | {v['bytes']:,} | {fp / v['bytes']:.2f} | "
+                  f"{x8} | "
                   f"{_f(v.get('held_out_rel_l2'))} | {'-' if cos is None else f'{cos:.6f}'} | {_f(v.get('calib_rel_l2'))} | "
-                  f"{'-' if 'shared' not in v else str(v['shared']) + '/' + str(v['tensors'])} | "
-                  f"{_task_text(key, res, name)} | {v['seconds']} |")
+                  f"{shared} | {_task_text(key, res, name)} | {v['seconds']} |")
     if "ocr" in results:
         t = results["ocr"]["task"]
         print()
         print("| PP-OCR pipeline (det + cls + rec swapped together) | text identical to fp32 | exactly the rendered text |")
         print("|---|---:|---:|")
-        for name in ("fp32", "int8", "lossless", "default"):
+        for name in [n for n in t if n != "example"]:
             print(f"| {name} | {t[name]['identical']}/{t[name]['of']} | {t[name]['correct']}/{t[name]['of']} |")
         print(f"\nexample: {json.dumps(t['example'])}")
 
