@@ -91,6 +91,17 @@ def _checked(info: TensorInfo, out: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
+def lane_bases(parts: dict, offs: dict, n: int, where: str) -> np.ndarray:
+    """A codebook-sparse record's lane bases (spec 7.3), checked: the first is 0, none past the ``n`` elements."""
+    bases = parts["lane_bases"].view("<u8")
+    if bases.size:
+        if bases[0] != 0:
+            raise TensorError(f"{where}: the first lane base must be 0 (byte {offs['lane_bases']})")
+        if int(bases.max()) > n:
+            raise TensorError(f"{where}: a lane base is past the tensor's {n} elements (byte {offs['lane_bases']})")
+    return bases
+
+
 def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     """Decode one tensor from its (checksum-verified) section bytes."""
     where = f"tensor {info.name!r}"
@@ -129,12 +140,7 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
         m = info.entries
         g = parse_stream(parts["gaps"], m, 1 << info.gap_bits, info.lane_size, where, offs["gaps"])
         s = parse_stream(parts["indices"], m, info.index_alphabet, info.lane_size, where, offs["indices"])
-        bases = parts["lane_bases"].view("<u8")
-        if bases.size:
-            if bases[0] != 0:
-                raise TensorError(f"{where}: the first lane base must be 0 (byte {offs['lane_bases']})")
-            if int(bases.max()) > n:
-                raise TensorError(f"{where}: a lane base is past the tensor's {n} elements (byte {offs['lane_bases']})")
+        bases = lane_bases(parts, offs, n, where)
         out = np.zeros(n, udt)
         if m:
             from . import kernels

@@ -232,7 +232,7 @@ def decode_tensors(batch) -> dict[str, np.ndarray]:
 def _prepare(info, section, jobs):
     """Parse one tensor's streams (as decode.decode_tensor does), queue them in ``jobs``; returns the
     function that builds the tensor from the decoded streams (and raises what the kernels' statuses say)."""
-    from .decode import _checked, _values, apply_scales, read_scales, split_parts
+    from .decode import _checked, _values, apply_scales, lane_bases, read_scales, split_parts
     where = f"tensor {info.name!r}"
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
@@ -262,12 +262,7 @@ def _prepare(info, section, jobs):
         m = info.entries
         g = parse_stream(parts["gaps"], m, 1 << info.gap_bits, info.lane_size, where, offs["gaps"])
         s = parse_stream(parts["indices"], m, info.index_alphabet, info.lane_size, where, offs["indices"])
-        bases = parts["lane_bases"].view("<u8")
-        if bases.size:
-            if bases[0] != 0:
-                raise TensorError(f"{where}: the first lane base must be 0 (byte {offs['lane_bases']})")
-            if int(bases.max()) > n:
-                raise TensorError(f"{where}: a lane base is past the tensor's {n} elements (byte {offs['lane_bases']})")
+        bases = lane_bases(parts, offs, n, where)
         jobs += [(g, m, info.lane_size), (s, m, info.lane_size)]
         values = _values(info, parts["codebook"], True, vdt)
 
