@@ -314,14 +314,13 @@ class DczReader(Mapping):
         i = 0
         while i < len(secs):
             start = secs[i][0]
-            j = i
+            j, span = i, 0
             while j < len(secs):  # sections tile the file: a run of them is one span
                 sec = self._tensor_sections[secs[j][1]]
                 if sec.offset + sec.length - start > SCRATCH_BYTES and j > i:
                     break
+                span = max(span, sec.offset + sec.length - start)  # an empty section may share an offset
                 j += 1
-            last = self._tensor_sections[secs[j - 1][1]]
-            span = last.offset + last.length - start
             if span > SCRATCH_BYTES:  # one large tensor: as self[name] reads it
                 out[secs[i][1]] = self[secs[i][1]]
                 i += 1

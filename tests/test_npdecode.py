@@ -262,3 +262,18 @@ def test_scales_without_numba_give_the_kernels_bytes(sample):
     for name in got.files:
         assert got[name].dtype == ref[name].dtype and got[name].shape == ref[name].shape
         assert got[name].tobytes() == ref[name].tobytes(), name
+
+
+def test_decode_many_reads_a_section_sharing_its_offset_with_an_empty_one(tmp_path):
+    """An all-zero codebook-sparse tensor stores no bytes, so the next section starts at the same offset;
+    a run of sections spans to the end of the longest, not of the last one by (offset, name)."""
+    path = tmp_path / "shared.dcz"
+    raw = np.arange(16, dtype=np.float32).reshape(4, 4)
+    dcformat.write(path, [encode_codebook("z.empty", np.zeros(1, np.float32), np.zeros(512, np.int64), (16, 32),
+                                          encoding="codebook-sparse"),
+                          encode_raw("a.raw", raw)])
+    with dcformat.open(path) as r:
+        assert r._tensor_sections["z.empty"].length == 0
+        assert r._tensor_sections["z.empty"].offset == r._tensor_sections["a.raw"].offset
+        got = r.decode_many(list(r))
+    assert np.array_equal(got["a.raw"], raw) and not got["z.empty"].any()
