@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 import dcformat
-from dcformat import DczError, LimitError, TensorError
+from dcformat import LimitError, TensorError
 from dcformat import records as dcz_records
 from dcformat.constants import LZMA_MAX_BYTES
 
 sys.path.insert(0, str(Path(__file__).parent / "attacks"))
 import make_attacks as ma  # noqa: E402
+
+from staged import expect, outcome  # noqa: E402
 
 N = 3000
 
@@ -47,28 +49,6 @@ def sample(tmp_path_factory) -> bytes:
         assert r.version == (1, 3)
         assert r["z"].tobytes() == a.tobytes()
     return data
-
-
-def outcome(tmp_path, data: bytes, name: str | None = None):
-    path = tmp_path / "bad.dcz"
-    path.write_bytes(data)
-    try:
-        r = dcformat.open(path)
-    except DczError as e:
-        return "open", e
-    with r:
-        try:
-            for n in [name] if name else list(r):
-                r[n]
-        except DczError as e:
-            return "read", e
-    return "ok", None
-
-
-def expect(tmp_path, data, stage, error, match, name=None):
-    got_stage, err = outcome(tmp_path, data, name)
-    assert (got_stage, type(err)) == (stage, error), (got_stage, repr(err))
-    assert match in str(err), str(err)
 
 
 def with_data(sample: bytes, data: bytes, name="z", **desc) -> bytes:

@@ -22,6 +22,8 @@ from dcformat import records as dcz_records
 sys.path.insert(0, str(Path(__file__).parent / "attacks"))
 import make_attacks as ma  # noqa: E402
 
+from staged import expect, outcome  # noqa: E402
+
 LANE = 256
 N = 2000  # 8 lanes of 256, the last one partial
 
@@ -44,29 +46,6 @@ def sample(tmp_path_factory) -> bytes:
         for name in r:
             assert r[name].tobytes() == w.tobytes()
     return data
-
-
-def outcome(tmp_path, data: bytes, name: str | None = None):
-    """(stage, error) of opening the file and reading tensor ``name`` (all tensors if None)."""
-    path = tmp_path / "bad.dcz"
-    path.write_bytes(data)
-    try:
-        r = dcformat.open(path)
-    except DczError as e:
-        return "open", e
-    with r:
-        try:
-            for n in [name] if name else list(r):
-                r[n]
-        except DczError as e:
-            return "read", e
-    return "ok", None
-
-
-def expect(tmp_path, data, stage, error, match, name=None):
-    got_stage, err = outcome(tmp_path, data, name)
-    assert (got_stage, type(err)) == (stage, error), (got_stage, repr(err))
-    assert match in str(err), str(err)
 
 
 # ---------------------------------------------------------------- descriptor (at open, 6.1 item 10)

@@ -22,6 +22,8 @@ from dcformat.reader import DczReader
 sys.path.insert(0, str(Path(__file__).parent / "attacks"))
 import make_attacks as ma  # noqa: E402
 
+from staged import expect, outcome  # noqa: E402
+
 from clitools import cli, one_line_error  # noqa: E402
 
 LANE = 256
@@ -53,29 +55,6 @@ def sample(tmp_path_factory) -> bytes:
         for t in ts:
             r[t.name]
     return path.read_bytes()
-
-
-def outcome(tmp_path, data: bytes, name: str | None = None, reader=dcformat.open):
-    """(stage, error) of opening the file and reading tensor ``name`` (all tensors if None)."""
-    path = tmp_path / "bad.dcz"
-    path.write_bytes(data)
-    try:
-        r = reader(path)
-    except DczError as e:
-        return "open", e
-    with r:
-        try:
-            for n in [name] if name else list(r):
-                r[n]
-        except DczError as e:
-            return "read", e
-    return "ok", None
-
-
-def expect(tmp_path, data, stage, error, match, name=None, reader=dcformat.open):
-    got_stage, err = outcome(tmp_path, data, name, reader)
-    assert (got_stage, type(err)) == (stage, error), (got_stage, repr(err))
-    assert match in str(err), str(err)
 
 
 def _edit(name, fn):
