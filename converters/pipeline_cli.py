@@ -21,6 +21,7 @@ from dcformat.cliutil import _escape
 from dcformat.errors import first_line
 from dcformat.table import render
 
+from . import factory
 from .errors import ConvertError
 
 
@@ -121,23 +122,12 @@ def _floats(text: str) -> tuple[float, ...]:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def _factory(spec: str, option: str = "--model"):
-    import importlib
-
-    mod, sep, attr = spec.partition(":")
-    if not sep or not mod or not attr:
-        raise click.BadParameter(f"takes package.module:factory, got {spec!r}", param_hint=option)
-    try:
-        fn = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConvertError(f"{option} {spec}: {first_line(e)}") from None
-    if not callable(fn):
-        raise ConvertError(f"{option} {spec}: {attr} is not callable")
-    return fn
-
-
-def _load_checkpoint(model, path: str) -> None:
+def _load_checkpoint(model, path: str) -> list[str]:
+    """Load the state_dict at ``path`` into ``model``; the notes to print (which key of a checkpoint dict
+    held the weights)."""
     import torch
+
+    from .torch_inputs import _state_dict_of
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -146,17 +136,9 @@ def _load_checkpoint(model, path: str) -> None:
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError ...
         raise ConvertError(f"{path}: not a readable state_dict ({first_line(e)}); only plain state_dicts are "
                            "loaded (weights_only=True)") from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConvertError(f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors")
-    try:
-        model.load_state_dict(obj)
-    except Exception as e:  # noqa: BLE001
-        raise ConvertError(f"{path}: the state_dict does not fit the model: {first_line(e)}") from None
+    notes = []
+    factory.load_state_dict(model, _state_dict_of(obj, path, notes), path)
+    return notes
 
 
 def _reshape(ds, input_shape):
@@ -222,10 +204,10 @@ class Limited:
         return self.ds[i]
 
 
-def _from_factory(spec: str) -> dict:
+def _from_factory(spec: str, trust_code: bool = False) -> dict:
     """What a --data-factory gives: (train, val) or a dict with train, val and optionally loss_fn,
     evaluate, metric, unit."""
-    got = _factory(spec, "--data-factory")()
+    got = factory.load(spec, trust_code=trust_code, option="--data-factory")()
     if isinstance(got, (tuple, list)) and len(got) == 2:
         got = {"train": got[0], "val": got[1]}
     if not isinstance(got, dict) or not {"train", "val"} <= set(got):
@@ -243,7 +225,7 @@ def _state_path(output: str) -> str:
 
 def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=None, settings=None, report_dir=None,
                  limit_train=None, limit_test=None, echo=click.echo, epoch_progress=None, data_factory=None,
-                 image_size=None, resume=False, device=None) -> dict:
+                 image_size=None, resume=False, device=None, trust_code=False) -> dict:
     """What `dcz pipeline` does; returns its figures (also for tests)."""
     import torch
 
@@ -263,7 +245,7 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
         name, described, nval = ds.name, ds.describe(), len(ds.x_test)
     else:
         if data_factory is not None:
-            extra = _from_factory(data_factory)
+            extra = _from_factory(data_factory, trust_code)
             train, val = extra.pop("train"), extra.pop("val")
             name, classes = extra.pop("name", data_factory), None
         else:
@@ -299,10 +281,11 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
                      f"{'x'.join(map(str, sample))}" + (f", {classes} classes" if classes else ""))
     echo(described)
     torch.manual_seed(s.seed)
-    model = _factory(model_spec)()
+    model = factory.load(model_spec, trust_code=trust_code)()
     if checkpoint:
         _check_model(model, probe, classes, model_spec)
-        _load_checkpoint(model, checkpoint)
+        for note in _load_checkpoint(model, checkpoint):
+            echo(f"note: {_escape(note)}")
     if device:
         model = model.to(device)
     _check_model(model, probe, classes, model_spec)
@@ -323,13 +306,14 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
 
 @click.command("pipeline", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--model", "model_spec", required=True, metavar="PKG.MODULE:FACTORY",
-              help="function building the torch.nn.Module (imports and runs your code), e.g. converters.pipeline:mnist_mlp")
+              help="function building the torch.nn.Module, e.g. converters.pipeline:mnist_mlp; one of your own "
+              "modules is imported and run only with --trust-code")
 @click.option("--data", metavar="DIR|FILE.npz|digits",
               help="directory of MNIST-format IDX files (train-images-idx3-ubyte.gz, ...); an .npz of x and y (or "
               "x_train, y_train, x_test, y_test) arrays; a folder of class subfolders of images (or of train/ and "
               "val/ such folders); or 'digits' (scikit-learn 8x8)")
 @click.option("--data-factory", metavar="PKG.MODULE:FN", help="instead of --data: a function (imports and runs your "
-              "code) returning (train, val) Datasets / DataLoaders, or a dict of train, val and optionally loss_fn, "
+              "code: needs --trust-code) returning (train, val) Datasets / DataLoaders, or a dict of train, val and optionally loss_fn, "
               "evaluate, metric, unit")
 @click.option("--image-size", metavar="WxH", help="resize the images of an image folder to this (default: the most "
               "common size)")
@@ -385,11 +369,13 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
               help="DataLoader worker processes for image folders and factory Datasets")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda|cuda:N",
               help="where to train; auto: the GPU if there is one (under torchrun: cuda:LOCAL_RANK)")
+@click.option("--trust-code", is_flag=True, help="allow --model / --data-factory to import and run your own Python "
+              "modules (dcz's converters.pipeline:* factories need no flag)")
 @click.option("-q", "--quiet", is_flag=True, help="only the result lines")
 def pipeline(model_spec, data, data_factory, image_size, output, input_shape, checkpoint, epochs, retrain_epochs,
              finetune_epochs, sparsity, bits, ecvq, prune_neurons, schedule, separate_phases, max_accuracy_drop, lr, retrain_lr,
              finetune_lr, batch_size, optimizer, l1, l2, prox_l1, init, min_size, scan_sparsities, scan_bits, report_dir,
-             limit_train, limit_test, seed, threads, resume, workers, device, quiet):
+             limit_train, limit_test, seed, threads, resume, workers, device, trust_code, quiet):
     """Deep Compression with training data: prune + retrain, share weights + fine-tune centroids, write OUTPUT.
 
     Evaluates on the test split; prints the per-layer table, the accuracy before and after
@@ -405,6 +391,9 @@ def pipeline(model_spec, data, data_factory, image_size, output, input_shape, ch
         raise ConvertError(f"cannot write {output}: it is a directory")
     if (data is None) == (data_factory is None):
         raise click.UsageError("give --data or --data-factory (one of them)")
+    factory.check_trusted(model_spec, trust_code, "--model")
+    if data_factory is not None:
+        factory.check_trusted(data_factory, trust_code, "--data-factory")
     if data is not None and data != "digits" and not os.path.isdir(data) and not (data.endswith(".npz")
                                                                                   and os.path.isfile(data)):
         raise click.BadParameter(f"{data!r} is neither a directory, an .npz file nor 'digits'", param_hint="--data")
@@ -436,7 +425,7 @@ def pipeline(model_spec, data, data_factory, image_size, output, input_shape, ch
         f = run_pipeline(model_spec=model_spec, data=data, input_shape=shape, output=output, checkpoint=checkpoint,
                          settings=s, report_dir=report_dir, limit_train=limit_train, limit_test=limit_test, echo=echo,
                          epoch_progress=tty, data_factory=data_factory, image_size=size, resume=resume,
-                         device=None if device == "cpu" else device)
+                         device=None if device == "cpu" else device, trust_code=trust_code)
     except SettingError as e:
         raise click.UsageError(str(e)) from None
     except RuntimeError as e:  # what torch raises when the model and the data do not fit

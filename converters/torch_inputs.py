@@ -21,7 +21,6 @@ kept off the terminal.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import os
 import sys
@@ -33,6 +32,7 @@ import numpy as np
 
 from dcformat.errors import first_line
 
+from . import factory
 from .errors import ConvertError
 from .sources import Source, graph_roles, shape_roles, split_weights
 
@@ -47,7 +47,7 @@ def _torch():
     return torch
 
 
-TRUST_FLAG = "--trust-code"
+TRUST_FLAG = factory.TRUST_FLAG
 
 
 def _pickle_message(path) -> str:
@@ -606,23 +606,7 @@ def _from_model(model, path, kind) -> Source:
                   {k: v for k, v in roles.items() if k in weights}, {k: v for k, v in axes.items() if k in weights})
 
 
-def _cwd_importable() -> None:
-    """As `python -m` would: a module beside the user's files can be imported (--model, and the
-    classes of a pickled model loaded with --trust-pickle)."""
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
-
-
-def _factory(spec: str):
-    mod, sep, attr = spec.partition(":")
-    if not sep or not mod or not attr:
-        raise ConvertError(f"--model takes package.module:factory, got {spec!r}")
-    _cwd_importable()
-    try:
-        fn = getattr(importlib.import_module(mod), attr)
-    except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or whatever the module raises
-        raise ConvertError(f"--model {spec}: {first_line(e)}") from None
-    return fn
+_cwd_importable = factory.cwd_importable
 
 
 def load(path, kind, *, input_shapes=None, trust_code=False, model_factory=None, opset=None,
@@ -633,9 +617,8 @@ def load(path, kind, *, input_shapes=None, trust_code=False, model_factory=None,
 
     trust_code = trust_code or trust_pickle
     path = os.fspath(path)
-    if model_factory and not trust_code:
-        raise ConvertError(f"--model {model_factory} imports and runs Python code ({model_factory.partition(':')[0]}); "
-                           f"if you trust it, pass {TRUST_FLAG} as well")
+    if model_factory:
+        factory.check_trusted(model_factory, trust_code)
     if kind in ("torchscript", "exported-program") and not trust_code:
         weights = (torch_archive.torchscript_tensors if kind == "torchscript" else torch_archive.pt2_tensors)(path)
         if not weights:
@@ -690,15 +673,12 @@ def load(path, kind, *, input_shapes=None, trust_code=False, model_factory=None,
     notes = []
     sd = _state_dict_of(obj, path, notes)
     if model_factory:
-        fn = _factory(model_factory)
+        fn = factory.load(model_factory, trust_code=trust_code)
         try:
             module = fn()
         except Exception as e:  # noqa: BLE001 - the user's code
             raise ConvertError(f"--model {model_factory}: calling it failed: {first_line(e)}") from None
-        try:
-            module.load_state_dict(sd)
-        except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"{path}: the state_dict does not fit {model_factory}: {first_line(e)}") from None
+        factory.load_state_dict(module, sd, path, model_factory)
         src = _exported(module, path, "state_dict", input_shapes, opset, inputs, calibration)
         src.notes[:0] = notes
         return src

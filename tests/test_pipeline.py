@@ -398,12 +398,21 @@ def test_cli_pipeline_checkpoint(tmp_path, capsys):
     with dcformat.open(tmp_path / "o.dcz") as r:  # 8-bit sharing of the checkpoint's own weights
         err = np.abs(r["fc1.weight"] - good.fc1.weight.detach().numpy()).max()
         assert err < 0.01 and np.array_equal(r["fc1.bias"], good.fc1.bias.detach().numpy())
-    for name, text in (("bad.pt", "does not fit"), ("pickled.pt", "weights_only")):
+    for name, text in (("bad.pt", "does not fit the model: Missing key(s) in state_dict: \"fc2.weight\""),
+                       ("pickled.pt", "weights_only")):
         with pytest.raises(SystemExit) as e:
             main(args + ["--checkpoint", str(tmp_path / name)])
         assert e.value.code == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and text in err[0]
+        assert len(err) == 1 and text in err[0], err
+    # a training checkpoint dict: the weights are taken from its 'model' entry, and the note says so
+    torch.save({"model": good.state_dict(), "epoch": 7, "optimizer": {}}, tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit) as e:
+        main([a for a in args if a != "-q"] + ["--checkpoint", str(tmp_path / "ckpt.pt"), "--sparsity", "0",
+                                               "--bits", "8"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "note: the checkpoint is a dict: its weights come from ['model']; ignored: epoch, optimizer" in out
 
 
 def test_divergence_is_reported(trained, digits):

@@ -310,7 +310,7 @@ def test_cli_pipeline_on_an_image_folder_and_an_npz(tmp_path, capsys):
               "--sparsity", "0.5", "--batch-size", "8", "--threads", "1", "--lr", "5e-3"]
     with pytest.raises(SystemExit) as e:
         main(["pipeline", "--model", "test_pipeline_data:img_mlp", "--data", str(d), "-o", str(tmp_path / "i.dcz")]
-             + common)
+             + common + ["--trust-code"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "29 training and 7 held-out samples of shape 1x10x12, 3 classes" in text and "ONNX Runtime" in text
@@ -321,7 +321,7 @@ def test_cli_pipeline_on_an_image_folder_and_an_npz(tmp_path, capsys):
     np.savez(tmp_path / "a.npz", x=rng.random((60, 120)).astype(np.float32), y=np.arange(60) % 3)
     with pytest.raises(SystemExit) as e:
         main(["pipeline", "--model", "test_pipeline_data:img_mlp", "--data", str(tmp_path / "a.npz"), "-q",
-              "-o", str(tmp_path / "n.dcz")] + common)
+              "-o", str(tmp_path / "n.dcz"), "--trust-code"] + common)
     assert e.value.code == 0 and (tmp_path / "n.dcz").exists()
 
 
@@ -341,7 +341,7 @@ def test_cli_data_factory(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["pipeline", "--model", "test_pipeline_data:img_mlp", "--data-factory", "test_pipeline_data:factory",
               "--epochs", "2", "--retrain-epochs", "1", "--finetune-epochs", "0", "--schedule", "1", "--threads", "1",
-              "-q", "-o", str(tmp_path / "f.dcz"), "--resume"])
+              "-q", "-o", str(tmp_path / "f.dcz"), "--resume", "--trust-code"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "minus MSE: dense" in out and "ONNX Runtime" not in out
@@ -349,7 +349,8 @@ def test_cli_data_factory(tmp_path, capsys):
     for args, text in ((["--data", "digits", "--data-factory", "x:y"], "one of them"),
                        (["--data-factory", "test_pipeline_data:img_mlp"], "expected (train, val)")):
         with pytest.raises(SystemExit) as e:
-            main(["pipeline", "--model", "test_pipeline_data:img_mlp", "-o", str(tmp_path / "g.dcz")] + args)
+            main(["pipeline", "--model", "test_pipeline_data:img_mlp", "-o", str(tmp_path / "g.dcz"), "--trust-code"]
+                 + args)
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code in (1, 2) and len(err) == 1 and text in err[0]
 

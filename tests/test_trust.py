@@ -254,3 +254,52 @@ def test_dcinspect_never_runs_the_attacks(files, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 1 and err.startswith("error: "), (case, err)
         assert not files[case + "-marker"].exists(), case
+
+
+EVIL_FACTORY = '''
+import pathlib
+from converters.pipeline import digits_mlp as make
+pathlib.Path({marker!r}).write_text("ran")
+'''
+
+
+@pytest.mark.parametrize("tool", ["dcconvert", "dcz pipeline"])
+def test_factories_of_user_modules_need_the_flag(tool, tmp_path, monkeypatch, capsys):
+    """`dcconvert --model` and `dcz pipeline --model` / `--data-factory` import a user's module only
+    with --trust-code (one-line error naming the flag, and the module's code never runs); dcz's own
+    converters.pipeline:* factories need no flag."""
+    from converters.demo import main as dcz_main
+    from converters.pipeline import digits_mlp
+    from tests.clitools import cli, one_line_error
+
+    marker, mod = tmp_path / "ran.txt", f"evil_{tool[-5:]}"  # a module name per case: imports are cached
+    (tmp_path / f"{mod}.py").write_text(EVIL_FACTORY.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    torch.save(digits_mlp().state_dict(), tmp_path / "sd.pt")
+    if tool == "dcconvert":
+        base = [tmp_path / "sd.pt", "-o", tmp_path / "o.dcz", "--input-shape", "1,64", "--lossless", "-q"]
+        run, refused = (lambda extra: cli(main, base + extra, capsys)), [["--model", f"{mod}:make"]]
+    else:
+        base = ["pipeline", "--data", "digits", "-o", tmp_path / "o.dcz", "--epochs", "0", "--retrain-epochs", "0",
+                "--finetune-epochs", "0", "--sparsity", "0.5", "--bits", "8", "--threads", "1", "-q",
+                "--limit-train", "64", "--limit-test", "32"]
+        run = lambda extra: cli(dcz_main, base + extra, capsys)  # noqa: E731
+        refused = [["--model", f"{mod}:make"],
+                   ["--model", "converters.pipeline:digits_mlp", "--data-factory", f"{mod}:make"]]
+    for extra in refused:
+        if "--data-factory" in extra:
+            base.remove("--data"), base.remove("digits")
+        code, _, err = run(extra)
+        assert code == 1
+        one_line_error(err, extra[-1], "--trust-code")
+        assert not marker.exists()  # nothing of the module ran
+    if tool == "dcz pipeline":
+        base += ["--data", "digits"]
+    code, _, err = run(["--model", "converters.pipeline:digits_mlp"])  # built in: no flag needed
+    assert code == 0, err
+    assert not marker.exists()
+    code, _, err = run(["--model", f"{mod}:make", "--trust-code"])
+    assert code == 0, err
+    assert marker.exists()
