@@ -23,11 +23,13 @@ def _fmt(v, spec: str) -> str:
 
 
 COLUMNS = ["tensor", "shape", "params", "encoding", "nonzeros", "sparsity", "bits", "centroids", "gap bits", "gap B",
-           "index B", "codebook B", "raw B", "total B", "bits/param", "x fp32", "share"]
+           "index B", "codebook B", "coded B", "raw B", "total B", "bits/param", "x fp32", "share"]
+STREAM_COLUMNS = {"gap B": "gap", "index B": "index", "codebook B": "codebook", "coded B": "coded", "raw B": "raw"}
 # left out first when the terminal is narrow (the name and the essential numbers stay)
-DROP = ["nonzeros", "share", "codebook B", "raw B", "gap B", "index B", "gap bits", "bits/param", "centroids",
+DROP = ["nonzeros", "share", "codebook B", "coded B", "raw B", "gap B", "index B", "gap bits", "bits/param", "centroids",
         "encoding", "x fp32", "shape"]
 LEGEND = ("bits: weight-sharing bits (a codebook of up to 2^bits centroids); B: bytes\n"
+          "coded B: values coded losslessly (float-planes' Huffman-coded byte planes, lzma)\n"
           "centroids: codebook entries; gap bits: width of a sparse gap code;\n"
           "x fp32: times smaller than float32")
 SMALL = 64  # tensors with fewer elements share one summary row unless --all
@@ -63,7 +65,7 @@ def _cells(r: dict) -> list[str]:
     return [r["name"], "x".join(map(str, r["shape"])) or "()", _fmt_int(r["params"]), r["encoding"],
             _fmt_int(r["nonzeros"]), _fmt(r["sparsity"], ".1%"), _fmt(r["bits"], "d"),
             _centroids(r), _fmt(r["gap_bits"], "d"),
-            _fmt_int(r["gap_bytes"]), _fmt_int(r["index_bytes"]), _fmt_int(r["codebook_bytes"]), _fmt_int(r["raw_bytes"]),
+            *(_fmt_int(r[f"{k}_bytes"]) for k in STREAM_COLUMNS.values()),
             _fmt_int(r["bytes"]), _fmt(r["bits_per_param"], ".2f"), _fmt(r["ratio"], ".1f"), _fmt(r["share"], ".1%")]
 
 
@@ -75,7 +77,7 @@ def _sum_cells(label: str, rows: list[dict], size: int) -> list[str]:
     nbytes = sum(r["bytes"] for r in rows)
     return [label, "", _fmt_int(params), "", _fmt_int(nonzeros),
             _fmt(1 - nonzeros / params if params and nonzeros is not None else None, ".1%"), "", "", "",
-            *(_fmt_int(sum(r[f"{k}_bytes"] for r in rows)) for k in ("gap", "index", "codebook", "raw")),
+            *(_fmt_int(sum(r[f"{k}_bytes"] for r in rows)) for k in STREAM_COLUMNS.values()),
             _fmt_int(nbytes), _fmt(8 * nbytes / params if params else None, ".2f"),
             _fmt(4 * params / nbytes if nbytes else None, ".1f"), _fmt(nbytes / size if size else None, ".1%")]
 
@@ -134,14 +136,8 @@ def _print_metadata(meta: dict, out) -> None:
         print(f"  ... {len(lines) - MAX_META_LINES} more metadata lines (--json shows all)", file=out)
 
 
-def _print_report(rep: dict, rows: list[dict], group_small: bool = True) -> None:
-    out = sys.stdout
-    meta = rep["metadata"] or {}
-    print(f"{_escape(rep['file'])}: {rep['kind']}, {rep['size']:,} bytes"
-          + (f", format {rep['format_version']}" if rep["format_version"] else "")
-          + ("" if rep["has_graph"] or rep["kind"] != "dcz" else ", weights only (no graph)"), file=out)
-    _print_metadata(meta, out)
-    t = rep["totals"]
+def _report_table(rep: dict, rows: list[dict], group_small: bool = True):
+    """(columns, body rows, footer, the small tensors summed in one row) of dcinspect's table of ``rows``."""
     footer = _sum_cells("total", rep["tensors"], rep["size"])
     small = [r for r in rows if r["params"] < SMALL] if group_small else []
     if len(small) < 2:
@@ -150,14 +146,29 @@ def _print_report(rep: dict, rows: list[dict], group_small: bool = True) -> None
     body = [_cells(r) for r in rows if id(r) not in ids]
     if small:
         body.append(_sum_cells(f"+ {len(small)} small tensors", small, rep["size"]))
+    # a byte stream no tensor of the file has is no column (a codebook model has no coded bytes)
+    keep = [i for i, c in enumerate(COLUMNS)
+            if c not in STREAM_COLUMNS or any(r[f"{STREAM_COLUMNS[c]}_bytes"] for r in rep["tensors"])]
+    return [COLUMNS[i] for i in keep], [[row[i] for i in keep] for row in body], [footer[i] for i in keep], small
+
+
+def _print_report(rep: dict, rows: list[dict], group_small: bool = True) -> None:
+    out = sys.stdout
+    meta = rep["metadata"] or {}
+    print(f"{_escape(rep['file'])}: {rep['kind']}, {rep['size']:,} bytes"
+          + (f", format {rep['format_version']}" if rep["format_version"] else "")
+          + ("" if rep["has_graph"] or rep["kind"] != "dcz" else ", weights only (no graph)"), file=out)
+    _print_metadata(meta, out)
+    t = rep["totals"]
+    cols, body, footer, small = _report_table(rep, rows, group_small)
     shown = "" if len(rows) == len(rep["tensors"]) else f" ({len(rows)} of {len(rep['tensors'])} shown; total is all)"
-    render(f"tensors{shown}", COLUMNS, body, right=set(COLUMNS) - {"tensor", "shape", "encoding"},
+    render(f"tensors{shown}", cols, body, right=set(cols) - {"tensor", "shape", "encoding"},
            footer=footer, drop=DROP, more="a wider terminal, --csv or --json shows them")
     if small:
         print(f"+ {len(small)} small tensors: those of fewer than {SMALL} elements, summed in one row; --all lists them",
               file=out)
     if rep["kind"] == "dcz":
-        print(LEGEND, file=out)
+        print(LEGEND if "coded B" in cols else LEGEND.replace(LEGEND.splitlines()[1] + "\n", ""), file=out)
         note = _scales_note(rep["tensors"])
         if note:
             print(SCALES_LEGEND, file=out)
@@ -272,7 +283,7 @@ def dcinspect(files, as_json, as_csv, sort, top, pattern, plot_out, verify, show
     if as_csv:
         w = csv.writer(sys.stdout)
         keys = ["file", "name", "shape", "dtype", "params", "encoding", "nonzeros", "sparsity", "codebook_size", "bits",
-                "gap_bits", "entries", "gap_bytes", "index_bytes", "codebook_bytes", "raw_bytes", "bytes",
+                "gap_bits", "entries", "gap_bytes", "index_bytes", "codebook_bytes", "coded_bytes", "raw_bytes", "bytes",
                 "bits_per_param", "ratio", "share", "scale_axis", "scale_count", "scale_dtype", "scale_bytes"]
         w.writerow(keys)
         for rep in reps:

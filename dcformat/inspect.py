@@ -13,25 +13,30 @@ import warnings
 
 import numpy as np
 
-from .constants import ENC_CB_SPARSE, ITEMSIZE, PREAMBLE_SIZE, SECTION_GRAPH, SECTION_METADATA, SECTION_PADDING, SECTION_TENSOR
+from .constants import ENC_CB_SPARSE, ENC_LZMA, ITEMSIZE, PREAMBLE_SIZE, SECTION_GRAPH, SECTION_METADATA, SECTION_PADDING, SECTION_TENSOR
 from .errors import DczError, FormatError, first_line
 from .reader import DczReader
 from .reader import open as open_dcz
 
-STREAMS = ("gap", "index", "codebook", "raw")
+# where a tensor's bytes go: sparse positions, codebook indices, codebooks (with per-channel scales), values
+# coded losslessly (float-planes' Huffman-coded planes, an lzma stream) and values stored as they are
+STREAMS = ("gap", "index", "codebook", "coded", "raw")
 
 
 def tensor_row(info) -> dict:
     """One tensor's accounting: ``bytes`` is its section's length (what dcconvert and the encoders
     report); the stream bytes plus ``padding_bytes`` (zeros aligning its parts) add up to it."""
     p = info.parts
-    # float-planes (1.1): Huffman-coded planes count as coded stream bytes, stored planes as raw bytes
-    coded = sum(p[f"plane{k}"] for k, m in enumerate(info.planes or ()) if m == "huffman")
+    # float-planes (1.1): Huffman-coded planes are coded bytes, stored planes raw; lzma (1.3): its stream is coded
+    lzma = info.encoding == ENC_LZMA
     streams = {
         "gap": p.get("gaps", 0) + p.get("lane_bases", 0),
-        "index": p.get("indices", 0) + coded,
+        "index": p.get("indices", 0),
         "codebook": p.get("codebook", 0) + p.get("scales", 0),  # 1.2: per-channel scales are codebook bytes
-        "raw": p.get("data", 0) + sum(p[f"plane{k}"] for k, m in enumerate(info.planes or ()) if m == "stored"),
+        "coded": sum(p[f"plane{k}"] for k, m in enumerate(info.planes or ()) if m == "huffman")
+        + (p.get("data", 0) if lzma else 0),
+        "raw": (0 if lzma else p.get("data", 0))
+        + sum(p[f"plane{k}"] for k, m in enumerate(info.planes or ()) if m == "stored"),
     }
     total = info.nbytes
     params = info.numel
@@ -101,7 +106,7 @@ def _dense_row(name, shape, dtype: str, nbytes: int, nonzeros: int | None) -> di
         "nonzeros": nonzeros, "sparsity": (1 - nonzeros / params) if params and nonzeros is not None else None,
         "codebook_size": None, "bits": None, "gap_bits": None, "entries": None, "fillers": None,
         "scale_axis": None, "scale_count": None, "scale_dtype": None, "scale_bytes": None,
-        "gap_bytes": 0, "index_bytes": 0, "codebook_bytes": 0, "raw_bytes": nbytes, "padding_bytes": 0, "bytes": nbytes,
+        **{f"{k}_bytes": 0 for k in STREAMS}, "raw_bytes": nbytes, "padding_bytes": 0, "bytes": nbytes,
         "bits_per_param": 8 * nbytes / params if params else 0.0, "ratio": params * 4 / nbytes if nbytes else None,
     }
 

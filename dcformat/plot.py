@@ -10,7 +10,9 @@ import numpy as np
 
 from .errors import DczError
 
-COLORS = {"gap": "#4C72B0", "index": "#DD8452", "codebook": "#55A868", "raw": "#8C8C8C"}
+COLORS = {"gap": "#4C72B0", "index": "#DD8452", "codebook": "#55A868", "coded": "#8172B3", "raw": "#8C8C8C"}
+LABELS = {"gap": "gap stream (sparse positions)", "index": "index stream (codebook indices)", "codebook": "codebook",
+          "coded": "values coded losslessly (Huffman planes, lzma)", "raw": "raw values"}
 
 
 def _matplotlib():
@@ -75,7 +77,7 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
     plt = _matplotlib()
     big, rest = _bar_rows(report, max_bars)
     labels = [_short(r["name"]) for r in big]
-    stacks = {s: [r[f"{s}_bytes"] for r in big] for s in ("gap", "index", "codebook", "raw")}
+    stacks = {s: [r[f"{s}_bytes"] for r in big] for s in COLORS}
     if rest:
         labels.append(f"{len(rest)} smaller tensors")
         for s in stacks:
@@ -93,12 +95,10 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
     ax = fig.add_subplot(gs[0, :])
     y = np.arange(len(labels))
     left = np.zeros(len(labels))
-    for s in ("gap", "index", "codebook", "raw"):
+    for s in COLORS:
         v = np.array(stacks[s], float)
         if v.any():
-            ax.barh(y, v, left=left, color=COLORS[s], label={"gap": "gap stream (sparse positions)",
-                                                             "index": "index stream (codebook indices)",
-                                                             "codebook": "codebook", "raw": "raw values"}[s])
+            ax.barh(y, v, left=left, color=COLORS[s], label=LABELS[s])
         left += v
     ax.set_yticks(y, labels, fontsize=8)
     if rest:

@@ -235,3 +235,47 @@ def test_ratio_wording():
     assert times_smaller(0.5, "fp32") == "2.0x larger than fp32"
     assert times_smaller(0.98, "fp32") == "about the size of fp32 (0.98x)"
     assert times_smaller(None) == "-"
+
+
+def test_lossless_encodings_are_coded_bytes_not_raw(tmp_path, capsys):
+    """An lzma tensor's stream and float-planes' Huffman-coded planes are 'coded' bytes (values coded
+    losslessly), its stored planes and a raw tensor's data 'raw': per row, in the totals, in the table,
+    the CSV and the plot."""
+    rng = np.random.default_rng(1)
+    rep_vals = np.tile(rng.standard_normal(16).astype(np.float32), 256)  # repeats: lzma's kind of tensor
+    few = rng.choice(rng.standard_normal(12).astype(np.float32), 4096)  # few distinct values: Huffman planes
+    raw = rng.standard_normal(300).astype(np.float32)
+    p = tmp_path / "lossless.dcz"
+    dcformat.write(p, [dcformat.encode_lzma("z", rep_vals), dcformat.encode_float_planes("fp", few),
+                       dcformat.encode_raw("r", raw)])
+    rep = insp.inspect_dcz(p)
+    rows = {r["name"]: r for r in rep["tensors"]}
+    with dcformat.open(p) as r:
+        z, fp = r.info("z"), r.info("fp")
+        assert np.array_equal(r["z"], rep_vals)
+    assert rows["z"]["coded_bytes"] == z.parts["data"] and rows["z"]["raw_bytes"] == 0
+    huff = sum(fp.parts[f"plane{k}"] for k, m in enumerate(fp.planes) if m == "huffman")
+    stored = sum(fp.parts[f"plane{k}"] for k, m in enumerate(fp.planes) if m == "stored")
+    assert huff > 0 and rows["fp"]["coded_bytes"] == huff and rows["fp"]["raw_bytes"] == stored
+    assert rows["fp"]["index_bytes"] == 0  # no codebook indices in a float-planes tensor
+    assert rows["r"]["raw_bytes"] == raw.nbytes and rows["r"]["coded_bytes"] == 0
+    for row in rows.values():
+        assert sum(row[f"{k}_bytes"] for k in insp.STREAMS) + row["padding_bytes"] == row["bytes"]
+    assert rep["totals"]["coded_bytes"] == z.parts["data"] + huff
+    code, out, _ = _run(capsys, p, "--all")
+    assert code == 0 and "coded B" in out and "values coded losslessly" in out
+    line_z = next(line for line in out.splitlines() if line.split()[:1] == ["z"])
+    assert f"{z.parts['data']:,}" in line_z.split()
+    code, out, _ = _run(capsys, p, "--csv")
+    header, *lines = out.splitlines()
+    got = dict(zip(header.split(","), next(x for x in lines if ",z," in x).split(",")))
+    assert int(got["coded_bytes"]) == z.parts["data"] and int(got["raw_bytes"]) == 0
+    from dcformat import plot
+
+    fig = plot.figure(rep)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["values coded losslessly (Huffman planes, lzma)", "raw values"]
+    # a codebook-only model has no coded bytes: no such column, no legend line
+    code, out, _ = _run(capsys, os.path.join(VECTORS, sorted(f for f in os.listdir(VECTORS)
+                                                             if f.endswith(".dcz") and "sparse" in f)[0]))
+    assert code == 0 and "coded B" not in out and "coded losslessly" not in out

@@ -100,10 +100,9 @@ def model(tmp_path):
 def test_dcinspect_table(model, terminal, width):
     out = terminal(lambda: cli.inspect_main([str(model)]), width)
     rep = dcformat.inspect.inspect_dcz(model)
-    big = [r for r in rep["tensors"] if r["params"] >= cli.SMALL]
-    small = [r for r in rep["tensors"] if r["params"] < cli.SMALL]
-    rows = [cli._cells(r) for r in big] + [cli._sum_cells(f"+ {len(small)} small tensors", small, rep["size"])]
-    shown = check_table(out, width, cli.COLUMNS, rows, cli.DROP, cli._sum_cells("total", rep["tensors"], rep["size"]))
+    cols, rows, footer, small = cli._report_table(rep, rep["tensors"])
+    assert len(small) == 5 and len(rows) == len(rep["tensors"]) - 5 + 1
+    shown = check_table(out, width, cols, rows, cli.DROP, footer)
     assert {"tensor", "shape", "params", "sparsity", "bits", "total B"} <= set(shown)
     assert "norm0.scale" not in out and "+ 5 small tensors" in out
     assert "max_error: 0.012" in out and "cosine: 0.9991" in out and "fidelity" in out  # stored fidelity, key/value
