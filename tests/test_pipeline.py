@@ -17,29 +17,18 @@ from converters.errors import ConvertError  # noqa: E402
 from converters.settings import SettingError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models train fastest on one thread (and two threads crawl on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import torch_threads  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return D.load_digits()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: digits too
 
 
 @pytest.fixture(scope="module")
 def trained(digits):
     """A 64-64-10 MLP trained on the digits (shared; tests deep-copy it)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = P.MLP((64, 64, 10))
-    P.train(model, (digits.x_train, digits.y_train), 15, lr=3e-3)
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        torch.manual_seed(0)
+        model = P.MLP((64, 64, 10))
+        P.train(model, (digits.x_train, digits.y_train), 15, lr=3e-3)
     return model
 
 

@@ -22,17 +22,7 @@ DL = torch.utils.data.DataLoader
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return D.load_digits()
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: digits too
 
 
 def img_mlp():

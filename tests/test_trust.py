@@ -270,7 +270,7 @@ def test_factories_of_user_modules_need_the_flag(tool, tmp_path, monkeypatch, ca
     converters.pipeline:* factories need no flag."""
     from converters.demo import main as dcz_main
     from converters.pipeline import digits_mlp
-    from tests.clitools import cli, one_line_error
+    from clitools import cli, one_line_error
 
     marker, mod = tmp_path / "ran.txt", f"evil_{tool[-5:]}"  # a module name per case: imports are cached
     (tmp_path / f"{mod}.py").write_text(EVIL_FACTORY.format(marker=str(marker)))
