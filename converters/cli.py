@@ -64,7 +64,11 @@ def _progress():
     return prog, update
 
 
-def summary(result: dict) -> None:
+SUMMARY_DROP = ["gap bits", "encoding", "role", "action", "x fp32", "shape", "scales"]  # least useful first
+
+
+def summary_table(result: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """(columns, rows, footer) of dcconvert's per-tensor table."""
     cols = ["tensor", "shape", "params", "role", "action", "sparsity", "bits", "scales", "encoding", "gap bits", "bytes",
             "x fp32"]
     rows = [[r["name"], "x".join(map(str, r["shape"])) or "()", f"{r['params']:,}", r.get("role") or "-",
@@ -75,9 +79,14 @@ def summary(result: dict) -> None:
     t = result["totals"]
     footer = ["total", "", f"{t['params']:,}", "", "", f"{t['sparsity']:.1%}", "", "", "", "", f"{t['tensor_bytes']:,}",
               f"{t['params'] * 4 / max(t['tensor_bytes'], 1):.1f}"]
+    return cols, rows, footer
+
+
+def summary(result: dict) -> None:
+    cols, rows, footer = summary_table(result)
+    t = result["totals"]
     render(None, cols, rows, right=set(cols) - {"tensor", "shape", "role", "action", "scales", "encoding"}, footer=footer,
-           drop=["gap bits", "encoding", "role", "action", "x fp32", "shape", "scales"],
-           more="a wider terminal or --json shows them")
+           drop=SUMMARY_DROP, more="a wider terminal or --json shows them")
     click.echo(f"{_escape(result['source']['file'])} ({result['source']['kind']}, {result['source']['bytes']:,} bytes) -> "
                f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {times_smaller(result['ratio'])}; "
                f"{t['params']:,} parameters, {8 * result['dcz_bytes'] / max(t['params'], 1):.2f} bits/param; "

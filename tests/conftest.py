@@ -4,8 +4,21 @@ that prove dcformat works without PyTorch collect this file too."""
 from __future__ import annotations
 
 import contextlib
+import importlib
+import sys
 
 import pytest
+
+
+def import_written(directory, name: str, source: str):
+    """Write ``source`` as ``directory/name.py`` and import it (a model module a test's --model names;
+    it stays in sys.modules, so the tools find it without the directory on the path)."""
+    (directory / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(directory))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(directory))
 
 
 @contextlib.contextmanager

@@ -13,17 +13,11 @@ import numpy as np
 import pytest
 
 import dcformat
+from clitools import cli as _run  # (exit status, stdout, stderr) of a tool's main(argv)
 from dcformat import cli, cliutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def _run(main, argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 @pytest.fixture

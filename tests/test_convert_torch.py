@@ -24,6 +24,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import dcformat  # noqa: E402
+from conftest import import_written  # noqa: E402
 from converters.cli import main  # noqa: E402
 
 DCCONVERT = Path(sys.executable).parent / "dcconvert"
@@ -99,12 +100,7 @@ def ok(*args) -> None:
 def models(tmp_path_factory):
     """tiny_models.py (importable), the net, an input batch, its outputs and the saved files."""
     d = tmp_path_factory.mktemp("torch")
-    (d / "tiny_models.py").write_text(MODELS_PY)
-    sys.path.insert(0, str(d))
-    try:
-        import tiny_models
-    finally:
-        sys.path.remove(str(d))
+    tiny_models = import_written(d, "tiny_models", MODELS_PY)
     net = tiny_models.make()
     x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -141,17 +141,10 @@ def test_dcconvert_summary(tmp_path, terminal, width):
     safetensors.save_file(weights, str(src))
     result = ccli.convert(str(src), str(tmp_path / "m.dcz"), cmp.Settings())
     out = terminal(lambda: ccli.summary(result), width)
-    cols = ["tensor", "shape", "params", "role", "action", "sparsity", "bits", "scales", "encoding", "gap bits", "bytes",
-            "x fp32"]
-    rows = [[r["name"], "x".join(map(str, r["shape"])), f"{r['params']:,}", r["role"], r["action"], f"{r['sparsity']:.1%}",
-             "-" if r["bits"] is None else str(r["bits"]), r.get("scales") or "-", r["encoding"],
-             "-" if r["gap_bits"] is None else str(r["gap_bits"]),
-             f"{r['bytes']:,}", "-" if r["ratio"] is None else f"{r['ratio']:.1f}"] for r in result["layers"]]
-    t = result["totals"]
-    footer = ["total", "", f"{t['params']:,}", "", "", f"{t['sparsity']:.1%}", "", "", "", "", f"{t['tensor_bytes']:,}",
-              f"{t['params'] * 4 / t['tensor_bytes']:.1f}"]
-    shown = check_table(out, width, cols, rows, ["gap bits", "encoding", "role", "action", "x fp32", "shape", "scales"],
-                        footer)
+    cols, rows, footer = ccli.summary_table(result)
+    assert cols[:4] == ["tensor", "shape", "params", "role"] and len(rows) == len(result["layers"])
+    assert [r[0] for r in rows] == [r["name"] for r in result["layers"]]
+    shown = check_table(out, width, cols, rows, ccli.SUMMARY_DROP, footer)
     assert {"tensor", "params", "sparsity", "bits", "bytes"} <= set(shown)
 
 

@@ -5,7 +5,6 @@ an .npz of example inputs, and the first sample of --calibration. Models are bui
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 import dcformat  # noqa: E402
 from clitools import cli, one_line_error  # noqa: E402
+from conftest import import_written  # noqa: E402
 from converters.cli import main  # noqa: E402
 
 MODELS_PY = '''
@@ -103,12 +103,7 @@ def bert():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("torch-inputs")
-    (d / "tiny_inputs.py").write_text(MODELS_PY)
-    sys.path.insert(0, str(d))
-    try:
-        import tiny_inputs
-    finally:
-        sys.path.remove(str(d))
+    tiny_inputs = import_written(d, "tiny_inputs", MODELS_PY)
     vad = tiny_inputs.vad()
     torch.jit.save(torch.jit.script(vad), d / "vad.pt")
     torch.save(vad.state_dict(), d / "vad_sd.pt")
