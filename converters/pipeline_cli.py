@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from dcformat import __version__
 from dcformat.cliutil import _escape
 from dcformat.errors import first_line
 from dcformat.table import render
@@ -372,6 +373,7 @@ def run_pipeline(*, model_spec, data=None, input_shape=None, output, checkpoint=
 @click.option("--trust-code", is_flag=True, help="allow --model / --data-factory to import and run your own Python "
               "modules (dcz's converters.pipeline:* factories need no flag)")
 @click.option("-q", "--quiet", is_flag=True, help="only the result lines")
+@click.version_option(__version__, prog_name="dcz pipeline", message="%(prog)s (dcz) %(version)s")
 def pipeline(model_spec, data, data_factory, image_size, output, input_shape, checkpoint, epochs, retrain_epochs,
              finetune_epochs, sparsity, bits, ecvq, prune_neurons, schedule, separate_phases, max_accuracy_drop, lr, retrain_lr,
              finetune_lr, batch_size, optimizer, l1, l2, prox_l1, init, min_size, scan_sparsities, scan_bits, report_dir,

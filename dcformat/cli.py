@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import __version__
-from .cliutil import _escape, check_distinct, check_output, naming, run, times_smaller
+from .cliutil import _escape, check_distinct, check_input, check_output, naming, run, times_smaller
 from .errors import DczError, first_line
 from .table import render
 
@@ -553,8 +553,7 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
     except DczError as e:
         raise click.BadParameter(str(e).split(", got ")[-1], param_hint="--dim") from None
     feeds, later = _load_inputs(inputs)
-    if not os.path.isfile(model):
-        raise click.ClickException(f"{model}: no such file")
+    check_input(model)
     graph, is_dcz = _model_graph(model)
     t0 = time.perf_counter()
     sess = (runtime.InferenceSession(model, providers=[provider], compact=compact) if is_dcz

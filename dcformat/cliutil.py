@@ -26,6 +26,14 @@ def times_smaller(ratio: float | None, than: str = "the input") -> str:
     return f"{ratio:.1f}x smaller than {than}" if ratio > 1 else f"{1 / ratio:.1f}x larger than {than}"
 
 
+def check_input(path, what: str = "a model file") -> None:
+    """Refuse (exit 1) an input that is missing or a directory, one line saying which."""
+    if os.path.isdir(path):
+        raise click.ClickException(f"{path}: is a directory, not {what}")
+    if not os.path.isfile(path):
+        raise click.ClickException(f"{path}: no such file")
+
+
 def check_output(path, what: str = "") -> None:
     """Refuse (exit 1) an output path that cannot take a file written beside it and renamed into place."""
     outdir = os.path.dirname(os.path.abspath(path))

@@ -81,8 +81,10 @@ def test_directory_and_missing_input_exit_alike(tmp_path, capsys):
         directory = _run(main, [tmp_path], capsys)
         assert missing[0] == directory[0] == 1, (main, missing, directory)
         assert missing[2].startswith("error: ") and directory[2].startswith("error: ")
+        # and each says which it is (dcrun called a directory "no such file")
+        assert "no such file" in missing[2].lower() and "directory" in directory[2].lower(), (main, missing, directory)
     code, _, err = _run(cli.decode_main, [tmp_path, "-o", tmp_path / "x.onnx"], capsys)
-    assert code == 1 and err.startswith("error: ")
+    assert code == 1 and err.startswith("error: ") and "directory" in err
 
 
 def test_ctrl_c_exits_130(capsys):
@@ -168,7 +170,7 @@ HEAVY = ("numpy", "onnx", "onnxruntime", "numba", "ml_dtypes", "torch", "rich", 
 
 @pytest.mark.parametrize("module, attr", [("dcformat.cli", "inspect_main"), ("dcformat.cli", "decode_main"),
                                           ("dcformat.cli", "run_main"), ("converters.cli", "main"),
-                                          ("converters.demo", "main")])
+                                          ("converters.demo", "main"), ("converters.pipeline_cli", "pipeline")])
 @pytest.mark.parametrize("flag", ["--help", "--version"])
 def test_help_and_version_import_no_heavy_stack(module, attr, flag):
     """--help and --version load click and the command, not onnx, onnxruntime, numba, ml_dtypes or
