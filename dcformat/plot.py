@@ -110,7 +110,8 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
     if report["totals"]["params"]:
         title += f", {report['totals']['params']:,} parameters, {report['totals']['ratio']:.1f}x smaller than fp32"
     ax.set_title(title, fontsize=10, loc="left")
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    # beside the bars, not over them: inside the axes any corner may hold the longest bar
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False, borderaxespad=0.5)
     total = sum(r["bytes"] for r in report["tensors"]) or 1
     for yi in y:
         ax.text(left[yi], yi, f"  {int(left[yi]):,} B ({left[yi] / total:.0%})", va="center", fontsize=7)

@@ -54,3 +54,26 @@ def test_figure_design(model):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_legend_covers_no_bar(tmp_path):
+    """The longest bar can be any row (here the folded small tensors, drawn last, at the bottom):
+    the legend stands beside the bars, never over one."""
+    from dcformat import plot
+
+    rng = np.random.default_rng(1)
+    tensors = [dcformat.encode_codebook("conv.weight", np.linspace(-1, 1, 16).astype(np.float32),
+                                        rng.integers(0, 16, (64, 64)), encoding="codebook-dense")]
+    tensors += [dcformat.encode(f"norm{i}.scale", rng.standard_normal(63).astype(np.float32), encoding="raw")
+                for i in range(300)]
+    p = tmp_path / "m.dcz"
+    dcformat.write(p, tensors)
+    fig = plot.figure(insp.inspect_dcz(p))
+    bars = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in bars.get_yticklabels()][0] == "300 smaller tensors"
+    legend = bars.get_legend().get_window_extent()
+    assert not any(legend.overlaps(b.get_window_extent()) for b in bars.patches if b.get_width() > 0)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
