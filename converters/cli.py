@@ -67,26 +67,43 @@ def _progress():
 SUMMARY_DROP = ["gap bits", "encoding", "role", "action", "x fp32", "shape", "scales"]  # least useful first
 
 
-def summary_table(result: dict) -> tuple[list[str], list[list[str]], list[str]]:
-    """(columns, rows, footer) of dcconvert's per-tensor table."""
+MAX_KEPT_LINES = 4  # tensors kept raw for the same reason named one a line; more share one line
+SMALL = 64  # tensors with fewer elements share one row of the table (as in dcinspect); --json lists them all
+
+
+def summary_table(result: dict) -> tuple[list[str], list[list[str]], list[str], list[dict]]:
+    """(columns, rows, footer, the small tensors summed in one row) of dcconvert's per-tensor table: a
+    model's hundreds of 1-element Constants do not fill the terminal."""
     cols = ["tensor", "shape", "params", "role", "action", "sparsity", "bits", "scales", "encoding", "gap bits", "bytes",
             "x fp32"]
+    layers = result["layers"]
+    small = [r for r in layers if r["params"] < SMALL]
+    small = small if len(small) >= 2 else []
+    ids = {id(r) for r in small}
     rows = [[r["name"], "x".join(map(str, r["shape"])) or "()", f"{r['params']:,}", r.get("role") or "-",
              r["action"] + (" (OBS)" if r.get("compensated") else ""), f"{r['sparsity']:.1%}",
              "-" if r["bits"] is None else str(r["bits"]), r.get("scales") or "-", r["encoding"],
              "-" if r["gap_bits"] is None else str(r["gap_bits"]),
-             f"{r['bytes']:,}", "-" if r["ratio"] is None else f"{r['ratio']:.1f}"] for r in result["layers"]]
+             f"{r['bytes']:,}", "-" if r["ratio"] is None else f"{r['ratio']:.1f}"] for r in layers if id(r) not in ids]
+    if small:
+        params, nbytes = sum(r["params"] for r in small), sum(r["bytes"] for r in small)
+        zeros = sum(r["sparsity"] * r["params"] for r in small)
+        rows.append([f"+ {len(small)} small tensors", "", f"{params:,}", "", "", f"{zeros / max(params, 1):.1%}", "", "",
+                     "", "", f"{nbytes:,}", f"{params * 4 / max(nbytes, 1):.1f}"])
     t = result["totals"]
     footer = ["total", "", f"{t['params']:,}", "", "", f"{t['sparsity']:.1%}", "", "", "", "", f"{t['tensor_bytes']:,}",
               f"{t['params'] * 4 / max(t['tensor_bytes'], 1):.1f}"]
-    return cols, rows, footer
+    return cols, rows, footer, small
 
 
 def summary(result: dict) -> None:
-    cols, rows, footer = summary_table(result)
+    cols, rows, footer, small = summary_table(result)
     t = result["totals"]
     render(None, cols, rows, right=set(cols) - {"tensor", "shape", "role", "action", "scales", "encoding"}, footer=footer,
            drop=SUMMARY_DROP, more="a wider terminal or --json shows them")
+    if small:
+        click.echo(f"+ {len(small)} small tensors: those of fewer than {SMALL} elements, summed in one row; "
+                   f"--json or dcinspect {_escape(result['output'])} --all lists them")
     click.echo(f"{_escape(result['source']['file'])} ({result['source']['kind']}, {result['source']['bytes']:,} bytes) -> "
                f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {times_smaller(result['ratio'])}; "
                f"{t['params']:,} parameters, {8 * result['dcz_bytes'] / max(t['params'], 1):.2f} bits/param; "
@@ -122,6 +139,7 @@ def fidelity_lines(result: dict) -> list[str]:
         for name, v in (fid.get("tensor_snr_db") or {}).items():
             out.append(f"  {_escape(name)}: {v if isinstance(v, str) else format(v, '.1f')} dB")
     grouped: dict[str, list] = {}
+    single: dict[str, list] = {}  # the same reason for many tensors (a model's subgraph copies): one line
     for r in result["layers"]:
         why = r.get("reason")
         if r["action"] == "pruned+shared" or not why:
@@ -129,7 +147,14 @@ def fidelity_lines(result: dict) -> list[str]:
         if why.startswith(("small", "not float", "--lossless")):
             grouped.setdefault(why.split(" (")[0], []).append(r)
         else:
-            out.append(f"kept raw: {_escape(r['name'])} ({r['params']:,} params): {_escape(why)}")
+            single.setdefault(why, []).append(r)
+    for why, rs in single.items():
+        if len(rs) <= MAX_KEPT_LINES:
+            out += [f"kept raw: {_escape(r['name'])} ({r['params']:,} params): {_escape(why)}" for r in rs]
+        else:
+            big = sorted(rs, key=lambda r: -r["params"])[:3]
+            out.append(f"kept raw: {len(rs)} tensor(s), {sum(r['params'] for r in rs):,} params: {_escape(why)} "
+                       f"(largest: {', '.join(_escape(r['name']) for r in big)}; --json lists them)")
     for why, rs in grouped.items():
         detail = rs[0]["reason"] if why == "small" else why
         out.append(f"kept raw: {len(rs)} tensor(s), {sum(r['params'] for r in rs):,} params: {_escape(detail)}")

@@ -137,15 +137,18 @@ def test_dcconvert_summary(tmp_path, terminal, width):
     rng = np.random.default_rng(1)
     weights = {n: rng.standard_normal((64, 96) if n.endswith("weight") else (64,)).astype(np.float32) for n in NAMES}
     weights[MARKUP_NAMES[1]] = rng.standard_normal(700).astype(np.float32)
+    weights.update({f"norm{i}.scale": np.ones(8, np.float32) for i in range(5)})  # small: summed in one row
     src = tmp_path / "m.safetensors"
     safetensors.save_file(weights, str(src))
     result = ccli.convert(str(src), str(tmp_path / "m.dcz"), cmp.Settings())
     out = terminal(lambda: ccli.summary(result), width)
-    cols, rows, footer = ccli.summary_table(result)
-    assert cols[:4] == ["tensor", "shape", "params", "role"] and len(rows) == len(result["layers"])
-    assert [r[0] for r in rows] == [r["name"] for r in result["layers"]]
+    cols, rows, footer, small = ccli.summary_table(result)
+    assert cols[:4] == ["tensor", "shape", "params", "role"]
+    assert [r[0] for r in rows] == [r["name"] for r in result["layers"] if r not in small] + (
+        [f"+ {len(small)} small tensors"] if small else [])
     shown = check_table(out, width, cols, rows, ccli.SUMMARY_DROP, footer)
     assert {"tensor", "params", "sparsity", "bits", "bytes"} <= set(shown)
+    assert len(small) == 5 and "norm0.scale" not in out and "+ 5 small tensors: those of fewer than 64" in out
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -192,3 +195,21 @@ def test_long_names_wrap_whole_and_markup_is_text():
     con = Console(file=io.StringIO(), width=12, color_system=None)
     table.render(None, ["tensor", "params"], [["abcdefghijkl", "1,234,567"]], console=con)
     assert "1,234,567" in con.file.getvalue() and "abcdefghijkl" in con.file.getvalue()
+
+
+def test_dcconvert_names_few_tensors_kept_raw_for_one_reason_and_counts_many():
+    """A VAD's 18 subgraph copies kept raw for one reason are one line (count, params, the largest),
+    not 18; up to MAX_KEPT_LINES are named one a line."""
+    from converters import cli as ccli
+
+    def layer(name, params, why):
+        return {"name": name, "params": params, "action": "kept", "reason": why}
+
+    sub = [layer(f"If_0.then_branch/w{i}", 100 * (i + 1), "in a Constant node or subgraph") for i in range(18)]
+    few = [layer(f"fc{i}.weight", 4096, "error budget") for i in range(ccli.MAX_KEPT_LINES)]
+    lines = ccli.fidelity_lines({"layers": sub + few})
+    assert lines[-ccli.MAX_KEPT_LINES:] == [f"kept raw: fc{i}.weight (4,096 params): error budget"
+                                            for i in range(ccli.MAX_KEPT_LINES)]
+    assert lines[0] == ("kept raw: 18 tensor(s), 17,100 params: in a Constant node or subgraph (largest: "
+                        "If_0.then_branch/w17, If_0.then_branch/w16, If_0.then_branch/w15; --json lists them)")
+    assert len(lines) == 1 + ccli.MAX_KEPT_LINES
