@@ -161,6 +161,25 @@ def fidelity_lines(result: dict) -> list[str]:
     return out
 
 
+def ort_reason(message: str, width: int = 200) -> str:
+    """The part of an ONNX Runtime error a user can act on: the innermost 'Status Message' (what failed)
+    and the node it names, cut at a word, not mid-number: ``Pad reflect: post-pad (64) exceeds maximum
+    allowed (15) for axis 1. Input shape:{1,16} (node .../stft/padding/Pad)``."""
+    import re
+
+    text = " ".join(message.split())
+    nodes = re.findall(r"running (\w+) node\. Name:'([^']*)'", text)
+    if "Status Message: " in text:
+        text = text.rsplit("Status Message: ", 1)[1]
+    else:
+        text = re.sub(r"^.*?\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    if nodes:
+        text += f" (node {nodes[-1][1]}, {nodes[-1][0]})"
+    if len(text) > width:
+        text = text[:width].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
 def _ort_call(what, fn, *args, **kw):
     try:
         return fn(*args, **kw)
@@ -232,7 +251,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                     from dcformat.inputs import describe_sizes
 
                     src.notes.append(f"synthetic inputs: {describe_sizes(scale, tie)} (on the defaults the model did "
-                                     f"not run: {str(first)[:160]}); --dim NAME=VALUE sets them")
+                                     f"not run: {ort_reason(str(first))}); --dim NAME=VALUE sets them")
             if ref is None:
                 hint = ("; give real inputs with --calibration or sizes with --dim NAME=VALUE" if cdesc["synthetic"] else "")
                 if searching:  # nothing to measure against: no safe choice can be made

@@ -245,3 +245,19 @@ def test_trust_pickle_imports_a_module_beside_the_user(tmp_path):
         ok = subprocess.run(convert + [flag], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
         assert ok.returncode == 0, ok.stderr
         assert (tmp_path / "net.dcz").exists()
+
+
+def test_ort_errors_are_cut_to_what_failed():
+    """The note about synthetic sizes quotes ONNX Runtime's innermost message and node, never a
+    number cut in half ('INVALID_ARGUMENT : Non-z')."""
+    from converters.cli import ort_reason
+
+    msg = ("ONNX Runtime cannot run /x/vad.onnx on the synthetic calibration inputs: [ONNXRuntimeError] : 2 : "
+           "INVALID_ARGUMENT : Non-zero status code returned while running If node. Name:'If_0' Status Message: "
+           "Non-zero status code returned while running Pad node. Name:'If_0_then/stft/padding/Pad' Status Message: "
+           "Pad reflect: post-pad (64) exceeds maximum allowed (15) for axis 1. Input shape:{1,16}")
+    assert ort_reason(msg) == ("Pad reflect: post-pad (64) exceeds maximum allowed (15) for axis 1. Input shape:{1,16} "
+                               "(node If_0_then/stft/padding/Pad, Pad)")
+    plain = "[ONNXRuntimeError] : 1 : FAIL : " + "word " * 100
+    cut = ort_reason(plain, 50)
+    assert cut.endswith("word ...") and len(cut) <= 54 and "ONNXRuntimeError" not in cut
