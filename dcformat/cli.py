@@ -117,6 +117,26 @@ def _scalar(v) -> str:
 META_ORDER = ("producer", "source", "source_sha256", "settings", "fidelity", "accuracy", "opset")
 
 
+def _fidelity_lines(fid) -> list[str]:
+    """The fidelity dcconvert stored, as dcconvert printed it: the verdict, then one line per output
+    (--json has every field); [] when it is not the schema dcformat.fidelity writes."""
+    from . import fidelity
+
+    try:
+        if not (isinstance(fid, dict) and fid.get("measured") and isinstance(fid.get("outputs"), dict)):
+            return []
+        cal = fid.get("calibration") or {}
+        on = (f" on {cal['samples']} {'synthetic' if cal.get('synthetic') else 'given'} calibration samples"
+              if isinstance(cal.get("samples"), int) else "")
+        head = (f"  fidelity (measured by dcconvert{on}): relative L2 error {fid['max_rel_l2']:.3g} "
+                f"(worst output: {_escape(str(fid['worst_output']))})")
+        if isinstance(fid.get("budget"), (int, float)):
+            head += f", {'within' if fid.get('within_budget') else 'OVER'} the budget --max-error {fid['budget']:g}"
+        return [head] + [_escape(x) for x in fidelity.lines(fid, "    ")]
+    except (KeyError, TypeError, ValueError):  # metadata from another writer: shown as plain key/value lines
+        return []
+
+
 def _print_metadata(meta: dict, out) -> None:
     if not isinstance(meta, dict) or not meta:
         return
@@ -125,6 +145,11 @@ def _print_metadata(meta: dict, out) -> None:
     for k in keys:
         v = meta[k]
         label = "fidelity (measured by dcconvert)" if k == "fidelity" else k
+        if k == "fidelity" and _fidelity_lines(v):
+            lines += _fidelity_lines(v)
+            continue
+        if k == "settings" and isinstance(v, dict):  # the options left unset say nothing
+            v = {a: b for a, b in v.items() if b is not None}
         if isinstance(v, dict) and v:
             lines.append(f"  {_escape(label)}:")
             lines += _kv_lines(v, "    ")

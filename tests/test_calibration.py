@@ -462,3 +462,26 @@ def test_synthetic_sizes_are_probed_when_the_defaults_do_not_run(tmp_path, capsy
         assert "x2 the default sizes" in stdout and "input  x: float32 [1, 64] (synthetic)" in stdout
     code, _, err = _cli(run_main, [path, "--dim", "frame=8"], capsys)  # sizes the user fixed are not probed away
     assert code == 1 and "--dim NAME=VALUE" in err and err.startswith("error: ")
+
+
+def test_dcinspect_shows_the_stored_fidelity_as_dcconvert_printed_it(models, tmp_path, capsys):
+    """dcinspect prints the fidelity dcconvert measured and stored: the verdict and one line per output,
+    the same lines dcconvert printed (not 40 lines of the JSON's fields); unset settings are left out."""
+    from dcformat.cli import inspect_main
+
+    out = tmp_path / "m.dcz"
+    code, stdout, err = _cli(convert_main, [models / "mlp.onnx", "-o", out, "--bits", "5", "--sparsity", "0.5"], capsys)
+    assert code == 0, err
+    with dcformat.open(out) as r:
+        fid = r.metadata["fidelity"]
+    per_output = fidelity.lines(fid, "    ")
+    assert all(line.strip() in stdout for line in per_output)  # what dcconvert printed
+    code, text, _ = _cli(inspect_main, [out], capsys)
+    assert code == 0
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("  fidelity (measured by dcconvert on "))
+    assert f"relative L2 error {fid['max_rel_l2']:.3g} (worst output: {fid['worst_output']})" in lines[head]
+    assert f"{fid['calibration']['samples']} synthetic calibration samples" in lines[head]
+    assert lines[head + 1:head + 1 + len(per_output)] == per_output
+    assert "metric_text" not in text and "cosine_mean" not in text  # the JSON's field names: --json shows them
+    assert "threshold: -" not in text and "settings:" in text  # options left unset are not listed
