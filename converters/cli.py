@@ -64,7 +64,7 @@ def _progress():
     return prog, update
 
 
-SUMMARY_DROP = ["gap bits", "encoding", "role", "action", "x fp32", "shape", "scales"]  # least useful first
+SUMMARY_DROP = ["gap bits", "encoding", "scales", "role", "action", "x fp32", "shape"]  # least useful first
 
 
 MAX_KEPT_LINES = 4  # tensors kept raw for the same reason named one a line; more share one line
