@@ -115,7 +115,9 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
     total = sum(r["bytes"] for r in report["tensors"]) or 1
     for yi in y:
         ax.text(left[yi], yi, f"  {int(left[yi]):,} B ({left[yi] / total:.0%})", va="center", fontsize=7)
-    ax.margins(x=0.16)
+    # room for the labels after the bars (margins cannot do it: a stack of width 0 drawn at the end of the
+    # longest bar pins the axis there)
+    ax.set_xlim(0, max(float(left.max()) if left.size else 0.0, 1.0) * 1.22)
     ax.spines[["top", "right"]].set_visible(False)
     for i, r in enumerate(hist_rows):
         if progress:

@@ -56,24 +56,33 @@ def test_figure_design(model):
     plt.close(fig)
 
 
-def test_legend_covers_no_bar(tmp_path):
-    """The longest bar can be any row (here the folded small tensors, drawn last, at the bottom):
-    the legend stands beside the bars, never over one."""
+@pytest.mark.parametrize("small", [300, 100])
+def test_legend_and_labels_stay_clear_of_the_bars(tmp_path, small):
+    """The longest bar can be any row (the folded small tensors, drawn last at the bottom; or a codebook
+    layer while raw stacks of other rows end where it ends): the legend stands beside the bars, never
+    over one, and every bar's byte label lies inside the axes."""
     from dcformat import plot
 
     rng = np.random.default_rng(1)
     tensors = [dcformat.encode_codebook("conv.weight", np.linspace(-1, 1, 16).astype(np.float32),
-                                        rng.integers(0, 16, (64, 64)), encoding="codebook-dense")]
+                                        rng.integers(0, 16, (256, 256)), encoding="codebook-dense"),
+               dcformat.encode("fc.bias", rng.standard_normal(2000).astype(np.float32), encoding="raw")]
     tensors += [dcformat.encode(f"norm{i}.scale", rng.standard_normal(63).astype(np.float32), encoding="raw")
-                for i in range(300)]
+                for i in range(small)]
     p = tmp_path / "m.dcz"
     dcformat.write(p, tensors)
     fig = plot.figure(insp.inspect_dcz(p))
     bars = fig.axes[0]
     fig.canvas.draw()
-    assert [t.get_text() for t in bars.get_yticklabels()][0] == "300 smaller tensors"
+    labels = [t.get_text() for t in bars.get_yticklabels()]
+    assert f"{small} smaller tensors" in labels
     legend = bars.get_legend().get_window_extent()
     assert not any(legend.overlaps(b.get_window_extent()) for b in bars.patches if b.get_width() > 0)
+    box = bars.get_window_extent()
+    texts = [t for t in bars.texts if t.get_text().strip().endswith("%)")]
+    assert len(texts) == len(labels)
+    assert all(box.x0 <= t.get_window_extent().x0 and t.get_window_extent().x1 <= box.x1 for t in texts), \
+        [t.get_text() for t in texts if t.get_window_extent().x1 > box.x1]
     import matplotlib.pyplot as plt
 
     plt.close(fig)
