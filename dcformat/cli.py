@@ -472,6 +472,28 @@ def _model_graph(path):
         raise click.ClickException(f"{path}: neither a .dcz file nor a readable ONNX model ({first_line(e)})") from None
 
 
+def _import_numpy_without_hugepages() -> None:
+    """Import numpy without its transparent-huge-page hint, in a process that has not imported it yet.
+
+    numpy marks every large array MADV_HUGEPAGE; where the kernel's THP defrag setting is "madvise"
+    (its default), the first touch of such memory may wait for memory compaction. A command that
+    decodes a model's weights once (and hands them to ONNX Runtime, which allocates its own memory
+    without the hint) pays that on every page: on the 2-core development machine, writing 139 MB of
+    fresh numpy memory took 0.34-0.41 s with the hint and 0.09-0.11 s without, and a fresh `dcrun` of
+    the 40.8M-parameter benchmark MLP (tools/bench_startup.py --params 40) 2.1-3.6 s with it, 1.8-2.0 s
+    without. NUMPY_MADVISE_HUGEPAGE, if the user set it, is kept; a process that already imported
+    numpy (a caller of run_main) keeps its setting."""
+    import os
+
+    if "numpy" in sys.modules or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return
+    os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"  # read once, when numpy is imported
+    try:
+        import numpy  # noqa: F401
+    finally:
+        del os.environ["NUMPY_MADVISE_HUGEPAGE"]  # not passed on to child processes
+
+
 def _plain_session(path, provider):
     import onnxruntime as ort
 
@@ -525,6 +547,7 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
     import os
     import time
 
+    _import_numpy_without_hugepages()
     import numpy as np
 
     from . import fidelity

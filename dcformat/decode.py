@@ -83,9 +83,10 @@ def apply_scales(info: TensorInfo, flat: np.ndarray, scales: np.ndarray) -> np.n
     return scale_values(flat, scales, max(inner, 1), info.dtype)
 
 
-def _checked(info: TensorInfo, out: np.ndarray, where: str) -> np.ndarray:
-    """The decoded array, if its count of non-zero elements is the one the record declares."""
-    found = int(np.count_nonzero(out))
+def _checked(info: TensorInfo, out: np.ndarray, where: str, found: np.ndarray | None = None) -> np.ndarray:
+    """The decoded array, if its count of non-zero elements is the one the record declares (counted
+    in ``found`` when given: an array holding all of ``out``'s non-zero elements, the rest being zero)."""
+    found = int(np.count_nonzero(out if found is None else found))
     if found != info.nonzeros:
         raise TensorError(f"{where}: decodes to {found} non-zero elements, the record declares {info.nonzeros}")
     return out

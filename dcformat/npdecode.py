@@ -37,8 +37,12 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
     """Decode the symbols of many streams together.
 
     ``jobs``: (streams.Stream, n symbols, lane_size) each, n > 0. Returns, for each, the
-    decode-table entries of its n symbols (uint16: ``(length << 9) | symbol``) and the bit
-    position (from the start of its payload) where each lane's codes end.
+    decode-table entries of its n symbols (uint16: ``(length << 9) | symbol``), in stream
+    order, and the bit position (from the start of its payload) where each lane's codes end.
+
+    The entries of all streams go to one array, each stream's n in a row and each lane's at
+    its place in it: a step writes symbol j of every lane still going (one scattered store),
+    so the result needs no reordering (the views returned share that array).
     """
     k = len(jobs)
     sizes = [s.payload.size for s, _, _ in jobs]
@@ -49,7 +53,9 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
     toffs = np.zeros(k + 1, np.int64)
     np.cumsum([t.size for t in tables], out=toffs[1:])
     table = np.concatenate(tables).astype(np.uint16)
-    lane_pos, lane_lim, lane_cnt, lane_tb, lane_toff = [], [], [], [], []
+    soffs = np.zeros(k + 1, np.int64)  # where each stream's entries start in the output
+    np.cumsum([n for _, n, _ in jobs], out=soffs[1:])
+    lane_pos, lane_lim, lane_cnt, lane_tb, lane_toff, lane_out = [], [], [], [], [], []
     for i, (s, n, lane_size) in enumerate(jobs):
         at = int(pstart[i])
         buf[at : at + sizes[i]] = s.payload
@@ -61,6 +67,7 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
         lane_lim.append(np.full(nl, at + sizes[i], np.int64))
         lane_tb.append(np.full(nl, s.table_bits, np.int64))
         lane_toff.append(np.full(nl, toffs[i], np.int64))
+        lane_out.append(soffs[i] + np.arange(nl, dtype=np.int64) * lane_size)
     cnt = np.concatenate(lane_cnt)
     order = np.argsort(-cnt, kind="stable")  # longest lanes first: the lanes still going are a prefix
     cnt = cnt[order]
@@ -68,15 +75,15 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
     lim = np.concatenate(lane_lim)[order]
     tb = np.concatenate(lane_tb)[order]
     toff = np.concatenate(lane_toff)[order]
+    ptr = np.concatenate(lane_out)[order]  # where each lane's next entry goes
     rs = WINDOW_BITS - tb
     mask = (np.int64(1) << tb) - 1
     nlanes = cnt.size
     steps = int(cnt[0])
-    # active[j]: lanes with more than j symbols; symbol j of the lane in sorted place r is out[row[j] + r]
+    # active[j]: lanes with more than j symbols
     active = nlanes - np.searchsorted(cnt[::-1], np.arange(steps), side="right")
-    row = np.zeros(steps + 1, np.int64)
-    np.cumsum(active, out=row[1:])
-    out = np.empty(int(row[-1]), np.uint16)
+    out = np.empty(int(soffs[-1]), np.uint16)
+    ebuf = np.empty(nlanes, np.uint16)
     per_window = max(1, (WINDOW_BITS - 7) // max(1, int(tb.max())))
     win = np.ndarray((buf.size - 7,), ">u8", buf, 0, (1,))  # the 8 bytes from each byte on, big-endian
     j = 0
@@ -87,41 +94,30 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
         np.minimum(byte, lim[:a0], out=byte)
         w = win[byte].astype(np.int64)  # arithmetic shifts: the bits kept below are the same
         sh = sh0 = rs[:a0] - (p & 7)  # w >> sh puts the next code's bits lowest; sh0: all a0 lanes
-        m, t = mask[:a0], toff[:a0]
+        m, t, pt, e = mask[:a0], toff[:a0], ptr[:a0], ebuf[:a0]
         idx = np.empty(a0, np.int64)
         for q in range(min(per_window, steps - j)):
             a = int(active[j + q])
             if a < a0:  # lanes that have all their symbols drop out (the rest are a prefix)
-                w, sh, m, t, idx = w[:a], sh[:a], m[:a], t[:a], idx[:a]
+                w, sh, m, t, idx, pt, e = w[:a], sh[:a], m[:a], t[:a], idx[:a], pt[:a], e[:a]
+                a0 = a
             np.right_shift(w, sh, out=idx)
             idx &= m
             idx += t
-            r0 = int(row[j + q])
-            e = out[r0 : r0 + a]
             table.take(idx, out=e)
+            out.put(pt, e)
+            pt += 1
             sh -= e >> 9
+        a0 = int(active[j])
         pos[:a0] = p - (p & 7) + (rs[:a0] - sh0)
         j += per_window
-    # back to stream order
-    ends = np.empty(nlanes, np.int64)
+    ends = np.empty(nlanes, np.int64)  # back to stream order
     ends[order] = pos
-    place = np.empty(nlanes, np.int64)
-    place[order] = np.arange(nlanes)
     results = []
     first = 0
-    for i, (s, n, lane_size) in enumerate(jobs):
+    for i, (s, n, _) in enumerate(jobs):
         nl = s.lane_offsets.size
-        lanes = place[first : first + nl]
-        syms = np.empty(n, np.uint16)
-        full = nl if n == nl * lane_size else nl - 1
-        for c in range(0, full, 64):  # 64 lanes at a time: the index array stays small
-            c1 = min(full, c + 64)
-            idx = row[:lane_size, None] + lanes[None, c:c1]
-            syms[c * lane_size : c1 * lane_size] = out[idx].T.reshape(-1)
-        if full < nl:
-            c = n - full * lane_size
-            syms[full * lane_size :] = out[row[:c] + lanes[-1]]
-        results.append((syms, ends[first : first + nl] - int(pstart[i]) * 8))
+        results.append((out[soffs[i] : soffs[i + 1]], ends[first : first + nl] - int(pstart[i]) * 8))
         first += nl
     return results
 
@@ -145,39 +141,55 @@ def lane_end_status(payload: np.ndarray, bit: np.ndarray, lane_offsets: np.ndarr
     return st
 
 
+ENTRIES = 16 << 9  # decode-table entries are (length << 9) | symbol, length <= 15: all below this
+
+
+def entry_values(values: np.ndarray) -> np.ndarray:
+    """``values`` indexed by decode-table entry (values[entry & 511]), so that one take maps entries to values.
+    Entries of symbols past ``values`` never occur (a stream's alphabet is its codebook's size)."""
+    return values[np.minimum(np.arange(ENTRIES) & 511, values.size - 1)]
+
+
 def dense(decoded, s, values, out) -> np.ndarray:
     """kernels.decode_dense from decode_streams' result for stream ``s``: out[i] = values[symbol i]; the lane statuses."""
     syms, ends = decoded
-    out[:] = values[syms & 511]
+    entry_values(values).take(syms, out=out, mode="clip")  # clip: no bounds buffer (every entry is in range)
     return lane_end_status(s.payload, ends, s.lane_offsets)
 
 
-def sparse(gdec, idec, g, s, m, lane_size, bases, numel, values, out) -> np.ndarray:
-    """kernels.decode_sparse from decode_streams' results for the gap and index streams."""
+def sparse(gdec, idec, g, s, m, lane_size, bases, numel, values, out) -> tuple[np.ndarray, np.ndarray | None]:
+    """kernels.decode_sparse from decode_streams' results for the gap and index streams: the lane
+    statuses and, when they are all 0, the m values written into ``out`` (zeroed; None otherwise)."""
     gsyms, gends = gdec
     isyms, iends = idec
     nl = g.lane_offsets.size
-    lane = np.arange(m, dtype=np.int64) // lane_size
-    step = (gsyms & 511).astype(np.int64) + 1
-    # position of entry i: its lane's base + the gaps and entries before it in the lane, + its gap
-    csum = np.cumsum(step)
-    first = np.arange(nl, dtype=np.int64) * lane_size
-    before = np.concatenate(([0], csum[first[1:] - 1])) if nl > 1 else np.zeros(1, np.int64)
-    p = csum - before[lane] + bases[lane] - 1
-    st = np.zeros(nl, np.int64)
-    past = p >= numel
-    if past.any():
-        st[np.unique(lane[past])] = STATUS_OUT_OF_TENSOR
+    # position of entry i: its lane's base + the gaps and entries before it in the lane, + its gap; one
+    # cumulative sum per lane (full lanes as the rows of a 2-D view), int32 where no sum can reach 2^31
+    pdt = np.int32 if numel + lane_size * 512 < 2**31 else np.int64
+    p = np.empty(m, pdt)
+    np.bitwise_and(gsyms, 511, out=p)
+    p += 1
+    nfull = m // lane_size
+    full = p[: nfull * lane_size].reshape(nfull, lane_size)
+    np.cumsum(full, axis=1, out=full)
+    full += (bases[:nfull] - 1).astype(pdt)[:, None]
+    if nfull < nl:
+        tail = p[nfull * lane_size :]
+        np.cumsum(tail, out=tail)
+        tail += pdt(bases[nfull] - 1)
+    last = p[np.minimum(np.arange(1, nl + 1, dtype=np.int64) * lane_size, m) - 1]  # each lane's last position
+    st = np.where(last >= numel, STATUS_OUT_OF_TENSOR, 0)  # positions grow within a lane: its last is its largest
     gst = lane_end_status(g.payload, gends, g.lane_offsets)
     ist = lane_end_status(s.payload, iends, s.lane_offsets)
-    last = np.minimum(first + lane_size, m) - 1
     mismatch = np.zeros(nl, bool)
-    mismatch[:-1] = p[last[:-1]] + 1 != bases[1:]
+    mismatch[:-1] = last[:-1] + 1 != bases[1:]
     st = np.where(st != 0, st, np.where(gst != 0, gst, np.where(ist != 0, ist + INDEX_STREAM,
                                                                 np.where(mismatch, STATUS_BASE_MISMATCH, 0))))
-    if not st.any():
-        out[p] = values[isyms & 511]
-    return st
+    if st.any():
+        return st, None
+    v = entry_values(values).take(isyms, mode="clip")
+    out[p] = v  # lanes cover disjoint ranges when every status is 0
+    return st, v
 
 
 def planes(parsed, decoded, section, coded, starts, n, lane_size, width, out) -> np.ndarray:
@@ -268,9 +280,13 @@ def _prepare(info, section, jobs):
 
         def sparse_done(decoded):
             out = np.zeros(n, udt)
-            st = sparse(decoded[first], decoded[first + 1], g, s, m, info.lane_size, bases.astype(np.int64), n, values, out)
+            st, v = sparse(decoded[first], decoded[first + 1], g, s, m, info.lane_size, bases.astype(np.int64), n,
+                           values, out)
             raise_lane_error(st, where, (("gap", g), ("index", s)))
-            return _checked(info, result(out), where).reshape(info.shape)
+            if scales is not None:
+                return _checked(info, result(out), where).reshape(info.shape)
+            # the elements not written are +0: the written values hold every non-zero one (m, not n, to count)
+            return _checked(info, out.view(tdt), where, found=v.view(tdt)).reshape(info.shape)
 
         return sparse_done
     w = len(info.planes)
