@@ -33,16 +33,18 @@ STATUS_TEXT = {  # as kernels.STATUS_TEXT (tests/test_npdecode.py checks), here 
 WINDOW_BITS = 64  # a step reads 8 bytes: up to 7 bits of offset and then whole codes
 
 
-def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
+def decode_streams(jobs, speculate: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """Decode the symbols of many streams together.
 
     ``jobs``: (streams.Stream, n symbols, lane_size) each, n > 0. Returns, for each, the
     decode-table entries of its n symbols (uint16: ``(length << 9) | symbol``), in stream
     order, and the bit position (from the start of its payload) where each lane's codes end.
 
-    The entries of all streams go to one array, each stream's n in a row and each lane's at
-    its place in it: a step writes symbol j of every lane still going (one scattered store),
-    so the result needs no reordering (the views returned share that array).
+    The entries of all streams go to one array (the views returned share it), each lane's at its
+    place. Lanes are decoded in chunks (:func:`_speculate`), and those it cannot prove right (a
+    damaged lane, a code that does not resynchronise) symbol by symbol (:func:`_lockstep`), so
+    the result is always that of decoding each lane from its start. ``speculate=False``: every
+    lane symbol by symbol (the reference the tests compare with).
     """
     k = len(jobs)
     sizes = [s.payload.size for s, _, _ in jobs]
@@ -55,12 +57,16 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
     table = np.concatenate(tables).astype(np.uint16)
     soffs = np.zeros(k + 1, np.int64)  # where each stream's entries start in the output
     np.cumsum([n for _, n, _ in jobs], out=soffs[1:])
-    lane_pos, lane_lim, lane_cnt, lane_tb, lane_toff, lane_out = [], [], [], [], [], []
+    lane_pos, lane_end, lane_lim, lane_cnt, lane_tb, lane_toff, lane_out = [], [], [], [], [], [], []
     for i, (s, n, lane_size) in enumerate(jobs):
         at = int(pstart[i])
         buf[at : at + sizes[i]] = s.payload
         nl = s.lane_offsets.size
         lane_pos.append((at + s.lane_offsets) * 8)
+        end = np.empty(nl, np.int64)
+        end[:-1] = s.lane_offsets[1:]
+        end[-1] = sizes[i]
+        lane_end.append((at + end) * 8)
         cnt = np.full(nl, lane_size, np.int64)
         cnt[-1] = n - (nl - 1) * lane_size
         lane_cnt.append(cnt)
@@ -68,51 +74,16 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
         lane_tb.append(np.full(nl, s.table_bits, np.int64))
         lane_toff.append(np.full(nl, toffs[i], np.int64))
         lane_out.append(soffs[i] + np.arange(nl, dtype=np.int64) * lane_size)
-    cnt = np.concatenate(lane_cnt)
-    order = np.argsort(-cnt, kind="stable")  # longest lanes first: the lanes still going are a prefix
-    cnt = cnt[order]
-    pos = np.concatenate(lane_pos)[order]
-    lim = np.concatenate(lane_lim)[order]
-    tb = np.concatenate(lane_tb)[order]
-    toff = np.concatenate(lane_toff)[order]
-    ptr = np.concatenate(lane_out)[order]  # where each lane's next entry goes
-    rs = WINDOW_BITS - tb
-    mask = (np.int64(1) << tb) - 1
-    nlanes = cnt.size
-    steps = int(cnt[0])
-    # active[j]: lanes with more than j symbols
-    active = nlanes - np.searchsorted(cnt[::-1], np.arange(steps), side="right")
-    out = np.empty(int(soffs[-1]), np.uint16)
-    ebuf = np.empty(nlanes, np.uint16)
-    per_window = max(1, (WINDOW_BITS - 7) // max(1, int(tb.max())))
+    lanes = _Lanes(np.concatenate(lane_pos), np.concatenate(lane_lim), np.concatenate(lane_tb),
+                   np.concatenate(lane_toff), np.concatenate(lane_cnt), np.concatenate(lane_out))
     win = np.ndarray((buf.size - 7,), ">u8", buf, 0, (1,))  # the 8 bytes from each byte on, big-endian
-    j = 0
-    while j < steps:
-        a0 = int(active[j])
-        p = pos[:a0]
-        byte = p >> 3
-        np.minimum(byte, lim[:a0], out=byte)
-        w = win[byte].astype(np.int64)  # arithmetic shifts: the bits kept below are the same
-        sh = sh0 = rs[:a0] - (p & 7)  # w >> sh puts the next code's bits lowest; sh0: all a0 lanes
-        m, t, pt, e = mask[:a0], toff[:a0], ptr[:a0], ebuf[:a0]
-        idx = np.empty(a0, np.int64)
-        for q in range(min(per_window, steps - j)):
-            a = int(active[j + q])
-            if a < a0:  # lanes that have all their symbols drop out (the rest are a prefix)
-                w, sh, m, t, idx, pt, e = w[:a], sh[:a], m[:a], t[:a], idx[:a], pt[:a], e[:a]
-                a0 = a
-            np.right_shift(w, sh, out=idx)
-            idx &= m
-            idx += t
-            table.take(idx, out=e)
-            out.put(pt, e)
-            pt += 1
-            sh -= e >> 9
-        a0 = int(active[j])
-        pos[:a0] = p - (p & 7) + (rs[:a0] - sh0)
-        j += per_window
-    ends = np.empty(nlanes, np.int64)  # back to stream order
-    ends[order] = pos
+    out = np.empty(int(soffs[-1]), np.uint16)
+    ends = np.full(lanes.pos.size, -1, np.int64)
+    if speculate:
+        _speculate(win, table, lanes, np.concatenate(lane_end), out, ends)
+    rest = np.flatnonzero(ends < 0)
+    if rest.size:
+        ends[rest] = _lockstep(win, table, lanes.take(rest), out)
     results = []
     first = 0
     for i, (s, n, _) in enumerate(jobs):
@@ -120,6 +91,185 @@ def decode_streams(jobs) -> list[tuple[np.ndarray, np.ndarray]]:
         results.append((out[soffs[i] : soffs[i + 1]], ends[first : first + nl] - int(pstart[i]) * 8))
         first += nl
     return results
+
+
+class _Lanes:
+    """Decoders' state, one entry per lane (or chunk): bit position in the joined buffer, the byte
+    reads stop at (its payload's end), decode-table bits and offset, symbols to decode, and where
+    in the output the next entry goes."""
+
+    def __init__(self, pos, lim, tb, toff, cnt, ptr):
+        self.pos, self.lim, self.tb, self.toff, self.cnt, self.ptr = pos, lim, tb, toff, cnt, ptr
+
+    def take(self, idx) -> "_Lanes":
+        return _Lanes(*(a[idx] for a in (self.pos, self.lim, self.tb, self.toff, self.cnt, self.ptr)))
+
+
+def _steps(win, table, lanes: _Lanes, steps: int, active, emit, origin=None):
+    """Advance lanes in lockstep for ``steps`` symbols, one numpy operation per step over all of them.
+
+    The lanes must be sorted by ``cnt``, longest first; ``active[j]``: how many have more than j
+    symbols (a prefix). For each step j, ``emit(j, e, bits)`` receives the decode-table entries
+    of the active lanes and their bit positions after them relative to ``lanes.pos`` as a function
+    (called only if needed). Returns the bit position where each lane stopped."""
+    pos = lanes.pos.copy()
+    rs = WINDOW_BITS - lanes.tb
+    mask = (np.int64(1) << lanes.tb) - 1
+    per_window = max(1, (WINDOW_BITS - 7) // max(1, int(lanes.tb.max(initial=0))))
+    ebuf = np.empty(pos.size, np.uint16)
+    j = 0
+    while j < steps:
+        a0 = int(active[j])
+        p = pos[:a0]
+        byte = p >> 3
+        np.minimum(byte, lanes.lim[:a0], out=byte)
+        w = win[byte].astype(np.int64)  # arithmetic shifts: the bits kept below are the same
+        sh = sh0 = rs[:a0] - (p & 7)  # w >> sh puts the next code's bits lowest; sh0: all a0 lanes
+        base = p - (p & 7) + rs[:a0]  # bit position = base - sh
+        if origin is not None:  # positions from ``origin``
+            base -= origin[:a0]
+        m, t, e = mask[:a0], lanes.toff[:a0], ebuf[:a0]
+        idx = np.empty(a0, np.int64)
+        a1 = a0
+        for q in range(min(per_window, steps - j)):
+            a = int(active[j + q])
+            if a < a1:  # lanes that have all their symbols drop out (the rest are a prefix)
+                w, sh, m, t, idx, e = w[:a], sh[:a], m[:a], t[:a], idx[:a], e[:a]
+                a1 = a
+            np.right_shift(w, sh, out=idx)
+            idx &= m
+            idx += t
+            table.take(idx, out=e)
+            sh -= e >> 9
+            emit(j + q, e, base, sh)
+        pos[:a0] = p - (p & 7) + rs[:a0] - sh0
+        j += per_window
+    return pos
+
+
+def _lockstep(win, table, lanes: _Lanes, out) -> np.ndarray:
+    """Decode whole lanes symbol by symbol into ``out`` (each lane's entries from ``lanes.ptr`` on);
+    returns the bit position where each lane's codes end."""
+    order = np.argsort(-lanes.cnt, kind="stable")  # longest lanes first: the lanes still going are a prefix
+    ls = lanes.take(order)
+    steps = int(ls.cnt[0])
+    active = ls.cnt.size - np.searchsorted(ls.cnt[::-1], np.arange(steps), side="right")
+    ptr = ls.ptr.copy()
+
+    def emit(j, e, base, sh):
+        pt = ptr[: e.size]
+        out.put(pt, e)
+        pt += 1
+
+    end = _steps(win, table, ls, steps, active, emit)
+    ends = np.empty(end.size, np.int64)
+    ends[order] = end
+    return ends
+
+
+SPEC_CHUNK = 1024  # symbols per chunk of a lane decoded speculatively
+SPEC_EXTRA = 64  # symbols a chunk decodes past its share: room for codes shorter than the lane's average
+SPEC_SYNC = 48  # codes of a chunk past the next chunk's first bit searched for one the next chunk also has
+SPEC_SYNC_NEXT = 192  # among the next chunk's first codes (else the lane is decoded by _lockstep)
+
+
+def _speculate(win, table, lanes: _Lanes, lane_end, out, ends) -> None:
+    """Decode long lanes in chunks that start at guessed bit positions, all chunks in lockstep.
+
+    Lane l of n_l symbols is cut at bit positions into C_l = ceil(n_l / SPEC_CHUNK) chunks; each chunk
+    decodes K symbols from its first bit as if a code started there. Chunk 0 starts where the lane
+    does, so it is right. Decoding is a function of the bit position: once chunk c has a code at a
+    position where the lane's true decoding (from its start) has one, both decode the same codes
+    from there on. So the lane's entries are chunk 0's up to its first code at or past chunk 1's
+    first bit, then chunk 1's from that code on (if chunk 1 has a code starting exactly there), and
+    so on; the last chunk gives what the lane still lacks of its n_l. A lane where any of this fails
+    (a chunk that does not meet the true codes, one that stops short, too few symbols: a damaged
+    lane) is left to :func:`_lockstep` (``ends`` stays -1); for the others their entries are written
+    to ``out`` and their end bits to ``ends``."""
+    cand = np.flatnonzero((lanes.tb > 0) & (lanes.cnt > SPEC_CHUNK))
+    if cand.size == 0:
+        return
+    ls = lanes.take(cand)
+    b0, b1 = ls.pos, np.maximum(lane_end[cand], ls.pos)
+    nc = -(-ls.cnt // SPEC_CHUNK)  # chunks per lane, >= 2
+    K = SPEC_CHUNK + SPEC_EXTRA  # K * 15 bits < 2^16: positions within a chunk fit uint16
+    first = np.zeros(cand.size + 1, np.int64)
+    np.cumsum(nc, out=first[1:])
+    W = int(first[-1])
+    lane_of = np.repeat(np.arange(cand.size), nc)
+    c_of = np.arange(W) - first[lane_of]
+    start = b0[lane_of] + (b1 - b0)[lane_of] * c_of // nc[lane_of]  # each chunk's first bit
+    ch = _Lanes(start, ls.lim[lane_of], ls.tb[lane_of], ls.toff[lane_of], np.full(W, K, np.int64), None)
+    E = np.empty((W, K), np.uint16)  # E[w, j]: entry j of chunk w
+    S = np.empty((K + 1, W), np.uint16)  # S[j, w]: first bit of entry j of chunk w, from the chunk's first bit
+    S[0] = 0
+
+    def emit(j, e, base, sh):
+        E[:, j] = e
+        np.subtract(base, sh, out=S[j + 1], casting="unsafe")
+
+    _steps(win, table, ch, K, np.full(K, W, np.int64), emit, origin=start)
+    # each chunk's first code at or past the next chunk's first bit (K + 1: it does not get there)
+    gap = np.zeros(W, np.int64)
+    gap[:-1] = start[1:] - start[:-1]
+    reach = (S < gap[None, :]).sum(axis=0)
+    nl = cand.size
+    k = np.zeros(nl, np.int64)  # where the true codes start in the lane's current chunk
+    taken = np.zeros(nl, np.int64)  # entries the lane has from its chunks before the current one
+    ok = np.ones(nl, bool)
+    seg_w, seg_a, seg_b, seg_to = [], [], [], []
+    for c in range(int(nc.max())):
+        here = np.flatnonzero(ok & (nc > c))
+        if here.size == 0:
+            break
+        w = first[here] + c
+        kh = k[here]
+        last = nc[here] == c + 1
+        # the last chunk: what the lane still lacks of its n_l entries
+        fin = np.flatnonzero(last)
+        need = kh[fin] + ls.cnt[here[fin]] - taken[here[fin]]
+        good = (need >= kh[fin]) & (need <= K)
+        wf = w[fin]
+        ends[cand[here[fin[good]]]] = start[wf[good]] + S[need[good], wf[good]]
+        seg_w.append(wf[good])
+        seg_a.append(kh[fin[good]])
+        seg_b.append(need[good])
+        seg_to.append(ls.ptr[here[fin[good]]] + taken[here[fin[good]]])
+        ok[here[fin[~good]]] = False
+        # other chunks: up to the first of their codes at or past the next chunk's first bit that is also
+        # a code of the next chunk (a flat search: keys are column << 20 | bit from the next chunk's start)
+        mid = np.flatnonzero(~last)
+        if mid.size == 0:
+            continue
+        wm, hm, km = w[mid], here[mid], kh[mid]
+        nm = mid.size
+        cm = np.arange(nm)
+        i = np.maximum(reach[wm], km)  # this chunk's first (true) code at or past the next chunk's first bit
+        rows = np.minimum(i[None, :] + np.arange(SPEC_SYNC)[:, None], K)  # (SPEC_SYNC, lanes)
+        q = S[rows, wm[None, :]].astype(np.int64) - gap[wm][None, :]  # their bits from the next chunk's first bit
+        nxt = S[:SPEC_SYNC_NEXT, wm + 1].astype(np.int64)  # the next chunk's first codes
+        flat = ((cm.astype(np.int64) << 20)[None, :] + nxt).T.ravel()  # sorted: by lane, then position
+        qk = (cm.astype(np.int64) << 20)[None, :] + q
+        at = np.searchsorted(flat, qk)
+        hit = (flat[np.minimum(at, flat.size - 1)] == qk) & (q >= 0) & (q < 1 << 16)  # keys of this lane only
+        found = hit.any(axis=0)
+        first_hit = hit.argmax(axis=0)
+        jstar = rows[first_hit, cm]  # this chunk's entries end at its first code the next chunk also has
+        k2 = at[first_hit, cm] - cm * nxt.shape[0]  # where that code is in the next chunk
+        found &= (k2 >= 0) & (k2 < K)
+        g = np.flatnonzero(found)
+        seg_w.append(wm[g])
+        seg_a.append(km[g])
+        seg_b.append(jstar[g])
+        seg_to.append(ls.ptr[hm[g]] + taken[hm[g]])
+        taken[hm[g]] += jstar[g] - km[g]
+        k[hm[g]] = k2[g]
+        ok[hm[~found]] = False
+    seg_w, seg_a, seg_b, seg_to = (np.concatenate(x) for x in (seg_w, seg_a, seg_b, seg_to))
+    keep = ok[lane_of[seg_w]]
+    for w, a, b, to in zip(*(x[keep].tolist() for x in (seg_w, seg_a, seg_b, seg_to))):
+        out[to : to + b - a] = E[w, a:b]
+    ends[cand[~ok]] = -1
 
 
 def lane_end_status(payload: np.ndarray, bit: np.ndarray, lane_offsets: np.ndarray) -> np.ndarray:

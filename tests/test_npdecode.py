@@ -98,7 +98,16 @@ def _same(a, b) -> bool:
                                         and a[k].tobytes() == b[k].tobytes() for k in a)
 
 
-def test_numpy_decoder_gives_the_kernels_bytes(sample):
+@pytest.fixture(params=["chunks of 1024", "chunks of 40"])
+def chunk(request, monkeypatch):
+    """The numpy decoder as shipped, and with chunks short enough that the sample's lanes (256 and 1024
+    symbols) are all decoded in speculative chunks (npdecode._speculate), with many chunk boundaries."""
+    if request.param == "chunks of 40":
+        monkeypatch.setattr(npdecode, "SPEC_CHUNK", 40)
+    return request.param
+
+
+def test_numpy_decoder_gives_the_kernels_bytes(sample, chunk):
     a, b = _numba(sample), _numpy(sample)
     assert not isinstance(a, str), a
     assert _same(a, b)
@@ -115,7 +124,7 @@ def test_decode_many_either_way(sample, monkeypatch):
         assert _same(want, got), mode
 
 
-def test_damaged_tensors_fail_alike(sample, tmp_path):
+def test_damaged_tensors_fail_alike(sample, tmp_path, chunk):
     """Random damage to tensor sections, checksums fixed: both decoders accept, or raise the same error."""
     base = ma.Dcz.load(sample)
     tensors = [i for i, e in enumerate(base.entries) if e["kind"] == "tensor" and e["length"]]
@@ -277,3 +286,75 @@ def test_decode_many_reads_a_section_sharing_its_offset_with_an_empty_one(tmp_pa
         assert r._tensor_sections["z.empty"].offset == r._tensor_sections["a.raw"].offset
         got = r.decode_many(list(r))
     assert np.array_equal(got["a.raw"], raw) and not got["z.empty"].any()
+
+
+# ---------------------------------------------------------------- chunked (speculative) lane decoding
+def _random_stream(rng, lane_size):
+    """A random stream: alphabet, symbol distribution (uniform: near fixed-length codes, which
+    resynchronise badly; skewed: codes up to 15 bits; one symbol: 0-bit codes), n around lane multiples."""
+    from dcformat.streams import encode_stream, parse_stream
+
+    a = int(rng.choice([1, 2, 3, 16, 32, 129, 256, 512]))
+    kind = rng.choice(["uniform", "geometric", "skewed", "one"])
+    n = int(rng.choice([1, lane_size - 1, lane_size, lane_size + 1, 3 * lane_size + int(rng.integers(0, lane_size))]))
+    if kind == "uniform":
+        sym = rng.integers(0, a, n)
+    elif kind == "geometric":
+        sym = np.minimum(rng.geometric(float(rng.uniform(0.05, 0.6)), n) - 1, a - 1)
+    elif kind == "skewed":  # frequencies 2^-k: the longest codes the length limit allows
+        p = 0.5 ** np.arange(1, a + 1)
+        sym = rng.choice(a, n, p=p / p.sum())
+    else:
+        sym = np.full(n, int(rng.integers(0, a)))
+    part = encode_stream(sym.astype(np.int64), a, lane_size, int(rng.choice([9, 12, 15])))
+    return sym, part, (lambda data: parse_stream(data, n, a, lane_size, "s", 0)), n
+
+
+def _both(jobs):
+    ref = npdecode.decode_streams(jobs, speculate=False)
+    got = npdecode.decode_streams(jobs)
+    for (e1, b1), (e2, b2) in zip(ref, got):
+        assert e1.dtype == e2.dtype and np.array_equal(e1, e2) and np.array_equal(b1, b2)
+    return ref
+
+
+@pytest.mark.parametrize("spec_chunk", [1024, 100, 17])
+def test_chunked_decoding_equals_lane_by_lane(monkeypatch, spec_chunk):
+    """Random streams of every kind decoded together, whole and damaged (bytes of the payload changed,
+    so that chunks meet garbage, lanes overrun or stop short): the chunked decoder gives the same
+    entries and lane end bits as decoding each lane symbol by symbol, and the symbols encoded."""
+    monkeypatch.setattr(npdecode, "SPEC_CHUNK", spec_chunk)
+    rng = np.random.default_rng(spec_chunk)
+    for trial in range(12):
+        lane_size = int(rng.choice([64, 1000, 2048, 4096]))
+        streams = [_random_stream(rng, lane_size) for _ in range(int(rng.integers(1, 5)))]
+        jobs = [(parse(part), n, lane_size) for _, part, parse, n in streams]
+        for (sym, *_), (entries, _) in zip(streams, _both(jobs)):
+            assert np.array_equal(entries & 511, sym)
+        damaged = []
+        for _, part, parse, n in streams:
+            s = parse(part)
+            pay = s.payload.copy()
+            if pay.size:
+                for _ in range(int(rng.integers(1, 6))):
+                    pay[int(rng.integers(pay.size))] = int(rng.integers(256))
+            damaged.append((type(s)(pay, s.lane_offsets, s.table, s.table_bits, 0), n, lane_size))
+        _both(damaged)
+
+
+def test_chunked_decoding_is_used(monkeypatch):
+    """Long lanes of a typical stream go through the chunks, not symbol by symbol (which would also be
+    right, only slower): nothing of a 4-lane stream of 16384-symbol lanes is left to _lockstep."""
+    rng = np.random.default_rng(5)
+    from dcformat.streams import encode_stream, parse_stream
+
+    sym = np.minimum(rng.geometric(0.2, 4 * 16384) - 1, 127)
+    s = parse_stream(encode_stream(sym, 128, 16384), sym.size, 128, 16384, "s", 0)
+    left = []
+    real = npdecode._lockstep
+    monkeypatch.setattr(npdecode, "_lockstep", lambda win, table, lanes, out: left.append(lanes.cnt.size)
+                        or real(win, table, lanes, out))
+    (entries, ends), = npdecode.decode_streams([(s, sym.size, 16384)])
+    assert np.array_equal(entries & 511, sym) and left == []
+    end = np.append(s.lane_offsets[1:], s.payload.size) * 8
+    assert np.all((ends <= end) & (ends > end - 8))
