@@ -117,6 +117,7 @@ def _steps(win, table, lanes: _Lanes, steps: int, active, emit, origin=None):
     mask = (np.int64(1) << lanes.tb) - 1
     per_window = max(1, (WINDOW_BITS - 7) // max(1, int(lanes.tb.max(initial=0))))
     ebuf = np.empty(pos.size, np.uint16)
+    lbuf = np.empty(pos.size, np.int64)
     j = 0
     while j < steps:
         a0 = int(active[j])
@@ -128,19 +129,20 @@ def _steps(win, table, lanes: _Lanes, steps: int, active, emit, origin=None):
         base = p - (p & 7) + rs[:a0]  # bit position = base - sh
         if origin is not None:  # positions from ``origin``
             base -= origin[:a0]
-        m, t, e = mask[:a0], lanes.toff[:a0], ebuf[:a0]
+        m, t, e, ln = mask[:a0], lanes.toff[:a0], ebuf[:a0], lbuf[:a0]
         idx = np.empty(a0, np.int64)
         a1 = a0
         for q in range(min(per_window, steps - j)):
             a = int(active[j + q])
             if a < a1:  # lanes that have all their symbols drop out (the rest are a prefix)
-                w, sh, m, t, idx, e = w[:a], sh[:a], m[:a], t[:a], idx[:a], e[:a]
+                w, sh, m, t, idx, e, ln = w[:a], sh[:a], m[:a], t[:a], idx[:a], e[:a], ln[:a]
                 a1 = a
             np.right_shift(w, sh, out=idx)
             idx &= m
             idx += t
             table.take(idx, out=e)
-            sh -= e >> 9
+            np.right_shift(e, 9, out=ln)
+            sh -= ln
             emit(j + q, e, base, sh)
         pos[:a0] = p - (p & 7) + rs[:a0] - sh0
         j += per_window
@@ -200,12 +202,12 @@ def _speculate(win, table, lanes: _Lanes, lane_end, out, ends) -> None:
     c_of = np.arange(W) - first[lane_of]
     start = b0[lane_of] + (b1 - b0)[lane_of] * c_of // nc[lane_of]  # each chunk's first bit
     ch = _Lanes(start, ls.lim[lane_of], ls.tb[lane_of], ls.toff[lane_of], np.full(W, K, np.int64), None)
-    E = np.empty((W, K), np.uint16)  # E[w, j]: entry j of chunk w
+    E0 = np.empty((K, W), np.uint16)  # E0[j, w]: entry j of chunk w (rows: contiguous stores)
     S = np.empty((K + 1, W), np.uint16)  # S[j, w]: first bit of entry j of chunk w, from the chunk's first bit
     S[0] = 0
 
     def emit(j, e, base, sh):
-        E[:, j] = e
+        E0[j] = e
         np.subtract(base, sh, out=S[j + 1], casting="unsafe")
 
     _steps(win, table, ch, K, np.full(K, W, np.int64), emit, origin=start)
@@ -213,6 +215,10 @@ def _speculate(win, table, lanes: _Lanes, lane_end, out, ends) -> None:
     gap = np.zeros(W, np.int64)
     gap[:-1] = start[1:] - start[:-1]
     reach = (S < gap[None, :]).sum(axis=0)
+    E = np.empty((W, K), np.uint16)  # transposed by blocks of rows (cache-friendly): a chunk's entries in a row
+    for r in range(0, K, 64):
+        E[:, r : r + 64] = E0[r : r + 64].T
+    del E0
     nl = cand.size
     k = np.zeros(nl, np.int64)  # where the true codes start in the lane's current chunk
     taken = np.zeros(nl, np.int64)  # entries the lane has from its chunks before the current one
