@@ -159,11 +159,12 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
 
 
-# a larger batch takes the numba kernels. Measured (fresh `dcrun`, 2 shared cores): a 10.8M-symbol MLP
-# loads in about the same time either way (2.8-3.4 s numpy, 3.0-3.7 s numba), the PP-OCR classifier
-# (0.3M symbols) ~1 s sooner with numpy (1.6 s, against 2.4-2.9 s); the numpy decoder takes ~10 bytes of
-# scratch memory per symbol
-NUMPY_MAX_SYMBOLS = 1 << 23
+# a larger batch takes the numba kernels. Starting numba costs ~1-1.4 s in a fresh process (2 shared
+# cores); the numpy decoder, lanes cut into chunks decoded in lockstep (npdecode._speculate), takes
+# ~10-20 ns a symbol in a fresh process (8.2M symbols of the 40.8M-parameter benchmark MLP,
+# tools/bench_startup.py --params 40: 0.18-0.21 s, against 0.3-0.75 s symbol by symbol before) and
+# ~8 bytes of scratch memory per symbol: numba pays off from some 50M symbols, this stops short of that
+NUMPY_MAX_SYMBOLS = 1 << 25
 NUMPY_MAX_STEPS = 1 << 14  # nor longer lanes (the default lane size): the numpy decoder takes a step per symbol
 NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels takes (2 cores)
 _numpy_budget = [NUMBA_START_S]  # seconds of numpy decoding this process may still spend instead

@@ -3,10 +3,14 @@
 Starting numba in a fresh process costs 1-2 s (its import, then loading each cached kernel),
 more than decoding a small model takes. This decoder takes the lanes of every Huffman stream
 of many tensors at once and advances all of them in lockstep, one numpy operation per step
-over all lanes: a step costs a few microseconds whatever the number of lanes, so a batch of
-small tensors, or a few large ones, decodes in about (longest lane) x (a few us) plus a few
-ns per symbol. :mod:`dcformat.decode` picks it for a batch when numba is not imported yet
-and the batch is small enough (``decode.NUMPY_MAX_SYMBOLS``).
+over all of them: a step costs a few microseconds plus a few ns per lane. Lanes longer than
+SPEC_CHUNK symbols are cut into chunks that start at guessed bit positions and are decoded
+together (:func:`_speculate`: ~16x more walkers, ~16x fewer steps), then joined where one
+chunk's codes meet the next chunk's; a lane that this cannot prove right (a damaged one, a
+code that never resynchronises) is decoded symbol by symbol (:func:`_lockstep`). A batch of
+small tensors, or a few large ones, decodes in about SPEC_CHUNK x (a few us) plus ~10-20 ns
+per symbol. :mod:`dcformat.decode` picks it for a batch when numba is not imported yet and
+the batch is small enough (``decode.NUMPY_MAX_SYMBOLS``).
 
 Reads follow the kernels: a lane may read ahead into the next lane's bytes, past its payload
 it sees zero bits; the same status codes per lane (kernels.STATUS_*), so a broken file gets
