@@ -342,9 +342,12 @@ def test_chunked_decoding_equals_lane_by_lane(monkeypatch, spec_chunk):
         _both(damaged)
 
 
-def test_chunked_decoding_is_used(monkeypatch):
+@pytest.mark.parametrize("walkers", [4096, 8])
+def test_chunked_decoding_is_used(monkeypatch, walkers):
     """Long lanes of a typical stream go through the chunks, not symbol by symbol (which would also be
-    right, only slower): nothing of a 4-lane stream of 16384-symbol lanes is left to _lockstep."""
+    right, only slower): nothing of a 4-lane stream of 16384-symbol lanes is left to _lockstep; with
+    few walkers allowed, in the longest chunks (4096 symbols)."""
+    monkeypatch.setattr(npdecode, "SPEC_WALKERS", walkers)
     rng = np.random.default_rng(5)
     from dcformat.streams import encode_stream, parse_stream
 
