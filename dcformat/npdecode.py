@@ -197,12 +197,22 @@ def _speculate(win, table, lanes: _Lanes, lane_end, out, ends) -> None:
     cand = np.flatnonzero((lanes.tb > 0) & (lanes.cnt > SPEC_CHUNK))
     if cand.size == 0:
         return
+    chunk = SPEC_CHUNK
+    while chunk < SPEC_MAX_CHUNK and int(lanes.cnt[cand].sum()) > SPEC_WALKERS * chunk:
+        chunk *= 2
+    nc = -(-lanes.cnt[cand] // chunk)  # chunks per lane, >= 2
+    # groups of lanes of at most SPEC_WALKERS chunks (one lane at least): no wider steps, and scratch
+    # memory (~6 bytes a symbol) bounded by a group's
+    group = np.cumsum(nc) // SPEC_WALKERS
+    cuts = np.flatnonzero(np.diff(group)) + 1
+    for g in np.split(np.arange(cand.size), cuts):
+        _speculate_lanes(win, table, lanes, lane_end, cand[g], nc[g], chunk, out, ends)
+
+
+def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, ends) -> None:
+    """:func:`_speculate` for the lanes ``cand``, in ``nc`` chunks each (of about ``chunk`` symbols)."""
     ls = lanes.take(cand)
     b0, b1 = ls.pos, np.maximum(lane_end[cand], ls.pos)
-    chunk = SPEC_CHUNK
-    while chunk < SPEC_MAX_CHUNK and int(ls.cnt.sum()) > SPEC_WALKERS * chunk:
-        chunk *= 2
-    nc = -(-ls.cnt // chunk)  # chunks per lane, >= 2
     K = chunk + SPEC_EXTRA  # K * 15 bits < 2^16: positions within a chunk fit uint16
     first = np.zeros(cand.size + 1, np.int64)
     np.cumsum(nc, out=first[1:])
