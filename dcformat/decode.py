@@ -162,8 +162,9 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
 # a larger batch takes the numba kernels. Starting numba costs ~1-1.4 s in a fresh process (2 shared
 # cores); the numpy decoder, lanes cut into chunks decoded in lockstep (npdecode._speculate), takes
 # ~10-20 ns a symbol in a fresh process (8.2M symbols of the 40.8M-parameter benchmark MLP,
-# tools/bench_startup.py --params 40: 0.18-0.21 s, against 0.3-0.75 s symbol by symbol before) and
-# ~8 bytes of scratch memory per symbol: numba pays off from some 50M symbols, this stops short of that
+# tools/bench_startup.py --params 40: 0.18-0.21 s, against 0.3-0.75 s symbol by symbol before), with
+# 2 bytes of scratch memory a symbol plus at most ~100 MB for a group of chunks: numba pays off from some
+# 50M symbols, this stops short of that
 NUMPY_MAX_SYMBOLS = 1 << 25
 NUMPY_MAX_STEPS = 1 << 14  # nor longer lanes (the default lane size): the numpy decoder takes a step per symbol
 NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels takes (2 cores)
