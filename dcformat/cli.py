@@ -328,6 +328,7 @@ def inspect_main(argv=None):
 @click.version_option(__version__, prog_name="dcdecode", message="%(prog)s (dcz) %(version)s")
 def dcdecode(model, output, external_data, compact, state_dict):
     """Decode a .dcz into an ONNX model (or a safetensors state_dict)."""
+    _import_numpy_without_hugepages()  # it decodes every weight once, as dcrun does
     from . import runtime
 
     if not output and not state_dict:
@@ -473,7 +474,8 @@ def _model_graph(path):
 
 
 def _import_numpy_without_hugepages() -> None:
-    """Import numpy without its transparent-huge-page hint, in a process that has not imported it yet.
+    """Import numpy without its transparent-huge-page hint, in a process that has not imported it yet
+    (dcrun, dcdecode).
 
     numpy marks every large array MADV_HUGEPAGE; where the kernel's THP defrag setting is "madvise"
     (its default), the first touch of such memory may wait for memory compaction. A command that
@@ -550,7 +552,6 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
     _import_numpy_without_hugepages()
     import numpy as np
 
-    from . import fidelity
     from . import inputs as inp
     from . import runtime
 
@@ -661,7 +662,6 @@ def dcrun(model, inputs, batch, dims, provider, compact, output_dir, bench, comp
         click.echo(f"bench ({provider}{', compact' if compact else ''}{'' if is_dcz else ', plain ONNX'}): load "
                    f"{t_load * 1e3:.1f} ms, first run {t_first * 1e3:.2f} ms, {bench} runs p50 {_pct(times, 50):.3f} ms "
                    f"p99 {_pct(times, 99):.3f} ms")
-    del fidelity
     if failed:
         sys.exit(1)
 

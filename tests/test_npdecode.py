@@ -232,6 +232,18 @@ def test_dcrun_of_a_small_model_imports_neither_onnx_nor_numba(tmp_path):
                        env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert "output" in p.stdout, p.stdout + p.stderr
     assert "IMPORTED False False" in p.stdout, p.stdout
+    # numpy without its huge-page hint (first touch of the decoded weights waits for compaction), unless the
+    # user chose: NUMPY_MADVISE_HUGEPAGE is kept, and it is not left set for child processes
+    code = ("import sys, os; from dcformat.cli import run_main\n"
+            "try:\n    run_main([sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+            "import numpy\nmod = getattr(numpy, '_core', None) or numpy.core\n"
+            "print('HUGEPAGE', mod.multiarray._get_madvise_hugepage(), os.environ.get('NUMPY_MADVISE_HUGEPAGE'))")
+    env.pop("NUMPY_MADVISE_HUGEPAGE", None)
+    for user, want in ((None, "HUGEPAGE False None"), ("1", "HUGEPAGE True 1")):
+        p = subprocess.run([sys.executable, "-c", code, str(path_dcz)], capture_output=True, text=True,
+                           env={**env, "PYTHONPATH": str(ROOT), **({"NUMPY_MADVISE_HUGEPAGE": user} if user else {})},
+                           cwd=ROOT)
+        assert want in p.stdout, p.stdout + p.stderr
 
 
 def test_path_choice(monkeypatch):
