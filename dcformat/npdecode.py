@@ -109,13 +109,13 @@ class _Lanes:
         return _Lanes(*(a[idx] for a in (self.pos, self.lim, self.tb, self.toff, self.cnt, self.ptr)))
 
 
-def _steps(win, table, lanes: _Lanes, steps: int, active, emit, origin=None):
+def _steps(win, table, lanes: _Lanes, steps: int, active, rows=None, ptr=None, out=None):
     """Advance lanes in lockstep for ``steps`` symbols, one numpy operation per step over all of them.
 
     The lanes must be sorted by ``cnt``, longest first; ``active[j]``: how many have more than j
-    symbols (a prefix). For each step j, ``emit(j, e, bits)`` receives the decode-table entries
-    of the active lanes and their bit positions after them relative to ``lanes.pos`` as a function
-    (called only if needed). Returns the bit position where each lane stopped."""
+    symbols (a prefix). The decode-table entries of step j go to ``rows[j]`` (all lanes active
+    throughout), or to ``out`` at ``ptr`` (each lane's next place, advanced). Returns the bit
+    position where each lane stopped."""
     pos = lanes.pos.copy()
     rs = WINDOW_BITS - lanes.tb
     mask = (np.int64(1) << lanes.tb) - 1
@@ -130,24 +130,27 @@ def _steps(win, table, lanes: _Lanes, steps: int, active, emit, origin=None):
         np.minimum(byte, lanes.lim[:a0], out=byte)
         w = win[byte].astype(np.int64)  # arithmetic shifts: the bits kept below are the same
         sh = sh0 = rs[:a0] - (p & 7)  # w >> sh puts the next code's bits lowest; sh0: all a0 lanes
-        base = p - (p & 7) + rs[:a0]  # bit position = base - sh
-        if origin is not None:  # positions from ``origin``
-            base -= origin[:a0]
         m, t, e, ln = mask[:a0], lanes.toff[:a0], ebuf[:a0], lbuf[:a0]
+        pt = None if ptr is None else ptr[:a0]
         idx = np.empty(a0, np.int64)
         a1 = a0
         for q in range(min(per_window, steps - j)):
             a = int(active[j + q])
             if a < a1:  # lanes that have all their symbols drop out (the rest are a prefix)
                 w, sh, m, t, idx, e, ln = w[:a], sh[:a], m[:a], t[:a], idx[:a], e[:a], ln[:a]
+                pt = None if pt is None else pt[:a]
                 a1 = a
             np.right_shift(w, sh, out=idx)
             idx &= m
             idx += t
+            if rows is not None:
+                e = rows[j + q]
             table.take(idx, out=e)
+            if pt is not None:
+                out.put(pt, e)
+                pt += 1
             np.right_shift(e, 9, out=ln)
             sh -= ln
-            emit(j + q, e, base, sh)
         pos[:a0] = p - (p & 7) + rs[:a0] - sh0
         j += per_window
     return pos
@@ -160,14 +163,7 @@ def _lockstep(win, table, lanes: _Lanes, out) -> np.ndarray:
     ls = lanes.take(order)
     steps = int(ls.cnt[0])
     active = ls.cnt.size - np.searchsorted(ls.cnt[::-1], np.arange(steps), side="right")
-    ptr = ls.ptr.copy()
-
-    def emit(j, e, base, sh):
-        pt = ptr[: e.size]
-        out.put(pt, e)
-        pt += 1
-
-    end = _steps(win, table, ls, steps, active, emit)
+    end = _steps(win, table, ls, steps, active, ptr=ls.ptr.copy(), out=out)
     ends = np.empty(end.size, np.int64)
     ends[order] = end
     return ends
@@ -222,14 +218,11 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, 
     start = b0[lane_of] + (b1 - b0)[lane_of] * c_of // nc[lane_of]  # each chunk's first bit
     ch = _Lanes(start, ls.lim[lane_of], ls.tb[lane_of], ls.toff[lane_of], np.full(W, K, np.int64), None)
     E0 = np.empty((K, W), np.uint16)  # E0[j, w]: entry j of chunk w (rows: contiguous stores)
+    _steps(win, table, ch, K, np.full(K, W, np.int64), rows=E0)
     S = np.empty((K + 1, W), np.uint16)  # S[j, w]: first bit of entry j of chunk w, from the chunk's first bit
     S[0] = 0
-
-    def emit(j, e, base, sh):
-        E0[j] = e
-        np.subtract(base, sh, out=S[j + 1], casting="unsafe")
-
-    _steps(win, table, ch, K, np.full(K, W, np.int64), emit, origin=start)
+    np.right_shift(E0, 9, out=S[1:])  # code lengths, summed down each column (at most K * 15 < 2^16)
+    np.cumsum(S[1:], axis=0, out=S[1:])
     # each chunk's first code at or past the next chunk's first bit (K + 1: it does not get there)
     gap = np.zeros(W, np.int64)
     gap[:-1] = start[1:] - start[:-1]
