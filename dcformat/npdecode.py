@@ -222,11 +222,18 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, 
     S = np.empty((K + 1, W), np.uint16)  # S[j, w]: first bit of entry j of chunk w, from the chunk's first bit
     S[0] = 0
     np.right_shift(E0, 9, out=S[1:])  # code lengths, summed down each column (at most K * 15 < 2^16)
-    np.cumsum(S[1:], axis=0, out=S[1:])
+    for j in range(1, K + 1):  # row by row: ~4x faster than numpy's cumsum along axis 0
+        np.add(S[j - 1], S[j], out=S[j])
     # each chunk's first code at or past the next chunk's first bit (K + 1: it does not get there)
     gap = np.zeros(W, np.int64)
     gap[:-1] = start[1:] - start[:-1]
-    reach = (S < gap[None, :]).sum(axis=0)
+    cols = np.arange(W)
+    lo, hi = np.zeros(W, np.int64), np.full(W, K + 1, np.int64)
+    while (going := lo < hi).any():  # a binary search down each column (increasing: every code has >= 1 bit)
+        mid = (lo + hi) >> 1  # <= K while lo < hi
+        below = S[np.minimum(mid, K), cols] < gap
+        lo, hi = np.where(going & below, mid + 1, lo), np.where(going & ~below, mid, hi)
+    reach = lo
     E = np.empty((W, K), np.uint16)  # transposed by blocks of rows (cache-friendly): a chunk's entries in a row
     for r in range(0, K, 64):
         E[:, r : r + 64] = E0[r : r + 64].T
