@@ -201,12 +201,16 @@ def _speculate(win, table, lanes: _Lanes, lane_end, out, ends) -> None:
     # memory (~6 bytes a symbol) bounded by a group's
     group = np.cumsum(nc) // SPEC_WALKERS
     cuts = np.flatnonzero(np.diff(group)) + 1
-    for g in np.split(np.arange(cand.size), cuts):
-        _speculate_lanes(win, table, lanes, lane_end, cand[g], nc[g], chunk, out, ends)
+    groups = np.split(np.arange(cand.size), cuts)
+    most = max(int(nc[g].sum()) for g in groups) * (chunk + SPEC_EXTRA + 1)
+    scratch = [np.empty(most, np.uint16) for _ in range(3)]  # one set of buffers for every group
+    for g in groups:
+        _speculate_lanes(win, table, lanes, lane_end, cand[g], nc[g], chunk, out, ends, scratch)
 
 
-def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, ends) -> None:
-    """:func:`_speculate` for the lanes ``cand``, in ``nc`` chunks each (of about ``chunk`` symbols)."""
+def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, ends, scratch) -> None:
+    """:func:`_speculate` for the lanes ``cand``, in ``nc`` chunks each (of about ``chunk`` symbols);
+    ``scratch``: three uint16 buffers of at least (chunks) x (chunk + SPEC_EXTRA + 1) entries."""
     ls = lanes.take(cand)
     b0, b1 = ls.pos, np.maximum(lane_end[cand], ls.pos)
     K = chunk + SPEC_EXTRA  # K * 15 bits < 2^16: positions within a chunk fit uint16
@@ -217,9 +221,9 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, 
     c_of = np.arange(W) - first[lane_of]
     start = b0[lane_of] + (b1 - b0)[lane_of] * c_of // nc[lane_of]  # each chunk's first bit
     ch = _Lanes(start, ls.lim[lane_of], ls.tb[lane_of], ls.toff[lane_of], np.full(W, K, np.int64), None)
-    E0 = np.empty((K, W), np.uint16)  # E0[j, w]: entry j of chunk w (rows: contiguous stores)
+    E0 = scratch[0][: K * W].reshape(K, W)  # E0[j, w]: entry j of chunk w (rows: contiguous stores)
     _steps(win, table, ch, K, np.full(K, W, np.int64), rows=E0)
-    S = np.empty((K + 1, W), np.uint16)  # S[j, w]: first bit of entry j of chunk w, from the chunk's first bit
+    S = scratch[1][: (K + 1) * W].reshape(K + 1, W)  # S[j, w]: first bit of entry j of chunk w, from the chunk's first bit
     S[0] = 0
     np.right_shift(E0, 9, out=S[1:])  # code lengths, summed down each column (at most K * 15 < 2^16)
     for j in range(1, K + 1):  # row by row: ~4x faster than numpy's cumsum along axis 0
@@ -234,10 +238,9 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, 
         below = S[np.minimum(mid, K), cols] < gap
         lo, hi = np.where(going & below, mid + 1, lo), np.where(going & ~below, mid, hi)
     reach = lo
-    E = np.empty((W, K), np.uint16)  # transposed by blocks of rows (cache-friendly): a chunk's entries in a row
+    E = scratch[2][: W * K].reshape(W, K)  # transposed by blocks of rows (cache-friendly): a chunk's entries in a row
     for r in range(0, K, 64):
         E[:, r : r + 64] = E0[r : r + 64].T
-    del E0
     nl = cand.size
     k = np.zeros(nl, np.int64)  # where the true codes start in the lane's current chunk
     taken = np.zeros(nl, np.int64)  # entries the lane has from its chunks before the current one
