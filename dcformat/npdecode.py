@@ -223,7 +223,7 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, 
     ch = _Lanes(start, ls.lim[lane_of], ls.tb[lane_of], ls.toff[lane_of], np.full(W, K, np.int64), None)
     E0 = scratch[0][: K * W].reshape(K, W)  # E0[j, w]: entry j of chunk w (rows: contiguous stores)
     _steps(win, table, ch, K, np.full(K, W, np.int64), rows=E0)
-    S = scratch[1][: (K + 1) * W].reshape(K + 1, W)  # S[j, w]: first bit of entry j of chunk w, from the chunk's first bit
+    S = scratch[1][: (K + 1) * W].reshape(K + 1, W)  # S[j, w]: first bit of entry j of chunk w, from its first bit
     S[0] = 0
     np.right_shift(E0, 9, out=S[1:])  # code lengths, summed down each column (at most K * 15 < 2^16)
     for j in range(1, K + 1):  # row by row: ~4x faster than numpy's cumsum along axis 0
@@ -238,7 +238,7 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, 
         below = S[np.minimum(mid, K), cols] < gap
         lo, hi = np.where(going & below, mid + 1, lo), np.where(going & ~below, mid, hi)
     reach = lo
-    E = scratch[2][: W * K].reshape(W, K)  # transposed by blocks of rows (cache-friendly): a chunk's entries in a row
+    E = scratch[2][: W * K].reshape(W, K)  # a chunk's entries in a row (transposed by blocks: cache-friendly)
     for r in range(0, K, 64):
         E[:, r : r + 64] = E0[r : r + 64].T
     nl = cand.size
@@ -266,12 +266,11 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, 
         ok[here[fin[~good]]] = False
         # other chunks: up to the first of their codes at or past the next chunk's first bit that is also
         # a code of the next chunk (a flat search: keys are column << 20 | bit from the next chunk's start)
-        mid = np.flatnonzero(~last)
-        if mid.size == 0:
+        inner = np.flatnonzero(~last)
+        if inner.size == 0:
             continue
-        wm, hm, km = w[mid], here[mid], kh[mid]
-        nm = mid.size
-        cm = np.arange(nm)
+        wm, hm, km = w[inner], here[inner], kh[inner]
+        cm = np.arange(inner.size)
         i = np.maximum(reach[wm], km)  # this chunk's first (true) code at or past the next chunk's first bit
         rows = np.minimum(i[None, :] + np.arange(SPEC_SYNC)[:, None], K)  # (SPEC_SYNC, lanes)
         q = S[rows, wm[None, :]].astype(np.int64) - gap[wm][None, :]  # their bits from the next chunk's first bit
