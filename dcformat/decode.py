@@ -163,8 +163,9 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
 # cores); the numpy decoder, lanes cut into chunks decoded in lockstep (npdecode._speculate), takes
 # ~10-20 ns a symbol in a fresh process (8.2M symbols of the 40.8M-parameter benchmark MLP,
 # tools/bench_startup.py --params 40: 0.18-0.21 s, against 0.3-0.75 s symbol by symbol before), with
-# 2 bytes of scratch memory a symbol plus at most ~100 MB for a group of chunks: numba pays off from some
-# 50M symbols, this stops short of that
+# 2 bytes of scratch memory a symbol plus at most ~100 MB for a group of chunks. A whole fresh `dcrun` of
+# that MLP takes 0.5-0.6 s of user CPU time with numpy, 1.1-1.3 s with numba (DCZ_DECODER=numba): numba
+# pays off from ~30M symbols
 NUMPY_MAX_SYMBOLS = 1 << 25
 NUMPY_MAX_STEPS = 1 << 14  # nor longer lanes (the default lane size): the numpy decoder takes a step per symbol
 NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels takes (2 cores)
