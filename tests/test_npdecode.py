@@ -375,3 +375,24 @@ def test_chunked_decoding_is_used(monkeypatch, walkers):
     assert np.array_equal(entries & 511, sym) and left == []
     end = np.append(s.lane_offsets[1:], s.payload.size) * 8
     assert np.all((ends <= end) & (ends > end - 8))
+
+
+def test_chunked_decoding_with_every_code_length(monkeypatch):
+    """A code using every length from 1 to 15 bits (frequencies 2^-k), lanes of 4096 and chunks of 100
+    and 1024 symbols, whole and with the payload cut short: chunks equal lane by lane, and the symbols."""
+    from dcformat.streams import encode_stream, parse_stream
+
+    rng = np.random.default_rng(15)
+    counts = [2 ** (14 - k) for k in range(15)] + [1]  # 2^14, ..., 2, 1, 1: lengths 1, 2, ..., 15, 15
+    sym = rng.permutation(np.repeat(np.arange(16), counts))
+    part = encode_stream(sym, 16, 4096, 15)
+    s = parse_stream(part, sym.size, 16, 4096, "s", 0)
+    lengths = np.unique(s.table >> 9)
+    assert lengths.tolist() == list(range(1, 16))
+    for chunk in (100, 1024):
+        monkeypatch.setattr(npdecode, "SPEC_CHUNK", chunk)
+        (entries, _), = _both([(s, sym.size, 4096)])
+        assert np.array_equal(entries & 511, sym)
+        short = type(s)(s.payload[: s.payload.size * 3 // 4], np.minimum(s.lane_offsets, s.payload.size * 3 // 4),
+                        s.table, s.table_bits, 0)
+        _both([(short, sym.size, 4096)])
