@@ -61,7 +61,7 @@ def decode_streams(jobs, speculate: bool = True) -> list[tuple[np.ndarray, np.nd
     table = np.concatenate(tables).astype(np.uint16)
     soffs = np.zeros(k + 1, np.int64)  # where each stream's entries start in the output
     np.cumsum([n for _, n, _ in jobs], out=soffs[1:])
-    lane_pos, lane_end, lane_lim, lane_cnt, lane_tb, lane_toff, lane_out = [], [], [], [], [], [], []
+    lane_pos, lane_end, lane_lim, lane_cnt, lane_tb, lane_toff, lane_out, lane_gcd = [], [], [], [], [], [], [], []
     for i, (s, n, lane_size) in enumerate(jobs):
         at = int(pstart[i])
         buf[at : at + sizes[i]] = s.payload
@@ -78,13 +78,17 @@ def decode_streams(jobs, speculate: bool = True) -> list[tuple[np.ndarray, np.nd
         lane_tb.append(np.full(nl, s.table_bits, np.int64))
         lane_toff.append(np.full(nl, toffs[i], np.int64))
         lane_out.append(soffs[i] + np.arange(nl, dtype=np.int64) * lane_size)
+        # codes start only at multiples of the code lengths' gcd from the lane's start (a fixed-length
+        # code's: of its length): chunks start at such bits, or they could never meet the true codes
+        lengths = np.unique(s.table >> 9) if s.table_bits else np.ones(1, np.uint16)
+        lane_gcd.append(np.full(nl, int(np.gcd.reduce(lengths.astype(np.int64))), np.int64))
     lanes = _Lanes(np.concatenate(lane_pos), np.concatenate(lane_lim), np.concatenate(lane_tb),
                    np.concatenate(lane_toff), np.concatenate(lane_cnt), np.concatenate(lane_out))
     win = np.ndarray((buf.size - 7,), ">u8", buf, 0, (1,))  # the 8 bytes from each byte on, big-endian
     out = np.empty(int(soffs[-1]), np.uint16)
     ends = np.full(lanes.pos.size, -1, np.int64)
     if speculate:
-        _speculate(win, table, lanes, np.concatenate(lane_end), out, ends)
+        _speculate(win, table, lanes, np.concatenate(lane_end), np.concatenate(lane_gcd), out, ends)
     rest = np.flatnonzero(ends < 0)
     if rest.size:
         ends[rest] = _lockstep(win, table, lanes.take(rest), out)
@@ -177,11 +181,12 @@ SPEC_SYNC = 48  # codes of a chunk past the next chunk's first bit searched for 
 SPEC_SYNC_NEXT = 192  # among the next chunk's first codes (else the lane is decoded by _lockstep)
 
 
-def _speculate(win, table, lanes: _Lanes, lane_end, out, ends) -> None:
+def _speculate(win, table, lanes: _Lanes, lane_end, lane_gcd, out, ends) -> None:
     """Decode long lanes in chunks that start at guessed bit positions, all chunks in lockstep.
 
-    Lane l of n_l symbols is cut at bit positions into C_l = ceil(n_l / chunk) chunks; each chunk
-    decodes K symbols from its first bit as if a code started there. Chunk 0 starts where the lane
+    Lane l of n_l symbols is cut at bit positions into C_l = ceil(n_l / chunk) chunks (at multiples of
+    the gcd of the code's lengths from the lane's first bit: the only places codes can start); each
+    chunk decodes K symbols from its first bit as if a code started there. Chunk 0 starts where the lane
     does, so it is right. Decoding is a function of the bit position: once chunk c has a code at a
     position where the lane's true decoding (from its start) has one, both decode the same codes
     from there on. So the lane's entries are chunk 0's up to its first code at or past chunk 1's
@@ -205,10 +210,10 @@ def _speculate(win, table, lanes: _Lanes, lane_end, out, ends) -> None:
     most = max(int(nc[g].sum()) for g in groups) * (chunk + SPEC_EXTRA + 1)
     scratch = [np.empty(most, np.uint16) for _ in range(3)]  # one set of buffers for every group
     for g in groups:
-        _speculate_lanes(win, table, lanes, lane_end, cand[g], nc[g], chunk, out, ends, scratch)
+        _speculate_lanes(win, table, lanes, lane_end, lane_gcd, cand[g], nc[g], chunk, out, ends, scratch)
 
 
-def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, ends, scratch) -> None:
+def _speculate_lanes(win, table, lanes: _Lanes, lane_end, lane_gcd, cand, nc, chunk, out, ends, scratch) -> None:
     """:func:`_speculate` for the lanes ``cand``, in ``nc`` chunks each (of about ``chunk`` symbols);
     ``scratch``: three uint16 buffers of at least (chunks) x (chunk + SPEC_EXTRA + 1) entries."""
     ls = lanes.take(cand)
@@ -219,7 +224,8 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, cand, nc, chunk, out, 
     W = int(first[-1])
     lane_of = np.repeat(np.arange(cand.size), nc)
     c_of = np.arange(W) - first[lane_of]
-    start = b0[lane_of] + (b1 - b0)[lane_of] * c_of // nc[lane_of]  # each chunk's first bit
+    g = lane_gcd[cand][lane_of]
+    start = b0[lane_of] + (b1 - b0)[lane_of] * c_of // nc[lane_of] // g * g  # each chunk's first bit
     ch = _Lanes(start, ls.lim[lane_of], ls.tb[lane_of], ls.toff[lane_of], np.full(W, K, np.int64), None)
     E0 = scratch[0][: K * W].reshape(K, W)  # E0[j, w]: entry j of chunk w (rows: contiguous stores)
     _steps(win, table, ch, K, np.full(K, W, np.int64), rows=E0)

@@ -396,3 +396,24 @@ def test_chunked_decoding_with_every_code_length(monkeypatch):
         short = type(s)(s.payload[: s.payload.size * 3 // 4], np.minimum(s.lane_offsets, s.payload.size * 3 // 4),
                         s.table, s.table_bits, 0)
         _both([(short, sym.size, 4096)])
+
+
+@pytest.mark.parametrize("alphabet", [2, 32, 256])
+def test_chunked_decoding_of_a_fixed_length_code(monkeypatch, alphabet):
+    """Uniform symbols of 2^k values: every code has k bits, so a chunk that starts off a multiple of k
+    bits never meets the true codes; chunks start at multiples of the lengths' gcd, so none is left to
+    _lockstep (and the result is the lanes' own)."""
+    from dcformat.streams import encode_stream, parse_stream
+
+    sym = np.random.default_rng(alphabet).permutation(np.arange(4 * 4096 + 300) % alphabet)
+    s = parse_stream(encode_stream(sym, alphabet, 4096), sym.size, alphabet, 4096, "s", 0)
+    assert np.unique(s.table >> 9).size == 1  # one code length
+    (want, want_ends), = npdecode.decode_streams([(s, sym.size, 4096)], speculate=False)
+    left = []
+    real = npdecode._lockstep
+    monkeypatch.setattr(npdecode, "_lockstep", lambda win, table, lanes, out: left.append(int(lanes.cnt.max()))
+                        or real(win, table, lanes, out))
+    (entries, ends), = npdecode.decode_streams([(s, sym.size, 4096)])
+    assert np.array_equal(entries, want) and np.array_equal(ends, want_ends)
+    assert np.array_equal(entries & 511, sym)
+    assert left == [300]  # the short last lane only (chunks are for lanes of more than SPEC_CHUNK symbols)
