@@ -417,3 +417,32 @@ def test_chunked_decoding_of_a_fixed_length_code(monkeypatch, alphabet):
     assert np.array_equal(entries, want) and np.array_equal(ends, want_ends)
     assert np.array_equal(entries & 511, sym)
     assert left == [300]  # the short last lane only (chunks are for lanes of more than SPEC_CHUNK symbols)
+
+
+def test_dcrun_command_line_exits_at_once_with_its_output_and_status(tmp_path):
+    """A real command line (run_main() without argv) ends by os._exit after flushing: the whole output
+    arrives through a pipe, --output-dir's file is complete, the status is the command's (0, 1 for a
+    missing file, 2 for a usage error)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import onnx
+    from numpy_mlp import MLP
+
+    path_onnx, path_dcz = tmp_path / "m.onnx", tmp_path / "m.dcz"
+    onnx.save(MLP([16, 40, 3], seed=1).to_onnx(), path_onnx)
+    subprocess.run([sys.executable, "-c", "import sys; from converters.cli import main; sys.exit(main())",
+                    str(path_onnx), "-o", str(path_dcz), "-q"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                   cwd=ROOT, stderr=subprocess.DEVNULL)
+    code = "import sys; from dcformat.cli import run_main; run_main(); print('NOT REACHED')"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", code, str(path_dcz), "--output-dir", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].startswith("outputs saved in") and "NOT REACHED" not in p.stdout
+    saved = np.load(tmp_path / "out" / "logits.npy")
+    assert saved.shape == (1, 3)
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.dcz")], capture_output=True, text=True,
+                       env=env, cwd=ROOT)
+    assert p.returncode == 1 and p.stderr.strip().startswith("error:") and p.stdout == ""
+    p = subprocess.run([sys.executable, "-c", code, "--no-such-option"], capture_output=True, text=True, env=env,
+                       cwd=ROOT)
+    assert p.returncode == 2 and "error:" in p.stderr
