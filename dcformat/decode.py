@@ -83,9 +83,10 @@ def apply_scales(info: TensorInfo, flat: np.ndarray, scales: np.ndarray) -> np.n
     return scale_values(flat, scales, max(inner, 1), info.dtype)
 
 
-def _checked(info: TensorInfo, out: np.ndarray, where: str) -> np.ndarray:
-    """The decoded array, if its count of non-zero elements is the one the record declares."""
-    found = int(np.count_nonzero(out))
+def _checked(info: TensorInfo, out: np.ndarray, where: str, found: np.ndarray | None = None) -> np.ndarray:
+    """The decoded array, if its count of non-zero elements is the one the record declares (counted
+    in ``found`` when given: an array holding all of ``out``'s non-zero elements, the rest being zero)."""
+    found = int(np.count_nonzero(out if found is None else found))
     if found != info.nonzeros:
         raise TensorError(f"{where}: decodes to {found} non-zero elements, the record declares {info.nonzeros}")
     return out
@@ -158,11 +159,14 @@ def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     raise TensorError(f"{where}: unknown encoding {info.encoding!r}")  # pragma: no cover (checked at open)
 
 
-# a larger batch takes the numba kernels. Measured (fresh `dcrun`, 2 shared cores): a 10.8M-symbol MLP
-# loads in about the same time either way (2.8-3.4 s numpy, 3.0-3.7 s numba), the PP-OCR classifier
-# (0.3M symbols) ~1 s sooner with numpy (1.6 s, against 2.4-2.9 s); the numpy decoder takes ~10 bytes of
-# scratch memory per symbol
-NUMPY_MAX_SYMBOLS = 1 << 23
+# a larger batch takes the numba kernels. Starting numba costs ~1-1.4 s in a fresh process (2 shared
+# cores); the numpy decoder, lanes cut into chunks decoded in lockstep (npdecode._speculate), takes
+# ~10-20 ns a symbol in a fresh process (8.2M symbols of the 40.8M-parameter benchmark MLP,
+# tools/bench_startup.py --params 40: 0.18-0.21 s, against 0.3-0.75 s symbol by symbol before), with
+# 2 bytes of scratch memory a symbol plus at most ~100 MB for a group of chunks. A whole fresh `dcrun` of
+# that MLP takes 0.5-0.6 s of user CPU time with numpy, 1.1-1.3 s with numba (DCZ_DECODER=numba): numba
+# pays off from ~30M symbols
+NUMPY_MAX_SYMBOLS = 1 << 25
 NUMPY_MAX_STEPS = 1 << 14  # nor longer lanes (the default lane size): the numpy decoder takes a step per symbol
 NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels takes (2 cores)
 _numpy_budget = [NUMBA_START_S]  # seconds of numpy decoding this process may still spend instead

@@ -98,7 +98,16 @@ def _same(a, b) -> bool:
                                         and a[k].tobytes() == b[k].tobytes() for k in a)
 
 
-def test_numpy_decoder_gives_the_kernels_bytes(sample):
+@pytest.fixture(params=["chunks of 1024", "chunks of 40"])
+def chunk(request, monkeypatch):
+    """The numpy decoder as shipped, and with chunks short enough that the sample's lanes (256 and 1024
+    symbols) are all decoded in speculative chunks (npdecode._speculate), with many chunk boundaries."""
+    if request.param == "chunks of 40":
+        monkeypatch.setattr(npdecode, "SPEC_CHUNK", 40)
+    return request.param
+
+
+def test_numpy_decoder_gives_the_kernels_bytes(sample, chunk):
     a, b = _numba(sample), _numpy(sample)
     assert not isinstance(a, str), a
     assert _same(a, b)
@@ -115,7 +124,7 @@ def test_decode_many_either_way(sample, monkeypatch):
         assert _same(want, got), mode
 
 
-def test_damaged_tensors_fail_alike(sample, tmp_path):
+def test_damaged_tensors_fail_alike(sample, tmp_path, chunk):
     """Random damage to tensor sections, checksums fixed: both decoders accept, or raise the same error."""
     base = ma.Dcz.load(sample)
     tensors = [i for i, e in enumerate(base.entries) if e["kind"] == "tensor" and e["length"]]
@@ -223,6 +232,18 @@ def test_dcrun_of_a_small_model_imports_neither_onnx_nor_numba(tmp_path):
                        env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert "output" in p.stdout, p.stdout + p.stderr
     assert "IMPORTED False False" in p.stdout, p.stdout
+    # numpy without its huge-page hint (first touch of the decoded weights waits for compaction), unless the
+    # user chose: NUMPY_MADVISE_HUGEPAGE is kept, and it is not left set for child processes
+    code = ("import sys, os; from dcformat.cli import run_main\n"
+            "try:\n    run_main([sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+            "import numpy\nmod = getattr(numpy, '_core', None) or numpy.core\n"
+            "print('HUGEPAGE', mod.multiarray._get_madvise_hugepage(), os.environ.get('NUMPY_MADVISE_HUGEPAGE'))")
+    env.pop("NUMPY_MADVISE_HUGEPAGE", None)
+    for user, want in ((None, "HUGEPAGE False None"), ("1", "HUGEPAGE True 1")):
+        p = subprocess.run([sys.executable, "-c", code, str(path_dcz)], capture_output=True, text=True,
+                           env={**env, "PYTHONPATH": str(ROOT), **({"NUMPY_MADVISE_HUGEPAGE": user} if user else {})},
+                           cwd=ROOT)
+        assert want in p.stdout, p.stdout + p.stderr
 
 
 def test_path_choice(monkeypatch):
@@ -277,3 +298,151 @@ def test_decode_many_reads_a_section_sharing_its_offset_with_an_empty_one(tmp_pa
         assert r._tensor_sections["z.empty"].offset == r._tensor_sections["a.raw"].offset
         got = r.decode_many(list(r))
     assert np.array_equal(got["a.raw"], raw) and not got["z.empty"].any()
+
+
+# ---------------------------------------------------------------- chunked (speculative) lane decoding
+def _random_stream(rng, lane_size):
+    """A random stream: alphabet, symbol distribution (uniform: near fixed-length codes, which
+    resynchronise badly; skewed: codes up to 15 bits; one symbol: 0-bit codes), n around lane multiples."""
+    from dcformat.streams import encode_stream, parse_stream
+
+    a = int(rng.choice([1, 2, 3, 16, 32, 129, 256, 512]))
+    kind = rng.choice(["uniform", "geometric", "skewed", "one"])
+    n = int(rng.choice([1, lane_size - 1, lane_size, lane_size + 1, 3 * lane_size + int(rng.integers(0, lane_size))]))
+    if kind == "uniform":
+        sym = rng.integers(0, a, n)
+    elif kind == "geometric":
+        sym = np.minimum(rng.geometric(float(rng.uniform(0.05, 0.6)), n) - 1, a - 1)
+    elif kind == "skewed":  # frequencies 2^-k: the longest codes the length limit allows
+        p = 0.5 ** np.arange(1, a + 1)
+        sym = rng.choice(a, n, p=p / p.sum())
+    else:
+        sym = np.full(n, int(rng.integers(0, a)))
+    part = encode_stream(sym.astype(np.int64), a, lane_size, int(rng.choice([9, 12, 15])))
+    return sym, part, (lambda data: parse_stream(data, n, a, lane_size, "s", 0)), n
+
+
+def _both(jobs):
+    ref = npdecode.decode_streams(jobs, speculate=False)
+    got = npdecode.decode_streams(jobs)
+    for (e1, b1), (e2, b2) in zip(ref, got):
+        assert e1.dtype == e2.dtype and np.array_equal(e1, e2) and np.array_equal(b1, b2)
+    return ref
+
+
+@pytest.mark.parametrize("spec_chunk", [1024, 100, 17])
+def test_chunked_decoding_equals_lane_by_lane(monkeypatch, spec_chunk):
+    """Random streams of every kind decoded together, whole and damaged (bytes of the payload changed,
+    so that chunks meet garbage, lanes overrun or stop short): the chunked decoder gives the same
+    entries and lane end bits as decoding each lane symbol by symbol, and the symbols encoded."""
+    monkeypatch.setattr(npdecode, "SPEC_CHUNK", spec_chunk)
+    if spec_chunk == 17:  # lanes decoded in groups of a few chunks, chunks doubled up to 4096
+        monkeypatch.setattr(npdecode, "SPEC_WALKERS", 3)
+    rng = np.random.default_rng(spec_chunk)
+    for trial in range(12):
+        lane_size = int(rng.choice([64, 1000, 2048, 4096]))
+        streams = [_random_stream(rng, lane_size) for _ in range(int(rng.integers(1, 5)))]
+        jobs = [(parse(part), n, lane_size) for _, part, parse, n in streams]
+        for (sym, *_), (entries, _) in zip(streams, _both(jobs)):
+            assert np.array_equal(entries & 511, sym)
+        damaged = []
+        for _, part, parse, n in streams:
+            s = parse(part)
+            pay = s.payload.copy()
+            if pay.size:
+                for _ in range(int(rng.integers(1, 6))):
+                    pay[int(rng.integers(pay.size))] = int(rng.integers(256))
+            damaged.append((type(s)(pay, s.lane_offsets, s.table, s.table_bits, 0), n, lane_size))
+        _both(damaged)
+
+
+@pytest.mark.parametrize("walkers", [4096, 8])
+def test_chunked_decoding_is_used(monkeypatch, walkers):
+    """Long lanes of a typical stream go through the chunks, not symbol by symbol (which would also be
+    right, only slower): nothing of a 4-lane stream of 16384-symbol lanes is left to _lockstep; with
+    few walkers allowed, in the longest chunks (4096 symbols)."""
+    monkeypatch.setattr(npdecode, "SPEC_WALKERS", walkers)
+    rng = np.random.default_rng(5)
+    from dcformat.streams import encode_stream, parse_stream
+
+    sym = np.minimum(rng.geometric(0.2, 4 * 16384) - 1, 127)
+    s = parse_stream(encode_stream(sym, 128, 16384), sym.size, 128, 16384, "s", 0)
+    left = []
+    real = npdecode._lockstep
+    monkeypatch.setattr(npdecode, "_lockstep", lambda win, table, lanes, out: left.append(lanes.cnt.size)
+                        or real(win, table, lanes, out))
+    (entries, ends), = npdecode.decode_streams([(s, sym.size, 16384)])
+    assert np.array_equal(entries & 511, sym) and left == []
+    end = np.append(s.lane_offsets[1:], s.payload.size) * 8
+    assert np.all((ends <= end) & (ends > end - 8))
+
+
+def test_chunked_decoding_with_every_code_length(monkeypatch):
+    """A code using every length from 1 to 15 bits (frequencies 2^-k), lanes of 4096 and chunks of 100
+    and 1024 symbols, whole and with the payload cut short: chunks equal lane by lane, and the symbols."""
+    from dcformat.streams import encode_stream, parse_stream
+
+    rng = np.random.default_rng(15)
+    counts = [2 ** (14 - k) for k in range(15)] + [1]  # 2^14, ..., 2, 1, 1: lengths 1, 2, ..., 15, 15
+    sym = rng.permutation(np.repeat(np.arange(16), counts))
+    part = encode_stream(sym, 16, 4096, 15)
+    s = parse_stream(part, sym.size, 16, 4096, "s", 0)
+    lengths = np.unique(s.table >> 9)
+    assert lengths.tolist() == list(range(1, 16))
+    for chunk in (100, 1024):
+        monkeypatch.setattr(npdecode, "SPEC_CHUNK", chunk)
+        (entries, _), = _both([(s, sym.size, 4096)])
+        assert np.array_equal(entries & 511, sym)
+        short = type(s)(s.payload[: s.payload.size * 3 // 4], np.minimum(s.lane_offsets, s.payload.size * 3 // 4),
+                        s.table, s.table_bits, 0)
+        _both([(short, sym.size, 4096)])
+
+
+@pytest.mark.parametrize("alphabet", [2, 32, 256])
+def test_chunked_decoding_of_a_fixed_length_code(monkeypatch, alphabet):
+    """Uniform symbols of 2^k values: every code has k bits, so a chunk that starts off a multiple of k
+    bits never meets the true codes; chunks start at multiples of the lengths' gcd, so none is left to
+    _lockstep (and the result is the lanes' own)."""
+    from dcformat.streams import encode_stream, parse_stream
+
+    sym = np.random.default_rng(alphabet).permutation(np.arange(4 * 4096 + 300) % alphabet)
+    s = parse_stream(encode_stream(sym, alphabet, 4096), sym.size, alphabet, 4096, "s", 0)
+    assert np.unique(s.table >> 9).size == 1  # one code length
+    (want, want_ends), = npdecode.decode_streams([(s, sym.size, 4096)], speculate=False)
+    left = []
+    real = npdecode._lockstep
+    monkeypatch.setattr(npdecode, "_lockstep", lambda win, table, lanes, out: left.append(int(lanes.cnt.max()))
+                        or real(win, table, lanes, out))
+    (entries, ends), = npdecode.decode_streams([(s, sym.size, 4096)])
+    assert np.array_equal(entries, want) and np.array_equal(ends, want_ends)
+    assert np.array_equal(entries & 511, sym)
+    assert left == [300]  # the short last lane only (chunks are for lanes of more than SPEC_CHUNK symbols)
+
+
+def test_dcrun_command_line_exits_at_once_with_its_output_and_status(tmp_path):
+    """A real command line (run_main() without argv) ends by os._exit after flushing: the whole output
+    arrives through a pipe, --output-dir's file is complete, the status is the command's (0, 1 for a
+    missing file, 2 for a usage error)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import onnx
+    from numpy_mlp import MLP
+
+    path_onnx, path_dcz = tmp_path / "m.onnx", tmp_path / "m.dcz"
+    onnx.save(MLP([16, 40, 3], seed=1).to_onnx(), path_onnx)
+    subprocess.run([sys.executable, "-c", "import sys; from converters.cli import main; sys.exit(main())",
+                    str(path_onnx), "-o", str(path_dcz), "-q"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                   cwd=ROOT, stderr=subprocess.DEVNULL)
+    code = "import sys; from dcformat.cli import run_main; run_main(); print('NOT REACHED')"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", code, str(path_dcz), "--output-dir", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1].startswith("outputs saved in") and "NOT REACHED" not in p.stdout
+    saved = np.load(tmp_path / "out" / "logits.npy")
+    assert saved.shape == (1, 3)
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.dcz")], capture_output=True, text=True,
+                       env=env, cwd=ROOT)
+    assert p.returncode == 1 and p.stderr.strip().startswith("error:") and p.stdout == ""
+    p = subprocess.run([sys.executable, "-c", code, "--no-such-option"], capture_output=True, text=True, env=env,
+                       cwd=ROOT)
+    assert p.returncode == 2 and "error:" in p.stderr
