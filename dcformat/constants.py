@@ -36,7 +36,8 @@ _DICT_METADATA = (
     b'"nonfinite":0}},"warning":false},"producer":"dcconvert (dcz 0.1.0)","settings":{"sparsity":0.0,'
     b'"threshold_std":null,"threshold":null,"prune_neurons":null,"bits":null,"ecvq":0.5,"init":"linear","min_size":0,'
     b'"lossless":false,"seed":0,"default_bits":{"conv":8,"fc":5,"embedding":8},"default_sparsity":{"conv":0.3,'
-    b'"fc":0.5,"embedding":0.0},"compensate":true},"source":{"file":".onnx","kind":"onnx","sha256":"","bytes":}}'
+    b'"fc":0.5,"embedding":0.0},"compensate":true,"channel_scales":"auto","role":{"*bias":"fc"}},"source":{"file":".onnx",'
+    b'"kind":"onnx","sha256":"","bytes":}}'
 )
 _DICT_ONNX = bytes.fromhex(  # onnx.helper: Conv, Relu, MaxPool, BatchNormalization, Add, GlobalAveragePool, Flatten, Reshape, MatMul, Gemm
     "080812077079746f7263681a06322e31332e303af7050a84010a01780a0c636f6e76312e7765696768740a0a636f6e76312e"
@@ -57,7 +58,7 @@ _DICT_ONNX = bytes.fromhex(  # onnx.helper: Conv, Relu, MaxPool, BatchNormalizat
     "1e0a066f757470757412140a120801120e0a07120562617463680a0308e80742040a001011"
 )
 _DICT_HEADER = (
-    b'"scale_axis":0,"scale_dtype":"float32","scales":{"kind":"tensor","length":,"crc32":,"tensor":{"name":"",'
+    b'"codebook_dtype":"float16","scale_axis":0,"scale_dtype":"float32","scales":{"kind":"tensor","length":,"crc32":,"tensor":{"name":"",'
     b'"dtype":"float16","shape":[],"encoding":"float-planes","nonzeros":,"lane_size":16384,"planes":["huffman",'
     b'"stored","stored","stored"],"parts":{"plane0":,"plane1":,"plane2":,"plane3":}}"encoding":"lzma",'
     b'{"sections":[{"kind":"metadata","length":,"crc32":},{"kind":"graph","length":,"crc32":},{"kind":"padding",'
@@ -69,7 +70,7 @@ _DICT_HEADER = (
     b'"gap_bits":8,"entries":,"parts":{"codebook":,"lane_bases":8,"gaps":,"indices":}}}.weight",.bias",'
 )
 DEFLATE_DICT = _DICT_METADATA + _DICT_ONNX + _DICT_HEADER  # the most common (the header's) last: the shortest distances
-DEFLATE_DICT_SHA256 = "552d2f37363dd771bf4afac3642e9bdabc8f772feaecc4474b89e46b231c54b7"  # of its 2,795 bytes
+DEFLATE_DICT_SHA256 = "42ffb04b9b77e144b5777dd10ef949f8d1278e2da5264e0c10cc6dec213d5e0f"  # of its 2,868 bytes
 
 SECTION_METADATA = "metadata"
 SECTION_GRAPH = "graph"
