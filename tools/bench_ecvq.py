@@ -42,7 +42,7 @@ for p in (ROOT, os.path.join(ROOT, "tools")):
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 BITS = (2, 3, 4, 5, 6, 7, 8)
-STRENGTHS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 QPS = tuple(range(-50, -3, 2))
 MODELS = ("lenet300", "lenet5")
 NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}
@@ -390,20 +390,20 @@ def render(res: dict) -> str:
         out += [f"## {m['name']} ({m['params']:,} parameters; dense {m['dense_ort']:.2f}%, pruned {m['pruned_ort']:.2f}%)",
                 "",
                 "At each accuracy level >= dense - 1 pt reached by either: the fewest bytes that reach it "
-                "(.dcz: any bits x S, exact biases unless *shared biases*, at --bias-bits; NNCodec: any qp, DQ or not). "
-                "Ratios below 1: .dcz smaller.", "",
+                "(.dcz: any bits x S, biases exact or shared at --bias-bits (*bias* in the setting); NNCodec: any qp, DQ "
+                "or not, biases quantized). Ratios below 1: .dcz smaller.", "",
                 "| accuracy >= | .dcz file | .dcz setting | NNCodec | NNCodec setting | .dcz / NNCodec | "
-                ".dcz without graph+metadata | setting | ratio | .dcz +shared biases | ratio |",
+                ".dcz without graph+metadata | setting | ratio | .dcz, exact biases | ratio |",
                 "|---:|---:|---|---:|---|---:|---:|---|---:|---:|---:|"]
         f = lambda v: "—" if v is None else f"{v:,}"  # noqa: E731
         g = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-        for r, rb in zip(m["table"], m["table_bias"]):
+        for r, rb in zip(m["table"], m["table_exact"]):
             out.append(f"| {r['accuracy']:.2f}% | {f(r['dcz'])} | {r['dcz_point'] or '—'} | {f(r['nnc'])} | "
                        f"{r['nnc_point'] or '—'} | {g(r['ratio'])} | {f(r['dcz_weights'])} | "
                        f"{r['dcz_weights_point'] or '—'} | {g(r['ratio_weights'])} | {f(rb['dcz'])} | {g(rb['ratio'])} |")
         out += ["", f"Over these levels, .dcz / NNCodec bytes: whole file {summary(m['table'], 'ratio')}; without graph "
-                    f"and metadata {summary(m['table'], 'ratio_weights')}; whole file with shared biases "
-                    f"{summary(m['table_bias'], 'ratio')}."]
+                    f"and metadata {summary(m['table'], 'ratio_weights')}; whole file with exact biases only "
+                    f"{summary(m['table_exact'], 'ratio')}."]
         out += ["", "ECVQ against plain k-means (S = 0) at the same bits (exact biases): bytes and accuracy.", "",
                 "| bits | S=0 bytes | S=0 acc | " + " | ".join(f"S={s:g}" for s in res["strengths"][1:]) + " |",
                 "|---:|---:|---:|" + "---:|" * (len(res["strengths"]) - 1)]
@@ -472,11 +472,11 @@ def main(argv=None) -> int:
         log(f"{kind}: NNCodec")
         m["nnc"] = nnc_points(m, args.work, args.nncodec_python, qps, ds) if nv is not None else []
         exact = [p for p in pts if not p.get("bias_bits")]
-        m["table"] = comparison(m["dense_ort"], exact, m["nnc"])
-        m["table_bias"] = comparison(m["dense_ort"], pts, m["nnc"])
-        # breakdown at the point where the coders are closest to dense - 0.5
+        m["table"] = comparison(m["dense_ort"], pts, m["nnc"])  # any .dcz setting: exact or shared biases
+        m["table_exact"] = comparison(m["dense_ort"], exact, m["nnc"])
+        # breakdown where the coders are closest to dense - 0.5
         target = m["dense_ort"] - 0.5
-        d, n = fewest_bytes(exact, target), fewest_bytes(m["nnc"], target)
+        d, n = fewest_bytes(pts, target), fewest_bytes(m["nnc"], target)
         if d and n:
             per = nnc_per_tensor(m, args.work, args.nncodec_python, n["qp"], n["dq"])
             lay = {r["name"]: r["bytes"] for r in d["layers"]}
