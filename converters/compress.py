@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import dcformat
+from dcformat.constants import dtype_name as _dtype_name
 
 from . import ecvq as _ecvq
 from .prune import magnitude_mask, threshold_mask
@@ -152,7 +153,9 @@ def choose_layout(codebook, indices, dtype: str, cbd: str | None = None) -> tupl
 
 
 def pruned_dtype(dtype: str):
-    return dcformat.constants.DTYPES[dtype]
+    from dcformat.constants import DTYPES
+
+    return DTYPES[dtype]
 
 
 def _raw_reason(name, w, role, s: Settings, finite: bool) -> str:
@@ -194,7 +197,7 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
         row.update(action="lossless" if s.lossless and compressible else "kept" if finite else "kept (not finite)",
                    bits=None, reason=_raw_reason(name, w, role, s, finite))
     else:
-        shape, dtype = w.shape, dcformat.constants.dtype_name(w.dtype)
+        shape, dtype = w.shape, _dtype_name(w.dtype)
         chosen = s.plan.get(name) if s.plan is not None else None
         target = chosen["sparsity"] if chosen else s.sparsity.get(name, DEFAULT_SPARSITY[role])
         b = chosen["bits"] if chosen else s.bits.get(name, DEFAULT_BITS[role])
