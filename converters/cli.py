@@ -325,7 +325,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
         "fidelity": fid,
     }
     try:
-        size = dcformat.write(out, tensors, graph=src.graph, metadata=meta)
+        size = dcformat.write(out, tensors, graph=cmp.compact_graph(src.graph), metadata=meta, dictionary=True)
     except OSError as e:  # the temporary file beside it, or the rename
         raise ConvertError(f"cannot write {out}: {e.strerror or e}") from None
     return {

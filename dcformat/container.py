@@ -52,17 +52,18 @@ def dump_json(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-def deflate(data: bytes) -> bytes:
-    """Raw DEFLATE (RFC 1951) of ``data``, as the format stores its header, metadata and graph."""
-    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+def deflate(data: bytes, zdict: bytes | None = None) -> bytes:
+    """Raw DEFLATE (RFC 1951) of ``data``, as the format stores its header, metadata and graph; with
+    ``zdict`` (1.4: DEFLATE_DICT), against that preset dictionary."""
+    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, **({"zdict": zdict} if zdict else {}))
     return c.compress(data) + c.flush()
 
 
-def inflate(data, limit: int, what: str, why: str = "") -> bytes:
+def inflate(data, limit: int, what: str, why: str = "", zdict: bytes | None = None) -> bytes:
     """Inverse of :func:`deflate`: the stream must be complete, end exactly at the end of
     ``data`` and inflate to at most ``limit`` bytes (checked as it inflates; ``why`` explains
-    the limit in the LimitError)."""
-    d = zlib.decompressobj(-15)
+    the limit in the LimitError; ``zdict``: the preset dictionary of a 1.4 file)."""
+    d = zlib.decompressobj(-15, **({"zdict": zdict} if zdict else {}))
     try:
         out = d.decompress(bytes(data), limit + 1)
     except zlib.error as e:
@@ -76,12 +77,13 @@ def inflate(data, limit: int, what: str, why: str = "") -> bytes:
     return out
 
 
-def layout(kinds_lengths: list[tuple[str, int, int, dict | None]]) -> tuple[bytes, list[Section], int]:
-    """The stored header and the sections placed after it; returns (header bytes, sections,
-    length of the header's JSON text)."""
+def layout(kinds_lengths: list[tuple[str, int, int, dict | None]], zdict: bytes | None = None
+           ) -> tuple[bytes, list[Section], int]:
+    """The stored header (deflated against ``zdict`` if given) and the sections placed after it;
+    returns (header bytes, sections, length of the header's JSON text)."""
     sections = [Section(kind, 0, length, crc, tensor) for kind, length, crc, tensor in kinds_lengths]
     text = dump_json({"sections": [s.entry() for s in sections]})
-    header = deflate(text)
+    header = deflate(text, zdict)
     pos = PREAMBLE_SIZE + len(header)
     for s in sections:
         s.offset = pos = align(pos, ALIGNMENT)

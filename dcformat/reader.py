@@ -18,6 +18,8 @@ import numpy as np
 
 from .constants import (
     ALIGNMENT,
+    DEFLATE_DICT,
+    DICT_MINOR,
     EXPANSION_SLACK,
     GRAPH_OBJECT_COST,
     GRAPH_PARSE_FACTOR,
@@ -162,10 +164,10 @@ class DczReader(Mapping):
         bound = max(expansion_bound(self.file_size), self._override or 0)
         parse_limit = bound // factor
         if parse_limit >= cap:
-            return inflate(data, cap, what)
+            return inflate(data, cap, what, zdict=self._zdict)
         why = (f" ({bound} // {factor}: parsing it could take {factor} x that, and the limit is {MAX_EXPANSION} x "
                f"file size + {EXPANSION_SLACK}; pass max_decoded_bytes to raise it)")
-        return inflate(data, parse_limit, what, why)
+        return inflate(data, parse_limit, what, why, zdict=self._zdict)
 
     def _parse(self, max_decoded_bytes):
         self._override = max_decoded_bytes
@@ -183,17 +185,25 @@ class DczReader(Mapping):
         if major != VERSION_MAJOR:
             raise VersionError(f"{self.path}: format version {major}.{minor} is not supported (this reader reads {VERSION_MAJOR}.x)")
         self.version = (major, minor)
+        # 1.4: header, metadata and graph are deflated against the preset dictionary (spec 2.2)
+        self._zdict = DEFLATE_DICT if DICT_MINOR <= minor and DICT_MINOR <= self.MINOR else None
         if hlen > MAX_HEADER_BYTES or PREAMBLE_SIZE + hlen > size:
             raise LimitError(f"{self.path}: header length {hlen} exceeds the file or the limit (byte 12)")
         self._buf = self._read(0, PREAMBLE_SIZE + hlen)
         stored = bytes(self._buf[PREAMBLE_SIZE : PREAMBLE_SIZE + hlen])
         if zlib.crc32(stored) != hcrc:
             raise ChecksumError(f"{self.path}: header checksum mismatch (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
-        header_bytes = self._inflate(stored, MAX_HEADER_BYTES, JSON_PARSE_FACTOR, f"header (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
-        self.header_json_bytes = len(header_bytes)
-        if not header_bytes.isascii():
-            raise FormatError(f"{self.path}: header holds non-ASCII bytes (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
-        header = _parse_json(header_bytes, "header")
+        try:
+            header_bytes = self._inflate(stored, MAX_HEADER_BYTES, JSON_PARSE_FACTOR, f"header (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
+            self.header_json_bytes = len(header_bytes)
+            if not header_bytes.isascii():
+                raise FormatError(f"{self.path}: header holds non-ASCII bytes (bytes {PREAMBLE_SIZE}..{PREAMBLE_SIZE + hlen - 1})")
+            header = _parse_json(header_bytes, "header")
+        except FormatError as e:  # e.g. a later minor version's way of storing it (spec 2.2)
+            if minor <= self.MINOR or type(e) is not FormatError:
+                raise
+            raise VersionError(f"{self.path}: {e} -- the file is version {major}.{minor} and this reader reads what "
+                               f"{VERSION_MAJOR}.{self.MINOR} defines; a newer dcformat may read it") from None
         if not isinstance(header, dict) or not isinstance(header.get("sections"), list):
             raise FormatError("header: must be an object with a 'sections' list")
         entries = header["sections"]

@@ -9,6 +9,8 @@ import numpy as np
 
 from .atomic import atomic_output
 from .constants import (
+    DEFLATE_DICT,
+    DICT_MINOR,
     DTYPES,
     EXPANSION_SLACK,
     GRAPH_OBJECT_COST,
@@ -117,14 +119,14 @@ def _check_tensor(t: EncodedTensor) -> None:
                               "pass np.asarray(a, bool) or a.view(np.uint8) != 0")
 
 
-def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
+def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]], zdict: bytes | None = None):
     """Lay out the sections, with a padding section at the end (spec 5.4) if the file would
     otherwise be too small for its expansion bound to cover ``decoded`` bytes and the parse
     limits of ``texts`` ((factor, inflated bytes) of metadata and graph) and of the header."""
     pad, best, tries = 0, None, 0
     while best is None or tries < 8:  # the header grows with the padding entry: a few rounds settle it
         extra = [(SECTION_PADDING, pad, zlib.crc32(bytes(pad)), None)] if pad else []
-        header, placed, text_len = layout(entries + extra)
+        header, placed, text_len = layout(entries + extra, zdict)
         if text_len > MAX_HEADER_BYTES:
             raise EncodeError(f"the header would be {text_len} bytes of JSON, more than MAX_HEADER_BYTES ({MAX_HEADER_BYTES})")
         need = max([decoded, JSON_PARSE_FACTOR * text_len, SECTION_COST * len(placed)] + [f * n for f, n in texts])
@@ -138,7 +140,7 @@ def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]]):
 
 
 def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping | None = None, *,
-          checked: bool = True) -> int:
+          checked: bool = True, dictionary: bool = False) -> int:
     """Write a .dcz file; returns its size in bytes.
 
     ``tensors`` are :class:`EncodedTensor` (from the encoders), written in the given order;
@@ -152,7 +154,13 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
     the excess, so that any reader opens the file with its default limits (spec 5.4).
     ``checked=False`` writes the sections exactly as given, whether readers will accept the
     file or not (for making test files).
+
+    ``dictionary=True`` deflates the header, metadata and graph against the preset dictionary
+    DEFLATE_DICT (spec 2.2, 1.4): about 200 bytes fewer for the header of a small model, 400 for
+    dcconvert's metadata, a third of a small graph; the file is then a 1.4 file, which readers
+    before 1.4 refuse. Without it the file is what earlier writers wrote, byte for byte.
     """
+    zdict = DEFLATE_DICT if dictionary else None
     sections = []  # (kind, chunks, tensor descriptor)
     texts = []  # (parse factor, inflated bytes) of metadata and graph
     if metadata is not None:
@@ -160,11 +168,11 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
             meta = dump_json(dict(sorted(dict(metadata).items())))
         except (TypeError, ValueError) as e:
             raise EncodeError(f"metadata is not JSON-serialisable: {e}") from None
-        sections.append((SECTION_METADATA, [deflate(meta)], None))
+        sections.append((SECTION_METADATA, [deflate(meta, zdict)], None))
         texts.append((JSON_PARSE_FACTOR, len(meta)))
     gbytes, model = _graph_bytes(graph)
     if gbytes is not None:
-        sections.append((SECTION_GRAPH, [deflate(gbytes)], None))
+        sections.append((SECTION_GRAPH, [deflate(gbytes, zdict)], None))
         texts.append((GRAPH_PARSE_FACTOR, len(gbytes)))
     seen = {}
     for t in tensors:
@@ -188,16 +196,17 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
         if gbytes is not None:
             referenced, objects = _check_graph(gbytes, model, seen)
             decoded = max(decoded, referenced, GRAPH_OBJECT_COST * objects)
-        header, placed, npad = _padded_layout(entries, decoded, texts)
+        header, placed, npad = _padded_layout(entries, decoded, texts, zdict)
         if npad:
             sections.append((SECTION_PADDING, [bytes(npad)], None))
     else:
-        header, placed, _ = layout(entries)
+        header, placed, _ = layout(entries, zdict)
 
     with atomic_output(path, suffix=".dcz.tmp") as f:
-        # the lowest minor version that defines everything the records use: 1.0 unless float-planes (1.1)
-        # or per-channel scales (1.2) (spec 2.2)
-        f.write(preamble(header, minor=max((i.minor for i in seen.values()), default=0)))
+        # the lowest minor version that defines everything the file uses: 1.0 unless float-planes (1.1),
+        # per-channel scales (1.2), lzma (1.3) or the preset dictionary (1.4) (spec 2.2)
+        minor = max([i.minor for i in seen.values()] + [DICT_MINOR if zdict else 0])
+        f.write(preamble(header, minor=minor))
         f.write(header)
         for sec, (_, chunks, _) in zip(placed, sections):
             f.write(bytes(sec.offset - f.tell()))

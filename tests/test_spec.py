@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import math
@@ -274,10 +275,27 @@ def test_schema_agrees_with_constants():
             assert tuple(sub["then"]["properties"]["parts"]["required"]) == constants.parts_of(constants.ENC_FLOAT_PLANES, dt)
 
 
-def raw_inflate(stored: bytes, limit: int) -> bytes:
-    """Spec 1 (DEFLATE): inflate a raw DEFLATE stream under ``limit``; it must be complete, end
-    exactly at the end of ``stored`` and inflate to at most ``limit`` bytes."""
-    d = zlib.decompressobj(-15)
+def spec_dictionary() -> bytes:
+    """Appendix A (1.4): the preset dictionary, read from the spec's hex (not from dcformat)."""
+    text = SPEC.read_text(encoding="utf-8").split("## Appendix A. The preset dictionary", 1)[1]
+    block = text.split("```", 2)[1]
+    return bytes.fromhex("".join(block.split()))
+
+
+def test_preset_dictionary_matches_code():
+    d = spec_dictionary()
+    assert d == constants.DEFLATE_DICT
+    assert hashlib.sha256(d).hexdigest() == constants.DEFLATE_DICT_SHA256
+    spec = SPEC.read_text(encoding="utf-8")
+    assert constants.DEFLATE_DICT_SHA256 in spec and f"{len(d):,} bytes" in spec
+    assert len(d) <= 32768  # inside DEFLATE's window
+
+
+def raw_inflate(stored: bytes, limit: int, zdict: bytes | None = None) -> bytes:
+    """Spec 1 (DEFLATE): inflate a raw DEFLATE stream under ``limit`` (against ``zdict``, the preset
+    dictionary of a 1.4 file); it must be complete, end exactly at the end of ``stored`` and inflate to
+    at most ``limit`` bytes."""
+    d = zlib.decompressobj(-15, **({"zdict": zdict} if zdict else {}))
     out = d.decompress(stored, limit + 1)
     assert len(out) <= limit, "inflates to more than the limit"
     assert d.eof, "the DEFLATE stream is incomplete"
@@ -285,16 +303,22 @@ def raw_inflate(stored: bytes, limit: int) -> bytes:
     return out
 
 
-def spec_deflate(data: bytes) -> bytes:
-    """Spec 1 (DEFLATE): what the reference writer stores: zlib, level 9, window bits -15, memLevel 9."""
-    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+def spec_deflate(data: bytes, zdict: bytes | None = None) -> bytes:
+    """Spec 1 (DEFLATE): what the reference writer stores: zlib, level 9, window bits -15, memLevel 9
+    (and the preset dictionary in a 1.4 file)."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, **({"zdict": zdict} if zdict else {}))
     return c.compress(data) + c.flush()
+
+
+def file_dictionary(data: bytes) -> bytes | None:
+    """Spec 1, 2.2: the preset dictionary of a file of minor version 4 or later, else None."""
+    return spec_dictionary() if struct.unpack_from("<H", data, 10)[0] >= 4 else None
 
 
 def read_header_text(path) -> bytes:
     data = Path(path).read_bytes()
     header_len = struct.unpack_from("<I", data, 12)[0]
-    return raw_inflate(data[24 : 24 + header_len], constants.MAX_HEADER_BYTES)
+    return raw_inflate(data[24 : 24 + header_len], constants.MAX_HEADER_BYTES, file_dictionary(data))
 
 
 def read_header(path) -> dict:
@@ -427,10 +451,12 @@ def sample_files(tmp_path):
     lz["basis.auto"] = basis
     files.append(("lzma.dcz", t, None, None, lz))
 
+    # 1.4: the same codebook, graph and lzma files deflated against the preset dictionary
+    files += [(f"dict.{n}", t, g, m, e) for n, t, g, m, e in files if n in ("codebook.dcz", "graph.dcz", "lzma.dcz")]
     out = []
     for name, tensors, graph, meta, exp in files:
         path = tmp_path / name
-        dcformat.write(path, tensors, graph=graph, metadata=meta)
+        dcformat.write(path, tensors, graph=graph, metadata=meta, dictionary=name.startswith("dict."))
         out.append((path, exp))
     return out
 
@@ -841,12 +867,13 @@ def spec_read(path) -> dict[str, object]:
     assert data[:8] == constants.MAGIC
     major, minor, header_len, header_crc, preamble_crc = struct.unpack_from("<HHIII", data, 8)
     assert zlib.crc32(data[:20]) == preamble_crc
-    assert major == 1 and minor in (0, 1, 2, 3)  # 2.2: the lowest minor that defines what the file uses (checked below)
+    assert major == 1 and minor in (0, 1, 2, 3, 4)  # 2.2: the lowest minor that defines what the file uses (checked below)
     assert header_len <= constants.MAX_HEADER_BYTES and 24 + header_len <= len(data)
     stored = data[24 : 24 + header_len]
     assert zlib.crc32(stored) == header_crc  # the CRC is of the stored (deflated) bytes
     bound = constants.MAX_EXPANSION * len(data) + constants.EXPANSION_SLACK  # 10: the expansion bound B
-    header_bytes = raw_inflate(stored, header_limit(len(data)))
+    zdict = file_dictionary(data)  # 1.4: header, metadata and graph against the preset dictionary
+    header_bytes = raw_inflate(stored, header_limit(len(data)), zdict)
     assert header_bytes.isascii()
     header = json.loads(header_bytes)
     # compact (no whitespace outside strings), no duplicate keys, no NaN: the text is its own compact form
@@ -868,7 +895,7 @@ def spec_read(path) -> dict[str, object]:
             # stored deflated; inflated under MAX_EXPANSION x length + EXPANSION_SLACK and B / parse factor
             factor = constants.JSON_PARSE_FACTOR if s["kind"] == "metadata" else constants.GRAPH_PARSE_FACTOR
             out[s["kind"]] = raw_inflate(body, min(constants.MAX_EXPANSION * s["length"] + constants.EXPANSION_SLACK,
-                                                   bound // factor))
+                                                   bound // factor), zdict)
         else:
             assert s["kind"] == "padding" and "tensor" not in s and not any(body)  # 5.4
         end = off + s["length"]
@@ -879,7 +906,8 @@ def spec_read(path) -> dict[str, object]:
     tensors = [s["tensor"] for s in header["sections"] if s["kind"] == "tensor"]
     used = {t["encoding"] for t in tensors}
     scaled = any("scale_axis" in t for t in tensors)
-    assert minor == (3 if "lzma" in used else 2 if scaled else 1 if "float-planes" in used else 0)
+    needs = 3 if "lzma" in used else 2 if scaled else 1 if "float-planes" in used else 0
+    assert minor == (4 if zdict else needs)  # 4 only when deflated against the dictionary
     return out
 
 
@@ -914,7 +942,8 @@ def test_spec_decoder_reads_golden_vectors():
         data = p.read_bytes()
         header_len = struct.unpack_from("<I", data, 12)[0]
         text = read_header_text(p)
-        assert data[24 : 24 + header_len] == spec_deflate(text), p.name
+        zdict = file_dictionary(data)
+        assert data[24 : 24 + header_len] == spec_deflate(text, zdict), p.name
         with dcformat.open(p) as r:
             assert [k for k in got if k not in ("metadata", "graph")] == list(r), p.name
             for name in r:
@@ -928,7 +957,8 @@ def test_spec_decoder_reads_golden_vectors():
             off = -(-end // 8) * 8
             if s["kind"] in ("metadata", "graph"):
                 body = data[off : off + s["length"]]
-                assert body == spec_deflate(raw_inflate(body, constants.MAX_EXPANSION * len(body) + constants.EXPANSION_SLACK))
+                assert body == spec_deflate(raw_inflate(body, constants.MAX_EXPANSION * len(body) + constants.EXPANSION_SLACK,
+                                                        zdict), zdict)
             end = off + s["length"]
 
 

@@ -42,7 +42,7 @@ for p in (ROOT, os.path.join(ROOT, "tools")):
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 BITS = (2, 3, 4, 5, 6, 7, 8)
-STRENGTHS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0)
 QPS = tuple(range(-50, -3, 2))
 MODELS = ("lenet300", "lenet5")
 NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}
@@ -303,10 +303,10 @@ def fewest_bytes(points: list[dict], acc: float, size=lambda p: p["bytes"]):
     return min(ok, key=lambda p: (size(p), -p["accuracy"])) if ok else None
 
 
-def comparison(dense: float, dcz: list[dict], nnc: list[dict]) -> list[dict]:
-    """At each accuracy level >= dense - 1 that either coder reaches: the fewest bytes of each reaching it
-    (the whole .dcz file, and the .dcz without graph and metadata)."""
-    levels = sorted({round(p["accuracy"], 2) for p in dcz + nnc if p["accuracy"] >= dense - 1.0 - 1e-9})
+def comparison(dense: float, dcz: list[dict], nnc: list[dict], levels_of: list[dict] | None = None) -> list[dict]:
+    """At each accuracy level >= dense - 1 that either coder reaches (or the points ``levels_of``): the fewest bytes
+    of each reaching it (the whole .dcz file, and the .dcz without graph and metadata)."""
+    levels = sorted({round(p["accuracy"], 2) for p in (levels_of or dcz + nnc) if p["accuracy"] >= dense - 1.0 - 1e-9})
     rows = []
     for a in levels:
         d, n, w = fewest_bytes(dcz, a), fewest_bytes(nnc, a), fewest_bytes(dcz, a, weights_bytes)
@@ -390,20 +390,20 @@ def render(res: dict) -> str:
         out += [f"## {m['name']} ({m['params']:,} parameters; dense {m['dense_ort']:.2f}%, pruned {m['pruned_ort']:.2f}%)",
                 "",
                 "At each accuracy level >= dense - 1 pt reached by either: the fewest bytes that reach it "
-                "(.dcz: any bits x S, exact biases unless *shared biases*, at --bias-bits; NNCodec: any qp, DQ or not). "
-                "Ratios below 1: .dcz smaller.", "",
+                "(.dcz: any bits x S, biases exact or shared at --bias-bits (*bias* in the setting); NNCodec: any qp, DQ "
+                "or not, biases quantized). Ratios below 1: .dcz smaller.", "",
                 "| accuracy >= | .dcz file | .dcz setting | NNCodec | NNCodec setting | .dcz / NNCodec | "
-                ".dcz without graph+metadata | setting | ratio | .dcz +shared biases | ratio |",
+                ".dcz without graph+metadata | setting | ratio | .dcz, exact biases | ratio |",
                 "|---:|---:|---|---:|---|---:|---:|---|---:|---:|---:|"]
         f = lambda v: "—" if v is None else f"{v:,}"  # noqa: E731
         g = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-        for r, rb in zip(m["table"], m["table_bias"]):
+        for r, rb in zip(m["table"], m["table_exact"]):
             out.append(f"| {r['accuracy']:.2f}% | {f(r['dcz'])} | {r['dcz_point'] or '—'} | {f(r['nnc'])} | "
                        f"{r['nnc_point'] or '—'} | {g(r['ratio'])} | {f(r['dcz_weights'])} | "
                        f"{r['dcz_weights_point'] or '—'} | {g(r['ratio_weights'])} | {f(rb['dcz'])} | {g(rb['ratio'])} |")
         out += ["", f"Over these levels, .dcz / NNCodec bytes: whole file {summary(m['table'], 'ratio')}; without graph "
-                    f"and metadata {summary(m['table'], 'ratio_weights')}; whole file with shared biases "
-                    f"{summary(m['table_bias'], 'ratio')}."]
+                    f"and metadata {summary(m['table'], 'ratio_weights')}; whole file with exact biases only "
+                    f"{summary(m['table_exact'], 'ratio')}."]
         out += ["", "ECVQ against plain k-means (S = 0) at the same bits (exact biases): bytes and accuracy.", "",
                 "| bits | S=0 bytes | S=0 acc | " + " | ".join(f"S={s:g}" for s in res["strengths"][1:]) + " |",
                 "|---:|---:|---:|" + "---:|" * (len(res["strengths"]) - 1)]
@@ -438,7 +438,17 @@ def main(argv=None) -> int:
     ap.add_argument("--strengths", default=",".join(f"{s:g}" for s in STRENGTHS))
     ap.add_argument("--qps", default=",".join(map(str, QPS)))
     ap.add_argument("--bias-bits", type=int, default=5, help="bits of the shared-bias variant (0: none)")
+    ap.add_argument("--render-only", action="store_true", help="redo the tables, README and plot from --out's ecvq.json")
     args = ap.parse_args(argv)
+    if args.render_only:
+        res = json.load(open(os.path.join(args.out, "ecvq.json")))
+        for m in res["models"]:
+            exact = [p for p in m["dcz"] if not p.get("bias_bits")]
+            m["table"] = comparison(m["dense_ort"], m["dcz"], m["nnc"])
+            m["table_exact"] = comparison(m["dense_ort"], exact, m["nnc"], m["dcz"] + m["nnc"])
+        plot(res, os.path.join(args.out, "ecvq.png"))
+        open(os.path.join(args.out, "README.md"), "w").write(render(res))
+        return 0
     from converters.data import load_idx_dir
 
     t0 = time.perf_counter()
@@ -472,11 +482,11 @@ def main(argv=None) -> int:
         log(f"{kind}: NNCodec")
         m["nnc"] = nnc_points(m, args.work, args.nncodec_python, qps, ds) if nv is not None else []
         exact = [p for p in pts if not p.get("bias_bits")]
-        m["table"] = comparison(m["dense_ort"], exact, m["nnc"])
-        m["table_bias"] = comparison(m["dense_ort"], pts, m["nnc"])
-        # breakdown at the point where the coders are closest to dense - 0.5
+        m["table"] = comparison(m["dense_ort"], pts, m["nnc"])  # any .dcz setting: exact or shared biases
+        m["table_exact"] = comparison(m["dense_ort"], exact, m["nnc"], pts + m["nnc"])  # the same levels
+        # breakdown where the coders are closest to dense - 0.5
         target = m["dense_ort"] - 0.5
-        d, n = fewest_bytes(exact, target), fewest_bytes(m["nnc"], target)
+        d, n = fewest_bytes(pts, target), fewest_bytes(m["nnc"], target)
         if d and n:
             per = nnc_per_tensor(m, args.work, args.nncodec_python, n["qp"], n["dq"])
             lay = {r["name"]: r["bytes"] for r in d["layers"]}

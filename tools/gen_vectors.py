@@ -589,6 +589,27 @@ def _lzma():
     ]}
 
 
+@vector("dictionary", "the preset dictionary (1.4, FORMAT.md 1 and Appendix A): a small model in the form "
+        "dcconvert writes -- a graph (Gemm, Relu) whose initializers refer to records, dcconvert-style metadata, "
+        "codebook-sparse and codebook-dense weights, raw biases -- with its header, metadata and graph deflated "
+        "against DEFLATE_DICT")
+def _dictionary():
+    w1 = quantized(280, (16, 12), 6, 0.3)
+    w2 = quantized(281, (12, 4), 4, 0.9)
+    b1, b2 = weights(282, 12, F32), weights(283, 4, F32)
+    model = _tiny_onnx([("fc1.weight", w1), ("fc1.bias", b1)])
+    meta = {"producer": "dcconvert (dcz 0.1.0)", "settings": {"sparsity": 0.0, "bits": 3, "ecvq": 0.5},
+            "fidelity": {"schema": 1, "measured": True, "metric": "rel_l2", "max_rel_l2": 0.01}}
+    return {"tensors": [enc("fc1.weight", w1, encoding="codebook-sparse"), enc("fc1.bias", b1),
+                        enc("fc2.weight", w2, encoding="codebook-dense"), enc("fc2.bias", b2)],
+            "graph": model, "metadata": meta, "dictionary": True}
+
+
+@vector("dictionary_no_tensors", "the preset dictionary (1.4) on a header that lists no sections: the smallest 1.4 file")
+def _dictionary_no_tensors():
+    return {"tensors": [], "dictionary": True}
+
+
 # ---------------------------------------------------------------- writing
 def _expected_bytes(path: Path, arr: np.ndarray) -> None:
     """np.save of the expected array (bfloat16 as uint16 bit patterns)."""
@@ -633,7 +654,8 @@ def build_vector(out: Path, name: str, covers: str, builder) -> dict:
     spec = builder()
     pairs = spec["tensors"]
     path = out / f"{name}.dcz"
-    dcformat.write(path, [t for t, _ in pairs], graph=spec.get("graph"), metadata=spec.get("metadata"))
+    dcformat.write(path, [t for t, _ in pairs], graph=spec.get("graph"), metadata=spec.get("metadata"),
+                   dictionary=spec.get("dictionary", False))
     entries = []
     with dcformat.open(path) as r:  # self-check: the vector decodes to what it should
         r.verify()
@@ -662,6 +684,7 @@ def build_vector(out: Path, name: str, covers: str, builder) -> dict:
         "metadata": spec.get("metadata"),
         "graph": has_graph,
         "format_version": version,
+        **({"dictionary": True} if spec.get("dictionary") else {}),
         "tensors": entries,
     }
 
@@ -678,7 +701,8 @@ def generate(out) -> dict:
         "Compare bit patterns. Tensors marked codebook_nans decode NaNs through a codebook of the same dtype: "
         "the reference reader copies their bits, but FORMAT.md 7.2 leaves which NaN a conversion gives "
         "implementation-defined, so another reader may compare those elements as NaNs of the same sign. "
-        "Each vector's format_version is the version in its preamble: 1.3 if it uses lzma, else 1.2 if it has "
+        "Each vector's format_version is the version in its preamble: 1.4 if its header, metadata and graph are "
+        "deflated against the preset dictionary (dictionary: true), else 1.3 if it uses lzma, else 1.2 if it has "
         "per-channel scales, else 1.1 if it uses float-planes, else 1.0.",
         "format_version": list(dcformat.FORMAT_VERSION),
         "vectors": vectors,

@@ -106,7 +106,9 @@ def write_dcz(model: nn.Module, quantized: Mapping[str, Quantized], out, input_s
               opset: int = OPSET) -> dict:
     """Export, encode and write ``out``; returns {"bytes", "rows", "notes", "onnx_bytes"}."""
     graph, tensors, notes, onnx_bytes = encode_model(model, quantized, input_shape, opset)
-    size = dcformat.write(out, tensors, graph=graph, metadata=metadata)
+    from ..compress import compact_graph
+
+    size = dcformat.write(out, tensors, graph=compact_graph(graph), metadata=metadata, dictionary=True)
     return {"bytes": size, "rows": tensor_rows(tensors), "notes": notes, "onnx_bytes": onnx_bytes}
 
 

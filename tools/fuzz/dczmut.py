@@ -70,13 +70,22 @@ def _alignment() -> int:
         return ALIGNMENT
 
 
-def _deflate(data: bytes) -> bytes:
-    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)  # as dcformat.container.deflate
+def _zdict(minor: int) -> bytes | None:
+    """The preset dictionary of a file of this minor version (1.4 and later), as the library has it."""
+    try:
+        from dcformat.constants import DEFLATE_DICT, DICT_MINOR
+    except ImportError:
+        return None
+    return DEFLATE_DICT if minor >= DICT_MINOR else None
+
+
+def _deflate(data: bytes, zdict: bytes | None = None) -> bytes:
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, **({"zdict": zdict} if zdict else {}))  # as dcformat.container.deflate
     return c.compress(data) + c.flush()
 
 
-def _inflate(data: bytes) -> bytes | None:
-    d = zlib.decompressobj(-15)
+def _inflate(data: bytes, zdict: bytes | None = None) -> bytes | None:
+    d = zlib.decompressobj(-15, **({"zdict": zdict} if zdict else {}))
     try:
         out = d.decompress(data, 64 << 20)
     except zlib.error:
@@ -96,7 +105,8 @@ def parse(data: bytes) -> File | None:
         return None
     stored = bytes(data[PREAMBLE.size : PREAMBLE.size + hlen])
     deflated = not stored.startswith(b"{")
-    text = _inflate(stored) if deflated else stored
+    zd = _zdict(minor)
+    text = _inflate(stored, zd) if deflated else stored
     if text is None:
         return None
     try:
@@ -114,7 +124,7 @@ def parse(data: bytes) -> File | None:
             p = bytes(data[off : off + length])
             end = off + length
             if deflated and _deflated_kind(e):
-                p = _inflate(p) if _inflate(p) is not None else p
+                p = _inflate(p, zd) if _inflate(p, zd) is not None else p
             payloads.append(p)
         else:
             payloads.append(b"")
@@ -129,7 +139,8 @@ def build(f: File, *, fix_offsets=True, fix_lengths=True, fix_crcs=True) -> byte
     """Lay the file out again: offsets, lengths and CRCs recomputed unless told otherwise."""
     align = _alignment()
     entries0 = f.header.get("sections") if isinstance(f.header.get("sections"), list) else []
-    stored = [_deflate(p) if f.deflated and _deflated_kind(e) else p for e, p in zip(entries0, f.payloads)]
+    zd = _zdict(f.minor & 0xFFFF)
+    stored = [_deflate(p, zd) if f.deflated and _deflated_kind(e) else p for e, p in zip(entries0, f.payloads)]
     hlen = 0
     for _ in range(32):
         h = copy.deepcopy(f.header)
@@ -152,7 +163,7 @@ def build(f: File, *, fix_offsets=True, fix_lengths=True, fix_crcs=True) -> byte
         except (ValueError, RecursionError):
             hb = b"{}"
         if f.deflated:
-            hb = _deflate(hb)
+            hb = _deflate(hb, zd)
         if len(hb) == hlen:  # offsets depend on the header's length: iterate to the fixed point
             break
         hlen = len(hb)

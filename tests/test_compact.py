@@ -1,0 +1,102 @@
+"""Fewer fixed bytes (issue 16): dcconvert's compacted graph, float16 codebooks, 1.4's preset dictionary."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import dcformat
+from converters import cli
+from converters import compress as cmp
+from converters import settings as st
+from converters.compress import codebook_dtype, compact_graph
+from tests.models import cnn_model
+
+
+def _weights(seed=0):
+    rng = np.random.default_rng(seed)
+    w = {"conv1.weight": rng.standard_normal((4, 3, 3, 3)), "conv1.bias": rng.standard_normal(4),
+         "conv2.weight": rng.standard_normal((6, 4, 3, 3)), "conv2.bias": rng.standard_normal(6),
+         "fc.weight": rng.standard_normal((10, 6 * 8 * 8)) * 0.05, "fc.bias": rng.standard_normal(10)}
+    return {k: (v * 0.3).astype(np.float32) for k, v in w.items()}
+
+
+def _run(model, x):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0]
+
+
+def test_compact_graph_computes_the_same_in_fewer_bytes():
+    m = cnn_model(_weights())
+    for i, n in enumerate(m.graph.node):
+        n.name, n.doc_string = f"/layers/{n.op_type}_{i}", "traced from model.py:12"
+    c = compact_graph(m)
+    onnx.checker.check_model(c)
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_array_equal(_run(m, x), _run(c, x))
+    assert [v.name for v in c.graph.input] == ["x"] and [v.name for v in c.graph.output] == ["logits"]
+    assert [t.name for t in c.graph.initializer] == [t.name for t in m.graph.initializer]
+    assert all(not n.name and not n.doc_string for n in c.graph.node)
+    assert c.ByteSize() < m.ByteSize()
+    assert m.graph.node[0].output[0] == "c1"  # the model given is not changed
+
+
+def test_compact_graph_keeps_names_that_collide_and_leaves_subgraphs_alone():
+    from tests.models import constants_and_if_model
+
+    w = np.ones((4, 3), np.float32)
+    m = constants_and_if_model(w, np.ones((3, 2), np.float32), np.zeros((3, 2), np.float32))
+    assert compact_graph(m) is m  # an If body may name outer values
+    assert compact_graph(None) is None
+    g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["t0"], ["a"]), onnx.helper.make_node("Relu", ["a"], ["y"])],
+                               "g", [onnx.helper.make_tensor_value_info("t0", onnx.TensorProto.FLOAT, [2])],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    c = compact_graph(onnx.helper.make_model(g))
+    assert [list(n.input) + list(n.output) for n in c.graph.node] == [["t0", "t1"], ["t1", "y"]]
+
+
+@pytest.mark.parametrize("cb, dtype, want", [
+    ([0.0, 0.5, -0.125, 3.0], "float32", "float16"),
+    ([0.0, 1e-6, 0.5], "float32", "float32"),  # below float16's normal range
+    ([0.0, 7e4], "float32", "float32"),  # above its largest value
+    ([0.5, 0.25], "float64", "float32"),
+    ([0.5, 0.25], "bfloat16", "float32"),
+    ([0.5, 0.25], "float16", "float16"),
+])
+def test_codebook_dtype(cb, dtype, want):
+    assert codebook_dtype(np.array(cb), dtype) == want
+
+
+def test_float16_codebooks_decode_to_the_reconstruction(tmp_path):
+    """The centroids are rounded to float16 before the reconstruction the fidelity check runs: the file decodes
+    to exactly that, with half the codebook bytes."""
+    w = np.random.default_rng(3).laplace(0, 0.05, (64, 80)).astype(np.float32)
+    w[np.abs(w) < 0.05] = 0
+    s = cmp.Settings(sparsity=st.LayerSetting.parse("--sparsity", "0", st.fraction),
+                     bits=st.LayerSetting.parse("--bits", "5", st.bits), min_size=0)
+    enc, row, recon = cmp.compress_tensor("fc.weight", w, "fc", 0, s, keep_recon=True)
+    assert enc.info.codebook_dtype == "float16" and enc.info.codebook_size <= 33  # 32 centroids and zero
+    dcformat.write(tmp_path / "w.dcz", [enc])
+    with dcformat.open(tmp_path / "w.dcz") as r:
+        assert np.array_equal(r["fc.weight"], recon)
+    assert np.abs(recon - w).max() < 0.05
+
+
+def test_dcconvert_writes_a_compact_1_4_file(tmp_path):
+    m = cnn_model(_weights())
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    out = tmp_path / "m.dcz"
+    s = cmp.Settings(sparsity=st.LayerSetting.parse("--sparsity", "0.5", st.fraction),
+                     bits=st.LayerSetting.parse("--bits", "4", st.bits), compensate=False)
+    cli.convert(src, out, s, manual=True)
+    with dcformat.open(out) as r:
+        assert r.version == (1, 4)
+        g = onnx.ModelProto()
+        g.ParseFromString(r.graph_bytes)
+        assert all(not n.name for n in g.graph.node) and "producer" in r.metadata
+    x = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    got = dcformat.InferenceSession(str(out)).run(None, {"x": x})[0]
+    assert got.shape == (2, 10) and np.isfinite(got).all()
