@@ -5,8 +5,9 @@
    per tensor, a bounded set of (sparsity, bits)) is built exactly as compress_tensor will build it,
    its layer output error ``||X (W - Q)^T|| / ||X W^T||`` comes from H (no model run) and its bytes
    from the encoder's own estimate (dcformat.estimate_codebook_bytes: the Huffman-coded indices, not
-   ``bits`` per weight). One whole-model run per layer measures how much that layer's output error
-   grows by the model's output (its *gain*); a setting's predicted model error is gain x local error.
+   ``bits`` per weight). Two whole-model runs per layer (8 and 5 bits) measure how that layer's output
+   error shows in the model's output (its *gain* curve: a power law through the two points); a
+   setting's predicted model error is the curve at its local error.
    Other candidate weights (no H: tables, shared weights) are pruned (magnitude) or weight-shared
    (k-means) alone at a few settings while the others stay exact, and the model's output error
    (dcformat.fidelity's relative L2 error, worst output) is measured on the calibration set.
@@ -282,7 +283,23 @@ def choose(options: dict, target: float) -> dict:
 LOCAL_SETTINGS = ((0.0, 8), (0.0, 7), (0.0, 6), (0.0, 5), (0.0, 4), (0.0, 3),
                   (0.25, 6), (0.25, 5), (0.25, 4), (0.5, 5), (0.5, 4), (0.5, 3))  # (sparsity, bits), finest first
 LOCAL_TENSOR_BITS = (8, 6, 5, 4)  # one codebook per tensor, beside per channel: a bounded few
-GAIN_SETTING = (0.0, 6)  # the setting whose whole-model error measures a layer's gain
+GAIN_SETTINGS = ((0.0, 8), (0.0, 5))  # the settings whose whole-model errors measure a layer's gain
+
+
+def _gain_curve(points):
+    """Model error as a function of a layer's local error, from measured (local, model) pairs: one
+    pair, proportional; two or more, a power law through the extreme two (exponent kept in [1, 3]:
+    never below proportional, never wilder than cubic)."""
+    if not points:
+        return lambda loc: loc
+    points = sorted(points)
+    (l1, m1), (l2, m2) = points[0], points[-1]
+    if len(points) == 1 or l2 <= l1 * 1.05:
+        g = max(m1 / l1, m2 / l2)
+        return lambda loc: g * loc
+    p = min(max(math.log(m2 / m1) / math.log(l2 / l1), 1.0), 3.0)
+    return lambda loc: m1 * (loc / l1) ** p if loc <= l1 else m2 * (loc / l2) ** p if loc >= l2 else \
+        m1 * (loc / l1) ** (math.log(m2 / m1) / math.log(l2 / l1))
 TIGHTEN = 0.8  # a re-plan aims at this share of what the last measurement allowed
 MAX_REPLANS = 6
 LOOSEN_BELOW = 0.6  # a verified error below this share of the limit re-plans at a looser target
@@ -311,7 +328,8 @@ def _built(w, sparsity, bits, init, seed, layer, strength, scale_axis):
         from . import perchannel
 
         cb, idx, sc = perchannel.share(w, scale_axis, sparsity, bits, layer=layer, init=init, seed=seed)
-        est = dcformat.estimate_codebook_bytes(cb, idx, w.shape, _dtype(w), scales=sc, scale_axis=scale_axis)
+        est = dcformat.estimate_codebook_bytes(cb, idx, w.shape, _dtype(w), scales=sc, scale_axis=scale_axis,
+                                               **perchannel.storage(cb, sc))
         return perchannel.decode(cb, idx, sc, scale_axis, w.dtype), float(est.nbytes)
     from .oneshot import share
 
@@ -525,18 +543,24 @@ def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_s
     if not settings:
         settings = [(fs or 0.0, fb)]
     e = {"sparsity": {}, "bits": {}, "channel_bits": {}, "local": {}, "gain": None}
-    # the gain: one whole-model run with the layer at GAIN_SETTING (its finest setting when fixed)
+    # the gain: whole-model runs with the layer at the GAIN_SETTINGS (its finest setting when fixed); between
+    # and beyond them the model error follows a power law of the local error (a deep network's output moves
+    # more than in proportion to a layer's error once that is large)
     gk = kinds[0]
-    gs = GAIN_SETTING if GAIN_SETTING in settings else settings[0]
-    q, nbytes = _built(w, gs[0], gs[1], init, seed, lay, lam, gk)
-    loc = local_error(w, q, lay)
-    model = _error(base_scan, runner.run(scan_set, decl, weights, {name: q}))
-    res.trials += 1
-    gain = model / loc if loc > 0 else 1.0
-    gain = max(gain, 1e-3)
-    e["gain"] = gain
+    points = [g for g in GAIN_SETTINGS if g in settings] or [settings[0]]
+    built = {}
+    measured = []
+    for gs in points:
+        q, nbytes = _built(w, gs[0], gs[1], init, seed, lay, lam, gk)
+        loc = local_error(w, q, lay)
+        model = _error(base_scan, runner.run(scan_set, decl, weights, {name: q}))
+        res.trials += 1
+        built[(gs[0], gs[1], gk)] = (q, nbytes, loc)
+        if loc > 0 and model > 0:
+            measured.append((loc, model))
+    predict = _gain_curve(measured)
+    e["gain"] = [[lo, mo] for lo, mo in measured]
     opts = [{"sparsity": None, "bits": None, "scale_axis": None, "err2": 0.0, "bytes": float(w.nbytes)}]
-    built = {(gs[0], gs[1], gk): (q, nbytes, loc)}
     for kind in kinds:
         stopped = set()  # sparsities whose coarser settings are over the budget
         for s, b in settings:
@@ -550,7 +574,7 @@ def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_s
             else:
                 q, nbytes = _built(w, s, b, init, seed, lay, lam, kind)
                 loc = local_error(w, q, lay)
-            pred = gain * loc
+            pred = predict(loc)
             tag = "channel" if kind is not None else "tensor"
             e["local"][f"{tag} {s:g} {b}"] = [loc, pred, nbytes]
             if s == 0:
