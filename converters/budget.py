@@ -429,60 +429,60 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
     for name in cands:
         rebuild(name)
     err = measure(calib, base)
-    best = (dict(plan), err) if err <= limit else None
-    good, bad = (target, None) if err <= limit else (None, target)  # targets whose plans were within / over
-    for _ in range(MAX_REPLANS):  # the additive prediction is approximate: search the target the measurement
-        # allows (tighter when over the limit, looser when well below it); the smallest plan within it is kept
-        if err <= limit and (err >= LOOSEN_BELOW * limit or target >= budget):
-            break
-        if good is not None and bad is not None:
-            target = math.sqrt(good * bad)
-            if bad / good < 1.15:
+
+    def target_search(which, target, err, measure_set, limit, ceiling):
+        """Re-plan at the target the measurements allow: tighter when over ``limit``, looser (up to
+        ``ceiling``) when well below it, bisecting between the loosest target within it and the
+        tightest over it; the smallest plan within the limit is kept. Returns (plan, error, target)."""
+        nonlocal plan
+        best = (dict(plan), err) if err <= limit else None
+        good, bad = (target, None) if err <= limit else (None, target)
+        for _ in range(MAX_REPLANS):
+            if err <= limit and (err >= LOOSEN_BELOW * limit or target >= ceiling):
                 break
-        elif bad is not None:
-            target = bad * TIGHTEN * limit / err
-        else:
-            target = min(good * min(MAX_LOOSEN, TIGHTEN * limit / max(err, 1e-12)), budget)
-        res.replans.append({"set": "calibration", "error_before": err, "target": target})
-        if echo:
-            echo(f"budget: measured {err:.3g} (limit {limit:.3g}) on the calibration samples; re-planning at "
-                 f"{target:.3g}")
-        new = choose(options, target)
-        if new == plan:
-            break
-        plan = new
-        for name in cands:
-            rebuild(name)
-        err = measure(calib, base)
-        if err <= limit:
-            good = target
-            if best is None or _plan_bytes(plan) < _plan_bytes(best[0]):
-                best = (dict(plan), err)
-        else:
-            bad = target
-    if good is not None:
-        target = good
-    if best is not None and best[0] != plan:
-        plan, err = dict(best[0]), best[1]
-        for name in cands:
-            rebuild(name)
+            if good is not None and bad is not None:
+                if bad / good < 1.15:
+                    break
+                target = math.sqrt(good * bad)
+            elif bad is not None:
+                target = bad * TIGHTEN * limit / err
+            else:
+                target = min(good * min(MAX_LOOSEN, TIGHTEN * limit / max(err, 1e-12)), ceiling)
+            res.replans.append({"set": which, "error_before": err, "target": target})
+            if echo:
+                echo(f"budget: measured {err:.3g} (limit {limit:.3g}) on the {which} samples; re-planning at "
+                     f"{target:.3g}")
+            new = choose(options, target)
+            if new == plan:  # the same plan: what it measured holds for this target too
+                if err <= limit:
+                    good = target
+                else:
+                    bad = target
+                continue
+            plan = new
+            for name in cands:
+                rebuild(name)
+            err = measure_set()
+            if err <= limit:
+                good = target
+                if best is None or _plan_bytes(plan) < _plan_bytes(best[0]):
+                    best = (dict(plan), err)
+            else:
+                bad = target
+        if best is not None and best[0] != plan:
+            plan, err = dict(best[0]), best[1]
+            for name in cands:
+                rebuild(name)
+        return err, (good if good is not None else target)
+
+    err, target = target_search("calibration", target, err, lambda: measure(calib, base), limit, budget)
     err = _back_off(res, plan, options, rebuild, recon, lambda: measure(calib, base), limit, echo)
     res.verified = err
     if held is not None and inp.num_samples(held, decl):
         base_held = runner.run(held, decl, weights)
         hlimit = HELD_SHARE * budget
         herr = measure(held, base_held)
-        for _ in range(MAX_REPLANS):
-            if herr <= hlimit or not recon:
-                break
-            target *= TIGHTEN * hlimit / herr
-            res.replans.append({"set": "held-out", "error_before": herr, "target": target})
-            if echo:
-                echo(f"budget: held-out error {herr:.3g} > {hlimit:.3g}; re-planning at {target:.3g}")
-            plan = choose(options, target)
-            for name in cands:
-                rebuild(name)
-            herr = measure(held, base_held)
+        herr, target = target_search("held-out", target, herr, lambda: measure(held, base_held), hlimit, target)
         herr = _back_off(res, plan, options, rebuild, recon, lambda: measure(held, base_held), hlimit, echo)
         res.held_out = herr
         res.held_out_samples = inp.num_samples(held, decl)
