@@ -8,9 +8,10 @@
    ``bits`` per weight). Two whole-model runs per layer (8 and 5 bits) measure how that layer's output
    error shows in the model's output (its *gain* curve: a power law through the two points); a
    setting's predicted model error is the curve at its local error.
-   Other candidate weights (no H: tables, shared weights) are pruned (magnitude) or weight-shared
-   (k-means) alone at a few settings while the others stay exact, and the model's output error
-   (dcformat.fidelity's relative L2 error, worst output) is measured on the calibration set.
+   Other candidate weights (no H: tables, shared weights, layers seen in too few calibration rows)
+   are scanned the same way with the relative weight error ``||W - Q|| / ||W||`` as the local error
+   and magnitude pruning, nearest rounding (what compress_tensor does without H). Model errors are
+   dcformat.fidelity's relative L2 error (worst output) on the first SCAN_SAMPLES calibration samples.
    One ONNX Runtime session serves every trial: the candidate weights are graph inputs, fed
    at each run, so no model is re-serialised per trial.
 2. Plan: the smallest estimated file whose predicted error is within the budget. Errors of
@@ -309,8 +310,14 @@ CACHE_BYTES = 512 << 20  # reconstructions of scanned settings kept for the plan
 
 
 def local_error(w: np.ndarray, q: np.ndarray, layer) -> float:
-    """The layer's relative output error ``||X (W - Q)^T|| / ||X W^T||`` from its H (all groups)."""
+    """The layer's relative output error ``||X (W - Q)^T|| / ||X W^T||`` from its H (all groups);
+    without a layer (no H: a table, a weight used twice) the relative weight error ``||W - Q|| / ||W||``."""
     from . import hessian
+
+    if layer is None:
+        a, d = np.asarray(w, np.float64), np.asarray(w, np.float64) - np.asarray(q, np.float64)
+        den = float(np.vdot(a, a))
+        return math.sqrt(float(np.vdot(d, d)) / den) if den > 0 else 0.0
 
     rows = np.stack(hessian.to_rows(w, layer))
     d = rows - np.stack(hessian.to_rows(q, layer))
@@ -331,9 +338,19 @@ def _built(w, sparsity, bits, init, seed, layer, strength, scale_axis):
         est = dcformat.estimate_codebook_bytes(cb, idx, w.shape, _dtype(w), scales=sc, scale_axis=scale_axis,
                                                **perchannel.storage(cb, sc))
         return perchannel.decode(cb, idx, sc, scale_axis, w.dtype), float(est.nbytes)
-    from .oneshot import share
+    if layer is not None:
+        from .oneshot import share
 
-    cb, idx = share(w, layer, sparsity, bits, init, seed, strength=strength)
+        cb, idx = share(w, layer, sparsity, bits, init, seed, strength=strength)
+    else:  # as compress_tensor: magnitude pruning, then (ECVQ) weight sharing
+        keep = w != 0
+        if sparsity:
+            keep &= magnitude_mask(w, sparsity)
+        pruned = np.where(keep, w, np.zeros((), w.dtype))
+        del keep
+        from .ecvq import ecvq
+
+        cb, idx = ecvq(pruned, bits, strength, init=init, seed=seed)
     est = dcformat.estimate_codebook_bytes(cb, idx, w.shape, _dtype(w))
     return cb.astype(w.dtype)[idx], float(est.nbytes)
 
@@ -392,15 +409,9 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         w = weights[name]
         fs, fb = fixed_sparsity(name), fixed_bits(name)
         ax = channel_axis(w, layers.get(name), (axes or {}).get(name, 0)) if channel_scales != "off" else None
-        lay = scan_layer(name)
-        if lay is not None:
-            res.errors[name], options[name] = _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner,
-                                                          scan_set, decl, weights, base_scan, init, seed,
-                                                          strength(name), res, keep)
-        else:
-            res.errors[name], options[name] = _scan_runs(name, w, ax, channel_scales, fs, fb, budget, runner,
-                                                         scan_set, decl, weights, base_scan, init, seed,
-                                                         strength(name), res)
+        res.errors[name], options[name] = _scan_local(name, w, scan_layer(name), ax, channel_scales, fs, fb, budget,
+                                                      runner, scan_set, decl, weights, base_scan, init, seed,
+                                                      strength(name), res, keep)
         if progress:
             progress(i + 1, len(cands), name)
     # verify on every calibration sample against the same session's exact outputs; tighten, then back off
@@ -529,8 +540,8 @@ def _back_off(res, plan, options, rebuild, recon, measure, limit, echo) -> float
 
 def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_set, decl, weights, base_scan, init,
                 seed, lam, res, keep):
-    """(scan record, options) of a layer with H: local errors of a bounded set of settings, one model
-    run for the gain (module docstring). Settings are tried finest first per sparsity and kind; a
+    """(scan record, options) of a weight: local errors of a bounded set of settings (from its H, or
+    its weight error where it has none), two model runs for the gain curve (module docstring). Settings are tried finest first per sparsity and kind; a
     kind stops at the first setting predicted over the budget."""
     kinds = []
     if ax is not None:
@@ -588,43 +599,6 @@ def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_s
                              "bytes": nbytes})
                 keep((name, float(s), int(b), kind), q)
     return e, opts
-
-
-def _scan_runs(name, w, ax, channel_scales, fs, fb, budget, runner, scan_set, decl, weights, base_scan, init, seed,
-               lam, res):
-    """(scan record, options) of a weight without H: each setting measured by a whole-model run."""
-    e = {"sparsity": {}, "bits": {}}
-    plain = ax is None or channel_scales != "on"  # "on": per-channel wherever a tensor has channels
-    hist = Histogram(w[w != 0]) if np.any(w) and plain else None
-    for b in ([fb] if fb is not None else SCAN_BITS) if plain else ():
-        err = _error(base_scan, runner.run(scan_set, decl, weights,
-                                           {name: reconstruct(w, 0.0, b, init, seed, hist, strength=lam)}))
-        res.trials += 1
-        e["bits"][b] = err
-        if err > budget:
-            break
-    del hist
-    if ax is not None:
-        e["channel_bits"] = {}
-        for b in ([fb] if fb is not None else SCAN_BITS):
-            err = _error(base_scan, runner.run(scan_set, decl, weights, {
-                name: reconstruct(w, 0.0, b, init, seed, scale_axis=ax)}))
-            res.trials += 1
-            e["channel_bits"][b] = err
-            if err > budget:
-                break
-    shareable = any(v <= budget for v in list(e["bits"].values()) + list(e.get("channel_bits", {}).values()))
-    for s in ([fs] if fs is not None else SCAN_SPARSITIES):
-        if not s or not shareable:  # every option shares weights: no bits within budget, nothing to prune
-            continue
-        pruned = np.where(magnitude_mask(w, s) & (w != 0), w, np.zeros((), w.dtype))
-        err = _error(base_scan, runner.run(scan_set, decl, weights, {name: pruned}))
-        res.trials += 1
-        e["sparsity"][s] = err
-        if err > budget:
-            break
-    return e, _options(name, w.size, w.dtype.itemsize, e, budget, fs, fb,
-                       channels=0 if ax is None else w.shape[ax], scale_axis=ax)
 
 
 def _label(c) -> str:
