@@ -154,3 +154,29 @@ def test_held_out_samples_tighten_a_plan_the_calibration_set_cannot_judge(tmp_pa
     r2 = json.loads(stdout)
     assert r2["fidelity"]["search"]["held_out_error"] is not None  # its held-out quarter is fit-like: no tightening
     assert not any(r["set"] == "held-out" for r in r2["fidelity"]["search"]["replans"])
+
+
+def test_float16_codebook_and_scales_are_exact_and_smaller():
+    """perchannel.share rounds its codebook and scales to float16 values (after a power-of-two shift):
+    stored as float16 they decode to exactly what the budget measured, in fewer bytes."""
+    import dcformat
+
+    rng = np.random.default_rng(8)
+    ranges = np.geomspace(1e-4, 1e-2, 64)  # scales far below 1: the shift keeps them normal float16 numbers
+    w = (rng.standard_normal((64, 48)) * ranges[:, None]).astype(np.float32)
+    x = _correlated(rng, 1024, 48)
+    for layer in (None, _gemm_layer(x)):
+        cb, idx, s = perchannel.share(w, 0, 0.0, 6, layer=layer)
+        st = perchannel.storage(cb, s)
+        assert st == {"codebook_dtype": "float16", "scale_dtype": "float16"}
+        ours = perchannel.decode(cb, idx, s, 0, np.float32)
+        assert np.linalg.norm(ours - w) / np.linalg.norm(w) < 0.05  # the shift did not change the products' scale
+        half = dcformat.estimate_codebook_bytes(cb, idx, w.shape, scales=s, scale_axis=0, **st).nbytes
+        full = dcformat.estimate_codebook_bytes(cb, idx, w.shape, scales=s, scale_axis=0).nbytes
+        assert half < full
+        enc = dcformat.encode_codebook("w", cb, idx, w.shape, "float32", scales=s, scale_axis=0, **st)
+        ref = dcformat.codebook_values(cb, idx, w.shape, "float32", scales=s, scale_axis=0, **st)
+        assert np.array_equal(np.asarray(ref, np.float32).view(np.uint32), ours.view(np.uint32))
+        assert enc.nbytes <= full
+    # values that are not float16 numbers keep float32 storage
+    assert perchannel.storage(np.array([0.1, 0.2], np.float32), np.array([1.0, 3.0], np.float32)) == {}
