@@ -53,8 +53,10 @@ def _h(p: float) -> float:
 
 
 def estimate_bytes(n: int, sparsity: float, bits: int) -> float:
-    """Estimated stored bytes of a layer (as converters.pipeline.estimate_bytes): where the non-zeros
-    are (entropy of the zero pattern) plus ``bits`` per non-zero plus the codebook."""
+    """Estimated stored bytes of a layer before it is built (the training pipeline's planner, and
+    converters.perchannel.estimate_bytes): where the non-zeros are (entropy of the zero pattern, which
+    the Huffman-coded gaps approach) plus ``bits`` per non-zero plus the codebook. dcconvert's own
+    search measures each built setting with dcformat.estimate_codebook_bytes instead."""
     p = 1.0 - sparsity
     return n * (_h(p) + p * bits) / 8 + 4 * (2 ** bits)
 
