@@ -1,16 +1,28 @@
 """The error budget: choose each layer's sparsity and bits from measured output errors.
 
-1. Sensitivity scan: every candidate weight alone is pruned (magnitude) or weight-shared
-   (k-means) at a few settings while the others stay exact, and the model's output error
-   (dcformat.fidelity's relative L2 error, worst output) is measured on the calibration set.
+1. Sensitivity scan. A layer whose calibration inputs are known (converters/hessian.Layer, H =
+   X^T X) is scanned *locally*: every candidate setting (per channel where the tensor has channels,
+   per tensor, a bounded set of (sparsity, bits)) is built exactly as compress_tensor will build it,
+   its layer output error ``||X (W - Q)^T|| / ||X W^T||`` comes from H (no model run) and its bytes
+   from the encoder's own estimate (dcformat.estimate_codebook_bytes: the Huffman-coded indices, not
+   ``bits`` per weight). Two whole-model runs per layer (8 and 5 bits) measure how that layer's output
+   error shows in the model's output (its *gain* curve: a power law through the two points); a
+   setting's predicted model error is the curve at its local error.
+   Other candidate weights (no H: tables, shared weights, layers seen in too few calibration rows)
+   are scanned the same way with the relative weight error ``||W - Q|| / ||W||`` as the local error
+   and magnitude pruning, nearest rounding (what compress_tensor does without H). Model errors are
+   dcformat.fidelity's relative L2 error (worst output) on the first SCAN_SAMPLES calibration samples.
    One ONNX Runtime session serves every trial: the candidate weights are graph inputs, fed
    at each run, so no model is re-serialised per trial.
 2. Plan: the smallest estimated file whose predicted error is within the budget. Errors of
    independent perturbations add in power, so the prediction is sqrt(sum of squared per-layer
    errors); a multiple-choice knapsack solved by a Lagrangian search plus a greedy pass (the
    idea of converters.pipeline.choose_plan, on measured output errors instead of accuracy).
-3. Verify: the whole planned model is measured; while it is over the budget the layer that
-   contributes most is backed off to a safer setting (raw at last).
+3. Verify: the whole planned model is measured; while it is over the budget the knapsack is re-run
+   with a tighter target, then the layer that contributes most is backed off to a safer setting (raw
+   at last). With held-out samples (calibration samples the H, the scan and the plan never saw) the
+   final model is measured on them too, and the plan is tightened while their error is over the
+   budget: the file's metadata reports both errors.
 """
 
 from __future__ import annotations
@@ -41,8 +53,10 @@ def _h(p: float) -> float:
 
 
 def estimate_bytes(n: int, sparsity: float, bits: int) -> float:
-    """Estimated stored bytes of a layer (as converters.pipeline.estimate_bytes): where the non-zeros
-    are (entropy of the zero pattern) plus ``bits`` per non-zero plus the codebook."""
+    """Estimated stored bytes of a layer before it is built (the training pipeline's planner, and
+    converters.perchannel.estimate_bytes): where the non-zeros are (entropy of the zero pattern, which
+    the Huffman-coded gaps approach) plus ``bits`` per non-zero plus the codebook. dcconvert's own
+    search measures each built setting with dcformat.estimate_codebook_bytes instead."""
     p = 1.0 - sparsity
     return n * (_h(p) + p * bits) / 8 + 4 * (2 ** bits)
 
@@ -189,15 +203,21 @@ class Search:
     plan: dict = field(default_factory=dict)  # name -> {"sparsity", "bits", "scale_axis"} or None (raw)
     verified: float | None = None
     backoffs: list = field(default_factory=list)
+    replans: list = field(default_factory=list)
+    held_out: float | None = None  # the final model's error on the held-out samples
+    held_out_samples: int = 0
     trials: int = 0
     seconds: float = 0.0
 
     def describe(self) -> dict:
         return {"budget": self.budget, "metric": fidelity.METRIC, "trials": self.trials,
-                "verified_error": self.verified, "backoffs": self.backoffs, "seconds": round(self.seconds, 2),
+                "verified_error": self.verified, "held_out_error": self.held_out,
+                "held_out_samples": self.held_out_samples, "replans": self.replans,
+                "backoffs": self.backoffs, "seconds": round(self.seconds, 2),
                 "scan": {n: {"sparsity": {str(k): v for k, v in e["sparsity"].items()},
                              "bits": {str(k): v for k, v in e["bits"].items()},
-                             "channel_bits": {str(k): v for k, v in e.get("channel_bits", {}).items()}}
+                             "channel_bits": {str(k): v for k, v in e.get("channel_bits", {}).items()},
+                             **({"gain": e["gain"], "local": e["local"]} if "local" in e else {})}
                          for n, e in self.errors.items()}}
 
 
@@ -263,20 +283,101 @@ def choose(options: dict, target: float) -> dict:
     return plan(options, "err2", target * target)
 
 
+LOCAL_SETTINGS = ((0.0, 8), (0.0, 7), (0.0, 6), (0.0, 5), (0.0, 4), (0.0, 3),
+                  (0.25, 6), (0.25, 5), (0.25, 4), (0.5, 5), (0.5, 4), (0.5, 3))  # (sparsity, bits), finest first
+LOCAL_TENSOR_BITS = (8, 6, 5, 4)  # one codebook per tensor, beside per channel: a bounded few
+GAIN_SETTINGS = ((0.0, 8), (0.0, 5))  # the settings whose whole-model errors measure a layer's gain
+
+
+def _gain_curve(points):
+    """Model error as a function of a layer's local error, from measured (local, model) pairs: one
+    pair, proportional; two or more, a power law through the extreme two (exponent kept in [1, 3]:
+    never below proportional, never wilder than cubic)."""
+    if not points:
+        return lambda loc: loc
+    points = sorted(points)
+    (l1, m1), (l2, m2) = points[0], points[-1]
+    if len(points) == 1 or l2 <= l1 * 1.05:
+        g = max(m1 / l1, m2 / l2)
+        return lambda loc: g * loc
+    p = min(max(math.log(m2 / m1) / math.log(l2 / l1), 1.0), 3.0)
+    return lambda loc: m1 * (loc / l1) ** p if loc <= l1 else m2 * (loc / l2) ** p if loc >= l2 else \
+        m1 * (loc / l1) ** (math.log(m2 / m1) / math.log(l2 / l1))
+TIGHTEN = 0.8  # a re-plan aims at this share of what the last measurement allowed
+MAX_REPLANS = 6
+LOOSEN_BELOW = 0.6  # a verified error below this share of the limit re-plans at a looser target
+MAX_LOOSEN = 4.0  # by at most this factor at a time
+HELD_SHARE = 0.8  # the held-out error must be within this share of the budget (the held-out set is small too)
+CACHE_BYTES = 512 << 20  # reconstructions of scanned settings kept for the plan (recomputed beyond)
+
+
+def local_error(w: np.ndarray, q: np.ndarray, layer) -> float:
+    """The layer's relative output error ``||X (W - Q)^T|| / ||X W^T||`` from its H (all groups);
+    without a layer (no H: a table, a weight used twice) the relative weight error ``||W - Q|| / ||W||``."""
+    from . import hessian
+
+    if layer is None:
+        a, d = np.asarray(w, np.float64), np.asarray(w, np.float64) - np.asarray(q, np.float64)
+        den = float(np.vdot(a, a))
+        return math.sqrt(float(np.vdot(d, d)) / den) if den > 0 else 0.0
+
+    rows = np.stack(hessian.to_rows(w, layer))
+    d = rows - np.stack(hessian.to_rows(q, layer))
+    h = np.stack(layer.h)
+    num = float(np.einsum("grc,grc->", np.matmul(d, h), d))
+    den = float(np.einsum("grc,grc->", np.matmul(rows, h), rows))
+    return math.sqrt(max(num, 0.0) / den) if den > 0 else 0.0
+
+
+def _built(w, sparsity, bits, init, seed, layer, strength, scale_axis):
+    """(decoded array, estimated stored bytes) of ``w`` at one setting, as compress_tensor builds it."""
+    import dcformat
+
+    if scale_axis is not None:
+        from . import perchannel
+
+        cb, idx, sc = perchannel.share(w, scale_axis, sparsity, bits, layer=layer, init=init, seed=seed)
+        est = dcformat.estimate_codebook_bytes(cb, idx, w.shape, _dtype(w), scales=sc, scale_axis=scale_axis,
+                                               **perchannel.storage(cb, sc))
+        return perchannel.decode(cb, idx, sc, scale_axis, w.dtype), float(est.nbytes)
+    if layer is not None:
+        from .oneshot import share
+
+        cb, idx = share(w, layer, sparsity, bits, init, seed, strength=strength)
+    else:  # as compress_tensor: magnitude pruning, then (ECVQ) weight sharing
+        keep = w != 0
+        if sparsity:
+            keep &= magnitude_mask(w, sparsity)
+        pruned = np.where(keep, w, np.zeros((), w.dtype))
+        del keep
+        from .ecvq import ecvq
+
+        cb, idx = ecvq(pruned, bits, strength, init=init, seed=seed)
+    est = dcformat.estimate_codebook_bytes(cb, idx, w.shape, _dtype(w))
+    return cb.astype(w.dtype)[idx], float(est.nbytes)
+
+
+def _dtype(w) -> str:
+    from dcformat.constants import dtype_name
+
+    return dtype_name(w.dtype)
+
+
 def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: int, init: str = "linear",
            seed: int = 0, fixed_sparsity=None, fixed_bits=None, progress=None, echo=None,
            layers: dict | None = None, strength=None, axes: dict | None = None,
-           channel_scales: str = "auto") -> tuple[Search, dict]:
+           channel_scales: str = "auto", held: dict | None = None) -> tuple[Search, dict]:
     """Scan, plan and verify; returns (the Search record, {name: why it stays raw}).
 
     ``axes`` (name -> output axis, converters.roles): with ``channel_scales`` "auto" every layer is
     also scanned with one scale per output channel (converters.perchannel) and the plan picks per
     layer whichever of the two is smaller at its error; "on": per-channel only, "off": never.
 
-    ``layers`` (name -> converters.hessian.Layer with H): those weights are built error-compensated
-    for verification (and by compress_tensor); the scan measures plain pruning and sharing, whose
-    errors are the larger, so the plan stays on the safe side. ``strength(name)``: the layer's ECVQ strength
-    (converters.ecvq), used where the layers are built as compress_tensor will build them."""
+    ``layers`` (name -> converters.hessian.Layer with H): those weights are scanned locally (module
+    docstring) and built error-compensated, as compress_tensor builds them. ``strength(name)``: the
+    layer's ECVQ strength (converters.ecvq) for one codebook per tensor. ``held``: held-out
+    calibration samples (same inputs as ``calib``), measured after the plan is verified on ``calib``;
+    while their error is over HELD_SHARE x budget the plan is tightened."""
     layers = layers or {}
     strength = strength or (lambda name: 0.0)
 
@@ -298,52 +399,24 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
     fixed_sparsity = fixed_sparsity or (lambda name: None)
     fixed_bits = fixed_bits or (lambda name: None)
     options = {}
+    cache: dict = {}
+    cached = [0]
+
+    def keep(key, arr):
+        if cached[0] + arr.nbytes <= CACHE_BYTES:
+            cache[key] = arr
+            cached[0] += arr.nbytes
+
     for i, name in enumerate(cands):
         w = weights[name]
-        e = {"sparsity": {}, "bits": {}}
         fs, fb = fixed_sparsity(name), fixed_bits(name)
         ax = channel_axis(w, layers.get(name), (axes or {}).get(name, 0)) if channel_scales != "off" else None
-        plain = ax is None or channel_scales != "on"  # "on": per-channel wherever a tensor has channels
-        hist = Histogram(w[w != 0]) if np.any(w) and plain else None
-        for b in ([fb] if fb is not None else SCAN_BITS) if plain else ():
-            err = _error(base_scan, runner.run(scan_set, decl, weights,
-                                               {name: reconstruct(w, 0.0, b, init, seed, hist, layer=scan_layer(name),
-                                                                                 strength=strength(name))}))
-            res.trials += 1
-            e["bits"][b] = err
-            if err > budget:
-                break
-        del hist
-        if ax is not None:
-            e["channel_bits"] = {}
-            for b in ([fb] if fb is not None else SCAN_BITS):
-                err = _error(base_scan, runner.run(scan_set, decl, weights, {
-                    name: reconstruct(w, 0.0, b, init, seed, layer=scan_layer(name), scale_axis=ax)}))
-                res.trials += 1
-                e["channel_bits"][b] = err
-                if err > budget:
-                    break
-        shareable = any(v <= budget for v in list(e["bits"].values()) + list(e.get("channel_bits", {}).values()))
-        for s in ([fs] if fs is not None else SCAN_SPARSITIES):
-            if not s or not shareable:  # every option shares weights: no bits within budget, nothing to prune
-                continue
-            lay = scan_layer(name)
-            if lay is not None:  # as the verification will build it: compensated (no rounding here)
-                pruned = pruned_compensated(w, lay, s)
-            else:
-                pruned = np.where(magnitude_mask(w, s) & (w != 0), w, np.zeros((), w.dtype))
-            err = _error(base_scan, runner.run(scan_set, decl, weights, {name: pruned}))
-            res.trials += 1
-            e["sparsity"][s] = err
-            if err > budget:
-                break
-        res.errors[name] = e
-        options[name] = _options(name, w.size, w.dtype.itemsize, e, budget, fs, fb,
-                                 channels=0 if ax is None else w.shape[ax], scale_axis=ax)
+        res.errors[name], options[name] = _scan_local(name, w, scan_layer(name), ax, channel_scales, fs, fb, budget,
+                                                      runner, scan_set, decl, weights, base_scan, init, seed,
+                                                      strength(name), res, keep)
         if progress:
             progress(i + 1, len(cands), name)
-    plan = choose(options, PLAN_SHARE * budget)
-    # verify on every calibration sample against the same session's exact outputs; back off
+    # verify on every calibration sample against the same session's exact outputs; tighten, then back off
     base = runner.run(calib, decl, weights)
     recon = {}
 
@@ -351,31 +424,82 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         c = plan[name]
         if c["bits"] is None:
             recon.pop(name, None)
+            return
+        key = (name, c["sparsity"], c["bits"], c["scale_axis"])
+        if key in cache:
+            recon[name] = cache[key]
         else:
             recon[name] = reconstruct(weights[name], c["sparsity"], c["bits"], init, seed, layer=layers.get(name),
                                       strength=strength(name), scale_axis=c["scale_axis"])
 
+    def measure(data, ref):
+        res.trials += 1
+        return _error(ref, runner.run(data, decl, weights, recon))
+
+    target = PLAN_SHARE * budget
+    limit = VERIFY_SHARE * budget
+    plan = choose(options, target)
     for name in cands:
         rebuild(name)
-    limit = VERIFY_SHARE * budget
-    while True:
-        err = _error(base, runner.run(calib, decl, weights, recon))
-        res.trials += 1
-        if err <= limit or not recon:
-            break
-        # back off the layer with the largest predicted share: to its next safer option, raw at last
-        worst = max(recon, key=lambda nm: plan[nm]["err2"])
-        cur = plan[worst]
-        safer = [c for c in options[worst] if c["err2"] < cur["err2"] / 4 or c["bits"] is None]
-        nxt = min(safer, key=lambda c: (c["bytes"], c["err2"]))
-        res.backoffs.append({"layer": worst, "from": [cur["sparsity"], cur["bits"]], "to": [nxt["sparsity"], nxt["bits"]],
-                             "error_before": err})
-        if echo:
-            echo(f"budget: measured {err:.3g} > {limit:.3g}; backing off {worst} "
-                 f"({_label(cur)} -> {_label(nxt)})")
-        plan[worst] = nxt
-        rebuild(worst)
+    err = measure(calib, base)
+
+    def target_search(which, target, err, measure_set, limit, ceiling):
+        """Re-plan at the target the measurements allow: tighter when over ``limit``, looser (up to
+        ``ceiling``) when well below it, bisecting between the loosest target within it and the
+        tightest over it; the smallest plan within the limit is kept. Returns (plan, error, target)."""
+        nonlocal plan
+        best = (dict(plan), err) if err <= limit else None
+        good, bad = (target, None) if err <= limit else (None, target)
+        for _ in range(MAX_REPLANS):
+            if err <= limit and (err >= LOOSEN_BELOW * limit or target >= ceiling):
+                break
+            if good is not None and bad is not None:
+                if bad / good < 1.15:
+                    break
+                target = math.sqrt(good * bad)
+            elif bad is not None:
+                target = bad * TIGHTEN * limit / err
+            else:
+                target = min(good * min(MAX_LOOSEN, TIGHTEN * limit / max(err, 1e-12)), ceiling)
+            res.replans.append({"set": which, "error_before": err, "target": target})
+            if echo:
+                echo(f"budget: measured {err:.3g} (limit {limit:.3g}) on the {which} samples; re-planning at "
+                     f"{target:.3g}")
+            new = choose(options, target)
+            if new == plan:  # the same plan: what it measured holds for this target too
+                if err <= limit:
+                    good = target
+                else:
+                    bad = target
+                continue
+            plan = new
+            for name in cands:
+                rebuild(name)
+            err = measure_set()
+            if err <= limit:
+                good = target
+                if best is None or _plan_bytes(plan) < _plan_bytes(best[0]):
+                    best = (dict(plan), err)
+            else:
+                bad = target
+        if best is not None and best[0] != plan:
+            plan, err = dict(best[0]), best[1]
+            for name in cands:
+                rebuild(name)
+        return err, (good if good is not None else target)
+
+    err, target = target_search("calibration", target, err, lambda: measure(calib, base), limit, budget)
+    err = _back_off(res, plan, options, rebuild, recon, lambda: measure(calib, base), limit, echo)
     res.verified = err
+    if held is not None and inp.num_samples(held, decl):
+        base_held = runner.run(held, decl, weights)
+        hlimit = HELD_SHARE * budget
+        herr = measure(held, base_held)
+        herr, target = target_search("held-out", target, herr, lambda: measure(held, base_held), hlimit, target)
+        herr = _back_off(res, plan, options, rebuild, recon, lambda: measure(held, base_held), hlimit, echo)
+        res.held_out = herr
+        res.held_out_samples = inp.num_samples(held, decl)
+        res.verified = measure(calib, base)
     for name in cands:
         c = plan[name]
         if c["bits"] is None:
@@ -391,6 +515,92 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             res.plan[name] = {"sparsity": c["sparsity"], "bits": c["bits"], "scale_axis": c["scale_axis"]}
     res.seconds = time.perf_counter() - t0
     return res, reasons
+
+
+def _plan_bytes(plan: dict) -> float:
+    return sum(c["bytes"] for c in plan.values())
+
+
+def _back_off(res, plan, options, rebuild, recon, measure, limit, echo) -> float:
+    """While the measured error is over ``limit``, the layer with the largest predicted share goes to
+    its next safer option (raw at last); returns the last measured error."""
+    err = measure()
+    while err > limit and recon:
+        worst = max(recon, key=lambda nm: plan[nm]["err2"])
+        cur = plan[worst]
+        safer = [c for c in options[worst] if c["err2"] < cur["err2"] / 4 or c["bits"] is None]
+        nxt = min(safer, key=lambda c: (c["bytes"], c["err2"]))
+        res.backoffs.append({"layer": worst, "from": [cur["sparsity"], cur["bits"]], "to": [nxt["sparsity"], nxt["bits"]],
+                             "error_before": err})
+        if echo:
+            echo(f"budget: measured {err:.3g} > {limit:.3g}; backing off {worst} ({_label(cur)} -> {_label(nxt)})")
+        plan[worst] = nxt
+        rebuild(worst)
+        err = measure()
+    return err
+
+
+def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_set, decl, weights, base_scan, init,
+                seed, lam, res, keep):
+    """(scan record, options) of a weight: local errors of a bounded set of settings (from its H, or
+    its weight error where it has none), two model runs for the gain curve (module docstring). Settings are tried finest first per sparsity and kind; a
+    kind stops at the first setting predicted over the budget."""
+    kinds = []
+    if ax is not None:
+        kinds.append(ax)
+    if ax is None or channel_scales != "on":
+        kinds.append(None)
+    settings = [(s, b) for s, b in LOCAL_SETTINGS if (fs is None or s == fs) and (fb is None or b == fb)]
+    if fs is not None and not any(s == fs for s, _ in settings):
+        settings = [(fs, b) for b in SCAN_BITS if fb is None or b == fb]
+    if not settings:
+        settings = [(fs or 0.0, fb)]
+    e = {"sparsity": {}, "bits": {}, "channel_bits": {}, "local": {}, "gain": None}
+    # the gain: whole-model runs with the layer at the GAIN_SETTINGS (its finest setting when fixed); between
+    # and beyond them the model error follows a power law of the local error (a deep network's output moves
+    # more than in proportion to a layer's error once that is large)
+    gk = kinds[0]
+    points = [g for g in GAIN_SETTINGS if g in settings] or [settings[0]]
+    built = {}
+    measured = []
+    for gs in points:
+        q, nbytes = _built(w, gs[0], gs[1], init, seed, lay, lam, gk)
+        loc = local_error(w, q, lay)
+        model = _error(base_scan, runner.run(scan_set, decl, weights, {name: q}))
+        res.trials += 1
+        built[(gs[0], gs[1], gk)] = (q, nbytes, loc)
+        if loc > 0 and model > 0:
+            measured.append((loc, model))
+    predict = _gain_curve(measured)
+    e["gain"] = [[lo, mo] for lo, mo in measured]
+    opts = [{"sparsity": None, "bits": None, "scale_axis": None, "err2": 0.0, "bytes": float(w.nbytes)}]
+    for kind in kinds:
+        stopped = set()  # sparsities whose coarser settings are over the budget
+        for s, b in settings:
+            if kind is None and ax is not None and b not in LOCAL_TENSOR_BITS and fb is None:
+                continue
+            if s in stopped:
+                continue
+            key = (s, b, kind)
+            if key in built:
+                q, nbytes, loc = built[key]
+            else:
+                q, nbytes = _built(w, s, b, init, seed, lay, lam, kind)
+                loc = local_error(w, q, lay)
+            pred = predict(loc)
+            tag = "channel" if kind is not None else "tensor"
+            e["local"][f"{tag} {s:g} {b}"] = [loc, pred, nbytes]
+            if s == 0:
+                e["channel_bits" if kind is not None else "bits"][b] = pred
+            fixed = fs is not None or fb is not None
+            if pred > budget and not fixed:
+                stopped.add(s)
+                continue
+            if nbytes < w.nbytes or fixed:
+                opts.append({"sparsity": float(s), "bits": int(b), "scale_axis": kind, "err2": pred * pred,
+                             "bytes": nbytes})
+                keep((name, float(s), int(b), kind), q)
+    return e, opts
 
 
 def _label(c) -> str:

@@ -12,6 +12,21 @@ DEFAULT_MAX_ERROR = 0.01  # 1% relative L2 output error: conservative, the defau
 WARN_COSINE = 0.999  # explicit settings: a worst-sample cosine below this (or error over the budget) warns
 
 
+HOLD_OUT_SHARE = 0.25  # of the calibration samples, kept out of the search to verify its result
+MIN_HOLD_OUT = 2
+MIN_FIT = 4  # fewer samples than MIN_FIT + MIN_HOLD_OUT: nothing is held out
+
+
+def split(calib: dict, decl) -> tuple[dict, dict | None]:
+    """(samples the search fits on, held-out samples or None): the last HOLD_OUT_SHARE of the set
+    (at least MIN_HOLD_OUT) is held out, where at least MIN_FIT samples stay to fit on."""
+    n = inp.num_samples(calib, decl) if decl else 0
+    k = max(MIN_HOLD_OUT, int(round(n * HOLD_OUT_SHARE)))
+    if n - k < MIN_FIT:
+        return calib, None
+    return {name: v[: n - k] for name, v in calib.items()}, {name: v[n - k:] for name, v in calib.items()}
+
+
 SIZE_SCALES = inp.SIZE_SCALES  # tried in turn when the model does not run on the default synthetic sizes
 
 

@@ -107,7 +107,7 @@ def summary(result: dict) -> None:
     click.echo(f"{_escape(result['source']['file'])} ({result['source']['kind']}, {result['source']['bytes']:,} bytes) -> "
                f"{_escape(result['output'])} ({result['dcz_bytes']:,} bytes): {times_smaller(result['ratio'])}; "
                f"{t['params']:,} parameters, {8 * result['dcz_bytes'] / max(t['params'], 1):.2f} bits/param; "
-               f"{result['seconds']:.1f} s")
+               f"{result['seconds']:.1f} s ({result['seconds'] * 1e6 / max(t['params'], 1):.1f} s per million parameters)")
     for note in result["source"]["notes"]:
         click.echo(f"note: {_escape(note)}")
     for line in fidelity_lines(result):
@@ -130,10 +130,14 @@ def fidelity_lines(result: dict) -> list[str]:
             verdict = "within" if fid["within_budget"] else "OVER"
             srch = fid.get("search")
             took = (result.get("search") or {}).get("seconds")
-            extra = (f"; search: {srch['trials']} trial runs, {len(srch['backoffs'])} back-off(s)"
+            extra = (f"; search: {srch['trials']} trial runs, {len(srch.get('replans') or [])} re-plan(s), "
+                     f"{len(srch['backoffs'])} back-off(s)"
                      + (f", {took:.1f} s" if took is not None else "") if srch else "")
             out.append(f"error {fid['max_rel_l2']:.3g} ({_escape(str(fid['worst_output']))}): {verdict} the budget "
                        f"--max-error {b:g}{extra}")
+            if srch and srch.get("held_out_error") is not None:
+                out.append(f"search: error {srch['verified_error']:.3g} on the {cal['samples'] - srch['held_out_samples']}"
+                           f" samples it fitted on, {srch['held_out_error']:.3g} on {srch['held_out_samples']} held out")
     elif fid:
         out.append(f"fidelity: not measured ({fid.get('reason')}); per-tensor reconstruction SNR instead:")
         for name, v in (fid.get("tensor_snr_db") or {}).items():
@@ -257,9 +261,11 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                 if searching:  # nothing to measure against: no safe choice can be made
                     raise ConvertError(f"{first}{hint}") from None
                 unmeasured = f"{first}{hint}"
+        # the search fits on part of the calibration set and verifies its result on the rest (held out)
+        fit, held = cal.split(calib, decl) if (ref is not None and searching) else (calib, None)
         if ref is not None and s.compensate and not s.lossless:  # the layers' inputs: compensated pruning and sharing
             s.layers, without = _ort_call("ONNX Runtime failed while collecting the layers' inputs", hessian.for_model,
-                                          src.graph, originals, calib, decl, src.roles, s.min_size, s.seed)
+                                          src.graph, originals, fit, decl, src.roles, s.min_size, s.seed)
             if without:
                 src.notes.append(f"error compensation: {len(s.layers)} of {len(s.layers) + len(without)} layers; the "
                                  f"others saw fewer than {hessian.MIN_ROWS_PER_FEATURE} calibration rows per input "
@@ -273,10 +279,10 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
             if s.bits.default is not None or s.bits.patterns:
                 fixed["fixed_bits"] = lambda n: s.bits.get(n)
             search_rec, reasons = _ort_call("ONNX Runtime failed during the error-budget search", bud.search,
-                                            src.graph, originals, calib, decl, limit, min_size=s.min_size, init=s.init,
+                                            src.graph, originals, fit, decl, limit, min_size=s.min_size, init=s.init,
                                             seed=s.seed, progress=progress, echo=echo, layers=s.layers,
                                             strength=s.ecvq.get, axes=src.out_axes,
-                                            channel_scales=s.channel_scales, **fixed)
+                                            channel_scales=s.channel_scales, held=held, **fixed)
             s.plan, s.reasons = search_rec.plan, reasons
     else:
         if calibration is not None or max_error is not None:
@@ -305,7 +311,10 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                "outputs": m["outputs"]}
         if search_rec is not None:
             d = search_rec.describe()
-            fid["search"] = {k: d[k] for k in ("trials", "verified_error", "backoffs")}  # no timing: same bytes each run
+            # no timing: same bytes each run; verified_error on the samples the search fitted on, held_out_error on
+            # the others (calibration.samples counts both)
+            fid["search"] = {k: d[k] for k in ("trials", "verified_error", "held_out_error", "held_out_samples",
+                                               "replans", "backoffs")}
         warn = m["max_rel_l2"] > limit or (not searching and m["min_cosine"] is not None
                                            and m["min_cosine"] < cal.WARN_COSINE)
         fid["warning"] = bool(warn and not s.lossless)
@@ -398,7 +407,9 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.option("--max-error", type=float, metavar="E",
               help="error budget: the largest relative L2 output error ||y - y'|| / ||y|| (over all calibration samples, "
               "worst graph output) the compressed model may have; dcconvert chooses each layer's sparsity and bits "
-              "(per-layer sensitivity scan, smallest estimated file within E, verified on the whole model). "
+              "(per-layer sensitivity scan, smallest estimated file within E, verified on the whole model; the last "
+              "quarter of the calibration samples is held out of the search and the plan tightened until they are "
+              "within E too: the report gives both errors). "
               f"Default: with no --sparsity/--bits/--threshold*/--prune-neurons flag, E = {DEFAULT_MAX_ERROR:g}")
 @click.option("--calibration", type=click.Path(), metavar="PATH",
               help="calibration inputs: an .npz of arrays keyed by input name (first axis = samples), an .npy for a "

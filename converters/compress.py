@@ -257,7 +257,10 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
             encoding, gap_bits = choose_layout(codebook, indices, dtype, cbd) if indices.size else (None, None)
             extra = {"codebook_dtype": cbd}
         else:  # the encoder's own estimate (dcformat.encode.estimate_codebook_bytes) counts the scales
-            encoding, gap_bits, extra = None, None, {"scales": scales, "scale_axis": scale_axis}
+            from .perchannel import storage  # float16 codebook and scales where they are float16 values
+
+            encoding, gap_bits, extra = None, None, {"scales": scales, "scale_axis": scale_axis,
+                                                     **storage(codebook, scales)}
         enc = dcformat.encode_codebook(name, codebook, indices, shape, dtype, encoding=encoding, gap_bits=gap_bits,
                                        **extra)
         del indices

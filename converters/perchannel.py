@@ -120,7 +120,8 @@ def share(w: np.ndarray, axis: int, sparsity: float, bits: int, *, layer=None, m
         s = np.where(den > 0, num / np.where(den > 0, den, 1.0), s)
     codebook, indices = _pack(cents, idx, cdtype)
     indices = np.moveaxis(indices.reshape(np.moveaxis(w, axis % w.ndim, 0).shape), 0, axis % w.ndim)
-    return codebook, np.ascontiguousarray(indices), s.astype(np.float32)
+    codebook, s = _half(codebook, s)
+    return codebook, np.ascontiguousarray(indices), s
 
 
 def layer_axis(layer, ndim: int) -> int:
@@ -169,7 +170,38 @@ def _share_compensated(w, layer, sparsity, bits, method, init, seed, cdtype):
         s = np.where(den > 0, num / np.where(den > 0, den, 1.0), s)
     indices = hessian.from_rows(list(idx), np.zeros(w.shape, np.int64), layer)
     codebook, indices = _pack(cents, indices, cdtype)
-    return codebook, indices, s.reshape(-1).astype(np.float32)
+    codebook, s = _half(codebook, s.reshape(-1))
+    return codebook, indices, s
+
+
+HALF = True  # codebook entries and scales rounded to float16 values, stored as float16 (storage())
+
+
+def _half(codebook: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook, float32 scales) with both exactly representable in float16, where that keeps every
+    scale finite and non-zero: the scales are first multiplied by a power of two that brings the largest
+    near 1 and the codebook divided by it (the products do not change), then both are rounded to float16
+    (relative error <= 2**-11, measured with the rest by the budget). Otherwise float32 scales."""
+    s = np.asarray(s, np.float64)
+    if not HALF or not s.size or codebook.dtype != np.float32 or not np.all(np.isfinite(s)) or np.any(s == 0):
+        return codebook, s.astype(np.float32)
+    shift = 2.0 ** -np.round(np.log2(np.abs(s).max()))
+    s16 = (s * shift).astype(np.float16)
+    cb16 = (codebook.astype(np.float64) / shift).astype(np.float16)
+    if not (np.all(np.isfinite(s16)) and np.all(s16 != 0) and np.all(np.isfinite(cb16))
+            and np.array_equal(cb16 != 0, codebook != 0) and np.unique(cb16).size == cb16.size):
+        return codebook, s.astype(np.float32)
+    return cb16.astype(np.float32), s16.astype(np.float32)
+
+
+def storage(codebook: np.ndarray, scales: np.ndarray) -> dict:
+    """encode_codebook's ``codebook_dtype`` / ``scale_dtype``: float16 where every entry and scale is a
+    float16 value already (share() makes them so), which stores them exactly in half the bytes."""
+    cb, sc = np.asarray(codebook), np.asarray(scales)
+    if cb.dtype != np.float32 or sc.dtype != np.float32:
+        return {}
+    exact = lambda a: bool(np.all(np.isfinite(a))) and np.array_equal(a.astype(np.float16).astype(np.float32), a)  # noqa: E731
+    return {"codebook_dtype": "float16", "scale_dtype": "float16"} if exact(cb) and exact(sc) else {}
 
 
 def decode(codebook: np.ndarray, indices: np.ndarray, scales: np.ndarray, axis: int, dtype) -> np.ndarray:
@@ -180,4 +212,4 @@ def decode(codebook: np.ndarray, indices: np.ndarray, scales: np.ndarray, axis: 
     return (vals * np.asarray(scales, np.float32).reshape(shape)).astype(dtype)
 
 
-__all__ = ["share", "decode", "estimate_bytes", "initial_scales", "layer_axis", "SCALE_METHODS", "DEFAULT_METHOD"]
+__all__ = ["share", "decode", "storage", "estimate_bytes", "initial_scales", "layer_axis", "SCALE_METHODS", "DEFAULT_METHOD"]

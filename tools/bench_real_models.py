@@ -466,7 +466,11 @@ def main(argv=None):
                        "shared": sum(r["action"] == "pruned+shared" for r in x["report"]["layers"]),
                        "per_channel": sum(r.get("scales") == "channel" for r in x["report"]["layers"]),
                        "tensors": len(x["report"]["layers"]),
-                       "convert_seconds": round(x["report"]["seconds"], 1)} if "report" in x else {})}
+                       "convert_seconds": round(x["report"]["seconds"], 1),
+                       "seconds_per_mparam": round(x["report"]["seconds"] * 1e6 / max(x["report"]["totals"]["params"], 1), 1),
+                       "search_fit_rel_l2": ((x["report"]["fidelity"].get("search") or {}).get("verified_error")),
+                       "search_held_out_rel_l2": ((x["report"]["fidelity"].get("search") or {}).get("held_out_error")),
+                       } if "report" in x else {})}
             for name, x in v.items()}}
         if key == "vad":
             results[key]["task"] = vad_task(v)
@@ -495,8 +499,8 @@ def _task_text(key, res, name) -> str:
 
 def table(results: dict) -> None:
     print("| model | variant | bytes | x fp32 | x int8 | rel. L2 (held-out) | min cosine | calib. rel. L2 "
-          "| tensors shared (per-channel) | task | seconds |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+          "| search: fit / held-out | tensors shared (per-channel) | task | seconds | s per M params |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for key, res in results.items():
         if key == "ocr":
             continue
@@ -509,7 +513,8 @@ def table(results: dict) -> None:
             print(f"| {res['label']} | {name} | {v['bytes']:,} | {fp / v['bytes']:.2f} | "
                   f"{x8} | "
                   f"{_f(v.get('held_out_rel_l2'))} | {'-' if cos is None else f'{cos:.6f}'} | {_f(v.get('calib_rel_l2'))} | "
-                  f"{shared} | {_task_text(key, res, name)} | {v['seconds']} |")
+                  f"{_f(v.get('search_fit_rel_l2'))} / {_f(v.get('search_held_out_rel_l2'))} | "
+                  f"{shared} | {_task_text(key, res, name)} | {v['seconds']} | {v.get('seconds_per_mparam', '-')} |")
     if "ocr" in results:
         t = results["ocr"]["task"]
         print()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..budget import estimate_bytes  # one estimate for both budget searches (re-exported here)
 from ..prune import magnitude_mask
 from ..quantize import quantize
 from .config import SCAN_BITS, SCAN_SPARSITIES
@@ -63,17 +63,6 @@ def sensitivity_scan(model: nn.Module, evaluate: Evaluate, names: Iterable[str] 
                       "message": f"scanned {name}: " + ", ".join(f"{s:.0%} {a:.1f}" for s, a in scan.sparsity[name])
                       + " | " + ", ".join(f"{b}b {a:.1f}" for b, a in scan.bits[name])})
     return scan
-
-
-def _h(p: float) -> float:
-    return 0.0 if p <= 0 or p >= 1 else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
-
-
-def estimate_bytes(n: int, sparsity: float, bits: int) -> float:
-    """Estimated stored bytes of a layer: where the non-zeros are (entropy of the zero/non-zero
-    pattern, which the Huffman-coded gaps approach) plus ``bits`` per non-zero plus the codebook."""
-    p = 1.0 - sparsity
-    return n * (_h(p) + p * bits) / 8 + 4 * (2 ** bits)
 
 
 def _interp(points, x) -> float:
