@@ -278,18 +278,25 @@ def record_names(model) -> list[str]:
 
     * A tensor of the main graph keeps its own name; an unnamed one (a Constant node's value)
       takes the name of the node's output.
-    * A tensor inside a subgraph is named the same way, prefixed by the subgraph's path when
-      it has no name of its own or its name is already taken: ``If_0.else_branch/c_out``
-      (``<node name or OpType_index>.<attribute>/`` for each level; ``.<k>`` for the k-th graph
-      of a graphs attribute).
+    * A tensor inside a subgraph is named the same way when that name is its alone in the model
+      (exporters' output names such as ``If_0_then_branch__Inline_0__/rnn/Constant_3_output_0``
+      already say where they live). A name that two subgraph tensors share, or that another
+      tensor has as its own, is prefixed by the subgraph's path in every subgraph that uses it:
+      ``If_0.else_branch/c_out`` (``<node name or OpType_index>.<attribute>/`` for each level;
+      ``.<k>`` for the k-th graph of a graphs attribute).
     * A name still taken gets ``#1``, ``#2``, ... (a model with duplicate names).
     """
+    from collections import Counter
+
     entries = list(_walk(model.graph))
     own = {t.name for _, _, t, _ in entries if t.name}
+    main = {base for prefix, base, _, _ in entries if not prefix}
+    uses = Counter(base for prefix, base, _, _ in entries if prefix)
     taken: set[str] = set()
     names = []
     for prefix, base, t, _ in entries:
-        name = base if not prefix or (t.name and base not in taken) else prefix + base
+        alone = uses[base] == 1 and base not in main and (base == t.name or base not in own)
+        name = base if not prefix or alone else prefix + base
         if name in taken or (name in own and name != t.name):
             stem, i = name, 1
             while name in taken or (name in own and name != t.name):

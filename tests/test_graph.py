@@ -137,7 +137,36 @@ def test_record_names_are_stable_and_unique():
 
     model = _model_with_constants_and_if()
     assert record_names(model) == record_names(onnx.ModelProto.FromString(model.SerializeToString()))
-    assert sorted(record_names(model)) == ["If_3.else_branch/e", "If_3.then_branch/t", "W", "k"]
+    # the branches' Constants have outputs no other tensor is named: they keep them, no path
+    assert sorted(record_names(model)) == ["W", "e", "k", "t"]
+
+
+def test_subgraph_names_take_the_path_only_where_they_are_shared():
+    """Exporters name inlined subgraph values with their whole scope; the record name adds the
+    subgraph path only to a name that two subgraph tensors share (in both of them), so a deep If
+    nest does not make names of hundreds of characters (a VAD model's reached 254)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dcformat.graph import record_names
+
+    def branch(tag, shared):
+        consts = [helper.make_node("Constant", [], [f"scope/{tag}/Constant_output_0"],
+                                   value=numpy_helper.from_array(np.full((2,), 1.0, np.float32))),
+                  helper.make_node("Constant", [], [shared], value=numpy_helper.from_array(np.full((2,), 2.0, np.float32)))]
+        add = helper.make_node("Add", [f"scope/{tag}/Constant_output_0", shared], [f"{tag}_out"])
+        return helper.make_graph(consts + [add], tag, [], [helper.make_tensor_value_info(f"{tag}_out", TensorProto.FLOAT, [2])])
+
+    inner = helper.make_node("If", ["cond"], ["inner_out"], name="scope/very/long/exporter/path/If_1",
+                             then_branch=branch("a", "same"), else_branch=branch("b", "same"))
+    outer_then = helper.make_graph([inner], "t", [], [helper.make_tensor_value_info("inner_out", TensorProto.FLOAT, [2])])
+    outer = helper.make_node("If", ["cond"], ["y"], name="If_0", then_branch=outer_then, else_branch=branch("c", "other"))
+    g = helper.make_graph([outer], "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    names = record_names(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    assert sorted(names) == ["If_0.then_branch/scope/very/long/exporter/path/If_1.else_branch/same",
+                             "If_0.then_branch/scope/very/long/exporter/path/If_1.then_branch/same",
+                             "other", "scope/a/Constant_output_0", "scope/b/Constant_output_0",
+                             "scope/c/Constant_output_0"]
 
 
 def test_reference_reads_the_onnx_enum():

@@ -91,8 +91,9 @@ def test_norms_biases_and_subgraph_scopes():
     roles, _ = _roles(m)
     assert roles["cw"] == "conv" and roles["cb"] == "bias"
     assert {roles[k] for k in "gbmv"} == {"norm"}
-    # the two branches' 'W' are two records with their own consumers (the first one met keeps the name)
-    assert sorted((k, v) for k, v in roles.items() if k.endswith("W")) == [("If_3.then_branch/W", "fc"), ("W", "embedding")]
+    # the two branches' 'W' are two records with their own consumers, each named by its branch
+    assert sorted((k, v) for k, v in roles.items() if k.endswith("W")) == [("If_3.else_branch/W", "embedding"),
+                                                                          ("If_3.then_branch/W", "fc")]
 
 
 def _stft_basis(n_fft=64):
