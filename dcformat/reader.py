@@ -378,15 +378,16 @@ class DczReader(Mapping):
         got = self._graph_refs()
         return None if got is None else got[0]
 
-    def _graph_refs(self):
+    def _graph_refs(self, holders: dict | None = None, used: set | None = None):
         """(the checked graph, its references as :func:`dcformat.graph.scan_references` lists them),
-        or None: what :attr:`graph` checks, for a caller that goes on to fill the references in."""
+        or None: what :attr:`graph` checks, for a caller that goes on to fill the references in
+        (``holders``, ``used`` as for scan_references)."""
         data = self.graph_bytes
         if data is None:
             return None
         from google.protobuf.message import DecodeError
 
-        from .graph import graph_objects, scan_references
+        from .graph import graph_objects, objects_bound, scan_references
         from .onnxproto import ModelProto
 
         model = ModelProto()
@@ -395,11 +396,12 @@ class DczReader(Mapping):
         except (DecodeError, RuntimeError, ValueError) as e:
             raise FormatError(f"graph: not a valid ONNX ModelProto ({e})") from None
         most = self.max_decoded_bytes // GRAPH_OBJECT_COST
-        if (n := graph_objects(model, most)) > most:
+        # the bound from the byte count makes the walk of graph_objects needless for any graph that fits
+        if objects_bound(model, len(data)) > most and (n := graph_objects(model, most)) > most:
             raise LimitError(f"graph: more than {most} objects (nodes, attributes, tensors ...: at least {n}), the "
                              f"limit of {self.max_decoded_bytes} bytes / GRAPH_OBJECT_COST {GRAPH_OBJECT_COST} "
                              f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it")
-        refs = scan_references(model)
+        refs = scan_references(model, holders, used)
         tensors = self.tensors
         total = sum(tensors[r[1]].decoded_nbytes for r in refs if r[1] in tensors)  # once per reference
         if total > self.max_decoded_bytes:
