@@ -44,6 +44,7 @@ from .streams import align
 
 
 SCRATCH_BYTES = 64 << 20  # tensor sections up to this size are read into a reused per-thread buffer
+GAP_WINDOW = 1 << 20  # the padding between sections is read in windows of up to this many bytes
 
 
 def _parse_json(data: bytes, what: str):
@@ -210,57 +211,89 @@ class DczReader(Mapping):
         once = dict.fromkeys((SECTION_METADATA, SECTION_GRAPH, SECTION_PADDING))  # kinds a file has at most one of
         end = PREAMBLE_SIZE + hlen
         decoded = 0
-        for i, e in enumerate(entries):
-            where = f"section {i}"
-            if not isinstance(e, dict):
-                raise FormatError(f"{where}: entry must be an object")
-            kind, length, crc = e.get("kind"), e.get("length"), e.get("crc32")
-            if not isinstance(kind, str):
-                raise FormatError(f"{where}: 'kind' must be a string")
-            for key, v, hi in (("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
-                if type(v) is not int or not 0 <= v <= hi:
-                    truncated = key == "length" and type(v) is int and v > size
-                    raise FormatError(f"{self.path}: {where} ({kind}): '{key}' must be an integer in [0, {hi}], got {v!r}"
-                                      + (" (is the file truncated?)" if truncated else ""))
-            off = align(end, ALIGNMENT)  # sections tile the file: each starts where the rules put it
-            if off + length > size:
-                raise FormatError(f"{self.path}: {where} ({kind}): bytes {off}..{off + length - 1} run past the end of "
-                                  f"the {size}-byte file (is the file truncated?)")
-            if off > end and self._read(end, off - end).any():
-                raise FormatError(f"{where}: non-zero padding in bytes {end}..{off - 1}")
-            end = off + length
-            sec = Section(kind, off, length, crc, e.get("tensor"))
-            self.sections.append(sec)
-            if kind == SECTION_TENSOR:
-                try:
-                    info = parse_descriptor(sec.tensor, off, length, where, self.MINOR)
-                except TensorError as e:
-                    if minor <= self.MINOR:
-                        raise
-                    raise VersionError(f"{self.path}: {e} -- the file is version {major}.{minor} and this reader "
-                                       f"reads what {VERSION_MAJOR}.{self.MINOR} defines; a newer dcformat may "
-                                       "read it") from None
-                if info.name in self.tensors:
-                    raise FormatError(f"{where}: duplicate tensor name {info.name!r}")
-                self.tensors[info.name] = info
-                self._tensor_sections[info.name] = sec
-                decoded += info.decoded_nbytes
-            elif kind in once:
-                if once[kind] is not None:
-                    raise FormatError(f"{where}: a second {kind} section")
-                once[kind] = sec
-                if kind == SECTION_PADDING:
-                    self._check_zeros(sec, where)
-            # padding and other kinds (added by later minor versions) are skipped; they are still checksummed
-        self._meta_section, self._graph_section = once[SECTION_METADATA], once[SECTION_GRAPH]
+        # the zero padding between sections is checked after the loop, in one read per window of the file
+        # (_check_gaps); when the loop finds a problem, the padding before it is checked first, so that the
+        # error is the first in file order, as if each gap were checked where it is
+        gaps = []  # (start, stop, section index)
+        try:
+            for i, e in enumerate(entries):
+                where = f"section {i}"
+                if not isinstance(e, dict):
+                    raise FormatError(f"{where}: entry must be an object")
+                kind, length, crc = e.get("kind"), e.get("length"), e.get("crc32")
+                if not isinstance(kind, str):
+                    raise FormatError(f"{where}: 'kind' must be a string")
+                for key, v, hi in (("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
+                    if type(v) is not int or not 0 <= v <= hi:
+                        truncated = key == "length" and type(v) is int and v > size
+                        raise FormatError(f"{self.path}: {where} ({kind}): '{key}' must be an integer in [0, {hi}], "
+                                          f"got {v!r}" + (" (is the file truncated?)" if truncated else ""))
+                off = align(end, ALIGNMENT)  # sections tile the file: each starts where the rules put it
+                if off + length > size:
+                    raise FormatError(f"{self.path}: {where} ({kind}): bytes {off}..{off + length - 1} run past the "
+                                      f"end of the {size}-byte file (is the file truncated?)")
+                if off > end:
+                    gaps.append((end, off, i))
+                end = off + length
+                sec = Section(kind, off, length, crc, e.get("tensor"))
+                self.sections.append(sec)
+                if kind == SECTION_TENSOR:
+                    try:
+                        info = parse_descriptor(sec.tensor, off, length, where, self.MINOR)
+                    except TensorError as e:
+                        if minor <= self.MINOR:
+                            raise
+                        raise VersionError(f"{self.path}: {e} -- the file is version {major}.{minor} and this reader "
+                                           f"reads what {VERSION_MAJOR}.{self.MINOR} defines; a newer dcformat may "
+                                           "read it") from None
+                    if info.name in self.tensors:
+                        raise FormatError(f"{where}: duplicate tensor name {info.name!r}")
+                    self.tensors[info.name] = info
+                    self._tensor_sections[info.name] = sec
+                    decoded += info.decoded_nbytes
+                elif kind in once:
+                    if once[kind] is not None:
+                        raise FormatError(f"{where}: a second {kind} section")
+                    once[kind] = sec
+                    if kind == SECTION_PADDING:
+                        self._check_gaps(gaps)
+                        gaps = []
+                        self._check_zeros(sec, where)
+                # padding and other kinds (added by later minor versions) are skipped; they are still checksummed
+        except DczError:
+            self._check_gaps(gaps)
+            raise
+        self._check_gaps(gaps)
         if end != size:
             raise FormatError(f"{self.path}: {size - end} bytes after the last section (byte {end})")
+        self._meta_section, self._graph_section = once[SECTION_METADATA], once[SECTION_GRAPH]
         self.max_decoded_bytes = limit
         if decoded > limit:
             raise LimitError(
                 f"{self.path}: tensors declare {decoded} decoded bytes, more than the limit of {limit} "
                 f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it"
             )
+
+    def _check_gaps(self, gaps: list) -> None:
+        """The padding before sections holds zeros only: ``gaps`` are (start, stop, section index), in file
+        order; those within GAP_WINDOW bytes of each other are read together and checked in one pass."""
+        i = 0
+        while i < len(gaps):
+            start = gaps[i][0]
+            j = i + 1
+            while j < len(gaps) and gaps[j][1] - start <= GAP_WINDOW:
+                j += 1
+            run = np.array(gaps[i:j], np.int64)
+            buf = self._read(start, int(run[-1, 1]) - start)
+            lens = run[:, 1] - run[:, 0]
+            first = np.repeat(run[:, 0] - start, lens)  # the file offset (from start) of each padding byte:
+            first += np.arange(first.size) - np.repeat(np.cumsum(lens) - lens, lens)  # its gap's start + its place
+            bad = np.flatnonzero(buf[first])
+            if bad.size:
+                k = int(np.searchsorted(np.cumsum(lens), bad[0], side="right"))
+                a, b, sec = gaps[i + k]
+                raise FormatError(f"section {sec}: non-zero padding in bytes {a}..{b - 1}")
+            i = j
 
     def _check_zeros(self, sec: Section, where: str) -> None:
         """A padding section holds zeros only (spec 5.4): nothing can hide in it."""

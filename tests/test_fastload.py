@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import dcformat
@@ -222,3 +223,61 @@ def test_an_unused_large_initializer_loads(tmp_path):
     sess = dcformat.InferenceSession(path)
     assert np.array_equal(sess.run(None, {"x": np.arange(2, dtype=np.float32)})[0], np.arange(2, dtype=np.float32))
     assert runtime.prepare(path).external == {}  # both stay in the graph, as ONNX Runtime reads any initializer
+
+
+# ------------------------------------------------------------------------------ open: records and padding
+def _vector_files():
+    return sorted(glob.glob(os.path.join(ROOT, "spec", "vectors", "*.dcz")))
+
+
+def test_records_built_without_the_dataclass_init_equal_the_dataclass():
+    """parse_descriptor builds TensorInfo without its __init__: the same value and fields."""
+    import dataclasses
+
+    from dcformat.records import TensorInfo
+
+    n = 0
+    for path in _vector_files():
+        with dcformat.open(path) as r:
+            for info in r.tensors.values():
+                again = TensorInfo(**{f.name: getattr(info, f.name) for f in dataclasses.fields(TensorInfo)})
+                assert again == info and again.extra == info.extra == {}
+                assert vars(again) == vars(info)
+                n += 1
+    assert n > 10
+
+
+def _padding_gaps(path):
+    """(start, stop, section index) of every padding gap between sections of a valid file."""
+    from dcformat.constants import PREAMBLE_SIZE
+
+    with dcformat.open(path) as r:
+        hlen = int.from_bytes(open(path, "rb").read()[12:16], "little")
+        end, out = PREAMBLE_SIZE + hlen, []
+        for i, s in enumerate(r.sections):
+            if s.offset > end:
+                out.append((end, s.offset, i))
+            end = s.offset + s.length
+    return out
+
+
+@pytest.mark.parametrize("window", [None, 16])
+def test_non_zero_padding_is_found_in_every_gap(tmp_path, monkeypatch, window):
+    """Padding is checked in windows: a non-zero byte anywhere in any gap is named as the per-gap check
+    named it (the section after it, the gap's bytes), also with windows of a few gaps each."""
+    from dcformat import reader as reader_mod
+
+    if window:
+        monkeypatch.setattr(reader_mod, "GAP_WINDOW", window)
+    path = max(_vector_files(), key=lambda p: len(_padding_gaps(p)))
+    gaps = _padding_gaps(path)
+    assert len(gaps) >= 3
+    data = bytearray(open(path, "rb").read())
+    for start, stop, sec in gaps[:: max(1, len(gaps) // 8)] + gaps[-1:]:
+        for pos in (start, stop - 1):
+            bad = bytearray(data)
+            bad[pos] = 0x5A
+            p = tmp_path / "bad.dcz"
+            p.write_bytes(bytes(bad))
+            with pytest.raises(dcformat.FormatError, match=rf"^section {sec}: non-zero padding in bytes {start}\.\.{stop - 1}$"):
+                dcformat.open(p)
