@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, dataclass, field, fields
+from functools import cached_property
 
 from .constants import (
     CODEBOOK_DTYPES,
@@ -67,11 +68,11 @@ class TensorInfo:
     nbytes: int = 0  # stored bytes (the section's length)
     extra: dict = field(default_factory=dict, compare=False)
 
-    @property
+    @cached_property  # asked for several times per tensor at every load; a frozen record never changes
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    @property
+    @cached_property
     def decoded_nbytes(self) -> int:
         return self.numel * ITEMSIZE[self.dtype]
 

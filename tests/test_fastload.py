@@ -242,7 +242,9 @@ def test_records_built_without_the_dataclass_init_equal_the_dataclass():
             for info in r.tensors.values():
                 again = TensorInfo(**{f.name: getattr(info, f.name) for f in dataclasses.fields(TensorInfo)})
                 assert again == info and again.extra == info.extra == {}
-                assert vars(again) == vars(info)
+                assert {f.name: getattr(again, f.name) for f in dataclasses.fields(TensorInfo)} == \
+                    {f.name: getattr(info, f.name) for f in dataclasses.fields(TensorInfo)}
+                assert (again.numel, again.decoded_nbytes) == (info.numel, info.decoded_nbytes)
                 n += 1
     assert n > 10
 
