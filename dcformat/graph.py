@@ -233,6 +233,11 @@ def _scan_sparse(st) -> bool:
             and st.values.data_location != EXTERNAL and st.indices.data_location != EXTERNAL)
 
 
+# AttributeProto's field numbers (onnx.proto) of the fields that hold tensors or graphs
+_F_T, _F_G, _F_TENSORS, _F_GRAPHS, _F_SPARSE_TENSOR, _F_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
+_ATTR_HOLDERS = frozenset((_F_T, _F_G, _F_TENSORS, _F_GRAPHS, _F_SPARSE_TENSOR, _F_SPARSE_TENSORS))
+
+
 def _scan_graph(g, fillable: bool, main: bool, refs: list, holders: dict | None = None,
                 used: set | None = None) -> bool:
     """The walk of :func:`scan_references` over one graph; False where check_references would raise."""
@@ -245,21 +250,28 @@ def _scan_graph(g, fillable: bool, main: bool, refs: list, holders: dict | None 
         if used is not None:
             used.update(node.input)
         for a in node.attribute:
-            typ = a.type
-            if a.HasField("t"):
-                ok &= _scan_tensor(a.t, fillable and typ == ATTR_TENSOR, node if main else None, False, refs)
-                if holders is not None and not main and refs and refs[-1][0] is a.t:
-                    holders[len(refs) - 1] = (g, node)
-            for t in a.tensors:
-                ok &= _scan_tensor(t, fillable and typ == ATTR_TENSORS, None, False, refs)
-            if a.HasField("sparse_tensor"):
-                ok &= _scan_sparse(a.sparse_tensor)
-            for st in a.sparse_tensors:
-                ok &= _scan_sparse(st)
-            if a.HasField("g"):
-                ok &= _scan_graph(a.g, fillable and typ == ATTR_GRAPH, False, refs, holders, used)
-            for sub in a.graphs:
-                ok &= _scan_graph(sub, fillable and typ == ATTR_GRAPHS, False, refs, holders, used)
+            # the fields that are set, in one call (most attributes hold ints or floats: nothing to look at)
+            for fd, v in a.ListFields():
+                k = fd.number
+                if k not in _ATTR_HOLDERS:
+                    continue
+                if k == _F_T:
+                    ok &= _scan_tensor(v, fillable and a.type == ATTR_TENSOR, node if main else None, False, refs)
+                    if holders is not None and not main and refs and refs[-1][0] is v:
+                        holders[len(refs) - 1] = (g, node)
+                elif k == _F_TENSORS:
+                    for t in v:
+                        ok &= _scan_tensor(t, fillable and a.type == ATTR_TENSORS, None, False, refs)
+                elif k == _F_SPARSE_TENSOR:
+                    ok &= _scan_sparse(v)
+                elif k == _F_SPARSE_TENSORS:
+                    for st in v:
+                        ok &= _scan_sparse(st)
+                elif k == _F_G:
+                    ok &= _scan_graph(v, fillable and a.type == ATTR_GRAPH, False, refs, holders, used)
+                else:  # graphs
+                    for sub in v:
+                        ok &= _scan_graph(sub, fillable and a.type == ATTR_GRAPHS, False, refs, holders, used)
     return bool(ok)
 
 
