@@ -131,6 +131,10 @@ class DczReader(Mapping):
 
     def _read(self, offset: int, length: int) -> np.ndarray:
         """``length`` bytes at ``offset`` (read-only array); FormatError if the file no longer holds them."""
+        return np.frombuffer(self._read_bytes(offset, length), np.uint8)
+
+    def _read_bytes(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; FormatError if the file no longer holds them."""
         if self.closed or self._f is None:
             raise DczError(f"{self.path}: the reader is closed")
         parts, pos, left = [], offset, length
@@ -153,8 +157,7 @@ class DczReader(Mapping):
         if left:
             raise FormatError(f"{self.path}: bytes {offset}..{offset + length - 1} are missing: the file shrank "
                               f"to {pos} bytes while open (was {self.file_size}; was it overwritten?)")
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return np.frombuffer(data, np.uint8)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     # ------------------------------------------------------------------ structure
     def _inflate(self, data, cap: int, factor: int, what: str) -> bytes:
@@ -276,23 +279,18 @@ class DczReader(Mapping):
 
     def _check_gaps(self, gaps: list) -> None:
         """The padding before sections holds zeros only: ``gaps`` are (start, stop, section index), in file
-        order; those within GAP_WINDOW bytes of each other are read together and checked in one pass."""
+        order; those within GAP_WINDOW bytes of each other are read together (one read, then one
+        bytes.count per gap, not a read and a numpy array per gap)."""
         i = 0
         while i < len(gaps):
             start = gaps[i][0]
             j = i + 1
             while j < len(gaps) and gaps[j][1] - start <= GAP_WINDOW:
                 j += 1
-            run = np.array(gaps[i:j], np.int64)
-            buf = self._read(start, int(run[-1, 1]) - start)
-            lens = run[:, 1] - run[:, 0]
-            first = np.repeat(run[:, 0] - start, lens)  # the file offset (from start) of each padding byte:
-            first += np.arange(first.size) - np.repeat(np.cumsum(lens) - lens, lens)  # its gap's start + its place
-            bad = np.flatnonzero(buf[first])
-            if bad.size:
-                k = int(np.searchsorted(np.cumsum(lens), bad[0], side="right"))
-                a, b, sec = gaps[i + k]
-                raise FormatError(f"section {sec}: non-zero padding in bytes {a}..{b - 1}")
+            buf = self._read_bytes(start, gaps[j - 1][1] - start)
+            for a, b, sec in gaps[i:j]:
+                if buf.count(0, a - start, b - start) != b - a:
+                    raise FormatError(f"section {sec}: non-zero padding in bytes {a}..{b - 1}")
             i = j
 
     def _check_zeros(self, sec: Section, where: str) -> None:

@@ -131,7 +131,8 @@ _DEFAULTS = {f.name: f.default for f in fields(TensorInfo) if f.default is not M
 
 def _record(**kw) -> TensorInfo:
     """``TensorInfo(**kw)`` without the frozen dataclass's per-field ``object.__setattr__`` (a third of
-    the cost of parsing a small record, paid once per tensor at every open): the same object."""
+    the cost of parsing a small record, paid once per tensor at every open): the same object. ``kw`` may
+    also hold the cached properties (numel, decoded_nbytes), known already to the parser."""
     info = object.__new__(TensorInfo)
     d = info.__dict__
     d.update(_DEFAULTS)
@@ -271,7 +272,7 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
                                   f"of {shape}) needs {want}")
             kw.update(scale_axis=axis, scale_dtype=sdt)
     return _record(name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset,
-                   nbytes=length, nonzeros=nonzeros, **kw)
+                   nbytes=length, nonzeros=nonzeros, numel=numel, decoded_nbytes=numel * ITEMSIZE[dtype], **kw)
 
 
 def new_info(name, dtype, shape, encoding, parts, **kw) -> TensorInfo:
