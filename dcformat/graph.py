@@ -134,6 +134,15 @@ def graph_objects(model, limit: int | None = None) -> int:
     return n
 
 
+def objects_bound(model, nbytes: int) -> int:
+    """An upper bound on :func:`graph_objects` of ``model`` parsed from ``nbytes`` serialized bytes,
+    found without walking it. Every object that function counts is an element of a repeated field
+    or a message field that is present, and owns the tag and length (at least 2 bytes) that start it
+    on the wire; the exceptions are the main graph and the two graphs of each training_info element,
+    counted even when absent. So when this bound is within the limit, the walk is not needed."""
+    return nbytes // 2 + 1 + 2 * len(model.training_info)
+
+
 def check_references(model) -> None:
     """Raise FormatError unless every EXTERNAL tensor of ``model`` is a reference to a tensor record
     in a place where records are filled in (spec/FORMAT.md 5.2): nothing may point outside the file.
@@ -182,18 +191,21 @@ def reference(t) -> str | None:
 
 
 
-def scan_references(model) -> list[tuple]:
+def scan_references(model, holders: dict | None = None, used: set | None = None) -> list[tuple]:
     """Check ``model`` as :func:`check_references` does, and return its references, in one walk:
     ``(TensorProto, record name, node, in_main)`` for every tensor that refers to a record, in the
     order of :func:`iter_tensors`; ``node`` is the main-graph node whose TENSOR attribute holds it
     (None for initializers and inside subgraphs), ``in_main`` is true for a main-graph initializer.
 
     This is the walk a load makes (the reader's checks, then filling in): where a check fails,
-    :func:`check_references` walks again to name the place in its error.
+    :func:`check_references` walks again to name the place in its error. With ``holders`` (a dict),
+    the references held by a TENSOR attribute of a node inside a subgraph are also noted there:
+    ``holders[i] = (graph, node)`` for ``refs[i]``, the subgraph and its node. With ``used`` (a set),
+    the names of all node inputs, in every graph, are added to it.
     """
     refs: list[tuple] = []
     try:
-        ok = _scan_graph(model.graph, True, True, refs)
+        ok = _scan_graph(model.graph, True, True, refs, holders, used)
         if ok and (len(model.functions) or len(model.training_info)):  # rare: the full walk checks those
             check_references(model)
     except RecursionError:
@@ -221,7 +233,13 @@ def _scan_sparse(st) -> bool:
             and st.values.data_location != EXTERNAL and st.indices.data_location != EXTERNAL)
 
 
-def _scan_graph(g, fillable: bool, main: bool, refs: list) -> bool:
+# AttributeProto's field numbers (onnx.proto) of the fields that hold tensors or graphs
+_F_T, _F_G, _F_TENSORS, _F_GRAPHS, _F_SPARSE_TENSOR, _F_SPARSE_TENSORS = 5, 6, 10, 11, 22, 23
+_ATTR_HOLDERS = frozenset((_F_T, _F_G, _F_TENSORS, _F_GRAPHS, _F_SPARSE_TENSOR, _F_SPARSE_TENSORS))
+
+
+def _scan_graph(g, fillable: bool, main: bool, refs: list, holders: dict | None = None,
+                used: set | None = None) -> bool:
     """The walk of :func:`scan_references` over one graph; False where check_references would raise."""
     ok = True
     for t in g.initializer:
@@ -229,22 +247,81 @@ def _scan_graph(g, fillable: bool, main: bool, refs: list) -> bool:
     for st in g.sparse_initializer:
         ok &= _scan_sparse(st)
     for node in g.node:
+        if used is not None:
+            used.update(node.input)
         for a in node.attribute:
-            typ = a.type
-            if a.HasField("t"):
-                ok &= _scan_tensor(a.t, fillable and typ == ATTR_TENSOR, node if main else None, False, refs)
-            for t in a.tensors:
-                ok &= _scan_tensor(t, fillable and typ == ATTR_TENSORS, None, False, refs)
-            if a.HasField("sparse_tensor"):
-                ok &= _scan_sparse(a.sparse_tensor)
-            for st in a.sparse_tensors:
-                ok &= _scan_sparse(st)
-            if a.HasField("g"):
-                ok &= _scan_graph(a.g, fillable and typ == ATTR_GRAPH, False, refs)
-            for sub in a.graphs:
-                ok &= _scan_graph(sub, fillable and typ == ATTR_GRAPHS, False, refs)
+            # the fields that are set, in one call (most attributes hold ints or floats: nothing to look at)
+            for fd, v in a.ListFields():
+                k = fd.number
+                if k not in _ATTR_HOLDERS:
+                    continue
+                if k == _F_T:
+                    ok &= _scan_tensor(v, fillable and a.type == ATTR_TENSOR, node if main else None, False, refs)
+                    if holders is not None and not main and refs and refs[-1][0] is v:
+                        holders[len(refs) - 1] = (g, node)
+                elif k == _F_TENSORS:
+                    for t in v:
+                        ok &= _scan_tensor(t, fillable and a.type == ATTR_TENSORS, None, False, refs)
+                elif k == _F_SPARSE_TENSOR:
+                    ok &= _scan_sparse(v)
+                elif k == _F_SPARSE_TENSORS:
+                    for st in v:
+                        ok &= _scan_sparse(st)
+                elif k == _F_G:
+                    ok &= _scan_graph(v, fillable and a.type == ATTR_GRAPH, False, refs, holders, used)
+                else:  # graphs
+                    for sub in v:
+                        ok &= _scan_graph(sub, fillable and a.type == ATTR_GRAPHS, False, refs, holders, used)
     return bool(ok)
 
+
+
+def hoistable(model, wanted: dict) -> set[str]:
+    """Of ``wanted`` (value name -> the subgraph whose Constant node makes it), the names that can be
+    made by a main-graph initializer instead, without changing what any name refers to: defined once
+    in the whole model (by that node: no other node output, graph input or initializer of that name in
+    any graph), the output of no graph, and used, only inside that subgraph or graphs nested in it
+    (ONNX Runtime drops an initializer that nothing uses, and then refuses its external data)."""
+    defs = dict.fromkeys(wanted, 0)
+    used = set()
+    bad = set()
+
+    def walk(g, inside: frozenset):
+        own = [n for n, sub in wanted.items() if sub is g]
+        if own:
+            inside = inside | frozenset(own)
+        for x in g.input:
+            if x.name in defs:
+                defs[x.name] += 1
+        for t in g.initializer:
+            if t.name in defs:
+                defs[t.name] += 1
+        for st in g.sparse_initializer:
+            if st.values.name in defs:
+                defs[st.values.name] += 1
+        for o in g.output:
+            if o.name in defs:
+                bad.add(o.name)
+        for node in g.node:
+            for o in node.output:
+                if o in defs:
+                    defs[o] += 1
+            for i in node.input:
+                if i in defs:
+                    used.add(i)
+                    if i not in inside:
+                        bad.add(i)
+            for a in node.attribute:
+                if a.HasField("g"):
+                    walk(a.g, inside)
+                for sub in a.graphs:
+                    walk(sub, inside)
+
+    try:
+        walk(model.graph, frozenset())
+    except RecursionError:  # pragma: no cover - scan_references walked the same nesting first
+        return set()
+    return {n for n, k in defs.items() if k == 1 and n in used and n not in bad}
 
 
 def _walk(graph, prefix: str = ""):

@@ -46,6 +46,7 @@ from .streams import align
 
 
 SCRATCH_BYTES = 64 << 20  # tensor sections up to this size are read into a reused per-thread buffer
+GAP_WINDOW = 1 << 20  # the padding between sections is read in windows of up to this many bytes
 
 
 def _parse_json(data: bytes, what: str):
@@ -132,6 +133,10 @@ class DczReader(Mapping):
 
     def _read(self, offset: int, length: int) -> np.ndarray:
         """``length`` bytes at ``offset`` (read-only array); FormatError if the file no longer holds them."""
+        return np.frombuffer(self._read_bytes(offset, length), np.uint8)
+
+    def _read_bytes(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; FormatError if the file no longer holds them."""
         if self.closed or self._f is None:
             raise DczError(f"{self.path}: the reader is closed")
         parts, pos, left = [], offset, length
@@ -154,8 +159,7 @@ class DczReader(Mapping):
         if left:
             raise FormatError(f"{self.path}: bytes {offset}..{offset + length - 1} are missing: the file shrank "
                               f"to {pos} bytes while open (was {self.file_size}; was it overwritten?)")
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return np.frombuffer(data, np.uint8)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     # ------------------------------------------------------------------ structure
     def _inflate(self, data, cap: int, factor: int, what: str) -> bytes:
@@ -220,57 +224,84 @@ class DczReader(Mapping):
         once = dict.fromkeys((SECTION_METADATA, SECTION_GRAPH, SECTION_PADDING))  # kinds a file has at most one of
         end = PREAMBLE_SIZE + hlen
         decoded = 0
-        for i, e in enumerate(entries):
-            where = f"section {i}"
-            if not isinstance(e, dict):
-                raise FormatError(f"{where}: entry must be an object")
-            kind, length, crc = e.get("kind"), e.get("length"), e.get("crc32")
-            if not isinstance(kind, str):
-                raise FormatError(f"{where}: 'kind' must be a string")
-            for key, v, hi in (("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
-                if type(v) is not int or not 0 <= v <= hi:
-                    truncated = key == "length" and type(v) is int and v > size
-                    raise FormatError(f"{self.path}: {where} ({kind}): '{key}' must be an integer in [0, {hi}], got {v!r}"
-                                      + (" (is the file truncated?)" if truncated else ""))
-            off = align(end, ALIGNMENT)  # sections tile the file: each starts where the rules put it
-            if off + length > size:
-                raise FormatError(f"{self.path}: {where} ({kind}): bytes {off}..{off + length - 1} run past the end of "
-                                  f"the {size}-byte file (is the file truncated?)")
-            if off > end and self._read(end, off - end).any():
-                raise FormatError(f"{where}: non-zero padding in bytes {end}..{off - 1}")
-            end = off + length
-            sec = Section(kind, off, length, crc, e.get("tensor"))
-            self.sections.append(sec)
-            if kind == SECTION_TENSOR:
-                try:
-                    info = parse_descriptor(sec.tensor, off, length, where, self.MINOR)
-                except TensorError as e:
-                    if minor <= self.MINOR:
-                        raise
-                    raise VersionError(f"{self.path}: {e} -- the file is version {major}.{minor} and this reader "
-                                       f"reads what {VERSION_MAJOR}.{self.MINOR} defines; a newer dcformat may "
-                                       "read it") from None
-                if info.name in self.tensors:
-                    raise FormatError(f"{where}: duplicate tensor name {info.name!r}")
-                self.tensors[info.name] = info
-                self._tensor_sections[info.name] = sec
-                decoded += info.decoded_nbytes
-            elif kind in once:
-                if once[kind] is not None:
-                    raise FormatError(f"{where}: a second {kind} section")
-                once[kind] = sec
-                if kind == SECTION_PADDING:
-                    self._check_zeros(sec, where)
-            # padding and other kinds (added by later minor versions) are skipped; they are still checksummed
-        self._meta_section, self._graph_section = once[SECTION_METADATA], once[SECTION_GRAPH]
+        # the zero padding between sections is checked after the loop, in one read per window of the file
+        # (_check_gaps); when the loop finds a problem, the padding before it is checked first, so that the
+        # error is the first in file order, as if each gap were checked where it is
+        gaps = []  # (start, stop, section index)
+        try:
+            for i, e in enumerate(entries):
+                where = f"section {i}"
+                if not isinstance(e, dict):
+                    raise FormatError(f"{where}: entry must be an object")
+                kind, length, crc = e.get("kind"), e.get("length"), e.get("crc32")
+                if not isinstance(kind, str):
+                    raise FormatError(f"{where}: 'kind' must be a string")
+                for key, v, hi in (("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
+                    if type(v) is not int or not 0 <= v <= hi:
+                        truncated = key == "length" and type(v) is int and v > size
+                        raise FormatError(f"{self.path}: {where} ({kind}): '{key}' must be an integer in [0, {hi}], "
+                                          f"got {v!r}" + (" (is the file truncated?)" if truncated else ""))
+                off = align(end, ALIGNMENT)  # sections tile the file: each starts where the rules put it
+                if off + length > size:
+                    raise FormatError(f"{self.path}: {where} ({kind}): bytes {off}..{off + length - 1} run past the "
+                                      f"end of the {size}-byte file (is the file truncated?)")
+                if off > end:
+                    gaps.append((end, off, i))
+                end = off + length
+                sec = Section(kind, off, length, crc, e.get("tensor"))
+                self.sections.append(sec)
+                if kind == SECTION_TENSOR:
+                    try:
+                        info = parse_descriptor(sec.tensor, off, length, where, self.MINOR)
+                    except TensorError as e:
+                        if minor <= self.MINOR:
+                            raise
+                        raise VersionError(f"{self.path}: {e} -- the file is version {major}.{minor} and this reader "
+                                           f"reads what {VERSION_MAJOR}.{self.MINOR} defines; a newer dcformat may "
+                                           "read it") from None
+                    if info.name in self.tensors:
+                        raise FormatError(f"{where}: duplicate tensor name {info.name!r}")
+                    self.tensors[info.name] = info
+                    self._tensor_sections[info.name] = sec
+                    decoded += info.decoded_nbytes
+                elif kind in once:
+                    if once[kind] is not None:
+                        raise FormatError(f"{where}: a second {kind} section")
+                    once[kind] = sec
+                    if kind == SECTION_PADDING:
+                        self._check_gaps(gaps)
+                        gaps = []
+                        self._check_zeros(sec, where)
+                # padding and other kinds (added by later minor versions) are skipped; they are still checksummed
+        except DczError:
+            self._check_gaps(gaps)
+            raise
+        self._check_gaps(gaps)
         if end != size:
             raise FormatError(f"{self.path}: {size - end} bytes after the last section (byte {end})")
+        self._meta_section, self._graph_section = once[SECTION_METADATA], once[SECTION_GRAPH]
         self.max_decoded_bytes = limit
         if decoded > limit:
             raise LimitError(
                 f"{self.path}: tensors declare {decoded} decoded bytes, more than the limit of {limit} "
                 f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it"
             )
+
+    def _check_gaps(self, gaps: list) -> None:
+        """The padding before sections holds zeros only: ``gaps`` are (start, stop, section index), in file
+        order; those within GAP_WINDOW bytes of each other are read together (one read, then one
+        bytes.count per gap, not a read and a numpy array per gap)."""
+        i = 0
+        while i < len(gaps):
+            start = gaps[i][0]
+            j = i + 1
+            while j < len(gaps) and gaps[j][1] - start <= GAP_WINDOW:
+                j += 1
+            buf = self._read_bytes(start, gaps[j - 1][1] - start)
+            for a, b, sec in gaps[i:j]:
+                if buf.count(0, a - start, b - start) != b - a:
+                    raise FormatError(f"section {sec}: non-zero padding in bytes {a}..{b - 1}")
+            i = j
 
     def _check_zeros(self, sec: Section, where: str) -> None:
         """A padding section holds zeros only (spec 5.4): nothing can hide in it."""
@@ -388,15 +419,16 @@ class DczReader(Mapping):
         got = self._graph_refs()
         return None if got is None else got[0]
 
-    def _graph_refs(self):
+    def _graph_refs(self, holders: dict | None = None, used: set | None = None):
         """(the checked graph, its references as :func:`dcformat.graph.scan_references` lists them),
-        or None: what :attr:`graph` checks, for a caller that goes on to fill the references in."""
+        or None: what :attr:`graph` checks, for a caller that goes on to fill the references in
+        (``holders``, ``used`` as for scan_references)."""
         data = self.graph_bytes
         if data is None:
             return None
         from google.protobuf.message import DecodeError
 
-        from .graph import graph_objects, scan_references
+        from .graph import graph_objects, objects_bound, scan_references
         from .onnxproto import ModelProto
 
         model = ModelProto()
@@ -405,11 +437,12 @@ class DczReader(Mapping):
         except (DecodeError, RuntimeError, ValueError) as e:
             raise FormatError(f"graph: not a valid ONNX ModelProto ({e})") from None
         most = self.max_decoded_bytes // GRAPH_OBJECT_COST
-        if (n := graph_objects(model, most)) > most:
+        # the bound from the byte count makes the walk of graph_objects needless for any graph that fits
+        if objects_bound(model, len(data)) > most and (n := graph_objects(model, most)) > most:
             raise LimitError(f"graph: more than {most} objects (nodes, attributes, tensors ...: at least {n}), the "
                              f"limit of {self.max_decoded_bytes} bytes / GRAPH_OBJECT_COST {GRAPH_OBJECT_COST} "
                              f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it")
-        refs = scan_references(model)
+        refs = scan_references(model, holders, used)
         tensors = self.tensors
         total = sum(tensors[r[1]].decoded_nbytes for r in refs if r[1] in tensors)  # once per reference
         if total > self.max_decoded_bytes:

@@ -8,7 +8,8 @@ is rejected.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from functools import cached_property
 
 from .constants import (
     CODEBOOK_DTYPES,
@@ -67,11 +68,11 @@ class TensorInfo:
     nbytes: int = 0  # stored bytes (the section's length)
     extra: dict = field(default_factory=dict, compare=False)
 
-    @property
+    @cached_property  # asked for several times per tensor at every load; a frozen record never changes
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    @property
+    @cached_property
     def decoded_nbytes(self) -> int:
         return self.numel * ITEMSIZE[self.dtype]
 
@@ -125,6 +126,21 @@ class TensorInfo:
         return d
 
 
+_DEFAULTS = {f.name: f.default for f in fields(TensorInfo) if f.default is not MISSING}
+
+
+def _record(**kw) -> TensorInfo:
+    """``TensorInfo(**kw)`` without the frozen dataclass's per-field ``object.__setattr__`` (a third of
+    the cost of parsing a small record, paid once per tensor at every open): the same object. ``kw`` may
+    also hold the cached properties (numel, decoded_nbytes), known already to the parser."""
+    info = object.__new__(TensorInfo)
+    d = info.__dict__
+    d.update(_DEFAULTS)
+    d["extra"] = {}
+    d.update(kw)
+    return info
+
+
 def section_length(parts: dict[str, int]) -> int:
     pos = 0
     for length in parts.values():
@@ -156,12 +172,13 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
     if not isinstance(d, dict):
         raise TensorError(f"{where}: tensor descriptor must be an object")
     name = d.get("name")
-    if not isinstance(name, str) or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise TensorError(f"{where}: tensor name must be a string of at most {MAX_NAME_BYTES} bytes")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate (\ud800 in the JSON): no UTF-8 text, no ONNX name
-        raise TensorError(f"{where}: tensor name {name!r} is not valid Unicode text (a lone surrogate)") from None
+    if not isinstance(name, str) or not (name.isascii() and len(name) <= MAX_NAME_BYTES):  # ASCII: 1 byte a char
+        if not isinstance(name, str) or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise TensorError(f"{where}: tensor name must be a string of at most {MAX_NAME_BYTES} bytes")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (\ud800 in the JSON): no UTF-8 text, no ONNX name
+            raise TensorError(f"{where}: tensor name {name!r} is not valid Unicode text (a lone surrogate)") from None
     where = f"tensor {name!r} ({where})"
     dtype = d.get("dtype")
     if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is unhashable
@@ -254,10 +271,8 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
                 raise TensorError(f"{where}: scales part is {parts['scales']} bytes, {shape[axis]} x {sdt} (shape[{axis}] "
                                   f"of {shape}) needs {want}")
             kw.update(scale_axis=axis, scale_dtype=sdt)
-    return TensorInfo(
-        name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset, nbytes=length,
-        nonzeros=nonzeros, **kw
-    )
+    return _record(name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset,
+                   nbytes=length, nonzeros=nonzeros, numel=numel, decoded_nbytes=numel * ITEMSIZE[dtype], **kw)
 
 
 def new_info(name, dtype, shape, encoding, parts, **kw) -> TensorInfo:

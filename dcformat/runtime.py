@@ -199,8 +199,14 @@ def _not_compactable(info, placed: bool, nrefs: int, is_input: bool, opset: int)
     return ""
 
 
-def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
+def prepare(src, compact: bool = False, external: bool = True, hoist: bool = False) -> Prepared:
     """Decode a .dcz into a ModelProto; large weights stay aside as arrays when ``external``.
+
+    With ``hoist`` (and ``external``) a large weight made by a Constant node inside a subgraph (an If
+    branch ...) is made by a main-graph initializer of the same name instead, which the subgraph reads
+    from the outer scope, so that it too is handed over in place rather than serialized into the graph;
+    only where that name is defined nowhere else and used only inside that subgraph
+    (:func:`dcformat.graph.hoistable`). ONNX Runtime then computes the same outputs (tests/test_fastload.py).
 
     One walk of the graph: the reader's check of its references (:meth:`DczReader._graph_refs`)
     lists them, and they are filled in from that list; the records are read and decoded together
@@ -208,19 +214,26 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
     """
     reader, owned = _reader(src)
     try:
-        got = reader._graph_refs()
+        holders = {} if external and hoist else None
+        used = set() if external else None  # ONNX Runtime drops an initializer nothing uses, then refuses its data
+        got = reader._graph_refs(holders, used)
         if got is None:
             raise FormatError(f"{reader.path}: weights-only file (no graph section); use load_weights() instead")
         model, scanned = got
         out = Prepared(model)
         main = {t.name: t for t in model.graph.initializer}
         refs: dict[str, list] = {}
-        for t, name, node, _ in scanned:
+        held = {}  # record name -> (subgraph, its Constant node) holding a reference to it
+        for i, (t, name, node, _) in enumerate(scanned):
             refs.setdefault(name, []).append((t, node))
+            if holders and i in holders:
+                held[name] = holders[i]
         new_nodes, removed, removed_nodes = [], set(), set()
         graph_inputs = {i.name for i in model.graph.input}
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         graph_outputs = {o.name for o in model.graph.output}
+        if used is not None:
+            used |= graph_outputs
         tensors = reader.tensors
         plan = []  # (record name, its protos, in_main, Constant node or None, record)
         for name, protos in refs.items():
@@ -243,19 +256,25 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
         if compact:
             decoded = _compact(reader, model, out, plan, graph_inputs, opset, new_nodes, removed, removed_nodes)
         arrays = reader.decode_many([p[0] for p in plan if p[0] not in decoded])
+        hoist_ok, sub_removed = _hoistable(model, plan, decoded, held), {}
         for name, protos, in_main, node, info in plan:
             if name in decoded:
                 continue
             arr = arrays[name]
             big = external and info.dtype in _ORT_FLOATS and info.decoded_nbytes >= EXTERNAL_MIN_BYTES
-            if big and in_main:
+            if big and in_main and protos[0][0].name in used:
                 out.external[protos[0][0].name] = arr
-            elif big and node is not None:
+            elif big and node is not None and node.output[0] in used:
                 # a Constant node's weight becomes an initializer ONNX Runtime uses in place (it turns Constant
                 # nodes into initializers itself): not copied into the serialized graph, not parsed back
                 _external_stub(model, node.output[0], arr)
                 removed_nodes.add(id(node))
                 out.external[node.output[0]] = arr
+            elif big and name in hoist_ok:  # a subgraph's Constant node: its value now comes from the outer scope
+                g, n = held[name]
+                _external_stub(model, n.output[0], arr)
+                sub_removed.setdefault(id(g), (g, set()))[1].add(id(n))
+                out.external[n.output[0]] = arr
             else:
                 data = arr.tobytes()
                 for t, _ in protos:
@@ -266,10 +285,14 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
             kept = [t for t in model.graph.initializer if id(t) not in removed]
             del model.graph.initializer[:]
             model.graph.initializer.extend(kept)
-        if new_nodes or removed_nodes:
+        for g, ids in sub_removed.values():  # first: rebuilding the main graph's node list copies the subgraphs
+            _delete_nodes(g, ids)
+        if new_nodes:
             nodes = [n for n in model.graph.node if id(n) not in removed_nodes]
             del model.graph.node[:]
             model.graph.node.extend(new_nodes + nodes)
+        elif removed_nodes:
+            _delete_nodes(model.graph, removed_nodes)
         return out
     finally:
         if owned:
@@ -277,6 +300,35 @@ def prepare(src, compact: bool = False, external: bool = True) -> Prepared:
 
 
 _ORT_FLOATS = ("float32", "float16", "float64")  # dtypes an OrtValue can take from numpy (not bfloat16)
+
+
+def _delete_nodes(graph, ids: set) -> None:
+    """Take the nodes whose id() is in ``ids`` out of ``graph``, in place: deleting a few from the end
+    backwards costs less than copying every other node into a new list."""
+    for i in reversed([i for i, n in enumerate(graph.node) if id(n) in ids]):
+        del graph.node[i]
+
+
+def _hoistable(model, plan, decoded, held) -> set:
+    """The records of ``plan`` that prepare(hoist=True) makes main-graph initializers: large, referenced
+    once, by the only 'value' of a Constant node inside a subgraph whose output name may move to the
+    main graph (:func:`dcformat.graph.hoistable`)."""
+    if not held:
+        return set()
+    wanted = {}
+    for name, protos, _, _, info in plan:
+        if (name in held and name not in decoded and len(protos) == 1 and info.dtype in _ORT_FLOATS
+                and info.decoded_nbytes >= EXTERNAL_MIN_BYTES):
+            g, n = held[name]
+            if (n.op_type == "Constant" and not n.domain and len(n.attribute) == 1 and n.attribute[0].name == "value"
+                    and len(n.output) == 1 and n.output[0] and n.output[0] not in wanted):
+                wanted[n.output[0]] = (name, g)
+    if not wanted:
+        return set()
+    from .graph import hoistable
+
+    ok = hoistable(model, {k: g for k, (_, g) in wanted.items()})
+    return {wanted[k][0] for k in ok}
 
 
 def _compact(reader, model, out, plan, graph_inputs, opset, new_nodes, removed, removed_nodes) -> dict:
@@ -424,7 +476,7 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
     if sess_options is not None and sess_options in _USED_OPTIONS:
         raise ValueError("sess_options was already given to a dcformat.InferenceSession, and ONNX Runtime keeps that "
                          "session's weights in it; pass a new SessionOptions for each session")
-    p = prepare(path, compact=compact)
+    p = prepare(path, compact=compact, hoist=True)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     if sess_options is None:
         # fatal only: not a warning per initializer that is also a graph input, nor ANSI-coloured error lines

@@ -9,16 +9,26 @@ classifier (rapidocr-onnxruntime), Silero VAD (silero-vad), Magika's content-typ
 classifier (magika). Each is converted twice: ``--lossless`` and ``--sparsity 0.5 --bits 6``
 (codebook-coded weights, decoded at load time).
 
+dcformat decodes with numba's kernels or, until a process has spent about what starting numba
+costs (dcformat/decode.py: NUMBA_START_S), with the numpy decoder (no numba start; slower per
+symbol). So each model is measured three ways, each column best of --repeat against ORT in
+alternation: *numba* and *numpy* (DCZ_DECODER forced, in this process: numba is started once, before
+the first measurement), and *default*: a fresh child process per model, the decoder as the default
+picks it there (what the first loads of a new process get; a process that keeps loading models turns
+to numba after about NUMBA_START_S of numpy decoding). The worst ratio of each column is printed.
+
     .venv/bin/python tools/bench_load_real.py                 # all models
     .venv/bin/python tools/bench_load_real.py model.onnx ...  # your own files
     .venv/bin/python tools/bench_load_real.py --keep /tmp/dcz                  # keep the .dcz files, reuse them
     .venv/bin/python tools/bench_load_real.py --keep /tmp/dcz --root ../base   # the same files, another checkout
+    .venv/bin/python tools/bench_load_real.py --decoder numba                  # one column only
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +88,47 @@ def best_pair(a, b, repeat: int) -> tuple[float, float]:
     return min(ta), min(tb)
 
 
+DECODERS = ("numba", "numpy", "default")
+
+CHILD = r"""
+import json, os, sys, time
+sys.path[:0] = json.loads(sys.argv[1])
+os.environ.pop("DCZ_DECODER", None)
+import onnxruntime as ort
+import dcformat
+sys.path.insert(0, os.path.join(sys.argv[2], "tools"))
+import bench_load_real as b
+if sys.argv[5] == "cpu":
+    b.CLOCK[0] = time.process_time
+so = ort.SessionOptions()
+so.log_severity_level = 3
+cpu = ["CPUExecutionProvider"]
+onnx_path, dcz = sys.argv[3], sys.argv[4]
+t_ort, t_dcz = b.best_pair(lambda: ort.InferenceSession(onnx_path, sess_options=so, providers=cpu),
+                           lambda: dcformat.InferenceSession(dcz, providers=cpu), int(sys.argv[6]))
+print(json.dumps([t_ort, t_dcz, "dcformat.kernels" in sys.modules]))
+"""
+
+
+def measure(decoder: str, onnx_path: str, dcz: str, args, so, ort, dcformat) -> tuple[float, float, str]:
+    """(ORT seconds, dcformat seconds, decoder that ran) for one model, best of args.repeat alternating."""
+    cpu = ["CPUExecutionProvider"]
+    if decoder == "default":
+        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps([x for x in sys.path if x]), ROOT, onnx_path, dcz,
+                            args.clock, str(args.repeat)], capture_output=True, text=True)
+        if p.returncode:
+            raise SystemExit(f"child failed: {p.stderr.strip()}")
+        t_ort, t_dcz, numba = json.loads(p.stdout.strip().splitlines()[-1])
+        return t_ort, t_dcz, "numba" if numba else "numpy"
+    os.environ["DCZ_DECODER"] = decoder
+    try:
+        t_ort, t_dcz = best_pair(lambda: ort.InferenceSession(onnx_path, sess_options=so, providers=cpu),
+                                 lambda: dcformat.InferenceSession(dcz, providers=cpu), args.repeat)
+    finally:
+        os.environ.pop("DCZ_DECODER", None)
+    return t_ort, t_dcz, decoder
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="*", help="ONNX files (default: the PyPI models)")
@@ -89,6 +140,8 @@ def main(argv=None) -> int:
                     help="cpu: this process's CPU time (all its threads), steadier than wall time on a busy machine")
     ap.add_argument("--root", help="import dcformat from this checkout instead (a before/after on the same files)")
     ap.add_argument("--variant", choices=sorted(VARIANTS), action="append", help="only these variants (repeatable)")
+    ap.add_argument("--decoder", choices=DECODERS, action="append",
+                    help="only these columns (repeatable; default: all three, see above)")
     args = ap.parse_args(argv)
     if args.clock == "cpu":
         CLOCK[0] = time.process_time
@@ -118,15 +171,19 @@ def main(argv=None) -> int:
                                         "-q", "--force", *flags], stderr=subprocess.PIPE, text=True)
                     if p.returncode:  # the fidelity warnings of explicit --sparsity/--bits are not shown
                         raise SystemExit(f"dcconvert {path} failed: {p.stderr.strip()}")
-                t_ort, t_dcz = best_pair(lambda: ort.InferenceSession(path, sess_options=so, providers=cpu),
-                                         lambda: dcformat.InferenceSession(out, providers=cpu), args.repeat)
-                rows.append((os.path.basename(path), variant, os.path.getsize(path), os.path.getsize(out), t_ort, t_dcz))
-                r = rows[-1]
-                print(f"{r[0]:48s} {r[1]:9s} onnx {r[2]:>10,} B  dcz {r[3]:>10,} B   ORT {r[4] * 1e3:7.1f} ms   "
-                      f"dcz {r[5] * 1e3:7.1f} ms   ratio {r[5] / r[4]:.2f}", flush=True)
-    worst = max(r[5] / r[4] for r in rows)
+                cols = {}
+                for decoder in args.decoder or DECODERS:
+                    cols[decoder] = measure(decoder, path, out, args, so, ort, dcformat)
+                rows.append((os.path.basename(path), variant, os.path.getsize(path), os.path.getsize(out), cols))
+                print(f"{rows[-1][0]:48s} {variant:9s} onnx {rows[-1][2]:>10,} B  dcz {rows[-1][3]:>10,} B  "
+                      + "  ".join(f"{d}: ORT {t_o * 1e3:6.1f} dcz {t_d * 1e3:6.1f} ms ({ran}) {t_d / t_o:.2f}x"
+                                  for d, (t_o, t_d, ran) in cols.items()), flush=True)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"worst load ratio (dcz / ORT, same process, best of {args.repeat}, {args.clock} time): {worst:.2f}")
+    for decoder in args.decoder or DECODERS:
+        worst = max(r[4][decoder][1] / r[4][decoder][0] for r in rows)
+        where = ("fresh child process per model, decoder as the default picks it" if decoder == "default"
+                 else f"DCZ_DECODER={decoder}, same process")
+        print(f"worst load ratio (dcz / ORT, best of {args.repeat}, {args.clock} time), {decoder} ({where}): {worst:.2f}")
     return 0
 
 

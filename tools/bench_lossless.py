@@ -22,6 +22,7 @@ checked to decode to the ONNX model's weights bit for bit.
 
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --work /tmp/dcz-bench-lossless
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --quick     # small CNN, no xz
+    PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --decode-only --decoder numba  # reuse files
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --per-tensor model.onnx  # which tensors lose
 """
 
@@ -288,6 +289,41 @@ def measure(label: str, onnx_path: str, work: str, args) -> dict:
     return row
 
 
+def measure_decode(label: str, onnx_path: str, work: str, args) -> dict:
+    """--decode-only: the decode timings alone, of the .dcz and .zst files an earlier run left in ``work``."""
+    import zstandard
+
+    import dcformat
+
+    tag = os.path.splitext(os.path.basename(onnx_path))[0]
+    dcz, zst = os.path.join(work, f"{tag}.lossless.dcz"), os.path.join(work, f"{tag}.onnx.zst")
+    for f in (dcz, zst):
+        if not os.path.exists(f):
+            raise SystemExit(f"--decode-only: {f} is missing; run once without --decode-only first")
+    d = zstandard.ZstdDecompressor()
+
+    def unzstd():
+        with open(zst, "rb") as f:
+            return d.decompress(f.read())
+
+    row = {"model": label, "dcz": os.path.getsize(dcz)}
+    row["decode_dcz_s"], row["decode_zstd_s"] = best_pair(lambda: dcformat.load_weights(dcz), unzstd, args.repeat)
+    row["open_dcz_s"] = best(lambda: dcformat.open(dcz).close(), args.repeat)
+    row["decoder"] = "numba" if "dcformat.kernels" in sys.modules else "numpy"
+    return row
+
+
+def decode_table(rows: list[dict]) -> str:
+    head = ["model", ".dcz --lossless", "decode .dcz", "of which open", "zstd -d (library)", "decode speed vs zstd -d",
+            "decoder at the end"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["model"], mb(r["dcz"]), f"{r['decode_dcz_s'] * 1e3:.2f} ms", f"{r['open_dcz_s'] * 1e3:.2f} ms",
+            f"{r['decode_zstd_s'] * 1e3:.2f} ms", f"{r['decode_zstd_s'] / r['decode_dcz_s']:.2f}x", r["decoder"]]) + " |")
+    return "\n".join(lines)
+
+
 def mb(n) -> str:
     return "—" if n is None else (f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB")
 
@@ -323,8 +359,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--per-tensor", metavar="ONNX", help="only: each tensor of this ONNX file, .dcz against zstd -19")
     ap.add_argument("--top", type=int, default=10, help="--per-tensor: rows to print")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="only the decode timings, of the files an earlier run left in --work (no conversion, "
+                         "no zstd/xz/ZipNN)")
+    ap.add_argument("--decoder", choices=("numba", "numpy"),
+                    help="force dcformat's decoder (DCZ_DECODER); default: as dcformat picks it (the numpy decoder "
+                         "until about NUMBA_START_S of numpy decoding, then numba)")
     ap.add_argument("--build-transformer", nargs=2, metavar=("PATH", "QUICK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.decoder:
+        os.environ["DCZ_DECODER"] = args.decoder
     if args.build_transformer:
         _export_transformer(args.build_transformer[0], args.build_transformer[1] == "1")
         return 0
@@ -337,6 +381,13 @@ def main(argv=None) -> int:
               ("Transformer encoder (random)", build_transformer(args.work, args.quick))]
     if not args.no_wheels:
         models += wheel_models(args.work)
+    if args.decode_only:
+        rows = [measure_decode(label, path, args.work, args) for label, path in models]
+        print(decode_table(rows))
+        faster = all(r["decode_dcz_s"] <= r["decode_zstd_s"] for r in rows)
+        print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; decodes no slower than zstd -d on "
+              f"every model: {faster}")
+        return 0
     rows = [measure(label, path, args.work, args) for label, path in models]
     print(table(rows))
     smaller = all(r["dcz"] < r["zstd19"] for r in rows)
