@@ -176,9 +176,13 @@ def _lockstep(win, table, lanes: _Lanes, out) -> np.ndarray:
 SPEC_CHUNK = 1024  # symbols per chunk of a lane decoded speculatively (at least; doubled up to
 SPEC_MAX_CHUNK = 4096  # this while there would be more than SPEC_WALKERS chunks: wider steps than that
 SPEC_WALKERS = 4096  # run out of cache (8.2M symbols: 0.17-0.2 s in 8k chunks of 1024, 0.12-0.19 s in 4k)
-SPEC_EXTRA = 64  # symbols a chunk decodes past its share: room for codes shorter than the lane's average
-SPEC_SYNC = 48  # codes of a chunk past the next chunk's first bit searched for one the next chunk also has
-SPEC_SYNC_NEXT = 192  # among the next chunk's first codes (else the lane is decoded by _lockstep)
+SPEC_EXTRA = 256  # symbols a chunk decodes past its share: room for codes shorter than the lane's average
+SPEC_SYNC = 224  # codes of a chunk past the next chunk's first bit searched for one the next chunk also has
+SPEC_SYNC_NEXT = 512  # among the next chunk's first codes (else the lane is decoded by _lockstep)
+# Near-uniform codes (a 256-entry codebook's 7-9 bit codes) resynchronise slowly: with 48/192 most long
+# lanes of PP-OCR cls, Silero VAD and Magika fell back to _lockstep (43 of 47 on Magika: 189 ms, against
+# 46 ms with these; measured by decoding those files with DCZ_DECODER=numpy).
+assert (SPEC_MAX_CHUNK + SPEC_EXTRA) * 15 < 1 << 16  # positions within a chunk fit uint16
 
 
 def _speculate(win, table, lanes: _Lanes, lane_end, lane_gcd, out, ends) -> None:

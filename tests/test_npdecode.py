@@ -446,3 +446,23 @@ def test_dcrun_command_line_exits_at_once_with_its_output_and_status(tmp_path):
     p = subprocess.run([sys.executable, "-c", code, "--no-such-option"], capture_output=True, text=True, env=env,
                        cwd=ROOT)
     assert p.returncode == 2 and "error:" in p.stderr
+
+
+@pytest.mark.parametrize("alphabet", [200, 100, 48])
+def test_chunked_decoding_of_near_fixed_length_codes(monkeypatch, alphabet):
+    """Uniform symbols of a non-power-of-two alphabet: codes of two lengths (7/8 bits for 200), which
+    resynchronise slowly (a 256-entry codebook's indices are like this: with 48 codes searched, 12 of 16
+    such lanes, and most of Magika's, fell back to _lockstep). Every long lane is decoded in chunks."""
+    from dcformat.streams import encode_stream, parse_stream
+
+    sym = np.random.default_rng(alphabet).integers(0, alphabet, 16 * 16384).astype(np.int64)
+    s = parse_stream(encode_stream(sym, alphabet, 16384), sym.size, alphabet, 16384, "s", 0)
+    assert np.unique(s.table >> 9).size == 2
+    (want, want_ends), = npdecode.decode_streams([(s, sym.size, 16384)], speculate=False)
+    left = []
+    real = npdecode._lockstep
+    monkeypatch.setattr(npdecode, "_lockstep", lambda win, table, lanes, out: left.append(lanes.cnt.size)
+                        or real(win, table, lanes, out))
+    (entries, ends), = npdecode.decode_streams([(s, sym.size, 16384)])
+    assert np.array_equal(entries, want) and np.array_equal(ends, want_ends)
+    assert np.array_equal(entries & 511, sym) and left == []
