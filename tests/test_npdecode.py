@@ -466,3 +466,21 @@ def test_chunked_decoding_of_near_fixed_length_codes(monkeypatch, alphabet):
     (entries, ends), = npdecode.decode_streams([(s, sym.size, 16384)])
     assert np.array_equal(entries, want) and np.array_equal(ends, want_ends)
     assert np.array_equal(entries & 511, sym) and left == []
+
+
+def test_lanes_whose_chunks_do_not_meet_are_cut_again(monkeypatch):
+    """Chunks that search only 3 codes for where they meet fail at many cuts; the lanes that fail are
+    tried once more with other cuts before any is decoded symbol by symbol, and the result is the
+    lanes' own either way."""
+    from dcformat.streams import encode_stream, parse_stream
+
+    monkeypatch.setattr(npdecode, "SPEC_SYNC", 3)
+    sym = np.random.default_rng(3).integers(0, 200, 16 * 16384).astype(np.int64)
+    s = parse_stream(encode_stream(sym, 200, 16384), sym.size, 200, 16384, "s", 0)
+    (want, want_ends), = npdecode.decode_streams([(s, sym.size, 16384)], speculate=False)
+    calls = []
+    real = npdecode._speculate
+    monkeypatch.setattr(npdecode, "_speculate", lambda *a, **k: calls.append(a[2].cnt.size) or real(*a, **k))
+    (entries, ends), = npdecode.decode_streams([(s, sym.size, 16384)])
+    assert np.array_equal(entries, want) and np.array_equal(ends, want_ends)
+    assert len(calls) == 2 and 0 < calls[1] <= calls[0] == 16
