@@ -146,8 +146,8 @@ def figure(report: dict, reader=None, max_bars: int = 30, max_hists: int = 6, mi
             how = "centroids as ticks below"
         else:
             how = f"x {info.scale_count} scales, axis {info.scale_axis}" if info.scaled else "no codebook"
-        hax.set_title(f"{_short(r['name'], 34)}\n{r['sparsity']:.0%} zero, {info.codebook_size or 'no'} centroids "
-                      f"({how})", fontsize=8)
+        hax.set_title(f"{_short(r['name'], 34)}\n{r['sparsity']:.0%} zero, {info.codebook_size or 'no'} centroids\n"
+                      f"({how})", fontsize=8)  # three short lines: a long second line ran into the next title
         hax.set_xlabel("weight value (non-zero)", fontsize=8)
         hax.set_ylabel("count", fontsize=8)
         hax.tick_params(labelsize=7)

@@ -86,3 +86,27 @@ def test_legend_and_labels_stay_clear_of_the_bars(tmp_path, small):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_histogram_titles_do_not_run_into_each_other(tmp_path):
+    """Three histograms in a row, each titled with a long name, its sparsity, centroid count and how the
+    centroids are drawn: no title overlaps its neighbour's (the 'centroids as ticks below' line ran into
+    the next title on PP-OCR cls)."""
+    from dcformat import plot
+
+    rng = np.random.default_rng(2)
+    tensors = [dcformat.encode_codebook(f"backbone.stage{i}.block{i}.conv_depthwise_weights",
+                                        np.linspace(-1, 1, 65).astype(np.float32),
+                                        rng.integers(0, 65, (128, 64, 3, 3)), encoding="codebook-dense")
+               for i in range(3)]
+    p = tmp_path / "m.dcz"
+    dcformat.write(p, tensors)
+    with dcformat.open(p) as r:
+        fig = plot.figure(insp.inspect_dcz(p), r)
+    fig.canvas.draw()
+    titles = [h.title.get_window_extent() for h in fig.axes[1:]]
+    assert len(titles) == 3
+    assert not any(a.overlaps(b) for i, a in enumerate(titles) for b in titles[i + 1:])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
