@@ -8,8 +8,7 @@ import numpy as np
 from dcformat import fidelity
 from dcformat import inputs as inp
 
-DEFAULT_MAX_ERROR = 0.01  # 1% relative L2 output error: conservative, the default result is never broken
-WARN_COSINE = 0.999  # explicit settings: a worst-sample cosine below this (or error over the budget) warns
+from .defaults import DEFAULT_MAX_ERROR, WARN_COSINE  # noqa: F401 (re-exported)
 
 
 HOLD_OUT_SHARE = 0.25  # of the calibration samples, kept out of the search to verify its result

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,13 +16,16 @@ import dcformat
 from dcformat.cliutil import _escape, check_distinct, check_output, run, times_smaller
 from dcformat.table import render
 
-from . import compress as cmp
 from . import settings as st
+from .defaults import DEFAULT_BITS, DEFAULT_MAX_ERROR, DEFAULT_MIN_SIZE, DEFAULT_SPARSITY, INITS, parse_strength
+from .defaults import DEFAULT_STRENGTH as DEFAULT_ECVQ
 from .errors import ConvertError
-from .calibrate import DEFAULT_MAX_ERROR
-from .ecvq import DEFAULT_STRENGTH as DEFAULT_ECVQ
-from .ecvq import parse_strength
-from .quantize import INITS
+
+if TYPE_CHECKING:
+    from . import compress as cmp
+
+# numpy and the heavy modules (compress, calibrate, budget, sources...) are imported inside the functions
+# that use them, so that --help and --version stay fast (tests/test_cli_surprises.py checks it)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -209,6 +213,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 
     from . import budget as bud
     from . import calibrate as cal
+    from . import compress as cmp
     from . import hessian, sources
 
     t0 = time.perf_counter()
@@ -356,14 +361,14 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
               "e.g. 0.9 or 'fc*=0.92,conv*=0.6' (0 keeps an already pruned model; --ecvq may still zero its smallest "
               "weights, --ecvq 0 does not). Without any pruning/bits flag "
               "dcconvert chooses within --max-error; once one is given, layers it leaves unset get "
-              f"{cmp.DEFAULT_SPARSITY['conv']} conv, {cmp.DEFAULT_SPARSITY['fc']} fc, 0 embedding")
+              f"{DEFAULT_SPARSITY['conv']} conv, {DEFAULT_SPARSITY['fc']} fc, 0 embedding")
 @click.option("--threshold-std", metavar="[PATTERN=]Q,...", help="also prune weights below Q x the layer's standard deviation")
 @click.option("--threshold", metavar="[PATTERN=]T,...", help="also prune weights with |w| <= T")
 @click.option("--prune-neurons", metavar="[PATTERN=]F,...",
               help="prune this fraction of whole output neurons / conv filters (smallest L2 norm); shapes are kept")
 @click.option("--bits", metavar="[PATTERN=]B,...", help="weight-sharing bits 1..8 (codebook of 2**B centroids; "
-              f"when set explicitly, unset layers get {cmp.DEFAULT_BITS['conv']} conv, {cmp.DEFAULT_BITS['fc']} fc, "
-              f"{cmp.DEFAULT_BITS['embedding']} embedding)")
+              f"when set explicitly, unset layers get {DEFAULT_BITS['conv']} conv, {DEFAULT_BITS['fc']} fc, "
+              f"{DEFAULT_BITS['embedding']} embedding)")
 @click.option("--ecvq", metavar="[PATTERN=]S,...",
               help="entropy-constrained weight sharing strength S >= 0 per layer: each weight takes the centroid "
               "minimising its error + S x (the plain k-means error per weight) x its code length in bits, so rare "
@@ -381,7 +386,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                    "makes the file smaller; on uses it for every shared tensor with channels, explicit --bits too; "
                    "off keeps one codebook per tensor (format 1.0/1.1 files)")
 @click.option("--init", type=click.Choice(INITS), default="linear", show_default=True, help="k-means centroid initialisation")
-@click.option("--min-size", type=click.IntRange(0), default=cmp.DEFAULT_MIN_SIZE, show_default=True,
+@click.option("--min-size", type=click.IntRange(0), default=DEFAULT_MIN_SIZE, show_default=True,
               help="tensors with fewer elements are stored exactly (biases, norms and small tensors always are)")
 @click.option("--lossless", is_flag=True, help="no pruning, no quantization: decoding gives bit-identical weights")
 @click.option("--input", "inputs", multiple=True, metavar="SPEC",
@@ -455,6 +460,8 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         input_specs = parse_inputs(inputs)
     except dcformat.DczError as e:
         raise click.UsageError(str(e)) from None
+    from . import compress as cmp
+
     manual = any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits))
     s = cmp.Settings(
         sparsity=_layer("--sparsity", sparsity, st.fraction),
@@ -506,7 +513,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
 
 
 def fidelity_warning(fid: dict, manual: bool) -> str:
-    from .calibrate import DEFAULT_MAX_ERROR, WARN_COSINE
+    from .defaults import WARN_COSINE
 
     if not fid.get("measured"):
         return f"fidelity not measured: {fid.get('reason')}"

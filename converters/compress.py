@@ -11,16 +11,11 @@ import dcformat
 from dcformat.constants import dtype_name as _dtype_name
 
 from . import ecvq as _ecvq
+from .defaults import DEFAULT_BITS, DEFAULT_MIN_SIZE, DEFAULT_SPARSITY  # noqa: F401 (re-exported)
 from .prune import magnitude_mask, threshold_mask
 from .quantize import CHUNK
 from .roles import COMPRESSIBLE
 from .settings import LayerSetting
-
-# Used when --sparsity/--bits (or another pruning flag) are given without --max-error for the layers
-# they leave unset; with no such flag dcconvert searches per-layer settings within the error budget.
-DEFAULT_BITS = {"conv": 8, "fc": 5, "embedding": 8}  # as in the paper (embedding tables: 8)
-DEFAULT_SPARSITY = {"conv": 0.3, "fc": 0.5, "embedding": 0.0}
-DEFAULT_MIN_SIZE = 512
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import click
-import numpy as np
 
 import dcformat
 from dcformat.cliutil import check_output, run
@@ -29,6 +28,8 @@ def build(out: str, sparsity: float | None = 0.9, bits: int | None = 5, seed: in
 
     With ``max_accuracy_drop`` the per-layer sparsity and bits come from the sensitivity scan
     (``sparsity`` / ``bits`` given as None), else every layer gets ``sparsity`` and ``bits``."""
+    import numpy as np
+
     try:
         import torch
     except ImportError:

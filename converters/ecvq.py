@@ -27,23 +27,11 @@ import math
 
 import numpy as np
 
+from .defaults import DEFAULT_STRENGTH, MAX_STRENGTH, parse_strength  # noqa: F401 (re-exported, used by callers)
 from .quantize import CHUNK, HIST_BINS, quantize
 
-DEFAULT_STRENGTH = 0.5  # conservative: a bit is worth half the plain k-means error per weight
-MAX_STRENGTH = 1e6
 MAX_ITERS = 30
 _COST_CHUNK = 1 << 13  # bins per block of the bins x centroids cost matrix (64k x 256 float64 = 8 MB)
-
-
-def parse_strength(text) -> float:
-    """The ECVQ strength from an option's text: a number in [0, MAX_STRENGTH]; ValueError (one line) otherwise."""
-    try:
-        v = float(str(text).strip())
-    except ValueError:
-        raise ValueError(f"ECVQ strength must be a number >= 0 (0: plain k-means), got {text!r}") from None
-    if not math.isfinite(v) or not 0 <= v <= MAX_STRENGTH:
-        raise ValueError(f"ECVQ strength must be in [0, {MAX_STRENGTH:g}] (0: plain k-means), got {text!r}")
-    return v
 
 
 def _code_lengths(counts: np.ndarray) -> np.ndarray:

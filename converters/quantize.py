@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-INITS = ("linear", "density", "forgy", "kmeans++")
+from .defaults import INITS  # noqa: F401 (re-exported)
+
 HIST_BINS = 1 << 16
 
 
