@@ -12,7 +12,7 @@ from converters import cli
 from converters import compress as cmp
 from converters import settings as st
 from converters.compress import codebook_dtype, compact_graph
-from tests.models import cnn_model
+from models import cnn_model
 
 
 def _weights(seed=0):
@@ -44,7 +44,7 @@ def test_compact_graph_computes_the_same_in_fewer_bytes():
 
 
 def test_compact_graph_keeps_names_that_collide_and_leaves_subgraphs_alone():
-    from tests.models import constants_and_if_model
+    from models import constants_and_if_model
 
     w = np.ones((4, 3), np.float32)
     m = constants_and_if_model(w, np.ones((3, 2), np.float32), np.zeros((3, 2), np.float32))
