@@ -90,12 +90,16 @@ def decode_streams(jobs, speculate: bool = True) -> list[tuple[np.ndarray, np.nd
     if speculate:
         _speculate(win, table, lanes, np.concatenate(lane_end), np.concatenate(lane_gcd), out, ends)
     rest = np.flatnonzero(ends < 0)
-    if speculate and rest.size:  # chunks that did not meet: once more with other cuts (a lane fails
-        # where one of its cuts lands on a stretch the next chunk's codes take long to meet; elsewhere
-        # they meet. PP-OCRv4 det: one 16384-symbol lane left 180 ms of _lockstep)
+    # lanes whose chunks did not all meet: tried again with other cuts and a wider search, then in
+    # short chunks with a long overrun (a lane fails where one of its cuts lands on a stretch the next
+    # chunk's codes take long to meet, or where code lengths change along it so that a chunk holds far
+    # more symbols than its share; PP-OCRv4 rec left 16384-symbol lanes to _lockstep: 180 ms)
+    for first_chunk in (SPEC_CHUNK * 5 // 8, SPEC_CHUNK // 8):
+        if not (speculate and rest.size):
+            break
         again = np.full(rest.size, -1, np.int64)
         _speculate(win, table, lanes.take(rest), np.concatenate(lane_end)[rest], np.concatenate(lane_gcd)[rest],
-                   out, again, first_chunk=max(1, SPEC_CHUNK * 5 // 8))
+                   out, again, first_chunk=max(1, first_chunk), search=(RETRY_EXTRA, RETRY_SYNC, RETRY_SYNC_NEXT))
         ends[rest] = again
         rest = rest[again < 0]
     if rest.size:
@@ -184,16 +188,20 @@ def _lockstep(win, table, lanes: _Lanes, out) -> np.ndarray:
 SPEC_CHUNK = 1024  # symbols per chunk of a lane decoded speculatively (at least; doubled up to
 SPEC_MAX_CHUNK = 4096  # this while there would be more than SPEC_WALKERS chunks: wider steps than that
 SPEC_WALKERS = 4096  # run out of cache (8.2M symbols: 0.17-0.2 s in 8k chunks of 1024, 0.12-0.19 s in 4k)
-SPEC_EXTRA = 256  # symbols a chunk decodes past its share: room for codes shorter than the lane's average
-SPEC_SYNC = 224  # codes of a chunk past the next chunk's first bit searched for one the next chunk also has
-SPEC_SYNC_NEXT = 512  # among the next chunk's first codes (else the lane is decoded by _lockstep)
-# Near-uniform codes (a 256-entry codebook's 7-9 bit codes) resynchronise slowly: with 48/192 most long
-# lanes of PP-OCR cls, Silero VAD and Magika fell back to _lockstep (43 of 47 on Magika: 189 ms, against
-# 46 ms with these; measured by decoding those files with DCZ_DECODER=numpy).
-assert (SPEC_MAX_CHUNK + SPEC_EXTRA) * 15 < 1 << 16  # positions within a chunk fit uint16
+SPEC_EXTRA = 64  # symbols a chunk decodes past its share: room for codes shorter than the lane's average
+SPEC_SYNC = 48  # codes of a chunk past the next chunk's first bit searched for one the next chunk also has
+SPEC_SYNC_NEXT = 192  # among the next chunk's first codes (else the lane is tried again, then _lockstep)
+# The second try, for the lanes the first left: other cuts (chunks of 5/8 the size) and a wider search.
+# Near-uniform codes (a 256-entry codebook's 7/8-bit indices) resynchronise slowly: with the first try
+# alone most long lanes of PP-OCR cls, Silero VAD and Magika fell back to _lockstep (43 of 47 on Magika:
+# 189 ms; the wider search for all lanes: 46 ms, but 33 -> 50 ms on a 9.2M-parameter MLP whose codes meet
+# at once: measured by decoding those files with DCZ_DECODER=numpy).
+RETRY_EXTRA, RETRY_SYNC, RETRY_SYNC_NEXT = 256, 224, 512
+assert (SPEC_MAX_CHUNK + max(SPEC_EXTRA, RETRY_EXTRA)) * 15 < 1 << 16  # positions within a chunk fit uint16
 
 
-def _speculate(win, table, lanes: _Lanes, lane_end, lane_gcd, out, ends, first_chunk: int | None = None) -> None:
+def _speculate(win, table, lanes: _Lanes, lane_end, lane_gcd, out, ends, first_chunk: int | None = None,
+               search: tuple[int, int, int] | None = None) -> None:
     """Decode long lanes in chunks that start at guessed bit positions, all chunks in lockstep.
 
     Lane l of n_l symbols is cut at bit positions into C_l = ceil(n_l / chunk) chunks (at multiples of
@@ -207,8 +215,11 @@ def _speculate(win, table, lanes: _Lanes, lane_end, lane_gcd, out, ends, first_c
     (a chunk that does not meet the true codes, one that stops short, too few symbols: a damaged
     lane) is left to :func:`_lockstep` (``ends`` stays -1); for the others their entries are written
     to ``out`` and their end bits to ``ends``. ``first_chunk``: the chunk size before doubling
-    (default SPEC_CHUNK; lanes of at most that many symbols are left alone)."""
+    (default SPEC_CHUNK; lanes of at most that many symbols are left alone); ``search``: (symbols
+    decoded past a chunk's share, codes searched, codes of the next chunk searched among), by default
+    (SPEC_EXTRA, SPEC_SYNC, SPEC_SYNC_NEXT)."""
     first_chunk = SPEC_CHUNK if first_chunk is None else first_chunk
+    search = (SPEC_EXTRA, SPEC_SYNC, SPEC_SYNC_NEXT) if search is None else search
     cand = np.flatnonzero((lanes.tb > 0) & (lanes.cnt > first_chunk))
     if cand.size == 0:
         return
@@ -221,18 +232,20 @@ def _speculate(win, table, lanes: _Lanes, lane_end, lane_gcd, out, ends, first_c
     group = np.cumsum(nc) // SPEC_WALKERS
     cuts = np.flatnonzero(np.diff(group)) + 1
     groups = np.split(np.arange(cand.size), cuts)
-    most = max(int(nc[g].sum()) for g in groups) * (chunk + SPEC_EXTRA + 1)
+    most = max(int(nc[g].sum()) for g in groups) * (chunk + search[0] + 1)
     scratch = [np.empty(most, np.uint16) for _ in range(3)]  # one set of buffers for every group
     for g in groups:
-        _speculate_lanes(win, table, lanes, lane_end, lane_gcd, cand[g], nc[g], chunk, out, ends, scratch)
+        _speculate_lanes(win, table, lanes, lane_end, lane_gcd, cand[g], nc[g], chunk, out, ends, scratch, *search)
 
 
-def _speculate_lanes(win, table, lanes: _Lanes, lane_end, lane_gcd, cand, nc, chunk, out, ends, scratch) -> None:
+def _speculate_lanes(win, table, lanes: _Lanes, lane_end, lane_gcd, cand, nc, chunk, out, ends, scratch,
+                     extra, sync, sync_next) -> None:
     """:func:`_speculate` for the lanes ``cand``, in ``nc`` chunks each (of about ``chunk`` symbols);
-    ``scratch``: three uint16 buffers of at least (chunks) x (chunk + SPEC_EXTRA + 1) entries."""
+    ``scratch``: three uint16 buffers of at least (chunks) x (chunk + extra + 1) entries; ``extra``,
+    ``sync``, ``sync_next``: :func:`_speculate`'s ``search``."""
     ls = lanes.take(cand)
     b0, b1 = ls.pos, np.maximum(lane_end[cand], ls.pos)
-    K = chunk + SPEC_EXTRA  # K * 15 bits < 2^16: positions within a chunk fit uint16
+    K = chunk + extra  # K * 15 bits < 2^16: positions within a chunk fit uint16
     first = np.zeros(cand.size + 1, np.int64)
     np.cumsum(nc, out=first[1:])
     W = int(first[-1])
@@ -292,9 +305,9 @@ def _speculate_lanes(win, table, lanes: _Lanes, lane_end, lane_gcd, cand, nc, ch
         wm, hm, km = w[inner], here[inner], kh[inner]
         cm = np.arange(inner.size)
         i = np.maximum(reach[wm], km)  # this chunk's first (true) code at or past the next chunk's first bit
-        rows = np.minimum(i[None, :] + np.arange(SPEC_SYNC)[:, None], K)  # (SPEC_SYNC, lanes)
+        rows = np.minimum(i[None, :] + np.arange(sync)[:, None], K)  # (sync, lanes)
         q = S[rows, wm[None, :]].astype(np.int64) - gap[wm][None, :]  # their bits from the next chunk's first bit
-        nxt = S[:SPEC_SYNC_NEXT, wm + 1].astype(np.int64)  # the next chunk's first codes
+        nxt = S[:sync_next, wm + 1].astype(np.int64)  # the next chunk's first codes
         flat = ((cm.astype(np.int64) << 20)[None, :] + nxt).T.ravel()  # sorted: by lane, then position
         qk = (cm.astype(np.int64) << 20)[None, :] + q
         at = np.searchsorted(flat, qk)
