@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import hessian, obs
-from .quantize import centroids, kmeans_1d
+from .quantize import centroids, kmeans_1d, pack
 
 
 DAMP_BASE = 0.1
@@ -72,13 +72,7 @@ def share(w: np.ndarray, layer: hessian.Layer, sparsity: float, bits: int, init:
                             sparsity=0.0 if fixed else sparsity, keep=keep,
                             damp=damping(layer.h[0].shape[0], layer.rows_seen))
     idx = hessian.from_rows(list(idx), np.zeros(w.shape, np.int64), layer)
-    pruned = idx < 0
-    if pruned.any():
-        codebook = np.concatenate([np.zeros(1), cents]).astype(cdtype)
-        indices = np.where(pruned, 0, idx + 1)
-    else:
-        codebook, indices = cents.astype(cdtype), idx
-    return codebook, indices.astype(np.uint16 if codebook.size > 256 else np.uint8)
+    return pack(cents, idx, cdtype)
 
 
 __all__ = ["share"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .quantize import assign, centroids, kmeans_1d
+from .quantize import assign, centroids, kmeans_1d, pack
 
 SCALE_METHODS = ("maxabs", "rms", "lsq")
 DEFAULT_METHOD = "lsq"  # tools/bench_perchannel.py on PP-OCRv4 det: see BENCHMARKS.md
@@ -64,17 +64,6 @@ def _codebook(normalised: np.ndarray, imp: np.ndarray | None, bits: int, zero: b
         else np.zeros(0)
     cents = cents.astype(cdtype)
     return np.unique(cents[cents != 0]).astype(np.float64)
-
-
-def _pack(cents: np.ndarray, idx: np.ndarray, cdtype) -> tuple[np.ndarray, np.ndarray]:
-    """(codebook, indices) from sorted non-zero centroids and indices into them (-1 = pruned)."""
-    pruned = idx < 0
-    if pruned.any():
-        codebook = np.concatenate([np.zeros(1), cents]).astype(cdtype)
-        indices = np.where(pruned, 0, idx + 1)
-    else:
-        codebook, indices = cents.astype(cdtype), idx
-    return codebook, indices.astype(np.uint16 if codebook.size > 256 else np.uint8)
 
 
 def share(w: np.ndarray, axis: int, sparsity: float, bits: int, *, layer=None, method: str = DEFAULT_METHOD,
@@ -118,7 +107,7 @@ def share(w: np.ndarray, axis: int, sparsity: float, bits: int, *, layer=None, m
         q = np.where(keep, cents[np.maximum(idx, 0)], 0.0)
         num, den = (m * q).sum(axis=1), (q * q).sum(axis=1)
         s = np.where(den > 0, num / np.where(den > 0, den, 1.0), s)
-    codebook, indices = _pack(cents, idx, cdtype)
+    codebook, indices = pack(cents, idx, cdtype)
     indices = np.moveaxis(indices.reshape(np.moveaxis(w, axis % w.ndim, 0).shape), 0, axis % w.ndim)
     codebook, s = _half(codebook, s)
     return codebook, np.ascontiguousarray(indices), s
@@ -169,7 +158,7 @@ def _share_compensated(w, layer, sparsity, bits, method, init, seed, cdtype):
         den = np.einsum("grd,grd->gr", qh, q)
         s = np.where(den > 0, num / np.where(den > 0, den, 1.0), s)
     indices = hessian.from_rows(list(idx), np.zeros(w.shape, np.int64), layer)
-    codebook, indices = _pack(cents, indices, cdtype)
+    codebook, indices = pack(cents, indices, cdtype)
     codebook, s = _half(codebook, s.reshape(-1))
     return codebook, indices, s
 

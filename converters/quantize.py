@@ -159,6 +159,18 @@ def centroids(bits: int, has_zero: bool) -> int:
     return (1 << bits) - (1 if has_zero and bits == 8 else 0)
 
 
+def pack(cents: np.ndarray, idx: np.ndarray, cdtype) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook, indices) from sorted non-zero centroids and indices into them (-1 = pruned): the
+    codebook gets a 0.0 entry first when anything is pruned; indices are uint8, uint16 past 256 entries."""
+    pruned = idx < 0
+    if pruned.any():
+        codebook = np.concatenate([np.zeros(1), cents]).astype(cdtype)
+        indices = np.where(pruned, 0, idx + 1)
+    else:
+        codebook, indices = cents.astype(cdtype), idx
+    return codebook, indices.astype(np.uint16 if codebook.size > 256 else np.uint8)
+
+
 def quantize(weights, bits: int, init: str = "linear", seed: int = 0, keep_zero: bool = True,
              hist: Histogram | None = None, importance: np.ndarray | None = None):
     """(codebook, indices) for ``weights``; zeros stay exactly zero (codebook entry 0.0).
