@@ -36,7 +36,8 @@ DEFAULT = ["ch_ppocr_mobile_v2.0_cls_infer.onnx", "ch_PP-OCRv4_det_infer.onnx"]
 
 def layer_errors(path: str, sparsity: float, bits: int, samples: int) -> tuple[float, float, int, float]:
     """(median plain error, median compensated error, layers, seconds of compensation)."""
-    from converters import calibrate, hessian, obs, oneshot, sources
+    from converters import calibrate, hessian, oneshot, sources
+    from converters.budget import local_error
     from converters.prune import magnitude_mask
     from converters.quantize import quantize
 
@@ -51,17 +52,8 @@ def layer_errors(path: str, sparsity: float, bits: int, samples: int) -> tuple[f
         t = time.perf_counter()
         cb2, idx2 = oneshot.share(w, lay, sparsity, bits)
         took += time.perf_counter() - t
-
-        def err(q):
-            num = den = 0.0
-            for p, r, h in zip(hessian.to_rows(w, lay), hessian.to_rows(q, lay), lay.h):
-                d = p - r
-                num += float(np.einsum("ij,jk,ik->", d, h, d))
-                den += float(np.einsum("ij,jk,ik->", p, h, p))
-            return num / den if den else 0.0
-
-        plain.append(err(cb[idx]))
-        comp.append(err(cb2[idx2]))
+        plain.append(local_error(w, cb[idx], lay) ** 2)  # relative squared output error, from H
+        comp.append(local_error(w, cb2[idx2], lay) ** 2)
     return float(np.median(plain)), float(np.median(comp)), len(found), took
 
 

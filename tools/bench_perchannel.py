@@ -33,14 +33,10 @@ VARIANTS = ("tensor", "maxabs", "rms", "lsq")
 
 
 def rel_error(w, q, lay) -> float:
-    from converters import hessian
+    """Relative squared output error ||X (W - Q)^T||^2 / ||X W^T||^2 of the layer, from its H."""
+    from converters.budget import local_error
 
-    num = den = 0.0
-    for p, r, h in zip(hessian.to_rows(w, lay), hessian.to_rows(q, lay), lay.h):
-        d = p - r
-        num += float(np.einsum("ij,jk,ik->", d, h, d))
-        den += float(np.einsum("ij,jk,ik->", p, h, p))
-    return num / den if den else 0.0
+    return local_error(w, q, lay) ** 2
 
 
 def build(w, lay, variant, sparsity, bits):
