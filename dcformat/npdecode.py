@@ -87,21 +87,22 @@ def decode_streams(jobs, speculate: bool = True) -> list[tuple[np.ndarray, np.nd
     win = np.ndarray((buf.size - 7,), ">u8", buf, 0, (1,))  # the 8 bytes from each byte on, big-endian
     out = np.empty(int(soffs[-1]), np.uint16)
     ends = np.full(lanes.pos.size, -1, np.int64)
-    if speculate:
-        _speculate(win, table, lanes, np.concatenate(lane_end), np.concatenate(lane_gcd), out, ends)
-    rest = np.flatnonzero(ends < 0)
-    # lanes whose chunks did not all meet: tried again with other cuts and a wider search, then in
+    lane_end, lane_gcd = np.concatenate(lane_end), np.concatenate(lane_gcd)
+    # lanes whose chunks did not all meet are tried again with other cuts and a wider search, then in
     # short chunks with a long overrun (a lane fails where one of its cuts lands on a stretch the next
     # chunk's codes take long to meet, or where code lengths change along it so that a chunk holds far
     # more symbols than its share; PP-OCRv4 rec left 16384-symbol lanes to _lockstep: 180 ms)
-    for first_chunk in (SPEC_CHUNK * 5 // 8, SPEC_CHUNK // 8):
-        if not (speculate and rest.size):
+    retry = (RETRY_EXTRA, RETRY_SYNC, RETRY_SYNC_NEXT)
+    tries = ((SPEC_CHUNK, None), (SPEC_CHUNK * 5 // 8, retry), (SPEC_CHUNK // 8, retry)) if speculate else ()
+    rest = np.arange(lanes.pos.size)
+    for first_chunk, search in tries:
+        if rest.size == 0:
             break
-        again = np.full(rest.size, -1, np.int64)
-        _speculate(win, table, lanes.take(rest), np.concatenate(lane_end)[rest], np.concatenate(lane_gcd)[rest],
-                   out, again, first_chunk=max(1, first_chunk), search=(RETRY_EXTRA, RETRY_SYNC, RETRY_SYNC_NEXT))
-        ends[rest] = again
-        rest = rest[again < 0]
+        got = np.full(rest.size, -1, np.int64)
+        _speculate(win, table, lanes.take(rest), lane_end[rest], lane_gcd[rest], out, got,
+                   first_chunk=max(1, first_chunk), search=search)
+        ends[rest] = got
+        rest = rest[got < 0]
     if rest.size:
         ends[rest] = _lockstep(win, table, lanes.take(rest), out)
     results = []
