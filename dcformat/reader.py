@@ -46,7 +46,9 @@ from .streams import align
 
 
 SCRATCH_BYTES = 64 << 20  # tensor sections up to this size are read into a reused per-thread buffer
-GAP_WINDOW = 1 << 20  # the padding between sections is read in windows of up to this many bytes
+GAP_WINDOW = 1 << 20  # the padding between sections is read in windows of up to this many bytes ...
+GAP_JOIN = 16 << 10  # ... holding gaps at most this far apart: past that, reading the section between them costs
+# more than a read of its own (a positioned read of a few bytes is ~1-2 us, copying 16 KiB from the page cache as much)
 
 
 def _parse_json(data: bytes, what: str):
@@ -228,43 +230,44 @@ class DczReader(Mapping):
         # (_check_gaps); when the loop finds a problem, the padding before it is checked first, so that the
         # error is the first in file order, as if each gap were checked where it is
         gaps = []  # (start, stop, section index)
+        tensors, tensor_sections, sections = self.tensors, self._tensor_sections, self.sections
+        minor_ok = minor <= self.MINOR
+        new_section = object.__new__
         try:
             for i, e in enumerate(entries):
-                where = f"section {i}"
                 if not isinstance(e, dict):
-                    raise FormatError(f"{where}: entry must be an object")
+                    raise FormatError(f"section {i}: entry must be an object")
                 kind, length, crc = e.get("kind"), e.get("length"), e.get("crc32")
-                if not isinstance(kind, str):
-                    raise FormatError(f"{where}: 'kind' must be a string")
-                for key, v, hi in (("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
-                    if type(v) is not int or not 0 <= v <= hi:
-                        truncated = key == "length" and type(v) is int and v > size
-                        raise FormatError(f"{self.path}: {where} ({kind}): '{key}' must be an integer in [0, {hi}], "
-                                          f"got {v!r}" + (" (is the file truncated?)" if truncated else ""))
-                off = align(end, ALIGNMENT)  # sections tile the file: each starts where the rules put it
+                if (type(length) is not int or not 0 <= length <= size or type(crc) is not int
+                        or not 0 <= crc <= 0xFFFFFFFF or not isinstance(kind, str)):
+                    self._bad_entry(i, kind, length, crc)
+                off = -(-end // ALIGNMENT) * ALIGNMENT  # sections tile the file: each starts where the rules put it
                 if off + length > size:
-                    raise FormatError(f"{self.path}: {where} ({kind}): bytes {off}..{off + length - 1} run past the "
-                                      f"end of the {size}-byte file (is the file truncated?)")
+                    raise FormatError(f"{self.path}: section {i} ({kind}): bytes {off}..{off + length - 1} run past "
+                                      f"the end of the {size}-byte file (is the file truncated?)")
                 if off > end:
                     gaps.append((end, off, i))
                 end = off + length
-                sec = Section(kind, off, length, crc, e.get("tensor"))
-                self.sections.append(sec)
+                sec = new_section(Section)  # Section(kind, off, length, crc, e.get("tensor")), without its __init__
+                sec.__dict__.update(kind=kind, offset=off, length=length, crc32=crc, tensor=e.get("tensor"))
+                sections.append(sec)
                 if kind == SECTION_TENSOR:
                     try:
-                        info = parse_descriptor(sec.tensor, off, length, where, self.MINOR)
+                        info = parse_descriptor(sec.tensor, off, length, f"section {i}", self.MINOR)
                     except TensorError as e:
-                        if minor <= self.MINOR:
+                        if minor_ok:
                             raise
                         raise VersionError(f"{self.path}: {e} -- the file is version {major}.{minor} and this reader "
                                            f"reads what {VERSION_MAJOR}.{self.MINOR} defines; a newer dcformat may "
                                            "read it") from None
-                    if info.name in self.tensors:
-                        raise FormatError(f"{where}: duplicate tensor name {info.name!r}")
-                    self.tensors[info.name] = info
-                    self._tensor_sections[info.name] = sec
+                    name = info.name
+                    if name in tensors:
+                        raise FormatError(f"section {i}: duplicate tensor name {name!r}")
+                    tensors[name] = info
+                    tensor_sections[name] = sec
                     decoded += info.decoded_nbytes
                 elif kind in once:
+                    where = f"section {i}"
                     if once[kind] is not None:
                         raise FormatError(f"{where}: a second {kind} section")
                     once[kind] = sec
@@ -287,15 +290,28 @@ class DczReader(Mapping):
                 f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it"
             )
 
+    def _bad_entry(self, i: int, kind, length, crc) -> None:
+        """Raise the FormatError for a section entry whose kind, length or crc32 is not what the format allows."""
+        size, where = self.file_size, f"section {i}"
+        if not isinstance(kind, str):
+            raise FormatError(f"{where}: 'kind' must be a string")
+        for key, v, hi in (("length", length, size), ("crc32", crc, 0xFFFFFFFF)):
+            if type(v) is not int or not 0 <= v <= hi:
+                truncated = key == "length" and type(v) is int and v > size
+                raise FormatError(f"{self.path}: {where} ({kind}): '{key}' must be an integer in [0, {hi}], "
+                                  f"got {v!r}" + (" (is the file truncated?)" if truncated else ""))
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _check_gaps(self, gaps: list) -> None:
         """The padding before sections holds zeros only: ``gaps`` are (start, stop, section index), in file
-        order; those within GAP_WINDOW bytes of each other are read together (one read, then one
-        bytes.count per gap, not a read and a numpy array per gap)."""
-        i = 0
-        while i < len(gaps):
+        order; neighbours (at most GAP_JOIN bytes apart, within GAP_WINDOW bytes) are read together (one read,
+        then one bytes.count per gap, not a read and a numpy array per gap); a gap after a large section is
+        read alone, not with the section (the whole file was read to check its padding)."""
+        i, n = 0, len(gaps)
+        while i < n:
             start = gaps[i][0]
             j = i + 1
-            while j < len(gaps) and gaps[j][1] - start <= GAP_WINDOW:
+            while j < n and gaps[j][1] - start <= GAP_WINDOW and gaps[j][0] - gaps[j - 1][1] <= GAP_JOIN:
                 j += 1
             buf = self._read_bytes(start, gaps[j - 1][1] - start)
             for a, b, sec in gaps[i:j]:

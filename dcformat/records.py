@@ -129,18 +129,6 @@ class TensorInfo:
 _DEFAULTS = {f.name: f.default for f in fields(TensorInfo) if f.default is not MISSING}
 
 
-def _record(**kw) -> TensorInfo:
-    """``TensorInfo(**kw)`` without the frozen dataclass's per-field ``object.__setattr__`` (a third of
-    the cost of parsing a small record, paid once per tensor at every open): the same object. ``kw`` may
-    also hold the cached properties (numel, decoded_nbytes), known already to the parser."""
-    info = object.__new__(TensorInfo)
-    d = info.__dict__
-    d.update(_DEFAULTS)
-    d["extra"] = {}
-    d.update(kw)
-    return info
-
-
 def section_length(parts: dict[str, int]) -> int:
     pos = 0
     for length in parts.values():
@@ -162,16 +150,25 @@ def _lane_size(d: dict, where: str) -> int:
     return lane
 
 
+_DTYPE_NAMES = frozenset(DTYPES)  # the names only: looking bfloat16 up would import ml_dtypes
+_PART_NAMES: dict = {}  # (encoding, dtype, scaled) -> parts_of(...): one dict lookup per record, not a call
+_CODEBOOK = (ENC_CB_DENSE, ENC_CB_SPARSE)
+
+
 def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSION_MINOR) -> TensorInfo:
     """Check a tensor descriptor against the format's rules and its section's length.
 
     ``minor`` is the minor version the caller implements: what later minor versions added is
     unknown to it (an encoding is refused, a key ignored), exactly as a reader of that version
     would see the record.
+
+    Run for every record at every open (a few hundred for a small CNN), so written for the common
+    case: the messages name the tensor, and are only made when a check fails.
     """
     if not isinstance(d, dict):
         raise TensorError(f"{where}: tensor descriptor must be an object")
-    name = d.get("name")
+    get = d.get
+    name = get("name")
     if not isinstance(name, str) or not (name.isascii() and len(name) <= MAX_NAME_BYTES):  # ASCII: 1 byte a char
         if not isinstance(name, str) or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
             raise TensorError(f"{where}: tensor name must be a string of at most {MAX_NAME_BYTES} bytes")
@@ -179,47 +176,58 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
             name.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate (\ud800 in the JSON): no UTF-8 text, no ONNX name
             raise TensorError(f"{where}: tensor name {name!r} is not valid Unicode text (a lone surrogate)") from None
-    where = f"tensor {name!r} ({where})"
-    dtype = d.get("dtype")
-    if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is unhashable
-        raise TensorError(f"{where}: unknown dtype {dtype!r}")
-    shape = d.get("shape")
+    dtype = get("dtype")
+    if not isinstance(dtype, str) or dtype not in _DTYPE_NAMES:  # a list or object is unhashable
+        raise TensorError(f"tensor {name!r} ({where}): unknown dtype {dtype!r}")
+    shape = get("shape")
     if not isinstance(shape, list) or len(shape) > MAX_RANK:
-        raise TensorError(f"{where}: shape must be a list of at most {MAX_RANK} dimensions")
+        raise TensorError(f"tensor {name!r} ({where}): shape must be a list of at most {MAX_RANK} dimensions")
     for dim in shape:
         if type(dim) is not int or dim < 0 or dim > MAX_ELEMENTS:
-            raise TensorError(f"{where}: bad dimension {dim!r} in shape")
+            raise TensorError(f"tensor {name!r} ({where}): bad dimension {dim!r} in shape")
     numel = math.prod(shape)  # at most MAX_RANK factors of at most 2**40: cheap even when huge
     if numel > MAX_ELEMENTS:
-        raise TensorError(f"{where}: shape {shape} has more than {MAX_ELEMENTS} elements")
-    enc = d.get("encoding")
+        raise TensorError(f"tensor {name!r} ({where}): shape {shape} has more than {MAX_ELEMENTS} elements")
+    enc = get("encoding")
     if not isinstance(enc, str) or enc not in ENCODINGS or ENCODING_MINOR[enc] > minor:
-        raise TensorError(f"{where}: unknown encoding {enc!r}")
+        raise TensorError(f"tensor {name!r} ({where}): unknown encoding {enc!r}")
     # 1.2: a codebook-coded record with per-channel scales names its axis and the scales' dtype, and has a
     # "scales" part; a 1.1 reader ignores the keys and refuses the record by its parts (never misreads it)
-    scaled = (minor >= SCALES_MINOR and enc in (ENC_CB_DENSE, ENC_CB_SPARSE)
-              and ("scale_axis" in d or "scale_dtype" in d))
-    parts = d.get("parts")
-    names = parts_of(enc, dtype, scaled)
-    if not isinstance(parts, dict) or list(parts) != list(names):
-        raise TensorError(f"{where}: 'parts' must list {', '.join(names)} in that order")
+    scaled = minor >= SCALES_MINOR and enc in _CODEBOOK and ("scale_axis" in d or "scale_dtype" in d)
+    parts = get("parts")
+    key = (enc, dtype, scaled)
+    names = _PART_NAMES.get(key)
+    if names is None:
+        names = _PART_NAMES[key] = tuple(parts_of(enc, dtype, scaled))
+    if not isinstance(parts, dict) or tuple(parts) != names:
+        raise TensorError(f"tensor {name!r} ({where}): 'parts' must list {', '.join(names)} in that order")
+    pos = 0  # section_length(parts), in the same loop
     for pname, plen in parts.items():
         if type(plen) is not int or plen < 0 or plen > length:
-            raise TensorError(f"{where}: part {pname!r} has bad length {plen!r}")
-    if section_length(parts) != length:
-        raise TensorError(
-            f"{where}: parts add up to {section_length(parts)} bytes, section at byte {offset} has {length}"
-        )
-    nonzeros = _int(d, "nonzeros", 0, numel, where)
-    kw: dict = {}
+            raise TensorError(f"tensor {name!r} ({where}): part {pname!r} has bad length {plen!r}")
+        pos = -(-pos // PART_ALIGNMENT) * PART_ALIGNMENT + plen
+    if pos != length:
+        raise TensorError(f"tensor {name!r} ({where}): parts add up to {pos} bytes, section at byte {offset} has {length}")
+    nonzeros = get("nonzeros")
+    if type(nonzeros) is not int or not 0 <= nonzeros <= numel:
+        _int(d, "nonzeros", 0, numel, f"tensor {name!r} ({where})")
+    size = ITEMSIZE[dtype]
+    nbytes = numel * size
+    info = object.__new__(TensorInfo)  # TensorInfo(...) without the frozen dataclass's per-field __setattr__
+    info.__dict__.update(_DEFAULTS)
+    info.__dict__.update(name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset,
+                         nbytes=length, nonzeros=nonzeros, numel=numel, decoded_nbytes=nbytes, extra={})
     if enc == ENC_RAW:
-        if parts["data"] != numel * ITEMSIZE[dtype]:
+        if parts["data"] != nbytes:
             raise TensorError(
-                f"{where}: raw data is {parts['data']} bytes, shape {shape} of {dtype} needs {numel * ITEMSIZE[dtype]}"
+                f"tensor {name!r} ({where}): raw data is {parts['data']} bytes, shape {shape} of {dtype} needs {nbytes}"
             )
-    elif enc == ENC_LZMA:  # spec 7.6
-        if numel * ITEMSIZE[dtype] > LZMA_MAX_BYTES:
-            raise TensorError(f"{where}: {enc} tensor of {numel * ITEMSIZE[dtype]} decoded bytes, more than "
+        return info
+    where = f"tensor {name!r} ({where})"
+    kw = info.__dict__
+    if enc == ENC_LZMA:  # spec 7.6
+        if nbytes > LZMA_MAX_BYTES:
+            raise TensorError(f"{where}: {enc} tensor of {nbytes} decoded bytes, more than "
                               f"LZMA_MAX_BYTES {LZMA_MAX_BYTES}")
         if parts["data"] == 0:
             raise TensorError(f"{where}: {enc} data is empty (an LZMA2 stream has at least its end marker)")
@@ -227,10 +235,10 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
         if dtype not in FLOAT_DTYPES:
             raise TensorError(f"{where}: {enc} needs a floating-point dtype, not {dtype}")
         lane = _lane_size(d, where)
-        planes = d.get("planes")
-        if (not isinstance(planes, list) or len(planes) != ITEMSIZE[dtype]
+        planes = get("planes")
+        if (not isinstance(planes, list) or len(planes) != size
                 or not all(isinstance(m, str) and m in PLANE_MODES for m in planes)):
-            raise TensorError(f"{where}: 'planes' must list {ITEMSIZE[dtype]} of {' / '.join(PLANE_MODES)}, "
+            raise TensorError(f"{where}: 'planes' must list {size} of {' / '.join(PLANE_MODES)}, "
                               f"got {planes!r}")
         for k, mode in enumerate(planes):
             if mode == PLANE_STORED and parts[f"plane{k}"] != numel:
@@ -239,7 +247,7 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
     else:
         if dtype not in FLOAT_DTYPES:
             raise TensorError(f"{where}: {enc} needs a floating-point dtype, not {dtype}")
-        cbd = d.get("codebook_dtype")
+        cbd = get("codebook_dtype")
         if cbd not in CODEBOOK_DTYPES:
             raise TensorError(f"{where}: codebook_dtype must be one of {CODEBOOK_DTYPES}, got {cbd!r}")
         k = _int(d, "codebook_size", 0, MAX_CODEBOOK, where)
@@ -260,7 +268,7 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
                 )
             kw.update(gap_bits=b, entries=m)
         if scaled:  # spec 6.1 item 11
-            sdt = d.get("scale_dtype")
+            sdt = get("scale_dtype")
             if not isinstance(sdt, str) or sdt not in SCALE_DTYPES:
                 raise TensorError(f"{where}: scale_dtype must be one of {SCALE_DTYPES}, got {sdt!r}")
             if not shape:
@@ -271,8 +279,7 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
                 raise TensorError(f"{where}: scales part is {parts['scales']} bytes, {shape[axis]} x {sdt} (shape[{axis}] "
                                   f"of {shape}) needs {want}")
             kw.update(scale_axis=axis, scale_dtype=sdt)
-    return _record(name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset,
-                   nbytes=length, nonzeros=nonzeros, numel=numel, decoded_nbytes=numel * ITEMSIZE[dtype], **kw)
+    return info
 
 
 def new_info(name, dtype, shape, encoding, parts, **kw) -> TensorInfo:
