@@ -191,7 +191,12 @@ def reference(t) -> str | None:
 
 
 
-def scan_references(model, holders: dict | None = None, used: set | None = None) -> list[tuple]:
+class _TooMany(Exception):
+    """The count of :func:`scan_references` passed its limit."""
+
+
+def scan_references(model, holders: dict | None = None, used: set | None = None, limit: int | None = None
+                    ) -> list[tuple] | None:
     """Check ``model`` as :func:`check_references` does, and return its references, in one walk:
     ``(TensorProto, record name, node, in_main)`` for every tensor that refers to a record, in the
     order of :func:`iter_tensors`; ``node`` is the main-graph node whose TENSOR attribute holds it
@@ -202,12 +207,26 @@ def scan_references(model, holders: dict | None = None, used: set | None = None)
     the references held by a TENSOR attribute of a node inside a subgraph are also noted there:
     ``holders[i] = (graph, node)`` for ``refs[i]``, the subgraph and its node. With ``used`` (a set),
     the names of all node inputs, in every graph, are added to it.
+
+    With ``limit``, the same walk counts the objects :func:`graph_objects` counts and returns None as
+    soon as there are more than ``limit`` (a graph of functions or training graphs is counted by
+    graph_objects itself): the count that a small file with a large graph needs, without a second walk.
     """
     refs: list[tuple] = []
+    rare = len(model.functions) or len(model.training_info)
+    count = None
+    if limit is not None:
+        if rare:
+            if graph_objects(model, limit) > limit:
+                return None
+        else:
+            count = [0, limit]
     try:
-        ok = _scan_graph(model.graph, True, True, refs, holders, used)
-        if ok and (len(model.functions) or len(model.training_info)):  # rare: the full walk checks those
+        ok = _scan_graph(model.graph, True, True, refs, holders, used, count)
+        if ok and rare:  # rare: the full walk checks those
             check_references(model)
+    except _TooMany:
+        return None
     except RecursionError:
         raise FormatError("graph: subgraphs are nested too deeply") from None
     if not ok:
@@ -239,39 +258,67 @@ _ATTR_HOLDERS = frozenset((_F_T, _F_G, _F_TENSORS, _F_GRAPHS, _F_SPARSE_TENSOR, 
 
 
 def _scan_graph(g, fillable: bool, main: bool, refs: list, holders: dict | None = None,
-                used: set | None = None) -> bool:
-    """The walk of :func:`scan_references` over one graph; False where check_references would raise."""
+                used: set | None = None, count: list | None = None) -> bool:
+    """The walk of :func:`scan_references` over one graph; False where check_references would raise.
+    ``count``: [objects so far, limit], counted as :func:`graph_objects` counts (raises _TooMany past it)."""
     ok = True
+    if count is not None:
+        count[0] += (1 + len(g.node) + len(g.initializer) + len(g.sparse_initializer) + len(g.input) + len(g.output)
+                     + len(g.value_info) + len(g.quantization_annotation))
+        if count[0] > count[1]:
+            raise _TooMany
     for t in g.initializer:
         ok &= _scan_tensor(t, fillable, None, main, refs)
     for st in g.sparse_initializer:
         ok &= _scan_sparse(st)
+    update = used.update if used is not None else None
+    holders_fields = _ATTR_HOLDERS
     for node in g.node:
-        if used is not None:
-            used.update(node.input)
-        for a in node.attribute:
+        if update is not None:
+            update(node.input)
+        attrs = node.attribute
+        if count is not None:
+            count[0] += len(node.input) + len(node.output) + len(attrs)
+            if count[0] > count[1]:
+                raise _TooMany
+        if not attrs:
+            continue
+        for a in attrs:
             # the fields that are set, in one call (most attributes hold ints or floats: nothing to look at)
+            held = False
             for fd, v in a.ListFields():
                 k = fd.number
-                if k not in _ATTR_HOLDERS:
+                if k not in holders_fields:
                     continue
                 if k == _F_T:
+                    held = True
                     ok &= _scan_tensor(v, fillable and a.type == ATTR_TENSOR, node if main else None, False, refs)
                     if holders is not None and not main and refs and refs[-1][0] is v:
                         holders[len(refs) - 1] = (g, node)
                 elif k == _F_TENSORS:
+                    if count is not None:
+                        count[0] += len(v)
                     for t in v:
                         ok &= _scan_tensor(t, fillable and a.type == ATTR_TENSORS, None, False, refs)
                 elif k == _F_SPARSE_TENSOR:
+                    held = True
                     ok &= _scan_sparse(v)
                 elif k == _F_SPARSE_TENSORS:
+                    if count is not None:
+                        count[0] += len(v)
                     for st in v:
                         ok &= _scan_sparse(st)
                 elif k == _F_G:
-                    ok &= _scan_graph(v, fillable and a.type == ATTR_GRAPH, False, refs, holders, used)
+                    ok &= _scan_graph(v, fillable and a.type == ATTR_GRAPH, False, refs, holders, used, count)
                 else:  # graphs
+                    if count is not None:
+                        count[0] += len(v)
                     for sub in v:
-                        ok &= _scan_graph(sub, fillable and a.type == ATTR_GRAPHS, False, refs, holders, used)
+                        ok &= _scan_graph(sub, fillable and a.type == ATTR_GRAPHS, False, refs, holders, used, count)
+            if held and count is not None:
+                count[0] += 1  # a tensor or a sparse tensor: one object, as graph_objects counts it
+        if count is not None and count[0] > count[1]:
+            raise _TooMany
     return bool(ok)
 
 

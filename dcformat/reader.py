@@ -453,12 +453,14 @@ class DczReader(Mapping):
         except (DecodeError, RuntimeError, ValueError) as e:
             raise FormatError(f"graph: not a valid ONNX ModelProto ({e})") from None
         most = self.max_decoded_bytes // GRAPH_OBJECT_COST
-        # the bound from the byte count makes the walk of graph_objects needless for any graph that fits
-        if objects_bound(model, len(data)) > most and (n := graph_objects(model, most)) > most:
+        # the bound from the byte count makes counting needless for any graph that fits; else the walk that
+        # checks the references counts too, and stops once past the limit
+        refs = scan_references(model, holders, used, most if objects_bound(model, len(data)) > most else None)
+        if refs is None:
+            n = graph_objects(model, most)
             raise LimitError(f"graph: more than {most} objects (nodes, attributes, tensors ...: at least {n}), the "
                              f"limit of {self.max_decoded_bytes} bytes / GRAPH_OBJECT_COST {GRAPH_OBJECT_COST} "
                              f"({MAX_EXPANSION} x file size + {EXPANSION_SLACK}); pass max_decoded_bytes to raise it")
-        refs = scan_references(model, holders, used)
         tensors = self.tensors
         total = sum(tensors[r[1]].decoded_nbytes for r in refs if r[1] in tensors)  # once per reference
         if total > self.max_decoded_bytes:

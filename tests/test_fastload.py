@@ -76,6 +76,74 @@ def test_objects_bound_holds_on_nested_graphs_and_functions():
         assert n <= b
 
 
+def _random_nested(rng, depth):
+    nodes = []
+    for _ in range(int(rng.integers(0, 6))):
+        n = helper.make_node("Op", [""] * int(rng.integers(0, 3)), ["o"] * int(rng.integers(0, 3)))
+        if depth and rng.random() < 0.4:
+            a = n.attribute.add()
+            a.g.CopyFrom(_random_nested(rng, depth - 1))
+        if rng.random() < 0.3:
+            a = n.attribute.add()
+            a.t.CopyFrom(onnx.TensorProto())
+            if rng.random() < 0.5:
+                a.sparse_tensor.CopyFrom(onnx.SparseTensorProto())
+        if rng.random() < 0.2:
+            a = n.attribute.add()
+            a.tensors.extend([onnx.TensorProto() for _ in range(int(rng.integers(1, 4)))])
+            a.sparse_tensors.extend([onnx.SparseTensorProto() for _ in range(int(rng.integers(0, 3)))])
+        if depth and rng.random() < 0.3:
+            a = n.attribute.add()
+            a.graphs.extend([_random_nested(rng, depth - 1) for _ in range(2)])
+        if rng.random() < 0.3:
+            n.attribute.append(helper.make_attribute("axis", 1))
+        nodes.append(n)
+    g = helper.make_graph(nodes, "", [], [])
+    g.value_info.extend([onnx.ValueInfoProto() for _ in range(int(rng.integers(0, 3)))])
+    g.initializer.extend([numpy_helper.from_array(np.zeros(2, np.float32), f"i{k}") for k in range(int(rng.integers(0, 3)))])
+    return g
+
+
+def test_the_reference_walk_counts_what_graph_objects_counts():
+    """A small file with a large graph is held to its object limit by the walk that checks its references
+    (no second walk): that walk counts exactly what graph_objects counts, and stops past the limit."""
+    from dcformat.graph import scan_references
+
+    rng = np.random.default_rng(1)
+    models = [helper.make_model(_random_nested(rng, 3)) for _ in range(30)]
+    for path in glob.glob(os.path.join(ROOT, "spec", "vectors", "*.dcz")):
+        with dcformat.open(path) as r:
+            if r.graph_bytes is not None:
+                models.append(r.graph)
+    for m in models:
+        n = graph_objects(m)
+        assert scan_references(m, limit=n) is not None
+        assert scan_references(m, limit=n - 1) is None
+        assert [r[1] for r in scan_references(m, limit=n)] == [r[1] for r in scan_references(m)]
+    m = models[0]
+    m.functions.add().input.extend(["a"] * 5)  # a function's objects: counted by graph_objects itself
+    n = graph_objects(m)
+    assert scan_references(m, limit=n) is not None and scan_references(m, limit=n - 1) is None
+
+
+def test_a_small_file_with_too_many_graph_objects_is_refused(tmp_path):
+    """The reader's object limit, now checked during the reference walk, still refuses (LimitError)."""
+    from dcformat.constants import GRAPH_OBJECT_COST
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    nodes = [helper.make_node("Identity", ["x"], ["x"]) for _ in range(2000)]
+    g = helper.make_graph(nodes, "g", [x], [x])
+    path = _write(tmp_path, helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    with dcformat.open(path) as r:
+        n = graph_objects(r.graph)
+    most = n - 1
+    with dcformat.open(path, max_decoded_bytes=most * GRAPH_OBJECT_COST) as r, \
+            pytest.raises(dcformat.LimitError, match=f"more than {most} objects"):
+        r.graph
+    with dcformat.open(path, max_decoded_bytes=n * GRAPH_OBJECT_COST) as r:
+        assert len(r.graph.graph.node) == 2000
+
+
 def test_objects_bound_on_the_vectors():
     files = glob.glob(os.path.join(ROOT, "spec", "vectors", "*.dcz"))
     seen = 0
