@@ -330,11 +330,15 @@ def hoistable(model, wanted: dict) -> set[str]:
     any graph), the output of no graph, and used, only inside that subgraph or graphs nested in it
     (ONNX Runtime drops an initializer that nothing uses, and then refuses its external data)."""
     defs = dict.fromkeys(wanted, 0)
+    names = frozenset(wanted)
     used = set()
     bad = set()
+    by_graph: dict[int, list] = {}  # id(subgraph) -> the names its Constant nodes make (wanted holds the graphs)
+    for n, sub in wanted.items():
+        by_graph.setdefault(id(sub), []).append(n)
 
     def walk(g, inside: frozenset):
-        own = [n for n, sub in wanted.items() if sub is g]
+        own = by_graph.get(id(g))
         if own:
             inside = inside | frozenset(own)
         for x in g.input:
@@ -350,14 +354,16 @@ def hoistable(model, wanted: dict) -> set[str]:
             if o.name in defs:
                 bad.add(o.name)
         for node in g.node:
-            for o in node.output:
-                if o in defs:
-                    defs[o] += 1
-            for i in node.input:
-                if i in defs:
-                    used.add(i)
-                    if i not in inside:
-                        bad.add(i)
+            if not names.isdisjoint(node.output):  # one C loop per node; the names rarely occur
+                for o in node.output:
+                    if o in defs:
+                        defs[o] += 1
+            if not names.isdisjoint(node.input):
+                for i in node.input:
+                    if i in defs:
+                        used.add(i)
+                        if i not in inside:
+                            bad.add(i)
             for a in node.attribute:
                 if a.HasField("g"):
                     walk(a.g, inside)
