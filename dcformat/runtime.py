@@ -242,10 +242,13 @@ def prepare(src, compact: bool = False, external: bool = True, hoist: bool = Fal
                 raise FormatError(f"graph: a tensor refers to {name!r}, which the file does not hold")
             proto, node = protos[0]
             in_main = len(protos) == 1 and main.get(proto.name) is proto
-            if not (len(protos) == 1 and not in_main and node is not None and (compact or external)
+            # a main-graph Constant node whose value is the record can become an initializer; only a large float
+            # record's (handed over in place) or, in compact mode, any record's node is looked at
+            if not (len(protos) == 1 and not in_main and node is not None
+                    and (compact or (external and info.dtype in _ORT_FLOATS and info.decoded_nbytes >= EXTERNAL_MIN_BYTES))
                     and node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"
                     and node.output and node.output[0] and node.output[0] not in graph_outputs):
-                node = None  # a main-graph Constant node whose value is the record: it can become an initializer
+                node = None
             shape = info.shape
             for t, _ in protos:  # arrays handed to ORT as external initializers are not checked elsewhere
                 if ONNX_DTYPE_NAMES.get(t.data_type) != info.dtype or tuple(t.dims) != shape:
