@@ -240,7 +240,13 @@ def _scan_tensor(t, fillable: bool, node, in_main: bool, refs: list) -> bool:
         return False
     if t.data_location != EXTERNAL:
         return True
-    name = reference(t)
+    ed = t.external_data
+    if len(ed) == 2:  # what strip_weights writes: location, then tensor (reference() for any other list)
+        loc, rec = ed
+        name = rec.value if (loc.key == GRAPH_LOCATION_KEY and rec.key == GRAPH_TENSOR_KEY
+                             and loc.value == GRAPH_LOCATION) else reference(t)
+    else:
+        name = reference(t)
     if name is None or not fillable:
         return False
     refs.append((t, name, node, in_main))
