@@ -331,14 +331,16 @@ def _padding_gaps(path):
     return out
 
 
-@pytest.mark.parametrize("window", [None, 16])
-def test_non_zero_padding_is_found_in_every_gap(tmp_path, monkeypatch, window):
+@pytest.mark.parametrize("window, join", [(None, None), (16, None), (None, 0)])
+def test_non_zero_padding_is_found_in_every_gap(tmp_path, monkeypatch, window, join):
     """Padding is checked in windows: a non-zero byte anywhere in any gap is named as the per-gap check
-    named it (the section after it, the gap's bytes), also with windows of a few gaps each."""
+    named it (the section after it, the gap's bytes), also with windows of a few gaps each, or one a gap."""
     from dcformat import reader as reader_mod
 
     if window:
         monkeypatch.setattr(reader_mod, "GAP_WINDOW", window)
+    if join is not None:
+        monkeypatch.setattr(reader_mod, "GAP_JOIN", join)
     path = max(_vector_files(), key=lambda p: len(_padding_gaps(p)))
     gaps = _padding_gaps(path)
     assert len(gaps) >= 3
@@ -351,3 +353,30 @@ def test_non_zero_padding_is_found_in_every_gap(tmp_path, monkeypatch, window):
             p.write_bytes(bytes(bad))
             with pytest.raises(dcformat.FormatError, match=rf"^section {sec}: non-zero padding in bytes {start}\.\.{stop - 1}$"):
                 dcformat.open(p)
+
+
+def test_opening_does_not_read_the_large_sections_to_check_the_padding(tmp_path, monkeypatch):
+    """The padding after a large section is read alone: opening a file reads its header and the bytes
+    around the gaps, not the tensors between them (it read the whole file, in 1 MiB windows)."""
+    from dcformat.reader import DczReader
+
+    rng = np.random.default_rng(0)
+    tensors = [dcformat.encode(f"b{i}", rng.standard_normal(3).astype(np.float32)) for i in range(3)]
+    w = rng.standard_normal(200_001).astype(np.float32)
+    tensors.insert(1, dcformat.encode("big", w))
+    path = tmp_path / "m.dcz"
+    dcformat.write(path, tensors)
+    read = []
+    orig = DczReader._read_bytes
+
+    def counting(self, offset, length):
+        read.append(length)
+        return orig(self, offset, length)
+
+    monkeypatch.setattr(DczReader, "_read_bytes", counting)
+    with dcformat.open(path) as r:
+        big = r.info("big").nbytes
+        assert any(r.sections[i].offset > r.sections[i - 1].offset + r.sections[i - 1].length
+                   for i in range(1, len(r.sections)))  # there are gaps to check
+        assert sum(read) < big // 10
+        assert np.array_equal(r["big"], w) and r["b2"].shape == (3,)
