@@ -106,17 +106,18 @@ def lane_bases(parts: dict, offs: dict, n: int, where: str) -> np.ndarray:
 def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     """Decode one tensor from its (checksum-verified) section bytes."""
     where = f"tensor {info.name!r}"
+    tdt = DTYPES[info.dtype]
+    if info.encoding in (ENC_RAW, ENC_LZMA):  # one part, "data", at the section's start
+        data = section[: info.parts["data"]]
+        if info.encoding == ENC_RAW:
+            out = data.view(tdt).copy()
+        else:
+            out = _inflate_lzma(info, data, where, info.offset).view(tdt)
+        if info.dtype == "bool" and out.view(np.uint8).max(initial=0) > 1:
+            raise TensorError(f"{where}: bool data holds a byte other than 0 or 1 (byte {info.offset})")
+        return _checked(info, out, where).reshape(info.shape)
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
-    tdt = DTYPES[info.dtype]
-    if info.encoding in (ENC_RAW, ENC_LZMA):
-        if info.encoding == ENC_RAW:
-            out = parts["data"].view(tdt).copy()
-        else:
-            out = _inflate_lzma(info, parts["data"], where, offs["data"]).view(tdt)
-        if info.dtype == "bool" and out.view(np.uint8).max(initial=0) > 1:
-            raise TensorError(f"{where}: bool data holds a byte other than 0 or 1 (byte {offs['data']})")
-        return _checked(info, out, where).reshape(info.shape)
     n = info.numel
     udt = UINT_OF_SIZE[tdt.itemsize]
     scales = None
@@ -208,6 +209,8 @@ def decode_batch(batch, span=None) -> dict[str, np.ndarray]:
 # tensors with fewer symbols than this are decoded together by one kernel call (kernels.decode_records);
 # larger ones by decode_tensor, whose kernels run their lanes in parallel (kernels.PARALLEL_MIN_SYMBOLS)
 RECORDS_MAX_SYMBOLS = 1 << 17
+RECORDS_PARALLEL = 1 << 19  # a batch costing this much (section bytes + elements + RECORD_COST each) runs in parallel
+RECORD_COST = 4096
 _REC_ENC = {ENC_RAW: 0, ENC_CB_DENSE: 1, ENC_CB_SPARSE: 2, ENC_FLOAT_PLANES: 3}  # kernels.REC_RAW ...
 # the bits of an element that make it non-zero (np.count_nonzero): all of them, but the sign bit of a float
 _MASK = {**{k: (1 << (8 * w)) - 1 for k, w in ITEMSIZE.items()}, "int64": -1, "uint64": -1,
@@ -281,8 +284,20 @@ def decode_records(batch, span=None) -> dict[str, np.ndarray]:
         status = np.zeros(len(rows), np.int64)
         v16, v32, v64 = (np.concatenate(v) if v else np.zeros(1, dt)
                          for v, dt in zip(vals, (np.uint16, np.uint32, np.uint64)))
-        kernels.decode_records(buf, rec, v16, v32, v64, out8, out8.view(np.uint16), out8.view(np.uint32),
-                               out8.view(np.uint64), status)
+        args = (buf, rec, v16, v32, v64, out8, out8.view(np.uint16), out8.view(np.uint32), out8.view(np.uint64),
+                status)
+        cost = rec[:, 2] + rec[:, 3] + RECORD_COST  # section bytes + elements + a fixed cost (tables)
+        total = int(cost.sum())
+        threads = kernels.threads()
+        if total >= RECORDS_PARALLEL and threads > 1 and len(rows) > 1:
+            # runs of about equal cost, a few per thread (tensors' costs differ), each decoded by one thread
+            cum = np.cumsum(cost)
+            runs = min(len(rows), 4 * threads)
+            bounds = np.unique(np.concatenate([[0], np.searchsorted(cum, total * np.arange(1, runs) // runs,
+                                                                      side="right"), [len(rows)]]))
+            kernels.decode_records_parallel(*args, bounds.astype(np.int64))
+        else:
+            kernels.decode_records(*args)
         status = status.tolist()
     dtypes = {}
     for i, r in todo:

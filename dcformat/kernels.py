@@ -498,6 +498,13 @@ scale_rows_serial = njit(cache=True)(scale_rows.py_func)
 scale_periodic_serial = njit(cache=True)(scale_periodic.py_func)
 
 
+def threads() -> int:
+    """Threads numba's parallel kernels run on."""
+    import numba
+
+    return numba.get_num_threads()
+
+
 def pick(parallel_kernel, serial_kernel, n: int):
     """The parallel kernel for n >= PARALLEL_MIN_SYMBOLS symbols, else the serial one."""
     return parallel_kernel if n >= PARALLEL_MIN_SYMBOLS else serial_kernel
@@ -603,11 +610,25 @@ def decode_records(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, 
     REC_NONZEROS is -1, bool bytes 0 or 1). status[t] = 0, or 1 when anything is wrong: the caller
     decodes that tensor with decode.decode_tensor, which raises the error naming it. The work of
     decode_tensor without its Python: ~50 us a small tensor down to ~1 us plus the decoding."""
+    _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status, 0, rec.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def decode_records_parallel(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status, bounds):
+    """decode_records with the tensors cut into runs (run g: rec[bounds[g] : bounds[g + 1]]), the runs
+    decoded in parallel, each by one thread with its own scratch tables."""
+    for g in prange(bounds.size - 1):
+        _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status, bounds[g], bounds[g + 1])
+
+
+@njit(cache=True)
+def _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status, t0, t1):
+    """decode_records for tensors t0 .. t1 - 1."""
     tables = np.empty((2, 1 << 15), np.uint16)
     ptables = np.empty((8, 1 << PLANE_TABLE_BITS), np.uint16)
     pairs = np.empty((8, 1 << PAIR_MAX_BITS), np.uint32)
     pos_ = np.zeros(8, np.int64)
-    for t in range(rec.shape[0]):
+    for t in range(t0, t1):
         r = rec[t]
         s0 = r[REC_START]
         length = r[REC_LENGTH]

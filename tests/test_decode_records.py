@@ -85,9 +85,17 @@ def _records(path, names=None):
         return f"{type(e).__name__}: {e}"
 
 
-@pytest.fixture
-def numba_decoder(monkeypatch):
+@pytest.fixture(params=["serial", "parallel"])
+def numba_decoder(request, monkeypatch):
+    """The numba decoder; its batches in one serial kernel call, or in runs decoded in parallel
+    (kernels.decode_records_parallel, which a batch of this size does not reach by itself)."""
     monkeypatch.setenv("DCZ_DECODER", "numba")
+    if request.param == "parallel":
+        from dcformat import kernels
+
+        monkeypatch.setattr(decode, "RECORDS_PARALLEL", 0)
+        monkeypatch.setattr(kernels, "threads", lambda: 3)
+    return request.param
 
 
 def test_records_give_decode_tensor_arrays(sample, numba_decoder):
