@@ -241,6 +241,7 @@ def decode_records(batch, span=None) -> dict[str, np.ndarray]:
     rows, todo = [], []  # todo: (index in batch, row or None)
     vals = ([], [], [])  # codebook values by width (16, 32, 64 bits)
     nvals = [0, 0, 0]
+    coded_width = [False, False, False]  # float-planes tensors of 16, 32, 64 bits
     out_bytes = 0
     rec_enc, itemsize, masks, pad = _REC_ENC, ITEMSIZE, _MASK, _PAD
     for i, (info, section) in enumerate(batch):
@@ -259,6 +260,7 @@ def decode_records(batch, span=None) -> dict[str, np.ndarray]:
                 todo.append((i, None))
                 continue
             coded = sum(1 << k for k, m in enumerate(info.planes) if m == PLANE_HUFFMAN)
+            coded_width[_WIDTH_OF[len(lens)]] = True
             row = (3, starts[i], section.size, n, len(lens), masks[dt], info.lane_size, 0, 0, 0, info.nonzeros,
                    out_bytes, coded, 0, 0, 0, len(lens), *lens, *pad[len(lens)])
         else:
@@ -282,22 +284,27 @@ def decode_records(batch, span=None) -> dict[str, np.ndarray]:
         rec = np.array(rows, np.int64)
         out8 = np.empty(max(out_bytes, 8), np.uint8)
         status = np.zeros(len(rows), np.int64)
-        v16, v32, v64 = (np.concatenate(v) if v else np.zeros(1, dt)
-                         for v, dt in zip(vals, (np.uint16, np.uint32, np.uint64)))
-        args = (buf, rec, v16, v32, v64, out8, out8.view(np.uint16), out8.view(np.uint32), out8.view(np.uint64),
-                status)
+        views = (out8.view(np.uint16), out8.view(np.uint32), out8.view(np.uint64))
         cost = rec[:, 2] + rec[:, 3] + RECORD_COST  # section bytes + elements + a fixed cost (tables)
         total = int(cost.sum())
         threads = kernels.threads()
+        bounds = None
         if total >= RECORDS_PARALLEL and threads > 1 and len(rows) > 1:
             # runs of about equal cost, a few per thread (tensors' costs differ), each decoded by one thread
             cum = np.cumsum(cost)
             runs = min(len(rows), 4 * threads)
             bounds = np.unique(np.concatenate([[0], np.searchsorted(cum, total * np.arange(1, runs) // runs,
-                                                                      side="right"), [len(rows)]]))
-            kernels.decode_records_parallel(*args, bounds.astype(np.int64))
-        else:
-            kernels.decode_records(*args)
+                                                                      side="right"), [len(rows)]])).astype(np.int64)
+        # one call per element width of the coded tensors (numba compiles the widths a file has), the raw
+        # tensors with the first
+        widths = [k for k in range(3) if vals[k] or coded_width[k]] or [1]
+        for j, k in enumerate(widths):
+            v = np.concatenate(vals[k]) if vals[k] else np.zeros(1, views[k].dtype)
+            args = (buf, rec, v, out8, *views, views[k], j == 0, status)
+            if bounds is not None:
+                kernels.decode_records_parallel(*args, bounds)
+            else:
+                kernels.decode_records(*args)
         status = status.tolist()
     dtypes = {}
     for i, r in todo:

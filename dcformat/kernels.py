@@ -601,40 +601,46 @@ def _nonzeros(a, mask):
 
 
 @njit(cache=True)
-def decode_records(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status):
+def decode_records(buf, rec, vals, out8, out16, out32, out64, outw, raw, status):
     """Decode the tensors of ``rec`` (one row of REC_* columns each) from their sections in ``buf`` into
     ``out*`` (one buffer seen as 8/16/32/64-bit elements; tensor t's bytes from rec[t, REC_OUT], a multiple
-    of 8), one tensor after another: raw copies, codebook-dense/-sparse streams (the values, by width, in
-    vals*[REC_VALUES:][:REC_NVALUES]) and float-planes, each checked as decode.decode_tensor checks it
-    (zero padding between parts, stream headers, lane ends, the count of non-zero elements unless
-    REC_NONZEROS is -1, bool bytes 0 or 1). status[t] = 0, or 1 when anything is wrong: the caller
-    decodes that tensor with decode.decode_tensor, which raises the error naming it. The work of
-    decode_tensor without its Python: ~50 us a small tensor down to ~1 us plus the decoding."""
-    _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status, 0, rec.shape[0])
+    of 8), one tensor after another: the raw ones (copied) if ``raw``, and the codebook-dense/-sparse and
+    float-planes ones whose elements have ``outw``'s width (``outw`` is one of out16/32/64; their values in
+    vals[REC_VALUES:][:REC_NVALUES]; the caller calls once per width present, so that numba compiles the
+    stream decoders for the widths a file has, not all three), each checked as decode.decode_tensor checks
+    it (zero padding between parts, stream headers, lane ends, the count of non-zero elements unless
+    REC_NONZEROS is -1, bool bytes 0 or 1). status[t] = 0, or 1 when anything is wrong: the caller decodes
+    that tensor with decode.decode_tensor, which raises the error naming it. The work of decode_tensor
+    without its Python: ~50 us a small tensor down to ~1 us plus the decoding."""
+    _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, 0, rec.shape[0])
 
 
 @njit(parallel=True, cache=True)
-def decode_records_parallel(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status, bounds):
+def decode_records_parallel(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, bounds):
     """decode_records with the tensors cut into runs (run g: rec[bounds[g] : bounds[g + 1]]), the runs
     decoded in parallel, each by one thread with its own scratch tables."""
     for g in prange(bounds.size - 1):
-        _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status, bounds[g], bounds[g + 1])
+        _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, bounds[g], bounds[g + 1])
 
 
 @njit(cache=True)
-def _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, status, t0, t1):
+def _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, t0, t1):
     """decode_records for tensors t0 .. t1 - 1."""
     tables = np.empty((2, 1 << 15), np.uint16)
     ptables = np.empty((8, 1 << PLANE_TABLE_BITS), np.uint16)
     pairs = np.empty((8, 1 << PAIR_MAX_BITS), np.uint32)
     pos_ = np.zeros(8, np.int64)
+    W = outw.itemsize
     for t in range(t0, t1):
         r = rec[t]
+        enc = r[REC_ENC]
+        w = r[REC_WIDTH]
+        if (enc == REC_RAW and not raw) or (enc != REC_RAW and w != W):
+            continue
         s0 = r[REC_START]
         length = r[REC_LENGTH]
         sec = buf[s0 : s0 + length]
         n = r[REC_NUMEL]
-        w = r[REC_WIDTH]
         o = r[REC_OUT]
         mask = np.uint64(r[REC_MASK])
         bad = False
@@ -653,8 +659,8 @@ def _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, s
         if bad or pos > length:
             status[t] = 1
             continue
-        enc = r[REC_ENC]
         found = 0
+        ow = outw[o // W : o // W + n]  # the tensor's elements (coded encodings)
         if enc == REC_RAW:
             nb = n * w
             if r[REC_PARTS] != nb:
@@ -690,18 +696,9 @@ def _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, s
                                    pstarts, psizes):
                 status[t] = 1
                 continue
-            if w == 2:
-                st = decode_planes_serial(sec, coded, pstarts, psizes, lane_offsets, ptables, pairs, tbits, n,
-                                          r[REC_LANE], 16, out16[o // 2 : o // 2 + n])
-                found = _nonzeros(out16[o // 2 : o // 2 + n], mask)
-            elif w == 4:
-                st = decode_planes_serial(sec, coded, pstarts, psizes, lane_offsets, ptables, pairs, tbits, n,
-                                          r[REC_LANE], 32, out32[o // 4 : o // 4 + n])
-                found = _nonzeros(out32[o // 4 : o // 4 + n], mask)
-            else:
-                st = decode_planes_serial(sec, coded, pstarts, psizes, lane_offsets, ptables, pairs, tbits, n,
-                                          r[REC_LANE], 64, out64[o // 8 : o // 8 + n])
-                found = _nonzeros(out64[o // 8 : o // 8 + n], mask)
+            st = decode_planes_serial(sec, coded, pstarts, psizes, lane_offsets, ptables, pairs, tbits, n,
+                                      r[REC_LANE], 8 * W, ow)
+            found = _nonzeros(ow, mask)
             bad = st.any()
         else:
             lane = r[REC_LANE]
@@ -712,8 +709,8 @@ def _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, s
                 if r[REC_PARTS + last] or r[REC_PARTS + last - 1] or r[REC_PARTS + last - 2]:
                     status[t] = 1
                     continue
-                out8[o : o + n * w] = 0
-                if r[REC_NONZEROS] != 0:
+                ow[:] = 0
+                if r[REC_NONZEROS] > 0:
                     status[t] = 1
                 continue
             ioffs = np.empty(nl, np.int64)
@@ -722,22 +719,9 @@ def _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, s
             if ib < 0:
                 status[t] = 1
                 continue
-            v0 = r[REC_VALUES]
-            v1 = v0 + r[REC_NVALUES]
+            v = vals[r[REC_VALUES] : r[REC_VALUES] + r[REC_NVALUES]]
             if enc == REC_DENSE:
-                if w == 2:
-                    st = decode_dense_serial(sec[ip : ip + isz], ioffs, tables[0], ib, n, lane, vals16[v0:v1],
-                                             out16[o // 2 : o // 2 + n])
-                    found = _nonzeros(out16[o // 2 : o // 2 + n], mask)
-                elif w == 4:
-                    st = decode_dense_serial(sec[ip : ip + isz], ioffs, tables[0], ib, n, lane, vals32[v0:v1],
-                                             out32[o // 4 : o // 4 + n])
-                    found = _nonzeros(out32[o // 4 : o // 4 + n], mask)
-                else:
-                    st = decode_dense_serial(sec[ip : ip + isz], ioffs, tables[0], ib, n, lane, vals64[v0:v1],
-                                             out64[o // 8 : o // 8 + n])
-                    found = _nonzeros(out64[o // 8 : o // 8 + n], mask)
-                bad = st.any()
+                st = decode_dense_serial(sec[ip : ip + isz], ioffs, tables[0], ib, n, lane, v, ow)
             else:
                 goffs = np.empty(nl, np.int64)
                 gb, gp, gsz = _parse_stream(sec, pos_[last - 1], r[REC_PARTS + last - 1], m, r[REC_GAPS], lane,
@@ -758,26 +742,10 @@ def _decode_range(buf, rec, vals16, vals32, vals64, out8, out16, out32, out64, s
                 if bad:
                     status[t] = 1
                     continue
-                gpay = sec[gp : gp + gsz]
-                ipay = sec[ip : ip + isz]
-                if w == 2:
-                    ov = out16[o // 2 : o // 2 + n]
-                    ov[:] = 0
-                    st = decode_sparse_serial(gpay, goffs, tables[1], gb, ipay, ioffs, tables[0], ib, m, lane, bases, n,
-                                              vals16[v0:v1], ov)
-                    found = _nonzeros(ov, mask)
-                elif w == 4:
-                    ov = out32[o // 4 : o // 4 + n]
-                    ov[:] = 0
-                    st = decode_sparse_serial(gpay, goffs, tables[1], gb, ipay, ioffs, tables[0], ib, m, lane, bases, n,
-                                              vals32[v0:v1], ov)
-                    found = _nonzeros(ov, mask)
-                else:
-                    ov = out64[o // 8 : o // 8 + n]
-                    ov[:] = 0
-                    st = decode_sparse_serial(gpay, goffs, tables[1], gb, ipay, ioffs, tables[0], ib, m, lane, bases, n,
-                                              vals64[v0:v1], ov)
-                    found = _nonzeros(ov, mask)
-                bad = st.any()
+                ow[:] = 0
+                st = decode_sparse_serial(sec[gp : gp + gsz], goffs, tables[1], gb, sec[ip : ip + isz], ioffs,
+                                          tables[0], ib, m, lane, bases, n, v, ow)
+            found = _nonzeros(ow, mask)
+            bad = st.any()
         if bad or (r[REC_NONZEROS] >= 0 and found != r[REC_NONZEROS]):
             status[t] = 1
