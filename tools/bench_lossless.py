@@ -293,7 +293,8 @@ def measure(label: str, onnx_path: str, work: str, args) -> dict:
 
 def measure_decode(label: str, onnx_path: str, work: str, args) -> list[dict]:
     """--decode-only: the decode timings alone, of the .dcz and .zst files an earlier run left in ``work``,
-    one row per decoder of --decoder (both: numba then numpy, in this process)."""
+    one row per decoder of --decoder (both: numba, numba with decode_tensor for each tensor (the path before
+    decode.decode_records: the baseline of its gain), then numpy, in this process)."""
     import zstandard
 
     import dcformat
@@ -309,10 +310,16 @@ def measure_decode(label: str, onnx_path: str, work: str, args) -> list[dict]:
         with open(zst, "rb") as f:
             return d.decompress(f.read())
 
+    from dcformat import decode
+
     rows = []
-    for decoder in (("numba", "numpy") if args.decoder == "both" else (args.decoder,)):
+    records = decode.decode_records
+    for decoder in (("numba", "numba per tensor", "numpy") if args.decoder == "both" else (args.decoder,)):
         if decoder:
-            os.environ["DCZ_DECODER"] = decoder
+            os.environ["DCZ_DECODER"] = decoder.split()[0]
+        # "numba per tensor": the numba decoder as it was before decode_records, decode_tensor for each tensor
+        decode.decode_records = records if decoder != "numba per tensor" else (
+            lambda batch, span=None: {i.name: decode.decode_tensor(i, s) for i, s in batch})
         row = {"model": label, "dcz": os.path.getsize(dcz)}
         row["decode_dcz_s"], row["decode_zstd_s"] = best_pair(lambda: dcformat.load_weights(dcz), unzstd, args.repeat)
         row["open_dcz_s"] = best(lambda: dcformat.open(dcz).close(), args.repeat)
@@ -322,6 +329,7 @@ def measure_decode(label: str, onnx_path: str, work: str, args) -> list[dict]:
         row["tensors"] = len(names)
         row["decoder"] = decoder or ("numba" if "dcformat.kernels" in sys.modules else "numpy")
         rows.append(row)
+    decode.decode_records = records
     return rows
 
 
@@ -377,8 +385,8 @@ def main(argv=None) -> int:
                     help="only the decode timings, of the files an earlier run left in --work (no conversion, "
                          "no zstd/xz/ZipNN)")
     ap.add_argument("--decoder", choices=("numba", "numpy", "both"),
-                    help="force dcformat's decoder (DCZ_DECODER); both: --decode-only measures each (numba, then "
-                         "numpy) in this run; default: as dcformat picks it (the numpy decoder until about "
+                    help="force dcformat's decoder (DCZ_DECODER); both: --decode-only measures each (numba, numba "
+                         "with one decode_tensor per tensor as before decode_records, numpy) in this run; default: as dcformat picks it (the numpy decoder until about "
                          "NUMBA_START_S of numpy decoding, then numba)")
     ap.add_argument("--build-transformer", nargs=2, metavar=("PATH", "QUICK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
