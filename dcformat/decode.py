@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import (DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, ENC_LZMA, ENC_RAW, LZMA_MIN_DICT,
-                        PART_ALIGNMENT, PLANE_ALPHABET, PLANE_HUFFMAN, UINT_OF_SIZE)
+from .constants import (DTYPES, ENC_CB_DENSE, ENC_CB_SPARSE, ENC_FLOAT_PLANES, ENC_LZMA, ENC_RAW, ITEMSIZE, LZMA_MIN_DICT,
+                        PART_ALIGNMENT, PLANE_ALPHABET, PLANE_HUFFMAN, PLANE_STORED, UINT_OF_SIZE)
 from .errors import HuffmanError, TensorError
 from .records import TensorInfo
 from .streams import Stream, align, parse_stream, raise_lane_error
@@ -106,17 +106,18 @@ def lane_bases(parts: dict, offs: dict, n: int, where: str) -> np.ndarray:
 def decode_tensor(info: TensorInfo, section: np.ndarray) -> np.ndarray:
     """Decode one tensor from its (checksum-verified) section bytes."""
     where = f"tensor {info.name!r}"
+    tdt = DTYPES[info.dtype]
+    if info.encoding in (ENC_RAW, ENC_LZMA):  # one part, "data", at the section's start
+        data = section[: info.parts["data"]]
+        if info.encoding == ENC_RAW:
+            out = data.view(tdt).copy()
+        else:
+            out = _inflate_lzma(info, data, where, info.offset).view(tdt)
+        if info.dtype == "bool" and out.view(np.uint8).max(initial=0) > 1:
+            raise TensorError(f"{where}: bool data holds a byte other than 0 or 1 (byte {info.offset})")
+        return _checked(info, out, where).reshape(info.shape)
     parts = split_parts(info, section, where)
     offs = {k: info.offset + v for k, v in info.part_offsets().items()}
-    tdt = DTYPES[info.dtype]
-    if info.encoding in (ENC_RAW, ENC_LZMA):
-        if info.encoding == ENC_RAW:
-            out = parts["data"].view(tdt).copy()
-        else:
-            out = _inflate_lzma(info, parts["data"], where, offs["data"]).view(tdt)
-        if info.dtype == "bool" and out.view(np.uint8).max(initial=0) > 1:
-            raise TensorError(f"{where}: bool data holds a byte other than 0 or 1 (byte {offs['data']})")
-        return _checked(info, out, where).reshape(info.shape)
     n = info.numel
     udt = UINT_OF_SIZE[tdt.itemsize]
     scales = None
@@ -172,8 +173,10 @@ NUMBA_START_S = 1.0  # about what importing numba and loading its cached kernels
 _numpy_budget = [NUMBA_START_S]  # seconds of numpy decoding this process may still spend instead
 
 
-def decode_batch(batch) -> dict[str, np.ndarray]:
+def decode_batch(batch, span=None) -> dict[str, np.ndarray]:
     """``{info.name: decode_tensor(info, section)}`` for a list of (record, checksum-verified section bytes).
+    ``span``: optionally (buf, starts), the sections being ``buf[starts[i] : starts[i] + len]`` (they are
+    then not copied together for the numba decoder, :func:`decode_records`).
 
     Until numba is loaded, a batch goes to the numpy decoder (dcformat/npdecode.py, the same
     bytes): for a small model that is faster than starting numba. Once this process has spent
@@ -190,10 +193,10 @@ def decode_batch(batch) -> dict[str, np.ndarray]:
         steps = max((min(info.lane_size, info.numel) for info, _ in batch if _symbols(info)), default=0)
         mode = "numba" if ("dcformat.kernels" in sys.modules or symbols > NUMPY_MAX_SYMBOLS
                            or steps > NUMPY_MAX_STEPS or _numpy_budget[0] <= 0) else "numpy"
-        if symbols == 0:
+        if symbols == 0 and "dcformat.kernels" not in sys.modules:
             mode = "numpy"  # nothing to decode with a kernel: do not start numba for raw tensors
     if mode == "numba":
-        return {info.name: decode_tensor(info, section) for info, section in batch}
+        return decode_records(batch, span)
     from .npdecode import decode_tensors
 
     t0 = time.perf_counter()
@@ -201,6 +204,124 @@ def decode_batch(batch) -> dict[str, np.ndarray]:
         return decode_tensors(batch)
     finally:
         _numpy_budget[0] -= time.perf_counter() - t0
+
+
+# tensors with fewer symbols than this are decoded together by one kernel call (kernels.decode_records);
+# larger ones by decode_tensor, whose kernels run their lanes in parallel (kernels.PARALLEL_MIN_SYMBOLS)
+RECORDS_MAX_SYMBOLS = 1 << 17
+RECORDS_PARALLEL = 1 << 19  # a batch costing this much (section bytes + elements + RECORD_COST each) runs in parallel
+RECORD_COST = 4096
+_REC_ENC = {ENC_RAW: 0, ENC_CB_DENSE: 1, ENC_CB_SPARSE: 2, ENC_FLOAT_PLANES: 3}  # kernels.REC_RAW ...
+# the bits of an element that make it non-zero (np.count_nonzero): all of them, but the sign bit of a float
+_MASK = {**{k: (1 << (8 * w)) - 1 for k, w in ITEMSIZE.items()}, "int64": -1, "uint64": -1,
+         "float64": (1 << 63) - 1, "float32": (1 << 31) - 1, "float16": (1 << 15) - 1, "bfloat16": (1 << 15) - 1}
+_PAD = [(0,) * (8 - k) for k in range(9)]
+_WIDTH_OF = {2: 0, 4: 1, 8: 2}
+
+
+def decode_records(batch, span=None) -> dict[str, np.ndarray]:
+    """decode_tensor for each (record, checksum-verified section) of ``batch``, the small tensors of every
+    encoding but lzma (raw, codebook-dense/-sparse, float-planes; fewer than RECORDS_MAX_SYMBOLS coded
+    symbols) by one call of kernels.decode_records into one output buffer (each array returned is a view
+    of it); the others, and any tensor the kernel finds wrong, by decode_tensor, in batch order: the same
+    arrays and the same first error as decoding them in turn. A few microseconds of Python per tensor
+    (was ~50: parsing each stream header, the parts' offsets, the checks, each in Python)."""
+    from . import kernels
+
+    if span is None:  # sections copied together, 8-aligned
+        starts, pos = [], 0
+        for _, section in batch:
+            starts.append(pos)
+            pos += -(-section.size // 8) * 8
+        buf = np.zeros(pos, np.uint8)
+        for (_, section), at in zip(batch, starts):
+            buf[at : at + section.size] = section
+    else:
+        buf, starts = span
+    rows, todo = [], []  # todo: (index in batch, row or None)
+    vals = ([], [], [])  # codebook values by width (16, 32, 64 bits)
+    nvals = [0, 0, 0]
+    coded_width = [False, False, False]  # float-planes tensors of 16, 32, 64 bits
+    out_bytes = 0
+    rec_enc, itemsize, masks, pad = _REC_ENC, ITEMSIZE, _MASK, _PAD
+    for i, (info, section) in enumerate(batch):
+        code = rec_enc.get(info.encoding)
+        n = info.numel
+        dt = info.dtype
+        if code is None or n == 0 or (info.scale_axis is not None and dt != "float32"):
+            todo.append((i, None))
+            continue
+        lens = tuple(info.parts.values())
+        if code == 0:
+            row = (0, starts[i], section.size, n, itemsize[dt], masks[dt], 0, 0, 0, 0, info.nonzeros, out_bytes,
+                   0, 0, 0, dt == "bool", 1, *lens, *pad[1])
+        elif code == 3:
+            if n * (len(lens) - info.planes.count(PLANE_STORED)) >= RECORDS_MAX_SYMBOLS:
+                todo.append((i, None))
+                continue
+            coded = sum(1 << k for k, m in enumerate(info.planes) if m == PLANE_HUFFMAN)
+            coded_width[_WIDTH_OF[len(lens)]] = True
+            row = (3, starts[i], section.size, n, len(lens), masks[dt], info.lane_size, 0, 0, 0, info.nonzeros,
+                   out_bytes, coded, 0, 0, 0, len(lens), *lens, *pad[len(lens)])
+        else:
+            m = n if code == 1 else info.entries
+            if code * m >= RECORDS_MAX_SYMBOLS:  # coded symbols: m indices (and m gaps when sparse)
+                todo.append((i, None))
+                continue
+            scaled = info.scale_axis is not None
+            v = _values(info, section[: lens[0]], code == 2, "float32" if scaled else None)
+            k = _WIDTH_OF[v.itemsize]
+            row = (code, starts[i], section.size, n, v.itemsize, masks[dt], info.lane_size, info.index_alphabet,
+                   1 << info.gap_bits if code == 2 else 0, m, -1 if scaled else info.nonzeros, out_bytes, 0,
+                   nvals[k], v.size, 0, len(lens), *lens, *pad[len(lens)])
+            vals[k].append(v)
+            nvals[k] += v.size
+        out_bytes += -(-info.decoded_nbytes // 8) * 8
+        todo.append((i, len(rows)))
+        rows.append(row)
+    results = {}
+    if rows:
+        rec = np.array(rows, np.int64)
+        out8 = np.empty(max(out_bytes, 8), np.uint8)
+        status = np.zeros(len(rows), np.int64)
+        views = (out8.view(np.uint16), out8.view(np.uint32), out8.view(np.uint64))
+        cost = rec[:, 2] + rec[:, 3] + RECORD_COST  # section bytes + elements + a fixed cost (tables)
+        total = int(cost.sum())
+        threads = kernels.threads()
+        bounds = None
+        if total >= RECORDS_PARALLEL and threads > 1 and len(rows) > 1:
+            # runs of about equal cost, a few per thread (tensors' costs differ), each decoded by one thread
+            cum = np.cumsum(cost)
+            runs = min(len(rows), 4 * threads)
+            bounds = np.unique(np.concatenate([[0], np.searchsorted(cum, total * np.arange(1, runs) // runs,
+                                                                      side="right"), [len(rows)]])).astype(np.int64)
+        # one call per element width of the coded tensors (numba compiles the widths a file has), the raw
+        # tensors with the first
+        widths = [k for k in range(3) if vals[k] or coded_width[k]] or [1]
+        for j, k in enumerate(widths):
+            v = np.concatenate(vals[k]) if vals[k] else np.zeros(1, views[k].dtype)
+            args = (buf, rec, v, out8, *views, views[k], j == 0, status)
+            if bounds is not None:
+                kernels.decode_records_parallel(*args, bounds)
+            else:
+                kernels.decode_records(*args)
+        status = status.tolist()
+    dtypes = {}
+    for i, r in todo:
+        info, section = batch[i]
+        if r is None or status[r]:
+            results[info.name] = decode_tensor(info, section)  # raises what is wrong (or decodes a large one)
+            continue
+        o = rows[r][11]
+        dt = dtypes.get(info.dtype) or dtypes.setdefault(info.dtype, DTYPES[info.dtype])
+        a = out8[o : o + info.decoded_nbytes].view(dt)
+        if info.scale_axis is not None:
+            where = f"tensor {info.name!r}"
+            parts = split_parts(info, section, where)
+            scales = read_scales(info, parts["scales"], where, info.offset + info.part_offsets()["scales"])
+            a = _checked(info, apply_scales(info, a, scales), where)
+        results[info.name] = a.reshape(info.shape)
+    return results
 
 
 def _symbols(info: TensorInfo) -> int:

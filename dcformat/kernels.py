@@ -498,6 +498,254 @@ scale_rows_serial = njit(cache=True)(scale_rows.py_func)
 scale_periodic_serial = njit(cache=True)(scale_periodic.py_func)
 
 
+def threads() -> int:
+    """Threads numba's parallel kernels run on."""
+    import numba
+
+    return numba.get_num_threads()
+
+
 def pick(parallel_kernel, serial_kernel, n: int):
     """The parallel kernel for n >= PARALLEL_MIN_SYMBOLS symbols, else the serial one."""
     return parallel_kernel if n >= PARALLEL_MIN_SYMBOLS else serial_kernel
+
+
+# ---------------------------------------------------------------- many small tensors in one call
+# decode.decode_records lays out one row of REC_* columns per tensor; decode_records decodes them all
+REC_ENC, REC_START, REC_LENGTH, REC_NUMEL, REC_WIDTH, REC_MASK, REC_LANE, REC_ALPHABET, REC_GAPS, REC_ENTRIES, \
+    REC_NONZEROS, REC_OUT, REC_CODED, REC_VALUES, REC_NVALUES, REC_BOOL, REC_NPARTS, REC_PARTS = range(18)
+REC_COLUMNS = REC_PARTS + 8  # up to 8 part lengths, in layout order
+REC_RAW, REC_DENSE, REC_SPARSE, REC_PLANES = 0, 1, 2, 3
+
+
+@njit(cache=True)
+def _parse_stream(sec, s0, size, n, alphabet, lane_size, lane_offsets, table):
+    """streams.parse_stream's checks of one stream part (n > 0 symbols; ``sec[s0 : s0 + size]``) and its
+    decode table: fills lane_offsets (ceil(n / lane_size)) and table (>= 2^15 entries, entry = length << 9
+    | symbol, as huffman.decode_table); returns (table bits, payload start, payload size), bits -1 when
+    anything is wrong (the caller then decodes the tensor with decode.decode_tensor, whose error names it)."""
+    nl = (n + lane_size - 1) // lane_size
+    lt = (alphabet + 1) // 2
+    la = (lt + 7) // 8 * 8
+    prefix = la + 8 * nl
+    if size < prefix:
+        return -1, 0, 0
+    count = np.zeros(16, np.int64)
+    nxt = np.zeros(16, np.int64)
+    maxlen = 0
+    single = -1
+    kraft = 0
+    if alphabet % 2 == 1 and (np.int64(sec[s0 + lt - 1]) & 15) != 0:  # the unused low nibble
+        return -1, 0, 0
+    for sym in range(alphabet):
+        b = np.int64(sec[s0 + (sym >> 1)])
+        ln = (b >> 4) if sym % 2 == 0 else (b & 15)
+        if ln > 0:
+            count[ln] += 1
+            single = sym
+            if ln > maxlen:
+                maxlen = ln
+            kraft += 1 << (15 - ln)
+    used = count.sum()
+    if used == 0:
+        return -1, 0, 0
+    for i in range(lt, la):
+        if sec[s0 + i] != 0:
+            return -1, 0, 0
+    payload = size - prefix
+    prev = np.int64(0)
+    for l in range(nl):
+        at = s0 + la + 8 * l
+        hi = np.int64(sec[at + 7])
+        if hi >= 128:
+            return -1, 0, 0
+        o = hi
+        for j in range(6, -1, -1):
+            o = (o << 8) | np.int64(sec[at + j])
+        if (l == 0 and o != 0) or o < prev or o > payload:
+            return -1, 0, 0
+        lane_offsets[l] = o
+        prev = o
+    if used == 1:
+        b = np.int64(sec[s0 + (single >> 1)])
+        if ((b >> 4) if single % 2 == 0 else (b & 15)) != 1:
+            return -1, 0, 0
+        table[0] = single
+        return 0, s0 + prefix, payload
+    if kraft != 1 << 15:
+        return -1, 0, 0
+    for ln in range(1, 16):
+        nxt[ln] = (nxt[ln - 1] + count[ln - 1]) << 1 if ln > 1 else 0
+    for sym in range(alphabet):
+        b = np.int64(sec[s0 + (sym >> 1)])
+        ln = (b >> 4) if sym % 2 == 0 else (b & 15)
+        if ln > 0:
+            c = nxt[ln]
+            nxt[ln] += 1
+            span = 1 << (maxlen - ln)
+            e = (ln << 9) | sym
+            for t in range(c * span, (c + 1) * span):
+                table[t] = e
+    return maxlen, s0 + prefix, payload
+
+
+@njit(inline="always")
+def _nonzeros(a, mask):
+    """Elements of ``a`` (bit patterns) with a bit of ``mask`` set: np.count_nonzero of the values (mask
+    without the sign bit for floats: -0.0 is zero, NaN is not)."""
+    c = 0
+    for i in range(a.size):
+        if a[i] & mask:
+            c += 1
+    return c
+
+
+@njit(cache=True)
+def decode_records(buf, rec, vals, out8, out16, out32, out64, outw, raw, status):
+    """Decode the tensors of ``rec`` (one row of REC_* columns each) from their sections in ``buf`` into
+    ``out*`` (one buffer seen as 8/16/32/64-bit elements; tensor t's bytes from rec[t, REC_OUT], a multiple
+    of 8), one tensor after another: the raw ones (copied) if ``raw``, and the codebook-dense/-sparse and
+    float-planes ones whose elements have ``outw``'s width (``outw`` is one of out16/32/64; their values in
+    vals[REC_VALUES:][:REC_NVALUES]; the caller calls once per width present, so that numba compiles the
+    stream decoders for the widths a file has, not all three), each checked as decode.decode_tensor checks
+    it (zero padding between parts, stream headers, lane ends, the count of non-zero elements unless
+    REC_NONZEROS is -1, bool bytes 0 or 1). status[t] = 0, or 1 when anything is wrong: the caller decodes
+    that tensor with decode.decode_tensor, which raises the error naming it. The work of decode_tensor
+    without its Python: ~50 us a small tensor down to ~1 us plus the decoding."""
+    _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, 0, rec.shape[0])
+
+
+@njit(parallel=True, cache=True)
+def decode_records_parallel(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, bounds):
+    """decode_records with the tensors cut into runs (run g: rec[bounds[g] : bounds[g + 1]]), the runs
+    decoded in parallel, each by one thread with its own scratch tables."""
+    for g in prange(bounds.size - 1):
+        _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, bounds[g], bounds[g + 1])
+
+
+@njit(cache=True)
+def _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, t0, t1):
+    """decode_records for tensors t0 .. t1 - 1."""
+    tables = np.empty((2, 1 << 15), np.uint16)
+    ptables = np.empty((8, 1 << PLANE_TABLE_BITS), np.uint16)
+    pairs = np.empty((8, 1 << PAIR_MAX_BITS), np.uint32)
+    pos_ = np.zeros(8, np.int64)
+    W = outw.itemsize
+    for t in range(t0, t1):
+        r = rec[t]
+        enc = r[REC_ENC]
+        w = r[REC_WIDTH]
+        if (enc == REC_RAW and not raw) or (enc != REC_RAW and w != W):
+            continue
+        s0 = r[REC_START]
+        length = r[REC_LENGTH]
+        sec = buf[s0 : s0 + length]
+        n = r[REC_NUMEL]
+        o = r[REC_OUT]
+        mask = np.uint64(r[REC_MASK])
+        bad = False
+        pos = 0
+        np_ = r[REC_NPARTS]
+        for k in range(np_):  # parts at multiples of 8, zero padding between them (decode.split_parts)
+            start = (pos + 7) // 8 * 8
+            if start > length:
+                bad = True
+                break
+            for i in range(pos, start):
+                if sec[i] != 0:
+                    bad = True
+            pos_[k] = start
+            pos = start + r[REC_PARTS + k]
+        if bad or pos > length:
+            status[t] = 1
+            continue
+        found = 0
+        ow = outw[o // W : o // W + n]  # the tensor's elements (coded encodings)
+        if enc == REC_RAW:
+            nb = n * w
+            if r[REC_PARTS] != nb:
+                status[t] = 1
+                continue
+            out8[o : o + nb] = sec[0:nb]
+            if w == 1:
+                found = _nonzeros(out8[o : o + n], mask)
+                if r[REC_BOOL]:
+                    for i in range(o, o + n):
+                        if out8[i] > 1:
+                            bad = True
+            elif w == 2:
+                found = _nonzeros(out16[o // 2 : o // 2 + n], mask)
+            elif w == 4:
+                found = _nonzeros(out32[o // 4 : o // 4 + n], mask)
+            else:
+                found = _nonzeros(out64[o // 8 : o // 8 + n], mask)
+        elif enc == REC_PLANES:
+            coded = np.zeros(w, np.bool_)
+            starts = np.empty(w, np.int64)
+            sizes = np.empty(w, np.int64)
+            for k in range(w):
+                coded[k] = (r[REC_CODED] >> k) & 1
+                starts[k] = pos_[k]
+                sizes[k] = r[REC_PARTS + k]
+            nl = (n + r[REC_LANE] - 1) // r[REC_LANE]
+            lane_offsets = np.zeros((w, nl), np.int64)
+            tbits = np.zeros(w, np.int64)
+            pstarts = np.zeros(w, np.int64)
+            psizes = np.zeros(w, np.int64)
+            if parse_plane_streams(sec, coded, starts, sizes, n, r[REC_LANE], lane_offsets, ptables, pairs, tbits,
+                                   pstarts, psizes):
+                status[t] = 1
+                continue
+            st = decode_planes_serial(sec, coded, pstarts, psizes, lane_offsets, ptables, pairs, tbits, n,
+                                      r[REC_LANE], 8 * W, ow)
+            found = _nonzeros(ow, mask)
+            bad = st.any()
+        else:
+            lane = r[REC_LANE]
+            m = n if enc == REC_DENSE else r[REC_ENTRIES]
+            nl = (m + lane - 1) // lane
+            last = np_ - 1  # the index stream is the last part
+            if m == 0:  # a sparse tensor of no entries: all zeros, empty streams and lane bases
+                if r[REC_PARTS + last] or r[REC_PARTS + last - 1] or r[REC_PARTS + last - 2]:
+                    status[t] = 1
+                    continue
+                ow[:] = 0
+                if r[REC_NONZEROS] > 0:
+                    status[t] = 1
+                continue
+            ioffs = np.empty(nl, np.int64)
+            ib, ip, isz = _parse_stream(sec, pos_[last], r[REC_PARTS + last], m, r[REC_ALPHABET], lane, ioffs,
+                                        tables[0])
+            if ib < 0:
+                status[t] = 1
+                continue
+            v = vals[r[REC_VALUES] : r[REC_VALUES] + r[REC_NVALUES]]
+            if enc == REC_DENSE:
+                st = decode_dense_serial(sec[ip : ip + isz], ioffs, tables[0], ib, n, lane, v, ow)
+            else:
+                goffs = np.empty(nl, np.int64)
+                gb, gp, gsz = _parse_stream(sec, pos_[last - 1], r[REC_PARTS + last - 1], m, r[REC_GAPS], lane,
+                                            goffs, tables[1])
+                bp = pos_[last - 2]
+                if gb < 0 or r[REC_PARTS + last - 2] != 8 * nl:
+                    status[t] = 1
+                    continue
+                bases = np.empty(nl, np.int64)
+                for l in range(nl):
+                    hi = np.int64(sec[bp + 8 * l + 7])
+                    b = hi
+                    for j in range(6, -1, -1):
+                        b = (b << 8) | np.int64(sec[bp + 8 * l + j])
+                    if hi >= 128 or b > n or (l == 0 and b != 0):  # decode.lane_bases
+                        bad = True
+                    bases[l] = b
+                if bad:
+                    status[t] = 1
+                    continue
+                ow[:] = 0
+                st = decode_sparse_serial(sec[gp : gp + gsz], goffs, tables[1], gb, sec[ip : ip + isz], ioffs,
+                                          tables[0], ib, m, lane, bases, n, v, ow)
+            found = _nonzeros(ow, mask)
+            bad = st.any()
+        if bad or (r[REC_NONZEROS] >= 0 and found != r[REC_NONZEROS]):
+            status[t] = 1

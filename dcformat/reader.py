@@ -383,15 +383,18 @@ class DczReader(Mapping):
                 i += 1
                 continue
             buf = self._read_scratch(start, span)
-            batch = []
+            batch, starts = [], []
             for _, name in secs[i:j]:
                 sec = self._tensor_sections[name]
-                data = buf[sec.offset - start : sec.offset - start + sec.length]
+                at = sec.offset - start
+                data = buf[at : at + sec.length]
                 if zlib.crc32(data) != sec.crc32:
                     raise ChecksumError(f"tensor {name!r}: checksum mismatch in section at bytes "
                                         f"{sec.offset}..{sec.offset + sec.length - 1}")
                 batch.append((self.tensors[name], data))
-            out.update(decode_batch(batch))  # new arrays: nothing refers to the scratch buffer afterwards
+                starts.append(at)
+            # new arrays (or views of one new buffer): nothing refers to the scratch buffer afterwards
+            out.update(decode_batch(batch, (buf, starts)))
             i = j
         return out
 

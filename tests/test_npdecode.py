@@ -251,7 +251,7 @@ def test_path_choice(monkeypatch):
     monkeypatch.delenv("DCZ_DECODER", raising=False)
     calls = []
     monkeypatch.setattr(npdecode, "decode_tensors", lambda batch: calls.append("numpy") or {})
-    monkeypatch.setattr(decode, "decode_tensor", lambda i, s: calls.append("numba"))
+    monkeypatch.setattr(decode, "decode_records", lambda b, span=None: calls.append("numba"))
     monkeypatch.setattr(decode, "_symbols", lambda info: 10)
     monkeypatch.setattr(decode, "_numpy_budget", [1.0])
     monkeypatch.delitem(sys.modules, "dcformat.kernels", raising=False)

@@ -16,13 +16,15 @@ Decode time: dcformat.load_weights(model.dcz) (open, every tensor decoded to a n
 against reading the zstd -19 file and zstandard's decompress of it, both in this process, best of
 --repeat alternating runs, after one warm-up each; the ratio is zstd's time over ours (> 1: .dcz
 decodes faster). *of which open* is dcformat.open + close alone (header inflated, parsed, every
-record checked: a per-tensor cost, no tensor data read).
+record checked: a per-tensor cost, no tensor data read). --decode-only adds *tensors alone*: decode_many of
+every tensor of a file already open (read, checksummed, decoded: the decoders' share), and its ratio to zstd.
 The zstd -d command (a process, output to /dev/null) is timed too. Each .dcz is
 checked to decode to the ONNX model's weights bit for bit.
 
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --work /tmp/dcz-bench-lossless
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --quick     # small CNN, no xz
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --decode-only --decoder numba  # reuse files
+    PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --decode-only --decoder both   # numba, numpy
     PYTHONPATH=. /work/main/.venv/bin/python tools/bench_lossless.py --per-tensor model.onnx  # which tensors lose
 """
 
@@ -289,8 +291,10 @@ def measure(label: str, onnx_path: str, work: str, args) -> dict:
     return row
 
 
-def measure_decode(label: str, onnx_path: str, work: str, args) -> dict:
-    """--decode-only: the decode timings alone, of the .dcz and .zst files an earlier run left in ``work``."""
+def measure_decode(label: str, onnx_path: str, work: str, args) -> list[dict]:
+    """--decode-only: the decode timings alone, of the .dcz and .zst files an earlier run left in ``work``,
+    one row per decoder of --decoder (both: numba, numba with decode_tensor for each tensor (the path before
+    decode.decode_records: the baseline of its gain), then numpy, in this process)."""
     import zstandard
 
     import dcformat
@@ -306,21 +310,39 @@ def measure_decode(label: str, onnx_path: str, work: str, args) -> dict:
         with open(zst, "rb") as f:
             return d.decompress(f.read())
 
-    row = {"model": label, "dcz": os.path.getsize(dcz)}
-    row["decode_dcz_s"], row["decode_zstd_s"] = best_pair(lambda: dcformat.load_weights(dcz), unzstd, args.repeat)
-    row["open_dcz_s"] = best(lambda: dcformat.open(dcz).close(), args.repeat)
-    row["decoder"] = "numba" if "dcformat.kernels" in sys.modules else "numpy"
-    return row
+    from dcformat import decode
+
+    rows = []
+    records = decode.decode_records
+    for decoder in (("numba", "numba per tensor", "numpy") if args.decoder == "both" else (args.decoder,)):
+        if decoder:
+            os.environ["DCZ_DECODER"] = decoder.split()[0]
+        # "numba per tensor": the numba decoder as it was before decode_records, decode_tensor for each tensor
+        decode.decode_records = records if decoder != "numba per tensor" else (
+            lambda batch, span=None: {i.name: decode.decode_tensor(i, s) for i, s in batch})
+        row = {"model": label, "dcz": os.path.getsize(dcz)}
+        row["decode_dcz_s"], row["decode_zstd_s"] = best_pair(lambda: dcformat.load_weights(dcz), unzstd, args.repeat)
+        row["open_dcz_s"] = best(lambda: dcformat.open(dcz).close(), args.repeat)
+        with dcformat.open(dcz) as r:  # the tensors alone (read, checksummed, decoded), of a file already open
+            names = list(r)
+            row["tensors_dcz_s"] = best(lambda: r.decode_many(names), args.repeat)
+        row["tensors"] = len(names)
+        row["decoder"] = decoder or ("numba" if "dcformat.kernels" in sys.modules else "numpy")
+        rows.append(row)
+    decode.decode_records = records
+    return rows
 
 
 def decode_table(rows: list[dict]) -> str:
-    head = ["model", ".dcz --lossless", "decode .dcz", "of which open", "zstd -d (library)", "decode speed vs zstd -d",
-            "decoder at the end"]
+    head = ["model", ".dcz --lossless", "tensors", "decoder", "decode .dcz", "of which open", "tensors alone",
+            "zstd -d (library)", "decode speed vs zstd -d", "tensors alone vs zstd -d"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["model"], mb(r["dcz"]), f"{r['decode_dcz_s'] * 1e3:.2f} ms", f"{r['open_dcz_s'] * 1e3:.2f} ms",
-            f"{r['decode_zstd_s'] * 1e3:.2f} ms", f"{r['decode_zstd_s'] / r['decode_dcz_s']:.2f}x", r["decoder"]]) + " |")
+            r["model"], mb(r["dcz"]), str(r["tensors"]), r["decoder"], f"{r['decode_dcz_s'] * 1e3:.2f} ms",
+            f"{r['open_dcz_s'] * 1e3:.2f} ms", f"{r['tensors_dcz_s'] * 1e3:.2f} ms",
+            f"{r['decode_zstd_s'] * 1e3:.2f} ms", f"{r['decode_zstd_s'] / r['decode_dcz_s']:.2f}x",
+            f"{r['decode_zstd_s'] / r['tensors_dcz_s']:.2f}x"]) + " |")
     return "\n".join(lines)
 
 
@@ -362,13 +384,16 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-only", action="store_true",
                     help="only the decode timings, of the files an earlier run left in --work (no conversion, "
                          "no zstd/xz/ZipNN)")
-    ap.add_argument("--decoder", choices=("numba", "numpy"),
-                    help="force dcformat's decoder (DCZ_DECODER); default: as dcformat picks it (the numpy decoder "
-                         "until about NUMBA_START_S of numpy decoding, then numba)")
+    ap.add_argument("--decoder", choices=("numba", "numpy", "both"),
+                    help="force dcformat's decoder (DCZ_DECODER); both: --decode-only measures each (numba, numba "
+                         "with one decode_tensor per tensor as before decode_records, numpy) in this run; default: as dcformat picks it (the numpy decoder until about "
+                         "NUMBA_START_S of numpy decoding, then numba)")
     ap.add_argument("--build-transformer", nargs=2, metavar=("PATH", "QUICK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.decoder:
+    if args.decoder in ("numba", "numpy"):
         os.environ["DCZ_DECODER"] = args.decoder
+    elif args.decoder and not args.decode_only:
+        ap.error("--decoder both needs --decode-only")
     if args.build_transformer:
         _export_transformer(args.build_transformer[0], args.build_transformer[1] == "1")
         return 0
@@ -382,8 +407,11 @@ def main(argv=None) -> int:
     if not args.no_wheels:
         models += wheel_models(args.work)
     if args.decode_only:
-        rows = [measure_decode(label, path, args.work, args) for label, path in models]
+        rows = [row for label, path in models for row in measure_decode(label, path, args.work, args)]
         print(decode_table(rows))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
         faster = all(r["decode_dcz_s"] <= r["decode_zstd_s"] for r in rows)
         print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; decodes no slower than zstd -d on "
               f"every model: {faster}")
