@@ -83,3 +83,20 @@ def test_settings_text_gives_each_tensor_its_setting(tmp_path, alloc):
         else:
             assert r["bits"] == k[1], (txt, r)
             assert float((r.get("ecvq") or {}).get("strength", 0.0)) == k[2], (txt, r)
+
+
+def test_knapsack_is_the_best_allocation_within_each_budget():
+    rng = np.random.default_rng(5)
+    opts = {f"t{t}": {("w", k, 0.0): {"bytes": int(rng.integers(50, 900)), "d": float(rng.random())} for k in range(6)}
+            for t in range(3)}
+    names = sorted(opts)
+    combos = list(itertools.product(*(list(opts[n]) for n in names)))
+    budgets = [400, 700, 1000, 1500, 2000, 2600]
+    for b, alloc in zip(budgets, perlayer.knapsack(opts, "d", budgets, unit=1)):
+        within = [c for c in combos if sum(opts[n][k]["bytes"] for n, k in zip(names, c)) <= b]
+        if not within:
+            assert alloc is None
+            continue
+        best = min(sum(opts[n][k]["d"] for n, k in zip(names, c)) for c in within)
+        assert sum(opts[n][k]["bytes"] for n, k in alloc.items()) <= b
+        assert sum(opts[n][k]["d"] for n, k in alloc.items()) == pytest.approx(best)

@@ -11,9 +11,11 @@ validation cross-entropy (and, for a second path, of the validation error rate).
 not on its own lower convex hull of (bytes, distortion) can never be chosen by a Lagrangian allocation; the
 allocation for multiplier ``lam`` takes per tensor the option minimising ``distortion + lam x bytes``, and sweeping
 ``lam`` over every breakpoint of the tensors' hulls walks the lower convex hull of the sum (the classic greedy:
-one tensor moves one hull step at a time, the step of least distortion per byte first). Every allocation on the
-path is run on the validation images with all its tensors replaced; those on the Pareto front of (estimated bytes,
-validation accuracy) are the per-layer points the benchmark converts through dcconvert's own path (patterns
+one tensor moves one hull step at a time, the step of least distortion per byte first). Between the hull's vertices,
+where no multiplier stops, a multiple-choice knapsack (dynamic programming over the bytes) gives the allocation of
+least summed distortion within each of a sequence of byte budgets 0.5% apart, over the range where the validation
+accuracy is within 3 points of the float model's. Every allocation found is run on the validation images with all
+its tensors replaced; those on the Pareto front of (estimated bytes, validation accuracy) are the per-layer points the benchmark converts through dcconvert's own path (patterns
 ``--bits NAME=B``, ``--ecvq NAME=S``, ``--role NAME=fc``) and scores on the test images like every other point.
 """
 
@@ -145,8 +147,58 @@ def greedy_path(opts: dict[str, dict], dkey: str) -> list[dict]:
     return path
 
 
-def allocate(onnx_path: str, points: list[dict], x_val, y_val, log=print, fixed_bytes: int | None = None) -> dict:
-    """Measure every tensor's options on the validation images and walk the Lagrangian paths.
+def knapsack(opts: dict[str, dict], dkey: str, budgets, unit: int = 4) -> list[dict]:
+    """For each byte budget, the allocation of least summed distortion within it (multiple-choice knapsack, by
+    dynamic programming over the bytes in ``unit``-byte steps): the points between the convex hull's vertices,
+    where a Lagrangian sweep cannot stop. One entry per budget (None where nothing fits)."""
+    names = [n for n in sorted(opts) if opts[n]]
+    cap = int(max(budgets) // unit) + 1
+    inf = np.inf
+    dp = np.full(cap + 1, inf)
+    dp[0] = 0.0
+    choice = []
+    for n in names:
+        keys = _pareto(opts[n], dkey)
+        new = np.full(cap + 1, inf)
+        arg = np.full(cap + 1, -1, np.int64)
+        for i, k in enumerate(keys):
+            r = -(-opts[n][k]["bytes"] // unit)  # rounded up: the estimate stays within the budget
+            if r > cap:
+                continue
+            cand = np.full(cap + 1, inf)
+            cand[r:] = dp[: cap + 1 - r] + opts[n][k][dkey]
+            better = cand < new
+            new[better], arg[better] = cand[better], i
+        dp = new
+        choice.append((n, keys, arg))
+    best_le = np.minimum.accumulate(dp)  # within the budget: the best over every total <= it
+    at = np.zeros(cap + 1, np.int64)
+    for c in range(1, cap + 1):
+        at[c] = c if dp[c] <= best_le[c - 1] else at[c - 1]
+    out = []
+    for b in budgets:
+        c = min(int(b // unit), cap)
+        if not np.isfinite(best_le[c]):
+            out.append(None)  # no allocation fits
+            continue
+        c = int(at[c])
+        alloc = {}
+        for n, keys, arg in reversed(choice):
+            i = int(arg[c])
+            k = keys[i]
+            alloc[n] = k
+            c -= -(-opts[n][k]["bytes"] // unit)
+        out.append(dict(sorted(alloc.items())))
+    return out
+
+
+MARGIN = 3.0  # points per cent of validation accuracy below the float model's: the range the allocations cover
+STEP = 0.005  # relative step of the knapsack's byte budgets
+
+
+def allocate(onnx_path: str, points: list[dict], x_val, y_val, log=print, margin: float = MARGIN,
+             step: float = STEP) -> dict:
+    """Measure every tensor's options on the validation images, walk the Lagrangian paths and solve the knapsacks.
 
     Returns ``{"options": per-tensor options (bytes, validation distortion), "candidates": [allocation, estimated
     bytes, validation nll/accuracy], "val_float": (nll, acc)}``; the candidates are the validation Pareto front."""
@@ -174,10 +226,10 @@ def allocate(onnx_path: str, points: list[dict], x_val, y_val, log=print, fixed_
         for k, v in o.items():
             nll, acc = ev({n: values[(n, k)]})
             v["d_nll"], v["d_err"] = nll - nll0, acc0 - acc
-    paths = [greedy_path(opts, "d_nll"), greedy_path(opts, "d_err")]
     seen, cands = set(), []
-    for path in paths:
-        for alloc in path:
+
+    def run(allocs):
+        for alloc in allocs:
             key = tuple(sorted(alloc.items(), key=lambda kv: kv[0]))
             if key in seen:
                 continue
@@ -185,13 +237,24 @@ def allocate(onnx_path: str, points: list[dict], x_val, y_val, log=print, fixed_
             nll, acc = ev({n: values[(n, k)] for n, k in alloc.items()})
             est = sum(opts[n][k]["bytes"] for n, k in alloc.items())
             cands.append({"alloc": dict(alloc), "tensor_bytes": est, "val_nll": nll, "val_accuracy": acc})
-    # the validation Pareto front of (bytes, accuracy): the only allocations worth a file
+
+    run(greedy_path(opts, "d_nll") + greedy_path(opts, "d_err"))  # the convex hull's vertices
+    # between them, in the range that matters (validation accuracy within MARGIN of the float model's, up to the
+    # first allocation that matches it): the knapsack optimum at budgets STEP apart
+    ok = [c["tensor_bytes"] for c in cands if c["val_accuracy"] >= acc0 - margin]
+    top = [c["tensor_bytes"] for c in cands if c["val_accuracy"] >= acc0]
+    if ok:
+        lo, hi = 0.9 * min(ok), (min(top) if top else max(ok))
+        budgets = np.geomspace(lo, max(hi, lo * 1.01), int(math.log(max(hi, lo * 1.01) / lo) / math.log1p(step)) + 2)
+        run([a for a in knapsack(opts, "d_nll", budgets) + knapsack(opts, "d_err", budgets) if a is not None])
+    # the validation Pareto front of (bytes, accuracy), within the margin: the only allocations worth a file
     front, best = [], -math.inf
     for c in sorted(cands, key=lambda c: (c["tensor_bytes"], -c["val_accuracy"])):
         if c["val_accuracy"] > best + 1e-9:
-            front.append(c)
             best = c["val_accuracy"]
-    log(f"per-layer: {len(cands)} allocations on the paths, {len(front)} on the validation front "
+            if c["val_accuracy"] >= acc0 - margin:
+                front.append(c)
+    log(f"per-layer: {len(cands)} allocations (hull vertices and knapsack optima), {len(front)} on the validation front "
         f"({ev.runs} validation runs)")
     return {"options": {n: [{"key": list(k) if isinstance(k, tuple) else k,
                              **{a: v[a] for a in ("bytes", "sse", "d_nll", "d_err")}} for k, v in o.items()]
