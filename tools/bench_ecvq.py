@@ -466,14 +466,17 @@ def render(res: dict) -> str:
            f"{', '.join(map(str, res['bits']))}, S in {', '.join(f'{s:g}' for s in res['strengths'])}; NNCodec on all "
            f"the weights (biases too), qp {res['qps'][0]}..{res['qps'][-1]}, with and without dependent quantization. "
            "Accuracy: the 10,000 test images in ONNX Runtime. Bytes: whole files (the .dcz with its graph, header and "
-           "metadata; NNCodec's bitstream has no graph).", "",
+           "metadata; NNCodec's bitstream has no graph). *per-layer #i*: an allocation of tools/perlayer.py (each "
+           "tensor its own bits and S, biases exact or shared at 3-8 bits), chosen on validation images from the "
+           "training set, converted by dcconvert with per-tensor patterns (commands below each model's table). "
+           "Accuracy levels: those the uniform grid and NNCodec reach (as before the per-layer points).", "",
            "![rate-accuracy](ecvq.png)", ""]
     for m in res["models"]:
         out += [f"## {m['name']} ({m['params']:,} parameters; dense {m['dense_ort']:.2f}%, pruned {m['pruned_ort']:.2f}%)",
                 "",
                 "At each accuracy level >= dense - 1 pt reached by either: the fewest bytes that reach it "
-                "(.dcz: any bits x S, biases exact or shared at --bias-bits (*bias* in the setting); NNCodec: any qp, DQ "
-                "or not, biases quantized). Ratios below 1: .dcz smaller.", "",
+                "(.dcz: any bits x S, biases exact or shared at --bias-bits (*bias* in the setting), or any per-layer "
+                "point; NNCodec: any qp, DQ or not, biases quantized). Ratios below 1: .dcz smaller.", "",
                 "| accuracy >= | .dcz file | .dcz setting | NNCodec | NNCodec setting | .dcz / NNCodec | "
                 ".dcz without graph+metadata | setting | ratio | .dcz, exact biases | ratio | uniform grid only | ratio |",
                 "|---:|---:|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|"]
