@@ -45,6 +45,8 @@ BITS = (2, 3, 4, 5, 6, 7, 8)
 STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0)
 QPS = tuple(range(-50, -3, 2))
 MODELS = ("lenet300", "lenet5")
+BIAS_OPTIONS = tuple((b, st) for b in (3, 4, 6, 8) for st in (0.0, 1.0, 2.0))  # besides the grid's 5-bit biases
+VAL = slice(50000, 60000)  # validation: training images neither training nor pruning saw (they use the first 30,000)
 NAMES = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}
 
 
@@ -131,25 +133,73 @@ def accuracy(sess, kind: str, ds) -> float:
 # ------------------------------------------------------------------------------------------ .dcz
 
 
-def dcz_point(m: dict, bits: int, strength: float, work: str, bias_bits: int | None) -> dict:
+def convert_with(m: dict, out: str, bits: str, ecvq: str, role: str) -> dict:
+    """dcconvert's own path: ``dcconvert PRUNED.onnx -o OUT --sparsity 0 --bits BITS --ecvq ECVQ [--role ROLE]
+    --min-size 0 --no-compensate``; the converter's report."""
     from converters import cli
     from converters import compress as cmp
     from converters import settings as st
     from converters.ecvq import parse_strength
+    from converters.roles import parse_overrides
 
-    tag = f"{m['kind']}.b{bits}.s{strength:g}" + (f".bias{bias_bits}" if bias_bits else "")
+    s = cmp.Settings(sparsity=st.LayerSetting.parse("--sparsity", "0", st.fraction),
+                     bits=st.LayerSetting.parse("--bits", bits, st.bits),
+                     ecvq=st.LayerSetting.parse("--ecvq", ecvq, parse_strength), min_size=0,
+                     compensate=False, roles=parse_overrides(role))
+    return cli.convert(m["onnx"], out, s, manual=True)
+
+
+def command(m: dict, out: str, bits: str, ecvq: str, role: str) -> str:
+    """The dcconvert command line that writes the same file."""
+    r = f" --role '{role}'" if role else ""
+    return (f"dcconvert {os.path.basename(m['onnx'])} -o {os.path.basename(out)} --sparsity 0 --bits '{bits}' "
+            f"--ecvq '{ecvq}'{r} --min-size 0 --no-compensate")
+
+
+def _layers(rep: dict) -> list[dict]:
+    return [{k: r.get(k) for k in ("name", "encoding", "bytes", "nonzeros", "codebook_size", "gap_bits", "ecvq")}
+            for r in rep["layers"]]
+
+
+def dcz_point(m: dict, bits: int, strength: float, work: str, bias_bits: int | None,
+              bias_strength: float | None = None) -> dict:
+    bs = strength if bias_strength is None else bias_strength
+    tag = f"{m['kind']}.b{bits}.s{strength:g}" + (f".bias{bias_bits}" if bias_bits else "") + \
+        (f".bs{bs:g}" if bias_bits and bs != strength else "")
     out = os.path.join(work, tag + ".dcz")
-    roles = [("*bias", "fc")] if bias_bits else []
-    bits_s = st.LayerSetting.parse("--bits", f"*bias={bias_bits},{bits}" if bias_bits else str(bits), st.bits)
-    s = cmp.Settings(sparsity=st.LayerSetting.parse("--sparsity", "0", st.fraction), bits=bits_s,
-                     ecvq=st.LayerSetting.parse("--ecvq", str(strength), parse_strength), min_size=0,
-                     compensate=False, roles=roles)
+    bits_t = f"*bias={bias_bits},{bits}" if bias_bits else str(bits)
+    ecvq_t = f"*bias={bs:g},{strength:g}" if bias_bits and bs != strength else f"{strength:g}"
     t = time.perf_counter()
-    rep = cli.convert(m["onnx"], out, s, manual=True)
+    rep = convert_with(m, out, bits_t, ecvq_t, "*bias=fc" if bias_bits else "")
     seconds = time.perf_counter() - t
-    return {"bits": bits, "strength": strength, "bias_bits": bias_bits, "path": out, "bytes": os.path.getsize(out),
-            "seconds": seconds, "layers": [{k: r.get(k) for k in ("name", "encoding", "bytes", "nonzeros", "codebook_size",
-                                                                  "gap_bits", "ecvq")} for r in rep["layers"]]}
+    return {"bits": bits, "strength": strength, "bias_bits": bias_bits, "bias_strength": bs if bias_bits else None,
+            "path": out, "bytes": os.path.getsize(out), "seconds": seconds, "layers": _layers(rep)}
+
+
+def perlayer_points(m: dict, grid: list[dict], bias_pts: list[dict], work: str, ds) -> dict:
+    """The per-layer allocations chosen on the validation images (tools/perlayer.py), each converted by dcconvert
+    with per-tensor patterns and scored on the test images."""
+    import perlayer
+
+    xv, yv = ds.x_train[VAL], ds.y_train[VAL]
+    t = time.perf_counter()
+    res = perlayer.allocate(m["onnx"], grid + bias_pts, xv, yv, log=log)
+    pts = []
+    for i, c in enumerate(res["candidates"]):
+        txt = perlayer.settings_text(c["alloc"])
+        out = os.path.join(work, f"{m['kind']}.perlayer{i}.dcz")
+        rep = convert_with(m, out, txt["bits"], txt["ecvq"], txt["role"])
+        p = {"perlayer": i, "alloc": {n: (k if k == perlayer.EXACT else list(k)) for n, k in c["alloc"].items()},
+             "exact_biases": all(k == perlayer.EXACT for n, k in c["alloc"].items() if n.endswith("bias")),
+             "val_accuracy": c["val_accuracy"], "val_nll": c["val_nll"], "tensor_bytes_estimate": c["tensor_bytes"],
+             "command": command(m, out, **txt), "path": out, "bytes": os.path.getsize(out), "layers": _layers(rep)}
+        p["accuracy"] = accuracy(_session(out, dcz=True), m["kind"], ds)
+        bd = breakdown(out)
+        p["graph_bytes"], p["metadata_bytes"] = bd["graph"], bd["metadata"]
+        pts.append(p)
+    log(f"{m['kind']}: {len(pts)} per-layer points in {time.perf_counter() - t:.0f} s")
+    return {"points": pts, "val_float": res["val_float"], "options": res["options"], "val_runs": res["val_runs"],
+            "allocations": res["all_candidates"], "seconds": time.perf_counter() - t}
 
 
 def breakdown(path: str) -> dict:
@@ -234,6 +284,9 @@ for j in jobs:  # one process: torch imports once
 
 
 def nncodec(python: str, jobs: list[dict]) -> dict:
+    if not os.path.exists(python):
+        log(f"NNCodec: {python} not found: {len(jobs)} jobs skipped (give --nncodec-python)")
+        return {}
     p = subprocess.run([python, "-c", NNC_CHILD, json.dumps(jobs)], capture_output=True, text=True, timeout=3000)
     done = {}
     for ln in p.stdout.splitlines():
@@ -255,7 +308,12 @@ def nnc_points(m: dict, work: str, python: str, qps, ds) -> list[dict]:
         for qp in qps:
             tag = os.path.join(work, f"{m['kind']}.nnc.qp{qp}.{'dq' if dq else 'nodq'}")
             jobs.append({"id": len(jobs), "src": src, "bs": tag + ".bin", "dec": tag + ".npz", "qp": qp, "dq": dq})
-    done = nncodec(python, jobs)
+    todo = [j for j in jobs if not (os.path.exists(j["bs"]) and os.path.exists(j["dec"]))]  # cached in --work
+    done = {j["id"]: {"encode_seconds": None} for j in jobs if j not in todo}
+    if todo:
+        done.update(nncodec(python, todo))
+    else:
+        log(f"{m['kind']}: NNCodec's {len(jobs)} bitstreams cached in {work}")
     pts = []
     for j in jobs:
         if j["id"] not in done:
@@ -275,7 +333,10 @@ def nnc_per_tensor(m: dict, work: str, python: str, qp: int, dq: bool) -> dict:
         src = os.path.join(work, f"{m['kind']}.nnc1.{name}.npz")
         np.savez(src, **{name: a})
         jobs.append({"id": len(jobs), "src": src, "bs": src[:-4] + f".qp{qp}.bin", "qp": qp, "dq": dq, "name": name})
-    done = nncodec(python, jobs)
+    todo = [j for j in jobs if not os.path.exists(j["bs"])]
+    done = {j["id"]: {} for j in jobs if j not in todo}
+    if todo:
+        done.update(nncodec(python, todo))
     return {j["name"]: os.path.getsize(j["bs"]) for j in jobs if j["id"] in done}
 
 
@@ -318,6 +379,22 @@ def comparison(dense: float, dcz: list[dict], nnc: list[dict], levels_of: list[d
     return rows
 
 
+def all_dcz(m: dict) -> list[dict]:
+    """The .dcz points of a model: the uniform grid and the per-layer allocations."""
+    return m["dcz"] + m.get("perlayer", {}).get("points", [])
+
+
+def tables(m: dict) -> None:
+    """The per-accuracy comparisons: every .dcz point; exact biases only; the uniform grid only. The levels: the
+    accuracies the uniform grid and NNCodec reach (as before the per-layer points: more levels between these could
+    only add ratios no larger than the next level's)."""
+    pts, levels = all_dcz(m), m["dcz"] + m["nnc"]
+    exact = [p for p in pts if not p.get("bias_bits") and p.get("exact_biases", True)]
+    m["table"] = comparison(m["dense_ort"], pts, m["nnc"], levels)  # any .dcz setting: exact or shared biases
+    m["table_exact"] = comparison(m["dense_ort"], exact, m["nnc"], levels)
+    m["table_grid"] = comparison(m["dense_ort"], m["dcz"], m["nnc"], levels)
+
+
 def summary(rows: list[dict], key: str) -> str:
     r = [x[key] for x in rows if x[key] is not None]
     if not r:
@@ -326,6 +403,8 @@ def summary(rows: list[dict], key: str) -> str:
 
 
 def _label(p: dict) -> str:
+    if "perlayer" in p:
+        return f"per-layer #{p['perlayer']}"
     if "qp" in p:
         return f"qp {p['qp']}{' dq' if p['dq'] else ''}"
     return f"{p['bits']} b, S {p['strength']:g}" + (f", bias {p['bias_bits']} b" if p.get("bias_bits") else "")
@@ -347,10 +426,11 @@ def plot(res: dict, path: str) -> None:
             ".dcz, ECVQ + shared biases": [p for p in m["dcz"]],
             ".dcz, ECVQ, without graph + metadata": [{**p, "bytes": weights_bytes(p)} for p in m["dcz"]
                                                       if not p.get("bias_bits")],
+            ".dcz, grid + per-layer allocations": all_dcz(m),
             "NNCodec, dependent quantization": [p for p in m["nnc"] if p["dq"]],
             "NNCodec, no DQ": [p for p in m["nnc"] if not p["dq"]],
         }
-        styles = ["C0--", "C0-", "C2-", "C0:", "C3-", "C1--"]
+        styles = ["C0--", "C0-", "C2-", "C0:", "C4-", "C3-", "C1--"]
         for (label, pts), st in zip(groups.items(), styles):
             if not pts:
                 continue
@@ -374,6 +454,8 @@ def plot(res: dict, path: str) -> None:
 
 
 def render(res: dict) -> str:
+    import perlayer
+
     out = ["# Entropy-constrained weight sharing: .dcz against NNCodec on the pruned Fashion-MNIST LeNets", "",
            f"Generated by `{res['command']}` ({res['date']}, {res['seconds']:.0f} s; NNCodec {res['nncodec_version']}).",
            "",
@@ -384,26 +466,45 @@ def render(res: dict) -> str:
            f"{', '.join(map(str, res['bits']))}, S in {', '.join(f'{s:g}' for s in res['strengths'])}; NNCodec on all "
            f"the weights (biases too), qp {res['qps'][0]}..{res['qps'][-1]}, with and without dependent quantization. "
            "Accuracy: the 10,000 test images in ONNX Runtime. Bytes: whole files (the .dcz with its graph, header and "
-           "metadata; NNCodec's bitstream has no graph).", "",
+           "metadata; NNCodec's bitstream has no graph). *per-layer #i*: an allocation of tools/perlayer.py (each "
+           "tensor its own bits and S, biases exact or shared at 3-8 bits), chosen on validation images from the "
+           "training set, converted by dcconvert with per-tensor patterns (commands below each model's table). "
+           "Accuracy levels: those the uniform grid and NNCodec reach (as before the per-layer points).", "",
            "![rate-accuracy](ecvq.png)", ""]
     for m in res["models"]:
         out += [f"## {m['name']} ({m['params']:,} parameters; dense {m['dense_ort']:.2f}%, pruned {m['pruned_ort']:.2f}%)",
                 "",
                 "At each accuracy level >= dense - 1 pt reached by either: the fewest bytes that reach it "
-                "(.dcz: any bits x S, biases exact or shared at --bias-bits (*bias* in the setting); NNCodec: any qp, DQ "
-                "or not, biases quantized). Ratios below 1: .dcz smaller.", "",
+                "(.dcz: any bits x S, biases exact or shared at --bias-bits (*bias* in the setting), or any per-layer "
+                "point; NNCodec: any qp, DQ or not, biases quantized). Ratios below 1: .dcz smaller.", "",
                 "| accuracy >= | .dcz file | .dcz setting | NNCodec | NNCodec setting | .dcz / NNCodec | "
-                ".dcz without graph+metadata | setting | ratio | .dcz, exact biases | ratio |",
-                "|---:|---:|---|---:|---|---:|---:|---|---:|---:|---:|"]
+                ".dcz without graph+metadata | setting | ratio | .dcz, exact biases | ratio | uniform grid only | ratio |",
+                "|---:|---:|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|"]
         f = lambda v: "—" if v is None else f"{v:,}"  # noqa: E731
         g = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-        for r, rb in zip(m["table"], m["table_exact"]):
+        grid = m.get("table_grid") or m["table"]
+        for r, rb, rg in zip(m["table"], m["table_exact"], grid):
             out.append(f"| {r['accuracy']:.2f}% | {f(r['dcz'])} | {r['dcz_point'] or '—'} | {f(r['nnc'])} | "
                        f"{r['nnc_point'] or '—'} | {g(r['ratio'])} | {f(r['dcz_weights'])} | "
-                       f"{r['dcz_weights_point'] or '—'} | {g(r['ratio_weights'])} | {f(rb['dcz'])} | {g(rb['ratio'])} |")
+                       f"{r['dcz_weights_point'] or '—'} | {g(r['ratio_weights'])} | {f(rb['dcz'])} | {g(rb['ratio'])} | "
+                       f"{f(rg['dcz'])} | {g(rg['ratio'])} |")
         out += ["", f"Over these levels, .dcz / NNCodec bytes: whole file {summary(m['table'], 'ratio')}; without graph "
                     f"and metadata {summary(m['table'], 'ratio_weights')}; whole file with exact biases only "
-                    f"{summary(m['table_exact'], 'ratio')}."]
+                    f"{summary(m['table_exact'], 'ratio')}; the uniform grid only (no per-layer point), whole file "
+                    f"{summary(grid, 'ratio')}, without graph and metadata {summary(grid, 'ratio_weights')}."]
+        pl = m.get("perlayer")
+        if pl and pl["points"]:
+            out += ["", f"Per-layer points (tools/perlayer.py): {len(pl['points'])} allocations, the validation Pareto "
+                        f"front (within {perlayer.MARGIN:g} points of the float model there) of {pl['allocations']} allocations "
+                        f"(the Lagrangian paths' convex-hull vertices and knapsack optima 0.5% of bytes apart), chosen on {VAL.stop - VAL.start:,} "
+                        f"Fashion-MNIST *training* images (indices {VAL.start:,}..{VAL.stop - 1:,}, seen neither by "
+                        f"training nor by pruning; float model {pl['val_float'][1]:.2f}% there) in "
+                        f"{pl['val_runs']} validation runs, {pl['seconds']:.0f} s. Test accuracy only after the "
+                        "choice. Each file is written by the command beside it (in --work, from the pruned ONNX model).",
+                    "", "| # | bytes | validation acc | test acc | dcconvert command |", "|---:|---:|---:|---:|---|"]
+            for p in pl["points"]:
+                out.append(f"| {p['perlayer']} | {p['bytes']:,} | {p['val_accuracy']:.2f}% | {p['accuracy']:.2f}% | "
+                           f"`{p['command']}` |")
         out += ["", "ECVQ against plain k-means (S = 0) at the same bits (exact biases): bytes and accuracy.", "",
                 "| bits | S=0 bytes | S=0 acc | " + " | ".join(f"S={s:g}" for s in res["strengths"][1:]) + " |",
                 "|---:|---:|---:|" + "---:|" * (len(res["strengths"]) - 1)]
@@ -438,14 +539,13 @@ def main(argv=None) -> int:
     ap.add_argument("--strengths", default=",".join(f"{s:g}" for s in STRENGTHS))
     ap.add_argument("--qps", default=",".join(map(str, QPS)))
     ap.add_argument("--bias-bits", type=int, default=5, help="bits of the shared-bias variant (0: none)")
+    ap.add_argument("--no-perlayer", action="store_true", help="only the uniform grid (no per-layer allocation)")
     ap.add_argument("--render-only", action="store_true", help="redo the tables, README and plot from --out's ecvq.json")
     args = ap.parse_args(argv)
     if args.render_only:
         res = json.load(open(os.path.join(args.out, "ecvq.json")))
         for m in res["models"]:
-            exact = [p for p in m["dcz"] if not p.get("bias_bits")]
-            m["table"] = comparison(m["dense_ort"], m["dcz"], m["nnc"])
-            m["table_exact"] = comparison(m["dense_ort"], exact, m["nnc"], m["dcz"] + m["nnc"])
+            tables(m)
         plot(res, os.path.join(args.out, "ecvq.png"))
         open(os.path.join(args.out, "README.md"), "w").write(render(res))
         return 0
@@ -479,14 +579,16 @@ def main(argv=None) -> int:
                     p["graph_bytes"], p["metadata_bytes"] = bd["graph"], bd["metadata"]
                     pts.append(p)
         m["dcz"] = pts
+        if not args.no_perlayer:
+            log(f"{kind}: bias options, per-layer allocation on the validation images")
+            bias_pts = [dcz_point(m, 8, 0.0, args.work, bb, bs) for bb, bs in BIAS_OPTIONS]
+            m["perlayer"] = perlayer_points(m, pts, bias_pts, args.work, ds)
         log(f"{kind}: NNCodec")
-        m["nnc"] = nnc_points(m, args.work, args.nncodec_python, qps, ds) if nv is not None else []
-        exact = [p for p in pts if not p.get("bias_bits")]
-        m["table"] = comparison(m["dense_ort"], pts, m["nnc"])  # any .dcz setting: exact or shared biases
-        m["table_exact"] = comparison(m["dense_ort"], exact, m["nnc"], pts + m["nnc"])  # the same levels
+        m["nnc"] = nnc_points(m, args.work, args.nncodec_python, qps, ds)
+        tables(m)
         # breakdown where the coders are closest to dense - 0.5
         target = m["dense_ort"] - 0.5
-        d, n = fewest_bytes(pts, target), fewest_bytes(m["nnc"], target)
+        d, n = fewest_bytes(all_dcz(m), target), fewest_bytes(m["nnc"], target)
         if d and n:
             per = nnc_per_tensor(m, args.work, args.nncodec_python, n["qp"], n["dq"])
             lay = {r["name"]: r["bytes"] for r in d["layers"]}
@@ -496,6 +598,8 @@ def main(argv=None) -> int:
         res["models"].append(m)
     res["seconds"] = time.perf_counter() - t0
     for m in res["models"]:
+        for p in m.get("perlayer", {}).get("points", []):
+            p.pop("path", None)
         for p in m["dcz"]:  # per-layer rows only in the breakdown: keeps the JSON small
             p.pop("path", None)
             p["layers"] = [{k: r[k] for k in ("name", "bytes")} | ({"ecvq": r["ecvq"]} if r.get("ecvq") else {})
