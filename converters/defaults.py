@@ -16,6 +16,10 @@ DEFAULT_MIN_SIZE = 512
 
 # converters.calibrate
 DEFAULT_MAX_ERROR = 0.01  # 1% relative L2 output error: conservative, the default result is never broken
+# the model error --max-error bounds (dcformat.fidelity.METRICS has the definitions; names here so that
+# --help needs no numpy)
+METRIC_NAMES = ("rel_l2", "decision")
+DEFAULT_METRIC = "rel_l2"
 WARN_COSINE = 0.999  # explicit settings: a worst-sample cosine below this (or error over the budget) warns
 
 # converters.quantize

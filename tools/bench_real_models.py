@@ -164,16 +164,34 @@ def magika_features(path: str) -> np.ndarray:
     return x
 
 
-def magika_files() -> list[str]:
+def magika_files() -> list[list[str]]:
+    """Files of this machine by kind (one list per kind: Python, JSON-module Python, .conf, copyright texts,
+    executables, fonts, shared libraries, Markdown, spec files, results, licences, C headers, PIL's
+    Python, cv2's libraries), each sorted, at most 24 a kind."""
     pats = ["/usr/lib/python3*/*.py", "/usr/lib/python3*/json/*.py", "/etc/*.conf", "/usr/share/doc/*/copyright",
             "/usr/bin/*", "/usr/share/fonts/truetype/dejavu/*.ttf", "/usr/lib/x86_64-linux-gnu/*.so*",
             os.path.join(ROOT, "*.md"), os.path.join(ROOT, "spec", "*"), os.path.join(ROOT, "results", "*"),
             "/usr/share/common-licenses/*", "/usr/include/*.h", site("PIL", "*.py"), site("cv2", "*.so*")]
-    files = []
+    kinds = []
     for p in pats:
         got = sorted(f for f in glob.glob(p) if os.path.isfile(f) and os.path.getsize(f) >= 16)
-        files += got[:24]
-    return files
+        if got:
+            kinds.append(got[:24])
+    return kinds
+
+
+MAGIKA_CALIB_PER_KIND = 6
+
+
+def magika_split(kinds: list[list[str]], per_kind: int = MAGIKA_CALIB_PER_KIND) -> tuple[list[str], list[str]]:
+    """(calibration files, held-out files), disjoint, both covering every kind: a kind's even-numbered
+    files go to calibration (at most ``per_kind``), all others are held out. The calibration list is
+    ordered round-robin over the kinds, so that dcconvert's own held-out quarter (the last samples)
+    covers many kinds too, not the last few."""
+    calib = [k[0::2][:per_kind] for k in kinds]
+    chosen = {f for c in calib for f in c}
+    rr = [c[i] for i in range(max(map(len, calib), default=0)) for c in calib if i < len(c)]
+    return rr, [f for k in kinds for f in k if f not in chosen]
 
 
 def magika_sets(files: list[str]) -> dict:
@@ -188,6 +206,13 @@ def run_cli(args, **kw):
     return subprocess.run([sys.executable, "-c", "import sys; from converters.cli import main; main(sys.argv[1:])", *map(str, args)],
                           capture_output=True, text=True, env=env, **kw)
 
+
+# calibration samples handed to dcconvert (it fits on the first three quarters and checks its plan on the
+# last quarter) and the benchmark's own held-out samples (other seeds: other text, other audio; Magika:
+# other files of every kind, magika_split), for each model
+CALIB_SAMPLES = {"det": 32, "rec": 64, "cls": 64, "vad": 64}
+HELD_SAMPLES = {"det": 12, "rec": 32, "cls": 32, "vad": 64}
+OCR_PAGES = 24  # rendered pages of 3 lines read by the full OCR pipeline (seeds unlike both sets above)
 
 BUDGETS: list[float] = []
 EXTRA: list[tuple[str, list[str]]] = []
@@ -331,7 +356,7 @@ def outputs(path, data: dict) -> dict:
 def fidelity_of(ref_path, path, data) -> dict:
     from dcformat import fidelity
 
-    return fidelity.compare(outputs(ref_path, data), outputs(path, data))
+    return fidelity.compare(outputs(ref_path, data), outputs(path, data), metric="decision")
 
 
 def decoded_onnx(v: dict, out: str, key: str, name: str) -> str:
@@ -362,7 +387,7 @@ print(json.dumps(texts))
 """
 
 
-def ocr_task(models: dict, out: str, n: int = 12, mixes: dict | None = None) -> dict:
+def ocr_task(models: dict, out: str, n: int = OCR_PAGES, mixes: dict | None = None) -> dict:
     """OCR text of the full pipeline on ``n`` rendered pages for each variant (all three models swapped);
     ``mixes``: {row name: {"det": variant, "rec": variant, "cls": variant}}, rows mixing variants."""
     imgs = []
@@ -441,17 +466,17 @@ def main(argv=None):
     EXTRA[:] = [(e.split("=", 1)[0], e.split("=", 1)[1].split()) for e in a.extra]
     os.makedirs(a.out, exist_ok=True)
     keys = a.only.split(",")
-    files = magika_files()
+    mcal, mheld = magika_split(magika_files())
     results, models = {}, {}
     for key in keys:
         label, rel = MODELS[key]
         src = site(*rel.split("/"))
         if key in ("det", "rec", "cls"):
-            calib, held = ocr_sets(key, 16, 100), ocr_sets(key, 8, 500)
+            calib, held = ocr_sets(key, CALIB_SAMPLES[key], 100), ocr_sets(key, HELD_SAMPLES[key], 500)
         elif key == "vad":
-            calib, held = vad_sets(16, 1), vad_sets(32, 2)
+            calib, held = vad_sets(CALIB_SAMPLES[key], 1), vad_sets(HELD_SAMPLES[key], 2)
         else:
-            calib, held = magika_sets(files[0::2][:32]), magika_sets(files[1::2])
+            calib, held = magika_sets(mcal), magika_sets(mheld)
         cpath = os.path.join(a.out, f"{key}.calib.npz")
         np.savez(cpath, **calib)
         print(f"[{label}] converting ...", file=sys.stderr, flush=True)
@@ -460,9 +485,10 @@ def main(argv=None):
         fid = {name: fidelity_of(src, x["path"], held) for name, x in v.items() if name != "fp32"}
         results[key] = {"label": label, "variants": {
             name: {"bytes": x["bytes"], "seconds": round(x["seconds"], 1),
-                   **({"held_out_rel_l2": fid[name]["max_rel_l2"], "held_out_min_cosine": fid[name]["min_cosine"]}
+                   **({"held_out_rel_l2": fid[name]["max_rel_l2"], "held_out_min_cosine": fid[name]["min_cosine"],
+                       "held_out_decision": fid[name]["error"], "held_out_changed": _changed(fid[name])}
                       if name in fid else {}),
-                   **({"calib_rel_l2": x["report"]["fidelity"]["max_rel_l2"],
+                   **({"calib_rel_l2": x["report"]["fidelity"].get("error", x["report"]["fidelity"]["max_rel_l2"]),
                        "shared": sum(r["action"] == "pruned+shared" for r in x["report"]["layers"]),
                        "per_channel": sum(r.get("scales") == "channel" for r in x["report"]["layers"]),
                        "tensors": len(x["report"]["layers"]),
@@ -470,12 +496,13 @@ def main(argv=None):
                        "seconds_per_mparam": round(x["report"]["seconds"] * 1e6 / max(x["report"]["totals"]["params"], 1), 1),
                        "search_fit_rel_l2": ((x["report"]["fidelity"].get("search") or {}).get("verified_error")),
                        "search_held_out_rel_l2": ((x["report"]["fidelity"].get("search") or {}).get("held_out_error")),
+                       "metric": x["report"]["fidelity"].get("metric", "rel_l2"),
                        } if "report" in x else {})}
             for name, x in v.items()}}
         if key == "vad":
             results[key]["task"] = vad_task(v)
         elif key == "magika":
-            results[key]["task"] = magika_task(v, magika_sets(files))
+            results[key]["task"] = magika_task(v, held)  # held-out files only (none is in the calibration set)
     if all(k in models for k in ("det", "rec", "cls")) and not a.no_ocr:
         results["ocr"] = {"label": "PP-OCR pipeline (det+cls+rec)", "task": ocr_task(models, a.out, mixes={
             m.split("=", 1)[0]: dict(kv.split(":", 1) for kv in m.split("=", 1)[1].split(",")) for m in a.ocr_mix})}
@@ -483,6 +510,14 @@ def main(argv=None):
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(results, f, indent=1, default=str)
+
+
+def _changed(fid: dict) -> str | None:
+    """'changed/decisions' over the outputs that hold probabilities (dcformat.fidelity.output_kind)."""
+    outs = [o for o in fid["outputs"].values() if o.get("decisions")]
+    if not outs:
+        return None
+    return f"{sum(o['decisions_changed'] for o in outs)}/{sum(o['decisions'] for o in outs)}"
 
 
 def _task_text(key, res, name) -> str:
@@ -498,9 +533,10 @@ def _task_text(key, res, name) -> str:
 
 
 def table(results: dict) -> None:
-    print("| model | variant | bytes | x fp32 | x int8 | rel. L2 (held-out) | min cosine | calib. rel. L2 "
-          "| search: fit / held-out | tensors shared (per-channel) | task | seconds | s per M params |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("| model | variant | bytes | x fp32 | x int8 | rel. L2 (held-out) | decision error (held-out) "
+          "| decisions changed (held-out) | min cosine | calib. error | search: fit / held-out "
+          "| tensors shared (per-channel) | task | seconds | s per M params |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for key, res in results.items():
         if key == "ocr":
             continue
@@ -512,7 +548,8 @@ def table(results: dict) -> None:
             x8 = "-" if not i8 else f"{i8 / v['bytes']:.2f}"
             print(f"| {res['label']} | {name} | {v['bytes']:,} | {fp / v['bytes']:.2f} | "
                   f"{x8} | "
-                  f"{_f(v.get('held_out_rel_l2'))} | {'-' if cos is None else f'{cos:.6f}'} | {_f(v.get('calib_rel_l2'))} | "
+                  f"{_f(v.get('held_out_rel_l2'))} | {_f(v.get('held_out_decision'))} | {v.get('held_out_changed') or '-'} | "
+                  f"{'-' if cos is None else f'{cos:.6f}'} | {_f(v.get('calib_rel_l2'))} | "
                   f"{_f(v.get('search_fit_rel_l2'))} / {_f(v.get('search_held_out_rel_l2'))} | "
                   f"{shared} | {_task_text(key, res, name)} | {v['seconds']} | {v.get('seconds_per_mparam', '-')} |")
     if "ocr" in results:
