@@ -453,7 +453,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
 
     By default dcconvert measures what it does: it runs the original and the compressed model in
     ONNX Runtime on calibration inputs (--calibration, or synthetic ones) and keeps the relative
-    L2 output error within --max-error (default 0.01). Explicit --sparsity/--bits are used as
+    L2 output error within --max-error (default 0.05). Explicit --sparsity/--bits are used as
     given; their fidelity is still measured, with a warning when it is poor.
     """
     if lossless and any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits, max_error)):
