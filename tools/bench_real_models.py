@@ -17,12 +17,15 @@ Run (from the repository root, with the project's venv):
 (--budgets: more dcconvert rows at those --max-error values; --extra: a row of dcconvert with those
 flags, e.g. --extra "per-tensor=--channel-scales off". "x int8" is ORT int8's bytes over the row's.)
 
-Calibration inputs are built here from data like the models' own (rendered text images and lines
-with PIL, a synthetic voiced/unvoiced signal, real files of this machine); fidelity is measured on
-held-out inputs from the same generators (dcformat.fidelity: relative L2 error over the set,
-worst-sample cosine), and task results: OCR text identical to the fp32 pipeline's on rendered
-lines (full RapidOCR pipeline: det + cls + rec), VAD speech decisions (p > 0.5) per 32 ms chunk and
-the largest probability change, Magika labels.
+Calibration inputs are built here from data like the models' own, as a demanding user would give
+them (CALIB_SAMPLES: 32 rendered text pages, 64 rendered lines, 64 chunks of a synthetic
+voiced/unvoiced signal; Magika: 6 files of each of the 14 kinds of file of this machine,
+magika_split); fidelity is measured on held-out inputs from the same generators, disjoint from the
+calibration set (other seeds; the other files of every kind): dcformat.fidelity's relative L2 error
+over the set, worst-sample cosine, decision error and changed decisions of probability outputs; and
+task results: OCR text identical to the fp32 pipeline's on 24 rendered pages (full RapidOCR
+pipeline: det + cls + rec), VAD speech decisions (p > 0.5) per 32 ms chunk and the largest
+probability change, Magika labels of the held-out files.
 """
 
 from __future__ import annotations
