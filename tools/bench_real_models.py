@@ -129,8 +129,12 @@ def ocr_sets(key: str, n: int, seed: int) -> dict:
 
 
 def audio(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
-    """Voiced syllables (harmonics of a gliding f0 with formant-like weights, 4 Hz envelope) between
-    stretches of quiet noise."""
+    """Speech spoken by espeak-ng (spoken()) where it is installed, else voiced syllables (harmonics of a
+    gliding f0 with formant-like weights, 4 Hz envelope) between stretches of quiet noise: Silero hears
+    no speech in those (0 of 625 chunks over 0.5), so its decisions are then a weak test."""
+    s = spoken(seconds, seed, sr)
+    if s is not None:
+        return s
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
     out = 0.003 * rng.standard_normal(t.size)
@@ -149,9 +153,44 @@ def audio(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def spoken(seconds: float, seed: int, sr: int = 16000) -> np.ndarray | None:
+    """Real speech for Silero: sentences of WORDS spoken by espeak-ng (``apt-get install espeak-ng``;
+    voice, speed and pitch drawn from ``seed``), resampled to ``sr``, between 0.3-1.5 s pauses of quiet
+    noise; None where espeak-ng is not installed (then audio() is the synthetic signal alone)."""
+    import shutil
+    import wave
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return None
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    out = 0.003 * rng.standard_normal(n)
+    pos = int(rng.uniform(0.2, 0.8) * sr)
+    with tempfile.TemporaryDirectory() as d:
+        while pos < n - sr // 2:
+            text = " ".join(rng.choice(WORDS, rng.integers(4, 10)))
+            wav = os.path.join(d, "s.wav")
+            subprocess.run([exe, "-v", str(rng.choice(["en", "en-us", "en-gb-x-rp", "de", "fr"])),
+                            "-s", str(int(rng.integers(130, 190))), "-p", str(int(rng.integers(30, 70))),
+                            "-w", wav, text], check=True, capture_output=True)
+            with wave.open(wav) as w:
+                rate = w.getframerate()
+                x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768.0
+            x = np.interp(np.arange(int(x.size * sr / rate)) * rate / sr, np.arange(x.size), x)
+            x = x[: n - pos] * rng.uniform(0.3, 1.0) / max(np.abs(x).max(), 1e-9)
+            out[pos:pos + x.size] += x
+            pos += x.size + int(rng.uniform(0.3, 1.5) * sr)
+    return out.astype(np.float32)
+
+
+VAD_CONTEXT = 64  # Silero v5 at 16 kHz takes each 512-sample chunk after the last 64 samples of the one before
+# (silero_vad.utils_vad.OnnxWrapper); without them it hears no speech at all
+
+
 def vad_sets(n: int, seed: int) -> dict:
-    a = audio(n * 512 / 16000 + 1, seed)
-    chunks = np.stack([a[i * 512:(i + 1) * 512] for i in range(n)])
+    a = np.concatenate([np.zeros(VAD_CONTEXT, np.float32), audio(n * 512 / 16000 + 1, seed)])
+    chunks = np.stack([a[i * 512:(i + 1) * 512 + VAD_CONTEXT] for i in range(n)])
     return {"input": chunks, "state": np.zeros((n, 2, 1, 128), np.float32), "sr": np.full(n, 16000, np.int64)}
 
 
@@ -421,18 +460,20 @@ def ocr_task(models: dict, out: str, n: int = OCR_PAGES, mixes: dict | None = No
 
 
 def vad_task(v: dict, seconds: float = 20.0) -> dict:
-    a = audio(seconds, 777)
+    a = np.concatenate([np.zeros(VAD_CONTEXT, np.float32), audio(seconds, 777)])
     probs = {}
     for name, x in v.items():
         sess = session(x["path"])
         state = np.zeros((2, 1, 128), np.float32)
         ps = []
-        for i in range(0, a.size - 512 + 1, 512):
-            p, state = sess.run(None, {"input": a[None, i:i + 512], "state": state, "sr": np.array(16000, np.int64)})
+        for i in range(0, a.size - 512 - VAD_CONTEXT + 1, 512):  # each chunk after the 64 samples before it
+            p, state = sess.run(None, {"input": a[None, i:i + 512 + VAD_CONTEXT], "state": state,
+                                       "sr": np.array(16000, np.int64)})
             ps.append(float(p.reshape(-1)[0]))
         probs[name] = np.array(ps)
     base = probs["fp32"]
     return {name: {"decisions_same": float(np.mean((p > 0.5) == (base > 0.5))), "max_prob_diff": float(np.abs(p - base).max()),
+                   "speech_same": int(((p > 0.5) & (base > 0.5)).sum()), "speech_fp32": int((base > 0.5).sum()),
                    "speech_chunks": int((p > 0.5).sum()), "chunks": int(p.size)} for name, p in probs.items()}
 
 
@@ -529,7 +570,8 @@ def _task_text(key, res, name) -> str:
         return ""
     t = t[name]
     if key == "vad":
-        return f"VAD decisions {t['decisions_same']:.1%} same, max dp {t['max_prob_diff']:.3f}"
+        return (f"VAD decisions {t['decisions_same']:.1%} same ({t['speech_fp32']}/{t['chunks']} speech), "
+                f"max dp {t['max_prob_diff']:.3f}")
     if key == "magika":
         return f"labels {t['labels_same']}/{t['of']} same"
     return f"text {t['identical']}/{t['of']} identical ({t['correct']} exact)"
