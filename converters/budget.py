@@ -11,7 +11,8 @@
    Other candidate weights (no H: tables, shared weights, layers seen in too few calibration rows)
    are scanned the same way with the relative weight error ``||W - Q|| / ||W||`` as the local error
    and magnitude pruning, nearest rounding (what compress_tensor does without H). Model errors are
-   dcformat.fidelity's relative L2 error (worst output) on the first SCAN_SAMPLES calibration samples.
+   dcformat.fidelity's error under the search's metric (``--metric``: the relative L2 error, or the
+   decision error of probability outputs; worst output) on the first SCAN_SAMPLES calibration samples.
    One ONNX Runtime session serves every trial: the candidate weights are graph inputs, fed
    at each run, so no model is re-serialised per trial.
 2. Plan: the smallest estimated file whose predicted error is within the budget. Errors of
