@@ -11,6 +11,7 @@ Setup (once; a separate venv beside the test venv, git-ignored):
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install rapidocr-onnxruntime          # the OCR pipeline and its models
     .venv-bench/bin/pip install --no-deps silero-vad magika   # only their model files are used
+    apt-get install espeak-ng                                 # real speech for Silero (optional)
 Run (from the repository root, with the project's venv):
     PYTHONPATH=$PWD .venv/bin/python tools/bench_real_models.py [--only det,rec,cls,vad,magika] [--out DIR]
         [--budgets 0.02,0.05] [--extra NAME=FLAGS ...]
