@@ -11,7 +11,8 @@
    Other candidate weights (no H: tables, shared weights, layers seen in too few calibration rows)
    are scanned the same way with the relative weight error ``||W - Q|| / ||W||`` as the local error
    and magnitude pruning, nearest rounding (what compress_tensor does without H). Model errors are
-   dcformat.fidelity's relative L2 error (worst output) on the first SCAN_SAMPLES calibration samples.
+   dcformat.fidelity's error under the search's metric (``--metric``: the relative L2 error, or the
+   decision error of probability outputs; worst output) on the first SCAN_SAMPLES calibration samples.
    One ONNX Runtime session serves every trial: the candidate weights are graph inputs, fed
    at each run, so no model is re-serialised per trial.
 2. Plan: the smallest estimated file whose predicted error is within the budget. Errors of
@@ -192,8 +193,9 @@ def _constant_record(node) -> str | None:
     return None
 
 
-def _error(ref, got) -> float:
-    return fidelity.compare(ref, got)["max_rel_l2"]
+def _error(ref, got, metric: str = fidelity.METRIC) -> float:
+    """The model's error under ``metric`` (dcformat.fidelity.METRICS)."""
+    return fidelity.compare(ref, got, metric=metric)["error"]
 
 
 @dataclass
@@ -208,9 +210,10 @@ class Search:
     held_out_samples: int = 0
     trials: int = 0
     seconds: float = 0.0
+    metric: str = fidelity.METRIC  # what the budget bounds (dcformat.fidelity.METRICS)
 
     def describe(self) -> dict:
-        return {"budget": self.budget, "metric": fidelity.METRIC, "trials": self.trials,
+        return {"budget": self.budget, "metric": self.metric, "trials": self.trials,
                 "verified_error": self.verified, "held_out_error": self.held_out,
                 "held_out_samples": self.held_out_samples, "replans": self.replans,
                 "backoffs": self.backoffs, "seconds": round(self.seconds, 2),
@@ -366,7 +369,8 @@ def _dtype(w) -> str:
 def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: int, init: str = "linear",
            seed: int = 0, fixed_sparsity=None, fixed_bits=None, progress=None, echo=None,
            layers: dict | None = None, strength=None, axes: dict | None = None,
-           channel_scales: str = "auto", held: dict | None = None) -> tuple[Search, dict]:
+           channel_scales: str = "auto", held: dict | None = None,
+           metric: str = fidelity.METRIC) -> tuple[Search, dict]:
     """Scan, plan and verify; returns (the Search record, {name: why it stays raw}).
 
     ``axes`` (name -> output axis, converters.roles): with ``channel_scales`` "auto" every layer is
@@ -377,7 +381,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
     docstring) and built error-compensated, as compress_tensor builds them. ``strength(name)``: the
     layer's ECVQ strength (converters.ecvq) for one codebook per tensor. ``held``: held-out
     calibration samples (same inputs as ``calib``), measured after the plan is verified on ``calib``;
-    while their error is over HELD_SHARE x budget the plan is tightened."""
+    while their error is over HELD_SHARE x budget the plan is tightened. ``metric``: the model error the
+    budget bounds and every trial measures (dcformat.fidelity.METRICS: "rel_l2", "decision")."""
     layers = layers or {}
     strength = strength or (lambda name: 0.0)
 
@@ -386,7 +391,7 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
 
     t0 = time.perf_counter()
     cands, reasons = candidates(graph, weights, min_size)
-    res = Search(budget)
+    res = Search(budget, metric=metric)
     if not cands:
         res.verified = 0.0
         res.seconds = time.perf_counter() - t0
@@ -434,7 +439,7 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
 
     def measure(data, ref):
         res.trials += 1
-        return _error(ref, runner.run(data, decl, weights, recon))
+        return _error(ref, runner.run(data, decl, weights, recon), metric)
 
     target = PLAN_SHARE * budget
     limit = VERIFY_SHARE * budget
@@ -566,7 +571,7 @@ def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_s
     for gs in points:
         q, nbytes = _built(w, gs[0], gs[1], init, seed, lay, lam, gk)
         loc = local_error(w, q, lay)
-        model = _error(base_scan, runner.run(scan_set, decl, weights, {name: q}))
+        model = _error(base_scan, runner.run(scan_set, decl, weights, {name: q}), res.metric)
         res.trials += 1
         built[(gs[0], gs[1], gk)] = (q, nbytes, loc)
         if loc > 0 and model > 0:

@@ -17,7 +17,8 @@ from dcformat.cliutil import _escape, check_distinct, check_output, run, times_s
 from dcformat.table import render
 
 from . import settings as st
-from .defaults import DEFAULT_BITS, DEFAULT_MAX_ERROR, DEFAULT_MIN_SIZE, DEFAULT_SPARSITY, INITS, parse_strength
+from .defaults import (DEFAULT_BITS, DEFAULT_MAX_ERROR, DEFAULT_METRIC, DEFAULT_MIN_SIZE, DEFAULT_SPARSITY, INITS,
+                       METRIC_NAMES, parse_strength)
 from .defaults import DEFAULT_STRENGTH as DEFAULT_ECVQ
 from .errors import ConvertError
 
@@ -127,7 +128,8 @@ def fidelity_lines(result: dict) -> list[str]:
     if fid.get("measured"):
         cal = fid["calibration"]
         what = "synthetic inputs built from the graph's declared inputs" if cal["synthetic"] else _escape(cal["source"])
-        out.append(f"fidelity on {cal['samples']} calibration samples ({what}); error = {fidelity.METRIC_TEXT}:")
+        text = fidelity.METRICS.get(fid.get("metric"), fidelity.METRIC_TEXT)
+        out.append(f"fidelity on {cal['samples']} calibration samples ({what}); error = {text}:")
         out += [_escape(x) for x in fidelity.lines(fid, "  ")]
         b = fid.get("budget")
         if b is not None:
@@ -137,8 +139,10 @@ def fidelity_lines(result: dict) -> list[str]:
             extra = (f"; search: {srch['trials']} trial runs, {len(srch.get('replans') or [])} re-plan(s), "
                      f"{len(srch['backoffs'])} back-off(s)"
                      + (f", {took:.1f} s" if took is not None else "") if srch else "")
-            out.append(f"error {fid['max_rel_l2']:.3g} ({_escape(str(fid['worst_output']))}): {verdict} the budget "
-                       f"--max-error {b:g}{extra}")
+            err, at = fid.get("error", fid["max_rel_l2"]), fid.get("error_output", fid["worst_output"])
+            metric = "" if fid.get("metric", DEFAULT_METRIC) == DEFAULT_METRIC else f" --metric {fid['metric']}"
+            out.append(f"error {float(err):.3g} ({_escape(str(at))}): {verdict} the budget "
+                       f"--max-error {b:g}{metric}{extra}")
             if srch and srch.get("held_out_error") is not None:
                 out.append(f"search: error {srch['verified_error']:.3g} on the {cal['samples'] - srch['held_out_samples']}"
                            f" samples it fitted on, {srch['held_out_error']:.3g} on {srch['held_out_samples']} held out")
@@ -203,12 +207,13 @@ def _ort_call(what, fn, *args, **kw):
 
 def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=False, model_factory=None, opset=None,
             progress=None, calibration=None, calibration_samples=None, dims=None, max_error=None, manual=False,
-            echo=None, trust_pickle=False, inputs=None) -> dict:
+            echo=None, trust_pickle=False, inputs=None, metric=DEFAULT_METRIC) -> dict:
     """Convert one file; returns the report (also used by --json and --report).
 
     ``manual``: explicit pruning/bits flags were given (exact choices, no search unless ``max_error``).
     ``inputs``: ``--input`` specs (dcformat.inputs.InputSpec): a PyTorch export's example inputs; for
-    an ONNX model, constants and sizes of its synthetic calibration inputs."""
+    an ONNX model, constants and sizes of its synthetic calibration inputs. ``metric``: the model error
+    the budget bounds (dcformat.fidelity.METRICS)."""
     from dcformat import fidelity
 
     from . import budget as bud
@@ -287,7 +292,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                                             src.graph, originals, fit, decl, limit, min_size=s.min_size, init=s.init,
                                             seed=s.seed, progress=progress, echo=echo, layers=s.layers,
                                             strength=s.ecvq.get, axes=src.out_axes,
-                                            channel_scales=s.channel_scales, held=held, **fixed)
+                                            channel_scales=s.channel_scales, held=held, metric=metric, **fixed)
             s.plan, s.reasons = search_rec.plan, reasons
     else:
         if calibration is not None or max_error is not None:
@@ -307,11 +312,12 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                "tensor_snr_db": cal.tensor_snr(originals, recon), "warning": True}
     elif src.graph is not None:
         new = _ort_call("ONNX Runtime cannot run the compressed model", cal.run_model, src.graph, recon, calib, decl)
-        m = fidelity.compare(ref, new)
-        fid = {"schema": fidelity.SCHEMA, "measured": True, "metric": fidelity.METRIC,
-               "metric_text": fidelity.METRIC_TEXT, "calibration": cdesc,
+        m = fidelity.compare(ref, new, metric=metric)
+        fid = {"schema": fidelity.SCHEMA, "measured": True, "metric": metric,
+               "metric_text": fidelity.METRICS[metric], "calibration": cdesc,
                "budget": limit if searching else None,
-               "within_budget": (m["max_rel_l2"] <= limit) if searching else None,
+               "within_budget": (m["error"] <= limit) if searching else None,
+               "error": m["error"], "error_output": m["error_output"],
                "max_rel_l2": m["max_rel_l2"], "worst_output": m["worst_output"], "min_cosine": m["min_cosine"],
                "outputs": m["outputs"]}
         if search_rec is not None:
@@ -320,7 +326,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
             # the others (calibration.samples counts both)
             fid["search"] = {k: d[k] for k in ("trials", "verified_error", "held_out_error", "held_out_samples",
                                                "replans", "backoffs")}
-        warn = m["max_rel_l2"] > limit or (not searching and m["min_cosine"] is not None
+        warn = m["error"] > limit or (not searching and m["min_cosine"] is not None
                                            and m["min_cosine"] < cal.WARN_COSINE)
         fid["warning"] = bool(warn and not s.lossless)
     else:
@@ -415,7 +421,14 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
               "(per-layer sensitivity scan, smallest estimated file within E, verified on the whole model; the last "
               "quarter of the calibration samples is held out of the search and the plan tightened until they are "
               "within E too: the report gives both errors). "
-              f"Default: with no --sparsity/--bits/--threshold*/--prune-neurons flag, E = {DEFAULT_MAX_ERROR:g}")
+              f"Default: with no --sparsity/--bits/--threshold*/--prune-neurons flag, E = {DEFAULT_MAX_ERROR:g}. "
+              "--metric decision measures probability outputs by their decisions instead")
+@click.option("--metric", type=click.Choice(METRIC_NAMES), default=DEFAULT_METRIC, show_default=True,
+              help="the model error --max-error bounds: rel_l2, the relative L2 error of every output; decision, for "
+                   "outputs that are probabilities (softmax over the last axis: arg-max decisions; values in [0, 1]: "
+                   "p > 0.5) the root mean square over all decisions of the share of each decision's margin the "
+                   "compressed model closed (1 = changed), relative L2 for other outputs; the report names each "
+                   "output's kind and counts its changed decisions")
 @click.option("--calibration", type=click.Path(), metavar="PATH",
               help="calibration inputs: an .npz of arrays keyed by input name (first axis = samples), an .npy for a "
               "single-input model, or a directory of them (default: synthetic inputs from the graph's declared inputs)")
@@ -433,13 +446,14 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, ecvq, role_overrides, compensate,
               channel_scales, init,
               min_size, lossless,
-              inputs, input_shapes, opset, model_factory, trust_code, max_error, calibration, calibration_samples, dims,
+              inputs, input_shapes, opset, model_factory, trust_code, max_error, metric, calibration, calibration_samples,
+              dims,
               seed, as_json, report, quiet, force):
     """Compress MODEL (ONNX, PyTorch .pt/.pth/.bin/.pt2/TorchScript, safetensors) into a .dcz file.
 
     By default dcconvert measures what it does: it runs the original and the compressed model in
     ONNX Runtime on calibration inputs (--calibration, or synthetic ones) and keeps the relative
-    L2 output error within --max-error (default 0.01). Explicit --sparsity/--bits are used as
+    L2 output error within --max-error (default 0.05). Explicit --sparsity/--bits are used as
     given; their fidelity is still measured, with a warning when it is poor.
     """
     if lossless and any(x is not None for x in (sparsity, threshold_std, threshold, prune_neurons, bits, max_error)):
@@ -488,7 +502,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         result = convert(model, out, s, input_shapes=shapes, inputs=input_specs, trust_code=trust_code,
                          model_factory=model_factory,
                          opset=opset, progress=update, calibration=calibration, calibration_samples=calibration_samples,
-                         dims=dim_values, max_error=max_error, manual=manual,
+                         dims=dim_values, max_error=max_error, manual=manual, metric=metric,
                          echo=None if quiet or as_json else lambda m: click.echo(m, err=True))
     finally:
         if prog:
@@ -519,8 +533,13 @@ def fidelity_warning(fid: dict, manual: bool) -> str:
         return f"fidelity not measured: {fid.get('reason')}"
     budget = fid.get("budget") or DEFAULT_MAX_ERROR
     cos = fid.get("min_cosine")
-    msg = (f"the compressed model's outputs differ from the original's: relative L2 error {float(fid['max_rel_l2']):.3g} "
-           f"on {_escape(str(fid['worst_output']))!r}" + (f", worst-sample cosine {cos:.4f}" if cos is not None else "")
+    if fid.get("metric", DEFAULT_METRIC) == "rel_l2":
+        what = f"relative L2 error {float(fid['max_rel_l2']):.3g} on {_escape(str(fid['worst_output']))!r}"
+    else:
+        what = (f"{fid['metric']} error {float(fid['error']):.3g} on {_escape(str(fid['error_output']))!r} (relative L2 "
+                f"error {float(fid['max_rel_l2']):.3g} on {_escape(str(fid['worst_output']))!r})")
+    msg = (f"the compressed model's outputs differ from the original's: {what}"
+           + (f", worst-sample cosine {cos:.4f}" if cos is not None else "")
            + (f" (over the budget --max-error {budget:g})" if fid.get("budget") is not None
               else f" (poor: error > {budget:g} or cosine < {WARN_COSINE})"))
     if manual and fid.get("budget") is None:

@@ -15,7 +15,13 @@ DEFAULT_SPARSITY = {"conv": 0.3, "fc": 0.5, "embedding": 0.0}
 DEFAULT_MIN_SIZE = 512
 
 # converters.calibrate
-DEFAULT_MAX_ERROR = 0.01  # 1% relative L2 output error: conservative, the default result is never broken
+DEFAULT_MAX_ERROR = 0.05  # 5% relative L2 output error: the loosest budget that kept every task of the five real
+# models of tools/bench_real_models.py (OCR text, VAD decisions, Magika labels on held-out files); 0.1 changed a
+# Magika label (BENCHMARKS.md, issue 13)
+# the model error --max-error bounds (dcformat.fidelity.METRICS has the definitions; names here so that
+# --help needs no numpy)
+METRIC_NAMES = ("rel_l2", "decision")
+DEFAULT_METRIC = "rel_l2"
 WARN_COSINE = 0.999  # explicit settings: a worst-sample cosine below this (or error over the budget) warns
 
 # converters.quantize

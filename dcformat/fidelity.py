@@ -12,19 +12,32 @@ sample i, y'_i: the compressed model's, both flattened, in float64):
   rank <= 3), the fraction of positions (all but the last axis, over all samples) whose argmax
   over the last axis agrees; None for other outputs.
 
-The model's error (what ``--max-error`` bounds) is the largest ``rel_l2`` over its outputs.
-Non-finite elements (NaN, inf in either output) are left out of the sums and counted.
+* ``kind`` -- what the output holds, judged on the original's outputs (output_kind): "softmax"
+  (probabilities over the last axis), "sigmoid" (per-element probabilities in [0, 1]) or "values";
+* ``decision_error`` -- for probability outputs, how far the decisions moved towards changing
+  (arg-max over the last axis for softmax, p > 0.5 for sigmoid): per decision the share of its
+  margin that the new output closed (decision_ratios; 1 = the decision changed), capped at 1, and
+  the root mean square over all decisions of all samples: a changed decision counts as much as
+  a full margin, small moves of confident decisions hardly count. ``decisions`` / ``decisions_changed``:
+  how many there are, how many changed. For "values" outputs it is ``rel_l2``.
+
+The model's error (what ``--max-error`` bounds) is the largest error over its outputs under the
+metric (``--metric``): ``rel_l2`` (the default), or ``decision`` (``decision_error``, i.e. rel_l2 for
+outputs that are not probabilities). Non-finite elements (NaN, inf in either output) are left out
+of the sums and counted.
 
 dcconvert stores the record in the .dcz metadata under the key ``"fidelity"`` (schema 1; JSON,
 infinities written as the string "inf")::
 
-    {"schema": 1, "measured": true, "metric": "rel_l2", "metric_text": "...",
+    {"schema": 1, "measured": true, "metric": "rel_l2" | "decision", "metric_text": "...",
      "calibration": {"source": "synthetic" | PATH, "synthetic": bool, "samples": N, "seed": int (synthetic),
                      "inputs": {name: {"dtype", "shape", "table_rows" (if traced)}}},
      "budget": E | null (explicit settings), "within_budget": bool | null,
      "max_rel_l2": float, "worst_output": name, "min_cosine": float | null,
+     "error": float (under "metric"), "error_output": name,
      "outputs": {name: {"shape" (one sample), "samples", "shape_mismatch", "rel_l2", "cosine_mean",
-                        "cosine_min", "max_abs", "top1" | null, "top1_positions" | null, "nonfinite"}},
+                        "cosine_min", "max_abs", "top1" | null, "top1_positions" | null, "nonfinite",
+                        "kind", "decision_error", "decisions" | null, "decisions_changed" | null}},
      "search": {"trials", "verified_error", "backoffs": [{"layer", "from", "to", "error_before"}]} (budget search),
      "warning": bool}
 
@@ -38,13 +51,72 @@ import math
 
 import numpy as np
 
-METRIC = "rel_l2"
+METRIC = "rel_l2"  # the default metric
 METRIC_TEXT = "relative L2 error ||y - y'|| / ||y|| over all calibration samples, worst output"
+METRICS = {
+    "rel_l2": METRIC_TEXT,
+    "decision": "decision error: outputs that are probabilities (softmax over the last axis, or per-element "
+                "sigmoid) by how far their decisions (arg-max; p > 0.5) moved towards changing, others by relative "
+                "L2; worst output",
+}
 SCHEMA = 1  # version of the "fidelity" metadata record
+PROB_TOL = 1e-3  # a softmax output's last-axis sums are within this of 1 on every position
+SIGMOID_CUT = 0.5  # a per-element probability's decision
 
 
 def classifier_like(y: np.ndarray) -> bool:
     return y.dtype.kind == "f" and 2 <= y.ndim <= 3 and 2 <= y.shape[-1] <= 100_000
+
+
+def output_kind(ref: list) -> str:
+    """What one output holds, judged on the original model's outputs (a list of per-sample arrays):
+    "softmax" (float, last axis of 2 or more entries, every value in [0, 1] and every last-axis sum
+    within PROB_TOL of 1), "sigmoid" (every value in [0, 1], not softmax) or "values" (anything else,
+    and outputs with non-finite values)."""
+    if not ref:
+        return "values"
+    arrs = [np.asarray(a) for a in ref]
+    if any(a.dtype.kind != "f" or a.size == 0 for a in arrs):
+        return "values"
+    lo = min(float(np.min(a)) for a in arrs)
+    hi = max(float(np.max(a)) for a in arrs)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
+        return "values"
+    if all(a.ndim >= 1 and a.shape[-1] >= 2 for a in arrs) and all(
+            float(np.max(np.abs(np.sum(a, axis=-1, dtype=np.float64) - 1.0))) <= PROB_TOL for a in arrs):
+        return "softmax"
+    return "sigmoid"
+
+
+def decision_ratios(a: np.ndarray, b: np.ndarray, kind: str) -> np.ndarray:
+    """Per decision (softmax: each position, all axes but the last; sigmoid: each element), how far the
+    new output ``b`` moved the original's decision towards changing, relative to its margin: 0 unchanged
+    or firmer, 1 at the flip, over 1 changed. Softmax: top class k of ``a``, for every other class l the
+    closed share of its gap, ``((a_k - a_l) - (b_k - b_l)) / (a_k - a_l)``, the largest over l;
+    sigmoid: ``(|a - c| - s (b - c)) / |a - c|`` with ``c`` = SIGMOID_CUT and ``s`` the side of ``a``.
+    A tie (zero margin) counts 1 when the new output leaves it on the other side, else 0."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if kind == "softmax":
+        a = a.reshape(-1, a.shape[-1])
+        b = b.reshape(-1, b.shape[-1])
+        rows = np.arange(a.shape[0])
+        k = a.argmax(-1)
+        gap = a[rows, k][:, None] - a
+        closed = gap - (b[rows, k][:, None] - b)
+        gap[rows, k] = np.inf  # the top class itself: no gap to close
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(gap > 0, closed / gap, np.where(closed > 0, 1.0, 0.0))
+        r[rows, k] = 0.0
+        return np.maximum(r.max(-1), 0.0)
+    a = a.reshape(-1) - SIGMOID_CUT
+    b = b.reshape(-1) - SIGMOID_CUT
+    side = np.where(a >= 0, 1.0, -1.0)
+    m = np.abs(a)
+    closed = m - side * b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(m > 0, closed / m, np.where(closed > 0, 1.0, 0.0))
+    return np.maximum(r, 0.0)
 
 
 def compare_output(ref: list, new: list) -> dict:
@@ -54,7 +126,8 @@ def compare_output(ref: list, new: list) -> dict:
     if len(ref) != len(new) or shapes_ref != shapes_new:
         return {"shape": shapes_ref[0] if shapes_ref else None, "shape_new": shapes_new[0] if shapes_new else None,
                 "shape_mismatch": True, "samples": len(ref), "rel_l2": math.inf, "cosine_mean": None,
-                "cosine_min": None, "max_abs": None, "top1": None, "nonfinite": 0}
+                "cosine_min": None, "max_abs": None, "top1": None, "nonfinite": 0, "kind": output_kind(ref),
+                "decision_error": math.inf, "decisions": None, "decisions_changed": None}
     num = den = 0.0
     cos, max_abs, nonfinite = [], 0.0, 0
     agree = total = 0
@@ -84,23 +157,46 @@ def compare_output(ref: list, new: list) -> dict:
             agree += int(np.count_nonzero(a.argmax(-1) == b.argmax(-1)))
             total += int(a.size // a.shape[-1])
     rel = math.sqrt(num) / math.sqrt(den) if den > 0 else (0.0 if num == 0 else math.inf)
-    return {"shape": shapes_ref[0] if shapes_ref else None, "shape_mismatch": False, "samples": len(ref),
+    kind = output_kind(ref)
+    dec = {"decision_error": rel, "decisions": None, "decisions_changed": None}
+    if kind != "values" and all(np.isfinite(np.asarray(b)).all() for b in new):
+        sq, count, changed = 0.0, 0, 0
+        for a, b in zip(ref, new):
+            r = decision_ratios(a, b, kind)
+            sq += float(np.sum(np.minimum(r, 1.0) ** 2))
+            count += r.size
+            changed += int(np.count_nonzero(r > 1))
+        dec = {"decision_error": math.sqrt(sq / count) if count else 0.0, "decisions": count,
+               "decisions_changed": changed}
+    elif kind != "values":  # non-finite values where the original had probabilities: the decisions are lost
+        dec = {"decision_error": math.inf, "decisions": None, "decisions_changed": None}
+    return {"kind": kind, **dec, "shape": shapes_ref[0] if shapes_ref else None, "shape_mismatch": False, "samples": len(ref),
             "rel_l2": rel, "cosine_mean": float(np.mean(cos)) if cos else None,
             "cosine_min": float(np.min(cos)) if cos else None, "max_abs": max_abs,
             "top1": agree / total if top and total else None, "top1_positions": total if top else None,
             "nonfinite": nonfinite}
 
 
-def compare(ref: dict, new: dict, names=None) -> dict:
+def output_error(m: dict, metric: str = METRIC) -> float:
+    """One output's error under ``metric`` (METRICS): rel_l2, or decision_error."""
+    return m["rel_l2"] if metric == "rel_l2" else m["decision_error"]
+
+
+def compare(ref: dict, new: dict, names=None, metric: str = METRIC) -> dict:
     """Metrics per output (dicts output name -> list of per-sample arrays) and the model's error.
 
-    Returns {"schema", "metric", "outputs": {name: metrics}, "max_rel_l2", "worst_output",
-    "min_cosine", "samples"}."""
+    Returns {"schema", "metric", "outputs": {name: metrics}, "error" (the largest output error under
+    ``metric``), "error_output" (that output), "max_rel_l2", "worst_output" (the largest rel_l2 and its
+    output), "min_cosine", "samples"}."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
     names = list(ref) if names is None else list(names)
     outs = {n: compare_output(ref[n], new.get(n, [])) for n in names}
     worst = max(outs, key=lambda n: outs[n]["rel_l2"]) if outs else None
+    by = max(outs, key=lambda n: output_error(outs[n], metric)) if outs else None
     cosines = [o["cosine_min"] for o in outs.values() if o["cosine_min"] is not None]
-    return {"schema": SCHEMA, "metric": METRIC, "outputs": outs,
+    return {"schema": SCHEMA, "metric": metric, "outputs": outs,
+            "error": output_error(outs[by], metric) if by else 0.0, "error_output": by,
             "max_rel_l2": outs[worst]["rel_l2"] if worst else 0.0, "worst_output": worst,
             "min_cosine": min(cosines) if cosines else None,
             "samples": next(iter(outs.values()))["samples"] if outs else 0}
@@ -118,6 +214,10 @@ def snr_db(ref: np.ndarray, new: np.ndarray) -> float | None:
     if sig == 0:
         return None
     return math.inf if noise == 0 else 10 * math.log10(sig / noise)
+
+
+def _g(x) -> str:
+    return x if isinstance(x, str) else f"{x:.3g}"
 
 
 def json_safe(x):
@@ -142,6 +242,9 @@ def lines(fid: dict, indent: str = "") -> list[str]:
              f"min {m['cosine_min']:.6f}, max abs diff {m['max_abs']:.3g}")
         if m["top1"] is not None:
             s += f", top-1 agreement {m['top1']:.1%} of {m['top1_positions']}"
+        if m.get("decisions"):
+            s += (f"; {m['kind']} decisions: {m['decisions_changed']} of {m['decisions']} changed, "
+                  f"decision error {_g(m['decision_error'])}")
         if m["nonfinite"]:
             s += f" ({m['nonfinite']} non-finite elements left out)"
         out.append(s)

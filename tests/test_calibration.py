@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import dcformat
 from converters.cli import main as convert_main
+from converters import calibrate
 from dcformat import fidelity
 from dcformat import inputs as inp
 from dcformat.cli import run_main
@@ -228,7 +229,7 @@ def test_default_is_the_budget_search_and_embeddings_are_candidates(models, tmp_
     code, stdout, err = _cli(convert_main, [models / "tok.onnx", "-o", out], capsys)
     assert code == 0, err
     assert "fidelity on 16 calibration samples (synthetic inputs" in stdout
-    assert "within the budget --max-error 0.01" in stdout
+    assert f"within the budget --max-error {calibrate.DEFAULT_MAX_ERROR:g}" in stdout
     code, stdout, err = _cli(convert_main, [models / "tok.onnx", "-o", out, "--json", "--max-error", "0.05"], capsys)
     rep = json.loads(stdout)
     rows = {r["name"]: r for r in rep["layers"]}

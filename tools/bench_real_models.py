@@ -11,18 +11,22 @@ Setup (once; a separate venv beside the test venv, git-ignored):
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install rapidocr-onnxruntime          # the OCR pipeline and its models
     .venv-bench/bin/pip install --no-deps silero-vad magika   # only their model files are used
+    apt-get install espeak-ng                                 # real speech for Silero (optional)
 Run (from the repository root, with the project's venv):
     PYTHONPATH=$PWD .venv/bin/python tools/bench_real_models.py [--only det,rec,cls,vad,magika] [--out DIR]
         [--budgets 0.02,0.05] [--extra NAME=FLAGS ...]
 (--budgets: more dcconvert rows at those --max-error values; --extra: a row of dcconvert with those
 flags, e.g. --extra "per-tensor=--channel-scales off". "x int8" is ORT int8's bytes over the row's.)
 
-Calibration inputs are built here from data like the models' own (rendered text images and lines
-with PIL, a synthetic voiced/unvoiced signal, real files of this machine); fidelity is measured on
-held-out inputs from the same generators (dcformat.fidelity: relative L2 error over the set,
-worst-sample cosine), and task results: OCR text identical to the fp32 pipeline's on rendered
-lines (full RapidOCR pipeline: det + cls + rec), VAD speech decisions (p > 0.5) per 32 ms chunk and
-the largest probability change, Magika labels.
+Calibration inputs are built here from data like the models' own, as a demanding user would give
+them (CALIB_SAMPLES: 32 rendered text pages, 64 rendered lines, 64 chunks of a synthetic
+voiced/unvoiced signal; Magika: 6 files of each of the 14 kinds of file of this machine,
+magika_split); fidelity is measured on held-out inputs from the same generators, disjoint from the
+calibration set (other seeds; the other files of every kind): dcformat.fidelity's relative L2 error
+over the set, worst-sample cosine, decision error and changed decisions of probability outputs; and
+task results: OCR text identical to the fp32 pipeline's on 24 rendered pages (full RapidOCR
+pipeline: det + cls + rec), VAD speech decisions (p > 0.5) per 32 ms chunk and the largest
+probability change, Magika labels of the held-out files.
 """
 
 from __future__ import annotations
@@ -126,8 +130,12 @@ def ocr_sets(key: str, n: int, seed: int) -> dict:
 
 
 def audio(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
-    """Voiced syllables (harmonics of a gliding f0 with formant-like weights, 4 Hz envelope) between
-    stretches of quiet noise."""
+    """Speech spoken by espeak-ng (spoken()) where it is installed, else voiced syllables (harmonics of a
+    gliding f0 with formant-like weights, 4 Hz envelope) between stretches of quiet noise: Silero hears
+    no speech in those (0 of 625 chunks over 0.5), so its decisions are then a weak test."""
+    s = spoken(seconds, seed, sr)
+    if s is not None:
+        return s
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
     out = 0.003 * rng.standard_normal(t.size)
@@ -146,9 +154,44 @@ def audio(seconds: float, seed: int, sr: int = 16000) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def spoken(seconds: float, seed: int, sr: int = 16000) -> np.ndarray | None:
+    """Real speech for Silero: sentences of WORDS spoken by espeak-ng (``apt-get install espeak-ng``;
+    voice, speed and pitch drawn from ``seed``), resampled to ``sr``, between 0.3-1.5 s pauses of quiet
+    noise; None where espeak-ng is not installed (then audio() is the synthetic signal alone)."""
+    import shutil
+    import wave
+
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return None
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    out = 0.003 * rng.standard_normal(n)
+    pos = int(rng.uniform(0.2, 0.8) * sr)
+    with tempfile.TemporaryDirectory() as d:
+        while pos < n - sr // 2:
+            text = " ".join(rng.choice(WORDS, rng.integers(4, 10)))
+            wav = os.path.join(d, "s.wav")
+            subprocess.run([exe, "-v", str(rng.choice(["en", "en-us", "en-gb-x-rp", "de", "fr"])),
+                            "-s", str(int(rng.integers(130, 190))), "-p", str(int(rng.integers(30, 70))),
+                            "-w", wav, text], check=True, capture_output=True)
+            with wave.open(wav) as w:
+                rate = w.getframerate()
+                x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64) / 32768.0
+            x = np.interp(np.arange(int(x.size * sr / rate)) * rate / sr, np.arange(x.size), x)
+            x = x[: n - pos] * rng.uniform(0.3, 1.0) / max(np.abs(x).max(), 1e-9)
+            out[pos:pos + x.size] += x
+            pos += x.size + int(rng.uniform(0.3, 1.5) * sr)
+    return out.astype(np.float32)
+
+
+VAD_CONTEXT = 64  # Silero v5 at 16 kHz takes each 512-sample chunk after the last 64 samples of the one before
+# (silero_vad.utils_vad.OnnxWrapper); without them it hears no speech at all
+
+
 def vad_sets(n: int, seed: int) -> dict:
-    a = audio(n * 512 / 16000 + 1, seed)
-    chunks = np.stack([a[i * 512:(i + 1) * 512] for i in range(n)])
+    a = np.concatenate([np.zeros(VAD_CONTEXT, np.float32), audio(n * 512 / 16000 + 1, seed)])
+    chunks = np.stack([a[i * 512:(i + 1) * 512 + VAD_CONTEXT] for i in range(n)])
     return {"input": chunks, "state": np.zeros((n, 2, 1, 128), np.float32), "sr": np.full(n, 16000, np.int64)}
 
 
@@ -164,16 +207,34 @@ def magika_features(path: str) -> np.ndarray:
     return x
 
 
-def magika_files() -> list[str]:
+def magika_files() -> list[list[str]]:
+    """Files of this machine by kind (one list per kind: Python, JSON-module Python, .conf, copyright texts,
+    executables, fonts, shared libraries, Markdown, spec files, results, licences, C headers, PIL's
+    Python, cv2's libraries), each sorted, at most 24 a kind."""
     pats = ["/usr/lib/python3*/*.py", "/usr/lib/python3*/json/*.py", "/etc/*.conf", "/usr/share/doc/*/copyright",
             "/usr/bin/*", "/usr/share/fonts/truetype/dejavu/*.ttf", "/usr/lib/x86_64-linux-gnu/*.so*",
             os.path.join(ROOT, "*.md"), os.path.join(ROOT, "spec", "*"), os.path.join(ROOT, "results", "*"),
             "/usr/share/common-licenses/*", "/usr/include/*.h", site("PIL", "*.py"), site("cv2", "*.so*")]
-    files = []
+    kinds = []
     for p in pats:
         got = sorted(f for f in glob.glob(p) if os.path.isfile(f) and os.path.getsize(f) >= 16)
-        files += got[:24]
-    return files
+        if got:
+            kinds.append(got[:24])
+    return kinds
+
+
+MAGIKA_CALIB_PER_KIND = 6
+
+
+def magika_split(kinds: list[list[str]], per_kind: int = MAGIKA_CALIB_PER_KIND) -> tuple[list[str], list[str]]:
+    """(calibration files, held-out files), disjoint, both covering every kind: a kind's even-numbered
+    files go to calibration (at most ``per_kind``), all others are held out. The calibration list is
+    ordered round-robin over the kinds, so that dcconvert's own held-out quarter (the last samples)
+    covers many kinds too, not the last few."""
+    calib = [k[0::2][:per_kind] for k in kinds]
+    chosen = {f for c in calib for f in c}
+    rr = [c[i] for i in range(max(map(len, calib), default=0)) for c in calib if i < len(c)]
+    return rr, [f for k in kinds for f in k if f not in chosen]
 
 
 def magika_sets(files: list[str]) -> dict:
@@ -188,6 +249,13 @@ def run_cli(args, **kw):
     return subprocess.run([sys.executable, "-c", "import sys; from converters.cli import main; main(sys.argv[1:])", *map(str, args)],
                           capture_output=True, text=True, env=env, **kw)
 
+
+# calibration samples handed to dcconvert (it fits on the first three quarters and checks its plan on the
+# last quarter) and the benchmark's own held-out samples (other seeds: other text, other audio; Magika:
+# other files of every kind, magika_split), for each model
+CALIB_SAMPLES = {"det": 32, "rec": 64, "cls": 64, "vad": 64}
+HELD_SAMPLES = {"det": 12, "rec": 32, "cls": 32, "vad": 64}
+OCR_PAGES = 24  # rendered pages of 3 lines read by the full OCR pipeline (seeds unlike both sets above)
 
 BUDGETS: list[float] = []
 EXTRA: list[tuple[str, list[str]]] = []
@@ -331,7 +399,7 @@ def outputs(path, data: dict) -> dict:
 def fidelity_of(ref_path, path, data) -> dict:
     from dcformat import fidelity
 
-    return fidelity.compare(outputs(ref_path, data), outputs(path, data))
+    return fidelity.compare(outputs(ref_path, data), outputs(path, data), metric="decision")
 
 
 def decoded_onnx(v: dict, out: str, key: str, name: str) -> str:
@@ -362,7 +430,7 @@ print(json.dumps(texts))
 """
 
 
-def ocr_task(models: dict, out: str, n: int = 12, mixes: dict | None = None) -> dict:
+def ocr_task(models: dict, out: str, n: int = OCR_PAGES, mixes: dict | None = None) -> dict:
     """OCR text of the full pipeline on ``n`` rendered pages for each variant (all three models swapped);
     ``mixes``: {row name: {"det": variant, "rec": variant, "cls": variant}}, rows mixing variants."""
     imgs = []
@@ -393,18 +461,20 @@ def ocr_task(models: dict, out: str, n: int = 12, mixes: dict | None = None) -> 
 
 
 def vad_task(v: dict, seconds: float = 20.0) -> dict:
-    a = audio(seconds, 777)
+    a = np.concatenate([np.zeros(VAD_CONTEXT, np.float32), audio(seconds, 777)])
     probs = {}
     for name, x in v.items():
         sess = session(x["path"])
         state = np.zeros((2, 1, 128), np.float32)
         ps = []
-        for i in range(0, a.size - 512 + 1, 512):
-            p, state = sess.run(None, {"input": a[None, i:i + 512], "state": state, "sr": np.array(16000, np.int64)})
+        for i in range(0, a.size - 512 - VAD_CONTEXT + 1, 512):  # each chunk after the 64 samples before it
+            p, state = sess.run(None, {"input": a[None, i:i + 512 + VAD_CONTEXT], "state": state,
+                                       "sr": np.array(16000, np.int64)})
             ps.append(float(p.reshape(-1)[0]))
         probs[name] = np.array(ps)
     base = probs["fp32"]
     return {name: {"decisions_same": float(np.mean((p > 0.5) == (base > 0.5))), "max_prob_diff": float(np.abs(p - base).max()),
+                   "speech_same": int(((p > 0.5) & (base > 0.5)).sum()), "speech_fp32": int((base > 0.5).sum()),
                    "speech_chunks": int((p > 0.5).sum()), "chunks": int(p.size)} for name, p in probs.items()}
 
 
@@ -441,17 +511,17 @@ def main(argv=None):
     EXTRA[:] = [(e.split("=", 1)[0], e.split("=", 1)[1].split()) for e in a.extra]
     os.makedirs(a.out, exist_ok=True)
     keys = a.only.split(",")
-    files = magika_files()
+    mcal, mheld = magika_split(magika_files())
     results, models = {}, {}
     for key in keys:
         label, rel = MODELS[key]
         src = site(*rel.split("/"))
         if key in ("det", "rec", "cls"):
-            calib, held = ocr_sets(key, 16, 100), ocr_sets(key, 8, 500)
+            calib, held = ocr_sets(key, CALIB_SAMPLES[key], 100), ocr_sets(key, HELD_SAMPLES[key], 500)
         elif key == "vad":
-            calib, held = vad_sets(16, 1), vad_sets(32, 2)
+            calib, held = vad_sets(CALIB_SAMPLES[key], 1), vad_sets(HELD_SAMPLES[key], 2)
         else:
-            calib, held = magika_sets(files[0::2][:32]), magika_sets(files[1::2])
+            calib, held = magika_sets(mcal), magika_sets(mheld)
         cpath = os.path.join(a.out, f"{key}.calib.npz")
         np.savez(cpath, **calib)
         print(f"[{label}] converting ...", file=sys.stderr, flush=True)
@@ -460,9 +530,10 @@ def main(argv=None):
         fid = {name: fidelity_of(src, x["path"], held) for name, x in v.items() if name != "fp32"}
         results[key] = {"label": label, "variants": {
             name: {"bytes": x["bytes"], "seconds": round(x["seconds"], 1),
-                   **({"held_out_rel_l2": fid[name]["max_rel_l2"], "held_out_min_cosine": fid[name]["min_cosine"]}
+                   **({"held_out_rel_l2": fid[name]["max_rel_l2"], "held_out_min_cosine": fid[name]["min_cosine"],
+                       "held_out_decision": fid[name]["error"], "held_out_changed": _changed(fid[name])}
                       if name in fid else {}),
-                   **({"calib_rel_l2": x["report"]["fidelity"]["max_rel_l2"],
+                   **({"calib_rel_l2": x["report"]["fidelity"].get("error", x["report"]["fidelity"]["max_rel_l2"]),
                        "shared": sum(r["action"] == "pruned+shared" for r in x["report"]["layers"]),
                        "per_channel": sum(r.get("scales") == "channel" for r in x["report"]["layers"]),
                        "tensors": len(x["report"]["layers"]),
@@ -470,12 +541,13 @@ def main(argv=None):
                        "seconds_per_mparam": round(x["report"]["seconds"] * 1e6 / max(x["report"]["totals"]["params"], 1), 1),
                        "search_fit_rel_l2": ((x["report"]["fidelity"].get("search") or {}).get("verified_error")),
                        "search_held_out_rel_l2": ((x["report"]["fidelity"].get("search") or {}).get("held_out_error")),
+                       "metric": x["report"]["fidelity"].get("metric", "rel_l2"),
                        } if "report" in x else {})}
             for name, x in v.items()}}
         if key == "vad":
             results[key]["task"] = vad_task(v)
         elif key == "magika":
-            results[key]["task"] = magika_task(v, magika_sets(files))
+            results[key]["task"] = magika_task(v, held)  # held-out files only (none is in the calibration set)
     if all(k in models for k in ("det", "rec", "cls")) and not a.no_ocr:
         results["ocr"] = {"label": "PP-OCR pipeline (det+cls+rec)", "task": ocr_task(models, a.out, mixes={
             m.split("=", 1)[0]: dict(kv.split(":", 1) for kv in m.split("=", 1)[1].split(",")) for m in a.ocr_mix})}
@@ -485,22 +557,32 @@ def main(argv=None):
             json.dump(results, f, indent=1, default=str)
 
 
+def _changed(fid: dict) -> str | None:
+    """'changed/decisions' over the outputs that hold probabilities (dcformat.fidelity.output_kind)."""
+    outs = [o for o in fid["outputs"].values() if o.get("decisions")]
+    if not outs:
+        return None
+    return f"{sum(o['decisions_changed'] for o in outs)}/{sum(o['decisions'] for o in outs)}"
+
+
 def _task_text(key, res, name) -> str:
     t = res.get("task")
     if not t:
         return ""
     t = t[name]
     if key == "vad":
-        return f"VAD decisions {t['decisions_same']:.1%} same, max dp {t['max_prob_diff']:.3f}"
+        return (f"VAD decisions {t['decisions_same']:.1%} same ({t['speech_fp32']}/{t['chunks']} speech), "
+                f"max dp {t['max_prob_diff']:.3f}")
     if key == "magika":
         return f"labels {t['labels_same']}/{t['of']} same"
     return f"text {t['identical']}/{t['of']} identical ({t['correct']} exact)"
 
 
 def table(results: dict) -> None:
-    print("| model | variant | bytes | x fp32 | x int8 | rel. L2 (held-out) | min cosine | calib. rel. L2 "
-          "| search: fit / held-out | tensors shared (per-channel) | task | seconds | s per M params |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("| model | variant | bytes | x fp32 | x int8 | rel. L2 (held-out) | decision error (held-out) "
+          "| decisions changed (held-out) | min cosine | calib. error | search: fit / held-out "
+          "| tensors shared (per-channel) | task | seconds | s per M params |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for key, res in results.items():
         if key == "ocr":
             continue
@@ -512,7 +594,8 @@ def table(results: dict) -> None:
             x8 = "-" if not i8 else f"{i8 / v['bytes']:.2f}"
             print(f"| {res['label']} | {name} | {v['bytes']:,} | {fp / v['bytes']:.2f} | "
                   f"{x8} | "
-                  f"{_f(v.get('held_out_rel_l2'))} | {'-' if cos is None else f'{cos:.6f}'} | {_f(v.get('calib_rel_l2'))} | "
+                  f"{_f(v.get('held_out_rel_l2'))} | {_f(v.get('held_out_decision'))} | {v.get('held_out_changed') or '-'} | "
+                  f"{'-' if cos is None else f'{cos:.6f}'} | {_f(v.get('calib_rel_l2'))} | "
                   f"{_f(v.get('search_fit_rel_l2'))} / {_f(v.get('search_held_out_rel_l2'))} | "
                   f"{shared} | {_task_text(key, res, name)} | {v['seconds']} | {v.get('seconds_per_mparam', '-')} |")
     if "ocr" in results:
