@@ -211,12 +211,15 @@ class Search:
     trials: int = 0
     seconds: float = 0.0
     metric: str = fidelity.METRIC  # what the budget bounds (dcformat.fidelity.METRICS)
+    sequential: dict = field(default_factory=lambda: {"passes": 0, "seconds": 0.0})  # converters.sequential's cost
+    refits: dict = field(default_factory=dict)  # name -> (W*, Layer with H_hat) of the final plan (sequential)
 
     def describe(self) -> dict:
         return {"budget": self.budget, "metric": self.metric, "trials": self.trials,
                 "verified_error": self.verified, "held_out_error": self.held_out,
                 "held_out_samples": self.held_out_samples, "replans": self.replans,
                 "backoffs": self.backoffs, "seconds": round(self.seconds, 2),
+                **({"sequential": self.sequential} if self.sequential.get("passes") else {}),
                 "scan": {n: {"sparsity": {str(k): v for k, v in e["sparsity"].items()},
                              "bits": {str(k): v for k, v in e["bits"].items()},
                              "channel_bits": {str(k): v for k, v in e.get("channel_bits", {}).items()},
@@ -370,7 +373,7 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
            seed: int = 0, fixed_sparsity=None, fixed_bits=None, progress=None, echo=None,
            layers: dict | None = None, strength=None, axes: dict | None = None,
            channel_scales: str = "auto", held: dict | None = None,
-           metric: str = fidelity.METRIC) -> tuple[Search, dict]:
+           metric: str = fidelity.METRIC, sequential: bool = False) -> tuple[Search, dict]:
     """Scan, plan and verify; returns (the Search record, {name: why it stays raw}).
 
     ``axes`` (name -> output axis, converters.roles): with ``channel_scales`` "auto" every layer is
@@ -382,7 +385,12 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
     layer's ECVQ strength (converters.ecvq) for one codebook per tensor. ``held``: held-out
     calibration samples (same inputs as ``calib``), measured after the plan is verified on ``calib``;
     while their error is over HELD_SHARE x budget the plan is tightened. ``metric``: the model error the
-    budget bounds and every trial measures (dcformat.fidelity.METRICS: "rel_l2", "decision")."""
+    budget bounds and every trial measures (dcformat.fidelity.METRICS: "rel_l2", "decision").
+
+    ``sequential``: the plan's layers with an H are fitted in topological order, each to the float
+    model's outputs from the inputs the compressed layers before it give (converters.sequential),
+    for every verification; ``Search.refits`` then holds each such layer's (W*, Layer with H_hat)
+    for the final plan, from which compress_tensor builds it (converters.sequential.install)."""
     layers = layers or {}
     strength = strength or (lambda name: 0.0)
 
@@ -425,10 +433,17 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
     base = runner.run(calib, decl, weights)
     recon = {}
 
+    seq = _sequential(graph, weights, calib, decl, layers, cands) if sequential else None
+    dirty = [False]  # with seq: the plan changed since its layers were last fitted in order
+
     def rebuild(name):
         c = plan[name]
         if c["bits"] is None:
             recon.pop(name, None)
+        if seq is not None and name in seq.layers:
+            dirty[0] = True  # fitted in order, before the next measurement (sync)
+            return
+        if c["bits"] is None:
             return
         key = (name, c["sparsity"], c["bits"], c["scale_axis"])
         if key in cache:
@@ -437,7 +452,31 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             recon[name] = reconstruct(weights[name], c["sparsity"], c["bits"], init, seed, layer=layers.get(name),
                                       strength=strength(name), scale_axis=c["scale_axis"])
 
+    def build(name, w, lay, key):
+        s_, b_, ax_ = key
+        if w is weights[name] and (name, s_, b_, ax_) in cache:  # not refitted: what the scan built
+            return cache[(name, s_, b_, ax_)]
+        return reconstruct(w, s_, b_, init, seed, layer=lay, strength=strength(name), scale_axis=ax_)
+
+    def sync():
+        """The sequentially fitted layers of the current plan into ``recon`` (converters.sequential)."""
+        if seq is None or not dirty[0]:
+            return
+        t = time.perf_counter()
+        key = lambda c: None if c["bits"] is None else (c["sparsity"], c["bits"], c["scale_axis"])  # noqa: E731
+        others = {n: a for n, a in recon.items() if n not in seq.layers}
+        got = seq.apply({n: key(plan[n]) for n in seq.layers}, build, others,
+                        tuple(sorted((n, key(plan[n])) for n in others)))
+        for n in seq.layers:
+            recon.pop(n, None)
+        recon.update({n: r[0] for n, r in got.items()})
+        res.refits = {n: (r[1], r[2]) for n, r in got.items() if r[1] is not weights[n]}
+        res.sequential["passes"] += 1
+        res.sequential["seconds"] += time.perf_counter() - t
+        dirty[0] = False
+
     def measure(data, ref):
+        sync()
         res.trials += 1
         return _error(ref, runner.run(data, decl, weights, recon), metric)
 
@@ -505,6 +544,10 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         res.held_out = herr
         res.held_out_samples = inp.num_samples(held, decl)
         res.verified = measure(calib, base)
+    sync()  # the plan kept last may not have been measured since it was restored
+    if seq is not None:
+        res.sequential.update(runs=seq.runs, refits=seq.refits, layers=len(seq.layers),
+                              seconds=round(res.sequential["seconds"], 2))
     for name in cands:
         c = plan[name]
         if c["bits"] is None:
@@ -520,6 +563,16 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             res.plan[name] = {"sparsity": c["sparsity"], "bits": c["bits"], "scale_axis": c["scale_axis"]}
     res.seconds = time.perf_counter() - t0
     return res, reasons
+
+
+def _sequential(graph, weights, calib, decl, layers, cands):
+    """converters.sequential.Sequential over the candidates with an H, or None where there are none."""
+    fitted = {n: lay for n, lay in layers.items() if n in set(cands) and lay.h}
+    if not fitted:
+        return None
+    from .sequential import Sequential
+
+    return Sequential(graph, weights, calib, decl, fitted, cands)
 
 
 def _plan_bytes(plan: dict) -> float:

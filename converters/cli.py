@@ -292,8 +292,12 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                                             src.graph, originals, fit, decl, limit, min_size=s.min_size, init=s.init,
                                             seed=s.seed, progress=progress, echo=echo, layers=s.layers,
                                             strength=s.ecvq.get, axes=src.out_axes,
-                                            channel_scales=s.channel_scales, held=held, metric=metric, **fixed)
+                                            channel_scales=s.channel_scales, held=held, metric=metric,
+                                            sequential=s.sequential, **fixed)
             s.plan, s.reasons = search_rec.plan, reasons
+            from .sequential import install
+
+            install(search_rec, src.weights, s.layers)  # compress builds what the search verified
     else:
         if calibration is not None or max_error is not None:
             raise ConvertError(f"{src_path} holds weights only (no graph): the model cannot be run, so "
@@ -386,6 +390,10 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.option("--compensate/--no-compensate", default=True, show_default=True,
               help="with a graph: prune and share each Conv/Gemm/MatMul weight knowing its inputs on the calibration "
                    "set (importance-weighted codebook, OBS/GPTQ error compensation), not by magnitude alone")
+@click.option("--sequential/--no-sequential", default=False, show_default=True,
+              help="with --compensate and the --max-error search: fit the planned layers in graph order, each to the "
+                   "original model's outputs from the inputs the already-compressed layers before it give "
+                   "(compensates their error; one extra model run per layer on the calibration samples and verification, 2-7x the conversion time on PP-OCR)")
 @click.option("--channel-scales", type=click.Choice(("auto", "on", "off")), default="auto", show_default=True,
               help="one scale per output channel (W[c] = scale[c] x codebook[index]; Conv filters, Gemm/MatMul "
                    "output columns, embedding rows): auto lets the --max-error search pick it per layer where it "
@@ -444,7 +452,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 @click.option("-f", "--force", is_flag=True, help="replace an existing .dcz that -o does not name (the default output)")
 @click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, ecvq, role_overrides, compensate,
-              channel_scales, init,
+              sequential, channel_scales, init,
               min_size, lossless,
               inputs, input_shapes, opset, model_factory, trust_code, max_error, metric, calibration, calibration_samples,
               dims,
@@ -485,7 +493,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         bits=_layer("--bits", bits, st.bits),
         ecvq=_layer("--ecvq", ecvq, parse_strength, DEFAULT_ECVQ),
         init=init, min_size=min_size, lossless=lossless, seed=seed, roles=_roles(role_overrides), compensate=compensate,
-        channel_scales=channel_scales,
+        channel_scales=channel_scales, sequential=sequential,
     )
     shapes = [_shape(x) for x in input_shapes]
     out = output or os.path.splitext(model)[0] + ".dcz"

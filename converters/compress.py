@@ -36,6 +36,7 @@ class Settings:
     layers: dict = field(default_factory=dict)  # name -> converters.hessian.Layer: share error-compensated
     compensate: bool = True  # with a graph and calibration inputs, collect the layers' H for that
     channel_scales: str = "auto"  # per-channel scales: "auto" (the budget search picks), "on", "off"
+    sequential: bool = False  # the search fits its plan's layers in order (converters.sequential)
 
     def all(self) -> list[LayerSetting]:
         return [self.sparsity, self.threshold_std, self.threshold, self.prune_neurons, self.bits, self.ecvq]
@@ -46,6 +47,7 @@ class Settings:
                  default_bits=DEFAULT_BITS, default_sparsity=DEFAULT_SPARSITY)
         d["compensate"] = self.compensate
         d["channel_scales"] = self.channel_scales
+        d["sequential"] = self.sequential
         if self.roles:
             d["role"] = dict(self.roles)
         return d

@@ -127,6 +127,12 @@ def _conv_pads(layer: Layer, spatial: tuple[int, ...], kernel: tuple[int, ...]) 
 def im2col(x: np.ndarray, layer: Layer, kernel: tuple[int, ...], rng: np.random.Generator,
            max_rows: int = MAX_ROWS_PER_BATCH) -> list[np.ndarray]:
     """Per group, (positions x (C/g * prod(kernel))) patches of ``x`` (N x C x spatial...)."""
+    return list(patches(x, layer, kernel, rng, max_rows))
+
+
+def patches(x: np.ndarray, layer: Layer, kernel: tuple[int, ...], rng: np.random.Generator,
+            max_rows: int = MAX_ROWS_PER_BATCH) -> np.ndarray:
+    """:func:`im2col` as one groups x positions x (C/g * prod(kernel)) float64 array."""
     nd = x.ndim - 2
     strides = layer.strides or (1,) * nd
     dil = layer.dilations or (1,) * nd
@@ -150,7 +156,7 @@ def im2col(x: np.ndarray, layer: Layer, kernel: tuple[int, ...], rng: np.random.
     flat = part.reshape(layer.group, positions, -1)
     if take is not None:
         flat = flat[:, take]
-    return list(np.asarray(flat, np.float64))
+    return np.asarray(flat, np.float64)
 
 
 def accumulate(layer: Layer, x: np.ndarray, w_shape: tuple[int, ...], rng: np.random.Generator,
