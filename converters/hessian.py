@@ -91,8 +91,9 @@ def layers(graph, weight_names) -> dict[str, Layer]:
 def to_rows(w: np.ndarray, layer: Layer) -> list[np.ndarray]:
     """The weight as one ``rows x cols`` float64 matrix per group."""
     w = np.asarray(w, np.float64)
-    if layer.op == "RNN":  # [rows, features], or [directions, rows, features]: one group per direction
-        return [w] if w.ndim == 2 else list(w)
+    if layer.op == "RNN":  # [rows, features] or [directions, rows, features], rows in order split into
+        # ``group`` equal blocks with an H each: one per direction, or one per row (converters.recurrent)
+        return np.split(w.reshape(-1, w.shape[-1]), layer.group, axis=0)
     if layer.op == "Conv":
         m = w.reshape(w.shape[0], -1)
         return np.split(m, layer.group, axis=0)
@@ -104,7 +105,7 @@ def to_rows(w: np.ndarray, layer: Layer) -> list[np.ndarray]:
 def from_rows(parts: list[np.ndarray], like: np.ndarray, layer: Layer) -> np.ndarray:
     """Inverse of :func:`to_rows`, in ``like``'s shape."""
     if layer.op == "RNN":
-        return np.stack(parts).reshape(like.shape)
+        return np.concatenate(parts, axis=0).reshape(like.shape)
     if layer.op == "Conv":
         return np.concatenate(parts, axis=0).reshape(like.shape)
     if layer.op == "Gemm" and layer.trans_b:
@@ -184,8 +185,8 @@ def importance(layer: Layer, w_shape: tuple[int, ...]) -> np.ndarray:
     the weight's own shape: activation-aware k-means weights each weight's error by it."""
     diag = [np.diag(h) for h in layer.h]
     if layer.op == "RNN":
-        rows = w_shape[-2]
-        return np.stack([np.broadcast_to(d[None, :], (rows, d.size)) for d in diag]).reshape(w_shape)
+        rows = int(np.prod(w_shape[:-1])) // layer.group
+        return np.concatenate([np.broadcast_to(d[None, :], (rows, d.size)) for d in diag]).reshape(w_shape)
     if layer.op == "Conv":
         out_per_group = w_shape[0] // layer.group
         rows = [np.broadcast_to(d, (out_per_group, d.size)) for d in diag]

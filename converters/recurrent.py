@@ -52,6 +52,9 @@ class Use:
     reverse: bool  # a single direction that runs backwards
     node_index: int
     direct: bool  # the weight reaches the node unchanged (its axis 0 is the direction)
+    op: str = "LSTM"
+    gates: tuple = ()  # LSTM with default activations: its W, R, B, initial_c inputs ("" absent), for the gates'
+    # sensitivities (lstm_sensitivity); () otherwise
     names: dict = field(default_factory=dict)  # value -> exposed graph output (set by expose())
 
 
@@ -160,9 +163,14 @@ def find(model, weights: dict, names) -> tuple[dict, set]:
                         direction = dirs_attr.s.decode() if dirs_attr is not None else "forward"
                         lay = _attr(node, "layout")
                         get = lambda j: node.input[j] if len(node.input) > j else ""  # noqa: E731
+                        plain = node.op_type == "LSTM" and not any(
+                            _attr(node, a) is not None for a in ("activations", "clip", "activation_alpha",
+                                                                 "activation_beta")) and not (
+                            _attr(node, "input_forget") is not None and _attr(node, "input_forget").i) and not get(7)
                         use = Use("W" if k == 1 else "R", path, get(0), node.output[0] if node.output else "", get(5),
                                   get(4), lay.i if lay is not None else 0, 2 if direction == "bidirectional" else 1,
-                                  direction == "reverse", idx, direct and ndim == 3)
+                                  direction == "reverse", idx, direct and ndim == 3, node.op_type,
+                                  (get(1), get(2), get(3), get(6)) if plain and get(3) else ())
                         if use.kind == "R" and use.dirs > 1 and not use.direct:
                             refused.add(r)  # which direction's h its rows see cannot be told
                         elif not any((u.path, u.node_index, u.kind) == (path, idx, use.kind) for u in uses.get(r, [])):
@@ -265,7 +273,8 @@ def expose(model, uses: list[Use], dtype) -> list[str]:
         if not use.y:
             use.y = fresh()
             node.output[0] = use.y
-        use.names = {v: lift(use.path, v, elem if v != use.lens else 6) for v in (use.x, use.y, use.h0, use.lens) if v}
+        use.names = {v: lift(use.path, v, elem if v != use.lens else 6)
+                     for v in (use.x, use.y, use.h0, use.lens, *use.gates) if v}
     return outputs
 
 
@@ -277,18 +286,51 @@ def _stacked(a: np.ndarray, ndim: int) -> list[np.ndarray]:
     return list(a.reshape((-1,) + a.shape[a.ndim - ndim:]))
 
 
-def rows(use: Use, got: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _sig(v):
+    return 0.5 * (1.0 + np.tanh(0.5 * v))
+
+
+def lstm_sensitivity(x, prev, c0, w, r, b, back: bool) -> np.ndarray:
+    """Per step and gate row (ONNX order i, o, f, c), the squared sensitivity of the cell's outputs
+    (h and c) to that gate's pre-activation, for one direction of an LSTM with default activations:
+    ``x`` [seq, batch, in], ``prev`` (h_{t-1}) [seq, batch, hidden], ``c0`` [batch, hidden], ``w``/``r``
+    the op's [4h, in] / [4h, hidden], ``b`` [8h]. A saturated gate (sigmoid' or tanh' near 0) or a
+    gate whose product is zero (f with c_{t-1} = 0) gets ~0: errors of its row hardly move the output."""
+    hidden = r.shape[-1]
+    pre = x @ w.T + prev @ r.T + b[: 4 * hidden] + b[4 * hidden:]  # seq x batch x 4h
+    i, o, f, g = (pre[..., k * hidden:(k + 1) * hidden] for k in range(4))
+    si, so, sf, tg = _sig(i), _sig(o), _sig(f), np.tanh(g)
+    c_prev = np.zeros_like(si)
+    c = np.asarray(c0, np.float64)
+    for t in (range(pre.shape[0] - 1, -1, -1) if back else range(pre.shape[0])):
+        c_prev[t] = c
+        c = sf[t] * c + si[t] * tg[t]
+    cn = sf * c_prev + si * tg
+    tc = np.tanh(cn)
+    through = 1.0 + (so * (1.0 - tc * tc)) ** 2  # a change of c moves c itself and h = o tanh(c)
+    s2 = np.concatenate([(si * (1 - si) * tg) ** 2 * through, (so * (1 - so) * tc) ** 2,
+                         (sf * (1 - sf) * c_prev) ** 2 * through, ((1 - tg * tg) * si) ** 2 * through], axis=-1)
+    return s2
+
+
+def rows(use: Use, got: dict, sensitivity: bool = False):
     """(per direction, the rows its W sees; per direction, the rows its R sees) of one run: ``got``
-    maps the use's values to their arrays (empty where the branch did not run)."""
+    maps the use's values to their arrays (empty where the branch did not run). With ``sensitivity``
+    (an LSTM use with ``gates``), also per direction the rows' squared gate sensitivities
+    (:func:`lstm_sensitivity`, rows x 4h in the op's row order) as a third item."""
     x_all, y_all = got.get(use.x), got.get(use.y)
     if x_all is None or y_all is None or np.asarray(y_all).size == 0:  # the node's If branch did not run
-        return [], []
+        return ([], [], []) if sensitivity else ([], [])
     xs = _stacked(x_all, 3)
     ys = _stacked(y_all, 4)
     h0s = _stacked(got[use.h0], 3) if use.h0 else [None] * len(xs)
     lens_all = _stacked(got[use.lens], 1) if use.lens else [None] * len(xs)
     w_rows, r_rows = [[] for _ in range(use.dirs)], [[] for _ in range(use.dirs)]
-    for x, y, h0, lens in zip(xs, ys, h0s, lens_all):
+    s_rows = [[] for _ in range(use.dirs)]
+    if sensitivity:
+        gw, gr, gb = (np.asarray(got[v], np.float64) for v in use.gates[:3])
+        c0s = _stacked(got[use.gates[3]], 3) if use.gates[3] else [None] * len(xs)
+    for k, (x, y, h0, lens) in enumerate(zip(xs, ys, h0s, lens_all)):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         if use.layout == 1:  # batch first: X [batch, seq, in], Y [batch, seq, dirs, hidden], h0 [batch, dirs, hidden]
             x, y = x.transpose(1, 0, 2), y.transpose(1, 2, 0, 3)
@@ -307,7 +349,16 @@ def rows(use: Use, got: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
             else:
                 prev = np.concatenate([h0[d][None], y[:-1, d]], axis=0)
             r_rows[d].append(prev[live])
-    return ([np.concatenate(r) for r in w_rows], [np.concatenate(r) for r in r_rows])
+            if sensitivity:
+                c0 = c0s[k]
+                c0 = np.zeros((batch, hidden)) if c0 is None else np.asarray(c0, np.float64)
+                if use.layout == 1 and c0.ndim == 3:
+                    c0 = c0.transpose(1, 0, 2)
+                c0 = c0[d] if c0.ndim == 3 else c0
+                s2 = lstm_sensitivity(x, prev, c0, gw[d], gr[d], gb[d], d == 1 or use.reverse)
+                s_rows[d].append(s2[live])
+    out = ([np.concatenate(r) for r in w_rows], [np.concatenate(r) for r in r_rows])
+    return out + ([np.concatenate(r) for r in s_rows],) if sensitivity else out
 
 
 def layers(model, weights: dict, names) -> tuple[dict, dict]:
@@ -378,20 +429,74 @@ def collect(model, weights: dict, calib: dict, decl, found: dict, uses: dict, se
     wanted = sorted({n for u in every for n in u.names.values()} - fed)
     runner = Runner(copy, weights, extra_outputs=wanted)
     rng = np.random.default_rng(seed)
+    weighted = {r: None for r in found if SENSITIVITY and all(u.gates and not u.lens for u in uses[r])
+                and weights[r][..., 0].size * weights[r].shape[-1] ** 2 * 8 <= PER_ROW_BYTES}
+    maps: dict[tuple, list | None] = {}  # (record, use) -> per direction, the record's flat row of each op row
     for i in range(inp.num_samples(calib, decl)):
         feeds = inp.sample_feeds(calib, decl, i)
         outs = dict(zip(wanted, runner.session.run(wanted, feeds)))
         outs.update({k: v for k, v in feeds.items() if k in fed})
         for r, lay in found.items():
-            for u in uses[r]:
-                w_rows, r_rows = rows(u, {v: outs[n] for v, n in u.names.items()})
-                if not w_rows:
+            for j, u in enumerate(uses[r]):
+                got = {v: outs[n] for v, n in u.names.items()}
+                sens = r in weighted
+                res = rows(u, got, sensitivity=sens)
+                if not res[0]:
                     continue
-                parts = w_rows if u.kind == "W" else r_rows
-                if lay.group == 1:
-                    parts = parts[:1]
-                add_rows(lay, parts, rng, max_rows)
+                parts = res[0] if u.kind == "W" else res[1]
+                add_rows(lay, parts[:1] if lay.group == 1 else parts, rng, max_rows)
+                if not sens:
+                    continue
+                if (r, j) not in maps:
+                    maps[r, j] = row_map(weights[r], np.asarray(got[u.gates[0 if u.kind == "W" else 1]]), u)
+                if maps[r, j] is None:  # the op's rows cannot be told apart in the record: plain H
+                    weighted.pop(r, None)
+                    continue
+                if weighted[r] is None:
+                    weighted[r] = np.zeros((weights[r][..., 0].size,) + (parts[0].shape[1],) * 2)
+                for d, (p, s2) in enumerate(zip(parts, res[2])):
+                    weighted[r][maps[r, j][d]] += np.einsum("nr,ni,nj->rij", s2, p, p)
+    for r, hs in weighted.items():
+        if hs is not None and found[r].h:
+            _per_row(found[r], hs)
     return found
+
+
+SENSITIVITY = True  # LSTM rows get an H weighted by their gates' sensitivities (lstm_sensitivity)
+PER_ROW_BYTES = 256 << 20  # one H per row only while they fit in this (else one per direction)
+SENSITIVITY_FLOOR = 0.01  # of a row's share of the plain H kept: rows saturated on the calibration set still count
+
+
+def row_map(record: np.ndarray, op: np.ndarray, use: Use) -> list | None:
+    """Per direction, the flat row of ``record`` behind each row of the op's W or R ``op`` [dirs, rows,
+    features], or None where rows are repeated or missing (an ambiguous or partial reordering)."""
+    rows_n = op.shape[1]
+    if use.direct:
+        return [d * rows_n + np.arange(rows_n) for d in range(op.shape[0])]
+    if op.shape[0] != 1:
+        return None
+    flat = np.ascontiguousarray(record.reshape(-1, record.shape[-1]))
+    where = {row.tobytes(): k for k, row in enumerate(flat)}
+    if len(where) != flat.shape[0] or flat.shape[0] != rows_n:
+        return None
+    opr = np.ascontiguousarray(op[0].astype(record.dtype))
+    got = [where.get(row.tobytes()) for row in opr]
+    if any(g is None for g in got) or len(set(got)) != rows_n:
+        return None
+    return [np.asarray(got)]
+
+
+def _per_row(layer, hs: np.ndarray) -> None:
+    """Turn ``layer`` (one H per direction) into one H per row: the sensitivity-weighted ``hs`` plus
+    SENSITIVITY_FLOOR of the row's share of its direction's plain H."""
+    per_dir = hs.shape[0] // len(layer.h)
+    plain = np.repeat(np.stack(layer.h), per_dir, axis=0)
+    tw = np.einsum("rii->", hs) / hs.shape[0]
+    tp = np.einsum("rii->", plain) / plain.shape[0]
+    if not tw > 0 or not tp > 0:
+        return
+    layer.h = list(hs + SENSITIVITY_FLOOR * (tw / tp) * plain)
+    layer.group = hs.shape[0]
 
 
 __all__ = ["Use", "find", "expose", "rows", "layers", "collect", "add_rows", "OPS"]

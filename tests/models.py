@@ -108,9 +108,9 @@ def lstm_model(w: np.ndarray, r: np.ndarray, b: np.ndarray, direction: str = "fo
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def lstm_reference(x, w, r, b, h0, c0, reverse: bool = False):
+def lstm_reference(x, w, r, b, h0, c0, reverse: bool = False, with_c: bool = False):
     """numpy LSTM (ONNX gate order i, o, f, c; default activations), one direction; x [seq, batch, in],
-    w [4h, in], r [4h, h], b [8h], h0/c0 [batch, h]. Returns Y [seq, batch, h]."""
+    w [4h, in], r [4h, h], b [8h], h0/c0 [batch, h]. Returns Y [seq, batch, h] (``with_c``: and the last c)."""
     hidden = r.shape[-1]
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     h, c = h0.astype(np.float64), c0.astype(np.float64)
@@ -122,4 +122,4 @@ def lstm_reference(x, w, r, b, h0, c0, reverse: bool = False):
         c = sig(f) * c + sig(i) * np.tanh(cc)
         h = sig(o) * np.tanh(c)
         ys[t] = h
-    return np.stack(ys)
+    return (np.stack(ys), c) if with_c else np.stack(ys)

@@ -32,6 +32,12 @@ def _calib(rng, n, dirs=1, hidden=HID, size=IN, seq=SEQ, cond=None):
     return c
 
 
+@pytest.fixture
+def plain_h(monkeypatch):
+    """One H per direction (the second moments themselves), not the sensitivity-weighted H per row."""
+    monkeypatch.setattr(recurrent, "SENSITIVITY", False)
+
+
 def _captured(model, calib):
     graph, arrays = strip_weights(model)
     found, uses = recurrent.layers(graph, arrays, list(arrays))
@@ -40,7 +46,7 @@ def _captured(model, calib):
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
-def test_h_of_r_is_the_second_moment_of_the_hidden_states_one_step_back(direction):
+def test_h_of_r_is_the_second_moment_of_the_hidden_states_one_step_back(direction, plain_h):
     """H_W = sum of x x^T over every step; H_R = sum of h_{t-1} h_{t-1}^T with h_{-1} = initial_h (a
     reverse direction steps back from the end), per direction: against a numpy LSTM."""
     rng = np.random.default_rng(0)
@@ -63,7 +69,7 @@ def test_h_of_r_is_the_second_moment_of_the_hidden_states_one_step_back(directio
     assert found["R"].rows_seen == 3 * SEQ
 
 
-def test_capture_inside_an_if_branch_through_gate_reordering():
+def test_capture_inside_an_if_branch_through_gate_reordering(plain_h):
     """silero-vad's layout: 2-D weights in PyTorch's gate order, sliced and concatenated into ONNX's
     inside an If branch (the other branch uses them too): the rows are the 2-D tensor's axis 0 and
     H comes from the branch that ran."""
@@ -88,7 +94,7 @@ def test_capture_inside_an_if_branch_through_gate_reordering():
     assert (roles["W2"], axes["W2"], roles["R2"], axes["R2"]) == ("fc", 0, "fc", 0)
 
 
-def test_zero_hidden_states_give_r_no_h_and_a_transposed_weight_none_at_all():
+def test_zero_hidden_states_give_r_no_h_and_a_transposed_weight_none_at_all(plain_h):
     """A calibration set whose states are zero and sequences one step long says nothing about R (no
     rows: no usable H); a weight the graph transposes before the LSTM is not followed."""
     rng = np.random.default_rng(2)
@@ -165,7 +171,52 @@ def test_compensated_rnn_sharing_beats_plain_rounding_on_the_layer_output():
     comp = reconstruct(w, 0.0, 4, layer=lay)
     plain = reconstruct(w, 0.0, 4)
     assert local_error(w, comp, lay) < 0.8 * local_error(w, plain, lay)
-    assert hessian.to_rows(w, lay)[0].shape == w.shape  # 2-D: one group, rows = gate units
+    assert lay.group == w.shape[0] and hessian.to_rows(w, lay)[0].shape == (1, w.shape[1])  # one H per gate row
+
+
+def test_gate_sensitivities_are_the_cell_outputs_derivatives():
+    """lstm_sensitivity's squared sensitivity of (h, c) to each gate's pre-activation equals the
+    finite-difference derivative of a numpy LSTM step with respect to that gate's bias."""
+    rng = np.random.default_rng(5)
+    w, r, b = _weights(rng, scale=1.0)
+    x = rng.standard_normal((1, 1, IN))
+    h0, c0 = rng.standard_normal((1, HID)), rng.standard_normal((1, HID))
+    s2 = recurrent.lstm_sensitivity(x, h0[None], c0, w[0].astype(np.float64), r[0].astype(np.float64),
+                                    b[0].astype(np.float64), False)[0, 0]
+    eps = 1e-6
+    for row in range(4 * HID):
+        bp, bm = b[0].astype(np.float64).copy(), b[0].astype(np.float64).copy()
+        bp[row] += eps
+        bm[row] -= eps
+        (hp, cp), (hm, cm) = (lstm_reference(x, w[0], r[0], bb, h0, c0, with_c=True) for bb in (bp, bm))
+        unit = row % HID
+        dh, dc = (hp[0, 0, unit] - hm[0, 0, unit]) / (2 * eps), (cp[0, unit] - cm[0, unit]) / (2 * eps)
+        assert s2[row] == pytest.approx(dh * dh + dc * dc, rel=1e-5, abs=1e-12), row
+
+
+def test_per_row_h_follows_the_graph_reordering():
+    """With the weights reordered in the graph (PyTorch's gate order in the record), each record row's
+    H is its op row's: the sensitivity-weighted second moment of X, plus the floor."""
+    rng = np.random.default_rng(6)
+    w, r, b = _weights(rng)
+    calib = _calib(rng, 3, cond=True)
+    found = _captured(lstm_model(w, r, b, in_if=True, pieces=True), calib)
+    lay = found["W2"]
+    assert lay.group == 4 * HID
+    hs = np.zeros((4 * HID, IN, IN))
+    plain = np.zeros((IN, IN))
+    for k in range(3):
+        x, h0, c0 = (calib[v][k].astype(np.float64) for v in ("x", "h0", "c0"))
+        y = lstm_reference(x, w[0], r[0], b[0], h0[0], c0[0])
+        prev = np.concatenate([h0, y[:-1]])
+        s2 = recurrent.lstm_sensitivity(x, prev, c0[0], w[0].astype(np.float64), r[0].astype(np.float64),
+                                        b[0].astype(np.float64), False)
+        hs += np.einsum("tbr,tbi,tbj->rij", s2, x, x)
+        plain += np.einsum("tbi,tbj->ij", x, x)
+    hs += recurrent.SENSITIVITY_FLOOR * (np.einsum("rii->", hs) / hs.shape[0]) / np.trace(plain) * plain
+    perm = np.concatenate([np.arange(k * HID, (k + 1) * HID) for k in (0, 2, 3, 1)])  # record row -> op row
+    for row in range(4 * HID):
+        np.testing.assert_allclose(lay.h[row], hs[perm[row]], rtol=1e-4, atol=1e-8)
 
 
 def _lstm_files_mem(rng, n=24, hidden=16, size=16, seq=8):
