@@ -453,13 +453,31 @@ def collect(model, weights: dict, calib: dict, decl, found: dict, uses: dict, se
                     weighted.pop(r, None)
                     continue
                 if weighted[r] is None:
-                    weighted[r] = np.zeros((weights[r][..., 0].size,) + (parts[0].shape[1],) * 2)
+                    weighted[r] = []
                 for d, (p, s2) in enumerate(zip(parts, res[2])):
-                    weighted[r][maps[r, j][d]] += np.einsum("nr,ni,nj->rij", s2, p, p)
-    for r, hs in weighted.items():
-        if hs is not None and found[r].h:
-            _per_row(found[r], hs)
+                    weighted[r].append((maps[r, j][d], p, s2))  # rows kept: summed once at the end
+    for r, pieces in weighted.items():
+        if pieces and found[r].h:
+            _per_row(found[r], _weighted_h(pieces, weights[r][..., 0].size, rng, max_rows))
     return found
+
+
+def _weighted_h(pieces: list, rows_n: int, rng, max_rows: int, block: int = 32) -> np.ndarray:
+    """sum over calibration rows n of s2[n, r] x_n x_n^T for every record row r (``pieces``: (record rows
+    of the op rows, X rows, s2 rows)), at most ``max_rows`` rows per record row block, by matrix products."""
+    hs = None
+    for rmap in {id(m): m for m, _, _ in pieces}.values():
+        xs = np.concatenate([p for m, p, _ in pieces if m is rmap])
+        ss = np.concatenate([s2 for m, _, s2 in pieces if m is rmap])
+        if xs.shape[0] > max_rows:
+            take = np.sort(rng.choice(xs.shape[0], max_rows, replace=False))
+            xs, ss = xs[take], ss[take] * (xs.shape[0] / max_rows)
+        if hs is None:
+            hs = np.zeros((rows_n, xs.shape[1], xs.shape[1]))
+        for b0 in range(0, ss.shape[1], block):
+            sw = np.sqrt(ss[:, b0:b0 + block]).T[:, :, None] * xs[None]  # block x n x features
+            hs[rmap[b0:b0 + block]] += np.matmul(sw.transpose(0, 2, 1), sw)
+    return hs
 
 
 SENSITIVITY = True  # LSTM rows get an H weighted by their gates' sensitivities (lstm_sensitivity)
