@@ -33,6 +33,12 @@ def _calib(rng, n, dirs=1, hidden=HID, size=IN, seq=SEQ, cond=None):
 
 
 @pytest.fixture
+def weighted_h(monkeypatch):
+    """One sensitivity-weighted H per LSTM row (recurrent.SENSITIVITY, off by default)."""
+    monkeypatch.setattr(recurrent, "SENSITIVITY", True)
+
+
+@pytest.fixture
 def plain_h(monkeypatch):
     """One H per direction (the second moments themselves), not the sensitivity-weighted H per row."""
     monkeypatch.setattr(recurrent, "SENSITIVITY", False)
@@ -157,12 +163,14 @@ def test_lstm_weights_are_shared_within_the_budget_and_compensated(tmp_path):
     assert np.sqrt(num / den) <= budget
 
 
-def test_compensated_rnn_sharing_beats_plain_rounding_on_the_layer_output():
+@pytest.mark.parametrize("per_row", [False, True])
+def test_compensated_rnn_sharing_beats_plain_rounding_on_the_layer_output(per_row, monkeypatch):
     """For an LSTM's W, whose inputs have a few strong directions, the activation-aware, compensated
     sharing (H from the captured X) has a lower layer output error ||X (W - Q)^T|| than nearest
     rounding to a plain k-means codebook at 4 bits."""
     from converters.budget import local_error, reconstruct
 
+    monkeypatch.setattr(recurrent, "SENSITIVITY", per_row)
     rng = np.random.default_rng(4)
     model, calib = _lstm_files_mem(rng)
     found = _captured(model, calib)
@@ -171,7 +179,8 @@ def test_compensated_rnn_sharing_beats_plain_rounding_on_the_layer_output():
     comp = reconstruct(w, 0.0, 4, layer=lay)
     plain = reconstruct(w, 0.0, 4)
     assert local_error(w, comp, lay) < 0.8 * local_error(w, plain, lay)
-    assert lay.group == w.shape[0] and hessian.to_rows(w, lay)[0].shape == (1, w.shape[1])  # one H per gate row
+    rows = 1 if per_row else w.shape[0]  # one H per gate row, or one for the direction
+    assert lay.group == w.shape[0] // rows and hessian.to_rows(w, lay)[0].shape == (rows, w.shape[1])
 
 
 def test_gate_sensitivities_are_the_cell_outputs_derivatives():
@@ -194,7 +203,7 @@ def test_gate_sensitivities_are_the_cell_outputs_derivatives():
         assert s2[row] == pytest.approx(dh * dh + dc * dc, rel=1e-5, abs=1e-12), row
 
 
-def test_per_row_h_follows_the_graph_reordering():
+def test_per_row_h_follows_the_graph_reordering(weighted_h):
     """With the weights reordered in the graph (PyTorch's gate order in the record), each record row's
     H is its op row's: the sensitivity-weighted second moment of X, plus the floor."""
     rng = np.random.default_rng(6)
