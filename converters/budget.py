@@ -676,8 +676,8 @@ def channel_axis(w: np.ndarray, layer, axis: int) -> int | None:
     (converters.roles: a Conv's filters, MatMul's columns, an embedding table's rows)."""
     from .perchannel import layer_axis
 
-    if w.ndim < 2:
-        return None
+    if w.ndim < 2 or (layer is not None and layer.op == "RNN" and w.ndim == 3 and w.shape[0] > 1):
+        return None  # a bidirectional recurrent weight: its channels are (direction, row) pairs, not one axis
     ax = layer_axis(layer, w.ndim) if layer is not None else axis % w.ndim
     if w.shape[ax] < 2 or w.size // w.shape[ax] < MIN_CHANNEL_SIZE:
         return None

@@ -40,6 +40,8 @@ class Layer:
     rows_seen: int = 0
 
     def cols(self, shape) -> int:
+        if self.op == "RNN":  # converters.recurrent: W or R of an LSTM / GRU / RNN, rows x features (per direction)
+            return int(shape[-1])
         if self.op == "Conv":
             return int(np.prod(shape[1:]))
         return int(shape[1] if self.trans_b else shape[0])
@@ -89,6 +91,9 @@ def layers(graph, weight_names) -> dict[str, Layer]:
 def to_rows(w: np.ndarray, layer: Layer) -> list[np.ndarray]:
     """The weight as one ``rows x cols`` float64 matrix per group."""
     w = np.asarray(w, np.float64)
+    if layer.op == "RNN":  # [rows, features] or [directions, rows, features], rows in order split into
+        # ``group`` equal blocks with an H each: one per direction, or one per row (converters.recurrent)
+        return np.split(w.reshape(-1, w.shape[-1]), layer.group, axis=0)
     if layer.op == "Conv":
         m = w.reshape(w.shape[0], -1)
         return np.split(m, layer.group, axis=0)
@@ -99,6 +104,8 @@ def to_rows(w: np.ndarray, layer: Layer) -> list[np.ndarray]:
 
 def from_rows(parts: list[np.ndarray], like: np.ndarray, layer: Layer) -> np.ndarray:
     """Inverse of :func:`to_rows`, in ``like``'s shape."""
+    if layer.op == "RNN":
+        return np.concatenate(parts, axis=0).reshape(like.shape)
     if layer.op == "Conv":
         return np.concatenate(parts, axis=0).reshape(like.shape)
     if layer.op == "Gemm" and layer.trans_b:
@@ -183,6 +190,9 @@ def importance(layer: Layer, w_shape: tuple[int, ...]) -> np.ndarray:
     """Per weight element, the diagonal of H of its input feature (E[x^2] up to a constant), in
     the weight's own shape: activation-aware k-means weights each weight's error by it."""
     diag = [np.diag(h) for h in layer.h]
+    if layer.op == "RNN":
+        rows = int(np.prod(w_shape[:-1])) // layer.group
+        return np.concatenate([np.broadcast_to(d[None, :], (rows, d.size)) for d in diag]).reshape(w_shape)
     if layer.op == "Conv":
         out_per_group = w_shape[0] // layer.group
         rows = [np.broadcast_to(d, (out_per_group, d.size)) for d in diag]
@@ -234,6 +244,10 @@ def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: in
     names = [n for n, w in weights.items() if roles.get(n) in COMPRESSIBLE and w is not None and w.size >= max(min_size, 1)
              and w.dtype.kind == "f" and w.dtype.name in ("float32", "float64", "float16") and np.isfinite(w).all()]
     found = layers(graph, names)
+    from . import recurrent  # LSTM / GRU / RNN weights, in subgraphs too: their own capture
+
+    rnn, rnn_uses = recurrent.layers(graph, weights, [n for n in names if n not in found])
+    found.update(rnn)
     chosen, total = {}, 0
     for name, lay in sorted(found.items(), key=lambda kv: (kv[1].cols(weights[kv[0]].shape), kv[0])):
         shape = weights[name].shape
@@ -243,7 +257,9 @@ def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: in
             continue
         chosen[name] = lay
         total += cost
-    collect(graph, weights, calib, decl, chosen, seed)
+    collect(graph, weights, calib, decl, {n: lay for n, lay in chosen.items() if lay.op != "RNN"}, seed)
+    recurrent.collect(graph, weights, calib, decl, {n: lay for n, lay in chosen.items() if lay.op == "RNN"}, rnn_uses,
+                      seed)
     # an H from fewer rows than MIN_ROWS_PER_FEATURE per input feature is mostly noise: compensating
     # against it fits the calibration set and does worse on other inputs than plain rounding
     usable = {n: lay for n, lay in chosen.items() if lay.rows_seen >= MIN_ROWS_PER_FEATURE * lay.h[0].shape[0]}

@@ -115,6 +115,8 @@ def share(w: np.ndarray, axis: int, sparsity: float, bits: int, *, layer=None, m
 
 def layer_axis(layer, ndim: int) -> int:
     """The weight axis that a Layer's rows (converters.hessian.to_rows) are: its output channels."""
+    if layer.op == "RNN":  # [rows, features] or [directions, rows, features]
+        return max(ndim - 2, 0)
     if layer.op == "Conv" or (layer.op == "Gemm" and layer.trans_b):
         return 0
     return 1 if ndim >= 2 else 0

@@ -73,8 +73,9 @@ def _use(node, k: int, flipped: bool) -> tuple[str, int] | None:
     if op == "MatMul":
         axis = 1 if k == 1 else 0  # x @ W: W's columns are the outputs; W @ x: its rows
         return "fc", (1 - axis if flipped else axis)
-    if op in RECURRENT:
-        return ("fc", 1) if k in (1, 2) else ("bias", 1) if k == 3 else ("other", 0)
+    if op in RECURRENT:  # W / R: [directions, gates x hidden, features]; rows reached through Slice/Concat/
+        # Unsqueeze (exporters reorder the gates) stay the second-to-last axis of the record (converters.recurrent)
+        return ("fc", -2) if k in (1, 2) else ("bias", -1) if k == 3 else ("other", 0)
     if op == "Gather":
         axis = _attr(node, "axis")
         return ("embedding", axis.i if axis is not None else 0) if k == 0 else ("other", 0)
@@ -96,6 +97,7 @@ def graph_roles(model, weights: dict | None = None) -> tuple[dict[str, str], dic
     from dcformat.graph import reference
 
     votes: dict[str, list[tuple[str, int]]] = {}
+    ranks: dict[str, int] = {}  # record -> its number of axes (a negative output axis counts from the end)
 
     def walk(g, outer: dict):
         scope = dict(outer)  # value name -> [(record, flipped)] of the weights it carries
@@ -106,6 +108,7 @@ def graph_roles(model, weights: dict | None = None) -> tuple[dict[str, str], dic
             scope[t.name] = [(r, False)] if r else []
             if r:
                 votes.setdefault(r, [])
+                ranks[r] = len(t.dims)
         for node in g.node:
             if node.op_type == "Constant":
                 v = _attr(node, "value")
@@ -114,6 +117,7 @@ def graph_roles(model, weights: dict | None = None) -> tuple[dict[str, str], dic
                     scope[o] = [(r, False)] if r else []
                 if r:
                     votes.setdefault(r, [])
+                    ranks[r] = len(v.t.dims)
                 continue
             ins = [scope.get(i, []) if i else [] for i in node.input]
             carried = []
@@ -141,7 +145,7 @@ def graph_roles(model, weights: dict | None = None) -> tuple[dict[str, str], dic
             roles[r], axes[r] = "other", 0
             continue
         role, axis = min(vs, key=lambda v: PRIORITY[v[0]])
-        roles[r], axes[r] = role, axis
+        roles[r], axes[r] = role, (axis % ranks[r] if axis < 0 and ranks.get(r) else max(axis, 0))
     if weights is not None:
         mark_analytic(roles, weights)
     return roles, axes

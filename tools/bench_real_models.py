@@ -48,6 +48,7 @@ SITE = glob.glob(os.path.join(VENV, "lib", "python3*", "site-packages"))
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 REUSE = False
 REUSE_ONLY = False
+VAD_CHUNKS = 0
 WORDS = ("the quick brown fox jumps over lazy dog model file format compressed weights runtime pruning "
          "sharing huffman codebook layer tensor budget error signal text line invoice total amount date "
          "number 2026 12 345 67.89 ONNX PP-OCR Deep Compression").split()
@@ -189,10 +190,19 @@ VAD_CONTEXT = 64  # Silero v5 at 16 kHz takes each 512-sample chunk after the la
 # (silero_vad.utils_vad.OnnxWrapper); without them it hears no speech at all
 
 
-def vad_sets(n: int, seed: int) -> dict:
+def vad_sets(n: int, seed: int, model: str | None = None) -> dict:
+    """``n`` consecutive 32 ms chunks, each after the VAD_CONTEXT samples before it; with ``model``, each with
+    the state the fp32 model carries into it (as in streaming use: with zero states and one LSTM step per
+    chunk the recurrent weights see h = 0)."""
     a = np.concatenate([np.zeros(VAD_CONTEXT, np.float32), audio(n * 512 / 16000 + 1, seed)])
     chunks = np.stack([a[i * 512:(i + 1) * 512 + VAD_CONTEXT] for i in range(n)])
-    return {"input": chunks, "state": np.zeros((n, 2, 1, 128), np.float32), "sr": np.full(n, 16000, np.int64)}
+    states = np.zeros((n, 2, 1, 128), np.float32)
+    if model is not None:
+        sess, state = session(model), np.zeros((2, 1, 128), np.float32)
+        for i in range(n):
+            states[i] = state
+            _, state = sess.run(None, {"input": chunks[i:i + 1], "state": state, "sr": np.array(16000, np.int64)})
+    return {"input": chunks, "state": states, "sr": np.full(n, 16000, np.int64)}
 
 
 def magika_features(path: str) -> np.ndarray:
@@ -501,12 +511,15 @@ def main(argv=None):
     ap.add_argument("--budgets", default="", help="more dcconvert rows at these --max-error values, e.g. 0.02,0.05")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",
                     help="a dcconvert row with these flags, e.g. 'per-tensor=--channel-scales off'")
+    ap.add_argument("--vad-chunks", type=int, default=0, help="Silero: calibrate on this many consecutive chunks "
+                    "with the states the fp32 model carries (default: 16 chunks with zero states)")
     ap.add_argument("--no-ocr", action="store_true", help="skip the OCR pipeline task")
     ap.add_argument("--ocr-mix", action="append", default=[], metavar="NAME=det:VARIANT,rec:VARIANT,cls:VARIANT",
                     help="an OCR pipeline row mixing variants, e.g. 'det 0.05=det:max-error 0.05,rec:default,cls:default'")
     a = ap.parse_args(argv)
-    global REUSE, REUSE_ONLY
+    global REUSE, REUSE_ONLY, VAD_CHUNKS
     REUSE, REUSE_ONLY = a.reuse or a.reuse_only, a.reuse_only
+    VAD_CHUNKS = a.vad_chunks
     BUDGETS[:] = [float(x) for x in a.budgets.split(",") if x]
     EXTRA[:] = [(e.split("=", 1)[0], e.split("=", 1)[1].split()) for e in a.extra]
     os.makedirs(a.out, exist_ok=True)
@@ -519,7 +532,10 @@ def main(argv=None):
         if key in ("det", "rec", "cls"):
             calib, held = ocr_sets(key, CALIB_SAMPLES[key], 100), ocr_sets(key, HELD_SAMPLES[key], 500)
         elif key == "vad":
-            calib, held = vad_sets(CALIB_SAMPLES[key], 1), vad_sets(HELD_SAMPLES[key], 2)
+            if VAD_CHUNKS:  # --vad-chunks N: N chunks of streamed audio with their carried states
+                calib, held = vad_sets(VAD_CHUNKS, 1, src), vad_sets(HELD_SAMPLES[key], 2, src)
+            else:
+                calib, held = vad_sets(CALIB_SAMPLES[key], 1), vad_sets(HELD_SAMPLES[key], 2)
         else:
             calib, held = magika_sets(mcal), magika_sets(mheld)
         cpath = os.path.join(a.out, f"{key}.calib.npz")
