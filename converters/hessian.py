@@ -47,11 +47,12 @@ class Layer:
         return int(shape[1] if self.trans_b else shape[0])
 
 
-def layers(graph, weight_names) -> dict[str, Layer]:
-    """The main-graph layers that multiply an activation by one of ``weight_names`` (records)."""
+def records_of(graph) -> dict[str, str]:
+    """Main-graph value -> the record it refers to: initializers, and Constant nodes (Paddle2ONNX exports
+    hold weights so)."""
     from dcformat.graph import reference
 
-    record = {}  # graph value -> record: initializers, and Constant nodes (Paddle2ONNX exports hold weights so)
+    record = {}
     for t in graph.graph.initializer:
         r = reference(t)
         if r is not None:
@@ -61,6 +62,12 @@ def layers(graph, weight_names) -> dict[str, Layer]:
             for a in node.attribute:
                 if a.name == "value" and reference(a.t) is not None:
                     record[node.output[0]] = reference(a.t)
+    return record
+
+
+def layers(graph, weight_names) -> dict[str, Layer]:
+    """The main-graph layers that multiply an activation by one of ``weight_names`` (records)."""
+    record = records_of(graph)
     wanted = set(weight_names)
     found: dict[str, Layer] = {}
     uses: dict[str, int] = {}

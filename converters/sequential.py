@@ -38,18 +38,7 @@ CHUNK = 8  # calibration samples per run where the model takes batches
 def order(graph, names) -> list[str]:
     """``names`` (weights of converters.hessian layers) in the order of the nodes that use them
     (ONNX nodes are topologically sorted): a layer's inputs depend only on layers before it."""
-    from dcformat.graph import reference
-
-    record = {}
-    for t in graph.graph.initializer:
-        r = reference(t)
-        if r is not None:
-            record[t.name] = r
-    for node in graph.graph.node:
-        if node.op_type == "Constant" and node.output:
-            for a in node.attribute:
-                if a.name == "value" and reference(a.t) is not None:
-                    record[node.output[0]] = reference(a.t)
+    record = hessian.records_of(graph)
     wanted, pos = set(names), {}
     for k, node in enumerate(graph.graph.node):
         if len(node.input) > 1:
