@@ -511,8 +511,9 @@ def main(argv=None):
     ap.add_argument("--budgets", default="", help="more dcconvert rows at these --max-error values, e.g. 0.02,0.05")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",
                     help="a dcconvert row with these flags, e.g. 'per-tensor=--channel-scales off'")
-    ap.add_argument("--vad-chunks", type=int, default=0, help="Silero: calibrate on this many consecutive chunks "
-                    "with the states the fp32 model carries (default: 16 chunks with zero states)")
+    ap.add_argument("--vad-chunks", type=int, default=1024, help="Silero: calibrate on this many consecutive chunks "
+                    "with the states the fp32 model carries, as it runs when streaming (held out: 64 more); 0: "
+                    "CALIB_SAMPLES chunks with zero states (then its recurrent weights see h = 0)")
     ap.add_argument("--no-ocr", action="store_true", help="skip the OCR pipeline task")
     ap.add_argument("--ocr-mix", action="append", default=[], metavar="NAME=det:VARIANT,rec:VARIANT,cls:VARIANT",
                     help="an OCR pipeline row mixing variants, e.g. 'det 0.05=det:max-error 0.05,rec:default,cls:default'")
