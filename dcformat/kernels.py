@@ -206,81 +206,21 @@ def parse_plane_streams(section, coded, starts, sizes, n, lane_size, lane_offset
     ``section``; for stored planes the part's own). Returns 0, or 1 + the first bad plane: the caller
     then parses that plane with streams.parse_stream, which names the problem. One compiled call
     instead of ~0.15 ms of Python per stream, which dominated small tensors."""
-    nl = (n + lane_size - 1) // lane_size
-    prefix = 128 + 8 * nl
-    lengths = np.empty(256, np.int64)
-    count = np.zeros(16, np.int64)
-    nxt = np.zeros(16, np.int64)
     for k in range(coded.size):
-        s0 = starts[k]
-        size = sizes[k]
         if not coded[k]:
-            pstarts[k] = s0
-            psizes[k] = size
+            pstarts[k] = starts[k]
+            psizes[k] = sizes[k]
             continue
-        if size < prefix:
+        tb, ps, pz = _parse_stream(section, starts[k], sizes[k], n, 256, lane_size, lane_offsets[k], tables[k])
+        if tb < 0:
             return 1 + k
-        count[:] = 0
-        maxlen = 0
-        single = -1
-        kraft = 0
-        for i in range(128):
-            b = np.int64(section[s0 + i])
-            lengths[2 * i] = b >> 4
-            lengths[2 * i + 1] = b & 15
-        for sym in range(256):
-            ln = lengths[sym]
-            if ln > 0:
-                count[ln] += 1
-                single = sym
-                if ln > maxlen:
-                    maxlen = ln
-                kraft += 1 << (15 - ln)
-        used = count.sum()
-        if used == 0:
-            return 1 + k
-        payload = size - prefix
-        prev = np.int64(0)
-        for l in range(nl):
-            at = s0 + 128 + 8 * l
-            hi = np.int64(section[at + 7])
-            if hi >= 128:  # >= 2^63: past any payload
-                return 1 + k
-            o = hi
-            for j in range(6, -1, -1):
-                o = (o << 8) | np.int64(section[at + j])
-            if (l == 0 and o != 0) or o < prev or o > payload:
-                return 1 + k
-            lane_offsets[k, l] = o
-            prev = o
-        pstarts[k] = s0 + prefix
-        psizes[k] = payload
-        table = tables[k]
-        if used == 1:
-            if lengths[single] != 1:
-                return 1 + k
-            table[0] = single
-            pairs[k, 0] = single | (1 << 16)  # one symbol of 0 bits per (0-bit) window
-            tbits[k] = 0
-            continue
-        if kraft != 1 << 15:
-            return 1 + k
-        code = 0
-        for ln in range(1, 16):  # canonical codes (RFC 1951 3.2.2): by length, then symbol
-            code = (code + count[ln - 1]) << 1 if ln > 1 else 0
-            nxt[ln] = code
-        for sym in range(256):
-            ln = lengths[sym]
-            if ln > 0:
-                c = nxt[ln]
-                nxt[ln] += 1
-                span = 1 << (maxlen - ln)
-                e = (ln << 9) | sym
-                for t in range(c * span, (c + 1) * span):
-                    table[t] = e
-        tbits[k] = maxlen
-        if maxlen <= PAIR_MAX_BITS:
-            _pair_table(table, maxlen, pairs[k])
+        pstarts[k] = ps
+        psizes[k] = pz
+        tbits[k] = tb
+        if tb == 0:
+            pairs[k, 0] = tables[k, 0] | (1 << 16)  # one symbol of 0 bits per (0-bit) window
+        elif tb <= PAIR_MAX_BITS:
+            _pair_table(tables[k], tb, pairs[k])
     return 0
 
 
