@@ -124,21 +124,28 @@ def test_decode_many_either_way(sample, monkeypatch):
         assert _same(want, got), mode
 
 
-def test_damaged_tensors_fail_alike(sample, tmp_path, chunk):
-    """Random damage to tensor sections, checksums fixed: both decoders accept, or raise the same error."""
+def _damaged(sample, seed: str, trials: int):
+    """``trials`` copies of the file ``sample``, each with 1-3 tensor sections damaged in 1, 2 or 8 random
+    bytes, checksums fixed (make_attacks.Dcz.build), as bytes."""
     base = ma.Dcz.load(sample)
     tensors = [i for i, e in enumerate(base.entries) if e["kind"] == "tensor" and e["length"]]
-    rng = random.Random("npdecode-fuzz")
-    path = tmp_path / "fuzz.dcz"
-    outcomes = {"ok": 0, "rejected": 0}
-    for trial in range(150):
+    rng = random.Random(seed)
+    for _ in range(trials):
         d = base.copy()
         for i in rng.sample(tensors, rng.choice([1, 1, 2, 3])):
             p = bytearray(d.payloads[i])
             for _ in range(rng.choice([1, 2, 8])):
                 p[rng.randrange(len(p))] = rng.randrange(256)
             d.payloads[i] = bytes(p)
-        path.write_bytes(d.build())
+        yield d.build()
+
+
+def test_damaged_tensors_fail_alike(sample, tmp_path, chunk):
+    """Random damage to tensor sections, checksums fixed: both decoders accept, or raise the same error."""
+    path = tmp_path / "fuzz.dcz"
+    outcomes = {"ok": 0, "rejected": 0}
+    for trial, data in enumerate(_damaged(sample, "npdecode-fuzz", 150)):
+        path.write_bytes(data)
         a, b = _numba(path), _numpy(path)
         assert _same(a, b), f"trial {trial}: numba {a if isinstance(a, str) else 'ok'} / numpy {b if isinstance(b, str) else 'ok'}"
         outcomes["rejected" if isinstance(a, str) else "ok"] += 1
