@@ -6,7 +6,8 @@ Models: the ~25M-parameter CNN and the transformer encoder of BENCHMARKS.md (ran
 built as tools/bench.py builds them), and real pretrained ONNX models shipped inside PyPI
 wheels (PP-OCRv4 det/rec and the mobile cls of rapidocr-onnxruntime, Silero VAD fp32 and
 fp16), fetched with `pip download --no-deps` into --work (nothing is installed; the wheel is
-unzipped). ZipNN runs in its own virtual environment (--zipnn-python, default
+unzipped), or read where .venv-bench has those packages installed. --models picks models by words of
+their names (e.g. --models det,rec,cls,silero). ZipNN runs in its own virtual environment (--zipnn-python, default
 .venv-bench/bin/python when it exists: `python3 -m venv .venv-bench &&
 .venv-bench/bin/pip install zipnn torch==2.13.0`) on a copy of the ONNX file's bytes (its
 compress mutates its input), with the model's float dtype as bytearray_dtype, the bytes padded
@@ -34,6 +35,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -112,12 +114,27 @@ def _export_transformer(path: str, quick: bool) -> None:
                           dynamic_axes={"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}})
 
 
+def installed(files: list[str]) -> list[str] | None:
+    """The paths of ``files`` in the site-packages of .venv-bench (the bench venv, where the packages of
+    WHEELS are installed), or None unless it holds all of them."""
+    for sp in glob.glob(os.path.join(ROOT, ".venv-bench", "lib", "python*", "site-packages")):
+        paths = [os.path.join(sp, f) for f in files]
+        if all(os.path.exists(p) for p in paths):
+            return paths
+    return None
+
+
 def wheel_models(work: str) -> list[tuple[str, str]]:
-    """(label, path) of the ONNX files inside the wheels of WHEELS (downloaded once into work)."""
+    """(label, path) of the ONNX files inside the wheels of WHEELS (downloaded once into work; those of
+    the packages installed in .venv-bench when it holds them: the same files, no download)."""
     out = []
     wdir = os.path.join(work, "wheels")
     for spec, files in WHEELS.items():
         name = spec.split("==")[0].replace("-", "_")
+        have = installed(files)
+        if have:
+            out += [(f"{spec.split('==')[0]}: {os.path.basename(f)}", p) for f, p in zip(files, have)]
+            continue
         have = glob.glob(os.path.join(wdir, f"{name}-*.whl"))
         if not have:
             log(f"pip download {spec}")
@@ -388,6 +405,8 @@ def main(argv=None) -> int:
                     help="force dcformat's decoder (DCZ_DECODER); both: --decode-only measures each (numba, numba "
                          "with one decode_tensor per tensor as before decode_records, numpy) in this run; default: as dcformat picks it (the numpy decoder until about "
                          "NUMBA_START_S of numpy decoding, then numba)")
+    ap.add_argument("--models", help="only these models: comma-separated words of their labels or file names "
+                                     "(cnn, transformer, det, rec, cls, silero, half ...)")
     ap.add_argument("--build-transformer", nargs=2, metavar=("PATH", "QUICK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.decoder in ("numba", "numpy"):
@@ -402,10 +421,21 @@ def main(argv=None) -> int:
         return 0
     args.no_xz = args.no_xz or args.quick
     os.makedirs(args.work, exist_ok=True)
-    models = [("CNN " + ("(3.9M" if args.quick else "(25M") + ", random)", build_cnn(args.work, 0.125 if args.quick else 1.0)),
-              ("Transformer encoder (random)", build_transformer(args.work, args.quick))]
+    want = set(args.models.lower().split(",")) if args.models else None
+
+    def chosen(label: str, path: str = "") -> bool:
+        return want is None or bool(want & set(re.split(r"[^a-z0-9]+", f"{label} {os.path.basename(path)}".lower())))
+
+    models = []
+    cnn = "CNN " + ("(3.9M" if args.quick else "(25M") + ", random)"
+    if chosen(cnn):
+        models.append((cnn, build_cnn(args.work, 0.125 if args.quick else 1.0)))
+    if chosen("Transformer encoder (random)"):
+        models.append(("Transformer encoder (random)", build_transformer(args.work, args.quick)))
     if not args.no_wheels:
-        models += wheel_models(args.work)
+        models += [(label, path) for label, path in wheel_models(args.work) if chosen(label, path)]
+    if not models:
+        ap.error(f"--models {args.models}: no model matches")
     if args.decode_only:
         rows = [row for label, path in models for row in measure_decode(label, path, args.work, args)]
         print(decode_table(rows))
