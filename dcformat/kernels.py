@@ -80,12 +80,17 @@ def encode_lanes(symbols, codes, lengths, lane_size, lane_starts, out):
 
 @njit(inline="always")
 def _refill(payload, pos, buf, nbits, size):
-    """Top up a right-aligned bit buffer to more than 48 bits (zeros past the payload)."""
+    """Top up a right-aligned bit buffer to more than 48 bits (zeros past the payload). Away from the
+    payload's end, without a loop: the next 7 bytes are read (independent loads, no branch on the
+    bit count) and the whole bytes that fit under 56 bits are appended."""
     if pos + 8 <= size:
-        while nbits <= 48:
-            buf = ((buf << 8) & 0xFFFFFFFFFFFFFF) | np.int64(payload[pos])
-            pos += 1
-            nbits += 8
+        w = ((np.int64(payload[pos]) << 48) | (np.int64(payload[pos + 1]) << 40) | (np.int64(payload[pos + 2]) << 32)
+             | (np.int64(payload[pos + 3]) << 24) | (np.int64(payload[pos + 4]) << 16)
+             | (np.int64(payload[pos + 5]) << 8) | np.int64(payload[pos + 6]))
+        k = (56 - nbits) >> 3  # whole bytes that fit: 49..56 bits after
+        buf = ((buf << (8 * k)) & 0xFFFFFFFFFFFFFF) | (w >> (56 - 8 * k))
+        pos += k
+        nbits += 8 * k
     else:
         while nbits <= 48:
             b = np.int64(payload[pos]) if pos < size else np.int64(0)
@@ -249,6 +254,127 @@ def _pair_table(table, tb, pairs):
 PLANE_GROUP = 4  # lanes decoded together by one thread: four independent bit chains hide the table's latency
 
 
+@njit(inline="always")
+def _plane_lanes(payload, offs, table, pk, tb, nl, l0, l1, n, lane_size, s0, bk, status, k):
+    """Decode lanes l0 .. l1 - 1 of one coded plane (its payload, lane offsets ``offs``, decode table,
+    pair table ``pk``, ``tb`` bits) into ``bk`` (element s0 at bk[0]); a bad lane end sets status[l] to
+    STATUS_* + 16 * k unless an earlier plane already did. Every round refills each bit buffer once,
+    whatever it holds (a refill leaves > 48 bits: four pair-table windows of <= 12 bits, or three
+    windows of <= 15), so the loop has no branch on the bit counts."""
+    size = payload.size
+    mask = (1 << tb) - 1
+    s1 = min(n, l1 * lane_size)
+    if l1 - l0 == 4 and s1 - s0 == 4 * lane_size:  # four full lanes, interleaved
+        L = lane_size
+        p0 = offs[l0]
+        p1 = offs[l0 + 1]
+        p2 = offs[l0 + 2]
+        p3 = offs[l0 + 3]
+        b0 = b1 = b2 = b3 = np.int64(0)
+        n0 = n1 = n2 = n3 = 0
+        j0 = j1 = j2 = j3 = 0
+        if tb <= PAIR_MAX_BITS:
+            while j0 <= L - 8 and j1 <= L - 8 and j2 <= L - 8 and j3 <= L - 8:
+                b0, n0, p0 = _refill(payload, p0, b0, n0, size)
+                b1, n1, p1 = _refill(payload, p1, b1, n1, size)
+                b2, n2, p2 = _refill(payload, p2, b2, n2, size)
+                b3, n3, p3 = _refill(payload, p3, b3, n3, size)
+                for q in range(4):
+                    e = np.int64(pk[(b0 >> (n0 - tb)) & mask])
+                    n0 -= e >> 20
+                    bk[j0] = e & 255
+                    bk[j0 + 1] = (e >> 8) & 255
+                    j0 += (e >> 16) & 15
+                    e = np.int64(pk[(b1 >> (n1 - tb)) & mask])
+                    n1 -= e >> 20
+                    bk[L + j1] = e & 255
+                    bk[L + j1 + 1] = (e >> 8) & 255
+                    j1 += (e >> 16) & 15
+                    e = np.int64(pk[(b2 >> (n2 - tb)) & mask])
+                    n2 -= e >> 20
+                    bk[2 * L + j2] = e & 255
+                    bk[2 * L + j2 + 1] = (e >> 8) & 255
+                    j2 += (e >> 16) & 15
+                    e = np.int64(pk[(b3 >> (n3 - tb)) & mask])
+                    n3 -= e >> 20
+                    bk[3 * L + j3] = e & 255
+                    bk[3 * L + j3 + 1] = (e >> 8) & 255
+                    j3 += (e >> 16) & 15
+        else:  # codes of 13-15 bits: one code a window, three windows a refill
+            while j0 <= L - 3 and j1 <= L - 3 and j2 <= L - 3 and j3 <= L - 3:
+                b0, n0, p0 = _refill(payload, p0, b0, n0, size)
+                b1, n1, p1 = _refill(payload, p1, b1, n1, size)
+                b2, n2, p2 = _refill(payload, p2, b2, n2, size)
+                b3, n3, p3 = _refill(payload, p3, b3, n3, size)
+                for q in range(3):
+                    e = np.int64(table[(b0 >> (n0 - tb)) & mask])
+                    n0 -= e >> 9
+                    bk[j0] = e & 255
+                    j0 += 1
+                    e = np.int64(table[(b1 >> (n1 - tb)) & mask])
+                    n1 -= e >> 9
+                    bk[L + j1] = e & 255
+                    j1 += 1
+                    e = np.int64(table[(b2 >> (n2 - tb)) & mask])
+                    n2 -= e >> 9
+                    bk[2 * L + j2] = e & 255
+                    j2 += 1
+                    e = np.int64(table[(b3 >> (n3 - tb)) & mask])
+                    n3 -= e >> 9
+                    bk[3 * L + j3] = e & 255
+                    j3 += 1
+        for j in range(j0, L):
+            v, b0, n0, p0 = _plane_symbol(payload, size, table, tb, mask, b0, n0, p0)
+            bk[j] = v
+        for j in range(j1, L):
+            v, b1, n1, p1 = _plane_symbol(payload, size, table, tb, mask, b1, n1, p1)
+            bk[L + j] = v
+        for j in range(j2, L):
+            v, b2, n2, p2 = _plane_symbol(payload, size, table, tb, mask, b2, n2, p2)
+            bk[2 * L + j] = v
+        for j in range(j3, L):
+            v, b3, n3, p3 = _plane_symbol(payload, size, table, tb, mask, b3, n3, p3)
+            bk[3 * L + j] = v
+        bits_end = (p0 * 8 - n0, p1 * 8 - n1, p2 * 8 - n2, p3 * 8 - n3)
+        for q in range(4):
+            l = l0 + q
+            end = offs[l + 1] if l + 1 < nl else size
+            st = _lane_end_status(payload, bits_end[q], end)
+            if st != 0 and status[l] == 0:
+                status[l] = st + INDEX_STREAM * k
+        return
+    for l in range(l0, l1):
+        pos = offs[l]
+        end = offs[l + 1] if l + 1 < nl else size
+        b = np.int64(0)
+        nbits = 0
+        j = l * lane_size - s0
+        j1 = min(n, (l + 1) * lane_size) - s0
+        if tb <= PAIR_MAX_BITS:
+            while j + 8 <= j1:
+                b, nbits, pos = _refill(payload, pos, b, nbits, size)
+                for q in range(4):
+                    e = np.int64(pk[(b >> (nbits - tb)) & mask])
+                    nbits -= e >> 20
+                    bk[j] = e & 255
+                    bk[j + 1] = (e >> 8) & 255
+                    j += (e >> 16) & 15
+        for jj in range(j, j1):
+            v, b, nbits, pos = _plane_symbol(payload, size, table, tb, mask, b, nbits, pos)
+            bk[jj] = v
+        st = _lane_end_status(payload, pos * 8 - nbits, end)
+        if st != 0 and status[l] == 0:
+            status[l] = st + INDEX_STREAM * k
+
+
+@njit(inline="always")
+def _plane_bytes(section, starts, coded, slot, scratch, k, s0, s1):
+    """Plane k's bytes of elements s0 .. s1 - 1: the stored plane's own, or its decoded scratch row."""
+    if coded[k]:
+        return scratch[slot[k], : s1 - s0]
+    return section[starts[k] + s0 : starts[k] + s1]
+
+
 @njit(parallel=True, cache=True)
 def decode_planes(section, coded, starts, sizes, lane_offsets, tables, pairs, tbits, n, lane_size, width, out):
     """Assemble the n elements of a float-planes tensor in ``out`` (unsigned, ``width`` = 16, 32 or 64 bits).
@@ -256,14 +382,21 @@ def decode_planes(section, coded, starts, sizes, lane_offsets, tables, pairs, tb
     Plane k's bytes start at ``section[starts[k]]``: n stored bytes if not ``coded[k]``, else the
     payload (``sizes[k]`` bytes) of a Huffman stream whose lane l starts at ``lane_offsets[k, l]``,
     decoded with ``tables[k]`` (``tbits[k]`` bits; ``pairs[k]`` two codes at a time when they are
-    at most PAIR_MAX_BITS). Each thread takes PLANE_GROUP lanes at a time:
-    each plane's slice of them is decoded (four lanes interleaved) or copied into a scratch buffer,
-    then the elements are put together and rotated right by one bit (spec 7.4), one store each.
-    Returns one status per lane: 0, or STATUS_* + 16 * plane for the lane's first bad plane.
+    at most PAIR_MAX_BITS). Each thread takes PLANE_GROUP lanes at a time: each coded plane's slice
+    of them is decoded (four lanes interleaved) into a scratch row, then the elements are put together
+    from those rows and the stored planes' own bytes (not copied first) and rotated right by one bit
+    (spec 7.4), one store each. Returns one status per lane: 0, or STATUS_* + 16 * plane for the
+    lane's first bad plane.
     """
     nl = (n + lane_size - 1) // lane_size
     status = np.zeros(nl, dtype=np.int64)
     nplanes = coded.size
+    slot = np.zeros(nplanes, dtype=np.int64)  # plane k's row of the scratch buffer
+    ncoded = 0
+    for k in range(nplanes):
+        if coded[k]:
+            slot[k] = ncoded
+            ncoded += 1
     ngroups = (nl + PLANE_GROUP - 1) // PLANE_GROUP
     for g in prange(ngroups):
         l0 = g * PLANE_GROUP
@@ -271,119 +404,35 @@ def decode_planes(section, coded, starts, sizes, lane_offsets, tables, pairs, tb
         s0 = l0 * lane_size
         s1 = min(n, l1 * lane_size)
         m = s1 - s0
-        buf = np.empty((nplanes, m), dtype=np.uint8)
+        scratch = np.empty((max(ncoded, 1), m), dtype=np.uint8)
         for k in range(nplanes):
-            if not coded[k]:
-                buf[k, :] = section[starts[k] + s0 : starts[k] + s1]
-                continue
-            payload = section[starts[k] : starts[k] + sizes[k]]
-            size = payload.size
-            tb = tbits[k]
-            mask = (1 << tb) - 1
-            table = tables[k]
-            bk = buf[k]
-            if l1 - l0 == 4 and s1 - s0 == 4 * lane_size:  # four full lanes, interleaved
-                L = lane_size
-                p0 = lane_offsets[k, l0]
-                p1 = lane_offsets[k, l0 + 1]
-                p2 = lane_offsets[k, l0 + 2]
-                p3 = lane_offsets[k, l0 + 3]
-                b0 = b1 = b2 = b3 = np.int64(0)
-                n0 = n1 = n2 = n3 = 0
-                j0 = j1 = j2 = j3 = 0
-                if tb <= PAIR_MAX_BITS:  # a refill leaves > 48 bits: four windows of <= 12 bits, no checks
-                    pk = pairs[k]
-                    need = 4 * tb
-                    while j0 <= L - 8 and j1 <= L - 8 and j2 <= L - 8 and j3 <= L - 8:
-                        if n0 < need:
-                            b0, n0, p0 = _refill(payload, p0, b0, n0, size)
-                        if n1 < need:
-                            b1, n1, p1 = _refill(payload, p1, b1, n1, size)
-                        if n2 < need:
-                            b2, n2, p2 = _refill(payload, p2, b2, n2, size)
-                        if n3 < need:
-                            b3, n3, p3 = _refill(payload, p3, b3, n3, size)
-                        for q in range(4):
-                            e = np.int64(pk[(b0 >> (n0 - tb)) & mask])
-                            n0 -= e >> 20
-                            bk[j0] = e & 255
-                            bk[j0 + 1] = (e >> 8) & 255
-                            j0 += (e >> 16) & 15
-                            e = np.int64(pk[(b1 >> (n1 - tb)) & mask])
-                            n1 -= e >> 20
-                            bk[L + j1] = e & 255
-                            bk[L + j1 + 1] = (e >> 8) & 255
-                            j1 += (e >> 16) & 15
-                            e = np.int64(pk[(b2 >> (n2 - tb)) & mask])
-                            n2 -= e >> 20
-                            bk[2 * L + j2] = e & 255
-                            bk[2 * L + j2 + 1] = (e >> 8) & 255
-                            j2 += (e >> 16) & 15
-                            e = np.int64(pk[(b3 >> (n3 - tb)) & mask])
-                            n3 -= e >> 20
-                            bk[3 * L + j3] = e & 255
-                            bk[3 * L + j3 + 1] = (e >> 8) & 255
-                            j3 += (e >> 16) & 15
-                for j in range(j0, L):
-                    v, b0, n0, p0 = _plane_symbol(payload, size, table, tb, mask, b0, n0, p0)
-                    bk[j] = v
-                for j in range(j1, L):
-                    v, b1, n1, p1 = _plane_symbol(payload, size, table, tb, mask, b1, n1, p1)
-                    bk[L + j] = v
-                for j in range(j2, L):
-                    v, b2, n2, p2 = _plane_symbol(payload, size, table, tb, mask, b2, n2, p2)
-                    bk[2 * L + j] = v
-                for j in range(j3, L):
-                    v, b3, n3, p3 = _plane_symbol(payload, size, table, tb, mask, b3, n3, p3)
-                    bk[3 * L + j] = v
-                bits_end = (p0 * 8 - n0, p1 * 8 - n1, p2 * 8 - n2, p3 * 8 - n3)
-                for q in range(4):
-                    l = l0 + q
-                    end = lane_offsets[k, l + 1] if l + 1 < nl else size
-                    st = _lane_end_status(payload, bits_end[q], end)
-                    if st != 0 and status[l] == 0:
-                        status[l] = st + INDEX_STREAM * k
-            else:
-                for l in range(l0, l1):
-                    pos = lane_offsets[k, l]
-                    end = lane_offsets[k, l + 1] if l + 1 < nl else size
-                    b = np.int64(0)
-                    nbits = 0
-                    j = l * lane_size - s0
-                    j1 = min(n, (l + 1) * lane_size) - s0
-                    if tb <= PAIR_MAX_BITS:
-                        pk = pairs[k]
-                        need = 4 * tb
-                        while j + 8 <= j1:
-                            if nbits < need:
-                                b, nbits, pos = _refill(payload, pos, b, nbits, size)
-                            for q in range(4):
-                                e = np.int64(pk[(b >> (nbits - tb)) & mask])
-                                nbits -= e >> 20
-                                bk[j] = e & 255
-                                bk[j + 1] = (e >> 8) & 255
-                                j += (e >> 16) & 15
-                    for jj in range(j, j1):
-                        v, b, nbits, pos = _plane_symbol(payload, size, table, tb, mask, b, nbits, pos)
-                        bk[jj] = v
-                    st = _lane_end_status(payload, pos * 8 - nbits, end)
-                    if st != 0 and status[l] == 0:
-                        status[l] = st + INDEX_STREAM * k
+            if coded[k]:
+                _plane_lanes(section[starts[k] : starts[k] + sizes[k]], lane_offsets[k], tables[k], pairs[k], tbits[k],
+                             nl, l0, l1, n, lane_size, s0, scratch[slot[k]], status, k)
         if width == 16:
-            q0, q1 = buf[0], buf[1]
+            q0 = _plane_bytes(section, starts, coded, slot, scratch, 0, s0, s1)
+            q1 = _plane_bytes(section, starts, coded, slot, scratch, 1, s0, s1)
             for j in range(m):
                 t = np.uint32(q0[j]) | (np.uint32(q1[j]) << 8)
                 out[s0 + j] = (t >> 1) | ((t & 1) << 15)
         elif width == 32:
-            q0, q1, q2, q3 = buf[0], buf[1], buf[2], buf[3]
+            q0 = _plane_bytes(section, starts, coded, slot, scratch, 0, s0, s1)
+            q1 = _plane_bytes(section, starts, coded, slot, scratch, 1, s0, s1)
+            q2 = _plane_bytes(section, starts, coded, slot, scratch, 2, s0, s1)
+            q3 = _plane_bytes(section, starts, coded, slot, scratch, 3, s0, s1)
             for j in range(m):
                 t = np.uint32(q0[j]) | (np.uint32(q1[j]) << 8) | (np.uint32(q2[j]) << 16) | (np.uint32(q3[j]) << 24)
                 out[s0 + j] = (t >> 1) | ((t & 1) << 31)
         else:
             for j in range(m):
-                t = np.uint64(0)
-                for k in range(nplanes):
-                    t |= np.uint64(buf[k, j]) << np.uint64(8 * k)
+                out[s0 + j] = 0
+            for k in range(nplanes):
+                qk = _plane_bytes(section, starts, coded, slot, scratch, k, s0, s1)
+                sh = np.uint64(8 * k)
+                for j in range(m):
+                    out[s0 + j] |= np.uint64(qk[j]) << sh
+            for j in range(m):
+                t = np.uint64(out[s0 + j])
                 out[s0 + j] = (t >> np.uint64(1)) | ((t & np.uint64(1)) << np.uint64(63))
     return status
 
