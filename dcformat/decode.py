@@ -217,6 +217,7 @@ _MASK = {**{k: (1 << (8 * w)) - 1 for k, w in ITEMSIZE.items()}, "int64": -1, "u
          "float64": (1 << 63) - 1, "float32": (1 << 31) - 1, "float16": (1 << 15) - 1, "bfloat16": (1 << 15) - 1}
 _PAD = [(0,) * (8 - k) for k in range(9)]
 _WIDTH_OF = {2: 0, 4: 1, 8: 2}
+_CODED: dict = {}  # a float-planes record's planes -> the bit mask of its coded planes (kernels.REC_CODED)
 
 
 def decode_records(batch, span=None) -> dict[str, np.ndarray]:
@@ -259,7 +260,9 @@ def decode_records(batch, span=None) -> dict[str, np.ndarray]:
             if n * (len(lens) - info.planes.count(PLANE_STORED)) >= RECORDS_MAX_SYMBOLS:
                 todo.append((i, None))
                 continue
-            coded = sum(1 << k for k, m in enumerate(info.planes) if m == PLANE_HUFFMAN)
+            coded = _CODED.get(info.planes)
+            if coded is None:
+                coded = _CODED[info.planes] = sum(1 << k for k, m in enumerate(info.planes) if m == PLANE_HUFFMAN)
             coded_width[_WIDTH_OF[len(lens)]] = True
             row = (3, starts[i], section.size, n, len(lens), masks[dt], info.lane_size, 0, 0, 0, info.nonzeros,
                    out_bytes, coded, 0, 0, 0, len(lens), *lens, *pad[len(lens)])
@@ -307,6 +310,7 @@ def decode_records(batch, span=None) -> dict[str, np.ndarray]:
                 kernels.decode_records(*args)
         status = status.tolist()
     dtypes = {}
+    ndarray = np.ndarray
     for i, r in todo:
         info, section = batch[i]
         if r is None or status[r]:
@@ -314,13 +318,14 @@ def decode_records(batch, span=None) -> dict[str, np.ndarray]:
             continue
         o = rows[r][11]
         dt = dtypes.get(info.dtype) or dtypes.setdefault(info.dtype, DTYPES[info.dtype])
+        if info.scale_axis is None:  # a view of out8 (one call, not a slice, a view and a reshape)
+            results[info.name] = ndarray(info.shape, dt, out8, o)
+            continue
         a = out8[o : o + info.decoded_nbytes].view(dt)
-        if info.scale_axis is not None:
-            where = f"tensor {info.name!r}"
-            parts = split_parts(info, section, where)
-            scales = read_scales(info, parts["scales"], where, info.offset + info.part_offsets()["scales"])
-            a = _checked(info, apply_scales(info, a, scales), where)
-        results[info.name] = a.reshape(info.shape)
+        where = f"tensor {info.name!r}"
+        parts = split_parts(info, section, where)
+        scales = read_scales(info, parts["scales"], where, info.offset + info.part_offsets()["scales"])
+        results[info.name] = _checked(info, apply_scales(info, a, scales), where).reshape(info.shape)
     return results
 
 

@@ -101,6 +101,16 @@ def _refill(payload, pos, buf, nbits, size):
 
 
 @njit(inline="always")
+def _refill_fast(payload, pos, buf, nbits):
+    """_refill where pos + 8 <= the payload's size (the caller checked): no branch at all."""
+    w = ((np.int64(payload[pos]) << 48) | (np.int64(payload[pos + 1]) << 40) | (np.int64(payload[pos + 2]) << 32)
+         | (np.int64(payload[pos + 3]) << 24) | (np.int64(payload[pos + 4]) << 16)
+         | (np.int64(payload[pos + 5]) << 8) | np.int64(payload[pos + 6]))
+    k = (56 - nbits) >> 3
+    return ((buf << (8 * k)) & 0xFFFFFFFFFFFFFF) | (w >> (56 - 8 * k)), nbits + 8 * k, pos + k
+
+
+@njit(inline="always")
 def _lane_end_status(payload, bit, end):
     """Check a lane consumed exactly its bytes and left only zero padding bits."""
     endbit = end * 8
@@ -222,32 +232,36 @@ def parse_plane_streams(section, coded, starts, sizes, n, lane_size, lane_offset
         pstarts[k] = ps
         psizes[k] = pz
         tbits[k] = tb
-        if tb == 0:
-            pairs[k, 0] = tables[k, 0] | (1 << 16)  # one symbol of 0 bits per (0-bit) window
+        if tb == 0:  # one symbol of 0 bits: three per (0-bit) window
+            pairs[k, 0] = tables[k, 0] | (np.uint32(tables[k, 0]) << 8) | (np.uint32(tables[k, 0]) << 16) | (3 << 24)
         elif tb <= PAIR_MAX_BITS:
             _pair_table(tables[k], tb, pairs[k])
     return 0
 
 
-PAIR_MAX_BITS = 12  # codes this long or shorter are decoded from the pair table, four lookups per refill
+PAIR_MAX_BITS = 12  # codes this long or shorter are decoded from the pair table (up to 3 a lookup), four lookups a refill
 
 
 @njit(inline="always")
 def _pair_table(table, tb, pairs):
-    """For each tb-bit window: the one or two whole codes at its start. Entry = first symbol |
-    second symbol << 8 | count << 16 | bits of both << 20. The exponent plane's codes average ~3 bits,
-    so most windows hold two: about half the lookups of one code at a time."""
+    """For each tb-bit window: the one, two or three whole codes at its start. Entry = first symbol |
+    second << 8 | third << 16 | count << 24 | bits of them all << 26. The exponent plane's codes average
+    ~3 bits, so most 11-bit windows hold three: a third of the lookups of one code at a time."""
     mask = (1 << tb) - 1
     for i in range(1 << tb):
         e1 = np.int64(table[i])
         l1 = e1 >> 9
-        r = tb - l1
-        e = (e1 & 255) | (1 << 16) | (l1 << 20)
-        if r > 0:
+        e = (e1 & 255) | (1 << 24) | (l1 << 26)
+        if l1 < tb:
             e2 = np.int64(table[(i << l1) & mask])
             l2 = e2 >> 9
-            if l2 <= r:
-                e = (e1 & 255) | ((e2 & 255) << 8) | (2 << 16) | ((l1 + l2) << 20)
+            if l1 + l2 <= tb:
+                e = (e1 & 255) | ((e2 & 255) << 8) | (2 << 24) | ((l1 + l2) << 26)
+                if l1 + l2 < tb:
+                    e3 = np.int64(table[(i << (l1 + l2)) & mask])
+                    l3 = e3 >> 9
+                    if l1 + l2 + l3 <= tb:
+                        e = (e1 & 255) | ((e2 & 255) << 8) | ((e3 & 255) << 16) | (3 << 24) | ((l1 + l2 + l3) << 26)
         pairs[i] = e
 
 
@@ -260,7 +274,8 @@ def _plane_lanes(payload, offs, table, pk, tb, nl, l0, l1, n, lane_size, s0, bk,
     pair table ``pk``, ``tb`` bits) into ``bk`` (element s0 at bk[0]); a bad lane end sets status[l] to
     STATUS_* + 16 * k unless an earlier plane already did. Every round refills each bit buffer once,
     whatever it holds (a refill leaves > 48 bits: four pair-table windows of <= 12 bits, or three
-    windows of <= 15), so the loop has no branch on the bit counts."""
+    windows of <= 15), with no bounds check while every lane is 8 bytes or more from the payload's end
+    (the rest, and each lane's last few codes, one code at a time): no branch on the bit counts."""
     size = payload.size
     mask = (1 << tb) - 1
     s1 = min(n, l1 * lane_size)
@@ -274,38 +289,44 @@ def _plane_lanes(payload, offs, table, pk, tb, nl, l0, l1, n, lane_size, s0, bk,
         n0 = n1 = n2 = n3 = 0
         j0 = j1 = j2 = j3 = 0
         if tb <= PAIR_MAX_BITS:
-            while j0 <= L - 8 and j1 <= L - 8 and j2 <= L - 8 and j3 <= L - 8:
-                b0, n0, p0 = _refill(payload, p0, b0, n0, size)
-                b1, n1, p1 = _refill(payload, p1, b1, n1, size)
-                b2, n2, p2 = _refill(payload, p2, b2, n2, size)
-                b3, n3, p3 = _refill(payload, p3, b3, n3, size)
+            while (j0 <= L - 12 and j1 <= L - 12 and j2 <= L - 12 and j3 <= L - 12 and p0 + 8 <= size and p1 + 8 <= size
+                   and p2 + 8 <= size and p3 + 8 <= size):
+                b0, n0, p0 = _refill_fast(payload, p0, b0, n0)
+                b1, n1, p1 = _refill_fast(payload, p1, b1, n1)
+                b2, n2, p2 = _refill_fast(payload, p2, b2, n2)
+                b3, n3, p3 = _refill_fast(payload, p3, b3, n3)
                 for q in range(4):
                     e = np.int64(pk[(b0 >> (n0 - tb)) & mask])
-                    n0 -= e >> 20
+                    n0 -= e >> 26
                     bk[j0] = e & 255
                     bk[j0 + 1] = (e >> 8) & 255
-                    j0 += (e >> 16) & 15
+                    bk[j0 + 2] = (e >> 16) & 255
+                    j0 += (e >> 24) & 3
                     e = np.int64(pk[(b1 >> (n1 - tb)) & mask])
-                    n1 -= e >> 20
+                    n1 -= e >> 26
                     bk[L + j1] = e & 255
                     bk[L + j1 + 1] = (e >> 8) & 255
-                    j1 += (e >> 16) & 15
+                    bk[L + j1 + 2] = (e >> 16) & 255
+                    j1 += (e >> 24) & 3
                     e = np.int64(pk[(b2 >> (n2 - tb)) & mask])
-                    n2 -= e >> 20
+                    n2 -= e >> 26
                     bk[2 * L + j2] = e & 255
                     bk[2 * L + j2 + 1] = (e >> 8) & 255
-                    j2 += (e >> 16) & 15
+                    bk[2 * L + j2 + 2] = (e >> 16) & 255
+                    j2 += (e >> 24) & 3
                     e = np.int64(pk[(b3 >> (n3 - tb)) & mask])
-                    n3 -= e >> 20
+                    n3 -= e >> 26
                     bk[3 * L + j3] = e & 255
                     bk[3 * L + j3 + 1] = (e >> 8) & 255
-                    j3 += (e >> 16) & 15
+                    bk[3 * L + j3 + 2] = (e >> 16) & 255
+                    j3 += (e >> 24) & 3
         else:  # codes of 13-15 bits: one code a window, three windows a refill
-            while j0 <= L - 3 and j1 <= L - 3 and j2 <= L - 3 and j3 <= L - 3:
-                b0, n0, p0 = _refill(payload, p0, b0, n0, size)
-                b1, n1, p1 = _refill(payload, p1, b1, n1, size)
-                b2, n2, p2 = _refill(payload, p2, b2, n2, size)
-                b3, n3, p3 = _refill(payload, p3, b3, n3, size)
+            while (j0 <= L - 3 and j1 <= L - 3 and j2 <= L - 3 and j3 <= L - 3 and p0 + 8 <= size and p1 + 8 <= size
+                   and p2 + 8 <= size and p3 + 8 <= size):
+                b0, n0, p0 = _refill_fast(payload, p0, b0, n0)
+                b1, n1, p1 = _refill_fast(payload, p1, b1, n1)
+                b2, n2, p2 = _refill_fast(payload, p2, b2, n2)
+                b3, n3, p3 = _refill_fast(payload, p3, b3, n3)
                 for q in range(3):
                     e = np.int64(table[(b0 >> (n0 - tb)) & mask])
                     n0 -= e >> 9
@@ -351,14 +372,15 @@ def _plane_lanes(payload, offs, table, pk, tb, nl, l0, l1, n, lane_size, s0, bk,
         j = l * lane_size - s0
         j1 = min(n, (l + 1) * lane_size) - s0
         if tb <= PAIR_MAX_BITS:
-            while j + 8 <= j1:
-                b, nbits, pos = _refill(payload, pos, b, nbits, size)
+            while j + 12 <= j1 and pos + 8 <= size:
+                b, nbits, pos = _refill_fast(payload, pos, b, nbits)
                 for q in range(4):
                     e = np.int64(pk[(b >> (nbits - tb)) & mask])
-                    nbits -= e >> 20
+                    nbits -= e >> 26
                     bk[j] = e & 255
                     bk[j + 1] = (e >> 8) & 255
-                    j += (e >> 16) & 15
+                    bk[j + 2] = (e >> 16) & 255
+                    j += (e >> 24) & 3
         for jj in range(j, j1):
             v, b, nbits, pos = _plane_symbol(payload, size, table, tb, mask, b, nbits, pos)
             bk[jj] = v
@@ -381,7 +403,7 @@ def decode_planes(section, coded, starts, sizes, lane_offsets, tables, pairs, tb
 
     Plane k's bytes start at ``section[starts[k]]``: n stored bytes if not ``coded[k]``, else the
     payload (``sizes[k]`` bytes) of a Huffman stream whose lane l starts at ``lane_offsets[k, l]``,
-    decoded with ``tables[k]`` (``tbits[k]`` bits; ``pairs[k]`` two codes at a time when they are
+    decoded with ``tables[k]`` (``tbits[k]`` bits; ``pairs[k]`` up to three codes a lookup when they are
     at most PAIR_MAX_BITS). Each thread takes PLANE_GROUP lanes at a time: each coded plane's slice
     of them is decoded (four lanes interleaved) into a scratch row, then the elements are put together
     from those rows and the stored planes' own bytes (not copied first) and rotated right by one bit

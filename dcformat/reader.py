@@ -366,14 +366,22 @@ class DczReader(Mapping):
         SCRATCH_BYTES of the file instead of one per tensor (a model of many small tensors)."""
         from .decode import decode_batch
 
-        secs = sorted((self._tensor_sections[n].offset, n) for n in dict.fromkeys(names) if self._check_name(n))
+        tsec, tensors = self._tensor_sections, self.tensors
+        secs = []  # (offset, name, section), in file order
+        for n in dict.fromkeys(names):
+            sec = tsec.get(n)
+            if sec is None:
+                self._check_name(n)  # KeyError
+            secs.append((sec.offset, n, sec))
+        secs.sort()  # by offset, then name (empty sections may share an offset); names are unique
         out: dict[str, np.ndarray] = {}
+        crc32 = zlib.crc32
         i = 0
         while i < len(secs):
             start = secs[i][0]
             j, span = i, 0
             while j < len(secs):  # sections tile the file: a run of them is one span
-                sec = self._tensor_sections[secs[j][1]]
+                sec = secs[j][2]
                 if sec.offset + sec.length - start > SCRATCH_BYTES and j > i:
                     break
                 span = max(span, sec.offset + sec.length - start)  # an empty section may share an offset
@@ -384,14 +392,13 @@ class DczReader(Mapping):
                 continue
             buf = self._read_scratch(start, span)
             batch, starts = [], []
-            for _, name in secs[i:j]:
-                sec = self._tensor_sections[name]
-                at = sec.offset - start
+            for off, name, sec in secs[i:j]:
+                at = off - start
                 data = buf[at : at + sec.length]
-                if zlib.crc32(data) != sec.crc32:
+                if crc32(data) != sec.crc32:
                     raise ChecksumError(f"tensor {name!r}: checksum mismatch in section at bytes "
                                         f"{sec.offset}..{sec.offset + sec.length - 1}")
-                batch.append((self.tensors[name], data))
+                batch.append((tensors[name], data))
                 starts.append(at)
             # new arrays (or views of one new buffer): nothing refers to the scratch buffer afterwards
             out.update(decode_batch(batch, (buf, starts)))

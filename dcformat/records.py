@@ -36,6 +36,7 @@ from .constants import (
     PART_ALIGNMENT,
     ENCODING_MINOR,
     PLANE_MODES,
+    PLANE_HUFFMAN,
     PLANE_STORED,
     SCALE_DTYPES,
     SCALES_MINOR,
@@ -223,6 +224,18 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
                 f"tensor {name!r} ({where}): raw data is {parts['data']} bytes, shape {shape} of {dtype} needs {nbytes}"
             )
         return info
+    if enc == ENC_FLOAT_PLANES:  # the common record of a lossless file: its checks without the messages' strings
+        lane, planes = get("lane_size"), get("planes")
+        if (dtype in FLOAT_DTYPES and type(lane) is int and MIN_LANE_SIZE <= lane <= MAX_LANE_SIZE
+                and not lane & (lane - 1) and type(planes) is list and len(planes) == size
+                and planes.count(PLANE_STORED) + planes.count(PLANE_HUFFMAN) == size):
+            for mode, plen in zip(planes, parts.values()):
+                if mode == PLANE_STORED and plen != numel:
+                    break
+            else:
+                info.__dict__.update(lane_size=lane, planes=tuple(planes))
+                return info
+        # else the checks below, in their order, raise the first problem's error
     where = f"tensor {name!r} ({where})"
     kw = info.__dict__
     if enc == ENC_LZMA:  # spec 7.6
