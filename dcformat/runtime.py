@@ -199,7 +199,7 @@ def _not_compactable(info, placed: bool, nrefs: int, is_input: bool, opset: int)
     return ""
 
 
-def prepare(src, compact: bool = False, external: bool = True, hoist: bool = False) -> Prepared:
+def prepare(src, compact: bool = False, external: bool = True, hoist: bool = False, on_graph=None) -> Prepared:
     """Decode a .dcz into a ModelProto; large weights stay aside as arrays when ``external``.
 
     With ``hoist`` (and ``external``) a large weight made by a Constant node inside a subgraph (an If
@@ -211,6 +211,10 @@ def prepare(src, compact: bool = False, external: bool = True, hoist: bool = Fal
     One walk of the graph: the reader's check of its references (:meth:`DczReader._graph_refs`)
     lists them, and they are filled in from that list; the records are read and decoded together
     (:meth:`DczReader.decode_many`). Without ``compact`` the onnx package is not imported.
+
+    ``on_graph``, if given, is called with the parsed and checked graph (an onnx.ModelProto) before anything
+    in it is changed: what a caller that also wants to read the graph (dcrun: its declared inputs) looks at,
+    without parsing it a second time.
     """
     reader, owned = _reader(src)
     try:
@@ -220,6 +224,8 @@ def prepare(src, compact: bool = False, external: bool = True, hoist: bool = Fal
         if got is None:
             raise FormatError(f"{reader.path}: weights-only file (no graph section); use load_weights() instead")
         model, scanned = got
+        if on_graph is not None:
+            on_graph(model)
         out = Prepared(model)
         main = {t.name: t for t in model.graph.initializer}
         refs: dict[str, list] = {}
@@ -480,13 +486,18 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
     arena is turned off so that they are freed after the run (with your own options, set
     ``enable_cpu_mem_arena = False`` for the same effect).
     """
+    return _session(path, providers, sess_options, compact)
+
+
+def _session(path, providers=None, sess_options=None, compact: bool = False, on_graph=None):
+    """:func:`InferenceSession`; ``on_graph`` as for :func:`prepare` (dcrun reads the declared inputs there)."""
     import onnxruntime as ort
 
     providers = resolve_providers(providers)
     if sess_options is not None and sess_options in _USED_OPTIONS:
         raise ValueError("sess_options was already given to a dcformat.InferenceSession, and ONNX Runtime keeps that "
                          "session's weights in it; pass a new SessionOptions for each session")
-    p = prepare(path, compact=compact, hoist=True)
+    p = prepare(path, compact=compact, hoist=True, on_graph=on_graph)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     if sess_options is None:
         # fatal only: not a warning per initializer that is also a graph input, nor ANSI-coloured error lines
