@@ -218,7 +218,11 @@ def prepare(src, compact: bool = False, external: bool = True, hoist: bool = Fal
     """
     reader, owned = _reader(src)
     try:
-        holders = {} if external and hoist else None
+        holders = None
+        if external and hoist:
+            from .graph import Holders
+
+            holders = Holders()  # the walk also notes the subgraphs' scopes, for _hoistable
         used = set() if external else None  # ONNX Runtime drops an initializer nothing uses, then refuses its data
         got = reader._graph_refs(holders, used)
         if got is None:
@@ -265,7 +269,7 @@ def prepare(src, compact: bool = False, external: bool = True, hoist: bool = Fal
         if compact:
             decoded = _compact(reader, model, out, plan, graph_inputs, opset, new_nodes, removed, removed_nodes)
         arrays = reader.decode_many([p[0] for p in plan if p[0] not in decoded])
-        hoist_ok, sub_removed = _hoistable(model, plan, decoded, held), {}
+        hoist_ok, sub_removed = _hoistable(model, plan, decoded, held, holders), {}
         for name, protos, in_main, node, info in plan:
             if name in decoded:
                 continue
@@ -318,10 +322,11 @@ def _delete_nodes(graph, ids: set) -> None:
         del graph.node[i]
 
 
-def _hoistable(model, plan, decoded, held) -> set:
+def _hoistable(model, plan, decoded, held, holders=None) -> set:
     """The records of ``plan`` that prepare(hoist=True) makes main-graph initializers: large, referenced
     once, by the only 'value' of a Constant node inside a subgraph whose output name may move to the
-    main graph (:func:`dcformat.graph.hoistable`)."""
+    main graph (:func:`dcformat.graph.hoistable`; from the scopes the reference walk noted in ``holders``,
+    when it is a :class:`dcformat.graph.Holders`, instead of a second walk)."""
     if not held:
         return set()
     wanted = {}
@@ -334,9 +339,10 @@ def _hoistable(model, plan, decoded, held) -> set:
                 wanted[n.output[0]] = (name, g)
     if not wanted:
         return set()
-    from .graph import hoistable
+    from .graph import Holders, hoistable, hoistable_in
 
-    ok = hoistable(model, {k: g for k, (_, g) in wanted.items()})
+    graphs = {k: g for k, (_, g) in wanted.items()}
+    ok = hoistable_in(model, graphs, holders.scopes) if isinstance(holders, Holders) else hoistable(model, graphs)
     return {wanted[k][0] for k in ok}
 
 
