@@ -46,6 +46,30 @@ COMPACT_SUFFIX_CODEBOOK = "::dcz_codebook"
 COMPACT_SUFFIX_SCALES = "::dcz_scales"
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off for the duration (unless it is off already), then on again.
+
+    A load makes thousands of small objects that live until it returns (the header's records, the graph's
+    protobuf wrappers, the plan); the collector runs each time 700 more are alive than before: 5-6 runs per
+    session of a 300-record PP-OCR or Silero file, each tenth also over the older generation and each
+    hundredth over every object of the process (tools/bench_load_stages.py: the *gc* column). Freed by
+    their reference counts when the load returns, they leave the collector's count about where it was, so
+    pausing it postpones nothing; a cycle a load might leave is collected by the collector's next run. The
+    collector is a process-wide switch: a thread that turns it off meanwhile finds it on again when the
+    first load to pause it returns."""
+    import gc
+
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _reader(src) -> tuple[DczReader, bool]:
     if isinstance(src, DczReader):
         return src, False
@@ -216,6 +240,11 @@ def prepare(src, compact: bool = False, external: bool = True, hoist: bool = Fal
     in it is changed: what a caller that also wants to read the graph (dcrun: its declared inputs) looks at,
     without parsing it a second time.
     """
+    with gc_paused():
+        return _prepare(src, compact, external, hoist, on_graph)
+
+
+def _prepare(src, compact: bool, external: bool, hoist: bool, on_graph) -> Prepared:
     reader, owned = _reader(src)
     try:
         holders = None
@@ -497,6 +526,11 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
 
 def _session(path, providers=None, sess_options=None, compact: bool = False, on_graph=None):
     """:func:`InferenceSession`; ``on_graph`` as for :func:`prepare` (dcrun reads the declared inputs there)."""
+    with gc_paused():
+        return _new_session(path, providers, sess_options, compact, on_graph)
+
+
+def _new_session(path, providers, sess_options, compact: bool, on_graph):
     import onnxruntime as ort
 
     providers = resolve_providers(providers)
