@@ -477,13 +477,14 @@ def to_onnx(src, compact: bool = False):
 
 def load_weights(src) -> dict:
     """All tensors of a .dcz file as a dict name -> numpy array (works for weights-only files)."""
-    reader, owned = _reader(src)
-    try:
-        arrays = reader.decode_many(list(reader))  # read in runs, decoded together
-        return {name: arrays[name] for name in reader}
-    finally:
-        if owned:
-            reader.close()
+    with gc_paused():  # as a session's load: the header's records are thousands of objects
+        reader, owned = _reader(src)
+        try:
+            arrays = reader.decode_many(list(reader))  # read in runs, decoded together
+            return {name: arrays[name] for name in reader}
+        finally:
+            if owned:
+                reader.close()
 
 
 def resolve_providers(providers) -> list:
