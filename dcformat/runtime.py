@@ -51,13 +51,13 @@ def gc_paused():
     """Python's cyclic garbage collector off for the duration (unless it is off already), then on again.
 
     A load makes thousands of small objects that live until it returns (the header's records, the graph's
-    protobuf wrappers, the plan); the collector runs each time 700 more are alive than before: 5-6 runs per
-    session of a 300-record PP-OCR or Silero file, each tenth also over the older generation and each
-    hundredth over every object of the process (tools/bench_load_stages.py: the *gc* column). Freed by
-    their reference counts when the load returns, they leave the collector's count about where it was, so
-    pausing it postpones nothing; a cycle a load might leave is collected by the collector's next run. The
-    collector is a process-wide switch: a thread that turns it off meanwhile finds it on again when the
-    first load to pause it returns."""
+    protobuf wrappers, the plan); the collector runs each 700 new ones: 5-6 runs per session of a 300-record
+    PP-OCR or Silero file, each over every young object still alive, every tenth run also over the older
+    generation and every hundredth over every object of the process (tools/bench_load_stages.py: the *gc*
+    column). Paused, it runs at most once after the load (its count of new objects is past 700), over the
+    few still alive by then: a load leaves no cycles (gc.collect() finds nothing after a session of any of
+    the benchmark files), so nothing waits longer to be freed. The collector is a process-wide switch: a
+    thread that turns it off meanwhile finds it on again when the first load to pause it returns."""
     import gc
 
     if not gc.isenabled():
