@@ -195,6 +195,29 @@ class _TooMany(Exception):
     """The count of :func:`scan_references` passed its limit."""
 
 
+class Scopes:
+    """What :func:`hoistable_in` needs of a model's subgraphs, noted by the walk of :func:`scan_references`
+    (instead of a second walk of every graph): for each subgraph its parent graph and the node inputs it reads,
+    and every name a subgraph defines (node outputs, graph inputs, initializers) or gives out (graph outputs)."""
+
+    def __init__(self):
+        self.graphs = []  # the subgraphs walked: kept alive, so that their id() stays theirs
+        self.parent: dict[int, int] = {}  # id(subgraph) -> id(the graph holding its node)
+        self.uses: dict[int, set] = {}  # id(subgraph) -> the inputs of its own nodes
+        self.outs: list = []  # every output of every subgraph's nodes (a list: a name made twice counts twice)
+        self.names: list = []  # the inputs, initializer and sparse initializer names of every subgraph
+        self.graph_outputs: set = set()  # the outputs of every subgraph
+        self.main_uses: set | None = None  # the inputs of the main graph's nodes (only where there are subgraphs)
+
+
+class Holders(dict):
+    """``holders`` for :func:`scan_references` that also takes the walk's :class:`Scopes` (``.scopes``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scopes = Scopes()
+
+
 def scan_references(model, holders: dict | None = None, used: set | None = None, limit: int | None = None
                     ) -> list[tuple] | None:
     """Check ``model`` as :func:`check_references` does, and return its references, in one walk:
@@ -213,6 +236,7 @@ def scan_references(model, holders: dict | None = None, used: set | None = None,
     graph_objects itself): the count that a small file with a large graph needs, without a second walk.
     """
     refs: list[tuple] = []
+    scopes = holders.scopes if isinstance(holders, Holders) else None
     rare = len(model.functions) or len(model.training_info)
     count = None
     if limit is not None:
@@ -222,7 +246,11 @@ def scan_references(model, holders: dict | None = None, used: set | None = None,
         else:
             count = [0, limit]
     try:
-        ok = _scan_graph(model.graph, True, True, refs, holders, used, count)
+        ok = _scan_graph(model.graph, True, True, refs, holders, used, count, scopes)
+        if scopes is not None and scopes.uses:  # the subgraphs' inputs were noted per subgraph
+            scopes.main_uses = set(used) if used is not None else None
+            if used is not None:
+                used.update(*scopes.uses.values())
         if ok and rare:  # rare: the full walk checks those
             check_references(model)
     except _TooMany:
@@ -264,10 +292,20 @@ _ATTR_HOLDERS = frozenset((_F_T, _F_G, _F_TENSORS, _F_GRAPHS, _F_SPARSE_TENSOR, 
 
 
 def _scan_graph(g, fillable: bool, main: bool, refs: list, holders: dict | None = None,
-                used: set | None = None, count: list | None = None) -> bool:
+                used: set | None = None, count: list | None = None, scopes: Scopes | None = None) -> bool:
     """The walk of :func:`scan_references` over one graph; False where check_references would raise.
-    ``count``: [objects so far, limit], counted as :func:`graph_objects` counts (raises _TooMany past it)."""
+    ``count``: [objects so far, limit], counted as :func:`graph_objects` counts (raises _TooMany past it).
+    ``scopes``: a subgraph's names and uses are noted there (its node inputs there, not in ``used``)."""
     ok = True
+    outs = None
+    if scopes is not None and not main:
+        used = scopes.uses.setdefault(id(g), set())
+        outs = scopes.outs.extend
+        names = scopes.names
+        names += [x.name for x in g.input]
+        names += [t.name for t in g.initializer]
+        names += [st.values.name for st in g.sparse_initializer]
+        scopes.graph_outputs.update(o.name for o in g.output)
     if count is not None:
         count[0] += (1 + len(g.node) + len(g.initializer) + len(g.sparse_initializer) + len(g.input) + len(g.output)
                      + len(g.value_info) + len(g.quantization_annotation))
@@ -282,6 +320,8 @@ def _scan_graph(g, fillable: bool, main: bool, refs: list, holders: dict | None 
     for node in g.node:
         if update is not None:
             update(node.input)
+        if outs is not None:
+            outs(node.output)
         attrs = node.attribute
         if count is not None:
             count[0] += len(node.input) + len(node.output) + len(attrs)
@@ -315,12 +355,19 @@ def _scan_graph(g, fillable: bool, main: bool, refs: list, holders: dict | None 
                     for st in v:
                         ok &= _scan_sparse(st)
                 elif k == _F_G:
-                    ok &= _scan_graph(v, fillable and a.type == ATTR_GRAPH, False, refs, holders, used, count)
+                    if scopes is not None:
+                        scopes.graphs.append(v)
+                        scopes.parent[id(v)] = id(g)
+                    ok &= _scan_graph(v, fillable and a.type == ATTR_GRAPH, False, refs, holders, used, count, scopes)
                 else:  # graphs
                     if count is not None:
                         count[0] += len(v)
                     for sub in v:
-                        ok &= _scan_graph(sub, fillable and a.type == ATTR_GRAPHS, False, refs, holders, used, count)
+                        if scopes is not None:
+                            scopes.graphs.append(sub)
+                            scopes.parent[id(sub)] = id(g)
+                        ok &= _scan_graph(sub, fillable and a.type == ATTR_GRAPHS, False, refs, holders, used, count,
+                                          scopes)
             if held and count is not None:
                 count[0] += 1  # a tensor or a sparse tensor: one object, as graph_objects counts it
         if count is not None and count[0] > count[1]:
@@ -381,6 +428,45 @@ def hoistable(model, wanted: dict) -> set[str]:
     except RecursionError:  # pragma: no cover - scan_references walked the same nesting first
         return set()
     return {n for n, k in defs.items() if k == 1 and n in used and n not in bad}
+
+
+def hoistable_in(model, wanted: dict, scopes: Scopes) -> set[str]:
+    """:func:`hoistable` from what the walk of :func:`scan_references` noted in ``scopes`` (the same answer,
+    without walking every graph again): only the main graph's nodes are looked at here, for their outputs."""
+    if not wanted:
+        return set()
+    from collections import Counter
+
+    names = frozenset(wanted)
+    g = model.graph
+    defs = Counter(x for x in scopes.outs if x in names)
+    defs.update(x for x in scopes.names if x in names)
+    defs.update(x.name for x in g.input if x.name in names)
+    defs.update(t.name for t in g.initializer if t.name in names)
+    defs.update(st.values.name for st in g.sparse_initializer if st.values.name in names)
+    for node in g.node:
+        if not names.isdisjoint(node.output):
+            defs.update(o for o in node.output if o in names)
+    bad = names & (scopes.graph_outputs | {o.name for o in g.output})
+    main_uses = scopes.main_uses or set()
+    parent = scopes.parent
+    ok = set()
+    for n, sub in wanted.items():
+        if defs[n] != 1 or n in bad or n in main_uses:
+            continue
+        home, seen = id(sub), False
+        for gid, uses in scopes.uses.items():
+            if n not in uses:
+                continue
+            seen = True
+            while gid != home and gid in parent:  # up to the graph that makes it, or to the main graph
+                gid = parent[gid]
+            if gid != home:
+                break
+        else:
+            if seen:
+                ok.add(n)
+    return ok
 
 
 def _walk(graph, prefix: str = ""):

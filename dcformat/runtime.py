@@ -46,6 +46,30 @@ COMPACT_SUFFIX_CODEBOOK = "::dcz_codebook"
 COMPACT_SUFFIX_SCALES = "::dcz_scales"
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Python's cyclic garbage collector off for the duration (unless it is off already), then on again.
+
+    A load makes thousands of small objects that live until it returns (the header's records, the graph's
+    protobuf wrappers, the plan); the collector runs each 700 new ones: 5-6 runs per session of a 300-record
+    PP-OCR or Silero file, each over every young object still alive, every tenth run also over the older
+    generation and every hundredth over every object of the process (tools/bench_load_stages.py: the *gc*
+    column). Paused, it runs at most once after the load (its count of new objects is past 700), over the
+    few still alive by then: a load leaves no cycles (gc.collect() finds nothing after a session of any of
+    the benchmark files), so nothing waits longer to be freed. The collector is a process-wide switch: a
+    thread that turns it off meanwhile finds it on again when the first load to pause it returns."""
+    import gc
+
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _reader(src) -> tuple[DczReader, bool]:
     if isinstance(src, DczReader):
         return src, False
@@ -199,7 +223,7 @@ def _not_compactable(info, placed: bool, nrefs: int, is_input: bool, opset: int)
     return ""
 
 
-def prepare(src, compact: bool = False, external: bool = True, hoist: bool = False) -> Prepared:
+def prepare(src, compact: bool = False, external: bool = True, hoist: bool = False, on_graph=None) -> Prepared:
     """Decode a .dcz into a ModelProto; large weights stay aside as arrays when ``external``.
 
     With ``hoist`` (and ``external``) a large weight made by a Constant node inside a subgraph (an If
@@ -211,15 +235,30 @@ def prepare(src, compact: bool = False, external: bool = True, hoist: bool = Fal
     One walk of the graph: the reader's check of its references (:meth:`DczReader._graph_refs`)
     lists them, and they are filled in from that list; the records are read and decoded together
     (:meth:`DczReader.decode_many`). Without ``compact`` the onnx package is not imported.
+
+    ``on_graph``, if given, is called with the parsed and checked graph (an onnx.ModelProto) before anything
+    in it is changed: what a caller that also wants to read the graph (dcrun: its declared inputs) looks at,
+    without parsing it a second time.
     """
+    with gc_paused():
+        return _prepare(src, compact, external, hoist, on_graph)
+
+
+def _prepare(src, compact: bool, external: bool, hoist: bool, on_graph) -> Prepared:
     reader, owned = _reader(src)
     try:
-        holders = {} if external and hoist else None
+        holders = None
+        if external and hoist:
+            from .graph import Holders
+
+            holders = Holders()  # the walk also notes the subgraphs' scopes, for _hoistable
         used = set() if external else None  # ONNX Runtime drops an initializer nothing uses, then refuses its data
         got = reader._graph_refs(holders, used)
         if got is None:
             raise FormatError(f"{reader.path}: weights-only file (no graph section); use load_weights() instead")
         model, scanned = got
+        if on_graph is not None:
+            on_graph(model)
         out = Prepared(model)
         main = {t.name: t for t in model.graph.initializer}
         refs: dict[str, list] = {}
@@ -259,7 +298,7 @@ def prepare(src, compact: bool = False, external: bool = True, hoist: bool = Fal
         if compact:
             decoded = _compact(reader, model, out, plan, graph_inputs, opset, new_nodes, removed, removed_nodes)
         arrays = reader.decode_many([p[0] for p in plan if p[0] not in decoded])
-        hoist_ok, sub_removed = _hoistable(model, plan, decoded, held), {}
+        hoist_ok, sub_removed = _hoistable(model, plan, decoded, held, holders), {}
         for name, protos, in_main, node, info in plan:
             if name in decoded:
                 continue
@@ -312,10 +351,11 @@ def _delete_nodes(graph, ids: set) -> None:
         del graph.node[i]
 
 
-def _hoistable(model, plan, decoded, held) -> set:
+def _hoistable(model, plan, decoded, held, holders=None) -> set:
     """The records of ``plan`` that prepare(hoist=True) makes main-graph initializers: large, referenced
     once, by the only 'value' of a Constant node inside a subgraph whose output name may move to the
-    main graph (:func:`dcformat.graph.hoistable`)."""
+    main graph (:func:`dcformat.graph.hoistable`; from the scopes the reference walk noted in ``holders``,
+    when it is a :class:`dcformat.graph.Holders`, instead of a second walk)."""
     if not held:
         return set()
     wanted = {}
@@ -328,9 +368,10 @@ def _hoistable(model, plan, decoded, held) -> set:
                 wanted[n.output[0]] = (name, g)
     if not wanted:
         return set()
-    from .graph import hoistable
+    from .graph import Holders, hoistable, hoistable_in
 
-    ok = hoistable(model, {k: g for k, (_, g) in wanted.items()})
+    graphs = {k: g for k, (_, g) in wanted.items()}
+    ok = hoistable_in(model, graphs, holders.scopes) if isinstance(holders, Holders) else hoistable(model, graphs)
     return {wanted[k][0] for k in ok}
 
 
@@ -436,13 +477,14 @@ def to_onnx(src, compact: bool = False):
 
 def load_weights(src) -> dict:
     """All tensors of a .dcz file as a dict name -> numpy array (works for weights-only files)."""
-    reader, owned = _reader(src)
-    try:
-        arrays = reader.decode_many(list(reader))  # read in runs, decoded together
-        return {name: arrays[name] for name in reader}
-    finally:
-        if owned:
-            reader.close()
+    with gc_paused():  # as a session's load: the header's records are thousands of objects
+        reader, owned = _reader(src)
+        try:
+            arrays = reader.decode_many(list(reader))  # read in runs, decoded together
+            return {name: arrays[name] for name in reader}
+        finally:
+            if owned:
+                reader.close()
 
 
 def resolve_providers(providers) -> list:
@@ -480,13 +522,23 @@ def InferenceSession(path, providers=None, sess_options=None, compact: bool = Fa
     arena is turned off so that they are freed after the run (with your own options, set
     ``enable_cpu_mem_arena = False`` for the same effect).
     """
+    return _session(path, providers, sess_options, compact)
+
+
+def _session(path, providers=None, sess_options=None, compact: bool = False, on_graph=None):
+    """:func:`InferenceSession`; ``on_graph`` as for :func:`prepare` (dcrun reads the declared inputs there)."""
+    with gc_paused():
+        return _new_session(path, providers, sess_options, compact, on_graph)
+
+
+def _new_session(path, providers, sess_options, compact: bool, on_graph):
     import onnxruntime as ort
 
     providers = resolve_providers(providers)
     if sess_options is not None and sess_options in _USED_OPTIONS:
         raise ValueError("sess_options was already given to a dcformat.InferenceSession, and ONNX Runtime keeps that "
                          "session's weights in it; pass a new SessionOptions for each session")
-    p = prepare(path, compact=compact, hoist=True)
+    p = prepare(path, compact=compact, hoist=True, on_graph=on_graph)
     so = sess_options if sess_options is not None else ort.SessionOptions()
     if sess_options is None:
         # fatal only: not a warning per initializer that is also a graph input, nor ANSI-coloured error lines

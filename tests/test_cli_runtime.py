@@ -307,6 +307,32 @@ def test_random_scalar_inputs(tmp_path, capsys):
     assert np.load(tmp_path / "out" / "y.npy").shape == ()
 
 
+def test_dcrun_parses_the_graph_once(tmp_path, capsys, monkeypatch):
+    """dcrun reads a .dcz's graph once: the session and the synthetic inputs come from the same parse, the
+    inputs from the graph as stored. In compact mode the session's graph makes the embedding table by a
+    Gather, yet the token ids stay below the table's 4 rows (ids up to 9 would be out of range)."""
+    from onnx import helper
+
+    from dcformat.reader import DczReader
+
+    table = np.random.default_rng(3).standard_normal((4, 256)).astype(np.float32)  # 1,024 elements: compacted
+    cb, idx = quantize(table, 4)
+    g = helper.make_graph([helper.make_node("Gather", ["E", "ids"], ["y"])], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "S"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 256])],
+                          [onnx.numpy_helper.from_array(cb.astype(np.float32)[idx], "E")])
+    graph, _ = strip_weights(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    dcformat.write(tmp_path / "e.dcz", [dcformat.encode_codebook("E", cb, idx)], graph=graph)
+    parses = []
+    refs = DczReader._graph_refs
+    monkeypatch.setattr(DczReader, "_graph_refs", lambda self, *a, **k: parses.append(1) or refs(self, *a, **k))
+    code, out, err = cli(run_main, [tmp_path / "e.dcz", "--compact"], capsys)
+    assert code == 0, err
+    assert "compact: 1 codebook weight(s) held as uint8 indices" in out
+    assert "input  ids: int64 [1, " in out and "output y: float32 [1, " in out
+    assert len(parses) == 1
+
+
 # ------------------------------------------------------------------------------------------ the installed commands
 def test_console_scripts(files, tmp_path):
     if not (BIN / "dcrun").exists():

@@ -230,27 +230,74 @@ def test_a_name_defined_twice_is_not_hoisted(tmp_path):
     _same_outputs(path, [{"x": x, "cond": np.array(c)} for c in (True, False)])
 
 
+def _hoistable(m, wanted):
+    """hoistable(m, wanted), checked against hoistable_in on the scopes the reference walk notes (prepare's way)."""
+    from dcformat.graph import Holders, hoistable_in, scan_references
+
+    holders = Holders()
+    scan_references(m, holders, set())
+    got = hoistable(m, wanted)
+    assert hoistable_in(m, wanted, holders.scopes) == got
+    return got
+
+
 def test_hoistable_refuses_outside_uses_outputs_and_unused():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((8, 4)).astype(np.float32)
     m = _if_model(w, w)
     then_g, else_g = _branches(m)
-    assert hoistable(m, {"w_then": then_g, "w_else": else_g}) == {"w_then", "w_else"}
-    assert hoistable(m, {"w_then": else_g}) == set()  # used in then_g, which is not inside else_g
+    assert _hoistable(m, {"w_then": then_g, "w_else": else_g}) == {"w_then", "w_else"}
+    assert _hoistable(m, {"w_then": else_g}) == set()  # used in then_g, which is not inside else_g
     else_g.node[1].input[1] = "w_then"  # else reads then's name from outside then: not hoisted
-    assert hoistable(m, {"w_then": then_g}) == set()
+    assert _hoistable(m, {"w_then": then_g}) == set()
     m = _if_model(w, w)
     then_g, _ = _branches(m)
     then_g.output[0].name = "w_then"  # a graph output
-    assert hoistable(m, {"w_then": then_g}) == set()
+    assert _hoistable(m, {"w_then": then_g}) == set()
     m = _if_model(w, w)
     then_g, _ = _branches(m)
     then_g.node[1].input[1] = "x"  # nothing reads it
-    assert hoistable(m, {"w_then": then_g}) == set()
+    assert _hoistable(m, {"w_then": then_g}) == set()
     m = _if_model(w, w)
     then_g, _ = _branches(m)
     m.graph.input.append(helper.make_tensor_value_info("w_then", TensorProto.FLOAT, [8, 4]))
-    assert hoistable(m, {"w_then": then_g}) == set()
+    assert _hoistable(m, {"w_then": then_g}) == set()
+
+
+def test_hoistable_in_nested_subgraphs():
+    """A Constant of an outer branch read only by a branch nested in it may move; one read by the outer branch
+    from a nested branch's Constant, or made again by a nested node, may not (hoistable_in agrees)."""
+    w = np.ones((8, 4), np.float32)
+
+    def leaf(reads, out, const=None):
+        nodes = [helper.make_node("Constant", [], [const], value=numpy_helper.from_array(w))] if const else []
+        nodes.append(helper.make_node("MatMul", ["x", reads], [out]))
+        return helper.make_graph(nodes, out, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 4])])
+
+    def model(inner_then, inner_else, outer_reads="yi"):
+        inner = helper.make_node("If", ["cond"], ["yi"], then_branch=inner_then, else_branch=inner_else)
+        outer_then = helper.make_graph(
+            [helper.make_node("Constant", [], ["w_outer"], value=numpy_helper.from_array(w)), inner,
+             helper.make_node("Identity", [outer_reads], ["yt"])],
+            "then", [], [helper.make_tensor_value_info("yt", TensorProto.FLOAT, ["N", 4])])
+        g = helper.make_graph([helper.make_node("If", ["cond"], ["y"], then_branch=outer_then,
+                                                else_branch=leaf("w_main", "ye"))], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                               helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(w, "w_main")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        outer = next(a.g for a in m.graph.node[0].attribute if a.name == "then_branch")
+        nested = {a.name: a.g for a in outer.node[1].attribute}
+        return m, outer, nested
+
+    m, outer, nested = model(leaf("w_outer", "a"), leaf("w_inner", "b", const="w_inner"))
+    assert _hoistable(m, {"w_outer": outer, "w_inner": nested["else_branch"]}) == {"w_outer", "w_inner"}
+    assert _hoistable(m, {"w_outer": nested["else_branch"]}) == set()  # read where that graph is not inside
+    m, outer, nested = model(leaf("w_outer", "a"), leaf("w_inner", "b", const="w_inner"), outer_reads="w_inner")
+    assert _hoistable(m, {"w_inner": nested["else_branch"]}) == set()  # the outer branch reads it
+    m, outer, nested = model(leaf("w_outer", "a", const="w_outer"), leaf("w_outer", "b"))
+    assert _hoistable(m, {"w_outer": outer}) == set()  # made twice
 
 
 def test_hoisted_silero_like_nesting_in_compact_mode(tmp_path):

@@ -16,7 +16,9 @@ Columns, each the best of --repeat:
 * *prepare* -- ``runtime.prepare`` with the decoded arrays given (decode_many replaced by a lookup),
   so the open, graph, plan and filling in, without decoding;
 * *decode* -- ``decode_many`` of every record (the decoders' share);
-* *ORT part* -- ORT's InferenceSession on the prepared graph with the external initializers.
+* *ORT part* -- ORT's InferenceSession on the prepared graph with the external initializers;
+* *gc* -- runs of Python's garbage collector per *session* (mean over the --repeat sessions timed; a load
+  pauses the collector, dcformat.runtime.gc_paused) and their main-thread CPU ms per session.
 
     PYTHONPATH=. .venv/bin/python tools/bench_load_stages.py /tmp/dcz/*.dcz --onnx-dir ~/.cache/dcz-bench
     PYTHONPATH=. .venv/bin/python tools/bench_load_stages.py FILES --root ../base    # another checkout's dcformat
@@ -28,6 +30,7 @@ A file named ``NAME.onnx.VARIANT.dcz`` (as bench_load_real.py --keep writes them
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     print(f"{'file':52s} {'ORT':>6s} {'session':>7s} {'open':>6s} {'graph':>6s} {'prepare':>7s} {'decode':>6s} "
-          f"{'ORT part':>8s}")
+          f"{'ORT part':>8s} {'gc runs, ms':>12s}")
     for path in args.files:
         onnx_path = os.path.join(args.onnx_dir, os.path.basename(path).rsplit(".", 2)[0])
         has_onnx = os.path.exists(onnx_path)
@@ -111,11 +114,25 @@ def main(argv=None) -> int:
             return time.thread_time() - t
 
         t_ort_part = min(ort_part() for _ in range(args.repeat)) * 1e3
-        t_session = best(lambda: dcformat.InferenceSession(path, providers=cpu), args.repeat)
+        runs = [0, 0.0, 0.0]  # collections, CPU seconds in them, start of the one under way
+
+        def count(phase, info):
+            if phase == "start":
+                runs[2] = time.thread_time()
+            else:
+                runs[0] += 1
+                runs[1] += time.thread_time() - runs[2]
+
+        gc.callbacks.append(count)
+        try:
+            t_session = best(lambda: dcformat.InferenceSession(path, providers=cpu), args.repeat)
+        finally:
+            gc.callbacks.remove(count)
         t_ort = best(lambda: ort.InferenceSession(onnx_path, sess_options=so, providers=cpu), args.repeat) \
             if has_onnx else float("nan")
         print(f"{os.path.basename(path)[-52:]:52s} {t_ort:6.1f} {t_session:7.1f} {t_open:6.2f} {t_graph:6.2f} "
-              f"{t_prep:7.2f} {t_decode:6.2f} {t_ort_part:8.1f}", flush=True)
+              f"{t_prep:7.2f} {t_decode:6.2f} {t_ort_part:8.1f} {runs[0] / args.repeat:5.1f} "
+              f"{runs[1] * 1e3 / args.repeat:6.2f}", flush=True)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
