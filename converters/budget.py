@@ -567,7 +567,9 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
 
 def _sequential(graph, weights, calib, decl, layers, cands):
     """converters.sequential.Sequential over the candidates with an H, or None where there are none."""
-    fitted = {n: lay for n, lay in layers.items() if n in set(cands) and lay.h}
+    # main-graph Gemm/MatMul/Conv only: Sequential reads a layer's input as a main-graph value (a recurrent
+    # layer's are several, a subgraph layer's must be exposed through its If / Loop): the others keep their H
+    fitted = {n: lay for n, lay in layers.items() if n in set(cands) and lay.h and lay.op != "RNN" and not lay.path}
     if not fitted:
         return None
     from .sequential import Sequential

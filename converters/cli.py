@@ -205,6 +205,25 @@ def _ort_call(what, fn, *args, **kw):
         raise ConvertError(f"{what}: {first_line(e)}") from None
 
 
+def _compensation_note(done: int, without: list, reasons: dict, show: int = 2) -> str:
+    """The report's note on the layers that keep plain rounding, grouped by why (hessian.for_model's reasons)."""
+    from . import hessian
+    from .obs import MAX_COLUMNS
+
+    kinds = {"saw ": f"saw fewer than {hessian.MIN_ROWS_PER_FEATURE} calibration rows per input feature (more "
+                     "--calibration-samples would include them)",
+             "too wide": f"too wide (over {MAX_COLUMNS:,} input features)"}
+    groups: dict = {}
+    for name in without:
+        why = reasons.get(name, "no usable H")
+        groups.setdefault(next((v for k, v in kinds.items() if why.startswith(k)), why), []).append(name)
+    parts = [f"{len(names)} {why}: " + ", ".join(names[:show]) + (f" and {len(names) - show} more"
+                                                                   if len(names) > show else "")
+             for why, names in groups.items()]
+    return (f"error compensation: {done} of {done + len(without)} layers; the others keep plain rounding: "
+            + "; ".join(parts))
+
+
 def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=False, model_factory=None, opset=None,
             progress=None, calibration=None, calibration_samples=None, dims=None, max_error=None, manual=False,
             echo=None, trust_pickle=False, inputs=None, metric=DEFAULT_METRIC) -> dict:
@@ -274,12 +293,12 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
         # the search fits on part of the calibration set and verifies its result on the rest (held out)
         fit, held = cal.split(calib, decl) if (ref is not None and searching) else (calib, None)
         if ref is not None and s.compensate and not s.lossless:  # the layers' inputs: compensated pruning and sharing
+            skipped: dict = {}
             s.layers, without = _ort_call("ONNX Runtime failed while collecting the layers' inputs", hessian.for_model,
-                                          src.graph, originals, fit, decl, src.roles, s.min_size, s.seed)
+                                          src.graph, originals, fit, decl, src.roles, s.min_size, s.seed,
+                                          reasons=skipped)
             if without:
-                src.notes.append(f"error compensation: {len(s.layers)} of {len(s.layers) + len(without)} layers; the "
-                                 f"others saw fewer than {hessian.MIN_ROWS_PER_FEATURE} calibration rows per input "
-                                 "feature or are too wide (more --calibration-samples would include more)")
+                src.notes.append(_compensation_note(len(s.layers), without, skipped))
         if ref is None:
             pass
         elif searching:

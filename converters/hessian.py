@@ -36,6 +36,7 @@ class Layer:
     pads: tuple[int, ...] = ()  # begin..., end...
     dilations: tuple[int, ...] = ()
     auto_pad: str = "NOTSET"
+    path: tuple = ()  # ((node index, attribute name), ...) from the main graph to the If / Loop subgraph of the node
     h: list = field(default_factory=list)  # per group: cols x cols float64
     rows_seen: int = 0
 
@@ -65,32 +66,68 @@ def records_of(graph) -> dict[str, str]:
     return record
 
 
+def _scope_records(g, outer: dict) -> dict[str, str]:
+    """Value -> record in subgraph ``g``: the enclosing scopes' (less the names its inputs shadow), its
+    own initializers and Constant nodes."""
+    from dcformat.graph import reference
+
+    record = {k: v for k, v in outer.items()}
+    for i in g.input:
+        record.pop(i.name, None)
+    for t in g.initializer:
+        r = reference(t)
+        if r is not None:
+            record[t.name] = r
+    for node in g.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and reference(a.t) is not None:
+                    record[node.output[0]] = reference(a.t)
+    return record
+
+
+SUBGRAPH_OPS = ("If", "Loop")  # subgraphs whose values converters.recurrent.Lifter can expose for calibration
+
+
 def layers(graph, weight_names) -> dict[str, Layer]:
-    """The main-graph layers that multiply an activation by one of ``weight_names`` (records)."""
-    record = records_of(graph)
+    """The layers that multiply an activation by one of ``weight_names`` (records): in the main graph
+    and in If branches and Loop bodies (``Layer.path`` says where; their inputs are exposed through
+    the enclosing nodes when the H is collected). A weight used by any other node, in any graph,
+    keeps plain rounding."""
     wanted = set(weight_names)
     found: dict[str, Layer] = {}
     uses: dict[str, int] = {}
-    for node in graph.graph.node:
-        for k, i in enumerate(node.input):
-            r = record.get(i)
-            if r in wanted:
+
+    def walk(g, outer: dict, path: tuple, reachable: bool):
+        record = records_of(graph) if not path else _scope_records(g, outer)
+        for idx, node in enumerate(g.node):
+            for k, i in enumerate(node.input):
+                r = record.get(i)
+                if r not in wanted:
+                    continue
                 uses[r] = uses.get(r, 0) + 1
-                if k != 1 or node.op_type not in ("Gemm", "MatMul", "Conv"):
+                if k != 1 or node.op_type not in ("Gemm", "MatMul", "Conv") or not reachable:
                     continue
                 attrs = {a.name: a for a in node.attribute}
                 if node.op_type == "Gemm":
                     if "transA" in attrs and attrs["transA"].i:
                         continue
-                    found[r] = Layer(r, "Gemm", node.input[0], trans_b=bool(attrs["transB"].i) if "transB" in attrs else False)
+                    found[r] = Layer(r, "Gemm", node.input[0], trans_b=bool(attrs["transB"].i) if "transB" in attrs
+                                     else False, path=path)
                 elif node.op_type == "MatMul":
-                    found[r] = Layer(r, "MatMul", node.input[0])
+                    found[r] = Layer(r, "MatMul", node.input[0], path=path)
                 else:
                     ints = lambda key: tuple(attrs[key].ints) if key in attrs else ()  # noqa: E731
                     found[r] = Layer(r, "Conv", node.input[0], group=attrs["group"].i if "group" in attrs else 1,
                                      kernel=ints("kernel_shape"), strides=ints("strides"), pads=ints("pads"),
                                      dilations=ints("dilations"),
-                                     auto_pad=attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET")
+                                     auto_pad=attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET",
+                                     path=path)
+            for a in node.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(sub, record, path + ((idx, a.name),), reachable and node.op_type in SUBGRAPH_OPS)
+
+    walk(graph.graph, {}, (), True)
     # a weight used by another node too (shared, or also added somewhere) keeps plain rounding
     return {r: lay for r, lay in found.items() if uses.get(r) == 1}
 
@@ -215,22 +252,53 @@ def importance(layer: Layer, w_shape: tuple[int, ...]) -> np.ndarray:
 def collect(graph, weights: dict, calib: dict, decl, found: dict[str, Layer], seed: int = 0,
             max_rows: int = MAX_ROWS_PER_BATCH) -> dict[str, Layer]:
     """Run the original model on every calibration sample, one at a time, and add the inputs of
-    the layers in ``found`` to their H (only one sample's activations are held at once)."""
+    the layers in ``found`` to their H (only one sample's activations are held at once). The inputs
+    of layers in subgraphs are read from a copy of the model that exposes them through the enclosing
+    If / Loop nodes (converters.recurrent.Lifter); a layer in an If branch that did not run gets an
+    empty tensor (nothing added), one in a Loop body its iterations stacked."""
     from dcformat import inputs as inp
 
     from .budget import Runner
 
     if not found:
         return found
-    acts = sorted({lay.activation for lay in found.values()})
-    runner = Runner(graph, weights, extra_outputs=acts)
+    model, name_of = graph, {}  # (path, activation) -> the value fetched
+    if any(lay.path for lay in found.values()):
+        import onnx
+        from onnx import helper
+
+        from .recurrent import Lifter, _graph_at
+
+        model = onnx.ModelProto()
+        model.CopyFrom(graph)
+        lifter = Lifter(model)
+        for lay in found.values():
+            key = (lay.path, lay.activation)
+            if lay.path and key not in name_of:
+                # copied inside the node's own subgraph, so that it holds a value only where that subgraph ran
+                # (an outer value, a main-graph input say, is there whichever If branch runs)
+                here = lifter.fresh()
+                _graph_at(model, lay.path).node.append(helper.make_node("Identity", [lay.activation], [here]))
+                elem = helper.np_dtype_to_tensor_dtype(np.dtype(weights[lay.weight].dtype))
+                name_of[key] = lifter.lift(lay.path, here, elem)
+    for lay in found.values():
+        name_of.setdefault((lay.path, lay.activation), lay.activation)
+    acts = sorted(set(name_of.values()))
+    runner = Runner(model, weights, extra_outputs=acts)
     rng = np.random.default_rng(seed)
     for i in range(inp.num_samples(calib, decl)):
         outs = runner.session.run(acts, inp.sample_feeds(calib, decl, i))
         for name, y in zip(acts, outs):
             for lay in found.values():
-                if lay.activation == name:
-                    accumulate(lay, y, weights[lay.weight].shape, rng, max_rows)
+                if name_of[(lay.path, lay.activation)] != name:
+                    continue
+                x = np.asarray(y)
+                if x.size == 0:  # its If branch did not run (or a Loop ran no iteration)
+                    continue
+                shape = weights[lay.weight].shape
+                if lay.op == "Conv" and x.ndim > len(shape):  # stacked by enclosing Loops: one batch of them all
+                    x = x.reshape((-1,) + x.shape[x.ndim - len(shape) + 1:])
+                accumulate(lay, x, shape, rng, max_rows)
     return found
 
 
@@ -240,14 +308,18 @@ MIN_ROWS_PER_FEATURE = 4  # calibration rows (samples x positions) per input fea
 
 
 def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: int, seed: int = 0,
-              max_bytes: int = MAX_H_BYTES) -> tuple[dict[str, Layer], list[str]]:
+              max_bytes: int = MAX_H_BYTES, reasons: dict | None = None) -> tuple[dict[str, Layer], list[str]]:
     """(layers with a usable H, names of the layers left without) for every compressible weight that
-    a main-graph Gemm/MatMul/Conv multiplies with an activation (at least ``min_size`` elements, at
-    most :data:`converters.obs.MAX_COLUMNS` input features), narrowest first within ``max_bytes``
-    of H, seen in at least MIN_ROWS_PER_FEATURE calibration rows per input feature."""
+    a Gemm/MatMul/Conv multiplies with an activation, in the main graph or a subgraph (at least
+    ``min_size`` elements, at most :data:`converters.obs.MAX_COLUMNS` input features), narrowest first
+    within ``max_bytes`` of H, seen in at least MIN_ROWS_PER_FEATURE calibration rows per input feature.
+
+    ``reasons`` (a dict, filled when given): name -> why that layer is left without (too wide, over
+    the H memory limit, never reached on the calibration inputs, too few rows)."""
     from .obs import MAX_COLUMNS
     from .roles import COMPRESSIBLE
 
+    why = {} if reasons is None else reasons
     names = [n for n, w in weights.items() if roles.get(n) in COMPRESSIBLE and w is not None and w.size >= max(min_size, 1)
              and w.dtype.kind == "f" and w.dtype.name in ("float32", "float64", "float16") and np.isfinite(w).all()]
     found = layers(graph, names)
@@ -260,7 +332,11 @@ def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: in
         shape = weights[name].shape
         cols = lay.cols(shape)  # per group for a convolution (its weight holds C/group inputs per filter)
         cost = lay.group * cols * cols * 8
-        if cols > MAX_COLUMNS or total + cost > max_bytes:
+        if cols > MAX_COLUMNS:
+            why[name] = f"too wide ({cols:,} input features; at most {MAX_COLUMNS:,})"
+            continue
+        if total + cost > max_bytes:
+            why[name] = f"its H would pass the {max_bytes:,}-byte limit of all layers' H"
             continue
         chosen[name] = lay
         total += cost
@@ -269,9 +345,20 @@ def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: in
                       seed)
     # an H from fewer rows than MIN_ROWS_PER_FEATURE per input feature is mostly noise: compensating
     # against it fits the calibration set and does worse on other inputs than plain rounding
-    usable = {n: lay for n, lay in chosen.items() if lay.rows_seen >= MIN_ROWS_PER_FEATURE * lay.h[0].shape[0]}
+    usable = {}
+    for name, lay in chosen.items():
+        if not lay.h:  # its node never ran: an If branch (or a Loop body) the calibration inputs did not take
+            why[name] = NOT_REACHED
+        elif lay.rows_seen < MIN_ROWS_PER_FEATURE * lay.h[0].shape[0]:
+            why[name] = (f"saw {lay.rows_seen:,} calibration rows, fewer than {MIN_ROWS_PER_FEATURE} per "
+                         f"input feature ({lay.h[0].shape[0]:,})")
+        else:
+            usable[name] = lay
     return usable, sorted(set(found) - set(usable))
 
 
+NOT_REACHED = "never run on the calibration inputs (an If branch or Loop body they did not take)"
+
+
 __all__ = ["Layer", "layers", "to_rows", "from_rows", "im2col", "accumulate", "importance", "collect", "for_model",
-           "MAX_ROWS_PER_BATCH", "MAX_H_BYTES"]
+           "MAX_ROWS_PER_BATCH", "MAX_H_BYTES", "NOT_REACHED"]

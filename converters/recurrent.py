@@ -209,23 +209,26 @@ def _graph_at(model, path: tuple):
     return g
 
 
-def expose(model, uses: list[Use], dtype) -> list[str]:
-    """Make every value the ``uses`` need (X, Y, initial_h, sequence_lens) an output of ``model``'s
-    main graph, in place (``model`` is a calibration copy): through every enclosing ``If`` (the other
-    branch gives an empty tensor) and ``Loop`` (stacked per iteration: a leading axis). Sets each
-    use's ``names``; returns the new graph outputs. Raises ValueError for other enclosing ops."""
-    from onnx import helper, numpy_helper
+class Lifter:
+    """Values of subgraphs made outputs of ``model``'s main graph, in place (``model`` is a calibration
+    copy): through every enclosing ``If`` (the other branch gives an empty tensor) and ``Loop``
+    (stacked per iteration: a leading axis). :meth:`lift` raises ValueError for other enclosing ops."""
 
-    made: dict[tuple, str] = {}
-    outputs: list[str] = []
-    counter = [0]
+    def __init__(self, model):
+        self.model = model
+        self.made: dict[tuple, str] = {}
+        self.outputs: list[str] = []  # the new graph outputs
+        self.counter = 0
 
-    def fresh():
-        counter[0] += 1
-        return f"__dcz_rnn_{counter[0]}"
+    def fresh(self) -> str:
+        self.counter += 1
+        return f"__dcz_rnn_{self.counter}"
 
-    def lift(path: tuple, value: str, elem_type: int) -> str:
+    def lift(self, path: tuple, value: str, elem_type: int) -> str:
         """The name of ``value`` (a value of the graph at ``path``) in the main graph."""
+        from onnx import helper, numpy_helper
+
+        model, made = self.model, self.made
         key = (path, value)
         if key in made:
             return made[key]
@@ -233,9 +236,9 @@ def expose(model, uses: list[Use], dtype) -> list[str]:
             made[key] = value
             if value in {i.name for i in model.graph.input}:  # fed, not fetched (collect() reads the feeds)
                 return value
-            if value not in outputs and value not in {o.name for o in model.graph.output}:
+            if value not in self.outputs and value not in {o.name for o in model.graph.output}:
                 model.graph.output.append(helper.make_empty_tensor_value_info(value))
-                outputs.append(value)
+                self.outputs.append(value)
             return value
         parent = _graph_at(model, path[:-1])
         idx, attr = path[-1]
@@ -243,39 +246,45 @@ def expose(model, uses: list[Use], dtype) -> list[str]:
         sub = _graph_at(model, path)
         if value not in ({o for n in sub.node for o in n.output} | {t.name for t in sub.initializer}
                          | {i.name for i in sub.input}):  # an outer scope's value: lift it there
-            made[key] = lift(path[:-1], value, elem_type)
+            made[key] = self.lift(path[:-1], value, elem_type)
             return made[key]
         if node.op_type not in ("If", "Loop"):
-            raise ValueError(f"a recurrent layer inside a {node.op_type} node")
-        copy = fresh()  # a new name: a subgraph may not output a value twice, nor an outer value directly
+            raise ValueError(f"a layer inside a {node.op_type} node")
+        copy = self.fresh()  # a new name: a subgraph may not output a value twice, nor an outer value directly
         sub.node.append(helper.make_node("Identity", [value], [copy]))
         if node.op_type == "If":
             other = "else_branch" if attr == "then_branch" else "then_branch"
             og = next(a for a in node.attribute if a.name == other).g
             sub.output.append(helper.make_empty_tensor_value_info(copy))
-            empty = fresh()
+            empty = self.fresh()
             og.node.append(helper.make_node("Constant", [], [empty], value=numpy_helper.from_array(
                 np.zeros(0, helper.tensor_dtype_to_np_dtype(elem_type)))))
             og.output.append(helper.make_empty_tensor_value_info(empty))
         else:
             sub.output.append(helper.make_empty_tensor_value_info(copy))  # a Loop's new scan output, stacked
-        out = fresh()
+        out = self.fresh()
         node.output.append(out)
-        made[key] = lift(path[:-1], out, elem_type)
+        made[key] = self.lift(path[:-1], out, elem_type)
         return made[key]
 
-    from onnx import helper as _h
 
-    elem = _h.np_dtype_to_tensor_dtype(np.dtype(dtype))
+def expose(model, uses: list[Use], dtype) -> list[str]:
+    """Make every value the ``uses`` need (X, Y, initial_h, sequence_lens) an output of ``model``'s
+    main graph, in place (``model`` is a calibration copy), by :class:`Lifter`. Sets each use's
+    ``names``; returns the new graph outputs. Raises ValueError for other enclosing ops."""
+    from onnx import helper
+
+    lifter = Lifter(model)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     for use in uses:
         g = _graph_at(model, use.path)
         node = g.node[use.node_index]
         if not use.y:
-            use.y = fresh()
+            use.y = lifter.fresh()
             node.output[0] = use.y
-        use.names = {v: lift(use.path, v, elem if v != use.lens else 6)
+        use.names = {v: lifter.lift(use.path, v, elem if v != use.lens else 6)
                      for v in (use.x, use.y, use.h0, use.lens, *use.gates) if v}
-    return outputs
+    return lifter.outputs
 
 
 def _stacked(a: np.ndarray, ndim: int) -> list[np.ndarray]:
@@ -519,4 +528,4 @@ def _per_row(layer, hs: np.ndarray) -> None:
     layer.group = hs.shape[0]
 
 
-__all__ = ["Use", "find", "expose", "rows", "layers", "collect", "add_rows", "OPS"]
+__all__ = ["Use", "Lifter", "find", "expose", "rows", "layers", "collect", "add_rows", "OPS"]
