@@ -192,7 +192,19 @@ def ort_reason(message: str, width: int = 200) -> str:
     return text
 
 
-def _ort_call(what, fn, *args, **kw):
+def _from_ort(e: BaseException) -> bool:
+    """Whether ONNX Runtime raised ``e``: one of its own classes, or raised in its Python wrapper."""
+    if type(e).__module__.split(".")[0] == "onnxruntime":
+        return True
+    tb, last = e.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and f"{os.sep}onnxruntime{os.sep}" in last.tb_frame.f_code.co_filename
+
+
+def _ort_call(what, fn, *args, _step: str = "", **kw):
+    """``fn(*args, **kw)``; ONNX Runtime's failures become ``ConvertError("{what}: {message}")``, any
+    other exception (a bug of ours, not the model's) one naming ``_step`` that does not blame ONNX Runtime."""
     try:
         return fn(*args, **kw)
     except (click.ClickException, dcformat.DczError):
@@ -202,7 +214,10 @@ def _ort_call(what, fn, *args, **kw):
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own classes
         from dcformat.errors import first_line
 
-        raise ConvertError(f"{what}: {first_line(e)}") from None
+        if _from_ort(e):
+            raise ConvertError(f"{what}: {first_line(e)}") from None
+        raise ConvertError(f"internal error {_step or 'converting'} ({type(e).__name__}: {first_line(e)}; not an "
+                           "ONNX Runtime failure: please report it)") from None
 
 
 def _compensation_note(done: int, without: list, reasons: dict, show: int = 2) -> str:
@@ -268,7 +283,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
         try:
             ref = _ort_call(f"ONNX Runtime cannot run {src_path} on the "
                             f"{'synthetic ' if cdesc['synthetic'] else ''}calibration inputs", cal.run_model, src.graph,
-                            originals, calib, decl)
+                            originals, calib, decl, _step="while running the model on the calibration inputs")
         except ConvertError as e:
             ref, first = None, e
             if cdesc["synthetic"]:  # the default sizes may not suit the model (an audio frame, a recurrent state)
@@ -296,7 +311,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
             skipped: dict = {}
             s.layers, without = _ort_call("ONNX Runtime failed while collecting the layers' inputs", hessian.for_model,
                                           src.graph, originals, fit, decl, src.roles, s.min_size, s.seed,
-                                          reasons=skipped)
+                                          reasons=skipped, _step="while collecting the layers' inputs")
             if without:
                 src.notes.append(_compensation_note(len(s.layers), without, skipped))
         if ref is None:
@@ -312,7 +327,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                                             seed=s.seed, progress=progress, echo=echo, layers=s.layers,
                                             strength=s.ecvq.get, axes=src.out_axes,
                                             channel_scales=s.channel_scales, held=held, metric=metric,
-                                            sequential=s.sequential, **fixed)
+                                            sequential=s.sequential, _step="in the error-budget search", **fixed)
             s.plan, s.reasons = search_rec.plan, reasons
             from .sequential import install
 
@@ -334,7 +349,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
         fid = {"schema": fidelity.SCHEMA, "measured": False, "reason": unmeasured,
                "tensor_snr_db": cal.tensor_snr(originals, recon), "warning": True}
     elif src.graph is not None:
-        new = _ort_call("ONNX Runtime cannot run the compressed model", cal.run_model, src.graph, recon, calib, decl)
+        new = _ort_call("ONNX Runtime cannot run the compressed model", cal.run_model, src.graph, recon, calib, decl,
+                   _step="while running the compressed model")
         m = fidelity.compare(ref, new, metric=metric)
         fid = {"schema": fidelity.SCHEMA, "measured": True, "metric": metric,
                "metric_text": fidelity.METRICS[metric], "calibration": cdesc,

@@ -98,3 +98,28 @@ def test_convert_with_an_untaken_branch_compensates_the_taken_one(tmp_path):
     note = next(n for n in report["source"]["notes"] if n.startswith("error compensation"))
     assert note.startswith("error compensation: 4 of 8 layers") and "4 never run on the calibration inputs" in note
     assert report["fidelity"]["measured"] is True
+
+
+def test_only_onnx_runtime_failures_are_reported_as_its():
+    """The CLI's wrapper names ONNX Runtime only for ONNX Runtime's own failures (its exception classes,
+    or its Python wrapper's checks); an exception of ours, as the IndexError of this bug was, is an
+    internal error of the step, not "ONNX Runtime failed while collecting the layers' inputs"."""
+    import onnxruntime as ort
+    import pytest
+
+    from converters.cli import _ort_call
+    from converters.errors import ConvertError
+
+    what = "ONNX Runtime failed while collecting the layers' inputs"
+    with pytest.raises(ConvertError) as e:
+        _ort_call(what, lambda: [][0], _step="while collecting the layers' inputs")
+    assert str(e.value).startswith("internal error while collecting the layers' inputs (IndexError: list index out "
+                                   "of range; not an ONNX Runtime failure"), e.value
+    sess = ort.InferenceSession(_model(np.random.default_rng(2)).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    x = np.zeros((2, C, L), np.float32)
+    for feeds in ({"x": x.astype(np.int64), "cond": np.array(True)},  # its own class (InvalidArgument)
+                  {"x": x}):  # its wrapper's check of the feeds (ValueError)
+        with pytest.raises(ConvertError) as e:
+            _ort_call(what, sess.run, None, feeds, _step="while collecting the layers' inputs")
+        assert str(e.value).startswith(what + ": "), e.value
