@@ -1,7 +1,8 @@
 """Second moments of a layer's inputs, ``H = X.T @ X``, from calibration activations (numpy only).
 
-For every weight that a main-graph ``Gemm``, ``MatMul`` or ``Conv`` multiplies with an
-activation, :func:`layers` says how the weight maps to a ``rows x cols`` matrix (rows =
+For every weight that a ``Gemm``, ``MatMul`` or ``Conv`` multiplies with an activation (in the
+main graph, an ``If`` branch or a ``Loop`` body: :func:`collect` exposes a subgraph layer's input
+through the enclosing nodes, and a layer whose branch never ran gets no H), :func:`layers` says how the weight maps to a ``rows x cols`` matrix (rows =
 output neurons, cols = the input features each output sums over) and which activation
 feeds it; :func:`accumulate` adds a batch of that activation to ``H`` (one per group for
 grouped convolutions, whose outputs see only their group's inputs). A convolution's input
