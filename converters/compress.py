@@ -321,12 +321,51 @@ def compact_graph(model):
                     k += 1
                 rename[o] = n.output[i] = f"t{k}"
                 k += 1
-        n.name = ""
-        n.doc_string = ""
+        n.ClearField("name")  # cleared, not set to "": an empty string set is still written (proto2)
+        n.ClearField("doc_string")
     for v in g.value_info:
         v.name = rename.get(v.name, v.name)
     for a in g.quantization_annotation:
         a.tensor_name = rename.get(a.tensor_name, a.tensor_name)
-    g.doc_string = ""
-    m.doc_string = ""
+    g.ClearField("doc_string")
+    m.ClearField("doc_string")
     return m
+
+
+INLINE_MAX_BYTES = 64  # integer tensors up to this size (shapes, axes, indices) are kept in the graph
+
+
+def inline_constants(model, tensors: list):
+    """(graph, tensors): small integer tensors (``raw``, at most INLINE_MAX_BYTES: a Reshape's shape, an
+    Unsqueeze's axes) moved into the graph, their bytes in the TensorProto (spec 5.2: a TensorProto that
+    holds its data is used as it is), so that they need no tensor record (LeNet-5's Unsqueeze axes: a
+    55-byte record for 8 bytes of data; tools/bench_ecvq.py). Float tensors (weights) stay records, and so
+    does everything in a model with subgraphs or local functions. ``model`` is changed in place."""
+    from onnx import AttributeProto, TensorProto
+
+    from dcformat.constants import GRAPH_TENSOR_KEY
+
+    if model is None or len(model.functions) or any(
+            a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute):
+        return model, tensors
+    small = {t.name: t for t in tensors if t.encoding == "raw" and t.info.dtype.startswith(("int", "uint"))
+             and t.nbytes <= INLINE_MAX_BYTES}
+    if not small:
+        return model, tensors
+    refs = [(t, False) for t in model.graph.initializer]
+    refs += [(a.t, True) for n in model.graph.node for a in n.attribute if a.type == AttributeProto.TENSOR]
+    refs += [(x, True) for n in model.graph.node for a in n.attribute if a.type == AttributeProto.TENSORS for x in a.tensors]
+    done = set()
+    for t, attr in refs:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        name = {e.key: e.value for e in t.external_data}.get(GRAPH_TENSOR_KEY)
+        if name not in small:
+            continue
+        t.ClearField("external_data")
+        t.ClearField("data_location")
+        t.raw_data = small[name].parts["data"].tobytes()
+        if attr:  # a node's tensor: its name names nothing
+            t.ClearField("name")
+        done.add(name)
+    return model, [t for t in tensors if t.name not in done]
