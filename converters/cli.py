@@ -344,7 +344,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
     fid = fidelity.rounded(fidelity.json_safe(fid))  # the numbers as stored (and printed), in the report too
     meta = {  # fewer bytes than the report (issue 16): the fidelity without its defaults, no unset settings
         "producer": f"dcconvert (dcz {dcformat.__version__})",
-        "source": {"file": os.path.basename(src.path), "kind": src.kind, "sha256": src.sha256, "bytes": src.size},
+        "source": {"file": os.path.basename(src.path), "kind": src.kind, "sha256": src.sha256[:SHA256_DIGITS],
+                   "bytes": src.size},
         "settings": stored_settings(s.describe()),
         "fidelity": fidelity.compact(fid),
     }
@@ -372,9 +373,15 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
     }
 
 
+# the metadata's source.sha256: the first 16 hex digits of the source file's SHA-256 (64 bits tell source files
+# apart; 30 bytes fewer than all 64 in a LeNet-5 file, tools/bench_ecvq.py); the report has all 64
+SHA256_DIGITS = 16
+
+
 def stored_settings(d: dict) -> dict:
-    """The settings as the metadata stores them: those left unset (None) and an unused ``sequential``
-    left out (dcinspect lists neither); the report keeps them all."""
+    """The settings as the metadata stores them: those left unset (None) left out (dcinspect does not list
+    them), and ``sequential`` unless given (--sequential: newer than the preset dictionary, its ``false``
+    took 16 bytes of a LeNet-5 file); the report keeps them all."""
     return {k: v for k, v in d.items() if v is not None and not (k == "sequential" and v is False)}
 
 

@@ -296,9 +296,22 @@ def compress(source, settings: Settings, progress=None, recon: dict | None = Non
     return tensors, rows
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def short_name(k: int) -> str:
+    """The k-th of "a" .. "z", "A" .. "Z", "ba" .. : the shortest names first (a letter for each of the first 52)."""
+    s = LETTERS[k % 52]
+    k //= 52
+    while k:
+        s = LETTERS[k % 52] + s
+        k //= 52
+    return s
+
+
 def compact_graph(model):
     """A copy of the ONNX ``model`` with fewer bytes and the same computation: the values between nodes
-    renamed ``t0``, ``t1``, ... (the graph's inputs, outputs and initializers keep their names), node
+    renamed ``a``, ``b``, ... (short_name; the graph's inputs, outputs and initializers keep their names), node
     names and doc strings dropped. A model with subgraphs or local functions (which may name outer
     values) is returned unchanged. Saves about 90 bytes of LeNet-5's deflated graph (tools/bench_ecvq.py)."""
     from onnx import AttributeProto
@@ -317,9 +330,9 @@ def compact_graph(model):
             n.input[i] = rename.get(x, x)
         for i, o in enumerate(n.output):
             if o and o not in keep:
-                while f"t{k}" in keep:
+                while short_name(k) in keep:
                     k += 1
-                rename[o] = n.output[i] = f"t{k}"
+                rename[o] = n.output[i] = short_name(k)
                 k += 1
         n.ClearField("name")  # cleared, not set to "": an empty string set is still written (proto2)
         n.ClearField("doc_string")

@@ -51,13 +51,14 @@ Schema 2 (issue 16: a LeNet-5 file's metadata is 5% of the file) is schema 1 sto
   measured float (errors, ``max_abs``, ``top1``, dB) to DIGITS significant digits, one more than they
   print. ``budget`` (the user's number) is kept as given. The report of ``dcconvert --json`` holds the
   same rounded numbers, so that dcinspect prints what dcconvert printed;
-* ``compact`` leaves out every field whose value is its default (DEFAULTS: ``metric_text`` the
-  metric's text, ``budget`` / ``within_budget`` null, ``error`` / ``error_output`` the rel_l2 ones,
-  ``min_cosine`` the smallest output ``cosine_min``; per output ``samples`` the calibration's,
+* ``compact`` leaves out every field whose value is its default: ``metric_text`` the metric's text,
+  ``budget`` / ``within_budget`` null, ``error`` / ``error_output`` those of rel_l2 (``max_rel_l2`` /
+  ``worst_output``), ``min_cosine`` the smallest output ``cosine_min``; per output ``samples`` the calibration's,
   ``shape_mismatch`` false, ``nonfinite`` 0, ``kind`` "values", ``decision_error`` the output's
   rel_l2, ``decisions`` / ``decisions_changed`` / ``top1`` / ``top1_positions`` null); ``expand``
   puts them back (a schema 1 record, which has them all, comes back unchanged).
 """
+
 
 from __future__ import annotations
 
@@ -250,7 +251,8 @@ def json_safe(x):
 
 
 def lines(fid: dict, indent: str = "") -> list[str]:
-    """Human-readable lines, one per output."""
+    """Human-readable lines, one per output (of a full or a stored record)."""
+    fid = expand(fid)
     out = []
     for name, m in fid["outputs"].items():
         if m["shape_mismatch"]:
