@@ -376,15 +376,24 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
             if r["name"] in snr:
                 r["snr_db"] = snr[r["name"]]
     del recon, originals
-    fid = fidelity.json_safe(fid)
-    meta = {
+    fid = fidelity.rounded(fidelity.json_safe(fid))  # the numbers as stored (and printed), in the report too
+    meta = {  # fewer bytes than the report (issue 16): the fidelity without its defaults, no unset settings
         "producer": f"dcconvert (dcz {dcformat.__version__})",
-        "source": {"file": os.path.basename(src.path), "kind": src.kind, "sha256": src.sha256, "bytes": src.size},
-        "settings": s.describe(),
-        "fidelity": fid,
+        "source": {"file": os.path.basename(src.path), "kind": src.kind, "sha256": src.sha256[:SHA256_DIGITS],
+                   "bytes": src.size},
+        "settings": stored_settings(s.describe()),
+        "fidelity": fidelity.compact(fid),
     }
+    graph = cmp.compact_graph(src.graph)
+    if graph is not None:
+        graph, kept = cmp.inline_constants(graph, tensors)
+        inlined = {t.name for t in tensors} - {t.name for t in kept}
+        for r in rows:
+            if r["name"] in inlined:  # in the graph's TensorProto: no record
+                r.update(encoding="graph", bytes=0, ratio=None)
+        tensors = kept
     try:
-        size = dcformat.write(out, tensors, graph=cmp.compact_graph(src.graph), metadata=meta, dictionary=True)
+        size = dcformat.write(out, tensors, graph=graph, metadata=meta, dictionary=True)
     except OSError as e:  # the temporary file beside it, or the rename
         raise ConvertError(f"cannot write {out}: {e.strerror or e}") from None
     return {
@@ -397,6 +406,18 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
         "fidelity": fid,
         **({"search": fidelity.json_safe(search_rec.describe())} if search_rec is not None else {}),
     }
+
+
+# the metadata's source.sha256: the first 16 hex digits of the source file's SHA-256 (64 bits tell source files
+# apart; 30 bytes fewer than all 64 in a LeNet-5 file, tools/bench_ecvq.py); the report has all 64
+SHA256_DIGITS = 16
+
+
+def stored_settings(d: dict) -> dict:
+    """The settings as the metadata stores them: those left unset (None) left out (dcinspect does not list
+    them), and ``sequential`` unless given (--sequential: newer than the preset dictionary, its ``false``
+    took 16 bytes of a LeNet-5 file); the report keeps them all."""
+    return {k: v for k, v in d.items() if v is not None and not (k == "sequential" and v is False)}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -296,9 +296,22 @@ def compress(source, settings: Settings, progress=None, recon: dict | None = Non
     return tensors, rows
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def short_name(k: int) -> str:
+    """The k-th of "a" .. "z", "A" .. "Z", "ba" .. : the shortest names first (a letter for each of the first 52)."""
+    s = LETTERS[k % 52]
+    k //= 52
+    while k:
+        s = LETTERS[k % 52] + s
+        k //= 52
+    return s
+
+
 def compact_graph(model):
     """A copy of the ONNX ``model`` with fewer bytes and the same computation: the values between nodes
-    renamed ``t0``, ``t1``, ... (the graph's inputs, outputs and initializers keep their names), node
+    renamed ``a``, ``b``, ... (short_name; the graph's inputs, outputs and initializers keep their names), node
     names and doc strings dropped. A model with subgraphs or local functions (which may name outer
     values) is returned unchanged. Saves about 90 bytes of LeNet-5's deflated graph (tools/bench_ecvq.py)."""
     from onnx import AttributeProto
@@ -317,16 +330,55 @@ def compact_graph(model):
             n.input[i] = rename.get(x, x)
         for i, o in enumerate(n.output):
             if o and o not in keep:
-                while f"t{k}" in keep:
+                while short_name(k) in keep:
                     k += 1
-                rename[o] = n.output[i] = f"t{k}"
+                rename[o] = n.output[i] = short_name(k)
                 k += 1
-        n.name = ""
-        n.doc_string = ""
+        n.ClearField("name")  # cleared, not set to "": an empty string set is still written (proto2)
+        n.ClearField("doc_string")
     for v in g.value_info:
         v.name = rename.get(v.name, v.name)
     for a in g.quantization_annotation:
         a.tensor_name = rename.get(a.tensor_name, a.tensor_name)
-    g.doc_string = ""
-    m.doc_string = ""
+    g.ClearField("doc_string")
+    m.ClearField("doc_string")
     return m
+
+
+INLINE_MAX_BYTES = 64  # integer tensors up to this size (shapes, axes, indices) are kept in the graph
+
+
+def inline_constants(model, tensors: list):
+    """(graph, tensors): small integer tensors (``raw``, at most INLINE_MAX_BYTES: a Reshape's shape, an
+    Unsqueeze's axes) moved into the graph, their bytes in the TensorProto (spec 5.2: a TensorProto that
+    holds its data is used as it is), so that they need no tensor record (LeNet-5's Unsqueeze axes: a
+    55-byte record for 8 bytes of data; tools/bench_ecvq.py). Float tensors (weights) stay records, and so
+    does everything in a model with subgraphs or local functions. ``model`` is changed in place."""
+    from onnx import AttributeProto, TensorProto
+
+    from dcformat.constants import GRAPH_TENSOR_KEY
+
+    if model is None or len(model.functions) or any(
+            a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute):
+        return model, tensors
+    small = {t.name: t for t in tensors if t.encoding == "raw" and t.info.dtype.startswith(("int", "uint"))
+             and t.nbytes <= INLINE_MAX_BYTES}
+    if not small:
+        return model, tensors
+    refs = [(t, False) for t in model.graph.initializer]
+    refs += [(a.t, True) for n in model.graph.node for a in n.attribute if a.type == AttributeProto.TENSOR]
+    refs += [(x, True) for n in model.graph.node for a in n.attribute if a.type == AttributeProto.TENSORS for x in a.tensors]
+    done = set()
+    for t, attr in refs:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        name = {e.key: e.value for e in t.external_data}.get(GRAPH_TENSOR_KEY)
+        if name not in small:
+            continue
+        t.ClearField("external_data")
+        t.ClearField("data_location")
+        t.raw_data = small[name].parts["data"].tobytes()
+        if attr:  # a node's tensor: its name names nothing
+            t.ClearField("name")
+        done.add(name)
+    return model, [t for t in tensors if t.name not in done]

@@ -125,6 +125,7 @@ def _fidelity_lines(fid) -> list[str]:
     try:
         if not (isinstance(fid, dict) and fid.get("measured") and isinstance(fid.get("outputs"), dict)):
             return []
+        fid = fidelity.expand(fid)  # schema 2 leaves out the fields that hold their defaults
         cal = fid.get("calibration") or {}
         on = (f" on {cal['samples']} {'synthetic' if cal.get('synthetic') else 'given'} calibration samples"
               if isinstance(cal.get("samples"), int) else "")

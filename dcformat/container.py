@@ -54,7 +54,7 @@ def dump_json(obj) -> bytes:
 
 def deflate(data: bytes, zdict: bytes | None = None) -> bytes:
     """Raw DEFLATE (RFC 1951) of ``data``, as the format stores its header, metadata and graph; with
-    ``zdict`` (1.4: DEFLATE_DICT), against that preset dictionary."""
+    ``zdict`` (1.4: DEFLATE_DICT, 1.5: DEFLATE_DICT_15), against that preset dictionary."""
     c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, **({"zdict": zdict} if zdict else {}))
     return c.compress(data) + c.flush()
 
@@ -62,7 +62,7 @@ def deflate(data: bytes, zdict: bytes | None = None) -> bytes:
 def inflate(data, limit: int, what: str, why: str = "", zdict: bytes | None = None) -> bytes:
     """Inverse of :func:`deflate`: the stream must be complete, end exactly at the end of
     ``data`` and inflate to at most ``limit`` bytes (checked as it inflates; ``why`` explains
-    the limit in the LimitError; ``zdict``: the preset dictionary of a 1.4 file)."""
+    the limit in the LimitError; ``zdict``: the preset dictionary of a 1.4 or later file)."""
     d = zlib.decompressobj(-15, **({"zdict": zdict} if zdict else {}))
     try:
         out = d.decompress(bytes(data), limit + 1)

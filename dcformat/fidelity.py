@@ -26,7 +26,7 @@ metric (``--metric``): ``rel_l2`` (the default), or ``decision`` (``decision_err
 outputs that are not probabilities). Non-finite elements (NaN, inf in either output) are left out
 of the sums and counted.
 
-dcconvert stores the record in the .dcz metadata under the key ``"fidelity"`` (schema 1; JSON,
+dcconvert stores the record in the .dcz metadata under the key ``"fidelity"`` (schema 1 shown; JSON,
 infinities written as the string "inf")::
 
     {"schema": 1, "measured": true, "metric": "rel_l2" | "decision", "metric_text": "...",
@@ -43,7 +43,22 @@ infinities written as the string "inf")::
 
 and for weights-only inputs ``{"schema": 1, "measured": false, "reason": "...",
 "tensor_snr_db": {name: dB}}``.
+
+Schema 2 (issue 16: a LeNet-5 file's metadata is 5% of the file) is schema 1 stored in fewer bytes:
+
+* the measured numbers are rounded (``rounded``): cosines (``cosine_mean``, ``cosine_min``,
+  ``min_cosine``) to COSINE_DECIMALS decimals, the digits dcconvert and dcinspect print; every other
+  measured float (errors, ``max_abs``, ``top1``, dB) to DIGITS significant digits, one more than they
+  print. ``budget`` (the user's number) is kept as given. The report of ``dcconvert --json`` holds the
+  same rounded numbers, so that dcinspect prints what dcconvert printed;
+* ``compact`` leaves out every field whose value is its default: ``metric_text`` the metric's text,
+  ``budget`` / ``within_budget`` null, ``error`` / ``error_output`` those of rel_l2 (``max_rel_l2`` /
+  ``worst_output``), ``min_cosine`` the smallest output ``cosine_min``; per output ``samples`` the calibration's,
+  ``shape_mismatch`` false, ``nonfinite`` 0, ``kind`` "values", ``decision_error`` the output's
+  rel_l2, ``decisions`` / ``decisions_changed`` / ``top1`` / ``top1_positions`` null); ``expand``
+  puts them back (a schema 1 record, which has them all, comes back unchanged).
 """
+
 
 from __future__ import annotations
 
@@ -59,7 +74,11 @@ METRICS = {
                 "sigmoid) by how far their decisions (arg-max; p > 0.5) moved towards changing, others by relative "
                 "L2; worst output",
 }
-SCHEMA = 1  # version of the "fidelity" metadata record
+SCHEMA = 2  # version of the "fidelity" metadata record (2: rounded numbers, defaults left out; expand reads 1 and 2)
+DIGITS = 4  # significant digits of a stored error, max_abs, top-1 agreement or dB (printed with 3)
+COSINE_DECIMALS = 6  # decimals of a stored cosine (printed with 6)
+COSINES = ("cosine_mean", "cosine_min", "min_cosine")
+UNROUNDED = ("budget",)  # the user's --max-error, as given
 PROB_TOL = 1e-3  # a softmax output's last-axis sums are within this of 1 on every position
 SIGMOID_CUT = 0.5  # a per-element probability's decision
 
@@ -232,7 +251,8 @@ def json_safe(x):
 
 
 def lines(fid: dict, indent: str = "") -> list[str]:
-    """Human-readable lines, one per output."""
+    """Human-readable lines, one per output (of a full or a stored record)."""
+    fid = expand(fid)
     out = []
     for name, m in fid["outputs"].items():
         if m["shape_mismatch"]:
@@ -249,3 +269,64 @@ def lines(fid: dict, indent: str = "") -> list[str]:
             s += f" ({m['nonfinite']} non-finite elements left out)"
         out.append(s)
     return out
+
+
+def _round(x, key=None):
+    if isinstance(x, dict):
+        return {k: (v if k in UNROUNDED else _round(v, k)) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round(v, key) for v in x]
+    if isinstance(x, float) and math.isfinite(x):
+        return round(x, COSINE_DECIMALS) if key in COSINES else float(f"{x:.{DIGITS}g}")
+    return x
+
+
+def rounded(fid: dict) -> dict:
+    """The record with its measured floats rounded as schema 2 stores them (module docstring); ints,
+    strings, non-finite values and ``budget`` unchanged."""
+    return {**_round(fid), "schema": SCHEMA} if isinstance(fid, dict) else fid
+
+
+def _defaults(fid: dict) -> dict:
+    """The top-level fields compact leaves out when they hold these values (derived from the others)."""
+    outs = fid.get("outputs") or {}
+    cos = [o.get("cosine_min") for o in outs.values() if isinstance(o, dict) and o.get("cosine_min") is not None]
+    return {"metric_text": METRICS.get(fid.get("metric", METRIC)), "budget": None, "within_budget": None,
+            "error": fid.get("max_rel_l2"), "error_output": fid.get("worst_output"),
+            "min_cosine": min(cos) if cos else None}
+
+
+def _output_defaults(o: dict, samples) -> dict:
+    return {"samples": samples, "shape_mismatch": False, "nonfinite": 0, "kind": "values",
+            "decision_error": o.get("rel_l2"), "decisions": None, "decisions_changed": None, "top1": None,
+            "top1_positions": None}
+
+
+def compact(fid: dict) -> dict:
+    """The record as dcconvert stores it in the metadata: every field holding its default left out
+    (module docstring); expand(compact(r)) == r. Records that are not measured ones are kept whole."""
+    if not (isinstance(fid, dict) and fid.get("measured") and isinstance(fid.get("outputs"), dict)):
+        return fid
+    samples = (fid.get("calibration") or {}).get("samples")
+    outs = {}
+    for name, o in fid["outputs"].items():
+        d = _output_defaults(o, samples)
+        outs[name] = {k: v for k, v in o.items() if not (k in d and _same(v, d[k]))}
+    d = _defaults(fid)
+    return {k: (outs if k == "outputs" else v) for k, v in fid.items() if not (k in d and _same(v, d[k]))}
+
+
+def expand(fid):
+    """The full record of a stored one (compact's inverse; a schema 1 record has every field already)."""
+    if not (isinstance(fid, dict) and fid.get("measured") and isinstance(fid.get("outputs"), dict)):
+        return fid
+    samples = (fid.get("calibration") or {}).get("samples")
+    outs = {}
+    for name, o in fid["outputs"].items():
+        outs[name] = {**_output_defaults(o, samples), **o} if isinstance(o, dict) else o
+    full = {**fid, "outputs": outs}
+    return {**_defaults(full), **full}
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a == b

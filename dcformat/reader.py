@@ -18,8 +18,6 @@ import numpy as np
 
 from .constants import (
     ALIGNMENT,
-    DEFLATE_DICT,
-    DICT_MINOR,
     EXPANSION_SLACK,
     GRAPH_OBJECT_COST,
     GRAPH_PARSE_FACTOR,
@@ -36,6 +34,7 @@ from .constants import (
     SECTION_TENSOR,
     VERSION_MAJOR,
     VERSION_MINOR,
+    deflate_dict,
     expansion_bound,
 )
 from .container import PREAMBLE, Section, inflate
@@ -191,8 +190,9 @@ class DczReader(Mapping):
         if major != VERSION_MAJOR:
             raise VersionError(f"{self.path}: format version {major}.{minor} is not supported (this reader reads {VERSION_MAJOR}.x)")
         self.version = (major, minor)
-        # 1.4: header, metadata and graph are deflated against the preset dictionary (spec 2.2)
-        self._zdict = DEFLATE_DICT if DICT_MINOR <= minor and DICT_MINOR <= self.MINOR else None
+        # 1.4: header, metadata and graph are deflated against the preset dictionary, 1.5: against DEFLATE_DICT_15
+        # (spec 2.2); a reader of an earlier minor version inflates with the one it knows (and then fails)
+        self._zdict = deflate_dict(min(minor, self.MINOR))
         if hlen > MAX_HEADER_BYTES or PREAMBLE_SIZE + hlen > size:
             raise LimitError(f"{self.path}: header length {hlen} exceeds the file or the limit (byte 12)")
         self._buf = self._read(0, PREAMBLE_SIZE + hlen)

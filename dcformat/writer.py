@@ -9,7 +9,7 @@ import numpy as np
 
 from .atomic import atomic_output
 from .constants import (
-    DEFLATE_DICT,
+    DICT15_MINOR,
     DICT_MINOR,
     DTYPES,
     EXPANSION_SLACK,
@@ -25,6 +25,7 @@ from .constants import (
     SECTION_METADATA,
     SECTION_PADDING,
     SECTION_TENSOR,
+    deflate_dict,
     expansion_bound,
 )
 from .container import deflate, dump_json, file_size, layout, preamble
@@ -140,7 +141,7 @@ def _padded_layout(entries, decoded: int, texts: list[tuple[int, int]], zdict: b
 
 
 def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping | None = None, *,
-          checked: bool = True, dictionary: bool = False) -> int:
+          checked: bool = True, dictionary: bool | int = False) -> int:
     """Write a .dcz file; returns its size in bytes.
 
     ``tensors`` are :class:`EncodedTensor` (from the encoders), written in the given order;
@@ -155,12 +156,21 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
     ``checked=False`` writes the sections exactly as given, whether readers will accept the
     file or not (for making test files).
 
-    ``dictionary=True`` deflates the header, metadata and graph against the preset dictionary
-    DEFLATE_DICT (spec 2.2, 1.4): about 200 bytes fewer for the header of a small model, 400 for
-    dcconvert's metadata, a third of a small graph; the file is then a 1.4 file, which readers
-    before 1.4 refuse. Without it the file is what earlier writers wrote, byte for byte.
+    ``dictionary=True`` deflates the header, metadata and graph against the newest preset dictionary,
+    DEFLATE_DICT_15 (spec 2.2, 1.5), and the file is a 1.5 file, which readers before 1.5 refuse;
+    ``dictionary=4`` against 1.4's DEFLATE_DICT (a 1.4 file, as 1.4 writers wrote it; ``dictionary=5``
+    is True). A dictionary saves about 200 bytes of a small model's header, 400 of dcconvert's metadata
+    and a third to a half of a small graph. Without it the file is what earlier writers wrote, byte for byte.
     """
-    zdict = DEFLATE_DICT if dictionary else None
+    if dictionary is True:
+        dict_minor = DICT15_MINOR
+    elif dictionary is False or dictionary is None:
+        dict_minor = 0
+    elif type(dictionary) is int and dictionary in (DICT_MINOR, DICT15_MINOR):
+        dict_minor = dictionary
+    else:
+        raise EncodeError(f"dictionary must be True, False, {DICT_MINOR} or {DICT15_MINOR}, got {dictionary!r}")
+    zdict = deflate_dict(dict_minor)
     sections = []  # (kind, chunks, tensor descriptor)
     texts = []  # (parse factor, inflated bytes) of metadata and graph
     if metadata is not None:
@@ -204,8 +214,8 @@ def write(path, tensors: Iterable[EncodedTensor], graph=None, metadata: Mapping 
 
     with atomic_output(path, suffix=".dcz.tmp") as f:
         # the lowest minor version that defines everything the file uses: 1.0 unless float-planes (1.1),
-        # per-channel scales (1.2), lzma (1.3) or the preset dictionary (1.4) (spec 2.2)
-        minor = max([i.minor for i in seen.values()] + [DICT_MINOR if zdict else 0])
+        # per-channel scales (1.2), lzma (1.3) or a preset dictionary (1.4: DEFLATE_DICT, 1.5: DEFLATE_DICT_15) (spec 2.2)
+        minor = max([i.minor for i in seen.values()] + [dict_minor])
         f.write(preamble(header, minor=minor))
         f.write(header)
         for sec, (_, chunks, _) in zip(placed, sections):

@@ -213,7 +213,7 @@ def test_lazy_bfloat16_and_kernels():
             "assert DTYPES['bfloat16'].name == 'bfloat16' and 'ml_dtypes' in sys.modules\n"
             "t = dcformat.encode('c', np.where(np.arange(1000) % 10 == 0, 0.5, 0).astype(np.float32))\n"
             "assert 'numba' in sys.modules\n"
-            "assert callable(dcformat.encode) and dcformat.FORMAT_VERSION == (1, 4)\n")
+            "assert callable(dcformat.encode) and dcformat.FORMAT_VERSION == (1, 5)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert out.returncode == 0, out.stderr
 

@@ -275,11 +275,16 @@ def test_schema_agrees_with_constants():
             assert tuple(sub["then"]["properties"]["parts"]["required"]) == constants.parts_of(constants.ENC_FLOAT_PLANES, dt)
 
 
-def spec_dictionary() -> bytes:
-    """Appendix A (1.4): the preset dictionary, read from the spec's hex (not from dcformat)."""
-    text = SPEC.read_text(encoding="utf-8").split("## Appendix A. The preset dictionary", 1)[1]
+def spec_dictionary(appendix: str = "A. The preset dictionary") -> bytes:
+    """Appendix A (1.4): the preset dictionary, or Appendix B (1.5): the preset dictionary of 1.5,
+    read from the spec's hex (not from dcformat)."""
+    text = SPEC.read_text(encoding="utf-8").split(f"## Appendix {appendix}", 1)[1]
     block = text.split("```", 2)[1]
     return bytes.fromhex("".join(block.split()))
+
+
+def spec_dictionary_15() -> bytes:
+    return spec_dictionary("B. The preset dictionary of 1.5")
 
 
 def test_preset_dictionary_matches_code():
@@ -289,6 +294,28 @@ def test_preset_dictionary_matches_code():
     spec = SPEC.read_text(encoding="utf-8")
     assert constants.DEFLATE_DICT_SHA256 in spec and f"{len(d):,} bytes" in spec
     assert len(d) <= 32768  # inside DEFLATE's window
+
+
+def test_preset_dictionary_15_matches_code():
+    d = spec_dictionary_15()
+    assert d == constants.DEFLATE_DICT_15 != constants.DEFLATE_DICT
+    assert hashlib.sha256(d).hexdigest() == constants.DEFLATE_DICT_15_SHA256
+    spec = SPEC.read_text(encoding="utf-8")
+    assert constants.DEFLATE_DICT_15_SHA256 in spec and f"{len(d):,} bytes" in spec
+    assert len(d) <= 32768
+    assert constants.deflate_dict(3) is None and constants.deflate_dict(4) == spec_dictionary()
+    assert constants.deflate_dict(5) == constants.deflate_dict(constants.VERSION_MINOR) == d
+
+
+def test_preset_dictionary_15_is_what_the_generator_makes():
+    """tools/gen_dictionary.py makes DEFLATE_DICT_15 from the writers' current forms (needs onnx)."""
+    pytest.importorskip("onnx")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_dictionary", Path(__file__).resolve().parents[1] / "tools" / "gen_dictionary.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.dictionary() == constants.DEFLATE_DICT_15
 
 
 def raw_inflate(stored: bytes, limit: int, zdict: bytes | None = None) -> bytes:
@@ -311,8 +338,10 @@ def spec_deflate(data: bytes, zdict: bytes | None = None) -> bytes:
 
 
 def file_dictionary(data: bytes) -> bytes | None:
-    """Spec 1, 2.2: the preset dictionary of a file of minor version 4 or later, else None."""
-    return spec_dictionary() if struct.unpack_from("<H", data, 10)[0] >= 4 else None
+    """Spec 1, 2.2: the preset dictionary of a file of minor version 5 or later (Appendix B), of minor
+    version 4 (Appendix A), else None."""
+    minor = struct.unpack_from("<H", data, 10)[0]
+    return spec_dictionary_15() if minor >= 5 else spec_dictionary() if minor >= 4 else None
 
 
 def read_header_text(path) -> bytes:
@@ -451,12 +480,14 @@ def sample_files(tmp_path):
     lz["basis.auto"] = basis
     files.append(("lzma.dcz", t, None, None, lz))
 
-    # 1.4: the same codebook, graph and lzma files deflated against the preset dictionary
-    files += [(f"dict.{n}", t, g, m, e) for n, t, g, m, e in files if n in ("codebook.dcz", "graph.dcz", "lzma.dcz")]
+    # 1.4 and 1.5: the same codebook, graph and lzma files deflated against each preset dictionary
+    files += [(f"dict{v}.{n}", t, g, m, e) for v in (4, 5) for n, t, g, m, e in files
+              if n in ("codebook.dcz", "graph.dcz", "lzma.dcz")]
     out = []
     for name, tensors, graph, meta, exp in files:
         path = tmp_path / name
-        dcformat.write(path, tensors, graph=graph, metadata=meta, dictionary=name.startswith("dict."))
+        dcformat.write(path, tensors, graph=graph, metadata=meta,
+                       dictionary=int(name[4]) if name.startswith("dict") else False)
         out.append((path, exp))
     return out
 
@@ -867,12 +898,12 @@ def spec_read(path) -> dict[str, object]:
     assert data[:8] == constants.MAGIC
     major, minor, header_len, header_crc, preamble_crc = struct.unpack_from("<HHIII", data, 8)
     assert zlib.crc32(data[:20]) == preamble_crc
-    assert major == 1 and minor in (0, 1, 2, 3, 4)  # 2.2: the lowest minor that defines what the file uses (checked below)
+    assert major == 1 and minor in (0, 1, 2, 3, 4, 5)  # 2.2: the lowest minor that defines what the file uses (checked below)
     assert header_len <= constants.MAX_HEADER_BYTES and 24 + header_len <= len(data)
     stored = data[24 : 24 + header_len]
     assert zlib.crc32(stored) == header_crc  # the CRC is of the stored (deflated) bytes
     bound = constants.MAX_EXPANSION * len(data) + constants.EXPANSION_SLACK  # 10: the expansion bound B
-    zdict = file_dictionary(data)  # 1.4: header, metadata and graph against the preset dictionary
+    zdict = file_dictionary(data)  # 1.4, 1.5: header, metadata and graph against the minor's preset dictionary
     header_bytes = raw_inflate(stored, header_limit(len(data)), zdict)
     assert header_bytes.isascii()
     header = json.loads(header_bytes)
@@ -907,7 +938,7 @@ def spec_read(path) -> dict[str, object]:
     used = {t["encoding"] for t in tensors}
     scaled = any("scale_axis" in t for t in tensors)
     needs = 3 if "lzma" in used else 2 if scaled else 1 if "float-planes" in used else 0
-    assert minor == (4 if zdict else needs)  # 4 only when deflated against the dictionary
+    assert minor in ((4, 5) if zdict else (needs,))  # 4 or 5 only when deflated against a dictionary
     return out
 
 

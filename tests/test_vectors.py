@@ -119,23 +119,27 @@ def test_manifest_coverage():
     lz = [t for t in tensors if t["encoding"] == "lzma"]
     assert {"float32", "float16", "bfloat16", "float64", "int64", "uint8", "bool"} <= {t["dtype"] for t in lz}
     assert any(t["shape"] == [] for t in lz)
-    # 1.4: the preset dictionary, on a file with a graph and metadata and on one with no sections
-    dic = [v for v in MANIFEST["vectors"] if v.get("dictionary")]
-    assert any(v["graph"] and v["metadata"] for v in dic) and any(not v["tensors"] for v in dic)
+    # 1.4 and 1.5: each preset dictionary, on a file with a graph and metadata and on one with no sections
+    for minor in (4, 5):
+        dic = [v for v in MANIFEST["vectors"] if v.get("dictionary") and v["format_version"] == [1, minor]]
+        assert any(v["graph"] and v["metadata"] for v in dic) and any(not v["tensors"] for v in dic), minor
 
 
 def test_format_versions():
-    """Spec 2.2: the reference writer writes 1.4 when it deflates against the preset dictionary, else 1.3 when
+    """Spec 2.2: the reference writer writes 1.5 or 1.4 when it deflates against a preset dictionary, else 1.3 when
     a tensor uses lzma, else 1.2 when one has per-channel scales, else 1.1 when one uses float-planes; the older
     vectors keep their versions (their bytes are pinned by the manifest's sha256)."""
-    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1), (1, 2), (1, 3), (1, 4)}
+    assert {tuple(v["format_version"]) for v in MANIFEST["vectors"]} == {(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5)}
     for v in MANIFEST["vectors"]:
         data = (VECTORS / v["file"]).read_bytes()
         assert list(int.from_bytes(data[i : i + 2], "little") for i in (8, 10)) == v["format_version"], v["name"]
         used = {t["encoding"] for t in v["tensors"]}
         scaled = any("scale_axis" in t for t in v["tensors"])
-        assert v["format_version"] == [1, 4 if v.get("dictionary") else 3 if "lzma" in used else 2 if scaled
-                                       else 1 if "float-planes" in used else 0], v["name"]
+        if v.get("dictionary"):  # 1.5 (DEFLATE_DICT_15) or, the vectors made before 1.5, 1.4 (DEFLATE_DICT)
+            assert v["format_version"] == [1, 4 if v["name"].startswith("dictionary") and "15" not in v["name"] else 5]
+        else:
+            assert v["format_version"] == [1, 3 if "lzma" in used else 2 if scaled
+                                           else 1 if "float-planes" in used else 0], v["name"]
         with dcformat.open(VECTORS / v["file"]) as r:
             assert list(r.version) == v["format_version"]
 

@@ -602,11 +602,45 @@ def _dictionary():
             "fidelity": {"schema": 1, "measured": True, "metric": "rel_l2", "max_rel_l2": 0.01}}
     return {"tensors": [enc("fc1.weight", w1, encoding="codebook-sparse"), enc("fc1.bias", b1),
                         enc("fc2.weight", w2, encoding="codebook-dense"), enc("fc2.bias", b2)],
-            "graph": model, "metadata": meta, "dictionary": True}
+            "graph": model, "metadata": meta, "dictionary": 4}
 
 
 @vector("dictionary_no_tensors", "the preset dictionary (1.4) on a header that lists no sections: the smallest 1.4 file")
 def _dictionary_no_tensors():
+    return {"tensors": [], "dictionary": 4}
+
+
+@vector("dictionary15", "the preset dictionary of 1.5 (DEFLATE_DICT_15, FORMAT.md 1 and Appendix B): a small model in "
+        "the form dcconvert writes since 1.5 -- a compacted graph (values a, b, ..., node names cleared) whose "
+        "initializers refer to records, schema-2 metadata with its defaults left out, float16 codebooks -- with its "
+        "header, metadata and graph deflated against DEFLATE_DICT_15")
+def _dictionary15():
+    w1 = quantized(290, (16, 12), 6, 0.3, F16).astype(F32)
+    w2 = quantized(291, (12, 4), 4, 0.9, F16).astype(F32)
+    b1, b2 = weights(292, 12, F32), weights(293, 4, F32)
+    model = _tiny_onnx([("fc1.weight", w1), ("fc1.bias", b1)])
+    for n in model.graph.node:
+        n.ClearField("name")
+    model.graph.node[0].output[0] = model.graph.node[1].input[0] = "a"
+    model.graph.node[1].output[0] = model.graph.node[2].input[0] = "b"
+    meta = {"producer": "dcconvert (dcz 0.1.0)", "settings": {"sparsity": 0.0, "bits": {"default": 3}, "ecvq": 0.5},
+            "fidelity": {"schema": 2, "measured": True, "metric": "rel_l2", "max_rel_l2": 0.0123,
+                         "worst_output": "Y", "outputs": {"Y": {"shape": [1, 4], "rel_l2": 0.0123}}, "warning": False},
+            "source": {"file": "tiny.onnx", "kind": "onnx", "sha256": "0123456789abcdef", "bytes": 1234}}
+
+    def enc16(name, arr, encoding):  # float16 codebook, as dcconvert writes them
+        cb = np.unique(arr)
+        t = dcformat.encode_codebook(name, cb, np.searchsorted(cb, arr).astype(np.uint8), arr.shape,
+                                     encoding=encoding, codebook_dtype="float16")
+        return t, arr
+
+    return {"tensors": [enc16("fc1.weight", w1, "codebook-sparse"), enc("fc1.bias", b1),
+                        enc16("fc2.weight", w2, "codebook-dense"), enc("fc2.bias", b2)],
+            "graph": model, "metadata": meta, "dictionary": True}
+
+
+@vector("dictionary15_no_tensors", "the preset dictionary of 1.5 on a header that lists no sections: the smallest 1.5 file")
+def _dictionary15_no_tensors():
     return {"tensors": [], "dictionary": True}
 
 
@@ -701,8 +735,8 @@ def generate(out) -> dict:
         "Compare bit patterns. Tensors marked codebook_nans decode NaNs through a codebook of the same dtype: "
         "the reference reader copies their bits, but FORMAT.md 7.2 leaves which NaN a conversion gives "
         "implementation-defined, so another reader may compare those elements as NaNs of the same sign. "
-        "Each vector's format_version is the version in its preamble: 1.4 if its header, metadata and graph are "
-        "deflated against the preset dictionary (dictionary: true), else 1.3 if it uses lzma, else 1.2 if it has "
+        "Each vector's format_version is the version in its preamble: 1.5 or 1.4 if its header, metadata and graph "
+        "are deflated against a preset dictionary (dictionary: true; 1.5: DEFLATE_DICT_15, 1.4: DEFLATE_DICT), else 1.3 if it uses lzma, else 1.2 if it has "
         "per-channel scales, else 1.1 if it uses float-planes, else 1.0.",
         "format_version": list(dcformat.FORMAT_VERSION),
         "vectors": vectors,

@@ -73,10 +73,14 @@ def _alignment() -> int:
 def _zdict(minor: int) -> bytes | None:
     """The preset dictionary of a file of this minor version (1.4 and later), as the library has it."""
     try:
-        from dcformat.constants import DEFLATE_DICT, DICT_MINOR
+        from dcformat.constants import deflate_dict
     except ImportError:
-        return None
-    return DEFLATE_DICT if minor >= DICT_MINOR else None
+        try:
+            from dcformat.constants import DEFLATE_DICT, DICT_MINOR
+        except ImportError:
+            return None
+        return DEFLATE_DICT if minor >= DICT_MINOR else None
+    return deflate_dict(minor)
 
 
 def _deflate(data: bytes, zdict: bytes | None = None) -> bytes:
