@@ -137,7 +137,8 @@ def fidelity_lines(result: dict) -> list[str]:
             srch = fid.get("search")
             took = (result.get("search") or {}).get("seconds")
             extra = (f"; search: {srch['trials']} trial runs, {len(srch.get('replans') or [])} re-plan(s), "
-                     f"{len(srch['backoffs'])} back-off(s)"
+                     f"{len(srch['backoffs'])} back-off(s), "
+                     f"{sum(r['kept'] for r in srch.get('refinements') or [])} refinement(s)"
                      + (f", {took:.1f} s" if took is not None else "") if srch else "")
             err, at = fid.get("error", fid["max_rel_l2"]), fid.get("error_output", fid["worst_output"])
             metric = "" if fid.get("metric", DEFAULT_METRIC) == DEFAULT_METRIC else f" --metric {fid['metric']}"
@@ -364,7 +365,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
             # no timing: same bytes each run; verified_error on the samples the search fitted on, held_out_error on
             # the others (calibration.samples counts both)
             fid["search"] = {k: d[k] for k in ("trials", "verified_error", "held_out_error", "held_out_samples",
-                                               "replans", "backoffs")}
+                                               "replans", "backoffs", "refinements")}
         warn = m["error"] > limit or (not searching and m["min_cosine"] is not None
                                            and m["min_cosine"] < cal.WARN_COSINE)
         fid["warning"] = bool(warn and not s.lossless)

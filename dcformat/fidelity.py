@@ -38,7 +38,9 @@ infinities written as the string "inf")::
      "outputs": {name: {"shape" (one sample), "samples", "shape_mismatch", "rel_l2", "cosine_mean",
                         "cosine_min", "max_abs", "top1" | null, "top1_positions" | null, "nonfinite",
                         "kind", "decision_error", "decisions" | null, "decisions_changed" | null}},
-     "search": {"trials", "verified_error", "backoffs": [{"layer", "from", "to", "error_before"}]} (budget search),
+     "search": {"trials", "verified_error", "held_out_error", "held_out_samples", "replans": [{"set", "error_before",
+                "target"}], "backoffs": [{"layer", "from", "to", "error_before"}], "refinements": [{"layers",
+                "error", "kept", "bytes_saved"}]} (budget search),
      "warning": bool}
 
 and for weights-only inputs ``{"schema": 1, "measured": false, "reason": "...",
