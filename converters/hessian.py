@@ -52,24 +52,12 @@ class Layer:
 def records_of(graph) -> dict[str, str]:
     """Main-graph value -> the record it refers to: initializers, and Constant nodes (Paddle2ONNX exports
     hold weights so)."""
-    from dcformat.graph import reference
-
-    record = {}
-    for t in graph.graph.initializer:
-        r = reference(t)
-        if r is not None:
-            record[t.name] = r
-    for node in graph.graph.node:
-        if node.op_type == "Constant" and node.output:
-            for a in node.attribute:
-                if a.name == "value" and reference(a.t) is not None:
-                    record[node.output[0]] = reference(a.t)
-    return record
+    return _scope_records(graph.graph, {})
 
 
 def _scope_records(g, outer: dict) -> dict[str, str]:
-    """Value -> record in subgraph ``g``: the enclosing scopes' (less the names its inputs shadow), its
-    own initializers and Constant nodes."""
+    """Value -> record in graph ``g``: the enclosing scopes' ``outer`` (less the names its inputs shadow),
+    its own initializers and Constant nodes."""
     from dcformat.graph import reference
 
     record = {k: v for k, v in outer.items()}
@@ -100,7 +88,7 @@ def layers(graph, weight_names) -> dict[str, Layer]:
     uses: dict[str, int] = {}
 
     def walk(g, outer: dict, path: tuple, reachable: bool):
-        record = records_of(graph) if not path else _scope_records(g, outer)
+        record = _scope_records(g, outer)
         for idx, node in enumerate(g.node):
             for k, i in enumerate(node.input):
                 r = record.get(i)
