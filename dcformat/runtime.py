@@ -351,11 +351,11 @@ def _delete_nodes(graph, ids: set) -> None:
         del graph.node[i]
 
 
-def _hoistable(model, plan, decoded, held, holders=None) -> set:
+def _hoistable(model, plan, decoded, held, holders) -> set:
     """The records of ``plan`` that prepare(hoist=True) makes main-graph initializers: large, referenced
     once, by the only 'value' of a Constant node inside a subgraph whose output name may move to the
-    main graph (:func:`dcformat.graph.hoistable`; from the scopes the reference walk noted in ``holders``,
-    when it is a :class:`dcformat.graph.Holders`, instead of a second walk)."""
+    main graph (:func:`dcformat.graph.hoistable_in`, from the scopes the reference walk noted in
+    ``holders``, a :class:`dcformat.graph.Holders`: ``held`` is empty without one)."""
     if not held:
         return set()
     wanted = {}
@@ -368,10 +368,9 @@ def _hoistable(model, plan, decoded, held, holders=None) -> set:
                 wanted[n.output[0]] = (name, g)
     if not wanted:
         return set()
-    from .graph import Holders, hoistable, hoistable_in
+    from .graph import hoistable_in
 
-    graphs = {k: g for k, (_, g) in wanted.items()}
-    ok = hoistable_in(model, graphs, holders.scopes) if isinstance(holders, Holders) else hoistable(model, graphs)
+    ok = hoistable_in(model, {k: g for k, (_, g) in wanted.items()}, holders.scopes)
     return {wanted[k][0] for k in ok}
 
 
