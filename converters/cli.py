@@ -226,13 +226,13 @@ def _compensation_note(done: int, without: list, reasons: dict, show: int = 2) -
     from . import hessian
     from .obs import MAX_COLUMNS
 
-    kinds = {"saw ": f"saw fewer than {hessian.MIN_ROWS_PER_FEATURE} calibration rows per input feature (more "
-                     "--calibration-samples would include them)",
-             "too wide": f"too wide (over {MAX_COLUMNS:,} input features)"}
+    kinds = {hessian.FEW_ROWS: f"saw fewer than {hessian.MIN_ROWS_PER_FEATURE} calibration rows per input feature "
+                               "(more --calibration-samples would include them)",
+             hessian.TOO_WIDE: f"too wide (over {MAX_COLUMNS:,} input features)"}
     groups: dict = {}
     for name in without:
         why = reasons.get(name, "no usable H")
-        groups.setdefault(next((v for k, v in kinds.items() if why.startswith(k)), why), []).append(name)
+        groups.setdefault(kinds.get(getattr(why, "kind", None), why), []).append(name)
     parts = [f"{len(names)} {why}: " + ", ".join(names[:show]) + (f" and {len(names) - show} more"
                                                                    if len(names) > show else "")
              for why, names in groups.items()]

@@ -322,7 +322,7 @@ def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: in
         cols = lay.cols(shape)  # per group for a convolution (its weight holds C/group inputs per filter)
         cost = lay.group * cols * cols * 8
         if cols > MAX_COLUMNS:
-            why[name] = f"too wide ({cols:,} input features; at most {MAX_COLUMNS:,})"
+            why[name] = Reason(f"too wide ({cols:,} input features; at most {MAX_COLUMNS:,})", TOO_WIDE)
             continue
         if total + cost > max_bytes:
             why[name] = f"its H would pass the {max_bytes:,}-byte limit of all layers' H"
@@ -339,11 +339,25 @@ def for_model(graph, weights: dict, calib: dict, decl, roles: dict, min_size: in
         if not lay.h:  # its node never ran: an If branch (or a Loop body) the calibration inputs did not take
             why[name] = NOT_REACHED
         elif lay.rows_seen < MIN_ROWS_PER_FEATURE * lay.h[0].shape[0]:
-            why[name] = (f"saw {lay.rows_seen:,} calibration rows, fewer than {MIN_ROWS_PER_FEATURE} per "
-                         f"input feature ({lay.h[0].shape[0]:,})")
+            why[name] = Reason(f"saw {lay.rows_seen:,} calibration rows, fewer than {MIN_ROWS_PER_FEATURE} per "
+                               f"input feature ({lay.h[0].shape[0]:,})", FEW_ROWS)
         else:
             usable[name] = lay
     return usable, sorted(set(found) - set(usable))
+
+
+TOO_WIDE, FEW_ROWS = "too wide", "few rows"  # kinds of Reason that dcconvert's note groups (converters/cli.py)
+
+
+class Reason(str):
+    """Why a layer is left without an H: the text, and ``kind`` (TOO_WIDE, FEW_ROWS, or None) for grouping."""
+
+    kind: str | None
+
+    def __new__(cls, text: str, kind: str | None = None):
+        self = super().__new__(cls, text)
+        self.kind = kind
+        return self
 
 
 NOT_REACHED = "never run on the calibration inputs (an If branch or Loop body they did not take)"

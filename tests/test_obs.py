@@ -231,3 +231,31 @@ def test_layers_seen_in_too_few_rows_keep_plain_sharing():
         got, without = hessian.for_model(graph, weights, {"x": rng.standard_normal((n, 32)).astype(np.float32)}, decl,
                                          {"W": "fc"}, min_size=1)
         assert (list(got), without) == ((["W"], []) if usable else ([], ["W"]))
+
+
+def test_dcconverts_note_groups_the_layers_left_without_by_kind():
+    """hessian.for_model's reasons carry a kind (too few rows, too wide) that dcconvert's note groups by,
+    whatever their text says (converters.cli._compensation_note)."""
+    from converters.cli import _compensation_note
+    from converters.obs import MAX_COLUMNS
+    from dcformat import inputs as inp
+    from dcformat.graph import strip_weights
+
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 16)) * 0.1).astype(np.float32), n) for n in "VW"]
+    nodes = [helper.make_node("MatMul", ["x", "V"], ["a"]), helper.make_node("MatMul", ["x", "W"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], inits)
+    graph, weights = strip_weights(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    why: dict = {}
+    got, without = hessian.for_model(graph, weights, {"x": rng.standard_normal((8, 32)).astype(np.float32)},
+                                     inp.declared_inputs(graph), {"V": "fc", "W": "fc"}, min_size=1, reasons=why)
+    assert (got, without) == ({}, ["V", "W"])
+    assert {why[n].kind for n in without} == {hessian.FEW_ROWS}
+    wide = hessian.Reason(f"too wide ({MAX_COLUMNS + 1:,} input features)", hessian.TOO_WIDE)
+    note = _compensation_note(3, ["V", "W", "U", "T"], {**why, "U": wide, "T": "its H would pass the limit"})
+    assert note == (f"error compensation: 3 of 7 layers; the others keep plain rounding: 2 saw fewer than "
+                    f"{hessian.MIN_ROWS_PER_FEATURE} calibration rows per input feature (more --calibration-samples "
+                    f"would include them): V, W; 1 too wide (over {MAX_COLUMNS:,} input features): U; "
+                    "1 its H would pass the limit: T")
