@@ -3,6 +3,10 @@
 Decoders never index outside their arrays whatever the input: reads past the end of a
 payload see zero bits (a lane reads ahead into the next lane's bytes; that is harmless), and every write position is checked. They return one status
 code per lane (see STATUS_*); the caller turns a non-zero status into a DczError.
+
+Every kernel is compiled with ``nogil=True``: they take and return numpy arrays and integers only
+(no Python object, no exception raised: errors are status codes), so they need not hold the GIL:
+a decode on one thread runs beside Python work on other threads (a process loading models on several).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ STATUS_TEXT = {
 }
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def lane_bits(symbols, lengths, lane_size):
     """Bits each lane of ``symbols`` takes with code ``lengths``."""
     n = symbols.size
@@ -54,7 +58,7 @@ def lane_bits(symbols, lengths, lane_size):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def encode_lanes(symbols, codes, lengths, lane_size, lane_starts, out):
     """Write each lane's codes MSB-first from byte ``lane_starts[l]`` of ``out`` (zeroed)."""
     n = symbols.size
@@ -125,7 +129,7 @@ def _lane_end_status(payload, bit, end):
     return 0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def decode_dense(payload, lane_offsets, table, tbits, n, lane_size, values, out):
     """out[i] = values[symbol i] for the n symbols of one stream."""
     nl = lane_offsets.size
@@ -149,7 +153,7 @@ def decode_dense(payload, lane_offsets, table, tbits, n, lane_size, values, out)
     return status
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def decode_sparse(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lane_size, bases, numel, values, out):
     """Scatter the m (gap, index) entries of a codebook-sparse tensor into ``out`` (zeroed)."""
     nl = goffs.size
@@ -210,7 +214,7 @@ def _plane_symbol(payload, size, table, tb, mask, b, nbits, pos):
 PLANE_TABLE_BITS = 15  # = MAX_CODE_LENGTH: the widest decode table parse_plane_streams may build
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def parse_plane_streams(section, coded, starts, sizes, n, lane_size, lane_offsets, tables, pairs, tbits, pstarts,
                         psizes):
     """Check and parse the stream header of every coded plane of a float-planes tensor (spec 8.1-8.3;
@@ -397,7 +401,7 @@ def _plane_bytes(section, starts, coded, slot, scratch, k, s0, s1):
     return section[starts[k] + s0 : starts[k] + s1]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def decode_planes(section, coded, starts, sizes, lane_offsets, tables, pairs, tbits, n, lane_size, width, out):
     """Assemble the n elements of a float-planes tensor in ``out`` (unsigned, ``width`` = 16, 32 or 64 bits).
 
@@ -459,7 +463,7 @@ def decode_planes(section, coded, starts, sizes, lane_offsets, tables, pairs, tb
     return status
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def scale_rows(out, scales, inner, first_row):
     """Per-channel scales in place (spec 7.5): float32 ``out`` (C order) is rows of ``inner`` elements, row r
     of channel (first_row + r) % scales.size; each element becomes out * scale (binary32, round to nearest
@@ -476,7 +480,7 @@ def scale_rows(out, scales, inner, first_row):
             out[base + j] = v
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def scale_periodic(out, pattern):
     """scale_rows for short rows (a scale axis at or near the end): element i times pattern[i % P], P =
     pattern.size (the scales repeated row by row over one period of channels), in parallel over periods;
@@ -500,13 +504,13 @@ SCALE_BLOCK_ROWS = 64  # rows shorter than this: scale_periodic
 # Serial builds of the same loops (prange runs as range): for small tensors a parallel launch
 # costs more than the work, and a busy machine makes it worse.
 PARALLEL_MIN_SYMBOLS = 1 << 17
-decode_dense_serial = njit(cache=True)(decode_dense.py_func)
-decode_sparse_serial = njit(cache=True)(decode_sparse.py_func)
-decode_planes_serial = njit(cache=True)(decode_planes.py_func)
-encode_lanes_serial = njit(cache=True)(encode_lanes.py_func)
-lane_bits_serial = njit(cache=True)(lane_bits.py_func)
-scale_rows_serial = njit(cache=True)(scale_rows.py_func)
-scale_periodic_serial = njit(cache=True)(scale_periodic.py_func)
+decode_dense_serial = njit(cache=True, nogil=True)(decode_dense.py_func)
+decode_sparse_serial = njit(cache=True, nogil=True)(decode_sparse.py_func)
+decode_planes_serial = njit(cache=True, nogil=True)(decode_planes.py_func)
+encode_lanes_serial = njit(cache=True, nogil=True)(encode_lanes.py_func)
+lane_bits_serial = njit(cache=True, nogil=True)(lane_bits.py_func)
+scale_rows_serial = njit(cache=True, nogil=True)(scale_rows.py_func)
+scale_periodic_serial = njit(cache=True, nogil=True)(scale_periodic.py_func)
 
 
 def threads() -> int:
@@ -529,7 +533,7 @@ REC_COLUMNS = REC_PARTS + 8  # up to 8 part lengths, in layout order
 REC_RAW, REC_DENSE, REC_SPARSE, REC_PLANES = 0, 1, 2, 3
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _parse_stream(sec, s0, size, n, alphabet, lane_size, lane_offsets, table):
     """streams.parse_stream's checks of one stream part (n > 0 symbols; ``sec[s0 : s0 + size]``) and its
     decode table: fills lane_offsets (ceil(n / lane_size)) and table (>= 2^15 entries, entry = length << 9
@@ -611,7 +615,7 @@ def _nonzeros(a, mask):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def decode_records(buf, rec, vals, out8, out16, out32, out64, outw, raw, status):
     """Decode the tensors of ``rec`` (one row of REC_* columns each) from their sections in ``buf`` into
     ``out*`` (one buffer seen as 8/16/32/64-bit elements; tensor t's bytes from rec[t, REC_OUT], a multiple
@@ -626,7 +630,7 @@ def decode_records(buf, rec, vals, out8, out16, out32, out64, outw, raw, status)
     _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, 0, rec.shape[0])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def decode_records_parallel(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, bounds):
     """decode_records with the tensors cut into runs (run g: rec[bounds[g] : bounds[g + 1]]), the runs
     decoded in parallel, each by one thread with its own scratch tables."""
@@ -634,7 +638,7 @@ def decode_records_parallel(buf, rec, vals, out8, out16, out32, out64, outw, raw
         _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, bounds[g], bounds[g + 1])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _decode_range(buf, rec, vals, out8, out16, out32, out64, outw, raw, status, t0, t1):
     """decode_records for tensors t0 .. t1 - 1."""
     tables = np.empty((2, 1 << 15), np.uint16)

@@ -127,7 +127,9 @@ class TensorInfo:
         return d
 
 
-_DEFAULTS = {f.name: f.default for f in fields(TensorInfo) if f.default is not MISSING}
+# parse_descriptor makes a TensorInfo without its __init__ and sets only the fields it has values for: the others
+# read the class attributes that a dataclass keeps for fields with a plain default (this checks they are there)
+assert all(getattr(TensorInfo, f.name) == f.default for f in fields(TensorInfo) if f.default is not MISSING)
 
 
 def section_length(parts: dict[str, int]) -> int:
@@ -156,6 +158,9 @@ _PART_NAMES: dict = {}  # (encoding, dtype, scaled) -> parts_of(...): one dict l
 _CODEBOOK = (ENC_CB_DENSE, ENC_CB_SPARSE)
 
 
+_RAW_MINOR = ENCODING_MINOR[ENC_RAW]
+
+
 def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSION_MINOR) -> TensorInfo:
     """Check a tensor descriptor against the format's rules and its section's length.
 
@@ -164,8 +169,45 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
     would see the record.
 
     Run for every record at every open (a few hundred for a small CNN), so written for the common
-    case: the messages name the tensor, and are only made when a check fails.
+    case: the messages name the tensor, and are only made when a check fails. A raw record (most
+    records of a CNN file: biases, norms, shape constants) is checked by :func:`_raw_record` alone.
     """
+    if minor >= _RAW_MINOR:
+        info = raw_record(d, offset, length)
+        if info is not None:
+            return info
+    return _parse_descriptor(d, offset, length, where, minor)
+
+
+def raw_record(d, offset: int, length: int) -> TensorInfo | None:
+    """The TensorInfo of a raw record ``d`` that passes every check of :func:`parse_descriptor`, else None (for
+    any other record, or a raw one with a problem: parse_descriptor then finds the first and names it). The
+    same checks in one expression, without the messages: a raw record is one part, "data", the whole section,
+    of exactly the shape's bytes."""
+    if type(d) is not dict or d.get("encoding") != ENC_RAW:
+        return None
+    get = d.get
+    name, dtype, shape, parts, nonzeros = get("name"), get("dtype"), get("shape"), get("parts"), get("nonzeros")
+    if not (type(name) is str and name.isascii() and len(name) <= MAX_NAME_BYTES and type(dtype) is str
+            and dtype in _DTYPE_NAMES and type(shape) is list and len(shape) <= MAX_RANK and type(parts) is dict
+            and len(parts) == 1 and type(parts.get("data")) is int and parts["data"] == length
+            and type(nonzeros) is int and nonzeros >= 0):
+        return None
+    for dim in shape:
+        if type(dim) is not int or dim < 0 or dim > MAX_ELEMENTS:
+            return None
+    numel = math.prod(shape)
+    if numel > MAX_ELEMENTS or nonzeros > numel or numel * ITEMSIZE[dtype] != length:
+        return None
+    info = object.__new__(TensorInfo)  # as in _parse_descriptor: the fields left out read their class defaults
+    info.__dict__.update({"name": name, "dtype": dtype, "shape": tuple(shape), "encoding": ENC_RAW,
+                          "parts": {"data": length}, "offset": offset, "nbytes": length, "nonzeros": nonzeros,
+                          "numel": numel, "decoded_nbytes": length, "extra": {}})
+    return info
+
+
+def _parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSION_MINOR) -> TensorInfo:
+    """:func:`parse_descriptor`: every check, in the order whose first failure is the error raised."""
     if not isinstance(d, dict):
         raise TensorError(f"{where}: tensor descriptor must be an object")
     get = d.get
@@ -214,10 +256,12 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
         _int(d, "nonzeros", 0, numel, f"tensor {name!r} ({where})")
     size = ITEMSIZE[dtype]
     nbytes = numel * size
-    info = object.__new__(TensorInfo)  # TensorInfo(...) without the frozen dataclass's per-field __setattr__
-    info.__dict__.update(_DEFAULTS)
-    info.__dict__.update(name=name, dtype=dtype, shape=tuple(shape), encoding=enc, parts=dict(parts), offset=offset,
-                         nbytes=length, nonzeros=nonzeros, numel=numel, decoded_nbytes=nbytes, extra={})
+    # TensorInfo(...) without the frozen dataclass's per-field __setattr__; the fields not set here (codebook_dtype
+    # ...: None unless the encoding sets them below) read the class attributes a dataclass keeps for its defaults
+    info = object.__new__(TensorInfo)
+    info.__dict__.update({"name": name, "dtype": dtype, "shape": tuple(shape), "encoding": enc, "parts": dict(parts),
+                          "offset": offset, "nbytes": length, "nonzeros": nonzeros, "numel": numel,
+                          "decoded_nbytes": nbytes, "extra": {}})
     if enc == ENC_RAW:
         if parts["data"] != nbytes:
             raise TensorError(
@@ -301,4 +345,4 @@ def new_info(name, dtype, shape, encoding, parts, **kw) -> TensorInfo:
     return parse_descriptor(info.descriptor(), 0, section_length(parts), "encoder")
 
 
-__all__ = ["TensorInfo", "parse_descriptor", "new_info", "section_length", "DEFAULT_LANE_SIZE"]
+__all__ = ["TensorInfo", "parse_descriptor", "raw_record", "new_info", "section_length", "DEFAULT_LANE_SIZE"]

@@ -5,6 +5,7 @@ the same arrays for every valid tensor, the same first error (class and message)
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -86,12 +87,14 @@ def _records(path, names=None):
 @pytest.fixture(params=["serial", "parallel"])
 def numba_decoder(request, monkeypatch):
     """The numba decoder; its batches in one serial kernel call, or in runs decoded in parallel
-    (kernels.decode_records_parallel, which a batch of this size does not reach by itself)."""
+    (kernels.decode_records_parallel, which a batch of this size does not reach by itself) with the lzma
+    tensors on a thread of their own (decode._LzmaThread, which this file's small ones do not reach)."""
     monkeypatch.setenv("DCZ_DECODER", "numba")
     if request.param == "parallel":
         from dcformat import kernels
 
         monkeypatch.setattr(decode, "RECORDS_PARALLEL", 0)
+        monkeypatch.setattr(decode, "LZMA_THREAD_MIN_BYTES", 0)
         monkeypatch.setattr(kernels, "threads", lambda: 3)
     return request.param
 
@@ -118,6 +121,30 @@ def test_records_give_decode_tensor_arrays(sample, numba_decoder):
     assert sorted(fell) == sorted(n for n in names if n.startswith(("lzma", "scaled_dense", "scaled_sparse", "fp.big",
                                                                     "dense.big", "empty", "raw.empty", "fp.empty"))
                                   and not n.endswith("float32")), fell
+
+
+def test_lzma_thread_decodes_the_lzma_tensors(sample, monkeypatch):
+    """Past LZMA_THREAD_MIN_BYTES the lzma tensors of a batch are decoded on a second thread, beside the
+    kernels: the same arrays; one whose stream is damaged raises the error decoding in turn raises."""
+    import threading
+
+    monkeypatch.setenv("DCZ_DECODER", "numba")
+    monkeypatch.setattr(decode, "LZMA_THREAD_MIN_BYTES", 0)
+    want = _in_turn(sample)
+    threads = set()
+    orig = decode._inflate_lzma
+    monkeypatch.setattr(decode, "_inflate_lzma", lambda *a: threads.add(threading.current_thread().name) or orig(*a))
+    assert _same(want, _records(sample))
+    assert threads == {"dcz-lzma"}
+    with dcformat.open(sample) as r:
+        names = list(r)
+        batch = [(r.info(n), r._section_bytes(r._tensor_sections[n], n).copy()) for n in names]
+    k = next(i for i, (info, _) in enumerate(batch) if info.encoding == "lzma")
+    batch[k][1][-2:] ^= 0xFF  # the end of the stream: an error the in-turn decode names
+    with pytest.raises(DczError) as e1:
+        decode.decode_tensor(*batch[k])
+    with pytest.raises(type(e1.value), match=re.escape(str(e1.value))):
+        decode.decode_records(batch)
 
 
 def test_records_in_any_order_and_subsets(sample, numba_decoder):
