@@ -32,8 +32,6 @@ from .constants import (
     SECTION_METADATA,
     SECTION_PADDING,
     SECTION_TENSOR,
-    ENC_RAW,
-    ENCODING_MINOR,
     VERSION_MAJOR,
     VERSION_MINOR,
     deflate_dict,
@@ -42,7 +40,7 @@ from .constants import (
 from .container import PREAMBLE, Section, inflate
 from .decode import decode_tensor
 from .errors import ChecksumError, DczError, FormatError, LimitError, TensorError, VersionError
-from .records import TensorInfo, parse_descriptor, raw_record
+from .records import TensorInfo, parse_descriptor
 from .streams import align
 
 
@@ -234,7 +232,6 @@ class DczReader(Mapping):
         gaps = []  # (start, stop, section index)
         tensors, tensor_sections, sections = self.tensors, self._tensor_sections, self.sections
         minor_ok = minor <= self.MINOR
-        raw_ok = self.MINOR >= ENCODING_MINOR[ENC_RAW]
         new_section = object.__new__
         try:
             for i, e in enumerate(entries):
@@ -256,10 +253,8 @@ class DczReader(Mapping):
                 sec.__dict__.update({"kind": kind, "offset": off, "length": length, "crc32": crc, "tensor": tensor})
                 sections.append(sec)
                 if kind == SECTION_TENSOR:
-                    try:  # a raw record by its own checks (most records), without the message's "section {i}"
-                        info = raw_record(tensor, off, length) if raw_ok else None
-                        if info is None:
-                            info = parse_descriptor(tensor, off, length, f"section {i}", self.MINOR)
+                    try:
+                        info = parse_descriptor(tensor, off, length, f"section {i}", self.MINOR)
                     except TensorError as e:
                         if minor_ok:
                             raise

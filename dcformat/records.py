@@ -158,8 +158,6 @@ _PART_NAMES: dict = {}  # (encoding, dtype, scaled) -> parts_of(...): one dict l
 _CODEBOOK = (ENC_CB_DENSE, ENC_CB_SPARSE)
 
 
-_RAW_MINOR = ENCODING_MINOR[ENC_RAW]
-
 
 def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSION_MINOR) -> TensorInfo:
     """Check a tensor descriptor against the format's rules and its section's length.
@@ -170,13 +168,10 @@ def parse_descriptor(d, offset: int, length: int, where: str, minor: int = VERSI
 
     Run for every record at every open (a few hundred for a small CNN), so written for the common
     case: the messages name the tensor, and are only made when a check fails. A raw record (most
-    records of a CNN file: biases, norms, shape constants) is checked by :func:`_raw_record` alone.
+    records of a CNN file: biases, norms, shape constants) is checked by :func:`raw_record` alone.
     """
-    if minor >= _RAW_MINOR:
-        info = raw_record(d, offset, length)
-        if info is not None:
-            return info
-    return _parse_descriptor(d, offset, length, where, minor)
+    info = raw_record(d, offset, length)  # raw is in every minor version (ENCODING_MINOR[ENC_RAW] == 0)
+    return info if info is not None else _parse_descriptor(d, offset, length, where, minor)
 
 
 def raw_record(d, offset: int, length: int) -> TensorInfo | None:
