@@ -254,7 +254,7 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
     from . import budget as bud
     from . import calibrate as cal
     from . import compress as cmp
-    from . import hessian, sources
+    from . import graphopt, hessian, sources
 
     t0 = time.perf_counter()
     src = sources.load(src_path, input_shapes=input_shapes, trust_code=trust_code or trust_pickle, model_factory=model_factory,
@@ -306,6 +306,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
                 if searching:  # nothing to measure against: no safe choice can be made
                     raise ConvertError(f"{first}{hint}") from None
                 unmeasured = f"{first}{hint}"
+        if graphopt.wanted(s.graph_opt, s.lossless):
+            originals = _optimise_graph(src, originals, ref, calib, decl, s)
         # the search fits on part of the calibration set and verifies its result on the rest (held out)
         fit, held = cal.split(calib, decl) if (ref is not None and searching) else (calib, None)
         if ref is not None and s.compensate and not s.lossless:  # the layers' inputs: compensated pruning and sharing
@@ -398,7 +400,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
     except OSError as e:  # the temporary file beside it, or the rename
         raise ConvertError(f"cannot write {out}: {e.strerror or e}") from None
     return {
-        "source": {"file": src.path, "kind": src.kind, "sha256": src.sha256, "bytes": src.size, "notes": src.notes},
+        "source": {"file": src.path, "kind": src.kind, "sha256": src.sha256, "bytes": src.size, "notes": src.notes,
+                   **({"graph_opt": src.graph_opt} if src.graph_opt else {})},
         "output": os.fspath(out), "dcz_bytes": size, "ratio": src.size / size if size else None,
         "settings": s.describe(), "layers": rows,
         "totals": {"params": params, "nonzeros": nonzeros, "sparsity": 1 - nonzeros / params if params else 0.0,
@@ -409,6 +412,53 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
     }
 
 
+def _optimise_graph(src, originals: dict, ref, calib, decl, s) -> dict:
+    """The source's graph rewritten by ONNX Runtime's basic optimisations (converters.graphopt) when the rewrite
+    is plain ONNX, no larger and computes the same outputs on the calibration inputs; ``src`` is changed in
+    place (graph, weights, roles) and the weights to compress are returned (``originals`` where it is kept)."""
+    from dcformat.errors import first_line
+
+    from . import calibrate as cal
+    from . import graphopt
+    from .roles import apply_overrides, graph_roles, mark_analytic
+
+    if ref is None:
+        src.notes.append("graph: kept as given (ONNX Runtime's optimisations cannot be checked on a model that "
+                         "did not run)")
+        return originals
+    got = graphopt.optimize(src.graph, originals)
+    if isinstance(got, str):
+        src.notes.append(f"graph: kept as given ({got})")
+        return originals
+    graph, weights, info = got
+    try:
+        new = cal.run_model(graph, weights, calib, decl)
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's own errors
+        src.notes.append(f"graph: kept as given (the optimised graph did not run: {first_line(e)})")
+        return originals
+    ok, worst = graphopt.agrees(ref, new)
+    if not ok:
+        src.notes.append(f"graph: kept as given (ONNX Runtime's optimised graph differs from it by {worst:.2g} "
+                         f"relative L2 on the calibration inputs, over {graphopt.AGREE_REL_L2:g})")
+        return originals
+    info["agreement"] = worst
+    roles, axes = graph_roles(graph)
+    src.graph, src.weights = graph, weights
+    src.roles = {k: v for k, v in roles.items() if k in weights}
+    src.out_axes = {k: v for k, v in axes.items() if k in weights}
+    mark_analytic(src.roles, weights)
+    names = list(weights)
+    gone = [pat for pat in apply_overrides(src.roles, names, s.roles)]
+    for setting in s.all():
+        gone += [pat for pat, _ in setting.patterns if not any(fnmatch.fnmatchcase(n, pat) for n in names)]
+    if gone:
+        src.notes.append(f"graph: pattern{'s' if len(gone) > 1 else ''} {', '.join(map(repr, gone))} matched only "
+                         "tensors that ONNX Runtime's optimisations folded away (--graph-opt none keeps them)")
+    src.graph_opt = info
+    src.notes.append(graphopt.describe(info))
+    return dict(weights)
+
+
 # the metadata's source.sha256: the first 16 hex digits of the source file's SHA-256 (64 bits tell source files
 # apart; 30 bytes fewer than all 64 in a LeNet-5 file, tools/bench_ecvq.py); the report has all 64
 SHA256_DIGITS = 16
@@ -416,9 +466,10 @@ SHA256_DIGITS = 16
 
 def stored_settings(d: dict) -> dict:
     """The settings as the metadata stores them: those left unset (None) left out (dcinspect does not list
-    them), and ``sequential`` unless given (--sequential: newer than the preset dictionary, its ``false``
-    took 16 bytes of a LeNet-5 file); the report keeps them all."""
-    return {k: v for k, v in d.items() if v is not None and not (k == "sequential" and v is False)}
+    them), and ``sequential`` and ``graph_opt`` unless given (newer than the preset dictionary: ``sequential``'s
+    ``false`` took 16 bytes of a LeNet-5 file); the report keeps them all."""
+    return {k: v for k, v in d.items() if v is not None and not (k == "sequential" and v is False)
+            and not (k == "graph_opt" and v == "auto")}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -456,6 +507,12 @@ def stored_settings(d: dict) -> dict:
                    "output columns, embedding rows): auto lets the --max-error search pick it per layer where it "
                    "makes the file smaller; on uses it for every shared tensor with channels, explicit --bits too; "
                    "off keeps one codebook per tensor (format 1.0/1.1 files)")
+@click.option("--graph-opt", type=click.Choice(("auto", "basic", "none")), default="auto", show_default=True,
+              help="ONNX graphs: apply ONNX Runtime's basic, provider-independent optimisations (constant folding, "
+                   "BatchNormalization folded into Conv, MatMul+Add into Gemm...) once here, so loading the .dcz "
+                   "does not redo them; kept only when the result is plain ONNX, no larger, and gives the same "
+                   "outputs on the calibration inputs. auto: basic, except with --lossless (the original graph and "
+                   "weights bit for bit); none: the graph as given")
 @click.option("--init", type=click.Choice(INITS), default="linear", show_default=True, help="k-means centroid initialisation")
 @click.option("--min-size", type=click.IntRange(0), default=DEFAULT_MIN_SIZE, show_default=True,
               help="tensors with fewer elements are stored exactly (biases, norms and small tensors always are)")
@@ -509,7 +566,7 @@ def stored_settings(d: dict) -> dict:
 @click.option("-f", "--force", is_flag=True, help="replace an existing .dcz that -o does not name (the default output)")
 @click.version_option(dcformat.__version__, prog_name="dcconvert", message="%(prog)s (dcz) %(version)s")
 def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, bits, ecvq, role_overrides, compensate,
-              sequential, channel_scales, init,
+              sequential, channel_scales, graph_opt, init,
               min_size, lossless,
               inputs, input_shapes, opset, model_factory, trust_code, max_error, metric, calibration, calibration_samples,
               dims,
@@ -550,7 +607,7 @@ def dcconvert(model, output, sparsity, threshold_std, threshold, prune_neurons, 
         bits=_layer("--bits", bits, st.bits),
         ecvq=_layer("--ecvq", ecvq, parse_strength, DEFAULT_ECVQ),
         init=init, min_size=min_size, lossless=lossless, seed=seed, roles=_roles(role_overrides), compensate=compensate,
-        channel_scales=channel_scales, sequential=sequential,
+        channel_scales=channel_scales, sequential=sequential, graph_opt=graph_opt,
     )
     shapes = [_shape(x) for x in input_shapes]
     out = output or os.path.splitext(model)[0] + ".dcz"

@@ -37,6 +37,7 @@ class Settings:
     compensate: bool = True  # with a graph and calibration inputs, collect the layers' H for that
     channel_scales: str = "auto"  # per-channel scales: "auto" (the budget search picks), "on", "off"
     sequential: bool = False  # the search fits its plan's layers in order (converters.sequential)
+    graph_opt: str = "auto"  # ONNX Runtime's basic graph optimisations at conversion (converters.graphopt.MODES)
 
     def all(self) -> list[LayerSetting]:
         return [self.sparsity, self.threshold_std, self.threshold, self.prune_neurons, self.bits, self.ecvq]
@@ -48,6 +49,7 @@ class Settings:
         d["compensate"] = self.compensate
         d["channel_scales"] = self.channel_scales
         d["sequential"] = self.sequential
+        d["graph_opt"] = self.graph_opt
         if self.roles:
             d["role"] = dict(self.roles)
         return d

@@ -38,6 +38,7 @@ class Source:
     size: int = 0
     notes: list[str] = field(default_factory=list)
     dims: dict[str, int] = field(default_factory=dict)  # symbolic dims the example inputs named -> their sizes
+    graph_opt: dict | None = None  # what converters.graphopt changed in the graph, when it was rewritten
 
 
 def file_sha256(path) -> str:

@@ -174,7 +174,7 @@ def test_dcconvert_writes_per_channel_records_that_decode_and_run(tmp_path, caps
     weights = _wide_cnn(tmp_path / "cnn.onnx")
     out = tmp_path / "cnn.dcz"
     rep = _convert([tmp_path / "cnn.onnx", "-o", out, "--bits", "conv2.weight=4,fc.weight=8", "--sparsity", "0", "--channel-scales", "on",
-                    "--calibration-samples", "8"], capsys)
+                    "--calibration-samples", "8", "--graph-opt", "none"], capsys)
     rows = {r["name"]: r for r in rep["layers"]}
     assert rows["conv2.weight"]["scales"] == rows["fc.weight"]["scales"] == "channel"
     assert rows["conv1.weight"]["reason"].startswith("small")
@@ -193,7 +193,8 @@ def test_dcconvert_writes_per_channel_records_that_decode_and_run(tmp_path, caps
     # per tensor at the same bits (plain k-means: per-channel sharing does not use ECVQ either) loses the
     # narrow filters; per channel is the more accurate file
     rep2 = _convert([tmp_path / "cnn.onnx", "-o", tmp_path / "t.dcz", "--bits", "conv2.weight=4,fc.weight=8", "--sparsity", "0",
-                     "--channel-scales", "off", "--ecvq", "0", "--calibration-samples", "8"], capsys)
+                     "--channel-scales", "off", "--ecvq", "0", "--calibration-samples", "8", "--graph-opt", "none"],
+                    capsys)
     assert rep["fidelity"]["max_rel_l2"] < rep2["fidelity"]["max_rel_l2"] / 2
     # the file runs in ONNX Runtime: its outputs are the graph's on the decoded weights, and closer to the
     # original's than the per-tensor file's
