@@ -5,7 +5,11 @@
    per tensor, a bounded set of (sparsity, bits)) is built exactly as compress_tensor will build it,
    its layer output error ``||X (W - Q)^T|| / ||X W^T||`` comes from H (no model run) and its bytes
    from the encoder's own estimate (dcformat.estimate_codebook_bytes: the Huffman-coded indices, not
-   ``bits`` per weight). Two whole-model runs per layer (8 and 5 bits) measure how that layer's output
+   ``bits`` per weight). Beside the codebooks, each candidate is scanned rounded to SCAN_MANTISSA
+   mantissa bits (converters.mantissa: floats, float-planes-coded; between 8-bit sharing and raw),
+   and raw itself costs its float-planes bytes. The plan (2) chooses among codebooks and raw; rounding
+   is a back-off step (3) and, after the refinement (4), the layers left raw move to it where the
+   measured error allows (_round_raw). Two whole-model runs per layer (8 and 5 bits) measure how that layer's output
    error shows in the model's output (its *gain* curve: a power law through the two points); a
    setting's predicted model error is the curve at its local error.
    Other candidate weights (no H: tables, shared weights, layers seen in too few calibration rows)
@@ -23,8 +27,8 @@
    errors); a multiple-choice knapsack solved by a Lagrangian search plus a greedy pass (the
    idea of converters.pipeline.choose_plan, on measured output errors instead of accuracy).
 3. Verify: the whole planned model is measured; while it is over the budget the knapsack is re-run
-   with a tighter target, then the layer that contributes most is backed off to a safer setting (raw
-   at last). With held-out samples (calibration samples the H, the scan and the plan never saw) the
+   with a tighter target, then the layer that contributes most is backed off to a safer setting (float
+   rounding or raw at last). With held-out samples (calibration samples the H, the scan and the plan never saw) the
    final model is measured on them too, and the plan is tightened while their error is over the
    budget: the file's metadata reports both errors.
 4. Refine (on the calibration samples, before the held-out check): where the verified error is still
@@ -45,6 +49,8 @@ import numpy as np
 from dcformat import fidelity
 from dcformat import inputs as inp
 
+from . import mantissa
+from .mantissa import round_mantissa
 from .prune import magnitude_mask
 from .quantize import Histogram, quantize
 
@@ -265,33 +271,6 @@ def candidates(graph, weights: dict, min_size: int) -> tuple[list[str], dict]:
     return cands, reasons
 
 
-def _options(name: str, n: int, itemsize: int, e: dict, limit: float, fixed_s=None, fixed_b=None,
-             channels: int = 0, scale_axis: int | None = None) -> list[dict]:
-    """Settings of one layer with their predicted squared error and estimated bytes; raw first.
-    Per-channel settings (``e["channel_bits"]``: one scale per channel along ``scale_axis``) cost
-    the plain estimate plus ``channels`` scales (converters.perchannel.estimate_bytes)."""
-    from .perchannel import estimate_bytes as channel_bytes
-
-    opts = [{"sparsity": None, "bits": None, "scale_axis": None, "err2": 0.0, "bytes": float(n * itemsize)}]
-    ss = {0.0: 0.0, **{s: v for s, v in e["sparsity"].items() if v <= limit}}
-    bb = {b: v for b, v in e["bits"].items() if v <= limit}
-    if fixed_s is not None:
-        ss = {fixed_s: e["sparsity"].get(fixed_s, 0.0)}
-    if fixed_b is not None:
-        bb = {fixed_b: e["bits"].get(fixed_b, 0.0)}
-    cb = {b: v for b, v in e.get("channel_bits", {}).items() if v <= limit}
-    if fixed_b is not None and fixed_b in e.get("channel_bits", {}):
-        cb = {fixed_b: e["channel_bits"][fixed_b]}
-    for s, es in ss.items():
-        for kind, table in ((None, bb), (scale_axis, cb)):
-            for b, eb in table.items():
-                est = estimate_bytes(n, s, b) if kind is None else channel_bytes(n, s, b, channels)
-                if est < n * itemsize or fixed_s is not None or fixed_b is not None:
-                    opts.append({"sparsity": float(s), "bits": int(b), "scale_axis": kind, "err2": es * es + eb * eb,
-                                 "bytes": est})
-    return opts
-
-
 def choose(options: dict, target: float) -> dict:
     """Per layer the option minimising total bytes with sum(err2) <= target**2 (converters.knapsack)."""
     from .knapsack import plan
@@ -308,7 +287,10 @@ GAIN_SETTINGS = ((0.0, 8), (0.0, 5))  # the settings whose whole-model errors me
 def _gain_curve(points):
     """Model error as a function of a layer's local error, from measured (local, model) pairs: one
     pair, proportional; two or more, a power law through the extreme two (exponent kept in [1, 3]:
-    never below proportional, never wilder than cubic)."""
+    never below proportional, never wilder than cubic) and beyond the larger one; below the smaller
+    one, proportional (small perturbations move the output linearly; a steeper law would promise the
+    float-rounding rungs, whose local errors lie far below 8-bit sharing's, errors they do not give:
+    PP-OCRv4 rec, every weight at 7 mantissa bits, measures 0.069)."""
     if not points:
         return lambda loc: loc
     points = sorted(points)
@@ -317,7 +299,7 @@ def _gain_curve(points):
         g = max(m1 / l1, m2 / l2)
         return lambda loc: g * loc
     p = min(max(math.log(m2 / m1) / math.log(l2 / l1), 1.0), 3.0)
-    return lambda loc: m1 * (loc / l1) ** p if loc <= l1 else m2 * (loc / l2) ** p if loc >= l2 else \
+    return lambda loc: m1 * loc / l1 if loc <= l1 else m2 * (loc / l2) ** p if loc >= l2 else \
         m1 * (loc / l1) ** (math.log(m2 / m1) / math.log(l2 / l1))
 TIGHTEN = 0.8  # a re-plan aims at this share of what the last measurement allowed
 MAX_REPLANS = 6
@@ -457,6 +439,10 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             dirty[0] = True  # fitted in order, before the next measurement (sync)
             return
         if c["bits"] is None:
+            m = c.get("mantissa")
+            if m is not None:  # float rounding (converters.mantissa)
+                key = (name, "round", m)
+                recon[name] = cache[key] if key in cache else round_mantissa(weights[name], m)
             return
         key = (name, c["sparsity"], c["bits"], c["scale_axis"])
         if key in cache:
@@ -467,6 +453,9 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
 
     def build(name, w, lay, key):
         s_, b_, ax_ = key
+        if s_ == "round":  # float rounding to b_ mantissa bits
+            return cache[(name, "round", b_)] if w is weights[name] and (name, "round", b_) in cache \
+                else round_mantissa(w, b_)
         if w is weights[name] and (name, s_, b_, ax_) in cache:  # not refitted: what the scan built
             return cache[(name, s_, b_, ax_)]
         return reconstruct(w, s_, b_, init, seed, layer=lay, strength=strength(name), scale_axis=ax_)
@@ -476,7 +465,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         if seq is None or not dirty[0]:
             return
         t = time.perf_counter()
-        key = lambda c: None if c["bits"] is None else (c["sparsity"], c["bits"], c["scale_axis"])  # noqa: E731
+        key = lambda c: (("round", c["mantissa"], None) if c.get("mantissa") is not None else None) \
+            if c["bits"] is None else (c["sparsity"], c["bits"], c["scale_axis"])  # noqa: E731
         others = {n: a for n, a in recon.items() if n not in seq.layers}
         got = seq.apply({n: key(plan[n]) for n in seq.layers}, build, others,
                         tuple(sorted((n, key(plan[n])) for n in others)))
@@ -495,7 +485,11 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
 
     target = PLAN_SHARE * budget
     limit = VERIFY_SHARE * budget
-    plan = choose(options, target)
+    # the planner's choices: the codebooks and raw; float rounding comes in as a back-off step and, once
+    # a plan holds, for the layers it leaves raw (_round_raw): its predicted errors are the least reliable
+    # (PP-OCRv4 rec: plans that mixed it in measured up to 6x their prediction and ended larger)
+    plan_options = {n: [o for o in opts if o.get("mantissa") is None] for n, opts in options.items()}
+    plan = choose(plan_options, target)
     for name in cands:
         rebuild(name)
     err = measure(calib, base)
@@ -522,7 +516,7 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             if echo:
                 echo(f"budget: measured {err:.3g} (limit {limit:.3g}) on the {which} samples; re-planning at "
                      f"{target:.3g}")
-            new = choose(options, target)
+            new = choose(plan_options, target)
             if new == plan:  # the same plan: what it measured holds for this target too
                 if err <= limit:
                     good = target
@@ -547,7 +541,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
 
     err, target = target_search("calibration", target, err, lambda: measure(calib, base), limit, budget)
     err = _back_off(res, plan, options, rebuild, recon, lambda: measure(calib, base), limit, echo)
-    err = _refine(res, plan, options, rebuild, lambda: measure(calib, base), err, limit)
+    err = _refine(res, plan, plan_options, rebuild, lambda: measure(calib, base), err, limit)
+    err = _round_raw(res, plan, options, rebuild, lambda: measure(calib, base), err, limit)
     res.verified = err
     if held is not None and inp.num_samples(held, decl):
         base_held = runner.run(held, decl, weights)
@@ -555,6 +550,13 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         herr = measure(held, base_held)
         herr, target = target_search("held-out", target, herr, lambda: measure(held, base_held), hlimit, target)
         herr = _back_off(res, plan, options, rebuild, recon, lambda: measure(held, base_held), hlimit, echo)
+        if herr <= hlimit:  # a re-plan on the held-out samples may have left layers raw again
+
+            def both():  # the worse of the two sets, each as a share of its limit
+                return max(measure(calib, base) / limit, measure(held, base_held) / hlimit)
+
+            _round_raw(res, plan, options, rebuild, both, max(herr / hlimit, measure(calib, base) / limit), 1.0)
+            herr = measure(held, base_held)
         res.held_out = herr
         res.held_out_samples = inp.num_samples(held, decl)
         res.verified = measure(calib, base)
@@ -564,7 +566,9 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
                               seconds=round(res.sequential["seconds"], 2))
     for name in cands:
         c = plan[name]
-        if c["bits"] is None:
+        if c["bits"] is None and c.get("mantissa") is not None:
+            res.plan[name] = {"sparsity": None, "bits": None, "scale_axis": None, "mantissa": c["mantissa"]}
+        elif c["bits"] is None:
             res.plan[name] = None
             e = res.errors[name]
             shared = list(e["bits"].values()) + list(e.get("channel_bits", {}).values())
@@ -595,7 +599,18 @@ def _plan_bytes(plan: dict) -> float:
     return sum(c["bytes"] for c in plan.values())
 
 
-def _refine(res, plan, options, rebuild, measure, err: float, limit: float) -> float:
+def _round_raw(res, plan, options, rebuild, measure, err: float, limit: float) -> float:
+    """The layers ``plan`` leaves raw move to float rounding (converters.mantissa) where the measured error
+    stays within ``limit``: _refine over options that are the layer's raw setting and its rounding rungs,
+    up to the limit itself (the moves add little error: 10 mantissa bits is a relative 2^-11 a weight)."""
+    rounding = {n: [plan[n]] + [o for o in options[n] if o.get("mantissa") is not None] if _is_raw(plan[n])
+                else [plan[n]] for n in plan}
+    if not any(len(v) > 1 for v in rounding.values()):
+        return err
+    return _refine(res, plan, rounding, rebuild, measure, err, limit, until=1.0)
+
+
+def _refine(res, plan, options, rebuild, measure, err: float, limit: float, until: float = None) -> float:
     """Spend what the measured error leaves of ``limit``: layers move to cheaper options, the most bytes
     saved per unit of predicted squared error first, as many as the headroom allows when the predicted
     error is scaled by measured/predicted of the current plan; a batch is kept only when the measured
@@ -607,7 +622,8 @@ def _refine(res, plan, options, rebuild, measure, err: float, limit: float) -> f
         return err
     retired: set = set()
     trials = 0
-    while trials < REFINE_TRIALS and err < REFINE_UNTIL * limit:
+    until = REFINE_UNTIL if until is None else until
+    while trials < REFINE_TRIALS and err < until * limit:
         pred2 = sum(c["err2"] for c in plan.values())
         scale2 = err * err / pred2 if pred2 > 0 else 1.0  # measured over predicted, squared
         room = (REFINE_AIM * limit) ** 2 / max(scale2, 1e-30) - pred2  # predicted err2 the moves may add
@@ -666,10 +682,9 @@ def _back_off(res, plan, options, rebuild, recon, measure, limit, echo) -> float
     while err > limit and recon:
         worst = max(recon, key=lambda nm: plan[nm]["err2"])
         cur = plan[worst]
-        safer = [c for c in options[worst] if c["err2"] < cur["err2"] / 4 or c["bits"] is None]
+        safer = [c for c in options[worst] if c["err2"] < cur["err2"] / 4 or _is_raw(c)]
         nxt = min(safer, key=lambda c: (c["bytes"], c["err2"]))
-        res.backoffs.append({"layer": worst, "from": [cur["sparsity"], cur["bits"]], "to": [nxt["sparsity"], nxt["bits"]],
-                             "error_before": err})
+        res.backoffs.append({"layer": worst, "from": _label(cur), "to": _label(nxt), "error_before": err})
         if echo:
             echo(f"budget: measured {err:.3g} > {limit:.3g}; backing off {worst} ({_label(cur)} -> {_label(nxt)})")
         plan[worst] = nxt
@@ -711,7 +726,23 @@ def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_s
             measured.append((loc, model))
     predict = _gain_curve(measured)
     e["gain"] = [[lo, mo] for lo, mo in measured]
-    opts = [{"sparsity": None, "bits": None, "scale_axis": None, "err2": 0.0, "bytes": float(w.nbytes)}]
+    raw_bytes = mantissa.estimate_bytes(w)  # an exact copy as dcformat.encode stores it (float-planes)
+    opts = [{"sparsity": None, "bits": None, "scale_axis": None, "err2": 0.0, "bytes": raw_bytes}]
+    if fs is None and fb is None:  # float rounding: the near-lossless rungs between 8-bit sharing and raw
+        full = mantissa.mantissa_bits(w.dtype)
+        for m in mantissa.SCAN_MANTISSA:
+            if full is None or m >= full:
+                continue
+            q = mantissa.round_mantissa(w, m)
+            loc = local_error(w, q, lay)
+            pred = predict(loc)
+            nbytes = mantissa.estimate_bytes(q)
+            e["local"][f"round {m}"] = [loc, pred, nbytes]
+            e.setdefault("mantissa", {})[m] = pred
+            if nbytes < raw_bytes:
+                opts.append({"sparsity": None, "bits": None, "scale_axis": None, "mantissa": m, "err2": pred * pred,
+                             "bytes": nbytes})
+                keep((name, "round", m), q)
     for kind in kinds:
         stopped = set()  # sparsities whose coarser settings are over the budget
         for s, b in settings:
@@ -734,16 +765,20 @@ def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_s
             if pred > budget and not fixed:
                 stopped.add(s)
                 continue
-            if nbytes < w.nbytes or fixed:
+            if nbytes < raw_bytes or fixed:
                 opts.append({"sparsity": float(s), "bits": int(b), "scale_axis": kind, "err2": pred * pred,
                              "bytes": nbytes})
                 keep((name, float(s), int(b), kind), q)
     return e, opts
 
 
+def _is_raw(c) -> bool:
+    return c["bits"] is None and c.get("mantissa") is None
+
+
 def _label(c) -> str:
     if c["bits"] is None:
-        return "raw"
+        return "raw" if c.get("mantissa") is None else f"rounded to {c['mantissa']} mantissa bits"
     return f"{c['sparsity']:.0%} pruned, {c['bits']} bits" + (" per channel" if c.get("scale_axis") is not None else "")
 
 

@@ -76,6 +76,13 @@ MAX_KEPT_LINES = 4  # tensors kept raw for the same reason named one a line; mor
 SMALL = 64  # tensors with fewer elements share one row of the table (as in dcinspect); --json lists them all
 
 
+def _bits_cell(r: dict) -> str:
+    """The table's bits: a codebook's index bits, ``m7`` for floats rounded to 7 mantissa bits, or -."""
+    if r["bits"] is not None:
+        return str(r["bits"])
+    return f"m{r['mantissa']}" if r.get("mantissa") is not None else "-"
+
+
 def summary_table(result: dict) -> tuple[list[str], list[list[str]], list[str], list[dict]]:
     """(columns, rows, footer, the small tensors summed in one row) of dcconvert's per-tensor table: a
     model's hundreds of 1-element Constants do not fill the terminal."""
@@ -87,7 +94,7 @@ def summary_table(result: dict) -> tuple[list[str], list[list[str]], list[str], 
     ids = {id(r) for r in small}
     rows = [[r["name"], "x".join(map(str, r["shape"])) or "()", f"{r['params']:,}", r.get("role") or "-",
              r["action"] + (" (OBS)" if r.get("compensated") else ""), f"{r['sparsity']:.1%}",
-             "-" if r["bits"] is None else str(r["bits"]), r.get("scales") or "-", r["encoding"],
+             _bits_cell(r), r.get("scales") or "-", r["encoding"],
              "-" if r["gap_bits"] is None else str(r["gap_bits"]),
              f"{r['bytes']:,}", "-" if r["ratio"] is None else f"{r['ratio']:.1f}"] for r in layers if id(r) not in ids]
     if small:
@@ -155,7 +162,7 @@ def fidelity_lines(result: dict) -> list[str]:
     single: dict[str, list] = {}  # the same reason for many tensors (a model's subgraph copies): one line
     for r in result["layers"]:
         why = r.get("reason")
-        if r["action"] == "pruned+shared" or not why:
+        if r["action"] in ("pruned+shared", "rounded") or not why:
             continue
         if why.startswith(("small", "not float", "--lossless")):
             grouped.setdefault(why.split(" (")[0], []).append(r)

@@ -30,7 +30,8 @@ class Settings:
     min_size: int = DEFAULT_MIN_SIZE
     lossless: bool = False
     seed: int = 0
-    plan: dict | None = None  # name -> {"sparsity", "bits"} chosen by the budget search (others stay raw)
+    plan: dict | None = None  # name -> {"sparsity", "bits", "scale_axis"} or {"mantissa"} (float rounding) chosen by
+    # the budget search (others stay raw)
     reasons: dict = field(default_factory=dict)  # name -> why the search left it raw
     roles: list = field(default_factory=list)  # --role overrides: (pattern, role), first match wins
     layers: dict = field(default_factory=dict)  # name -> converters.hessian.Layer: share error-compensated
@@ -190,7 +191,17 @@ def compress_tensor(name: str, w: np.ndarray, role: str, axis: int, s: Settings,
            "role": role,
            "sparsity_before": 1 - nz_before / params if params else 0.0, "reason": None}
     recon = None
-    if s.lossless or not compressible or not finite:
+    rounded = (s.plan or {}).get(name, None) if compressible and finite and not s.lossless else None
+    if rounded is not None and rounded.get("mantissa") is not None:  # float rounding (converters.mantissa)
+        from .mantissa import round_mantissa
+
+        recon = round_mantissa(w, rounded["mantissa"])
+        del w
+        enc = dcformat.encode(name, recon)
+        row.update(action="rounded", bits=None, mantissa=rounded["mantissa"],
+                   reason=f"error budget: 8-bit sharing disturbed the outputs too much; kept as floats rounded to "
+                          f"{rounded['mantissa']} mantissa bits")
+    elif s.lossless or not compressible or not finite:
         enc = dcformat.encode(name, w)
         recon = w
         row.update(action="lossless" if s.lossless and compressible else "kept" if finite else "kept (not finite)",

@@ -45,56 +45,47 @@ def wanted(mode: str, lossless: bool) -> bool:
     return mode == "basic" or (mode == "auto" and not lossless)
 
 
-def _domains(graph, out: set) -> set:
+def _graphs(graph):
+    """``graph`` and every subgraph inside it (If branches, Loop and Scan bodies), depth first."""
     from onnx import AttributeProto
 
+    yield graph
     for n in graph.node:
-        out.add(n.domain or "")
         for a in n.attribute:
             if a.type == AttributeProto.GRAPH:
-                _domains(a.g, out)
+                yield from _graphs(a.g)
             elif a.type == AttributeProto.GRAPHS:
                 for g in a.graphs:
-                    _domains(g, out)
+                    yield from _graphs(g)
+
+
+def _domains(graph, out: set) -> set:
+    out.update(n.domain or "" for g in _graphs(graph) for n in g.node)
     return out
 
 
 def _value_names(graph, out: set) -> set:
-    from onnx import AttributeProto
-
-    out.update(i.name for i in graph.input)
-    out.update(i.name for i in graph.initializer)
-    for n in graph.node:
-        out.update(n.input)
-        out.update(n.output)
-        for a in n.attribute:
-            if a.type == AttributeProto.GRAPH:
-                _value_names(a.g, out)
-            elif a.type == AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    _value_names(g, out)
+    for g in _graphs(graph):
+        out.update(i.name for i in g.input)
+        out.update(i.name for i in g.initializer)
+        for n in g.node:
+            out.update(n.input)
+            out.update(n.output)
     return out
 
 
 def _rename(graph, old: str, new: str) -> None:
     """Every use of the value ``old`` (main graph and the subgraphs that see it) is now ``new``."""
-    from onnx import AttributeProto
-
-    for i in graph.initializer:
-        if i.name == old:
-            i.name = new
-    for n in graph.node:
-        n.input[:] = [new if x == old else x for x in n.input]
-        n.output[:] = [new if x == old else x for x in n.output]
-        for a in n.attribute:
-            if a.type == AttributeProto.GRAPH:
-                _rename(a.g, old, new)
-            elif a.type == AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    _rename(g, old, new)
-    for vi in list(graph.value_info) + list(graph.output):
-        if vi.name == old:
-            vi.name = new
+    for g in _graphs(graph):
+        for i in g.initializer:
+            if i.name == old:
+                i.name = new
+        for n in g.node:
+            n.input[:] = [new if x == old else x for x in n.input]
+            n.output[:] = [new if x == old else x for x in n.output]
+        for vi in list(g.value_info) + list(g.output):
+            if vi.name == old:
+                vi.name = new
 
 
 def restore_names(model, original_names: set) -> dict[str, str]:
@@ -181,18 +172,11 @@ def _count_nodes(graph) -> int:
     return sum(_op_counts(graph).values())
 
 
-def _op_counts(graph, out: dict | None = None) -> dict:
-    from onnx import AttributeProto
-
-    out = {} if out is None else out
-    for n in graph.node:
-        out[n.op_type] = out.get(n.op_type, 0) + 1
-        for a in n.attribute:
-            if a.type == AttributeProto.GRAPH:
-                _op_counts(a.g, out)
-            elif a.type == AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    _op_counts(g, out)
+def _op_counts(graph) -> dict:
+    out: dict = {}
+    for g in _graphs(graph):
+        for n in g.node:
+            out[n.op_type] = out.get(n.op_type, 0) + 1
     return out
 
 

@@ -29,7 +29,7 @@ from .errors import (
 # command's --help -- does not pay for numba, onnx and onnxruntime it may never need.
 _LAZY = {
     "encode": "encode", "encode_raw": "encode", "encode_codebook": "encode", "encode_float_planes": "encode",
-    "encode_lzma": "encode", "EncodedTensor": "encode", "estimate_codebook_bytes": "encode", "CodebookEstimate": "encode",
+    "encode_lzma": "encode", "EncodedTensor": "encode", "estimate_codebook_bytes": "encode", "estimate_float_planes_bytes": "encode", "CodebookEstimate": "encode",
     "codebook_values": "encode",
     "DczReader": "reader", "open": "reader", "TensorInfo": "records", "write": "writer",
     "InferenceSession": "runtime", "ProviderError": "runtime", "load_weights": "runtime", "to_onnx": "runtime",
@@ -78,7 +78,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "open", "write", "to_onnx", "load_weights", "InferenceSession", "encode", "encode_raw", "encode_codebook", "encode_float_planes",
-    "encode_lzma", "estimate_codebook_bytes", "CodebookEstimate", "codebook_values",
+    "encode_lzma", "estimate_codebook_bytes", "estimate_float_planes_bytes", "CodebookEstimate", "codebook_values",
     "DczReader", "EncodedTensor", "TensorInfo",
     "DczError", "ProviderError", "FormatError", "VersionError", "ChecksumError", "LimitError", "TensorError", "HuffmanError", "EncodeError",
     "FORMAT_VERSION", "__version__",

@@ -503,6 +503,26 @@ def _rotated_planes(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(t.view(np.uint8).reshape(-1, u.dtype.itemsize).T)
 
 
+def _plane_estimate(plane: np.ndarray, lane_size: int) -> int:
+    """Bytes of one plane's Huffman stream, to within a byte per lane."""
+    if not plane.size:
+        return 0
+    return streams.estimate_stream_bytes(np.bincount(plane, minlength=PLANE_ALPHABET), lane_size, PLANE_CODE_LENGTH)
+
+
+def estimate_float_planes_bytes(array, *, lane_size: int = DEFAULT_LANE_SIZE) -> int:
+    """The section bytes :func:`encode_float_planes` would write for ``array`` (each plane coded where that is
+    smaller), to within a byte per lane and plane, without coding; a float array only."""
+    array = np.asarray(array)
+    dt = _dtype("estimate", array)
+    if dt not in FLOAT_DTYPES:
+        raise EncodeError(f"{ENC_FLOAT_PLANES} needs a float dtype, not {dt}")
+    lane_size = _check_lane_size("estimate", lane_size)
+    n = array.size
+    parts = {f"plane{k}": min(_plane_estimate(plane, lane_size), n) for k, plane in enumerate(_rotated_planes(array))}
+    return section_length(parts)
+
+
 def encode_float_planes(name: str, array, *, planes=None, lane_size: int = DEFAULT_LANE_SIZE) -> EncodedTensor:
     """Store a float array exactly as byte planes (``float-planes``, spec 7.4).
 
@@ -527,9 +547,7 @@ def encode_float_planes(name: str, array, *, planes=None, lane_size: int = DEFAU
     for k in range(w):
         plane = data[k]
         if planes is None:
-            hist = np.bincount(plane, minlength=PLANE_ALPHABET)
-            est = streams.estimate_stream_bytes(hist, lane_size, PLANE_CODE_LENGTH) if n else n
-            mode = PLANE_HUFFMAN if est < n else PLANE_STORED
+            mode = PLANE_HUFFMAN if _plane_estimate(plane, lane_size) < n else PLANE_STORED
         else:
             mode = planes[k]
         if mode == PLANE_HUFFMAN:
