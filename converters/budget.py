@@ -271,6 +271,33 @@ def candidates(graph, weights: dict, min_size: int) -> tuple[list[str], dict]:
     return cands, reasons
 
 
+def _options(name: str, n: int, itemsize: int, e: dict, limit: float, fixed_s=None, fixed_b=None,
+             channels: int = 0, scale_axis: int | None = None) -> list[dict]:
+    """Settings of one layer with their predicted squared error and estimated bytes; raw first.
+    Per-channel settings (``e["channel_bits"]``: one scale per channel along ``scale_axis``) cost
+    the plain estimate plus ``channels`` scales (converters.perchannel.estimate_bytes)."""
+    from .perchannel import estimate_bytes as channel_bytes
+
+    opts = [{"sparsity": None, "bits": None, "scale_axis": None, "err2": 0.0, "bytes": float(n * itemsize)}]
+    ss = {0.0: 0.0, **{s: v for s, v in e["sparsity"].items() if v <= limit}}
+    bb = {b: v for b, v in e["bits"].items() if v <= limit}
+    if fixed_s is not None:
+        ss = {fixed_s: e["sparsity"].get(fixed_s, 0.0)}
+    if fixed_b is not None:
+        bb = {fixed_b: e["bits"].get(fixed_b, 0.0)}
+    cb = {b: v for b, v in e.get("channel_bits", {}).items() if v <= limit}
+    if fixed_b is not None and fixed_b in e.get("channel_bits", {}):
+        cb = {fixed_b: e["channel_bits"][fixed_b]}
+    for s, es in ss.items():
+        for kind, table in ((None, bb), (scale_axis, cb)):
+            for b, eb in table.items():
+                est = estimate_bytes(n, s, b) if kind is None else channel_bytes(n, s, b, channels)
+                if est < n * itemsize or fixed_s is not None or fixed_b is not None:
+                    opts.append({"sparsity": float(s), "bits": int(b), "scale_axis": kind, "err2": es * es + eb * eb,
+                                 "bytes": est})
+    return opts
+
+
 def choose(options: dict, target: float) -> dict:
     """Per layer the option minimising total bytes with sum(err2) <= target**2 (converters.knapsack)."""
     from .knapsack import plan
