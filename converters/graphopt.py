@@ -14,7 +14,8 @@ folded weights are not the file's weights bit for bit).
 The rewritten graph is kept only when (checked in this order, else the original is kept and the
 report says why): ONNX Runtime can load it and write it back, it uses no operator domain the original
 did not, its weights take at most GROWTH x the original's bytes (constant folding can materialise a
-large tensor, e.g. a Tile or Expand of a small constant), and -- checked by the caller on the
+large tensor, e.g. a Tile or Expand of a small constant; then the rewrite is tried once more without
+ONNX Runtime's ConstantFolding, which keeps the other rewrites), and -- checked by the caller on the
 calibration inputs (:func:`agrees`) -- its outputs match the original's within AGREE_REL_L2.
 
 Names. Folded weights get ONNX Runtime's names (``ConvBnFusion_W_conv2d_0.w_0``); where such a
@@ -114,11 +115,8 @@ def _weight_bytes(weights: dict) -> int:
 def optimize(graph, weights: dict) -> tuple[object, dict, dict] | str:
     """(rewritten graph with references, its weights, what changed) or why the original stays."""
     import onnx
-    import onnxruntime as ort
 
     from dcformat.graph import fill_weights
-
-    from .sources import split_weights
 
     full = onnx.ModelProto()
     full.CopyFrom(graph)
@@ -133,6 +131,35 @@ def optimize(graph, weights: dict) -> tuple[object, dict, dict] | str:
     before_ops = _op_counts(full.graph)
     domains = _domains(full.graph, set())
     del full
+    got = _rewrite(graph, data, weights, domains, ())
+    if isinstance(got, tuple) and got[2] > GROWTH * got[3] + GROWTH_SLACK:  # folding materialised large constants:
+        grown = got  # the rewrite without constant folding still folds BN into Conv, Constants into initializers
+        got = _rewrite(graph, data, weights, domains, NO_FOLDING)
+        if isinstance(got, tuple) and got[2] > GROWTH * got[3] + GROWTH_SLACK:
+            return f"constant folding would store {grown[2]:,} bytes of weights instead of {grown[3]:,}"
+    if isinstance(got, str):
+        return got
+    new_graph, new_weights, after, before, renamed, disabled = got
+    after_ops = _op_counts(new_graph.graph)
+    folded = {op: n - after_ops.get(op, 0) for op, n in before_ops.items() if n > after_ops.get(op, 0)}
+    info = {"level": "basic", "nodes": [before_nodes, _count_nodes(new_graph.graph)],
+            "weights": [len(weights), len(new_weights)], "weight_bytes": [before, after],
+            "removed": dict(sorted(folded.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "renamed": len(renamed), **({"disabled": list(disabled)} if disabled else {})}
+    return new_graph, new_weights, info
+
+
+NO_FOLDING = ("ConstantFolding",)  # ONNX Runtime's optimizer names, left out when folding grows the weights
+
+
+def _rewrite(graph, data: bytes, weights: dict, domains: set, disabled: tuple):
+    """ONNX Runtime's basic rewrite of the serialised model ``data`` (without the ``disabled`` optimizers):
+    (graph, weights, their bytes, the original's bytes, names taken back, disabled) or why not."""
+    import onnx
+    import onnxruntime as ort
+
+    from .sources import split_weights
+
     with tempfile.TemporaryDirectory(prefix="dcz-graphopt-") as tmp:
         path = os.path.join(tmp, "basic.onnx")
         so = ort.SessionOptions()
@@ -140,13 +167,13 @@ def optimize(graph, weights: dict) -> tuple[object, dict, dict] | str:
         so.optimized_model_filepath = path
         so.log_severity_level = 3
         try:
-            ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=list(disabled))
             model = onnx.load(path, load_external_data=True)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime's and protobuf's own errors
             from dcformat.errors import first_line
 
             return f"ONNX Runtime could not optimise it ({first_line(e)})"
-    del data
     extra = _domains(model.graph, set()) - domains - {"", "ai.onnx"}
     if extra:
         return f"ONNX Runtime's rewrite uses operator domains the original does not ({', '.join(sorted(extra))})"
@@ -156,16 +183,7 @@ def optimize(graph, weights: dict) -> tuple[object, dict, dict] | str:
     del model.graph.value_info[:]  # shapes ONNX Runtime inferred: bytes in the file, inferred again at load
     renamed = restore_names(model, set(weights) | _value_names(graph.graph, set()))
     new_graph, new_weights = split_weights(model)
-    before, after = _weight_bytes(weights), _weight_bytes(new_weights)
-    if after > GROWTH * before + GROWTH_SLACK:
-        return (f"constant folding would store {after:,} bytes of weights instead of {before:,}")
-    after_ops = _op_counts(new_graph.graph)
-    folded = {op: n - after_ops.get(op, 0) for op, n in before_ops.items() if n > after_ops.get(op, 0)}
-    info = {"level": "basic", "nodes": [before_nodes, _count_nodes(new_graph.graph)],
-            "weights": [len(weights), len(new_weights)], "weight_bytes": [before, after],
-            "removed": dict(sorted(folded.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "renamed": len(renamed)}
-    return new_graph, new_weights, info
+    return new_graph, new_weights, _weight_bytes(new_weights), _weight_bytes(weights), renamed, disabled
 
 
 def _count_nodes(graph) -> int:
@@ -210,6 +228,7 @@ def agrees(ref: dict, got: dict) -> tuple[bool, float]:
 def describe(info: dict) -> str:
     """One line for dcconvert's notes."""
     removed = ", ".join(f"{n} {op}" for op, n in list(info["removed"].items())[:4])
-    return (f"graph: ONNX Runtime's basic optimisations applied ({info['nodes'][0]} -> {info['nodes'][1]} nodes"
+    nofold = " but constant folding (it would have grown the weights)" if info.get("disabled") else ""
+    return (f"graph: ONNX Runtime's basic optimisations{nofold} applied ({info['nodes'][0]} -> {info['nodes'][1]} nodes"
             f"{'; removed ' + removed if removed else ''}; worst output difference {info['agreement']:.1e}); "
             "the file loads without redoing them (--graph-opt none keeps the graph as given)")

@@ -109,13 +109,28 @@ def tile_model(path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(path))
 
 
-def test_growth_keeps_the_original(tmp_path, capsys):
+def test_growth_retries_without_constant_folding(tmp_path, capsys):
+    """Folding the Tile would store 64k floats for one: the rewrite is redone without ONNX Runtime's constant
+    folding, so the Tile stays (computed at run time) and the file keeps the small constant."""
     p = tmp_path / "tile.onnx"
     tile_model(p)
     rep = convert(capsys, p, "-o", tmp_path / "tile.dcz", "--sparsity", "0", "--bits", "8")
-    assert "graph_opt" not in rep["source"]
-    assert any("constant folding would store" in n for n in rep["source"]["notes"]), rep["source"]["notes"]
+    opt = rep["source"]["graph_opt"]
+    assert opt["disabled"] == ["ConstantFolding"] and opt["weight_bytes"][1] <= opt["weight_bytes"][0] + 4096
+    assert any("but constant folding" in n for n in rep["source"]["notes"]), rep["source"]["notes"]
     assert "Tile" in ops(dcformat.to_onnx(tmp_path / "tile.dcz"))
+    assert (tmp_path / "tile.dcz").stat().st_size < 64 * 1024  # not the folded 256 x 256 tensor
+
+
+def test_growth_without_folding_too_keeps_the_original(tmp_path, monkeypatch):
+    """When the rewrite without constant folding grows the weights as well, the original graph stays."""
+    from converters.sources import split_weights
+
+    tile_model(tmp_path / "tile.onnx")
+    graph, weights = split_weights(onnx.load(str(tmp_path / "tile.onnx")))
+    monkeypatch.setattr(graphopt, "NO_FOLDING", ())  # the retry folds again: it grows again
+    got = graphopt.optimize(graph, weights)
+    assert isinstance(got, str) and got.startswith("constant folding would store"), got
 
 
 def test_restore_names_only_free_original_names():
