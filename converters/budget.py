@@ -50,7 +50,6 @@ from dcformat import fidelity
 from dcformat import inputs as inp
 
 from . import mantissa
-from .mantissa import round_mantissa
 from .prune import magnitude_mask
 from .quantize import Histogram, quantize
 
@@ -466,10 +465,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             dirty[0] = True  # fitted in order, before the next measurement (sync)
             return
         if c["bits"] is None:
-            m = c.get("mantissa")
-            if m is not None:  # float rounding (converters.mantissa)
-                key = (name, "round", m)
-                recon[name] = cache[key] if key in cache else round_mantissa(weights[name], m)
+            if c.get("mantissa") is not None:  # float rounding (converters.mantissa)
+                recon[name] = build(name, weights[name], None, ("round", c["mantissa"], None))
             return
         key = (name, c["sparsity"], c["bits"], c["scale_axis"])
         if key in cache:
@@ -482,7 +479,7 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
         s_, b_, ax_ = key
         if s_ == "round":  # float rounding to b_ mantissa bits
             return cache[(name, "round", b_)] if w is weights[name] and (name, "round", b_) in cache \
-                else round_mantissa(w, b_)
+                else mantissa.round_mantissa(w, b_)
         if w is weights[name] and (name, s_, b_, ax_) in cache:  # not refitted: what the scan built
             return cache[(name, s_, b_, ax_)]
         return reconstruct(w, s_, b_, init, seed, layer=lay, strength=strength(name), scale_axis=ax_)
@@ -582,8 +579,8 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
             def both():  # the worse of the two sets, each as a share of its limit
                 return max(measure(calib, base) / limit, measure(held, base_held) / hlimit)
 
-            _round_raw(res, plan, options, rebuild, both, max(herr / hlimit, measure(calib, base) / limit), 1.0)
-            herr = measure(held, base_held)
+            if _round_raw(res, plan, options, rebuild, both, None, 1.0) is not None:
+                herr = measure(held, base_held)
         res.held_out = herr
         res.held_out_samples = inp.num_samples(held, decl)
         res.verified = measure(calib, base)
@@ -626,15 +623,17 @@ def _plan_bytes(plan: dict) -> float:
     return sum(c["bytes"] for c in plan.values())
 
 
-def _round_raw(res, plan, options, rebuild, measure, err: float, limit: float) -> float:
+def _round_raw(res, plan, options, rebuild, measure, err: float | None, limit: float) -> float | None:
     """The layers ``plan`` leaves raw move to float rounding (converters.mantissa) where the measured error
     stays within ``limit``: _refine over options that are the layer's raw setting and its rounding rungs,
-    up to the limit itself (the moves add little error: 10 mantissa bits is a relative 2^-11 a weight)."""
+    up to the limit itself (the moves add little error: 10 mantissa bits is a relative 2^-11 a weight).
+    ``err``: the plan's measured error (None: measured here, only when some layer has rungs to move to).
+    Returns the error of the plan it leaves, ``err`` unchanged when there was nothing to move."""
     rounding = {n: [plan[n]] + [o for o in options[n] if o.get("mantissa") is not None] if _is_raw(plan[n])
                 else [plan[n]] for n in plan}
     if not any(len(v) > 1 for v in rounding.values()):
         return err
-    return _refine(res, plan, rounding, rebuild, measure, err, limit, until=1.0)
+    return _refine(res, plan, rounding, rebuild, measure, measure() if err is None else err, limit, until=1.0)
 
 
 def _refine(res, plan, options, rebuild, measure, err: float, limit: float, until: float = None) -> float:
@@ -765,7 +764,6 @@ def _scan_local(name, w, lay, ax, channel_scales, fs, fb, budget, runner, scan_s
             pred = predict(loc)
             nbytes = mantissa.estimate_bytes(q)
             e["local"][f"round {m}"] = [loc, pred, nbytes]
-            e.setdefault("mantissa", {})[m] = pred
             if nbytes < raw_bytes:
                 opts.append({"sparsity": None, "bits": None, "scale_axis": None, "mantissa": m, "err2": pred * pred,
                              "bytes": nbytes})

@@ -17,8 +17,8 @@ from dcformat.cliutil import _escape, check_distinct, check_output, run, times_s
 from dcformat.table import render
 
 from . import settings as st
-from .defaults import (DEFAULT_BITS, DEFAULT_MAX_ERROR, DEFAULT_METRIC, DEFAULT_MIN_SIZE, DEFAULT_SPARSITY, INITS,
-                       METRIC_NAMES, parse_strength)
+from .defaults import (DEFAULT_BITS, DEFAULT_MAX_ERROR, DEFAULT_METRIC, DEFAULT_MIN_SIZE, DEFAULT_SPARSITY,
+                       GRAPH_OPT_MODES, INITS, METRIC_NAMES, parse_strength)
 from .defaults import DEFAULT_STRENGTH as DEFAULT_ECVQ
 from .errors import ConvertError
 
@@ -272,15 +272,8 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
 
         fixed, given_dims = calibration_hints(inputs, declared_inputs(src.graph))
         dims = {**given_dims, **(dims or {})}
-    names = list(src.weights)
-    from .roles import apply_overrides
-
-    for pat in apply_overrides(src.roles, names, s.roles):
-        raise click.UsageError(f"--role: pattern {pat!r} matches no tensor of {src_path}")
-    for setting in s.all():
-        for pat, _ in setting.patterns:
-            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-                raise click.UsageError(f"{setting.option}: pattern {pat!r} matches no tensor of {src_path}")
+    for option, pat in _apply_patterns(src, s):
+        raise click.UsageError(f"{option}: pattern {pat!r} matches no tensor of {src_path}")
     originals = dict(src.weights)  # compress() drops its references as it goes; fidelity needs them
     searching = not s.lossless and (not manual or max_error is not None)
     limit = max_error if max_error is not None else cal.DEFAULT_MAX_ERROR
@@ -419,6 +412,19 @@ def convert(src_path, out, s: cmp.Settings, *, input_shapes=None, trust_code=Fal
     }
 
 
+def _apply_patterns(src, s) -> list[tuple[str, str]]:
+    """Apply --role overrides to ``src.roles``; (option, pattern) of each --role / per-layer pattern that
+    matches no tensor of ``src``."""
+    from .roles import apply_overrides
+
+    names = list(src.weights)
+    unmatched = [("--role", pat) for pat in apply_overrides(src.roles, names, s.roles)]
+    for setting in s.all():
+        unmatched += [(setting.option, pat) for pat, _ in setting.patterns
+                      if not any(fnmatch.fnmatchcase(n, pat) for n in names)]
+    return unmatched
+
+
 def _optimise_graph(src, originals: dict, ref, calib, decl, s) -> dict:
     """The source's graph rewritten by ONNX Runtime's basic optimisations (converters.graphopt) when the rewrite
     is plain ONNX, no larger and computes the same outputs on the calibration inputs; ``src`` is changed in
@@ -427,7 +433,8 @@ def _optimise_graph(src, originals: dict, ref, calib, decl, s) -> dict:
 
     from . import calibrate as cal
     from . import graphopt
-    from .roles import apply_overrides, graph_roles, mark_analytic
+    from .roles import mark_analytic
+    from .sources import weight_roles
 
     if ref is None:
         src.notes.append("graph: kept as given (ONNX Runtime's optimisations cannot be checked on a model that "
@@ -449,15 +456,10 @@ def _optimise_graph(src, originals: dict, ref, calib, decl, s) -> dict:
                          f"relative L2 on the calibration inputs, over {graphopt.AGREE_REL_L2:g})")
         return originals
     info["agreement"] = worst
-    roles, axes = graph_roles(graph)
     src.graph, src.weights = graph, weights
-    src.roles = {k: v for k, v in roles.items() if k in weights}
-    src.out_axes = {k: v for k, v in axes.items() if k in weights}
+    src.roles, src.out_axes = weight_roles(graph, weights)
     mark_analytic(src.roles, weights)
-    names = list(weights)
-    gone = [pat for pat in apply_overrides(src.roles, names, s.roles)]
-    for setting in s.all():
-        gone += [pat for pat, _ in setting.patterns if not any(fnmatch.fnmatchcase(n, pat) for n in names)]
+    gone = [pat for _, pat in _apply_patterns(src, s)]
     if gone:
         src.notes.append(f"graph: pattern{'s' if len(gone) > 1 else ''} {', '.join(map(repr, gone))} matched only "
                          "tensors that ONNX Runtime's optimisations folded away (--graph-opt none keeps them)")
@@ -514,7 +516,7 @@ def stored_settings(d: dict) -> dict:
                    "output columns, embedding rows): auto lets the --max-error search pick it per layer where it "
                    "makes the file smaller; on uses it for every shared tensor with channels, explicit --bits too; "
                    "off keeps one codebook per tensor (format 1.0/1.1 files)")
-@click.option("--graph-opt", type=click.Choice(("auto", "basic", "none")), default="auto", show_default=True,
+@click.option("--graph-opt", type=click.Choice(GRAPH_OPT_MODES), default="auto", show_default=True,
               help="ONNX graphs: apply ONNX Runtime's basic, provider-independent optimisations (constant folding, "
                    "BatchNormalization folded into Conv, MatMul+Add into Gemm...) once here, so loading the .dcz "
                    "does not redo them; kept only when the result is plain ONNX, no larger, and gives the same "

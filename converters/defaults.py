@@ -27,6 +27,9 @@ WARN_COSINE = 0.999  # explicit settings: a worst-sample cosine below this (or e
 # converters.quantize
 INITS = ("linear", "density", "forgy", "kmeans++")
 
+# converters.graphopt
+GRAPH_OPT_MODES = ("auto", "basic", "none")  # --graph-opt: auto = basic unless --lossless
+
 # converters.ecvq
 DEFAULT_STRENGTH = 0.5  # conservative: a bit is worth half the plain k-means error per weight
 MAX_STRENGTH = 1e6

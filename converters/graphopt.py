@@ -33,7 +33,7 @@ import tempfile
 
 import numpy as np
 
-MODES = ("auto", "basic", "none")
+from .defaults import GRAPH_OPT_MODES as MODES  # the command line's choices
 GROWTH = 1.02  # the rewritten graph's weights may take at most this many times the original's bytes
 GROWTH_SLACK = 4096  # plus this many bytes (a few folded shape constants)
 AGREE_REL_L2 = 1e-4  # the rewritten graph's outputs against the original's, relative L2 per output, at most
@@ -75,36 +75,23 @@ def _value_names(graph, out: set) -> set:
     return out
 
 
-def _rename(graph, old: str, new: str) -> None:
-    """Every use of the value ``old`` (main graph and the subgraphs that see it) is now ``new``."""
-    for g in _graphs(graph):
-        for i in g.initializer:
-            if i.name == old:
-                i.name = new
-        for n in g.node:
-            n.input[:] = [new if x == old else x for x in n.input]
-            n.output[:] = [new if x == old else x for x in n.output]
-        for vi in list(g.value_info) + list(g.output):
-            if vi.name == old:
-                vi.name = new
-
-
 def restore_names(model, original_names: set) -> dict[str, str]:
     """Initializers named ``<X>Fusion_<TAG>_...<name>`` take ``name`` back where ``name`` was a tensor of
     the original and is free now; returns {ONNX Runtime's name: the name taken back}."""
+    from .sources import rename_values
+
     used = _value_names(model.graph, set())
     done = {}
-    for init in list(model.graph.initializer):
+    for init in model.graph.initializer:
         m = _FUSED.match(init.name)
         if not m:
             continue
         base = init.name[m.end():]
         if base and base in original_names and base not in used:
-            old = init.name
-            _rename(model.graph, old, base)
-            used.discard(old)
+            used.discard(init.name)
             used.add(base)
-            done[old] = base
+            done[init.name] = base
+    rename_values(model, done)  # one pass over the graph and its subgraphs for all of them
     return done
 
 
@@ -127,7 +114,6 @@ def optimize(graph, weights: dict) -> tuple[object, dict, dict] | str:
     data = full.SerializeToString()
     if len(data) > MAX_MODEL_BYTES:
         return f"the model is over {MAX_MODEL_BYTES / 1e9:g} GB"
-    before_nodes = _count_nodes(full.graph)
     before_ops = _op_counts(full.graph)
     domains = _domains(full.graph, set())
     del full
@@ -142,7 +128,7 @@ def optimize(graph, weights: dict) -> tuple[object, dict, dict] | str:
     new_graph, new_weights, after, before, renamed, disabled = got
     after_ops = _op_counts(new_graph.graph)
     folded = {op: n - after_ops.get(op, 0) for op, n in before_ops.items() if n > after_ops.get(op, 0)}
-    info = {"level": "basic", "nodes": [before_nodes, _count_nodes(new_graph.graph)],
+    info = {"level": "basic", "nodes": [sum(before_ops.values()), sum(after_ops.values())],
             "weights": [len(weights), len(new_weights)], "weight_bytes": [before, after],
             "removed": dict(sorted(folded.items(), key=lambda kv: (-kv[1], kv[0]))),
             "renamed": len(renamed), **({"disabled": list(disabled)} if disabled else {})}
@@ -184,10 +170,6 @@ def _rewrite(graph, data: bytes, weights: dict, domains: set, disabled: tuple):
     renamed = restore_names(model, set(weights) | _value_names(graph.graph, set()))
     new_graph, new_weights = split_weights(model)
     return new_graph, new_weights, _weight_bytes(new_weights), _weight_bytes(weights), renamed, disabled
-
-
-def _count_nodes(graph) -> int:
-    return sum(_op_counts(graph).values())
 
 
 def _op_counts(graph) -> dict:

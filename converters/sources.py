@@ -104,10 +104,39 @@ def load_onnx(path) -> Source:
         raise ConvertError(f"{path}: not an ONNX model (no graph)")
     graph, weights = split_weights(model)
     del model
+    return Source(os.fspath(path), "onnx", graph, weights, *weight_roles(graph, weights))
+
+
+def weight_roles(graph, weights: dict) -> tuple[dict, dict]:
+    """(roles, output axes) of the weights of a graph split by :func:`split_weights` (converters.roles)."""
     roles, axes = graph_roles(graph)  # after the split: Constant-node tensors (subgraphs too) carry their names
-    roles = {k: v for k, v in roles.items() if k in weights}
-    axes = {k: v for k, v in axes.items() if k in weights}
-    return Source(os.fspath(path), "onnx", graph, weights, roles, axes)
+    return {k: v for k, v in roles.items() if k in weights}, {k: v for k, v in axes.items() if k in weights}
+
+
+def rename_values(model, ren: dict) -> None:
+    """Rename values (initializers, graph inputs/outputs, node inputs/outputs) everywhere, subgraphs too."""
+    from onnx import AttributeProto
+
+    def walk(g):
+        for t in g.initializer:
+            t.name = ren.get(t.name, t.name)
+        for vi in (*g.input, *g.output, *g.value_info):
+            vi.name = ren.get(vi.name, vi.name)
+        for node in g.node:
+            for xs in (node.input, node.output):
+                for k, x in enumerate(xs):
+                    if x in ren:
+                        xs[k] = ren[x]
+            for at in node.attribute:
+                if at.type == AttributeProto.GRAPH:
+                    walk(at.g)
+                elif at.type == AttributeProto.GRAPHS:
+                    for sub in at.graphs:
+                        walk(sub)
+
+    if ren:
+        walk(model.graph)
+
 
 
 def _safetensors_dtypes(path) -> list[str]:
@@ -178,4 +207,4 @@ def referenced_names(graph) -> list[str]:
     return [n for _, t in iter_tensors(graph.graph) if (n := reference(t))]
 
 
-__all__ = ["Source", "load", "sniff", "graph_roles", "shape_roles", "KINDS", "json"]
+__all__ = ["Source", "load", "sniff", "graph_roles", "shape_roles", "weight_roles", "rename_values", "KINDS", "json"]

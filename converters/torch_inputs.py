@@ -34,7 +34,7 @@ from dcformat.errors import first_line
 
 from . import factory
 from .errors import ConvertError
-from .sources import Source, graph_roles, shape_roles, split_weights
+from .sources import Source, rename_values, shape_roles, split_weights, weight_roles
 
 DEFAULT_OPSET = 17
 
@@ -418,35 +418,10 @@ def _bound_module(module, tensor_names, consts, params, keywords: bool):
     return DczBound(module)
 
 
-def _rename(model, ren: dict) -> None:
-    """Rename values (initializers, graph inputs/outputs, node inputs/outputs) everywhere, subgraphs too."""
-    from onnx import AttributeProto
-
-    def walk(g):
-        for t in g.initializer:
-            t.name = ren.get(t.name, t.name)
-        for vi in (*g.input, *g.output, *g.value_info):
-            vi.name = ren.get(vi.name, vi.name)
-        for node in g.node:
-            for xs in (node.input, node.output):
-                for k, x in enumerate(xs):
-                    if x in ren:
-                        xs[k] = ren[x]
-            for at in node.attribute:
-                if at.type == AttributeProto.GRAPH:
-                    walk(at.g)
-                elif at.type == AttributeProto.GRAPHS:
-                    for sub in at.graphs:
-                        walk(sub)
-
-    if ren:
-        walk(model.graph)
-
-
 def _strip_prefix(model, prefix: str) -> None:
     """Rename the initializers ``prefix.NAME`` to ``NAME`` everywhere they are used."""
     names = {t.name for t in model.graph.initializer}
-    _rename(model, {n: n[len(prefix):] for n in names if n.startswith(prefix) and n[len(prefix):] not in names})
+    rename_values(model, {n: n[len(prefix):] for n in names if n.startswith(prefix) and n[len(prefix):] not in names})
 
 
 def _name_outputs(model) -> None:
@@ -461,7 +436,7 @@ def _name_outputs(model) -> None:
         new = f"output{k}"
         if o.name in produced and new not in taken and o.name not in {i.name for i in g.input}:
             ren[o.name] = new
-    _rename(model, ren)
+    rename_values(model, ren)
 
 
 def _export(module, path, input_shapes, opset, dynamo: bool = False, inputs=None, calibration=None, notes=None,
@@ -601,9 +576,7 @@ def _exported(module, path, kind, input_shapes, opset, inputs, calibration) -> S
 
 def _from_model(model, path, kind) -> Source:
     graph, weights = split_weights(model)
-    roles, axes = graph_roles(graph)  # after the split: Constant-node tensors (subgraphs too) carry their names
-    return Source(os.fspath(path), kind, graph, weights,
-                  {k: v for k, v in roles.items() if k in weights}, {k: v for k, v in axes.items() if k in weights})
+    return Source(os.fspath(path), kind, graph, weights, *weight_roles(graph, weights))
 
 
 _cwd_importable = factory.cwd_importable
