@@ -37,9 +37,9 @@ _COST_CHUNK = 1 << 13  # bins per block of the bins x centroids cost matrix (64k
 def _code_lengths(counts: np.ndarray) -> np.ndarray:
     """Huffman code lengths (bits) of symbols with these counts; inf for an unused symbol; 0 for a lone one."""
     from dcformat import huffman
-    from dcformat.constants import MAX_CODE_LENGTH
+    from dcformat.constants import INDEX_CODE_LENGTH
 
-    ln = huffman.code_lengths(np.asarray(counts, np.int64), MAX_CODE_LENGTH).astype(np.float64)
+    ln = huffman.code_lengths(np.asarray(counts, np.int64), INDEX_CODE_LENGTH).astype(np.float64)
     if np.count_nonzero(counts) == 1:
         ln[:] = 0.0  # a single-symbol code spends no bits
     ln[np.asarray(counts) <= 0] = np.inf

@@ -31,6 +31,7 @@ from .constants import (
     ENC_LZMA,
     ENC_RAW,
     FLOAT_DTYPES,
+    INDEX_CODE_LENGTH,
     ITEMSIZE,
     LZMA_MAX_BYTES,
     LZMA_MIN_DICT,
@@ -460,7 +461,8 @@ def encode_codebook(
             raise EncodeError(f"tensor {name!r}: codebook-dense allows {MAX_CODEBOOK} codebook entries, got {cb.size}")
         return _make(
             name, dtype, shape, ENC_CB_DENSE,
-            {"codebook": _as_bytes(cb), **scale_part, "indices": streams.encode_stream(idx, cb.size, lane_size)},
+            {"codebook": _as_bytes(cb), **scale_part,
+             "indices": streams.encode_stream(idx, cb.size, lane_size, INDEX_CODE_LENGTH)},
             codebook_dtype=cbd, codebook_size=int(cb.size), lane_size=lane_size, nonzeros=nonzeros, **scaled,
         )
     nz_cb, remap = q.sparse_codebook()
@@ -488,8 +490,8 @@ def encode_codebook(
             "codebook": _as_bytes(nz_cb),
             **scale_part,
             "lane_bases": bases.view(np.uint8),
-            "gaps": streams.encode_stream(gsym, 1 << b, lane_size),
-            "indices": streams.encode_stream(isym, nz_cb.size + 1, lane_size),
+            "gaps": streams.encode_stream(gsym, 1 << b, lane_size, INDEX_CODE_LENGTH),
+            "indices": streams.encode_stream(isym, nz_cb.size + 1, lane_size, INDEX_CODE_LENGTH),
         },
         codebook_dtype=cbd, codebook_size=int(nz_cb.size), lane_size=lane_size, gap_bits=b, entries=m,
         nonzeros=nonzeros, **scaled,

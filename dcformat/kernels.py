@@ -131,75 +131,185 @@ def _lane_end_status(payload, bit, end):
 
 @njit(parallel=True, cache=True, nogil=True)
 def decode_dense(payload, lane_offsets, table, tbits, n, lane_size, values, out):
-    """out[i] = values[symbol i] for the n symbols of one stream."""
+    """out[i] = values[symbol i] for the n symbols of one stream (values.size <= 256: a codebook).
+
+    Each thread takes INDEX_GROUP lanes at a time and decodes them interleaved into a scratch row of
+    symbols (_plane_lanes: four independent bit chains, up to three codes a lookup when the code is
+    at most PAIR_MAX_BITS long and the pair table pays for itself), then looks their values up."""
+    nl = lane_offsets.size
+    status = np.zeros(nl, dtype=np.int64)
+    pairs, use = _stream_pairs(table, tbits, n)
+    for g in prange((nl + INDEX_GROUP - 1) // INDEX_GROUP):
+        _dense_group(payload, lane_offsets, table, pairs, tbits, use, n, lane_size, values, out, status, g)
+    return status
+
+
+@njit(cache=True, nogil=True)
+def _dense_group(payload, lane_offsets, table, pairs, tbits, use, n, lane_size, values, out, status, g):
+    """decode_dense's lanes of group g. A function of its own, not the prange loop's body: numba compiles a
+    parallel loop's body less well (the same loop ran ~2x slower per thread there)."""
+    nl = lane_offsets.size
+    l0 = g * INDEX_GROUP
+    l1 = min(nl, l0 + INDEX_GROUP)
+    s0 = l0 * lane_size
+    s1 = min(n, l1 * lane_size)
+    if lane_size > SCRATCH_MAX_LANE:  # no scratch rows of millions of symbols: one code at a time, in place
+        for l in range(l0, l1):
+            status[l] = _dense_lane(payload, lane_offsets, table, tbits, n, lane_size, values, out, l)
+        return
+    sym = np.empty(s1 - s0, dtype=np.uint8)
+    _plane_lanes(payload, lane_offsets, table, pairs, tbits, use, nl, l0, l1, n, lane_size, s0, sym, status, 0)
+    for j in range(s1 - s0):
+        out[s0 + j] = values[sym[j]]
+
+
+INDEX_GROUP = 4  # lanes of an index stream decoded together by one thread (as PLANE_GROUP)
+# lanes longer than this (a writer's choice up to MAX_LANE_SIZE) are decoded in place, one code at a time:
+# a group's scratch rows (a byte a symbol, a stream) stay at most 4 * 2^16 bytes a stream
+SCRATCH_MAX_LANE = 1 << 16
+
+
+@njit(inline="always")
+def _dense_lane(payload, lane_offsets, table, tbits, n, lane_size, values, out, l):
+    """decode_dense's lane l one code at a time, straight into ``out``; its status."""
     nl = lane_offsets.size
     size = payload.size
-    status = np.zeros(nl, dtype=np.int64)
     mask = (1 << tbits) - 1
-    for l in prange(nl):
-        pos = lane_offsets[l]
-        end = lane_offsets[l + 1] if l + 1 < nl else size
-        buf = np.int64(0)
-        nbits = 0
-        s0 = l * lane_size
-        s1 = min(n, s0 + lane_size)
-        for i in range(s0, s1):
-            if nbits < tbits:
-                buf, nbits, pos = _refill(payload, pos, buf, nbits, size)
-            e = np.int64(table[(buf >> (nbits - tbits)) & mask])
-            nbits -= e >> 9
-            out[i] = values[e & 511]
-        status[l] = _lane_end_status(payload, pos * 8 - nbits, end)
-    return status
+    pos = lane_offsets[l]
+    end = lane_offsets[l + 1] if l + 1 < nl else size
+    buf = np.int64(0)
+    nbits = 0
+    for i in range(l * lane_size, min(n, (l + 1) * lane_size)):
+        if nbits < tbits:
+            buf, nbits, pos = _refill(payload, pos, buf, nbits, size)
+        e = np.int64(table[(buf >> (nbits - tbits)) & mask])
+        nbits -= e >> 9
+        out[i] = values[e & 511]
+    return _lane_end_status(payload, pos * 8 - nbits, end)
+
+
+@njit(inline="always")
+def _stream_pairs(table, tb, n):
+    """The pair table of a stream of n symbols decoded with ``table`` (tb bits), and whether to use it:
+    when its codes are at most PAIR_MAX_BITS long and its 2^tb entries cost less to build than the
+    lookups they save (n >= 2^tb)."""
+    use = tb <= PAIR_MAX_BITS and (1 << tb) <= max(n, 1)
+    pairs = np.empty((1 << tb) if use else 1, dtype=np.uint32)
+    if use:
+        if tb == 0:  # one symbol of 0 bits: three per (0-bit) window
+            pairs[0] = table[0] | (np.uint32(table[0]) << 8) | (np.uint32(table[0]) << 16) | (3 << 24)
+        else:
+            _pair_table(table, tb, pairs)
+    return pairs, use
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def decode_sparse(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lane_size, bases, numel, values, out):
-    """Scatter the m (gap, index) entries of a codebook-sparse tensor into ``out`` (zeroed)."""
+    """Scatter the m (gap, index) entries of a codebook-sparse tensor into ``out`` (zeroed).
+
+    As decode_dense: each thread decodes INDEX_GROUP lanes of both streams interleaved into scratch
+    rows, then places their entries lane by lane. A lane's status is the first of: a gap past the
+    tensor's end, the gap stream's lane end, the index stream's, the next lane's base."""
+    nl = goffs.size
+    status = np.zeros(nl, dtype=np.int64)
+    if values.size > 256:  # index symbols above 255 (a full 256-entry codebook and the zero): one at a time
+        for l in prange(nl):
+            status[l] = _sparse_lane(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lane_size, bases,
+                                     numel, values, out, l)
+        return status
+    gstat = np.zeros(nl, dtype=np.int64)
+    istat = np.zeros(nl, dtype=np.int64)
+    gpairs, guse = _stream_pairs(gtable, gbits, m)
+    ipairs, iuse = _stream_pairs(itable, ibits, m)
+    for g in prange((nl + INDEX_GROUP - 1) // INDEX_GROUP):
+        _sparse_group(gpay, goffs, gtable, gbits, gpairs, guse, ipay, ioffs, itable, ibits, ipairs, iuse, m, lane_size,
+                      bases, numel, values, out, status, gstat, istat, g)
+    return status
+
+
+@njit(cache=True, nogil=True)
+def _sparse_group(gpay, goffs, gtable, gbits, gpairs, guse, ipay, ioffs, itable, ibits, ipairs, iuse, m, lane_size, bases,
+                  numel, values, out, status, gstat, istat, g):
+    """decode_sparse's lanes of group g (a function of its own, as _dense_group)."""
+    nl = goffs.size
+    l0 = g * INDEX_GROUP
+    l1 = min(nl, l0 + INDEX_GROUP)
+    s0 = l0 * lane_size
+    s1 = min(m, l1 * lane_size)
+    if lane_size > SCRATCH_MAX_LANE or (not (guse and iuse) and s1 - s0 < INDEX_GROUP * lane_size):
+        # neither interleaved nor from pair tables (or lanes too long for scratch rows): the two streams'
+        # chains side by side, lane by lane, in place
+        for l in range(l0, l1):
+            status[l] = _sparse_lane(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lane_size, bases,
+                                     numel, values, out, l)
+        return
+    gs = np.empty(s1 - s0, dtype=np.uint8)
+    ix = np.empty(s1 - s0, dtype=np.uint8)
+    _plane_lanes(gpay, goffs, gtable, gpairs, gbits, guse, nl, l0, l1, m, lane_size, s0, gs, gstat, 0)
+    _plane_lanes(ipay, ioffs, itable, ipairs, ibits, iuse, nl, l0, l1, m, lane_size, s0, ix, istat, 1)
+    for l in range(l0, l1):
+        p = bases[l]
+        st = 0
+        for j in range(l * lane_size - s0, min(m, (l + 1) * lane_size) - s0):
+            p += gs[j]
+            if p >= numel:
+                st = STATUS_OUT_OF_TENSOR
+                break
+            out[p] = values[ix[j]]
+            p += 1
+        if st == 0:
+            st = gstat[l]
+        if st == 0:
+            st = istat[l]  # INDEX_STREAM + the lane-end status (_plane_lanes' k = 1)
+        if st == 0 and l + 1 < nl and p != bases[l + 1]:
+            st = STATUS_BASE_MISMATCH
+        status[l] = st
+
+
+@njit(inline="always")
+def _sparse_lane(gpay, goffs, gtable, gbits, ipay, ioffs, itable, ibits, m, lane_size, bases, numel, values, out, l):
+    """decode_sparse's lane l, one gap and one index code at a time (any index alphabet); its status."""
     nl = goffs.size
     gsize = gpay.size
     isize = ipay.size
-    status = np.zeros(nl, dtype=np.int64)
     gmask = (1 << gbits) - 1
     imask = (1 << ibits) - 1
-    for l in prange(nl):
-        gpos = goffs[l]
-        gend = goffs[l + 1] if l + 1 < nl else gsize
-        ipos = ioffs[l]
-        iend = ioffs[l + 1] if l + 1 < nl else isize
-        gbuf = np.int64(0)
-        ibuf = np.int64(0)
-        gn = 0
-        inb = 0
-        p = bases[l]
-        s0 = l * lane_size
-        s1 = min(m, s0 + lane_size)
-        st = 0
-        for _ in range(s0, s1):
-            if gn < gbits:
-                gbuf, gn, gpos = _refill(gpay, gpos, gbuf, gn, gsize)
-            if inb < ibits:
-                ibuf, inb, ipos = _refill(ipay, ipos, ibuf, inb, isize)
-            ge = np.int64(gtable[(gbuf >> (gn - gbits)) & gmask])
-            gn -= ge >> 9
-            ie = np.int64(itable[(ibuf >> (inb - ibits)) & imask])
-            inb -= ie >> 9
-            p += ge & 511
-            if p >= numel:
-                st = 4
-                break
-            out[p] = values[ie & 511]
-            p += 1
-        if st == 0:
-            st = _lane_end_status(gpay, gpos * 8 - gn, gend)
-        if st == 0:
-            st = _lane_end_status(ipay, ipos * 8 - inb, iend)
-            if st != 0:
-                st += INDEX_STREAM
-        if st == 0 and l + 1 < nl and p != bases[l + 1]:
-            st = 5
-        status[l] = st
-    return status
+    gpos = goffs[l]
+    gend = goffs[l + 1] if l + 1 < nl else gsize
+    ipos = ioffs[l]
+    iend = ioffs[l + 1] if l + 1 < nl else isize
+    gbuf = np.int64(0)
+    ibuf = np.int64(0)
+    gn = 0
+    inb = 0
+    p = bases[l]
+    s0 = l * lane_size
+    s1 = min(m, s0 + lane_size)
+    st = 0
+    for _ in range(s0, s1):
+        if gn < gbits:
+            gbuf, gn, gpos = _refill(gpay, gpos, gbuf, gn, gsize)
+        if inb < ibits:
+            ibuf, inb, ipos = _refill(ipay, ipos, ibuf, inb, isize)
+        ge = np.int64(gtable[(gbuf >> (gn - gbits)) & gmask])
+        gn -= ge >> 9
+        ie = np.int64(itable[(ibuf >> (inb - ibits)) & imask])
+        inb -= ie >> 9
+        p += ge & 511
+        if p >= numel:
+            st = STATUS_OUT_OF_TENSOR
+            break
+        out[p] = values[ie & 511]
+        p += 1
+    if st == 0:
+        st = _lane_end_status(gpay, gpos * 8 - gn, gend)
+    if st == 0:
+        st = _lane_end_status(ipay, ipos * 8 - inb, iend)
+        if st != 0:
+            st += INDEX_STREAM
+    if st == 0 and l + 1 < nl and p != bases[l + 1]:
+        st = STATUS_BASE_MISMATCH
+    return st
 
 
 @njit(inline="always")
@@ -273,9 +383,9 @@ PLANE_GROUP = 4  # lanes decoded together by one thread: four independent bit ch
 
 
 @njit(inline="always")
-def _plane_lanes(payload, offs, table, pk, tb, nl, l0, l1, n, lane_size, s0, bk, status, k):
+def _plane_lanes(payload, offs, table, pk, tb, use_pairs, nl, l0, l1, n, lane_size, s0, bk, status, k):
     """Decode lanes l0 .. l1 - 1 of one coded plane (its payload, lane offsets ``offs``, decode table,
-    pair table ``pk``, ``tb`` bits) into ``bk`` (element s0 at bk[0]); a bad lane end sets status[l] to
+    pair table ``pk`` used when ``use_pairs``, ``tb`` bits) into ``bk`` (element s0 at bk[0]); a bad lane end sets status[l] to
     STATUS_* + 16 * k unless an earlier plane already did. Every round refills each bit buffer once,
     whatever it holds (a refill leaves > 48 bits: four pair-table windows of <= 12 bits, or three
     windows of <= 15), with no bounds check while every lane is 8 bytes or more from the payload's end
@@ -292,7 +402,7 @@ def _plane_lanes(payload, offs, table, pk, tb, nl, l0, l1, n, lane_size, s0, bk,
         b0 = b1 = b2 = b3 = np.int64(0)
         n0 = n1 = n2 = n3 = 0
         j0 = j1 = j2 = j3 = 0
-        if tb <= PAIR_MAX_BITS:
+        if use_pairs:
             while (j0 <= L - 12 and j1 <= L - 12 and j2 <= L - 12 and j3 <= L - 12 and p0 + 8 <= size and p1 + 8 <= size
                    and p2 + 8 <= size and p3 + 8 <= size):
                 b0, n0, p0 = _refill_fast(payload, p0, b0, n0)
@@ -375,7 +485,7 @@ def _plane_lanes(payload, offs, table, pk, tb, nl, l0, l1, n, lane_size, s0, bk,
         nbits = 0
         j = l * lane_size - s0
         j1 = min(n, (l + 1) * lane_size) - s0
-        if tb <= PAIR_MAX_BITS:
+        if use_pairs:
             while j + 12 <= j1 and pos + 8 <= size:
                 b, nbits, pos = _refill_fast(payload, pos, b, nbits)
                 for q in range(4):
@@ -425,42 +535,52 @@ def decode_planes(section, coded, starts, sizes, lane_offsets, tables, pairs, tb
             ncoded += 1
     ngroups = (nl + PLANE_GROUP - 1) // PLANE_GROUP
     for g in prange(ngroups):
-        l0 = g * PLANE_GROUP
-        l1 = min(nl, l0 + PLANE_GROUP)
-        s0 = l0 * lane_size
-        s1 = min(n, l1 * lane_size)
-        m = s1 - s0
-        scratch = np.empty((max(ncoded, 1), m), dtype=np.uint8)
-        for k in range(nplanes):
-            if coded[k]:
-                _plane_lanes(section[starts[k] : starts[k] + sizes[k]], lane_offsets[k], tables[k], pairs[k], tbits[k],
-                             nl, l0, l1, n, lane_size, s0, scratch[slot[k]], status, k)
-        if width == 16:
-            q0 = _plane_bytes(section, starts, coded, slot, scratch, 0, s0, s1)
-            q1 = _plane_bytes(section, starts, coded, slot, scratch, 1, s0, s1)
-            for j in range(m):
-                t = np.uint32(q0[j]) | (np.uint32(q1[j]) << 8)
-                out[s0 + j] = (t >> 1) | ((t & 1) << 15)
-        elif width == 32:
-            q0 = _plane_bytes(section, starts, coded, slot, scratch, 0, s0, s1)
-            q1 = _plane_bytes(section, starts, coded, slot, scratch, 1, s0, s1)
-            q2 = _plane_bytes(section, starts, coded, slot, scratch, 2, s0, s1)
-            q3 = _plane_bytes(section, starts, coded, slot, scratch, 3, s0, s1)
-            for j in range(m):
-                t = np.uint32(q0[j]) | (np.uint32(q1[j]) << 8) | (np.uint32(q2[j]) << 16) | (np.uint32(q3[j]) << 24)
-                out[s0 + j] = (t >> 1) | ((t & 1) << 31)
-        else:
-            for j in range(m):
-                out[s0 + j] = 0
-            for k in range(nplanes):
-                qk = _plane_bytes(section, starts, coded, slot, scratch, k, s0, s1)
-                sh = np.uint64(8 * k)
-                for j in range(m):
-                    out[s0 + j] |= np.uint64(qk[j]) << sh
-            for j in range(m):
-                t = np.uint64(out[s0 + j])
-                out[s0 + j] = (t >> np.uint64(1)) | ((t & np.uint64(1)) << np.uint64(63))
+        _planes_group(section, coded, starts, sizes, lane_offsets, tables, pairs, tbits, n, lane_size, width,
+                      out, status, slot, ncoded, g)
     return status
+
+
+@njit(cache=True, nogil=True)
+def _planes_group(section, coded, starts, sizes, lane_offsets, tables, pairs, tbits, n, lane_size, width, out, status,
+                  slot, ncoded, g):
+    """decode_planes' lanes of group g (a function of its own, as _dense_group)."""
+    nplanes = coded.size
+    nl = (n + lane_size - 1) // lane_size
+    l0 = g * PLANE_GROUP
+    l1 = min(nl, l0 + PLANE_GROUP)
+    s0 = l0 * lane_size
+    s1 = min(n, l1 * lane_size)
+    m = s1 - s0
+    scratch = np.empty((max(ncoded, 1), m), dtype=np.uint8)
+    for k in range(nplanes):
+        if coded[k]:
+            _plane_lanes(section[starts[k] : starts[k] + sizes[k]], lane_offsets[k], tables[k], pairs[k], tbits[k],
+                         tbits[k] <= PAIR_MAX_BITS, nl, l0, l1, n, lane_size, s0, scratch[slot[k]], status, k)
+    if width == 16:
+        q0 = _plane_bytes(section, starts, coded, slot, scratch, 0, s0, s1)
+        q1 = _plane_bytes(section, starts, coded, slot, scratch, 1, s0, s1)
+        for j in range(m):
+            t = np.uint32(q0[j]) | (np.uint32(q1[j]) << 8)
+            out[s0 + j] = (t >> 1) | ((t & 1) << 15)
+    elif width == 32:
+        q0 = _plane_bytes(section, starts, coded, slot, scratch, 0, s0, s1)
+        q1 = _plane_bytes(section, starts, coded, slot, scratch, 1, s0, s1)
+        q2 = _plane_bytes(section, starts, coded, slot, scratch, 2, s0, s1)
+        q3 = _plane_bytes(section, starts, coded, slot, scratch, 3, s0, s1)
+        for j in range(m):
+            t = np.uint32(q0[j]) | (np.uint32(q1[j]) << 8) | (np.uint32(q2[j]) << 16) | (np.uint32(q3[j]) << 24)
+            out[s0 + j] = (t >> 1) | ((t & 1) << 31)
+    else:
+        for j in range(m):
+            out[s0 + j] = 0
+        for k in range(nplanes):
+            qk = _plane_bytes(section, starts, coded, slot, scratch, k, s0, s1)
+            sh = np.uint64(8 * k)
+            for j in range(m):
+                out[s0 + j] |= np.uint64(qk[j]) << sh
+        for j in range(m):
+            t = np.uint64(out[s0 + j])
+            out[s0 + j] = (t >> np.uint64(1)) | ((t & np.uint64(1)) << np.uint64(63))
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import huffman
-from .constants import LANE_OFFSET_BYTES, MAX_CODE_LENGTH, PART_ALIGNMENT
+from .constants import INDEX_CODE_LENGTH, LANE_OFFSET_BYTES, MAX_CODE_LENGTH, PART_ALIGNMENT
 from .errors import HuffmanError
 
 
@@ -54,7 +54,7 @@ def unpack_lengths(packed: np.ndarray, alphabet: int) -> np.ndarray:
     return out[:alphabet], out[alphabet:]
 
 
-def estimate_stream_bytes(freqs: np.ndarray, lane_size: int, max_len: int = MAX_CODE_LENGTH) -> int:
+def estimate_stream_bytes(freqs: np.ndarray, lane_size: int, max_len: int = INDEX_CODE_LENGTH) -> int:
     """Size of a stream with these symbol counts, to within one byte per lane."""
     n = int(freqs.sum())
     if n == 0:
@@ -64,9 +64,10 @@ def estimate_stream_bytes(freqs: np.ndarray, lane_size: int, max_len: int = MAX_
     return stream_prefix_bytes(freqs.size, n, lane_size) + (huffman.coded_bits(freqs, lengths) + 4 * nl) // 8
 
 
-def encode_stream(symbols: np.ndarray, alphabet: int, lane_size: int, max_len: int = MAX_CODE_LENGTH) -> np.ndarray:
+def encode_stream(symbols: np.ndarray, alphabet: int, lane_size: int, max_len: int = INDEX_CODE_LENGTH) -> np.ndarray:
     """Huffman-code ``symbols`` (integers < alphabet) into a stream part (uint8 array), codes of at
-    most ``max_len`` bits (at most MAX_CODE_LENGTH; shorter codes make a smaller decode table)."""
+    most ``max_len`` bits (at most MAX_CODE_LENGTH; shorter codes make a smaller decode table; the default,
+    INDEX_CODE_LENGTH, is the reference encoder's choice for index and gap streams)."""
     from . import kernels  # numba is imported on first use, not when dcformat is
     n = symbols.size
     if n == 0:
