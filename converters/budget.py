@@ -8,8 +8,8 @@
    ``bits`` per weight). Beside the codebooks, each candidate is scanned rounded to SCAN_MANTISSA
    mantissa bits (converters.mantissa: floats, float-planes-coded; between 8-bit sharing and raw),
    and raw itself costs its float-planes bytes. The plan (2) chooses among codebooks and raw; rounding
-   is a back-off step (3) and, after the refinement (4), the layers left raw move to it where the
-   measured error allows (_round_raw). Two whole-model runs per layer (8 and 5 bits) measure how that layer's output
+   is a back-off step (3), one of the refinement's moves (4) and, after it, the layers still raw move to
+   it where the measured error allows (_round_raw). Two whole-model runs per layer (8 and 5 bits) measure how that layer's output
    error shows in the model's output (its *gain* curve: a power law through the two points); a
    setting's predicted model error is the curve at its local error.
    Other candidate weights (no H: tables, shared weights, layers seen in too few calibration rows)
@@ -32,8 +32,11 @@
    final model is measured on them too, and the plan is tightened while their error is over the
    budget: the file's metadata reports both errors.
 4. Refine (on the calibration samples, before the held-out check): where the verified error is still
-   below REFINE_UNTIL x its limit, a greedy pass (_refine) moves layers to cheaper options (most bytes
-   saved per unit of predicted error first), a batch sized by the measured/predicted ratio, and keeps
+   below REFINE_UNTIL x its limit, a greedy pass (_refine) moves layers to cheaper options, rounding
+   included (most bytes saved per unit of predicted error first, so a raw layer's rounding, which costs
+   next to no error, goes before the codebook moves that use up the limit: on PP-OCRv4 rec, rounding
+   only after them left two 230,400-weight layers raw, 1.56 MB, when the codebook moves had taken the
+   measured error to 0.9996 x the limit), a batch sized by the measured/predicted ratio, and keeps
    a batch only when the measured error stays within the limit (else half of it; at most
    REFINE_TRIALS measurements). No plan over the limit is kept.
 """
@@ -510,8 +513,9 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
     target = PLAN_SHARE * budget
     limit = VERIFY_SHARE * budget
     # the planner's choices: the codebooks and raw; float rounding comes in as a back-off step and, once
-    # a plan holds, for the layers it leaves raw (_round_raw): its predicted errors are the least reliable
-    # (PP-OCRv4 rec: plans that mixed it in measured up to 6x their prediction and ended larger)
+    # a plan holds, as a measured move of the refinement and for the layers left raw (_round_raw): its
+    # predicted errors are the least reliable (PP-OCRv4 rec: plans that mixed it in measured up to 6x
+    # their prediction and ended larger)
     plan_options = {n: [o for o in opts if o.get("mantissa") is None] for n, opts in options.items()}
     plan = choose(plan_options, target)
     for name in cands:
@@ -565,7 +569,7 @@ def search(graph, weights: dict, calib: dict, decl, budget: float, *, min_size: 
 
     err, target = target_search("calibration", target, err, lambda: measure(calib, base), limit, budget)
     err = _back_off(res, plan, options, rebuild, recon, lambda: measure(calib, base), limit, echo)
-    err = _refine(res, plan, plan_options, rebuild, lambda: measure(calib, base), err, limit)
+    err = _refine(res, plan, options, rebuild, lambda: measure(calib, base), err, limit)
     err = _round_raw(res, plan, options, rebuild, lambda: measure(calib, base), err, limit)
     res.verified = err
     if held is not None and inp.num_samples(held, decl):

@@ -5,7 +5,7 @@
   element, as ``codebook-dense`` or ``codebook-sparse`` (Deep Compression's relative-index
   layout), picking the smaller -- and the gap width b -- unless told.
 * :func:`encode_float_planes` stores a float array as byte planes (sign rotated to the
-  bottom, so the top plane is the exponent), Huffman-coding each plane that gets smaller
+  bottom, so the top plane is the exponent), Huffman-coding each plane that gets smaller by 2%
   (``float-planes``, format 1.1).
 * :func:`encode_lzma` stores any array's raw bytes as one LZMA2 stream (``lzma``, format 1.3):
   for tensors with long repeats, such as analytic tables (a DFT basis), that no order-0 code
@@ -42,6 +42,7 @@ from .constants import (
     MIN_LANE_SIZE,
     PLANE_ALPHABET,
     PLANE_CODE_LENGTH,
+    PLANE_SAVING_DIVISOR,
     PLANE_HUFFMAN,
     PLANE_MODES,
     PLANE_STORED,
@@ -512,16 +513,25 @@ def _plane_estimate(plane: np.ndarray, lane_size: int) -> int:
     return streams.estimate_stream_bytes(np.bincount(plane, minlength=PLANE_ALPHABET), lane_size, PLANE_CODE_LENGTH)
 
 
+def _plane_worth_coding(estimate: int, n: int) -> bool:
+    """Whether a plane of ``n`` bytes whose stream is estimated at ``estimate`` bytes is Huffman-coded:
+    it must save at least n // PLANE_SAVING_DIVISOR of them (else the copy's faster decode is worth more)."""
+    return estimate < n - n // PLANE_SAVING_DIVISOR
+
+
 def estimate_float_planes_bytes(array, *, lane_size: int = DEFAULT_LANE_SIZE) -> int:
-    """The section bytes :func:`encode_float_planes` would write for ``array`` (each plane coded where that is
-    smaller), to within a byte per lane and plane, without coding; a float array only."""
+    """The section bytes :func:`encode_float_planes` would write for ``array`` (each plane coded where that
+    saves 1/PLANE_SAVING_DIVISOR of it), to within a byte per lane and plane, without coding; a float array only."""
     array = np.asarray(array)
     dt = _dtype("estimate", array)
     if dt not in FLOAT_DTYPES:
         raise EncodeError(f"{ENC_FLOAT_PLANES} needs a float dtype, not {dt}")
     lane_size = _check_lane_size("estimate", lane_size)
     n = array.size
-    parts = {f"plane{k}": min(_plane_estimate(plane, lane_size), n) for k, plane in enumerate(_rotated_planes(array))}
+    parts = {}
+    for k, plane in enumerate(_rotated_planes(array)):
+        est = _plane_estimate(plane, lane_size)
+        parts[f"plane{k}"] = est if _plane_worth_coding(est, n) else n
     return section_length(parts)
 
 
@@ -530,7 +540,7 @@ def encode_float_planes(name: str, array, *, planes=None, lane_size: int = DEFAU
 
     ``planes`` gives "stored" or "huffman" for each byte plane (plane 0 = lowest byte of the
     rotated pattern, the last = the exponent byte); None codes each plane whose Huffman stream
-    is smaller than its N stored bytes.
+    saves at least N // PLANE_SAVING_DIVISOR of its N stored bytes.
     """
     name = _check_name(name)
     lane_size = _check_lane_size(name, lane_size)
@@ -549,7 +559,7 @@ def encode_float_planes(name: str, array, *, planes=None, lane_size: int = DEFAU
     for k in range(w):
         plane = data[k]
         if planes is None:
-            mode = PLANE_HUFFMAN if _plane_estimate(plane, lane_size) < n else PLANE_STORED
+            mode = PLANE_HUFFMAN if _plane_worth_coding(_plane_estimate(plane, lane_size), n) else PLANE_STORED
         else:
             mode = planes[k]
         if mode == PLANE_HUFFMAN:

@@ -99,3 +99,32 @@ def test_search_on_a_small_model_ends_within_its_limit(tmp_path, capsys):
     assert srch["verified_error"] <= limit
     assert all(r["error"] <= limit for r in srch["refinements"] if r["kept"])
     assert srch["held_out_error"] is not None and srch["held_out_error"] <= budget.HELD_SHARE * 0.05
+
+
+def test_refine_moves_raw_layers_to_rounding_in_its_first_batch():
+    """The search gives the refinement the float-rounding rungs too (the plan's options leave them out): a
+    raw layer whose rounding saves half its bytes for next to no error is in the first batch, before the
+    codebook moves that save fewer bytes per unit of error use up the limit (PP-OCRv4 rec: the codebook
+    moves took the measured error to 0.9996 x the limit, and the rounding of two 230,400-weight layers
+    left raw, predicted at 0.00016, then measured just over it: 1.56 MB kept raw)."""
+    rng = np.random.default_rng(4)
+    options = _options(rng, layers=6)
+    for name in ("l0", "l3"):  # raw in the plan (8-bit sharing alone nearly fills the limit), with a rounding
+        raw = options[name][0]  # rung of 1e-4 predicted error
+        for c in options[name][1:]:
+            c["err2"] = max(c["err2"], 0.025 ** 2) * 4
+        options[name].append({"sparsity": None, "bits": None, "scale_axis": None, "mantissa": 10,
+                              "err2": 1e-8, "bytes": raw["bytes"] * 0.5})
+    limit = 0.03
+    plan = budget.choose({n: [o for o in v if o.get("mantissa") is None] for n, v in options.items()}, 0.004)
+    assert budget._is_raw(plan["l0"]) and budget._is_raw(plan["l3"])
+    res = budget.Search(budget=limit)
+
+    def measure():
+        return math.sqrt(sum(c["err2"] for c in plan.values()))
+
+    err = budget._refine(res, plan, options, lambda n: None, measure, measure(), limit)
+    assert err <= limit
+    first = res.refinements[0]
+    assert first["kept"] and {"l0", "l3"} <= set(first["layers"])
+    assert plan["l0"]["mantissa"] == 10 and plan["l3"]["mantissa"] == 10

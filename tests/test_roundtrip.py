@@ -307,6 +307,31 @@ def test_float_planes_on_weights_code_the_exponent():
         assert t.nbytes < 0.85 * a.nbytes, (dt, t.nbytes / a.nbytes)
 
 
+def test_float_planes_code_a_plane_only_when_it_saves_two_percent(tmp_path):
+    """A plane whose stream would save under 1/PLANE_SAVING_DIVISOR of its bytes is stored (decoding it costs
+    more than the bytes are worth), one that saves more is coded; estimate_float_planes_bytes agrees, and the
+    tensor still round-trips. Planes built directly: plane k's symbols skewed by SKEW[k]."""
+    from dcformat.constants import PLANE_SAVING_DIVISOR
+
+    enc = __import__("dcformat.encode", fromlist=["_plane_estimate"])
+    rng = np.random.default_rng(5)
+    n = 60_000
+    skew = (0.0, 0.5, 0.8, 0.95)  # saves ~0%, ~1.3%, ~5.7%, ~20%
+    planes = []
+    for a in skew:
+        p = np.where(np.arange(256) < 128, 1 + a, 1 - a)
+        planes.append(rng.choice(256, n, p=p / p.sum()).astype(np.uint32))
+    t = planes[0] | (planes[1] << 8) | (planes[2] << 16) | (planes[3] << 24)  # the rotated pattern
+    a = ((t >> 1) | (t << 31)).astype(np.uint32).view(np.float32)
+    est = [enc._plane_estimate(plane.astype(np.uint8), 4096) for plane in planes]
+    saving = [1 - e / n for e in est]
+    assert 0 < saving[1] < 1 / PLANE_SAVING_DIVISOR < saving[2], saving  # the case the rule is about
+    got = dcformat.encode_float_planes("w", a)
+    assert got.info.planes == ("stored", "stored", "huffman", "huffman"), (got.info.planes, saving)
+    assert abs(dcformat.estimate_float_planes_bytes(a) - got.nbytes) <= 2 * (n // 4096 + 1)
+    assert_same(roundtrip(tmp_path / "w.dcz", [got])["w"], a)
+
+
 def test_float_planes_argument_errors():
     a = np.ones(10, np.float32)
     for kwargs in (dict(planes=["huffman"] * 3), dict(planes=["raw"] * 4), dict(planes="huffman"), dict(lane_size=100)):
