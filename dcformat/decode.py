@@ -83,10 +83,20 @@ def apply_scales(info: TensorInfo, flat: np.ndarray, scales: np.ndarray) -> np.n
     return scale_values(flat, scales, max(inner, 1), info.dtype)
 
 
+def count_nonzero(a: np.ndarray) -> int:
+    """``np.count_nonzero(a)``, counted on a float array's bit patterns as integers, less its -0.0 patterns
+    (-0.0 is zero, NaN is not): numpy counts float16 ~60x and float32 ~4x slower than their integer views."""
+    if a.dtype.kind in "fV" and a.dtype.itemsize in UINT_OF_SIZE:  # V: bfloat16
+        u = a.view(UINT_OF_SIZE[a.dtype.itemsize])
+        n = int(np.count_nonzero(u))
+        return n - int(np.count_nonzero(u == u.dtype.type(1 << (8 * a.dtype.itemsize - 1)))) if n else 0
+    return int(np.count_nonzero(a))
+
+
 def _checked(info: TensorInfo, out: np.ndarray, where: str, found: np.ndarray | None = None) -> np.ndarray:
     """The decoded array, if its count of non-zero elements is the one the record declares (counted
     in ``found`` when given: an array holding all of ``out``'s non-zero elements, the rest being zero)."""
-    found = int(np.count_nonzero(out if found is None else found))
+    found = count_nonzero(out if found is None else found)
     if found != info.nonzeros:
         raise TensorError(f"{where}: decodes to {found} non-zero elements, the record declares {info.nonzeros}")
     return out

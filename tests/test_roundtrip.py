@@ -332,6 +332,29 @@ def test_float_planes_code_a_plane_only_when_it_saves_two_percent(tmp_path):
     assert_same(roundtrip(tmp_path / "w.dcz", [got])["w"], a)
 
 
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_count_nonzero_matches_numpy_on_special_values(dtype):
+    """decode.count_nonzero (the decoders' check of a record's declared non-zeros) counts what
+    np.count_nonzero counts, on every dtype: +0.0 and -0.0 are zero; NaN, infinities, subnormals and
+    the sign bit alone in an integer are not."""
+    from dcformat.decode import count_nonzero
+
+    dt = DTYPES[dtype]
+    rng = np.random.default_rng(7)
+    w = dt.itemsize
+    bits = rng.integers(0, 256, 4000 * w, dtype=np.uint8)
+    a = bits.view(dt).copy() if dtype != "bool" else (bits[:4000] & 1).astype(bool)
+    if dtype in FLOAT_DTYPES:
+        special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45], np.float64).astype(dt)
+        a[: special.size] = special
+        a[::3] = np.array(-0.0).astype(dt)
+        a[1::5] = 0
+    else:
+        a[::4] = 0
+    for arr in (a, a[:0], a[:1], np.zeros(17, dt), np.full(9, np.array(-0.0).astype(dt) if dtype in FLOAT_DTYPES else 1, dt)):
+        assert count_nonzero(arr) == np.count_nonzero(arr), (dtype, arr[:8])
+
+
 def test_float_planes_argument_errors():
     a = np.ones(10, np.float32)
     for kwargs in (dict(planes=["huffman"] * 3), dict(planes=["raw"] * 4), dict(planes="huffman"), dict(lane_size=100)):
