@@ -337,7 +337,7 @@ def test_count_nonzero_matches_numpy_on_special_values(dtype):
     """decode.count_nonzero (the decoders' check of a record's declared non-zeros) counts what
     np.count_nonzero counts, on every dtype: +0.0 and -0.0 are zero; NaN, infinities, subnormals and
     the sign bit alone in an integer are not."""
-    from dcformat.decode import count_nonzero
+    from dcformat.decode import COUNT_CHUNK, count_nonzero
 
     dt = DTYPES[dtype]
     rng = np.random.default_rng(7)
@@ -351,7 +351,7 @@ def test_count_nonzero_matches_numpy_on_special_values(dtype):
         a[1::5] = 0
     else:
         a[::4] = 0
-    for arr in (a, a[:0], a[:1], np.zeros(17, dt), np.full(9, np.array(-0.0).astype(dt) if dtype in FLOAT_DTYPES else 1, dt)):
+    for arr in (a, a[:0], a[:1], np.zeros(17, dt), np.resize(a, 3 * COUNT_CHUNK + 5).reshape(-1, 1), np.full(9, np.array(-0.0).astype(dt) if dtype in FLOAT_DTYPES else 1, dt)):
         assert count_nonzero(arr) == np.count_nonzero(arr), (dtype, arr[:8])
 
 
