@@ -310,10 +310,12 @@ def test_float_planes_on_weights_code_the_exponent():
 def test_float_planes_code_a_plane_only_when_it_saves_two_percent(tmp_path):
     """A plane whose stream would save under 1/PLANE_SAVING_DIVISOR of its bytes is stored (decoding it costs
     more than the bytes are worth), one that saves more is coded; estimate_float_planes_bytes agrees, and the
-    tensor still round-trips. Planes built directly: plane k's symbols skewed by SKEW[k]."""
+    tensor still round-trips. Planes built directly: plane k's symbols skewed by skew[k]."""
+    import importlib
+
     from dcformat.constants import PLANE_SAVING_DIVISOR
 
-    enc = __import__("dcformat.encode", fromlist=["_plane_estimate"])
+    enc = importlib.import_module("dcformat.encode")  # the module (dcformat.encode is the function)
     rng = np.random.default_rng(5)
     n = 60_000
     skew = (0.0, 0.5, 0.8, 0.95)  # saves ~0%, ~1.3%, ~5.7%, ~20%
@@ -351,7 +353,9 @@ def test_count_nonzero_matches_numpy_on_special_values(dtype):
         a[1::5] = 0
     else:
         a[::4] = 0
-    for arr in (a, a[:0], a[:1], np.zeros(17, dt), np.resize(a, 3 * COUNT_CHUNK + 5).reshape(-1, 1), np.full(9, np.array(-0.0).astype(dt) if dtype in FLOAT_DTYPES else 1, dt)):
+    fill = np.array(-0.0).astype(dt) if dtype in FLOAT_DTYPES else 1
+    several_chunks = np.resize(a, 3 * COUNT_CHUNK + 5).reshape(-1, 1)
+    for arr in (a, a[:0], a[:1], np.zeros(17, dt), several_chunks, np.full(9, fill, dt)):
         assert count_nonzero(arr) == np.count_nonzero(arr), (dtype, arr[:8])
 
 
