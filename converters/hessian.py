@@ -186,16 +186,19 @@ def patches(x: np.ndarray, layer: Layer, kernel: tuple[int, ...], rng: np.random
     n, c = win.shape[:2]
     out_shape = win.shape[2:2 + nd]
     positions = n * int(np.prod(out_shape))
-    take = None
-    if positions > max_rows:
-        take = np.sort(rng.choice(positions, max_rows, replace=False))
     cg = c // layer.group
+    if positions > max_rows:
+        # the sampled positions only, picked from the window view: an early layer of a 640x640 detector has
+        # 409,600 positions, 50x the rows kept, and copying them all first cost more than the product
+        take = np.sort(rng.choice(positions, max_rows, replace=False))
+        at = np.unravel_index(take, (n, *out_shape))
+        sel = win[(at[0], slice(None), *at[1:])]  # rows, C, kernel... (the indexed axes come first)
+        flat = sel.reshape(take.size, layer.group, -1).transpose(1, 0, 2)  # G, rows, cg x kernel
+        return np.ascontiguousarray(flat, np.float64)
     part = win.reshape(n, layer.group, cg, *win.shape[2:])  # N, G, cg, out..., kernel...
     part = np.moveaxis(part, 1, 0)  # G, N, cg, out..., kernel...
     part = np.moveaxis(part, 2, 2 + nd)  # G, N, out..., cg, kernel...
     flat = part.reshape(layer.group, positions, -1)
-    if take is not None:
-        flat = flat[:, take]
     return np.asarray(flat, np.float64)
 
 
@@ -204,13 +207,12 @@ def accumulate(layer: Layer, x: np.ndarray, w_shape: tuple[int, ...], rng: np.ra
     """Add one batch of the layer's input activation to its H (per group)."""
     x = np.asarray(x)
     if layer.op == "Conv":
-        groups = im2col(x, layer, tuple(w_shape[2:]), rng, max_rows)
+        stack = patches(x, layer, tuple(w_shape[2:]), rng, max_rows)  # G x rows x cols
     else:
         flat = x.reshape(-1, x.shape[-1])
         if flat.shape[0] > max_rows:
             flat = flat[np.sort(rng.choice(flat.shape[0], max_rows, replace=False))]
-        groups = [np.asarray(flat, np.float64)]
-    stack = np.stack(groups)  # G x rows x cols
+        stack = np.asarray(flat, np.float64)[None]
     prod = np.matmul(stack.transpose(0, 2, 1), stack)  # one batched product for all groups
     if not layer.h:
         layer.h = list(np.zeros_like(prod))

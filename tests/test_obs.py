@@ -106,6 +106,30 @@ def test_im2col_is_what_onnx_runtime_convolves(attrs):
     assert np.array_equal(hessian.from_rows(rows, w, lay), w)
 
 
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 1, 2, 1], "group": 2},
+    {"kernel_shape": [3, 3], "dilations": [2, 2], "group": 6},  # depthwise
+    {"kernel_shape": [5], "strides": [2], "pads": [2, 1]},  # 1-D
+])
+def test_sampled_patches_are_those_rows_of_all_patches(attrs):
+    """Past max_rows, the patches of the sampled positions (taken from the window view, not after
+    copying every position): exactly the rows of the full patch matrix at those positions."""
+    rng = np.random.default_rng(6)
+    nd = len(attrs["kernel_shape"])
+    x = rng.standard_normal((3, 6, *([13, 10][:nd]))).astype(np.float32)
+    g = attrs.get("group", 1)
+    lay = hessian.Layer("w", "Conv", "x", group=g, kernel=tuple(attrs["kernel_shape"]), strides=tuple(attrs.get("strides", ())),
+                        pads=tuple(attrs.get("pads", ())), dilations=tuple(attrs.get("dilations", ())))
+    kernel = tuple(attrs["kernel_shape"])
+    full = hessian.patches(x, lay, kernel, np.random.default_rng(0), max_rows=10**9)
+    positions = full.shape[1]
+    for keep in (1, 17, positions - 1):
+        got = hessian.patches(x, lay, kernel, np.random.default_rng(keep), max_rows=keep)
+        take = np.sort(np.random.default_rng(keep).choice(positions, keep, replace=False))
+        assert got.dtype == np.float64 and got.flags.c_contiguous
+        assert np.array_equal(got, full[:, take])
+
+
 def test_layers_and_importance_follow_the_graph():
     from dcformat.graph import strip_weights
 
