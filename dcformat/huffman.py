@@ -9,6 +9,8 @@ length 1 in the table and spends zero bits on it.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .constants import MAX_CODE_LENGTH
@@ -34,7 +36,16 @@ def code_lengths(freqs, max_len: int = MAX_CODE_LENGTH) -> np.ndarray:
     replaced a version that carried a vector of symbol counts with every item: the same lengths,
     tests/test_huffman_lengths.py, ~100x slower on 256 symbols).
     """
-    freqs = np.asarray(freqs, dtype=np.int64)
+    freqs = np.ascontiguousarray(freqs, dtype=np.int64)
+    if freqs.ndim != 1:
+        freqs = freqs.reshape(-1)
+    # the same counts come back often (a converter's estimates: ~60% of its calls), so the lengths are cached
+    return _cached_lengths(freqs.tobytes(), max_len).copy()
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_lengths(counts: bytes, max_len: int) -> np.ndarray:
+    freqs = np.frombuffer(counts, np.int64)
     lengths = np.zeros(freqs.size, dtype=np.uint8)
     used = np.flatnonzero(freqs > 0)
     if used.size == 0:
@@ -45,10 +56,32 @@ def code_lengths(freqs, max_len: int = MAX_CODE_LENGTH) -> np.ndarray:
     n = used.size
     if n > (1 << max_len):
         raise HuffmanError(f"{n} symbols cannot be coded in {max_len} bits")
-    w = freqs[used]
-    order = used[np.lexsort((used, w))]  # by (count, symbol)
+    order = used[np.lexsort((used, freqs[used]))]  # by (count, symbol)
     leaves = freqs[order]
-    lists = []  # per list after the first: how many of its first i + 1 items are leaves
+    merge = _merged_lists_py if n <= SMALL_ALPHABET else _merged_lists
+    lists = merge(leaves, max_len)
+    repeats = max_len - 1 - len(lists)  # lists after the last one built, all equal to it
+    m = 2 * n - 2
+    gains = [0] * (n + 1)  # gains[a] += 1: the first a leaves gain one bit
+    for k in range(len(lists) - 1, -1, -1):
+        leaves_in = lists[k]
+        for _ in range(1 + (repeats if k == len(lists) - 1 else 0)):
+            a = int(leaves_in[m - 1]) if m else 0
+            gains[a] += 1
+            m = 2 * (m - a)
+    gains[m] += 1  # the first list holds leaves only
+    lengths[order] = np.cumsum(gains[::-1])[::-1][1:]  # leaf i: the lists whose first a leaves have a > i
+    lengths.flags.writeable = False  # cached: callers get copies
+    return lengths
+
+
+SMALL_ALPHABET = 40  # used symbols up to this many: the lists are merged in plain Python (numpy's calls cost more)
+
+
+def _merged_lists(leaves: np.ndarray, max_len: int) -> list:
+    """Per list after the first, the running count of leaves among its items, until a list repeats."""
+    n = leaves.size
+    lists = []
     current = leaves
     for level in range(max_len - 1):
         packages = current[0 : current.size - 1 : 2] + current[1::2][: current.size // 2]
@@ -60,18 +93,34 @@ def code_lengths(freqs, max_len: int = MAX_CODE_LENGTH) -> np.ndarray:
             break  # the same weights make the same packages: every later list is this one
         current = new
         lists.append(np.cumsum(pick < n))
-    repeats = max_len - 1 - len(lists)  # lists after the last one built, all equal to it
-    m = 2 * n - 2
-    gains = np.zeros(n + 1, np.int64)  # gains[a] += 1: the first a leaves gain one bit
-    for k in range(len(lists) - 1, -1, -1):
-        leaves_in = lists[k]
-        for _ in range(1 + (repeats if k == len(lists) - 1 else 0)):
-            a = int(leaves_in[m - 1]) if m else 0
-            gains[a] += 1
-            m = 2 * (m - a)
-    gains[m] += 1  # the first list holds leaves only
-    lengths[order] = np.cumsum(gains[::-1])[::-1][1:]  # leaf i: the lists whose first a leaves have a > i
-    return lengths
+    return lists
+
+
+def _merged_lists_py(leaves: np.ndarray, max_len: int) -> list:
+    """:func:`_merged_lists` for a few symbols: both inputs of each merge are sorted (the packages of a
+    sorted list are), so a leaf goes first while it weighs no more than the next package."""
+    leaf = [int(x) for x in leaves]
+    n = len(leaf)
+    lists = []
+    current = leaf
+    for level in range(max_len - 1):
+        packages = [current[j] + current[j + 1] for j in range(0, len(current) - 1, 2)]
+        new, counts = [], []
+        i = j = c = 0
+        while i < n or j < len(packages):
+            if j == len(packages) or (i < n and leaf[i] <= packages[j]):
+                new.append(leaf[i])
+                i += 1
+                c += 1
+            else:
+                new.append(packages[j])
+                j += 1
+            counts.append(c)
+        if level and new == current:
+            break
+        current = new
+        lists.append(counts)
+    return lists
 
 
 def validate_lengths(lengths: np.ndarray, where: str) -> None:

@@ -101,3 +101,22 @@ def test_small_cases():
     assert huffman.code_lengths([1, 1, 1, 1], 2).tolist() == [2, 2, 2, 2]
     with pytest.raises(HuffmanError):
         huffman.code_lengths([1, 1, 1, 1, 1], 2)
+
+
+@pytest.mark.parametrize("n", [2, 3, huffman.SMALL_ALPHABET - 1, huffman.SMALL_ALPHABET, huffman.SMALL_ALPHABET + 1, 100])
+def test_the_python_and_numpy_merges_agree(n):
+    """Small alphabets are merged in plain Python, larger ones with numpy: the same lists either way."""
+    rng = np.random.default_rng(n)
+    for max_len in (int(np.ceil(np.log2(n))) or 1, 11, 15):
+        leaves = np.sort(rng.integers(1, 30, n))  # many ties
+        py = huffman._merged_lists_py(leaves, max_len)
+        nps = huffman._merged_lists(leaves, max_len)
+        assert [list(x) for x in py] == [x.tolist() for x in nps]
+
+
+def test_cached_lengths_come_back_as_copies():
+    freqs = np.array([5, 1, 1, 3], np.int64)
+    first = huffman.code_lengths(freqs, 3)
+    first[:] = 9  # the caller's own array
+    assert huffman.code_lengths(freqs, 3).tolist() == reference_lengths(freqs, 3)
+    assert huffman.code_lengths(list(freqs), 3).flags.writeable
