@@ -32,6 +32,15 @@ from .quantize import CHUNK, HIST_BINS, quantize
 
 MAX_ITERS = 30
 _COST_CHUNK = 1 << 13  # bins per block of the bins x centroids cost matrix (64k x 256 float64 = 8 MB)
+ASSIGN = "numba"  # an assignment step: "numba" (converters/fit_kernels.py) or "numpy" (_assign_numpy, the reference)
+
+
+def _assign_numpy(x, wt, cn, cz, rr, lam, out) -> None:
+    """fit_kernels.ecvq_assign in numpy, the cost matrix in blocks of _COST_CHUNK bins: the reference."""
+    for s0 in range(0, x.size, _COST_CHUNK):
+        xs, ws, ns = x[s0 : s0 + _COST_CHUNK, None], wt[s0 : s0 + _COST_CHUNK, None], cn[s0 : s0 + _COST_CHUNK, None]
+        cost = ws * (xs - cz) ** 2 + (lam * ns) * rr
+        out[s0 : s0 + _COST_CHUNK] = np.argmin(cost, axis=1)
 
 
 def _code_lengths(counts: np.ndarray) -> np.ndarray:
@@ -132,20 +141,19 @@ def ecvq(weights, bits: int, strength: float, init: str = "linear", seed: int = 
         return np.concatenate([ln[:k], [ln[k] if zero else np.inf]])
 
     def step(c, r):
-        """Best choice of each bin and the total cost."""
-        out = np.empty(h.x.size, np.int64)
-        total = 0.0
+        """Best choice of each bin."""
         cz = np.concatenate([c, [0.0]])
         rr = r.copy()
         if not allow_zero:
             rr[k] = np.inf
-        for s0 in range(0, h.x.size, _COST_CHUNK):
-            x, wt, cn = h.x[s0 : s0 + _COST_CHUNK, None], h.w[s0 : s0 + _COST_CHUNK, None], h.n[s0 : s0 + _COST_CHUNK, None]
-            cost = wt * (x - cz) ** 2 + (lam * cn) * rr
-            j = np.argmin(cost, axis=1)
-            out[s0 : s0 + _COST_CHUNK] = j
-            total += float(np.take_along_axis(cost, j[:, None], 1).sum())
-        return out, total
+        out = np.empty(h.x.size, np.int64)
+        if ASSIGN == "numba":
+            from .fit_kernels import ecvq_assign
+
+            ecvq_assign(h.x, h.w, h.n, cz, rr, lam, out)
+        else:
+            _assign_numpy(h.x, h.w, h.n, cz, rr, lam, out)
+        return out
 
     def cost_of(c, assign, r):
         cz = np.concatenate([c, [0.0]])
@@ -156,7 +164,7 @@ def ecvq(weights, bits: int, strength: float, init: str = "linear", seed: int = 
     best = (cost_of(c, a, r), c.copy(), a.copy())
     it = stale = 0
     for it in range(1, MAX_ITERS + 1):
-        new, _ = step(c, r)
+        new = step(c, r)
         wsum = np.bincount(new, weights=h.w, minlength=k + 1)[:k]
         ssum = np.bincount(new, weights=h.sum, minlength=k + 1)[:k]
         c = np.where(wsum > 0, ssum / np.where(wsum > 0, wsum, 1), c)

@@ -28,6 +28,7 @@ import numpy as np
 MAX_COLUMNS = 8192  # cols x cols float64 Hessians above this are not formed (512 MiB)
 DEFAULT_BLOCK = 128
 DEFAULT_DAMP = 0.01  # fraction of the mean diagonal added to H (GPTQ's percdamp)
+SWEEP = "numba"  # the column sweep: "numba" (converters/fit_kernels.py) or "numpy" (_sweep_numpy, the reference)
 
 
 def nearest(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
@@ -136,24 +137,42 @@ def compensate(w: np.ndarray, h: np.ndarray, codebook: np.ndarray | None = None,
         else:
             prune = np.zeros(w1.shape, bool)
         prune |= dead[:, None, i1:i2]
-        for j in range(i2 - i1):
-            col = w1[:, :, j]
-            if cb is None:
-                qc = np.where(prune[:, :, j], 0.0, col)
-            else:
-                a = nearest(col / s, cb)
-                qc = np.where(prune[:, :, j], 0.0, cb[a] * s)
-                idx[:, :, i1 + j] = np.where(prune[:, :, j], -1, a)
-            q[:, :, i1 + j] = qc
-            e = (col - qc) / d[:, j][:, None]
-            w1[:, :, j:] -= e[:, :, None] * u1[:, None, j, j:]
-            err[:, :, j] = e
+        if SWEEP == "numba":
+            from .fit_kernels import sweep
+
+            qb = np.empty_like(w1)
+            ib = np.empty(w1.shape, np.int64)
+            mids = np.zeros(0) if cb is None else (cb[1:] + cb[:-1]) / 2  # as nearest()
+            sweep(w1, np.ascontiguousarray(u1), np.ascontiguousarray(d), np.ascontiguousarray(prune), s,
+                  np.zeros(1) if cb is None else cb, mids, cb is not None, qb, ib, err)
+            q[:, :, i1:i2] = qb
+            if idx is not None:
+                idx[:, :, i1:i2] = ib
+        else:
+            _sweep_numpy(w1, u1, d, prune, s, cb, q, idx, err, i1)
         if i2 < cols:
             work[:, :, i2:] -= np.matmul(err, u[:, i1:i2, i2:])
     q = q.astype(np.float32)
     if single:
         return q[0], None if idx is None else idx[0]
     return q, idx
+
+
+def _sweep_numpy(w1, u1, d, prune, s, cb, q, idx, err, i1) -> None:
+    """The column sweep of one block in numpy, a few calls per column: the reference the compiled sweep
+    (converters/fit_kernels.py) is checked against."""
+    for j in range(w1.shape[2]):
+        col = w1[:, :, j]
+        if cb is None:
+            qc = np.where(prune[:, :, j], 0.0, col)
+        else:
+            a = nearest(col / s, cb)
+            qc = np.where(prune[:, :, j], 0.0, cb[a] * s)
+            idx[:, :, i1 + j] = np.where(prune[:, :, j], -1, a)
+        q[:, :, i1 + j] = qc
+        e = (col - qc) / d[:, j][:, None]
+        w1[:, :, j:] -= e[:, :, None] * u1[:, None, j, j:]
+        err[:, :, j] = e
 
 
 def output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:

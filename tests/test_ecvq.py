@@ -174,3 +174,24 @@ def test_pipeline_sharing_uses_the_strength():
     assert np.array_equal(q0.codebook, cb0.astype(np.float32)) and np.array_equal(q0.indices, i0)
     assert np.array_equal(dict(model.named_parameters())["fc1.weight"].detach().numpy(), q8.values())
     assert stored(q8.codebook, q8.indices, base.shape).nbytes < stored(q0.codebook, q0.indices, base.shape).nbytes
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_compiled_assignment_equals_the_numpy_one_bit_for_bit(case, monkeypatch):
+    """The assignment step runs compiled (converters/fit_kernels.ecvq_assign); the numpy cost matrix it
+    replaced is kept as the reference: the same codebook and indices, over dense and pruned layers,
+    importance weights, ties (few distinct values) and the pruning choice."""
+    from converters import ecvq as ecvq_module
+
+    rng = np.random.default_rng(200 + case)
+    w = (rng.standard_normal(int(rng.integers(500, 40000))) * np.exp(rng.normal(0, 1))).astype(np.float32)
+    if case in (1, 4):
+        w[rng.random(w.size) < 0.6] = 0  # pruned: positions cost, the zero is a choice
+    if case == 2:
+        w = np.round(w, 1)  # few distinct values: tied costs
+    imp = np.abs(rng.standard_normal(w.size)) if case in (3, 4) else None
+    bits, strength = (5, 3, 8, 4, 6, 2)[case], (0.5, 2.0, 0.1, 1.0, 0.3, 8.0)[case]
+    got = ecvq(w, bits, strength, importance=imp, prune=case != 4)
+    monkeypatch.setattr(ecvq_module, "ASSIGN", "numpy")
+    want = ecvq(w, bits, strength, importance=imp, prune=case != 4)
+    assert got[0].tobytes() == want[0].tobytes() and np.array_equal(got[1], want[1])
