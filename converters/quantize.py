@@ -85,7 +85,21 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted(mids, values).astype(np.int64)
 
 
+LLOYD = "numba"  # Lloyd's iterations: "numba" (converters/fit_kernels.py) or "numpy" (_lloyd_numpy, the reference)
+
+
 def _lloyd(h: Histogram, c: np.ndarray, iters: int) -> np.ndarray:
+    if LLOYD != "numba" or c.size == 0:
+        return _lloyd_numpy(h, c, iters)
+    from .fit_kernels import lloyd
+
+    atol = 1e-12 * max(abs(h.lo), abs(h.hi), 1e-30)
+    out, steps, ok = lloyd(np.ascontiguousarray(h.centers, np.float64), np.ascontiguousarray(h.count, np.float64),
+                           np.ascontiguousarray(h.sum, np.float64), np.ascontiguousarray(c, np.float64), iters, atol)
+    return out if ok else _lloyd_numpy(h, out, iters - steps)
+
+
+def _lloyd_numpy(h: Histogram, c: np.ndarray, iters: int) -> np.ndarray:
     for _ in range(iters):
         a = assign(h.centers, c)
         cnt = np.bincount(a, weights=h.count, minlength=c.size)

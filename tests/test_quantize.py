@@ -59,3 +59,24 @@ def test_bad_arguments():
         quantize(np.ones(3), 9)
     with pytest.raises(ValueError):
         quantize(np.ones(3), 2, init="nope")
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_compiled_lloyd_equals_the_numpy_one_bit_for_bit(case, monkeypatch):
+    """Lloyd's iterations run compiled (converters/fit_kernels.lloyd); the numpy version is kept as the
+    reference: the same centroids, bit for bit, with importance weights, few distinct values, empty
+    centroids re-seeded, every initialisation."""
+    import converters.quantize as q
+
+    rng = np.random.default_rng(300 + case)
+    v = rng.standard_normal(int(rng.integers(100, 50000))) * np.exp(rng.normal(0, 2))
+    if case == 2:
+        v = np.round(v, 1)  # few distinct values
+    if case == 5:
+        v = np.concatenate([v, [40.0, -35.0]])  # outliers: empty centroids between them
+    weights = np.abs(rng.standard_normal(v.size)) if case in (1, 4) else None
+    k, init = (32, 256, 16, 5, 64, 128)[case], ("linear", "density", "forgy", "kmeans++", "linear", "linear")[case]
+    got = q.kmeans_1d(v, k, init=init, weights=weights, seed=case)
+    monkeypatch.setattr(q, "LLOYD", "numpy")
+    want = q.kmeans_1d(v, k, init=init, weights=weights, seed=case)
+    assert got.tobytes() == want.tobytes()
