@@ -1,4 +1,4 @@
-"""Error-compensating one-shot pruning and weight sharing (OBS / SparseGPT / GPTQ), numpy only.
+"""Error-compensating one-shot pruning and weight sharing (OBS / SparseGPT / GPTQ): numpy, the column sweep compiled.
 
 A layer computes ``y = x @ W.T`` (rows of ``W`` are output neurons, columns input features;
 a convolution is the same after im2col, columns = in-channels x kernel). With calibration

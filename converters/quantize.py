@@ -1,8 +1,8 @@
 """Weight sharing: 1-D k-means over a layer's non-zero weights (Deep Compression, stage 2).
 
 Works on a fine histogram of the values (2**16 bins, per-bin sums for exact means), so a
-100M-weight layer costs two passes over the data plus O(bins x k) per Lloyd step -- no
-n x k distance matrix, no Python loop over weights. numpy only.
+100M-weight layer costs two passes over the data plus O(bins) per Lloyd step (one pass over the sorted
+bins, compiled: converters/fit_kernels.py) -- no n x k distance matrix, no Python loop over weights.
 """
 
 from __future__ import annotations
