@@ -39,12 +39,18 @@ def code_lengths(freqs, max_len: int = MAX_CODE_LENGTH) -> np.ndarray:
     freqs = np.ascontiguousarray(freqs, dtype=np.int64)
     if freqs.ndim != 1:
         freqs = freqs.reshape(-1)
-    # the same counts come back often (a converter's estimates: ~60% of its calls), so the lengths are cached
-    return _cached_lengths(freqs.tobytes(), max_len).copy()
+    # the same counts come back often (a converter's estimates: ~60% of its calls), so the lengths of small
+    # alphabets are cached (at most CACHE_ENTRIES x ~4.6 KB)
+    if freqs.size <= CACHE_MAX_ALPHABET:
+        return _cached_lengths(freqs.tobytes(), max_len).copy()
+    return _lengths(freqs.tobytes(), max_len).copy()
 
 
-@functools.lru_cache(maxsize=4096)
-def _cached_lengths(counts: bytes, max_len: int) -> np.ndarray:
+CACHE_MAX_ALPHABET = 512
+CACHE_ENTRIES = 2048
+
+
+def _lengths(counts: bytes, max_len: int) -> np.ndarray:
     freqs = np.frombuffer(counts, np.int64)
     lengths = np.zeros(freqs.size, dtype=np.uint8)
     used = np.flatnonzero(freqs > 0)
@@ -74,6 +80,8 @@ def _cached_lengths(counts: bytes, max_len: int) -> np.ndarray:
     lengths.flags.writeable = False  # cached: callers get copies
     return lengths
 
+
+_cached_lengths = functools.lru_cache(maxsize=CACHE_ENTRIES)(_lengths)
 
 SMALL_ALPHABET = 40  # used symbols up to this many: the lists are merged in plain Python (numpy's calls cost more)
 
